@@ -1,0 +1,14 @@
+//! egresswatch-agent as a library, so the binary stays a thin shell and tests reach the parts.
+//!
+//! - [`probe`]: the probe engine — one (target, port, family) in, one classified result out.
+//! - [`check`]: the one-shot `check` command (table, JSON, verdict).
+//! - [`run`]: the daemon: config, schedule, identity, spool, QUIC uplink.
+//!
+//! Nothing here knows about the collector's store, matrix or HTTP.
+
+pub mod check;
+pub mod error;
+pub mod probe;
+pub mod run;
+
+pub use error::AgentError;

@@ -1,0 +1,1 @@
+//! Fleet certificate authority. STUB — being built in issue 3.

@@ -1,0 +1,4 @@
+//! Change detection. STUB — being built in issue 4.
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct DetectorConfig {}

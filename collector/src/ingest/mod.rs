@@ -1,0 +1,4 @@
+//! QUIC ingest. STUB — being built in issue 3.
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct QuicConfig {}

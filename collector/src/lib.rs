@@ -1,0 +1,19 @@
+//! egresswatch-collector as a library; the binary is a thin shell over it.
+//!
+//! Data flows one way: [`ingest`] (QUIC sessions, mTLS identity) → [`store`] (durable, deduped)
+//! → [`pipeline`] observers → [`matrix`] (live aggregation) and [`detector`] (confirmed changes,
+//! attributed to a layer) → [`alerts`] (sinks). [`http`] serves the dashboard, the API, the SSE
+//! stream and metrics. [`ca`] is the fleet's certificate authority. [`config`] ties them together.
+
+pub mod alerts;
+pub mod ca;
+pub mod config;
+pub mod detector;
+pub mod error;
+pub mod http;
+pub mod ingest;
+pub mod matrix;
+pub mod pipeline;
+pub mod store;
+
+pub use error::CollectorError;

@@ -1,0 +1,1 @@
+//! STUB — being built in issue 4.

@@ -1,0 +1,244 @@
+//! Framing: `u32` big-endian body length, then the body, a MessagePack array
+//! `[wire_major, kind, payload, …]`. The length is checked against the cap before a single body
+//! byte is buffered, and a body that decodes with bytes left over is an error, so a frame is
+//! either exactly one message or rejected.
+//!
+//! [`FrameDecoder`] is sans-IO: feed it whatever bytes arrived, take out whole frames. Async
+//! readers that prefer `read_exact` use [`body_len`] on the four header bytes instead.
+
+use crate::error::WireError;
+use crate::limits::FRAME_HEADER_BYTES;
+use crate::message::{kind, Ack, AgentMessage, Batch, CollectorMessage, Hello, Refusal, Welcome};
+use crate::version::WIRE_MAJOR;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+
+/// A message that can travel in a frame.
+pub trait WireMessage: Sized {
+    /// Message kind code; `None` for an unknown kind (never encoded).
+    fn kind(&self) -> Option<u8>;
+    fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), WireError>;
+    /// Decodes the payload of a known kind, or returns `Ok(None)` when the kind is unknown.
+    fn decode_payload(
+        kind: u8,
+        de: &mut rmp_serde::Deserializer<rmp_serde::decode::ReadReader<&[u8]>>,
+    ) -> Result<Option<Self>, WireError>;
+    fn unknown(kind: u8) -> Self;
+}
+
+fn encode_record<T: Serialize>(
+    what: &'static str,
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    rmp_serde::encode::write(out, value).map_err(|e| WireError::Encode {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+fn decode_record<'a, T: Deserialize<'a>>(
+    what: &'static str,
+    de: &mut rmp_serde::Deserializer<rmp_serde::decode::ReadReader<&'a [u8]>>,
+) -> Result<T, WireError> {
+    T::deserialize(de).map_err(|e| WireError::Malformed {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+impl WireMessage for AgentMessage {
+    fn kind(&self) -> Option<u8> {
+        match self {
+            AgentMessage::Hello(_) => Some(kind::HELLO),
+            AgentMessage::Batch(_) => Some(kind::BATCH),
+            AgentMessage::Unknown(_) => None,
+        }
+    }
+    fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        match self {
+            AgentMessage::Hello(m) => encode_record("hello", m, out),
+            AgentMessage::Batch(m) => encode_record("batch", m, out),
+            AgentMessage::Unknown(k) => Err(WireError::Encode {
+                what: "message",
+                reason: format!("unknown kind {k}"),
+            }),
+        }
+    }
+    fn decode_payload(
+        k: u8,
+        de: &mut rmp_serde::Deserializer<rmp_serde::decode::ReadReader<&[u8]>>,
+    ) -> Result<Option<Self>, WireError> {
+        Ok(match k {
+            kind::HELLO => Some(AgentMessage::Hello(decode_record::<Hello>("hello", de)?)),
+            kind::BATCH => Some(AgentMessage::Batch(decode_record::<Batch>("batch", de)?)),
+            _ => None,
+        })
+    }
+    fn unknown(kind: u8) -> Self {
+        AgentMessage::Unknown(kind)
+    }
+}
+
+impl WireMessage for CollectorMessage {
+    fn kind(&self) -> Option<u8> {
+        match self {
+            CollectorMessage::Welcome(_) => Some(kind::WELCOME),
+            CollectorMessage::Ack(_) => Some(kind::ACK),
+            CollectorMessage::Refusal(_) => Some(kind::REFUSAL),
+            CollectorMessage::Unknown(_) => None,
+        }
+    }
+    fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
+        match self {
+            CollectorMessage::Welcome(m) => encode_record("welcome", m, out),
+            CollectorMessage::Ack(m) => encode_record("ack", m, out),
+            CollectorMessage::Refusal(m) => encode_record("refusal", m, out),
+            CollectorMessage::Unknown(k) => Err(WireError::Encode {
+                what: "message",
+                reason: format!("unknown kind {k}"),
+            }),
+        }
+    }
+    fn decode_payload(
+        k: u8,
+        de: &mut rmp_serde::Deserializer<rmp_serde::decode::ReadReader<&[u8]>>,
+    ) -> Result<Option<Self>, WireError> {
+        Ok(match k {
+            kind::WELCOME => Some(CollectorMessage::Welcome(decode_record::<Welcome>(
+                "welcome", de,
+            )?)),
+            kind::ACK => Some(CollectorMessage::Ack(decode_record::<Ack>("ack", de)?)),
+            kind::REFUSAL => Some(CollectorMessage::Refusal(decode_record::<Refusal>(
+                "refusal", de,
+            )?)),
+            _ => None,
+        })
+    }
+    fn unknown(kind: u8) -> Self {
+        CollectorMessage::Unknown(kind)
+    }
+}
+
+/// Encodes one message as a complete frame (header included), refusing bodies over `limit`.
+pub fn encode_frame<M: WireMessage>(message: &M, limit: usize) -> Result<Vec<u8>, WireError> {
+    let kind = message.kind().ok_or_else(|| WireError::Encode {
+        what: "message",
+        reason: "unknown kind".into(),
+    })?;
+    let mut out = vec![0u8; FRAME_HEADER_BYTES];
+    let encode_err = |e: rmp::encode::ValueWriteError| WireError::Encode {
+        what: "envelope",
+        reason: e.to_string(),
+    };
+    rmp::encode::write_array_len(&mut out, 3).map_err(encode_err)?;
+    rmp::encode::write_uint(&mut out, u64::from(WIRE_MAJOR)).map_err(encode_err)?;
+    rmp::encode::write_uint(&mut out, u64::from(kind)).map_err(encode_err)?;
+    message.encode_payload(&mut out)?;
+    let body = out.len() - FRAME_HEADER_BYTES;
+    if body > limit {
+        return Err(WireError::FrameTooLarge { len: body, limit });
+    }
+    let len = u32::try_from(body).map_err(|_| WireError::FrameTooLarge { len: body, limit })?;
+    out[..FRAME_HEADER_BYTES].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
+}
+
+/// Reads the body length from a frame header, enforcing the cap.
+pub fn body_len(header: [u8; FRAME_HEADER_BYTES], limit: usize) -> Result<usize, WireError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len == 0 {
+        return Err(WireError::EmptyFrame);
+    }
+    if len > limit {
+        return Err(WireError::FrameTooLarge { len, limit });
+    }
+    Ok(len)
+}
+
+/// Decodes one frame body (header already stripped) into a message.
+pub fn decode_body<M: WireMessage>(body: &[u8]) -> Result<M, WireError> {
+    let malformed = |reason: String| WireError::Malformed {
+        what: "envelope",
+        reason,
+    };
+    let mut cursor = body;
+    let len = rmp::decode::read_array_len(&mut cursor).map_err(|e| malformed(e.to_string()))?;
+    if len < 3 {
+        return Err(malformed(format!("{len} elements, expected at least 3")));
+    }
+    let major: u8 =
+        rmp::decode::read_int(&mut cursor).map_err(|e| malformed(format!("major version: {e}")))?;
+    if major != WIRE_MAJOR {
+        return Err(WireError::VersionMismatch {
+            theirs: major,
+            ours: WIRE_MAJOR,
+        });
+    }
+    let kind: u8 =
+        rmp::decode::read_int(&mut cursor).map_err(|e| malformed(format!("kind: {e}")))?;
+    let mut de = rmp_serde::Deserializer::new(cursor);
+    let message = match M::decode_payload(kind, &mut de)? {
+        Some(m) => m,
+        None => {
+            IgnoredAny::deserialize(&mut de)
+                .map_err(|e| malformed(format!("payload of kind {kind}: {e}")))?;
+            M::unknown(kind)
+        }
+    };
+    for _ in 3..len {
+        IgnoredAny::deserialize(&mut de)
+            .map_err(|e| malformed(format!("trailing element: {e}")))?;
+    }
+    let left = de.get_ref().len();
+    if left != 0 {
+        return Err(WireError::TrailingBytes {
+            what: "frame body",
+            left,
+        });
+    }
+    Ok(message)
+}
+
+/// Sans-IO frame splitter with a hard cap on the body size.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buffer: Vec<u8>,
+    limit: usize,
+}
+
+impl FrameDecoder {
+    pub fn new(limit: usize) -> Self {
+        FrameDecoder {
+            buffer: Vec::new(),
+            limit,
+        }
+    }
+
+    /// Appends bytes as they arrived from the transport.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// Bytes buffered but not yet returned as a frame.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Takes the next whole frame body out, if one has arrived. An error is final for the stream:
+    /// the header already said the peer is sending something we will not read.
+    pub fn next_body(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        if self.buffer.len() < FRAME_HEADER_BYTES {
+            return Ok(None);
+        }
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        header.copy_from_slice(&self.buffer[..FRAME_HEADER_BYTES]);
+        let len = body_len(header, self.limit)?;
+        if self.buffer.len() < FRAME_HEADER_BYTES + len {
+            return Ok(None);
+        }
+        let body = self.buffer[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len].to_vec();
+        self.buffer.drain(..FRAME_HEADER_BYTES + len);
+        Ok(Some(body))
+    }
+}

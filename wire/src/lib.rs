@@ -1,0 +1,34 @@
+//! The egresswatch wire: everything that travels between an agent and the collector, and nothing
+//! that moves it. A reader learns the protocol here; the agent and the collector only add I/O.
+//!
+//! - [`outcome`]: the outcome taxonomy every probe ends in, with the probe level and address family.
+//! - [`result`]: one probe's result with its phase timings, as the agent produced it.
+//! - [`message`]: the messages of a session (hello, welcome, batch, ack, refusal).
+//! - [`frame`]: length-prefixed framing with a hard cap, encode and a sans-IO decoder.
+//! - [`labels`]: validation of the identity labels an agent claims (untrusted input).
+//! - [`limits`] and [`version`]: the numbers both sides must agree on.
+//!
+//! Evolution rule: records are MessagePack arrays; fields are only ever added at the end, with a
+//! default; a decoder fills missing trailing fields with their default and skips trailing fields it
+//! does not know (see [`record`]). A change that cannot follow that rule bumps [`version::WIRE_MAJOR`].
+
+#[macro_use]
+pub mod record;
+pub mod error;
+pub mod frame;
+pub mod labels;
+pub mod limits;
+pub mod message;
+pub mod outcome;
+pub mod result;
+pub mod version;
+
+pub use error::WireError;
+pub use frame::{encode_frame, FrameDecoder};
+pub use labels::Labels;
+pub use message::{
+    Ack, AgentMessage, Batch, ClockQuality, CollectorMessage, CompactResult, Hello, Refusal,
+    SeriesKey, TargetSpec, Welcome,
+};
+pub use outcome::{DnsFailure, Family, Level, Outcome};
+pub use result::{IcmpReport, PhaseTimings, ProbeResult};

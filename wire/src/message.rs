@@ -1,0 +1,360 @@
+//! The messages of an agent session, in the order they travel:
+//!
+//! ```text
+//! agent                                   collector
+//!   Hello  (version, labels, targets) ──▶
+//!                                     ◀── Welcome (agent id from the certificate, acked_seq)
+//!                                     ◀── or Refusal (reason; e.g. wrong major version)
+//!   Batch  (first_seq, results…)      ──▶
+//!                                     ◀── Ack (cumulative up_to_seq, counts, reason)
+//! ```
+//!
+//! A batch numbers its results implicitly: result `i` has sequence `first_seq + i`. Repeated
+//! fields (target, port, family, level, address) live once per batch in the series table, which is
+//! what keeps a typical result to about ten bytes.
+
+use crate::error::WireError;
+use crate::labels::Labels;
+use crate::limits::{
+    MAX_BATCH_RESULTS, MAX_BATCH_SERIES, MAX_DETAIL_BYTES, MAX_HELLO_TARGETS, MAX_TARGET_BYTES,
+};
+pub use crate::outcome::ClockQuality;
+use crate::outcome::{DnsFailure, Family, Level, Outcome};
+use crate::result::{IcmpReport, PhaseTimings, ProbeResult, TlsInfo};
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+wire_record! {
+    /// One configured target as the agent announces it.
+    pub struct TargetSpec {
+        pub host: String,
+        pub ports: Vec<u16>,
+        pub level: Level,
+        pub interval_s: u32,
+    }
+    required = 3;
+}
+
+wire_record! {
+    /// First message of a session, from the agent.
+    pub struct Hello {
+        pub wire_major: u8,
+        pub wire_minor: u16,
+        pub agent_version: String,
+        pub labels: Labels,
+        pub targets: Vec<TargetSpec>,
+        pub clock: ClockQuality,
+        /// The agent's own trouble worth showing centrally (e.g. "spool: disk full"); empty if none.
+        pub status: String,
+    }
+    required = 4;
+}
+
+wire_record! {
+    /// The collector's answer to a hello it accepts.
+    pub struct Welcome {
+        pub wire_major: u8,
+        pub wire_minor: u16,
+        pub collector_version: String,
+        /// The identity the collector read from the agent's certificate.
+        pub agent_id: String,
+        /// Highest sequence number already stored for this agent; the agent may drop up to it.
+        pub acked_seq: u64,
+    }
+    required = 5;
+}
+
+wire_record! {
+    /// The collector's answer when it will not talk to this agent; the connection closes after it.
+    pub struct Refusal {
+        pub reason: String,
+        /// Seconds before trying again; 0 means "not until something changes" (upgrade, new cert).
+        pub retry_after_s: u32,
+    }
+    required = 1;
+}
+
+wire_record! {
+    /// Key of one series in a batch: everything results of one (target, port, family) share.
+    pub struct SeriesKey {
+        pub target: String,
+        pub port: u16,
+        pub family: Family,
+        pub level: Level,
+        pub address: Option<IpAddr>,
+    }
+    required = 4;
+}
+
+wire_record! {
+    /// One result inside a batch; see [`ProbeResult`] for the meaning of each field.
+    pub struct CompactResult {
+        /// Index into the batch's series table.
+        pub series: u32,
+        pub outcome: Outcome,
+        /// Milliseconds after the batch's `base_unix_ms`.
+        pub offset_ms: u32,
+        pub connect_us: Option<u32>,
+        pub dns_us: Option<u32>,
+        pub banner_us: Option<u32>,
+        pub tls_us: Option<u32>,
+        pub syn_retransmits: Option<u8>,
+        pub errno: Option<i32>,
+        pub icmp: Option<IcmpReport>,
+        pub dns_failure: Option<DnsFailure>,
+        pub tls: Option<TlsInfo>,
+        pub detail: String,
+    }
+    required = 3;
+}
+
+wire_record! {
+    /// Results `first_seq ..= first_seq + results.len() - 1` of one agent.
+    pub struct Batch {
+        pub first_seq: u64,
+        pub base_unix_ms: i64,
+        pub clock: ClockQuality,
+        pub series: Vec<SeriesKey>,
+        pub results: Vec<CompactResult>,
+        /// Results the agent's spool had to drop (oldest first, when full) just before this batch.
+        pub dropped_before: u64,
+    }
+    required = 5;
+}
+
+wire_record! {
+    /// Cumulative acknowledgement: every result up to `up_to_seq` is durably stored (or was
+    /// already). Counts say what happened to this batch; `reason` explains any discard.
+    pub struct Ack {
+        pub up_to_seq: u64,
+        pub accepted: u32,
+        pub duplicates: u32,
+        pub discarded: u32,
+        pub reason: String,
+    }
+    required = 4;
+}
+
+impl Batch {
+    /// Packs results with consecutive sequence numbers into a batch.
+    pub fn pack(
+        results: &[ProbeResult],
+        clock: ClockQuality,
+        dropped_before: u64,
+    ) -> Result<Batch, WireError> {
+        let invalid = |reason: String| WireError::Encode {
+            what: "batch",
+            reason,
+        };
+        let Some(first) = results.first() else {
+            return Err(invalid("a batch needs at least one result".into()));
+        };
+        if results.len() > MAX_BATCH_RESULTS {
+            return Err(invalid(format!(
+                "{} results, more than {MAX_BATCH_RESULTS}",
+                results.len()
+            )));
+        }
+        let base_unix_ms = results
+            .iter()
+            .map(|r| r.at_unix_ms)
+            .min()
+            .unwrap_or(first.at_unix_ms);
+        let mut series: Vec<SeriesKey> = Vec::new();
+        let mut index: HashMap<SeriesKey, u32> = HashMap::new();
+        let mut compact = Vec::with_capacity(results.len());
+        for (i, r) in results.iter().enumerate() {
+            if r.seq != first.seq + i as u64 {
+                return Err(invalid(format!(
+                    "sequence {} follows {} (must be consecutive)",
+                    r.seq,
+                    first.seq + i as u64 - 1
+                )));
+            }
+            let key = SeriesKey {
+                target: r.target.clone(),
+                port: r.port,
+                family: r.family,
+                level: r.level,
+                address: r.address,
+            };
+            let next = series.len() as u32;
+            let series_index = *index.entry(key.clone()).or_insert_with(|| {
+                series.push(key);
+                next
+            });
+            let offset_ms = u32::try_from(r.at_unix_ms - base_unix_ms)
+                .map_err(|_| invalid("results span more than 49 days".into()))?;
+            compact.push(CompactResult {
+                series: series_index,
+                outcome: r.outcome,
+                offset_ms,
+                connect_us: r.timings.connect_us,
+                dns_us: r.timings.dns_us,
+                banner_us: r.timings.banner_us,
+                tls_us: r.timings.tls_us,
+                syn_retransmits: r.syn_retransmits,
+                errno: r.errno,
+                icmp: r.icmp.clone(),
+                dns_failure: r.dns_failure,
+                tls: r.tls.clone(),
+                detail: r.detail.clone(),
+            });
+        }
+        Ok(Batch {
+            first_seq: first.seq,
+            base_unix_ms,
+            clock,
+            series,
+            results: compact,
+            dropped_before,
+        })
+    }
+
+    /// Sequence number of the last result, if any.
+    pub fn last_seq(&self) -> Option<u64> {
+        (!self.results.is_empty()).then(|| self.first_seq + self.results.len() as u64 - 1)
+    }
+
+    /// Checks the batch's shape and expands it back into full results.
+    pub fn unpack(&self) -> Result<Vec<ProbeResult>, WireError> {
+        let malformed = |reason: String| WireError::Malformed {
+            what: "batch",
+            reason,
+        };
+        if self.results.len() > MAX_BATCH_RESULTS {
+            return Err(malformed(format!(
+                "{} results, more than {MAX_BATCH_RESULTS}",
+                self.results.len()
+            )));
+        }
+        if self.series.len() > MAX_BATCH_SERIES {
+            return Err(malformed(format!(
+                "{} series, more than {MAX_BATCH_SERIES}",
+                self.series.len()
+            )));
+        }
+        if self
+            .first_seq
+            .checked_add(self.results.len() as u64)
+            .is_none()
+        {
+            return Err(malformed("sequence numbers overflow".into()));
+        }
+        for s in &self.series {
+            if s.target.is_empty() || s.target.len() > MAX_TARGET_BYTES {
+                return Err(malformed(format!(
+                    "target name of {} bytes",
+                    s.target.len()
+                )));
+            }
+        }
+        self.results
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let key = self.series.get(c.series as usize).ok_or_else(|| {
+                    malformed(format!(
+                        "result {i} names series {} of {}",
+                        c.series,
+                        self.series.len()
+                    ))
+                })?;
+                if c.detail.len() > MAX_DETAIL_BYTES {
+                    return Err(malformed(format!(
+                        "result {i} has a detail of {} bytes",
+                        c.detail.len()
+                    )));
+                }
+                Ok(ProbeResult {
+                    seq: self.first_seq + i as u64,
+                    at_unix_ms: self.base_unix_ms.saturating_add(i64::from(c.offset_ms)),
+                    target: key.target.clone(),
+                    port: key.port,
+                    family: key.family,
+                    level: key.level,
+                    outcome: c.outcome,
+                    address: key.address,
+                    timings: PhaseTimings {
+                        dns_us: c.dns_us,
+                        connect_us: c.connect_us,
+                        banner_us: c.banner_us,
+                        tls_us: c.tls_us,
+                    },
+                    syn_retransmits: c.syn_retransmits,
+                    errno: c.errno,
+                    icmp: c.icmp.clone(),
+                    dns_failure: c.dns_failure,
+                    tls: c.tls.clone(),
+                    detail: c.detail.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl Hello {
+    /// Bounds what a hello may carry before the collector looks at it.
+    pub fn check_bounds(&self) -> Result<(), WireError> {
+        if self.targets.len() > MAX_HELLO_TARGETS {
+            return Err(WireError::Malformed {
+                what: "hello",
+                reason: format!(
+                    "{} targets, more than {MAX_HELLO_TARGETS}",
+                    self.targets.len()
+                ),
+            });
+        }
+        if let Some(t) = self
+            .targets
+            .iter()
+            .find(|t| t.host.len() > MAX_TARGET_BYTES)
+        {
+            return Err(WireError::Malformed {
+                what: "hello",
+                reason: format!("target name of {} bytes", t.host.len()),
+            });
+        }
+        Ok(())
+    }
+}
+
+// Eq + Hash for the series table's index; IpAddr, Family and Level are all Eq + Hash.
+impl Eq for SeriesKey {}
+impl std::hash::Hash for SeriesKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (
+            &self.target,
+            self.port,
+            self.family,
+            self.level,
+            self.address,
+        )
+            .hash(state);
+    }
+}
+
+/// Kinds of message an agent sends. Unknown kinds (from a newer agent) are surfaced, not fatal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentMessage {
+    Hello(Hello),
+    Batch(Batch),
+    Unknown(u8),
+}
+
+/// Kinds of message the collector sends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CollectorMessage {
+    Welcome(Welcome),
+    Ack(Ack),
+    Refusal(Refusal),
+    Unknown(u8),
+}
+
+pub(crate) mod kind {
+    pub const HELLO: u8 = 1;
+    pub const BATCH: u8 = 2;
+    pub const WELCOME: u8 = 1;
+    pub const ACK: u8 = 2;
+    pub const REFUSAL: u8 = 3;
+}

@@ -1,0 +1,209 @@
+//! The outcome taxonomy: every probe of (target, port, address family) ends in exactly one of
+//! these. Names are the contract (JSON, API, alerts); the numeric codes are the compact wire form
+//! and never change meaning once assigned.
+
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+
+macro_rules! coded_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident = ($code:expr, $text:expr), )+ }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        pub enum $name { $( $(#[$vmeta])* $variant, )+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[ $( $name::$variant, )+ ];
+
+            /// The stable name used in JSON, the API and alerts.
+            pub fn as_str(self) -> &'static str {
+                match self { $( $name::$variant => $text, )+ }
+            }
+            /// The stable compact code used on the wire.
+            pub fn code(self) -> u8 {
+                match self { $( $name::$variant => $code, )+ }
+            }
+            pub fn from_code(code: u8) -> Option<Self> {
+                match code { $( $code => Some($name::$variant), )+ _ => None }
+            }
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name { $( $text => Some($name::$variant), )+ _ => None }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                Self::from_name(s).ok_or_else(|| {
+                    let names: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
+                    format!("unknown {} {:?} (expected one of: {})", stringify!($name).to_lowercase(), s, names.join(", "))
+                })
+            }
+        }
+
+        /// Human-readable formats (JSON) carry the name, compact ones (MessagePack) the code.
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() { s.serialize_str(self.as_str()) } else { s.serialize_u8(self.code()) }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> de::Visitor<'de> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        write!(f, "a {} code or name", stringify!($name))
+                    }
+                    fn visit_u64<E: de::Error>(self, v: u64) -> Result<$name, E> {
+                        u8::try_from(v).ok().and_then($name::from_code)
+                            .ok_or_else(|| E::custom(format!("unknown {} code {}", stringify!($name), v)))
+                    }
+                    fn visit_i64<E: de::Error>(self, v: i64) -> Result<$name, E> {
+                        u64::try_from(v).map_err(|_| E::custom("negative code")).and_then(|v| self.visit_u64(v))
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$name, E> {
+                        v.parse().map_err(E::custom)
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+    };
+}
+
+coded_enum! {
+    /// What one probe found. See DESIGN.md for the meaning and typical cause of each.
+    pub enum Outcome {
+        /// Every step asked for succeeded.
+        #[default]
+        Ok = (0, "ok"),
+        /// No answer to the SYN before our deadline: the silent drop of a provider block.
+        Timeout = (1, "timeout"),
+        /// RST to the SYN (ECONNREFUSED).
+        Refused = (2, "refused"),
+        /// ICMP unreachable / administratively prohibited (EHOSTUNREACH, ENETUNREACH).
+        Unreachable = (3, "unreachable"),
+        /// The local host refused to send (EPERM, EACCES): a host firewall.
+        LocalDenied = (4, "local_denied"),
+        /// The name did not resolve.
+        DnsFailed = (5, "dns_failed"),
+        /// The name has no address in this family; never counted as a failure.
+        NoAddress = (6, "no_address"),
+        /// The connection was reset after it was established.
+        Reset = (7, "reset"),
+        /// Connected, but no SMTP greeting in time.
+        NoBanner = (8, "no_banner"),
+        /// The greeting was not 220.
+        BadBanner = (9, "bad_banner"),
+        /// EHLO did not offer STARTTLS where TLS was expected.
+        StarttlsMissing = (10, "starttls_missing"),
+        /// TLS handshake failed or the certificate is not valid for the host.
+        TlsFailed = (11, "tls_failed"),
+    }
+}
+
+impl Outcome {
+    /// Whether this outcome counts against the path. `no_address` is a fact about the
+    /// destination's DNS, not a failure of anything.
+    pub fn is_failure(self) -> bool {
+        !matches!(self, Outcome::Ok | Outcome::NoAddress)
+    }
+
+    /// Whether the TCP connection itself was never established.
+    pub fn is_connect_failure(self) -> bool {
+        matches!(
+            self,
+            Outcome::Timeout | Outcome::Refused | Outcome::Unreachable | Outcome::LocalDenied
+        )
+    }
+}
+
+coded_enum! {
+    /// Address family of one probe. Families are probed separately, never raced.
+    pub enum Family {
+        #[default]
+        Ipv4 = (4, "ipv4"),
+        Ipv6 = (6, "ipv6"),
+    }
+}
+
+coded_enum! {
+    /// How far a probe goes.
+    pub enum Level {
+        /// TCP connect only.
+        Connect = (0, "connect"),
+        /// Read the 220 greeting, then QUIT.
+        Banner = (1, "banner"),
+        /// STARTTLS (25/587/2525), implicit TLS (465) or a plain TLS handshake (443).
+        #[default]
+        Tls = (2, "tls"),
+    }
+}
+
+coded_enum! {
+    /// Why a name did not resolve, kept beside `dns_failed`.
+    pub enum DnsFailure {
+        #[default]
+        Other = (0, "other"),
+        Nxdomain = (1, "nxdomain"),
+        Servfail = (2, "servfail"),
+        Timeout = (3, "timeout"),
+    }
+}
+
+coded_enum! {
+    /// Whether the agent's wall clock was synchronised when a batch was made (the kernel's
+    /// adjtimex status), so the collector knows which timestamps it should not trust.
+    pub enum ClockQuality {
+        #[default]
+        Unknown = (0, "unknown"),
+        Synchronised = (1, "synchronised"),
+        Unsynchronised = (2, "unsynchronised"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_names_round_trip() {
+        for o in Outcome::ALL {
+            assert_eq!(Outcome::from_code(o.code()), Some(*o));
+            assert_eq!(o.as_str().parse::<Outcome>().unwrap(), *o);
+        }
+        assert_eq!(Outcome::ALL.len(), 12);
+        assert!(Outcome::from_code(200).is_none());
+        assert!("bogus"
+            .parse::<Outcome>()
+            .unwrap_err()
+            .contains("expected one of"));
+    }
+
+    #[test]
+    fn json_uses_names_msgpack_uses_codes() {
+        assert_eq!(
+            serde_json::to_string(&Outcome::StarttlsMissing).unwrap(),
+            "\"starttls_missing\""
+        );
+        assert_eq!(rmp_serde::to_vec(&Outcome::Timeout).unwrap(), vec![1u8]);
+        let back: Outcome = rmp_serde::from_slice(&[11u8]).unwrap();
+        assert_eq!(back, Outcome::TlsFailed);
+        assert!(rmp_serde::from_slice::<Outcome>(&[99u8]).is_err());
+    }
+
+    #[test]
+    fn no_address_is_not_a_failure() {
+        assert!(!Outcome::NoAddress.is_failure());
+        assert!(!Outcome::Ok.is_failure());
+        assert!(Outcome::Timeout.is_failure());
+    }
+}

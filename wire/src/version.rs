@@ -1,0 +1,10 @@
+//! Protocol versions and the QUIC application protocol name.
+//!
+//! The major version changes only when old and new peers can no longer understand each other; the
+//! minor version counts additions that older peers safely ignore.
+
+pub const WIRE_MAJOR: u8 = 1;
+pub const WIRE_MINOR: u16 = 0;
+
+/// ALPN of an egresswatch session over QUIC; a peer offering anything else is refused by TLS.
+pub const ALPN: &[u8] = b"egresswatch/1";

@@ -1,0 +1,246 @@
+//! Version skew and framing, with bytes made by "other rules": an older peer's records (fewer
+//! trailing fields) and a newer peer's (more trailing fields, unknown message kinds).
+
+use egresswatch_wire::frame::{body_len, decode_body, WireMessage};
+use egresswatch_wire::limits::MAX_FRAME_BYTES;
+use egresswatch_wire::*;
+use serde::Serialize;
+
+fn result(seq: u64, port: u16, outcome: Outcome, connect_us: Option<u32>) -> ProbeResult {
+    ProbeResult {
+        seq,
+        at_unix_ms: 1_767_000_000_000 + seq as i64 * 1000,
+        target: "mx.lab.example".into(),
+        port,
+        family: Family::Ipv4,
+        level: Level::Connect,
+        outcome,
+        address: Some("198.18.10.25".parse().unwrap()),
+        timings: PhaseTimings {
+            connect_us,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn batch_round_trips_through_a_frame() {
+    let results: Vec<_> = (100..160)
+        .map(|s| {
+            result(
+                s,
+                [25, 465, 587, 2525][s as usize % 4],
+                Outcome::Ok,
+                Some(1200 + s as u32),
+            )
+        })
+        .collect();
+    let batch = Batch::pack(&results, ClockQuality::Synchronised, 3).unwrap();
+    assert_eq!(batch.series.len(), 4);
+    let frame = encode_frame(&AgentMessage::Batch(batch.clone()), MAX_FRAME_BYTES).unwrap();
+    let mut dec = FrameDecoder::new(MAX_FRAME_BYTES);
+    // Bytes arrive one at a time: still exactly one frame.
+    for b in &frame {
+        assert!(dec.next_body().unwrap().is_none());
+        dec.push(std::slice::from_ref(b));
+    }
+    let body = dec.next_body().unwrap().unwrap();
+    assert_eq!(dec.buffered(), 0);
+    match decode_body::<AgentMessage>(&body).unwrap() {
+        AgentMessage::Batch(b) => {
+            assert_eq!(b, batch);
+            assert_eq!(b.unpack().unwrap(), results);
+            assert_eq!(b.last_seq(), Some(159));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn typical_result_is_small() {
+    let results: Vec<_> = (0..200)
+        .map(|s| {
+            result(
+                s,
+                [25, 465, 587, 2525, 443][s as usize % 5],
+                Outcome::Ok,
+                Some(900 + (s as u32 * 37) % 40_000),
+            )
+        })
+        .collect();
+    let batch = Batch::pack(&results, ClockQuality::Synchronised, 0).unwrap();
+    let frame = encode_frame(&AgentMessage::Batch(batch), MAX_FRAME_BYTES).unwrap();
+    let per_result = frame.len() as f64 / 200.0;
+    assert!(per_result <= 16.0, "{per_result} bytes per result");
+}
+
+/// What an older agent (wire 1.0 without `status`, `clock` …) would have sent.
+#[derive(Serialize)]
+struct OldHello(u8, u16, String, (String, String));
+
+/// What a newer agent might send: today's fields plus two it added later.
+#[derive(Serialize)]
+struct NewerAck(u64, u32, u32, u32, String, u64, String);
+
+#[test]
+fn older_bytes_decode_with_defaults() {
+    let bytes = rmp_serde::to_vec(&OldHello(
+        1,
+        0,
+        "0.0.9".into(),
+        ("aws".into(), "acct-1".into()),
+    ))
+    .unwrap();
+    let hello: Hello = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(hello.agent_version, "0.0.9");
+    assert_eq!(hello.labels.provider, "aws");
+    assert_eq!(hello.labels.account, "acct-1");
+    assert!(hello.labels.region.is_empty());
+    assert!(hello.targets.is_empty());
+    assert_eq!(hello.clock, ClockQuality::Unknown);
+}
+
+#[test]
+fn newer_trailing_fields_are_ignored() {
+    let bytes =
+        rmp_serde::to_vec(&NewerAck(77, 5, 1, 0, String::new(), 999, "future".into())).unwrap();
+    let ack: Ack = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(
+        ack,
+        Ack {
+            up_to_seq: 77,
+            accepted: 5,
+            duplicates: 1,
+            discarded: 0,
+            reason: String::new()
+        }
+    );
+}
+
+#[test]
+fn missing_required_fields_are_an_error() {
+    let bytes = rmp_serde::to_vec(&(77u64, 5u32)).unwrap();
+    assert!(rmp_serde::from_slice::<Ack>(&bytes).is_err());
+}
+
+fn envelope<T: Serialize>(major: u8, kind: u8, payload: &T, extra: bool) -> Vec<u8> {
+    let mut body = Vec::new();
+    rmp::encode::write_array_len(&mut body, if extra { 4 } else { 3 }).unwrap();
+    rmp::encode::write_uint(&mut body, major.into()).unwrap();
+    rmp::encode::write_uint(&mut body, kind.into()).unwrap();
+    rmp_serde::encode::write(&mut body, payload).unwrap();
+    if extra {
+        rmp_serde::encode::write(&mut body, &"envelope extension").unwrap();
+    }
+    body
+}
+
+#[test]
+fn unknown_kinds_and_envelope_extensions_are_tolerated() {
+    let body = envelope(1, 9, &("something", 1, 2), false);
+    assert_eq!(
+        decode_body::<CollectorMessage>(&body).unwrap(),
+        CollectorMessage::Unknown(9)
+    );
+    let ack = Ack {
+        up_to_seq: 3,
+        ..Default::default()
+    };
+    let body = envelope(1, 2, &ack, true);
+    assert_eq!(
+        decode_body::<CollectorMessage>(&body).unwrap(),
+        CollectorMessage::Ack(ack)
+    );
+}
+
+#[test]
+fn wrong_major_is_refused_with_both_versions() {
+    let body = envelope(2, 1, &Hello::default(), false);
+    let err = decode_body::<AgentMessage>(&body).unwrap_err();
+    assert!(
+        matches!(err, WireError::VersionMismatch { theirs: 2, ours: 1 }),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_frames_are_errors_not_panics() {
+    assert!(matches!(
+        body_len([0, 0, 0, 0], 10),
+        Err(WireError::EmptyFrame)
+    ));
+    assert!(matches!(
+        body_len([0xff, 0, 0, 0], MAX_FRAME_BYTES),
+        Err(WireError::FrameTooLarge { .. })
+    ));
+    let mut dec = FrameDecoder::new(16);
+    dec.push(&[0, 0, 1, 0]);
+    assert!(dec.next_body().is_err());
+    // Trailing bytes after a complete envelope.
+    let mut body = envelope(1, 2, &Ack::default(), false);
+    body.push(0xc0);
+    assert!(matches!(
+        decode_body::<CollectorMessage>(&body),
+        Err(WireError::TrailingBytes { .. })
+    ));
+    // Garbage of every short length.
+    for len in 0..64u8 {
+        let junk: Vec<u8> = (0..len)
+            .map(|i| i.wrapping_mul(37).wrapping_add(0x90))
+            .collect();
+        let _ = decode_body::<AgentMessage>(&junk);
+    }
+    // A batch whose result names a series that is not there.
+    let mut batch = Batch::pack(
+        &[result(1, 25, Outcome::Ok, Some(5))],
+        ClockQuality::Unknown,
+        0,
+    )
+    .unwrap();
+    batch.results[0].series = 7;
+    assert!(batch.unpack().is_err());
+}
+
+#[test]
+fn pack_requires_consecutive_sequences() {
+    let err = Batch::pack(
+        &[
+            result(1, 25, Outcome::Ok, None),
+            result(3, 25, Outcome::Ok, None),
+        ],
+        ClockQuality::Unknown,
+        0,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("consecutive"));
+    assert!(Batch::pack(&[], ClockQuality::Unknown, 0).is_err());
+}
+
+#[test]
+fn every_collector_message_round_trips() {
+    for m in [
+        CollectorMessage::Welcome(Welcome {
+            wire_major: 1,
+            wire_minor: 0,
+            collector_version: "0.1.0".into(),
+            agent_id: "a1".into(),
+            acked_seq: 9,
+        }),
+        CollectorMessage::Ack(Ack {
+            up_to_seq: 10,
+            accepted: 1,
+            duplicates: 0,
+            discarded: 0,
+            reason: String::new(),
+        }),
+        CollectorMessage::Refusal(Refusal {
+            reason: "wire major 2 not supported".into(),
+            retry_after_s: 0,
+        }),
+    ] {
+        let frame = encode_frame(&m, MAX_FRAME_BYTES).unwrap();
+        assert_eq!(decode_body::<CollectorMessage>(&frame[4..]).unwrap(), m);
+        assert!(m.kind().is_some());
+    }
+}
