@@ -1,0 +1,1 @@
+// egresswatch matrix page.
