@@ -1,9 +1,34 @@
 //! The probe engine: one (target, port, family) at one level in, exactly one classified
-//! [`ProbeResult`] out. STUB — being built in issue 2.
+//! [`ProbeResult`] out.
+//!
+//! Steps, each with its own timing and its own failure outcomes: resolve ([`resolve`]), connect
+//! ([`connect`]), the SMTP greeting and EHLO ([`smtp`]), TLS ([`tls`]: STARTTLS on 25/587/2525
+//! and other SMTP ports, implicit TLS on 465, a plain handshake on 443). A probe never sends mail,
+//! always says QUIT when it spoke SMTP, and never retries: the caller's schedule decides when to
+//! look again.
 
-use egresswatch_wire::{Family, Level, ProbeResult};
+pub mod classify;
+pub mod connect;
+pub mod resolve;
+pub mod smtp;
+pub mod tls;
+
+use connect::Binding;
+use egresswatch_wire::result::truncate_detail;
+use egresswatch_wire::{limits::MAX_DETAIL_BYTES, Family, Level, Outcome, PhaseTimings, ProbeResult};
+use resolve::ResolveError;
+use rustls::ClientConfig;
+use smtp::{ExchangeError, ReplyParser};
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+/// Implicit-TLS SMTP (submissions).
+pub const PORT_SMTPS: u16 = 465;
+/// The HTTPS control: if 443 answers while SMTP ports do not, SMTP is being filtered.
+pub const PORT_HTTPS: u16 = 443;
 
 /// What to probe.
 #[derive(Debug, Clone)]
@@ -17,11 +42,12 @@ pub struct ProbeTarget {
 /// How to probe: shared by every probe of one check or one agent.
 #[derive(Debug, Clone)]
 pub struct ProbeOptions {
-    /// Deadline of the whole probe (connect + SMTP + TLS), shorter than the kernel's SYN give-up.
+    /// Deadline of the whole probe after resolution (connect + SMTP + TLS), far shorter than the
+    /// kernel's SYN give-up, so `timeout` always means "our deadline fired".
     pub timeout: Duration,
     /// Deadline of name resolution, its own phase.
     pub dns_timeout: Duration,
-    /// Source address to bind to, for multi-homed hosts.
+    /// Source address to bind to, for multi-homed hosts (used for the matching family).
     pub source_v4: Option<std::net::Ipv4Addr>,
     pub source_v6: Option<std::net::Ipv6Addr>,
     /// Interface to bind to (SO_BINDTODEVICE).
@@ -32,15 +58,312 @@ pub struct ProbeOptions {
     pub ehlo_name: String,
 }
 
-/// Probes once. Never panics, never exceeds `timeout` (+ `dns_timeout`) by more than a few ms.
-/// `seq` is left 0: the caller numbers results.
+impl ProbeOptions {
+    /// Options with the given deadline and roots, and defaults for the rest.
+    pub fn new(timeout: Duration, tls_roots: Arc<rustls::RootCertStore>) -> Self {
+        ProbeOptions {
+            timeout,
+            dns_timeout: Duration::from_secs(5).min(timeout.max(Duration::from_secs(1))),
+            source_v4: None,
+            source_v6: None,
+            interface: None,
+            tls_roots,
+            ehlo_name: default_ehlo_name(),
+        }
+    }
+
+    fn binding(&self, family: Family) -> Binding {
+        Binding {
+            source: match family {
+                Family::Ipv4 => self.source_v4.map(IpAddr::V4),
+                Family::Ipv6 => self.source_v6.map(IpAddr::V6),
+            },
+            interface: self.interface.clone(),
+        }
+    }
+}
+
+/// This host's name for EHLO, or a neutral literal when it has none.
+pub fn default_ehlo_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+        .unwrap_or_else(|| "egresswatch.invalid".to_string())
+}
+
+/// The result of resolving one host in one family, reusable for every port of that host.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    pub outcome: Result<Vec<IpAddr>, ResolveError>,
+    /// `None` for address literals: there was nothing to resolve.
+    pub dns_us: Option<u32>,
+}
+
+/// Resolves a host in one family, timed.
+pub async fn resolve_host(host: &str, family: Family, options: &ProbeOptions) -> Resolution {
+    let literal = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok();
+    let started = std::time::Instant::now();
+    let outcome = resolve::resolve(host, family, options.dns_timeout).await;
+    Resolution { outcome, dns_us: (!literal).then(|| micros(started.elapsed())) }
+}
+
+/// Probes once: resolves, then probes the first address of the family. Never panics and never
+/// takes longer than `dns_timeout + timeout` (plus scheduling). `seq` is left 0 for the caller.
 pub async fn probe(target: &ProbeTarget, options: &ProbeOptions) -> ProbeResult {
-    let _ = options;
-    ProbeResult {
+    let resolution = resolve_host(&target.host, target.family, options).await;
+    probe_resolved(target, &resolution, options).await
+}
+
+/// Probes with a resolution made earlier (one lookup serves every port of a host).
+pub async fn probe_resolved(target: &ProbeTarget, resolution: &Resolution, options: &ProbeOptions) -> ProbeResult {
+    let mut result = ProbeResult {
+        at_unix_ms: now_unix_ms(),
         target: target.host.clone(),
         port: target.port,
         family: target.family,
         level: target.level,
+        timings: PhaseTimings { dns_us: resolution.dns_us, ..Default::default() },
         ..Default::default()
+    };
+    match &resolution.outcome {
+        Err(ResolveError::NoAddress) => {
+            result.outcome = Outcome::NoAddress;
+            result.detail = format!("{} has no {} address", target.host, target.family);
+        }
+        Err(ResolveError::Failed { kind, detail }) => {
+            result.outcome = Outcome::DnsFailed;
+            result.dns_failure = Some(*kind);
+            result.detail = format!("{kind}: {detail}");
+        }
+        Ok(addresses) => match addresses.first() {
+            Some(ip) => probe_address(target, *ip, options, &mut result).await,
+            None => {
+                result.outcome = Outcome::NoAddress;
+                result.detail = format!("{} has no {} address", target.host, target.family);
+            }
+        },
     }
+    result.detail = truncate_detail(&result.detail, MAX_DETAIL_BYTES);
+    result
+}
+
+async fn probe_address(target: &ProbeTarget, ip: IpAddr, options: &ProbeOptions, result: &mut ProbeResult) {
+    result.address = Some(ip);
+    let deadline = Instant::now() + options.timeout;
+    let addr = resolve::socket_addr(ip, target.port);
+    let connected = match connect::connect(addr, &options.binding(target.family), options.timeout).await {
+        Ok(c) => c,
+        Err(failure) => {
+            result.outcome = failure.outcome;
+            result.errno = failure.errno;
+            result.icmp = failure.icmp;
+            result.syn_retransmits = failure.syn_retransmits;
+            result.detail = failure.detail;
+            return;
+        }
+    };
+    result.timings.connect_us = Some(connected.connect_us);
+    result.syn_retransmits = connected.syn_retransmits;
+    let stream = connected.stream;
+    match (target.level, target.port) {
+        (Level::Connect, _) | (Level::Banner, PORT_HTTPS) => {
+            result.outcome = Outcome::Ok;
+            result.detail = "connected".into();
+        }
+        (_, PORT_HTTPS) => {
+            tls_only(target, options, stream, deadline, result).await;
+        }
+        (_, PORT_SMTPS) => implicit_tls(target, options, stream, deadline, result).await,
+        _ => plain_smtp(target, options, stream, deadline, result).await,
+    }
+}
+
+fn tls_config(options: &ProbeOptions, result: &mut ProbeResult) -> Option<Arc<ClientConfig>> {
+    match tls::client_config(options.tls_roots.clone()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            result.outcome = Outcome::TlsFailed;
+            result.detail = e.to_string();
+            None
+        }
+    }
+}
+
+/// 443: a TLS handshake is the whole probe.
+async fn tls_only(target: &ProbeTarget, options: &ProbeOptions, stream: tokio::net::TcpStream, deadline: Instant, result: &mut ProbeResult) {
+    let Some(config) = tls_config(options, result) else { return };
+    let started = Instant::now();
+    match tokio::time::timeout_at(deadline, tls::handshake(config, &target.host, stream)).await {
+        Ok(Ok((mut tls, info))) => {
+            result.timings.tls_us = Some(micros(started.elapsed()));
+            result.outcome = Outcome::Ok;
+            result.detail = format!("TLS {} {}", info.version, info.cipher);
+            result.tls = Some(info);
+            let _ = tokio::time::timeout(Duration::from_millis(300), tokio::io::AsyncWriteExt::shutdown(&mut tls)).await;
+        }
+        Ok(Err(e)) => tls_failure(result, &e),
+        Err(_) => {
+            result.outcome = Outcome::TlsFailed;
+            result.detail = "no TLS handshake before the deadline".into();
+        }
+    }
+}
+
+/// 465: TLS first, then the greeting inside it.
+async fn implicit_tls(target: &ProbeTarget, options: &ProbeOptions, stream: tokio::net::TcpStream, deadline: Instant, result: &mut ProbeResult) {
+    let Some(config) = tls_config(options, result) else { return };
+    let started = Instant::now();
+    let (mut tls, info) = match tokio::time::timeout_at(deadline, tls::handshake(config, &target.host, stream)).await {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(e)) => return tls_failure(result, &e),
+        Err(_) => {
+            result.outcome = Outcome::TlsFailed;
+            result.detail = "no TLS handshake before the deadline".into();
+            return;
+        }
+    };
+    result.timings.tls_us = Some(micros(started.elapsed()));
+    let tls_text = format!("TLS {} {}", info.version, info.cipher);
+    result.tls = Some(info);
+    let mut parser = ReplyParser::default();
+    if let Some(greeting) = greet(&mut tls, &mut parser, deadline, result).await {
+        result.outcome = Outcome::Ok;
+        result.detail = format!("{}; {tls_text}", greeting.summary());
+        smtp::quit(&mut tls, &mut parser, deadline).await;
+    }
+}
+
+/// 25, 587, 2525 and any other port: greeting, then (level tls) EHLO and STARTTLS.
+async fn plain_smtp(target: &ProbeTarget, options: &ProbeOptions, mut stream: tokio::net::TcpStream, deadline: Instant, result: &mut ProbeResult) {
+    let mut parser = ReplyParser::default();
+    let Some(greeting) = greet(&mut stream, &mut parser, deadline, result).await else { return };
+    if target.level == Level::Banner {
+        result.outcome = Outcome::Ok;
+        result.detail = greeting.summary();
+        smtp::quit(&mut stream, &mut parser, deadline).await;
+        return;
+    }
+    let ehlo = match exchange(&mut stream, &mut parser, &format!("EHLO {}", options.ehlo_name), deadline).await {
+        Ok(reply) => reply,
+        Err(e) => return session_failure(result, Outcome::StarttlsMissing, "EHLO", &e),
+    };
+    if ehlo.code != 250 {
+        result.outcome = Outcome::StarttlsMissing;
+        result.detail = format!("EHLO refused: {}", ehlo.summary());
+        smtp::quit(&mut stream, &mut parser, deadline).await;
+        return;
+    }
+    if !ehlo.offers("STARTTLS") {
+        result.outcome = Outcome::StarttlsMissing;
+        result.detail = format!("EHLO reply does not offer STARTTLS ({} lines); stripped on the path, or not offered", ehlo.lines.len());
+        smtp::quit(&mut stream, &mut parser, deadline).await;
+        return;
+    }
+    let go = match exchange(&mut stream, &mut parser, "STARTTLS", deadline).await {
+        Ok(reply) => reply,
+        Err(e) => return session_failure(result, Outcome::TlsFailed, "STARTTLS", &e),
+    };
+    if go.code != 220 {
+        result.outcome = Outcome::TlsFailed;
+        result.detail = format!("STARTTLS refused: {}", go.summary());
+        smtp::quit(&mut stream, &mut parser, deadline).await;
+        return;
+    }
+    if parser.leftover() > 0 {
+        // Plaintext after "220 ready to start TLS" would be read as if it came over TLS: the
+        // STARTTLS command-injection pattern. Refuse to go on.
+        result.outcome = Outcome::TlsFailed;
+        result.detail = "the server sent data after its STARTTLS reply (injection)".into();
+        return;
+    }
+    let Some(config) = tls_config(options, result) else { return };
+    let started = Instant::now();
+    match tokio::time::timeout_at(deadline, tls::handshake(config, &target.host, stream)).await {
+        Ok(Ok((mut tls, info))) => {
+            result.timings.tls_us = Some(micros(started.elapsed()));
+            result.outcome = Outcome::Ok;
+            result.detail = format!("{}; STARTTLS {} {}", greeting.summary(), info.version, info.cipher);
+            result.tls = Some(info);
+            let mut parser = ReplyParser::default();
+            smtp::quit(&mut tls, &mut parser, deadline).await;
+        }
+        Ok(Err(e)) => tls_failure(result, &e),
+        Err(_) => {
+            result.outcome = Outcome::TlsFailed;
+            result.detail = "no TLS handshake after STARTTLS before the deadline".into();
+        }
+    }
+}
+
+/// Waits for the greeting; on failure records the outcome and returns `None`.
+async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    parser: &mut ReplyParser,
+    deadline: Instant,
+    result: &mut ProbeResult,
+) -> Option<smtp::Reply> {
+    let started = Instant::now();
+    match smtp::read_reply(stream, parser, deadline).await {
+        Ok(reply) if reply.code == 220 => {
+            result.timings.banner_us = Some(micros(started.elapsed()));
+            Some(reply)
+        }
+        Ok(reply) => {
+            result.timings.banner_us = Some(micros(started.elapsed()));
+            result.outcome = Outcome::BadBanner;
+            result.detail = format!("greeting was {}", reply.summary());
+            smtp::quit(stream, parser, deadline).await;
+            None
+        }
+        Err(ExchangeError::Reply(e)) => {
+            result.outcome = Outcome::BadBanner;
+            result.detail = format!("greeting: {e}");
+            None
+        }
+        Err(ExchangeError::Timeout) => {
+            result.outcome = Outcome::NoBanner;
+            result.detail = format!("connected, but no complete greeting within {} ms", started.elapsed().as_millis());
+            None
+        }
+        Err(e) => {
+            session_failure(result, Outcome::NoBanner, "greeting", &e);
+            None
+        }
+    }
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    parser: &mut ReplyParser,
+    command: &str,
+    deadline: Instant,
+) -> Result<smtp::Reply, ExchangeError> {
+    smtp::send(stream, command, deadline).await?;
+    smtp::read_reply(stream, parser, deadline).await
+}
+
+/// Records a failed exchange: a reset is a reset wherever it happens; otherwise `fallback`.
+fn session_failure(result: &mut ProbeResult, fallback: Outcome, step: &str, e: &ExchangeError) {
+    let errno = match e {
+        ExchangeError::Io(io) => io.raw_os_error(),
+        _ => None,
+    };
+    result.errno = errno;
+    result.outcome = errno.and_then(classify::session_errno_outcome).unwrap_or(fallback);
+    result.detail = format!("{step}: {e}");
+}
+
+fn tls_failure(result: &mut ProbeResult, e: &std::io::Error) {
+    result.errno = e.raw_os_error();
+    result.outcome = result.errno.and_then(classify::session_errno_outcome).unwrap_or(Outcome::TlsFailed);
+    result.detail = format!("TLS: {}", connect::short_io_text(e));
+}
+
+fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}
+
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

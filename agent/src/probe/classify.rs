@@ -1,0 +1,90 @@
+//! errno → outcome: the one place that decides what a kernel error means for egress.
+//!
+//! Pure and table-tested. The raw errno is always kept beside the outcome, so a mapping that turns
+//! out too coarse loses nothing.
+
+use egresswatch_wire::Outcome;
+
+/// What a failed `connect()` means.
+pub fn connect_errno_outcome(errno: i32) -> Outcome {
+    match errno {
+        libc::ECONNREFUSED => Outcome::Refused,
+        libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENONET | libc::ENETDOWN
+        | libc::EADDRNOTAVAIL | libc::EPROTO => Outcome::Unreachable,
+        libc::EPERM | libc::EACCES => Outcome::LocalDenied,
+        libc::ETIMEDOUT => Outcome::Timeout,
+        libc::ECONNRESET | libc::ECONNABORTED | libc::EPIPE => Outcome::Reset,
+        _ => Outcome::Unreachable,
+    }
+}
+
+/// What an I/O error after the connection was established means.
+pub fn session_errno_outcome(errno: i32) -> Option<Outcome> {
+    match errno {
+        libc::ECONNRESET | libc::ECONNABORTED | libc::EPIPE => Some(Outcome::Reset),
+        libc::EHOSTUNREACH | libc::ENETUNREACH => Some(Outcome::Unreachable),
+        libc::ETIMEDOUT => Some(Outcome::Timeout),
+        _ => None,
+    }
+}
+
+/// Short words for an ICMP type/code, as a reader of the detail wants them.
+pub fn icmp_words(v6: bool, icmp_type: u8, code: u8) -> &'static str {
+    if v6 {
+        match (icmp_type, code) {
+            (1, 0) => "no route to destination",
+            (1, 1) => "administratively prohibited",
+            (1, 3) => "address unreachable",
+            (1, 4) => "port unreachable",
+            (1, 5) => "source address failed ingress/egress policy",
+            (1, 6) => "reject route to destination",
+            (1, _) => "destination unreachable",
+            (3, _) => "time exceeded",
+            _ => "ICMPv6 error",
+        }
+    } else {
+        match (icmp_type, code) {
+            (3, 0) => "network unreachable",
+            (3, 1) => "host unreachable",
+            (3, 3) => "port unreachable",
+            (3, 9) | (3, 10) | (3, 13) => "administratively prohibited",
+            (3, _) => "destination unreachable",
+            (11, _) => "time exceeded",
+            _ => "ICMP error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_errors_map_per_taxonomy() {
+        let table = [
+            (libc::ECONNREFUSED, Outcome::Refused),
+            (libc::EHOSTUNREACH, Outcome::Unreachable),
+            (libc::ENETUNREACH, Outcome::Unreachable),
+            (libc::EPERM, Outcome::LocalDenied),
+            (libc::EACCES, Outcome::LocalDenied),
+            (libc::ETIMEDOUT, Outcome::Timeout),
+            (libc::ECONNRESET, Outcome::Reset),
+        ];
+        for (errno, outcome) in table {
+            assert_eq!(connect_errno_outcome(errno), outcome, "errno {errno}");
+        }
+    }
+
+    #[test]
+    fn session_errors() {
+        assert_eq!(session_errno_outcome(libc::ECONNRESET), Some(Outcome::Reset));
+        assert_eq!(session_errno_outcome(libc::EINVAL), None);
+    }
+
+    #[test]
+    fn icmp_words_name_admin_prohibited() {
+        assert_eq!(icmp_words(false, 3, 13), "administratively prohibited");
+        assert_eq!(icmp_words(true, 1, 1), "administratively prohibited");
+        assert_eq!(icmp_words(false, 3, 3), "port unreachable");
+    }
+}

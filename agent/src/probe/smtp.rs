@@ -1,0 +1,287 @@
+//! SMTP replies: a sans-IO parser, and the few async steps a probe needs (read a reply, send a
+//! command). Real servers are strict about order, so a probe waits for the greeting before it
+//! sends anything (Postfix postscreen drops clients that talk first) and reads multi-line replies
+//! (`220-…` greetings, EHLO lists ending in `250 STARTTLS`) to their last line. Every line and
+//! every reply is bounded, so a server that sends an endless line or junk ends in a clear error.
+
+use std::fmt;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Longest reply line accepted (RFC 5321 allows 512; real servers stay far below 1000).
+pub const MAX_LINE_BYTES: usize = 1000;
+/// Largest whole reply accepted.
+pub const MAX_REPLY_BYTES: usize = 16 * 1024;
+/// Most lines in one reply.
+pub const MAX_REPLY_LINES: usize = 128;
+
+/// One complete SMTP reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub code: u16,
+    /// Text of each line, without code, separator and line ending.
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    /// Whether an EHLO reply advertises `keyword` (e.g. STARTTLS), on any line.
+    pub fn offers(&self, keyword: &str) -> bool {
+        // The first line of a multi-line EHLO reply is the server's name, not a capability.
+        let skip = usize::from(self.lines.len() > 1);
+        self.lines.iter().skip(skip).any(|line| {
+            line.split_whitespace().next().is_some_and(|word| word.eq_ignore_ascii_case(keyword))
+        })
+    }
+
+    /// The reply as one short line for details: "554 5.7.1 no thanks".
+    pub fn summary(&self) -> String {
+        let first = self.lines.first().map(String::as_str).unwrap_or("");
+        let text: String = first.chars().filter(|c| !c.is_control()).take(120).collect();
+        format!("{} {}", self.code, text).trim_end().to_string()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyError {
+    LineTooLong,
+    ReplyTooLarge,
+    /// A line that is not `DDD[ -]text`; carries a printable excerpt.
+    NotSmtp(String),
+    /// A continuation line with another code than the first line.
+    MixedCodes { first: u16, then: u16 },
+}
+
+impl fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplyError::LineTooLong => write!(f, "reply line longer than {MAX_LINE_BYTES} bytes"),
+            ReplyError::ReplyTooLarge => write!(f, "reply larger than {MAX_REPLY_BYTES} bytes or {MAX_REPLY_LINES} lines"),
+            ReplyError::NotSmtp(excerpt) => write!(f, "not an SMTP reply: {excerpt:?}"),
+            ReplyError::MixedCodes { first, then } => write!(f, "reply mixes codes {first} and {then}"),
+        }
+    }
+}
+
+/// Accumulates bytes and yields whole replies.
+#[derive(Debug, Default)]
+pub struct ReplyParser {
+    pending: Vec<u8>,
+    code: Option<u16>,
+    lines: Vec<String>,
+    reply_bytes: usize,
+}
+
+impl ReplyParser {
+    /// Feeds bytes; returns a reply once its last line has arrived. Bytes after that reply stay
+    /// buffered (see [`ReplyParser::leftover`]).
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Option<Reply>, ReplyError> {
+        self.pending.extend_from_slice(bytes);
+        loop {
+            let Some(newline) = self.pending.iter().position(|&b| b == b'\n') else {
+                if self.pending.len() > MAX_LINE_BYTES {
+                    return Err(ReplyError::LineTooLong);
+                }
+                return Ok(None);
+            };
+            if newline + 1 > MAX_LINE_BYTES {
+                return Err(ReplyError::LineTooLong);
+            }
+            let raw: Vec<u8> = self.pending.drain(..=newline).collect();
+            self.reply_bytes += raw.len();
+            if self.reply_bytes > MAX_REPLY_BYTES || self.lines.len() >= MAX_REPLY_LINES {
+                return Err(ReplyError::ReplyTooLarge);
+            }
+            let line = String::from_utf8_lossy(&raw);
+            let line = line.trim_end_matches(['\r', '\n']);
+            let (code, last, text) = parse_line(line)?;
+            match self.code {
+                None => self.code = Some(code),
+                Some(first) if first != code => return Err(ReplyError::MixedCodes { first, then: code }),
+                Some(_) => {}
+            }
+            self.lines.push(text.to_string());
+            if last {
+                self.reply_bytes = 0;
+                let code = self.code.take().unwrap_or(code);
+                return Ok(Some(Reply { code, lines: std::mem::take(&mut self.lines) }));
+            }
+        }
+    }
+
+    /// Bytes received after the last complete reply.
+    pub fn leftover(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+fn parse_line(line: &str) -> Result<(u16, bool, &str), ReplyError> {
+    let bytes = line.as_bytes();
+    let excerpt = || ReplyError::NotSmtp(line.chars().take(40).collect());
+    if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) || !(b'2'..=b'5').contains(&bytes[0]) {
+        return Err(excerpt());
+    }
+    let code = line[..3].parse::<u16>().map_err(|_| excerpt())?;
+    match bytes.get(3) {
+        None => Ok((code, true, "")),
+        Some(b' ') => Ok((code, true, &line[4..])),
+        Some(b'-') => Ok((code, false, &line[4..])),
+        Some(_) => Err(excerpt()),
+    }
+}
+
+/// Why an exchange with the server did not produce a reply.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// Nothing (or not enough) arrived before the deadline.
+    Timeout,
+    /// The server closed the connection.
+    Closed,
+    Io(std::io::Error),
+    Reply(ReplyError),
+}
+
+impl fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExchangeError::Timeout => f.write_str("no reply before the deadline"),
+            ExchangeError::Closed => f.write_str("the server closed the connection"),
+            ExchangeError::Io(e) => write!(f, "{}", super::connect::short_io_text(e)),
+            ExchangeError::Reply(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Reads one reply, waiting at most until `deadline`.
+pub async fn read_reply<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    parser: &mut ReplyParser,
+    deadline: Instant,
+) -> Result<Reply, ExchangeError> {
+    if let Some(reply) = parser.push(&[]).map_err(ExchangeError::Reply)? {
+        return Ok(reply);
+    }
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return Err(ExchangeError::Timeout),
+            Ok(Err(e)) => return Err(ExchangeError::Io(e)),
+            Ok(Ok(0)) => return Err(ExchangeError::Closed),
+            Ok(Ok(n)) => n,
+        };
+        if let Some(reply) = parser.push(&buf[..n]).map_err(ExchangeError::Reply)? {
+            return Ok(reply);
+        }
+    }
+}
+
+/// Sends one command line (CRLF added).
+pub async fn send<S: AsyncWrite + Unpin>(stream: &mut S, command: &str, deadline: Instant) -> Result<(), ExchangeError> {
+    let line = format!("{command}\r\n");
+    match tokio::time::timeout_at(deadline, stream.write_all(line.as_bytes())).await {
+        Err(_) => Err(ExchangeError::Timeout),
+        Ok(Err(e)) => Err(ExchangeError::Io(e)),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+/// Says QUIT and closes, politely but without waiting long: the probe's answer is already known.
+pub async fn quit<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, parser: &mut ReplyParser, deadline: Instant) {
+    let soon = deadline.min(Instant::now() + Duration::from_millis(500));
+    if send(stream, "QUIT", soon).await.is_ok() {
+        let _ = read_reply(stream, parser, soon).await;
+    }
+    let _ = tokio::time::timeout_at(soon, stream.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(chunks: &[&[u8]]) -> Result<Option<Reply>, ReplyError> {
+        let mut p = ReplyParser::default();
+        let mut last = None;
+        for c in chunks {
+            if let Some(r) = p.push(c)? {
+                last = Some(r);
+            }
+        }
+        Ok(last)
+    }
+
+    #[test]
+    fn single_line_greeting() {
+        let r = parse_all(&[b"220 mx.lab.test ESMTP Postfix\r\n"]).unwrap().unwrap();
+        assert_eq!(r.code, 220);
+        assert_eq!(r.lines, vec!["mx.lab.test ESMTP Postfix"]);
+        assert_eq!(r.summary(), "220 mx.lab.test ESMTP Postfix");
+    }
+
+    #[test]
+    fn multi_line_greeting_as_postscreen_sends_it() {
+        let r = parse_all(&[b"220-mx.lab.test ESMTP\r\n", b"220-please wait\r\n220 mx.lab.test ESMTP\r\n"]).unwrap().unwrap();
+        assert_eq!(r.code, 220);
+        assert_eq!(r.lines.len(), 3);
+    }
+
+    #[test]
+    fn byte_by_byte_and_bare_newlines() {
+        let mut p = ReplyParser::default();
+        let msg = b"250-mx\n250-PIPELINING\n250 STARTTLS\n";
+        let mut got = None;
+        for b in msg {
+            if let Some(r) = p.push(std::slice::from_ref(b)).unwrap() {
+                got = Some(r);
+            }
+        }
+        let r = got.unwrap();
+        assert!(r.offers("STARTTLS"));
+        assert!(r.offers("pipelining"));
+    }
+
+    #[test]
+    fn starttls_as_last_line_or_absent() {
+        let with = parse_all(&[b"250-mx.lab.test\r\n250-SIZE 10240000\r\n250 STARTTLS\r\n"]).unwrap().unwrap();
+        assert!(with.offers("STARTTLS"));
+        let without = parse_all(&[b"250-mx.lab.test\r\n250-SIZE 10240000\r\n250 8BITMIME\r\n"]).unwrap().unwrap();
+        assert!(!without.offers("STARTTLS"));
+        // The greeting name itself is not a capability.
+        let named = parse_all(&[b"250 STARTTLS\r\n"]).unwrap().unwrap();
+        assert!(named.offers("STARTTLS"));
+    }
+
+    #[test]
+    fn bad_greeting_is_a_reply_not_an_error() {
+        let r = parse_all(&[b"554 5.7.1 Access denied\r\n"]).unwrap().unwrap();
+        assert_eq!(r.code, 554);
+    }
+
+    #[test]
+    fn junk_is_rejected() {
+        assert!(matches!(parse_all(&[b"HTTP/1.1 400 Bad Request\r\n"]), Err(ReplyError::NotSmtp(_))));
+        assert!(matches!(parse_all(&[b"22\r\n"]), Err(ReplyError::NotSmtp(_))));
+        assert!(matches!(parse_all(&[b"220x\r\n"]), Err(ReplyError::NotSmtp(_))));
+        assert!(matches!(parse_all(&[b"\x16\x03\x01\x00\xa5\r\n"]), Err(ReplyError::NotSmtp(_))));
+        assert!(matches!(parse_all(&[b"220-a\r\n250 b\r\n"]), Err(ReplyError::MixedCodes { first: 220, then: 250 })));
+    }
+
+    #[test]
+    fn endless_line_and_endless_reply_are_bounded() {
+        let long = vec![b'2'; MAX_LINE_BYTES + 1];
+        assert_eq!(parse_all(&[&long]), Err(ReplyError::LineTooLong));
+        let mut p = ReplyParser::default();
+        let mut result = Ok(None);
+        for _ in 0..(MAX_REPLY_LINES + 2) {
+            result = p.push(b"220-more\r\n");
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result, Err(ReplyError::ReplyTooLarge));
+    }
+
+    #[test]
+    fn incomplete_reply_waits() {
+        assert_eq!(parse_all(&[b"220-first\r\n", b"220 sec"]).unwrap(), None);
+    }
+}
