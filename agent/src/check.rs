@@ -1,15 +1,612 @@
-//! `egresswatch-agent check`: STUB — being built in issue 2.
+//! `egresswatch-agent check`: answer one host's question in seconds — which outbound ports can
+//! this host use, and which layer is in the way.
+//!
+//! Every (host, port, family) is probed at once, so a host where everything is dropped answers in
+//! about one timeout rather than the sum. Output is a table for people, ending in a verdict in
+//! plain words, or one JSON array for scripts (the contract in README). Exit 0 when every probe
+//! is `ok`, 1 when any is not, 2 on usage error.
 
+use crate::probe::{self, ProbeOptions, ProbeTarget, Resolution, PORT_HTTPS};
+use egresswatch_wire::{Family, Level, Outcome, ProbeResult};
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The ports people ask about, and 443 as the control.
+pub const DEFAULT_PORTS: [u16; 5] = [25, 465, 587, 2525, 443];
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     /// Hosts to probe (names or addresses).
-    #[arg(required = true)]
+    #[arg(required = true, value_name = "HOST")]
     pub hosts: Vec<String>,
+    /// Port to probe; repeat for several. Default: 25, 465, 587, 2525 and 443 (control).
+    #[arg(long = "port", short = 'p', value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// Deadline of each probe, e.g. 5s, 1500ms.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DUR")]
+    pub timeout: Duration,
+    /// How far to go: connect, banner or tls.
+    #[arg(long, default_value = "tls", value_name = "L")]
+    pub level: Level,
+    /// Extra trust roots (PEM) for private relays, added to the system's.
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// Source address to send from (multi-homed hosts); repeat for one per family.
+    #[arg(long, value_name = "ADDR")]
+    pub source: Vec<std::net::IpAddr>,
+    /// Network interface to send from (SO_BINDTODEVICE).
+    #[arg(long, value_name = "IF")]
+    pub interface: Option<String>,
+    /// Only this family: ipv4 or ipv6 (default: both, each probed on its own).
+    #[arg(long, value_name = "F")]
+    pub family: Option<Family>,
+    /// Print one JSON array instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses "5s", "1500ms", "2m", or bare seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?} (e.g. 5s, 500ms)"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    if !(seconds > 0.0 && seconds <= 86_400.0) {
+        return Err(format!("duration {text:?} out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 pub fn main(args: CheckArgs) -> ExitCode {
-    let _ = args;
-    ExitCode::from(2)
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("egresswatch-agent: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let roots = match probe::tls::load_roots(args.ca_file.as_deref()) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            eprintln!("egresswatch-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut options = ProbeOptions::new(args.timeout, roots);
+    for source in &args.source {
+        match source {
+            std::net::IpAddr::V4(v4) => options.source_v4 = Some(*v4),
+            std::net::IpAddr::V6(v6) => options.source_v6 = Some(*v6),
+        }
+    }
+    options.interface = args.interface.clone();
+    let ports = if args.ports.is_empty() {
+        DEFAULT_PORTS.to_vec()
+    } else {
+        args.ports.clone()
+    };
+    let families = match args.family {
+        Some(f) => vec![f],
+        None => vec![Family::Ipv4, Family::Ipv6],
+    };
+    let results = runtime.block_on(run_check(
+        &args.hosts,
+        &ports,
+        &families,
+        args.level,
+        &options,
+    ));
+    if args.json {
+        let rows: Vec<JsonRow> = results.iter().map(JsonRow::from).collect();
+        match serde_json::to_string_pretty(&rows) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("egresswatch-agent: cannot encode JSON: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{}", render_table(&results));
+        println!();
+        for line in verdict(&results) {
+            println!("{line}");
+        }
+    }
+    if results.iter().all(|r| !r.outcome.is_failure())
+        && results.iter().any(|r| r.outcome == Outcome::Ok)
+    {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Probes every host × port × family concurrently; results in a stable order.
+pub async fn run_check(
+    hosts: &[String],
+    ports: &[u16],
+    families: &[Family],
+    level: Level,
+    options: &ProbeOptions,
+) -> Vec<ProbeResult> {
+    // One lookup per (host, family), shared by every port of it.
+    let mut lookups = tokio::task::JoinSet::new();
+    for host in hosts.iter().collect::<BTreeSet<_>>() {
+        for family in families {
+            let (host, family, options) = (host.clone(), *family, options.clone());
+            lookups.spawn(async move {
+                let resolution = probe::resolve_host(&host, family, &options).await;
+                (host, family, resolution)
+            });
+        }
+    }
+    let mut resolved: HashMap<(String, Family), Resolution> = HashMap::new();
+    while let Some(joined) = lookups.join_next().await {
+        if let Ok((host, family, resolution)) = joined {
+            resolved.insert((host, family), resolution);
+        }
+    }
+    let mut probes = tokio::task::JoinSet::new();
+    let mut index = 0usize;
+    for host in hosts {
+        for port in ports {
+            for family in families {
+                let Some(resolution) = resolved.get(&(host.clone(), *family)).cloned() else {
+                    continue;
+                };
+                let target = ProbeTarget {
+                    host: host.clone(),
+                    port: *port,
+                    family: *family,
+                    level,
+                };
+                let options = options.clone();
+                let at = index;
+                index += 1;
+                probes.spawn(async move {
+                    (
+                        at,
+                        probe::probe_resolved(&target, &resolution, &options).await,
+                    )
+                });
+            }
+        }
+    }
+    let mut out: Vec<(usize, ProbeResult)> = Vec::with_capacity(index);
+    while let Some(joined) = probes.join_next().await {
+        if let Ok(pair) = joined {
+            out.push(pair);
+        }
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// One element of `check --json`: the contract fields first, then everything else we know.
+#[derive(Debug, Serialize)]
+pub struct JsonRow {
+    pub host: String,
+    pub port: u16,
+    pub family: Family,
+    pub address: Option<String>,
+    pub outcome: Outcome,
+    pub connect_ms: Option<f64>,
+    pub detail: String,
+    pub level: Level,
+    pub dns_ms: Option<f64>,
+    pub banner_ms: Option<f64>,
+    pub tls_ms: Option<f64>,
+    pub syn_retransmits: Option<u8>,
+    pub errno: Option<i32>,
+    pub dns_failure: Option<egresswatch_wire::DnsFailure>,
+    pub icmp: Option<JsonIcmp>,
+    pub tls: Option<JsonTls>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonIcmp {
+    pub from: Option<String>,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonTls {
+    pub version: String,
+    pub cipher: String,
+}
+
+fn ms(us: Option<u32>) -> Option<f64> {
+    us.map(|us| (f64::from(us) / 1000.0 * 1000.0).round() / 1000.0)
+}
+
+impl From<&ProbeResult> for JsonRow {
+    fn from(r: &ProbeResult) -> Self {
+        JsonRow {
+            host: r.target.clone(),
+            port: r.port,
+            family: r.family,
+            address: r.address.map(|a| a.to_string()),
+            outcome: r.outcome,
+            connect_ms: ms(r.timings.connect_us),
+            detail: r.detail.clone(),
+            level: r.level,
+            dns_ms: ms(r.timings.dns_us),
+            banner_ms: ms(r.timings.banner_us),
+            tls_ms: ms(r.timings.tls_us),
+            syn_retransmits: r.syn_retransmits,
+            errno: r.errno,
+            dns_failure: r.dns_failure,
+            icmp: r.icmp.as_ref().map(|i| JsonIcmp {
+                from: i.from.map(|a| a.to_string()),
+                icmp_type: i.icmp_type,
+                icmp_code: i.icmp_code,
+            }),
+            tls: r.tls.as_ref().map(|t| JsonTls {
+                version: t.version.clone(),
+                cipher: t.cipher.clone(),
+            }),
+        }
+    }
+}
+
+/// The table for people: one row per host/port/family.
+pub fn render_table(results: &[ProbeResult]) -> String {
+    let header = [
+        "HOST", "PORT", "FAMILY", "ADDRESS", "OUTCOME", "CONNECT", "TLS", "DETAIL",
+    ];
+    let rows: Vec<[String; 8]> = results
+        .iter()
+        .map(|r| {
+            [
+                printable(&r.target),
+                r.port.to_string(),
+                r.family.to_string(),
+                r.address
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                r.outcome.to_string(),
+                r.timings
+                    .connect_us
+                    .map(|us| format!("{:.1} ms", f64::from(us) / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                r.tls
+                    .as_ref()
+                    .map(|t| t.version.clone())
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| "-".into()),
+                printable(&r.detail),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row.iter()).take(7) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i < 7 {
+                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            } else {
+                text.push_str(cell);
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        line(&cells);
+    }
+    out
+}
+
+/// Text from the network, made safe for a terminal: control characters become '?'.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+fn port_list(ports: &BTreeSet<u16>) -> String {
+    let items: Vec<String> = ports.iter().map(u16::to_string).collect();
+    match items.len() {
+        0 => String::new(),
+        1 => items[0].clone(),
+        n => format!("{} and {}", items[..n - 1].join(", "), items[n - 1]),
+    }
+}
+
+/// The verdict in plain words, naming the layer. Pure: results in, sentences out.
+pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
+    let mut lines = Vec::new();
+    if results.is_empty() {
+        return vec!["Nothing was probed.".into()];
+    }
+    let with = |o: Outcome| -> BTreeSet<u16> {
+        results
+            .iter()
+            .filter(|r| r.outcome == o && r.port != PORT_HTTPS)
+            .map(|r| r.port)
+            .collect()
+    };
+    let control_ok = results
+        .iter()
+        .any(|r| r.port == PORT_HTTPS && r.outcome == Outcome::Ok);
+    let control_failed = results
+        .iter()
+        .any(|r| r.port == PORT_HTTPS && r.outcome.is_failure())
+        && !control_ok;
+
+    let dns: BTreeSet<&str> = results
+        .iter()
+        .filter(|r| r.outcome == Outcome::DnsFailed)
+        .map(|r| r.target.as_str())
+        .collect();
+    for host in &dns {
+        let kind = results
+            .iter()
+            .find(|r| r.target == *host && r.outcome == Outcome::DnsFailed)
+            .and_then(|r| r.dns_failure);
+        lines.push(format!(
+            "{host} does not resolve ({}): a DNS problem, not a port block.",
+            kind.map(|k| k.to_string())
+                .unwrap_or_else(|| "unknown".into())
+        ));
+    }
+
+    let timeouts = with(Outcome::Timeout);
+    if !timeouts.is_empty() {
+        let verb = if timeouts.len() == 1 {
+            "times out"
+        } else {
+            "time out"
+        };
+        if control_ok {
+            lines.push(format!(
+                "{} {verb} while 443 answers: outbound SMTP is filtered on this network (a silent drop, the signature of a provider block).",
+                port_list(&timeouts)
+            ));
+        } else if control_failed {
+            lines.push(format!(
+                "{} {verb} and so does 443: the destination is unreachable from here, or this host has no outbound network; not an SMTP-specific block.",
+                port_list(&timeouts)
+            ));
+        } else {
+            lines.push(format!(
+                "{} {verb}: the SYN is silently dropped, typical of a provider's SMTP block (probe 443 as a control to be sure).",
+                port_list(&timeouts)
+            ));
+        }
+    }
+
+    let unreachable: Vec<&ProbeResult> = results
+        .iter()
+        .filter(|r| r.outcome == Outcome::Unreachable && r.port != PORT_HTTPS)
+        .collect();
+    if !unreachable.is_empty() {
+        let ports: BTreeSet<u16> = unreachable.iter().map(|r| r.port).collect();
+        let from_path = unreachable.iter().find_map(|r| {
+            let icmp = r.icmp.as_ref()?;
+            let from = icmp.from?;
+            (Some(from) != r.address).then_some(from)
+        });
+        match from_path {
+            Some(hop) => lines.push(format!(
+                "{} {} rejected by {hop}, a router on the path (ICMP): a firewall between this host and the destination, e.g. the provider's edge.",
+                port_list(&ports),
+                if ports.len() == 1 { "is" } else { "are" }
+            )),
+            None => lines.push(format!(
+                "{} {} unreachable (ICMP from the destination itself or no route): the destination's firewall or routing.",
+                port_list(&ports),
+                if ports.len() == 1 { "is" } else { "are" }
+            )),
+        }
+    }
+
+    let local = with(Outcome::LocalDenied);
+    if !local.is_empty() {
+        lines.push(format!(
+            "{}: this host's own firewall refuses to send (EPERM/EACCES).",
+            port_list(&local)
+        ));
+    }
+    let refused = with(Outcome::Refused);
+    if !refused.is_empty() {
+        lines.push(format!(
+            "{}: the destination refuses (TCP reset): nothing listens there, or a reject rule in front of it.",
+            port_list(&refused)
+        ));
+    }
+    let reset = with(Outcome::Reset);
+    if !reset.is_empty() {
+        lines.push(format!(
+            "{}: the connection was reset after it opened: a middlebox cutting SMTP sessions.",
+            port_list(&reset)
+        ));
+    }
+    let no_banner = with(Outcome::NoBanner);
+    if !no_banner.is_empty() {
+        lines.push(format!(
+            "{}: connects but no SMTP greeting arrives: a middlebox may be swallowing the session, or the server is overloaded.",
+            port_list(&no_banner)
+        ));
+    }
+    let bad_banner = with(Outcome::BadBanner);
+    if !bad_banner.is_empty() {
+        lines.push(format!("{}: the destination greets with a refusal: policy at the destination, not the network.", port_list(&bad_banner)));
+    }
+    let stripped = with(Outcome::StarttlsMissing);
+    if !stripped.is_empty() {
+        lines.push(format!(
+            "{}: STARTTLS is not offered: stripped on the path (or the server does not offer it); mail would travel in clear.",
+            port_list(&stripped)
+        ));
+    }
+    let tls_failed: BTreeSet<u16> = results
+        .iter()
+        .filter(|r| r.outcome == Outcome::TlsFailed)
+        .map(|r| r.port)
+        .collect();
+    if !tls_failed.is_empty() {
+        lines.push(format!(
+            "{}: TLS fails (certificate not valid for the host, or the handshake broke): TLS intercepted on the path, or a misconfigured server (use --ca-file for a private relay).",
+            port_list(&tls_failed)
+        ));
+    }
+    let no_v6 = results
+        .iter()
+        .filter(|r| r.outcome == Outcome::NoAddress)
+        .count();
+    let ok: BTreeSet<u16> = results
+        .iter()
+        .filter(|r| r.outcome == Outcome::Ok)
+        .map(|r| r.port)
+        .collect();
+    if lines.is_empty() {
+        if ok.is_empty() {
+            lines.push("No address to probe.".into());
+        } else {
+            lines.push(format!(
+                "{} answer: outbound SMTP is open from this host.",
+                port_list(&ok)
+            ));
+        }
+    } else if !ok.is_empty() {
+        lines.push(format!(
+            "{} {} fine.",
+            port_list(&ok),
+            if ok.len() == 1 { "is" } else { "are" }
+        ));
+    }
+    if no_v6 > 0 {
+        lines.push(format!(
+            "{no_v6} probe(s) had no address in their family (not a failure)."
+        ));
+    }
+    let mut prefixed = vec![format!("Verdict: {}", lines[0])];
+    prefixed.extend(lines.into_iter().skip(1).map(|l| format!("         {l}")));
+    prefixed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egresswatch_wire::IcmpReport;
+
+    fn r(port: u16, outcome: Outcome) -> ProbeResult {
+        ProbeResult {
+            target: "mx.example".into(),
+            port,
+            outcome,
+            address: Some("198.18.0.25".parse().unwrap()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(
+            parse_duration("1500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn provider_block_is_named() {
+        let v = verdict(&[
+            r(25, Outcome::Timeout),
+            r(587, Outcome::Timeout),
+            r(443, Outcome::Ok),
+        ]);
+        assert!(
+            v[0].contains(
+                "25 and 587 time out while 443 answers: outbound SMTP is filtered on this network"
+            ),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn everything_dropped_is_not_called_an_smtp_block() {
+        let v = verdict(&[r(587, Outcome::Timeout), r(443, Outcome::Timeout)]);
+        assert!(v[0].contains("not an SMTP-specific block"), "{v:?}");
+    }
+
+    #[test]
+    fn icmp_from_a_router_names_the_path() {
+        let mut u = r(465, Outcome::Unreachable);
+        u.icmp = Some(IcmpReport {
+            from: Some("198.18.0.1".parse().unwrap()),
+            icmp_type: 3,
+            icmp_code: 13,
+            origin: 2,
+        });
+        let v = verdict(&[u, r(443, Outcome::Ok)]);
+        assert!(
+            v[0].contains("rejected by 198.18.0.1, a router on the path"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn other_layers() {
+        let all = verdict(&[
+            r(25, Outcome::Refused),
+            r(587, Outcome::StarttlsMissing),
+            r(465, Outcome::TlsFailed),
+            r(2525, Outcome::BadBanner),
+        ]);
+        let text = all.join("\n");
+        assert!(text.contains("destination refuses"));
+        assert!(text.contains("STARTTLS is not offered"));
+        assert!(text.contains("TLS intercepted"));
+        assert!(text.contains("policy at the destination"));
+        let mut d = r(25, Outcome::DnsFailed);
+        d.dns_failure = Some(egresswatch_wire::DnsFailure::Nxdomain);
+        assert!(verdict(&[d])[0].contains("does not resolve (nxdomain): a DNS problem"));
+        assert!(verdict(&[r(25, Outcome::Ok), r(443, Outcome::Ok)])[0].contains("open"));
+    }
+
+    #[test]
+    fn table_escapes_control_characters() {
+        let mut x = r(25, Outcome::BadBanner);
+        x.detail = "greeting was 554 \u{1b}[31mred".into();
+        let t = render_table(&[x]);
+        assert!(!t.contains('\u{1b}'));
+        assert!(t.starts_with("HOST"));
+    }
 }

@@ -9,8 +9,13 @@ use egresswatch_wire::Outcome;
 pub fn connect_errno_outcome(errno: i32) -> Outcome {
     match errno {
         libc::ECONNREFUSED => Outcome::Refused,
-        libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENONET | libc::ENETDOWN
-        | libc::EADDRNOTAVAIL | libc::EPROTO => Outcome::Unreachable,
+        libc::EHOSTUNREACH
+        | libc::ENETUNREACH
+        | libc::EHOSTDOWN
+        | libc::ENONET
+        | libc::ENETDOWN
+        | libc::EADDRNOTAVAIL
+        | libc::EPROTO => Outcome::Unreachable,
         libc::EPERM | libc::EACCES => Outcome::LocalDenied,
         libc::ETIMEDOUT => Outcome::Timeout,
         libc::ECONNRESET | libc::ECONNABORTED | libc::EPIPE => Outcome::Reset,
@@ -77,7 +82,10 @@ mod tests {
 
     #[test]
     fn session_errors() {
-        assert_eq!(session_errno_outcome(libc::ECONNRESET), Some(Outcome::Reset));
+        assert_eq!(
+            session_errno_outcome(libc::ECONNRESET),
+            Some(Outcome::Reset)
+        );
         assert_eq!(session_errno_outcome(libc::EINVAL), None);
     }
 

@@ -39,7 +39,11 @@ pub struct ConnectFailure {
 }
 
 /// Connects to `addr` within `deadline`.
-pub async fn connect(addr: SocketAddr, binding: &Binding, deadline: Duration) -> Result<Connected, ConnectFailure> {
+pub async fn connect(
+    addr: SocketAddr,
+    binding: &Binding,
+    deadline: Duration,
+) -> Result<Connected, ConnectFailure> {
     let socket = match make_socket(addr, binding) {
         Ok(s) => s,
         Err(e) => return Err(failure_from_io(&e, None, None, "socket setup")),
@@ -50,7 +54,12 @@ pub async fn connect(addr: SocketAddr, binding: &Binding, deadline: Duration) ->
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => {
             let icmp = read_error_queue(socket.as_raw_fd(), addr.is_ipv6());
-            return Err(failure_from_io(&e, icmp, syn_retransmits(socket.as_raw_fd()), "connect"));
+            return Err(failure_from_io(
+                &e,
+                icmp,
+                syn_retransmits(socket.as_raw_fd()),
+                "connect",
+            ));
         }
     }
     let std_stream: std::net::TcpStream = socket.into();
@@ -71,11 +80,18 @@ pub async fn connect(addr: SocketAddr, binding: &Binding, deadline: Duration) ->
                 detail: format!(
                     "no answer to the SYN within {} ms{}",
                     deadline.as_millis(),
-                    retrans.map(|n| format!(" ({n} SYN retransmissions)")).unwrap_or_default()
+                    retrans
+                        .map(|n| format!(" ({n} SYN retransmissions)"))
+                        .unwrap_or_default()
                 ),
             })
         }
-        Ok(Err(e)) => Err(failure_from_io(&e, read_error_queue(fd, addr.is_ipv6()), syn_retransmits(fd), "connect")),
+        Ok(Err(e)) => Err(failure_from_io(
+            &e,
+            read_error_queue(fd, addr.is_ipv6()),
+            syn_retransmits(fd),
+            "connect",
+        )),
         Ok(Ok(())) => {
             let elapsed = started.elapsed();
             match stream.take_error() {
@@ -87,7 +103,12 @@ pub async fn connect(addr: SocketAddr, binding: &Binding, deadline: Duration) ->
             }
             // writable() can wake spuriously; a connected socket has a peer.
             if let Err(e) = stream.peer_addr() {
-                return Err(failure_from_io(&e, read_error_queue(fd, addr.is_ipv6()), syn_retransmits(fd), "connect"));
+                return Err(failure_from_io(
+                    &e,
+                    read_error_queue(fd, addr.is_ipv6()),
+                    syn_retransmits(fd),
+                    "connect",
+                ));
             }
             Ok(Connected {
                 connect_us: u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX),
@@ -116,7 +137,11 @@ fn make_socket(addr: SocketAddr, binding: &Binding) -> io::Result<Socket> {
 
 fn enable_recverr(socket: &Socket, v6: bool) -> io::Result<()> {
     let on: libc::c_int = 1;
-    let (level, name) = if v6 { (libc::SOL_IPV6, libc::IPV6_RECVERR) } else { (libc::SOL_IP, libc::IP_RECVERR) };
+    let (level, name) = if v6 {
+        (libc::SOL_IPV6, libc::IPV6_RECVERR)
+    } else {
+        (libc::SOL_IP, libc::IP_RECVERR)
+    };
     // SAFETY: setsockopt with a valid fd and a c_int option value.
     let rc = unsafe {
         libc::setsockopt(
@@ -134,9 +159,16 @@ fn enable_recverr(socket: &Socket, v6: bool) -> io::Result<()> {
     }
 }
 
-fn failure_from_io(e: &io::Error, icmp: Option<IcmpReport>, syn_retransmits: Option<u8>, step: &str) -> ConnectFailure {
+fn failure_from_io(
+    e: &io::Error,
+    icmp: Option<IcmpReport>,
+    syn_retransmits: Option<u8>,
+    step: &str,
+) -> ConnectFailure {
     let errno = e.raw_os_error();
-    let outcome = errno.map(connect_errno_outcome).unwrap_or(Outcome::Unreachable);
+    let outcome = errno
+        .map(connect_errno_outcome)
+        .unwrap_or(Outcome::Unreachable);
     let mut detail = format!("{step}: {}", short_io_text(e));
     if let Some(report) = &icmp {
         let v6 = report.origin == libc::SO_EE_ORIGIN_ICMP6;
@@ -151,7 +183,13 @@ fn failure_from_io(e: &io::Error, icmp: Option<IcmpReport>, syn_retransmits: Opt
             detail.push_str(&format!(" from {from}"));
         }
     }
-    ConnectFailure { outcome, errno, icmp, syn_retransmits, detail }
+    ConnectFailure {
+        outcome,
+        errno,
+        icmp,
+        syn_retransmits,
+        detail,
+    }
 }
 
 /// The io::Error's text without the "(os error N)" suffix: the errno is kept separately.
@@ -168,7 +206,10 @@ pub(crate) fn short_io_text(e: &io::Error) -> String {
 fn read_error_queue(fd: RawFd, v6: bool) -> Option<IcmpReport> {
     let mut data = [0u8; 64];
     let mut control = [0u64; 64]; // u64 for cmsg alignment
-    let mut iov = libc::iovec { iov_base: data.as_mut_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
     // SAFETY: zeroed msghdr, then pointed at buffers that outlive the call.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -180,7 +221,11 @@ fn read_error_queue(fd: RawFd, v6: bool) -> Option<IcmpReport> {
     if n < 0 {
         return None;
     }
-    let (want_level, want_type) = if v6 { (libc::SOL_IPV6, libc::IPV6_RECVERR) } else { (libc::SOL_IP, libc::IP_RECVERR) };
+    let (want_level, want_type) = if v6 {
+        (libc::SOL_IPV6, libc::IPV6_RECVERR)
+    } else {
+        (libc::SOL_IP, libc::IP_RECVERR)
+    };
     // SAFETY: CMSG_* walk the control buffer the kernel filled, bounded by msg_controllen.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
@@ -193,9 +238,17 @@ fn read_error_queue(fd: RawFd, v6: bool) -> Option<IcmpReport> {
                 let offender_at = std::mem::size_of::<libc::sock_extended_err>();
                 let from = if payload_len > offender_at {
                     let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-                    let copy = (payload_len - offender_at).min(std::mem::size_of::<libc::sockaddr_storage>());
-                    std::ptr::copy_nonoverlapping(payload.add(offender_at), &mut storage as *mut _ as *mut u8, copy);
-                    sockaddr_to_ip(&storage as *const _ as *const libc::sockaddr, copy as libc::socklen_t)
+                    let copy = (payload_len - offender_at)
+                        .min(std::mem::size_of::<libc::sockaddr_storage>());
+                    std::ptr::copy_nonoverlapping(
+                        payload.add(offender_at),
+                        &mut storage as *mut _ as *mut u8,
+                        copy,
+                    );
+                    sockaddr_to_ip(
+                        &storage as *const _ as *const libc::sockaddr,
+                        copy as libc::socklen_t,
+                    )
                 } else {
                     None
                 };
@@ -218,7 +271,13 @@ fn syn_retransmits(fd: RawFd) -> Option<u8> {
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     let rc = unsafe {
-        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut info as *mut _ as *mut libc::c_void, &mut len)
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
     };
     if rc != 0 {
         return None;
@@ -237,7 +296,10 @@ mod tests {
     async fn connects_to_a_listener_and_measures() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let c = connect(addr, &Binding::default(), Duration::from_secs(2)).await.map_err(|f| f.detail).unwrap();
+        let c = connect(addr, &Binding::default(), Duration::from_secs(2))
+            .await
+            .map_err(|f| f.detail)
+            .unwrap();
         assert!(c.connect_us < 2_000_000);
         assert_eq!(c.syn_retransmits, Some(0));
     }
@@ -247,7 +309,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let f = connect(addr, &Binding::default(), Duration::from_secs(2)).await.err().unwrap();
+        let f = connect(addr, &Binding::default(), Duration::from_secs(2))
+            .await
+            .err()
+            .unwrap();
         assert_eq!(f.outcome, Outcome::Refused);
         assert_eq!(f.errno, Some(libc::ECONNREFUSED));
     }
@@ -255,8 +320,14 @@ mod tests {
     #[tokio::test]
     async fn bad_interface_is_a_clean_failure() {
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let binding = Binding { source: None, interface: Some("no-such-if0".into()) };
-        let f = connect(addr, &binding, Duration::from_secs(1)).await.err().unwrap();
+        let binding = Binding {
+            source: None,
+            interface: Some("no-such-if0".into()),
+        };
+        let f = connect(addr, &binding, Duration::from_secs(1))
+            .await
+            .err()
+            .unwrap();
         assert!(f.detail.starts_with("socket setup"), "{}", f.detail);
     }
 }

@@ -15,7 +15,9 @@ pub mod tls;
 
 use connect::Binding;
 use egresswatch_wire::result::truncate_detail;
-use egresswatch_wire::{limits::MAX_DETAIL_BYTES, Family, Level, Outcome, PhaseTimings, ProbeResult};
+use egresswatch_wire::{
+    limits::MAX_DETAIL_BYTES, Family, Level, Outcome, PhaseTimings, ProbeResult,
+};
 use resolve::ResolveError;
 use rustls::ClientConfig;
 use smtp::{ExchangeError, ReplyParser};
@@ -88,7 +90,11 @@ pub fn default_ehlo_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        })
         .unwrap_or_else(|| "egresswatch.invalid".to_string())
 }
 
@@ -102,10 +108,17 @@ pub struct Resolution {
 
 /// Resolves a host in one family, timed.
 pub async fn resolve_host(host: &str, family: Family, options: &ProbeOptions) -> Resolution {
-    let literal = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok();
+    let literal = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .is_ok();
     let started = std::time::Instant::now();
     let outcome = resolve::resolve(host, family, options.dns_timeout).await;
-    Resolution { outcome, dns_us: (!literal).then(|| micros(started.elapsed())) }
+    Resolution {
+        outcome,
+        dns_us: (!literal).then(|| micros(started.elapsed())),
+    }
 }
 
 /// Probes once: resolves, then probes the first address of the family. Never panics and never
@@ -116,14 +129,21 @@ pub async fn probe(target: &ProbeTarget, options: &ProbeOptions) -> ProbeResult 
 }
 
 /// Probes with a resolution made earlier (one lookup serves every port of a host).
-pub async fn probe_resolved(target: &ProbeTarget, resolution: &Resolution, options: &ProbeOptions) -> ProbeResult {
+pub async fn probe_resolved(
+    target: &ProbeTarget,
+    resolution: &Resolution,
+    options: &ProbeOptions,
+) -> ProbeResult {
     let mut result = ProbeResult {
         at_unix_ms: now_unix_ms(),
         target: target.host.clone(),
         port: target.port,
         family: target.family,
         level: target.level,
-        timings: PhaseTimings { dns_us: resolution.dns_us, ..Default::default() },
+        timings: PhaseTimings {
+            dns_us: resolution.dns_us,
+            ..Default::default()
+        },
         ..Default::default()
     };
     match &resolution.outcome {
@@ -148,21 +168,27 @@ pub async fn probe_resolved(target: &ProbeTarget, resolution: &Resolution, optio
     result
 }
 
-async fn probe_address(target: &ProbeTarget, ip: IpAddr, options: &ProbeOptions, result: &mut ProbeResult) {
+async fn probe_address(
+    target: &ProbeTarget,
+    ip: IpAddr,
+    options: &ProbeOptions,
+    result: &mut ProbeResult,
+) {
     result.address = Some(ip);
     let deadline = Instant::now() + options.timeout;
     let addr = resolve::socket_addr(ip, target.port);
-    let connected = match connect::connect(addr, &options.binding(target.family), options.timeout).await {
-        Ok(c) => c,
-        Err(failure) => {
-            result.outcome = failure.outcome;
-            result.errno = failure.errno;
-            result.icmp = failure.icmp;
-            result.syn_retransmits = failure.syn_retransmits;
-            result.detail = failure.detail;
-            return;
-        }
-    };
+    let connected =
+        match connect::connect(addr, &options.binding(target.family), options.timeout).await {
+            Ok(c) => c,
+            Err(failure) => {
+                result.outcome = failure.outcome;
+                result.errno = failure.errno;
+                result.icmp = failure.icmp;
+                result.syn_retransmits = failure.syn_retransmits;
+                result.detail = failure.detail;
+                return;
+            }
+        };
     result.timings.connect_us = Some(connected.connect_us);
     result.syn_retransmits = connected.syn_retransmits;
     let stream = connected.stream;
@@ -191,8 +217,16 @@ fn tls_config(options: &ProbeOptions, result: &mut ProbeResult) -> Option<Arc<Cl
 }
 
 /// 443: a TLS handshake is the whole probe.
-async fn tls_only(target: &ProbeTarget, options: &ProbeOptions, stream: tokio::net::TcpStream, deadline: Instant, result: &mut ProbeResult) {
-    let Some(config) = tls_config(options, result) else { return };
+async fn tls_only(
+    target: &ProbeTarget,
+    options: &ProbeOptions,
+    stream: tokio::net::TcpStream,
+    deadline: Instant,
+    result: &mut ProbeResult,
+) {
+    let Some(config) = tls_config(options, result) else {
+        return;
+    };
     let started = Instant::now();
     match tokio::time::timeout_at(deadline, tls::handshake(config, &target.host, stream)).await {
         Ok(Ok((mut tls, info))) => {
@@ -200,7 +234,11 @@ async fn tls_only(target: &ProbeTarget, options: &ProbeOptions, stream: tokio::n
             result.outcome = Outcome::Ok;
             result.detail = format!("TLS {} {}", info.version, info.cipher);
             result.tls = Some(info);
-            let _ = tokio::time::timeout(Duration::from_millis(300), tokio::io::AsyncWriteExt::shutdown(&mut tls)).await;
+            let _ = tokio::time::timeout(
+                Duration::from_millis(300),
+                tokio::io::AsyncWriteExt::shutdown(&mut tls),
+            )
+            .await;
         }
         Ok(Err(e)) => tls_failure(result, &e),
         Err(_) => {
@@ -211,18 +249,28 @@ async fn tls_only(target: &ProbeTarget, options: &ProbeOptions, stream: tokio::n
 }
 
 /// 465: TLS first, then the greeting inside it.
-async fn implicit_tls(target: &ProbeTarget, options: &ProbeOptions, stream: tokio::net::TcpStream, deadline: Instant, result: &mut ProbeResult) {
-    let Some(config) = tls_config(options, result) else { return };
-    let started = Instant::now();
-    let (mut tls, info) = match tokio::time::timeout_at(deadline, tls::handshake(config, &target.host, stream)).await {
-        Ok(Ok(ok)) => ok,
-        Ok(Err(e)) => return tls_failure(result, &e),
-        Err(_) => {
-            result.outcome = Outcome::TlsFailed;
-            result.detail = "no TLS handshake before the deadline".into();
-            return;
-        }
+async fn implicit_tls(
+    target: &ProbeTarget,
+    options: &ProbeOptions,
+    stream: tokio::net::TcpStream,
+    deadline: Instant,
+    result: &mut ProbeResult,
+) {
+    let Some(config) = tls_config(options, result) else {
+        return;
     };
+    let started = Instant::now();
+    let (mut tls, info) =
+        match tokio::time::timeout_at(deadline, tls::handshake(config, &target.host, stream)).await
+        {
+            Ok(Ok(ok)) => ok,
+            Ok(Err(e)) => return tls_failure(result, &e),
+            Err(_) => {
+                result.outcome = Outcome::TlsFailed;
+                result.detail = "no TLS handshake before the deadline".into();
+                return;
+            }
+        };
     result.timings.tls_us = Some(micros(started.elapsed()));
     let tls_text = format!("TLS {} {}", info.version, info.cipher);
     result.tls = Some(info);
@@ -235,16 +283,31 @@ async fn implicit_tls(target: &ProbeTarget, options: &ProbeOptions, stream: toki
 }
 
 /// 25, 587, 2525 and any other port: greeting, then (level tls) EHLO and STARTTLS.
-async fn plain_smtp(target: &ProbeTarget, options: &ProbeOptions, mut stream: tokio::net::TcpStream, deadline: Instant, result: &mut ProbeResult) {
+async fn plain_smtp(
+    target: &ProbeTarget,
+    options: &ProbeOptions,
+    mut stream: tokio::net::TcpStream,
+    deadline: Instant,
+    result: &mut ProbeResult,
+) {
     let mut parser = ReplyParser::default();
-    let Some(greeting) = greet(&mut stream, &mut parser, deadline, result).await else { return };
+    let Some(greeting) = greet(&mut stream, &mut parser, deadline, result).await else {
+        return;
+    };
     if target.level == Level::Banner {
         result.outcome = Outcome::Ok;
         result.detail = greeting.summary();
         smtp::quit(&mut stream, &mut parser, deadline).await;
         return;
     }
-    let ehlo = match exchange(&mut stream, &mut parser, &format!("EHLO {}", options.ehlo_name), deadline).await {
+    let ehlo = match exchange(
+        &mut stream,
+        &mut parser,
+        &format!("EHLO {}", options.ehlo_name),
+        deadline,
+    )
+    .await
+    {
         Ok(reply) => reply,
         Err(e) => return session_failure(result, Outcome::StarttlsMissing, "EHLO", &e),
     };
@@ -256,7 +319,10 @@ async fn plain_smtp(target: &ProbeTarget, options: &ProbeOptions, mut stream: to
     }
     if !ehlo.offers("STARTTLS") {
         result.outcome = Outcome::StarttlsMissing;
-        result.detail = format!("EHLO reply does not offer STARTTLS ({} lines); stripped on the path, or not offered", ehlo.lines.len());
+        result.detail = format!(
+            "EHLO reply does not offer STARTTLS ({} lines); stripped on the path, or not offered",
+            ehlo.lines.len()
+        );
         smtp::quit(&mut stream, &mut parser, deadline).await;
         return;
     }
@@ -277,13 +343,20 @@ async fn plain_smtp(target: &ProbeTarget, options: &ProbeOptions, mut stream: to
         result.detail = "the server sent data after its STARTTLS reply (injection)".into();
         return;
     }
-    let Some(config) = tls_config(options, result) else { return };
+    let Some(config) = tls_config(options, result) else {
+        return;
+    };
     let started = Instant::now();
     match tokio::time::timeout_at(deadline, tls::handshake(config, &target.host, stream)).await {
         Ok(Ok((mut tls, info))) => {
             result.timings.tls_us = Some(micros(started.elapsed()));
             result.outcome = Outcome::Ok;
-            result.detail = format!("{}; STARTTLS {} {}", greeting.summary(), info.version, info.cipher);
+            result.detail = format!(
+                "{}; STARTTLS {} {}",
+                greeting.summary(),
+                info.version,
+                info.cipher
+            );
             result.tls = Some(info);
             let mut parser = ReplyParser::default();
             smtp::quit(&mut tls, &mut parser, deadline).await;
@@ -323,7 +396,10 @@ async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Err(ExchangeError::Timeout) => {
             result.outcome = Outcome::NoBanner;
-            result.detail = format!("connected, but no complete greeting within {} ms", started.elapsed().as_millis());
+            result.detail = format!(
+                "connected, but no complete greeting within {} ms",
+                started.elapsed().as_millis()
+            );
             None
         }
         Err(e) => {
@@ -350,13 +426,18 @@ fn session_failure(result: &mut ProbeResult, fallback: Outcome, step: &str, e: &
         _ => None,
     };
     result.errno = errno;
-    result.outcome = errno.and_then(classify::session_errno_outcome).unwrap_or(fallback);
+    result.outcome = errno
+        .and_then(classify::session_errno_outcome)
+        .unwrap_or(fallback);
     result.detail = format!("{step}: {e}");
 }
 
 fn tls_failure(result: &mut ProbeResult, e: &std::io::Error) {
     result.errno = e.raw_os_error();
-    result.outcome = result.errno.and_then(classify::session_errno_outcome).unwrap_or(Outcome::TlsFailed);
+    result.outcome = result
+        .errno
+        .and_then(classify::session_errno_outcome)
+        .unwrap_or(Outcome::TlsFailed);
     result.detail = format!("TLS: {}", connect::short_io_text(e));
 }
 
@@ -365,5 +446,8 @@ fn micros(d: Duration) -> u32 {
 }
 
 pub fn now_unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

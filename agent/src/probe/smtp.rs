@@ -30,14 +30,20 @@ impl Reply {
         // The first line of a multi-line EHLO reply is the server's name, not a capability.
         let skip = usize::from(self.lines.len() > 1);
         self.lines.iter().skip(skip).any(|line| {
-            line.split_whitespace().next().is_some_and(|word| word.eq_ignore_ascii_case(keyword))
+            line.split_whitespace()
+                .next()
+                .is_some_and(|word| word.eq_ignore_ascii_case(keyword))
         })
     }
 
     /// The reply as one short line for details: "554 5.7.1 no thanks".
     pub fn summary(&self) -> String {
         let first = self.lines.first().map(String::as_str).unwrap_or("");
-        let text: String = first.chars().filter(|c| !c.is_control()).take(120).collect();
+        let text: String = first
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(120)
+            .collect();
         format!("{} {}", self.code, text).trim_end().to_string()
     }
 }
@@ -49,16 +55,24 @@ pub enum ReplyError {
     /// A line that is not `DDD[ -]text`; carries a printable excerpt.
     NotSmtp(String),
     /// A continuation line with another code than the first line.
-    MixedCodes { first: u16, then: u16 },
+    MixedCodes {
+        first: u16,
+        then: u16,
+    },
 }
 
 impl fmt::Display for ReplyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ReplyError::LineTooLong => write!(f, "reply line longer than {MAX_LINE_BYTES} bytes"),
-            ReplyError::ReplyTooLarge => write!(f, "reply larger than {MAX_REPLY_BYTES} bytes or {MAX_REPLY_LINES} lines"),
+            ReplyError::ReplyTooLarge => write!(
+                f,
+                "reply larger than {MAX_REPLY_BYTES} bytes or {MAX_REPLY_LINES} lines"
+            ),
             ReplyError::NotSmtp(excerpt) => write!(f, "not an SMTP reply: {excerpt:?}"),
-            ReplyError::MixedCodes { first, then } => write!(f, "reply mixes codes {first} and {then}"),
+            ReplyError::MixedCodes { first, then } => {
+                write!(f, "reply mixes codes {first} and {then}")
+            }
         }
     }
 }
@@ -97,14 +111,19 @@ impl ReplyParser {
             let (code, last, text) = parse_line(line)?;
             match self.code {
                 None => self.code = Some(code),
-                Some(first) if first != code => return Err(ReplyError::MixedCodes { first, then: code }),
+                Some(first) if first != code => {
+                    return Err(ReplyError::MixedCodes { first, then: code })
+                }
                 Some(_) => {}
             }
             self.lines.push(text.to_string());
             if last {
                 self.reply_bytes = 0;
                 let code = self.code.take().unwrap_or(code);
-                return Ok(Some(Reply { code, lines: std::mem::take(&mut self.lines) }));
+                return Ok(Some(Reply {
+                    code,
+                    lines: std::mem::take(&mut self.lines),
+                }));
             }
         }
     }
@@ -118,7 +137,10 @@ impl ReplyParser {
 fn parse_line(line: &str) -> Result<(u16, bool, &str), ReplyError> {
     let bytes = line.as_bytes();
     let excerpt = || ReplyError::NotSmtp(line.chars().take(40).collect());
-    if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) || !(b'2'..=b'5').contains(&bytes[0]) {
+    if bytes.len() < 3
+        || !bytes[..3].iter().all(u8::is_ascii_digit)
+        || !(b'2'..=b'5').contains(&bytes[0])
+    {
         return Err(excerpt());
     }
     let code = line[..3].parse::<u16>().map_err(|_| excerpt())?;
@@ -176,7 +198,11 @@ pub async fn read_reply<S: AsyncRead + Unpin>(
 }
 
 /// Sends one command line (CRLF added).
-pub async fn send<S: AsyncWrite + Unpin>(stream: &mut S, command: &str, deadline: Instant) -> Result<(), ExchangeError> {
+pub async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    command: &str,
+    deadline: Instant,
+) -> Result<(), ExchangeError> {
     let line = format!("{command}\r\n");
     match tokio::time::timeout_at(deadline, stream.write_all(line.as_bytes())).await {
         Err(_) => Err(ExchangeError::Timeout),
@@ -186,7 +212,11 @@ pub async fn send<S: AsyncWrite + Unpin>(stream: &mut S, command: &str, deadline
 }
 
 /// Says QUIT and closes, politely but without waiting long: the probe's answer is already known.
-pub async fn quit<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, parser: &mut ReplyParser, deadline: Instant) {
+pub async fn quit<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    parser: &mut ReplyParser,
+    deadline: Instant,
+) {
     let soon = deadline.min(Instant::now() + Duration::from_millis(500));
     if send(stream, "QUIT", soon).await.is_ok() {
         let _ = read_reply(stream, parser, soon).await;
@@ -211,7 +241,9 @@ mod tests {
 
     #[test]
     fn single_line_greeting() {
-        let r = parse_all(&[b"220 mx.lab.test ESMTP Postfix\r\n"]).unwrap().unwrap();
+        let r = parse_all(&[b"220 mx.lab.test ESMTP Postfix\r\n"])
+            .unwrap()
+            .unwrap();
         assert_eq!(r.code, 220);
         assert_eq!(r.lines, vec!["mx.lab.test ESMTP Postfix"]);
         assert_eq!(r.summary(), "220 mx.lab.test ESMTP Postfix");
@@ -219,7 +251,12 @@ mod tests {
 
     #[test]
     fn multi_line_greeting_as_postscreen_sends_it() {
-        let r = parse_all(&[b"220-mx.lab.test ESMTP\r\n", b"220-please wait\r\n220 mx.lab.test ESMTP\r\n"]).unwrap().unwrap();
+        let r = parse_all(&[
+            b"220-mx.lab.test ESMTP\r\n",
+            b"220-please wait\r\n220 mx.lab.test ESMTP\r\n",
+        ])
+        .unwrap()
+        .unwrap();
         assert_eq!(r.code, 220);
         assert_eq!(r.lines.len(), 3);
     }
@@ -241,9 +278,13 @@ mod tests {
 
     #[test]
     fn starttls_as_last_line_or_absent() {
-        let with = parse_all(&[b"250-mx.lab.test\r\n250-SIZE 10240000\r\n250 STARTTLS\r\n"]).unwrap().unwrap();
+        let with = parse_all(&[b"250-mx.lab.test\r\n250-SIZE 10240000\r\n250 STARTTLS\r\n"])
+            .unwrap()
+            .unwrap();
         assert!(with.offers("STARTTLS"));
-        let without = parse_all(&[b"250-mx.lab.test\r\n250-SIZE 10240000\r\n250 8BITMIME\r\n"]).unwrap().unwrap();
+        let without = parse_all(&[b"250-mx.lab.test\r\n250-SIZE 10240000\r\n250 8BITMIME\r\n"])
+            .unwrap()
+            .unwrap();
         assert!(!without.offers("STARTTLS"));
         // The greeting name itself is not a capability.
         let named = parse_all(&[b"250 STARTTLS\r\n"]).unwrap().unwrap();
@@ -252,17 +293,37 @@ mod tests {
 
     #[test]
     fn bad_greeting_is_a_reply_not_an_error() {
-        let r = parse_all(&[b"554 5.7.1 Access denied\r\n"]).unwrap().unwrap();
+        let r = parse_all(&[b"554 5.7.1 Access denied\r\n"])
+            .unwrap()
+            .unwrap();
         assert_eq!(r.code, 554);
     }
 
     #[test]
     fn junk_is_rejected() {
-        assert!(matches!(parse_all(&[b"HTTP/1.1 400 Bad Request\r\n"]), Err(ReplyError::NotSmtp(_))));
-        assert!(matches!(parse_all(&[b"22\r\n"]), Err(ReplyError::NotSmtp(_))));
-        assert!(matches!(parse_all(&[b"220x\r\n"]), Err(ReplyError::NotSmtp(_))));
-        assert!(matches!(parse_all(&[b"\x16\x03\x01\x00\xa5\r\n"]), Err(ReplyError::NotSmtp(_))));
-        assert!(matches!(parse_all(&[b"220-a\r\n250 b\r\n"]), Err(ReplyError::MixedCodes { first: 220, then: 250 })));
+        assert!(matches!(
+            parse_all(&[b"HTTP/1.1 400 Bad Request\r\n"]),
+            Err(ReplyError::NotSmtp(_))
+        ));
+        assert!(matches!(
+            parse_all(&[b"22\r\n"]),
+            Err(ReplyError::NotSmtp(_))
+        ));
+        assert!(matches!(
+            parse_all(&[b"220x\r\n"]),
+            Err(ReplyError::NotSmtp(_))
+        ));
+        assert!(matches!(
+            parse_all(&[b"\x16\x03\x01\x00\xa5\r\n"]),
+            Err(ReplyError::NotSmtp(_))
+        ));
+        assert!(matches!(
+            parse_all(&[b"220-a\r\n250 b\r\n"]),
+            Err(ReplyError::MixedCodes {
+                first: 220,
+                then: 250
+            })
+        ));
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use crate::error::AgentError;
 use egresswatch_wire::result::TlsInfo;
 use rustls::pki_types::ServerName;
-use rustls_pki_types::pem::PemObject;
 use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,15 +22,22 @@ pub fn load_roots(ca_file: Option<&Path>) -> Result<RootCertStore, AgentError> {
         let _ = roots.add(cert);
     }
     if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|e| AgentError::io(format!("reading CA file {}", path.display()), e))?;
+        let pem = std::fs::read(path)
+            .map_err(|e| AgentError::io(format!("reading CA file {}", path.display()), e))?;
         let mut added = 0;
         for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| AgentError::Tls(format!("CA file {}: {e}", path.display())))?;
-            roots.add(cert).map_err(|e| AgentError::Tls(format!("CA file {}: {e}", path.display())))?;
+            let cert =
+                cert.map_err(|e| AgentError::Tls(format!("CA file {}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| AgentError::Tls(format!("CA file {}: {e}", path.display())))?;
             added += 1;
         }
         if added == 0 {
-            return Err(AgentError::Tls(format!("CA file {} holds no PEM certificate", path.display())));
+            return Err(AgentError::Tls(format!(
+                "CA file {} holds no PEM certificate",
+                path.display()
+            )));
         }
     }
     Ok(roots)
@@ -38,11 +45,12 @@ pub fn load_roots(ca_file: Option<&Path>) -> Result<RootCertStore, AgentError> {
 
 /// A client configuration trusting `roots`, with the ring provider and safe defaults.
 pub fn client_config(roots: Arc<RootCertStore>) -> Result<Arc<ClientConfig>, AgentError> {
-    let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| AgentError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| AgentError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
@@ -52,14 +60,29 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     host: &str,
     stream: S,
 ) -> Result<(TlsStream<S>, TlsInfo), std::io::Error> {
-    let name = host.trim_start_matches('[').trim_end_matches(']').to_string();
-    let server_name = ServerName::try_from(name)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("not a valid TLS server name: {e}")))?;
-    let tls = TlsConnector::from(config).connect(server_name, stream).await?;
+    let name = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let server_name = ServerName::try_from(name).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a valid TLS server name: {e}"),
+        )
+    })?;
+    let tls = TlsConnector::from(config)
+        .connect(server_name, stream)
+        .await?;
     let (_, session) = tls.get_ref();
     let info = TlsInfo {
-        version: session.protocol_version().map(|v| format!("{v:?}").replace('_', ".")).unwrap_or_default(),
-        cipher: session.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default(),
+        version: session
+            .protocol_version()
+            .map(|v| format!("{v:?}").replace('_', "."))
+            .unwrap_or_default(),
+        cipher: session
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default(),
         issuer: String::new(),
     };
     Ok((tls, info))
