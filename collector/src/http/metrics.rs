@@ -177,6 +177,37 @@ impl Metrics {
         }
     }
 
+    /// The Prometheus text format 0.0.4 (for scrapers and tools that do not ask for
+    /// OpenMetrics, promtool among them): counters' HELP/TYPE name the `_total` series and
+    /// there is no `# EOF`.
+    pub fn render_prometheus(&self) -> String {
+        let open = self.render();
+        let counters: Vec<String> = open
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.strip_suffix(" counter"))
+            .map(str::to_string)
+            .collect();
+        let mut out = String::with_capacity(open.len());
+        for line in open.lines() {
+            if line == "# EOF" || line.starts_with("# UNIT ") {
+                continue;
+            }
+            let mut rewritten = None;
+            for prefix in ["# HELP ", "# TYPE "] {
+                if let Some(rest) = line.strip_prefix(prefix) {
+                    let name = rest.split(' ').next().unwrap_or("");
+                    if counters.iter().any(|c| c == name) {
+                        rewritten = Some(format!("{prefix}{name}_total{}", &rest[name.len()..]));
+                    }
+                }
+            }
+            out.push_str(rewritten.as_deref().unwrap_or(line));
+            out.push('\n');
+        }
+        out
+    }
+
     /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
