@@ -103,7 +103,7 @@ impl Event {
         if let Some(f) = self.family {
             text.push_str(&format!(" {f}"));
         }
-        text.push_str(&format!(" {} -> {}", self.from, self.to));
+        text.push_str(&format!(" {} → {}", self.from, self.to));
         if let Some(o) = &self.outcome {
             text.push_str(&format!(" ({o})"));
         }
