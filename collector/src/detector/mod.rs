@@ -313,6 +313,13 @@ impl Detector {
             if self.agents.get(&m.key.agent).is_some_and(|a| a.silent) {
                 continue;
             }
+            if s.last() != Some(m.to) {
+                // It went back before the change settled: a burst, not a change.
+                if let Some(s) = self.series.get_mut(&m.key) {
+                    s.withdraw(m.from);
+                }
+                continue;
+            }
             if to == PortState::Blocked && self.control_failing(&m.key.agent, m.key.family) {
                 tracing::info!(
                     agent = %m.key.agent, port = m.key.port,
@@ -549,7 +556,7 @@ impl Detector {
         }
         let mut counts: HashMap<Outcome, usize> = HashMap::new();
         for k in keys {
-            if let Some(o) = self.series.get(k).and_then(|s| s.last_outcome()) {
+            if let Some(o) = self.series.get(k).and_then(|s| s.last_failure()) {
                 *counts.entry(o).or_default() += 1;
             }
         }

@@ -54,7 +54,7 @@ pub struct Series {
     confirmed: Option<PortState>,
     candidate: Option<(PortState, u32)>,
     last: Option<PortState>,
-    last_outcome: Option<Outcome>,
+    last_failure: Option<Outcome>,
     last_at_ms: i64,
     history: VecDeque<PortState>,
     flapping: bool,
@@ -69,8 +69,9 @@ impl Series {
         self.last
     }
 
-    pub fn last_outcome(&self) -> Option<Outcome> {
-        self.last_outcome
+    /// The latest failing outcome (what a change to `blocked` is reported with).
+    pub fn last_failure(&self) -> Option<Outcome> {
+        self.last_failure
     }
 
     pub fn flapping(&self) -> bool {
@@ -93,7 +94,9 @@ impl Series {
         }
         self.last_at_ms = at_ms;
         self.last = Some(state);
-        self.last_outcome = Some(outcome);
+        if outcome.is_failure() {
+            self.last_failure = Some(outcome);
+        }
         let window = config.flap_window.max(3);
         self.history.push_back(state);
         while self.history.len() > window {
@@ -144,6 +147,13 @@ impl Series {
         if let Some(to) = self.confirmed.replace(from) {
             self.candidate = Some((to, confirm_probes));
         }
+    }
+
+    /// Undoes a confirmation whose series went back before the change settled (a short burst
+    /// of lost probes): as if it never happened.
+    pub fn withdraw(&mut self, from: PortState) {
+        self.confirmed = Some(from);
+        self.candidate = None;
     }
 
     /// Confirms `to` now (a group change vouched for it).
