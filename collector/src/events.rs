@@ -84,10 +84,11 @@ impl Event {
     /// A short human line: "policy_changed account gcp/acct-a 587 open → blocked".
     pub fn summary(&self) -> String {
         let mut who = Vec::new();
-        for part in [&self.provider, &self.account, &self.agent] {
-            if let Some(p) = part {
-                who.push(p.as_str());
-            }
+        for p in [&self.provider, &self.account, &self.agent]
+            .into_iter()
+            .flatten()
+        {
+            who.push(p.as_str());
         }
         let mut text = format!("{} {}", self.kind.as_str(), self.scope.as_str());
         if !who.is_empty() {

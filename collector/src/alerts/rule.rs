@@ -26,10 +26,18 @@ impl Match {
             (Some(_), None) => false,
         };
         port_ok
-            && self.kinds.as_ref().map_or(true, |k| k.contains(&e.kind))
-            && self.scopes.as_ref().map_or(true, |s| s.contains(&e.scope))
-            && self.from.as_ref().map_or(true, |f| f.contains(&e.from))
-            && self.to.as_ref().map_or(true, |t| t.contains(&e.to))
+            && any_or_listed(&self.kinds, &e.kind)
+            && any_or_listed(&self.scopes, &e.scope)
+            && any_or_listed(&self.from, &e.from)
+            && any_or_listed(&self.to, &e.to)
+    }
+}
+
+/// An absent list admits anything; a present one only what it lists.
+fn any_or_listed<T: PartialEq>(list: &Option<Vec<T>>, value: &T) -> bool {
+    match list {
+        None => true,
+        Some(l) => l.contains(value),
     }
 }
 

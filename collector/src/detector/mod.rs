@@ -263,16 +263,13 @@ impl Detector {
             ));
         }
         let settle = secs_ms(self.config.settle_secs);
-        loop {
-            let Some(oldest) = self
-                .pending
-                .iter()
-                .filter(|p| p.confirmed_at_ms + settle <= now_unix_ms)
-                .min_by_key(|p| p.confirmed_at_ms)
-                .cloned()
-            else {
-                break;
-            };
+        while let Some(oldest) = self
+            .pending
+            .iter()
+            .filter(|p| p.confirmed_at_ms + settle <= now_unix_ms)
+            .min_by_key(|p| p.confirmed_at_ms)
+            .cloned()
+        {
             let path: PathKey = (
                 oldest.key.target.clone(),
                 oldest.key.port,

@@ -129,19 +129,16 @@ pub async fn serve(
 
 /// Ticks the fleet every second and publishes matrix changes at most four times a second.
 async fn background(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(std::time::Duration::from_millis(250));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut n: u64 = 0;
+    use tokio::time::{interval, Duration, MissedTickBehavior};
+    let mut tick = interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut publish = interval(Duration::from_millis(250));
+    publish.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = every.tick() => {}
+            _ = tick.tick() => fleet.tick(crate::events::now_unix_ms()),
+            _ = publish.tick() => fleet.publish_matrix(crate::events::now_unix_ms()),
             _ = stop.changed() => return,
         }
-        let now = crate::events::now_unix_ms();
-        if n % 4 == 0 {
-            fleet.tick(now);
-        }
-        fleet.publish_matrix(now);
-        n = n.wrapping_add(1);
     }
 }

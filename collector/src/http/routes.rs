@@ -265,25 +265,21 @@ async fn stream_handler(State(state): State<AppState>) -> Response {
     let updates = stream::unfold(
         (receiver, guard, fleet),
         |(mut rx, guard, fleet)| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(StreamMessage::Matrix(json)) => {
-                        let ev = SseEvent::default().event("matrix").data(json.as_str());
-                        return Some((Ok(ev), (rx, guard, fleet)));
-                    }
-                    Ok(StreamMessage::Event(json)) => {
-                        let ev = SseEvent::default().event("event").data(json.as_str());
-                        return Some((Ok(ev), (rx, guard, fleet)));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        // Too far behind: skip ahead with the whole current matrix.
-                        let json = fleet.matrix_json(now_unix_ms());
-                        let ev = SseEvent::default().event("matrix").data(json);
-                        return Some((Ok(ev), (rx, guard, fleet)));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            let ev = match rx.recv().await {
+                Ok(StreamMessage::Matrix(json)) => {
+                    SseEvent::default().event("matrix").data(json.as_str())
                 }
-            }
+                Ok(StreamMessage::Event(json)) => {
+                    SseEvent::default().event("event").data(json.as_str())
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Too far behind: skip ahead with the whole current matrix.
+                    let json = fleet.matrix_json(now_unix_ms());
+                    SseEvent::default().event("matrix").data(json)
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((Ok(ev), (rx, guard, fleet)))
         },
     );
     let stream: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
