@@ -400,3 +400,71 @@ fn no_address_is_never_a_failure() {
     );
     assert!(f.policy_events().is_empty());
 }
+
+#[test]
+fn detector_config_parses_and_rejects_unknown_keys() {
+    let c: DetectorConfig = toml::from_str("confirm_probes = 4\nsettle_secs = 30\n").unwrap();
+    assert_eq!(c.confirm_probes, 4);
+    assert_eq!(c.settle_secs, 30);
+    assert_eq!(
+        c.silent_after_secs,
+        DetectorConfig::default().silent_after_secs
+    );
+    let err = toml::from_str::<DetectorConfig>("confirm_probe = 4\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("confirm_probe"), "{err}");
+}
+
+#[test]
+fn whole_collector_config_with_sinks_and_rules() {
+    let text = r#"
+[http]
+listen = "127.0.0.1:9090"
+
+[detector]
+confirm_probes = 3
+
+[[alerts]]
+kind = "slack"
+url = "https://hooks.slack.com/services/T000/B000/XXXX"
+
+[[alerts]]
+name = "am"
+kind = "alertmanager"
+url = "http://127.0.0.1:9093"
+[[alerts.match]]
+ports = [587]
+scopes = ["account", "provider"]
+to = ["blocked", "open"]
+"#;
+    let c: egresswatch_collector::config::Config = toml::from_str(text).unwrap();
+    assert_eq!(c.http.listen.port(), 9090);
+    assert_eq!(c.alerts.len(), 2);
+    let rule = c.alerts[1].rule();
+    let mut e = Event {
+        kind: EventKind::PolicyChanged,
+        scope: Scope::Account,
+        provider: Some("aws".into()),
+        account: Some("x".into()),
+        agent: None,
+        target: Some("mx".into()),
+        port: Some(587),
+        from: "open".into(),
+        to: "blocked".into(),
+        at: String::new(),
+        family: None,
+        id: None,
+        outcome: None,
+        at_unix_ms: 0,
+    };
+    assert!(rule.admits(&e));
+    e.scope = Scope::Agent;
+    assert!(!rule.admits(&e));
+    // An unknown key in a sink names itself and its line.
+    let bad = "[[alerts]]\nurl = \"http://x\"\nretry = 3\n";
+    let err = toml::from_str::<egresswatch_collector::config::Config>(bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("retry") && err.contains("line 3"), "{err}");
+}

@@ -242,11 +242,6 @@ impl Matrix {
         );
     }
 
-    /// The known agents' ids with their grouping keys (provider key, account), for the detector.
-    pub fn agent_ids(&self) -> impl Iterator<Item = &str> {
-        self.agents.keys().map(|s| s.as_str())
-    }
-
     /// The port list of the view: the defaults, then any other port seen, ascending.
     pub fn ports(&self) -> Vec<u16> {
         let mut ports = DEFAULT_PORTS.to_vec();
@@ -274,7 +269,7 @@ impl Matrix {
         let mut cells_for = |path: String, agents: &[&str], doc_provider: Option<&str>| -> Cells {
             let mut cells = Cells::new();
             for &port in &ports {
-                let mut cell = self.cell(agents, port, &verdicts, family, now_unix_ms);
+                let mut cell = Self::cell(agents, port, &verdicts);
                 let key = format!("{family:?}|{path}|{port}");
                 let since = match self.since.get(&key) {
                     Some((s, at)) if *s == cell.status => *at,
@@ -403,12 +398,9 @@ impl Matrix {
     }
 
     fn cell(
-        &self,
         agents: &[&str],
         port: u16,
         verdicts: &HashMap<(String, u16), (AgentVerdict, Vec<f64>)>,
-        _family: FamilyFilter,
-        _now: i64,
     ) -> Cell {
         let (mut ok, mut failed) = (0u32, 0u32);
         let mut outcomes = Vec::new();
