@@ -342,8 +342,10 @@ async fn sse_sends_the_matrix_then_events() {
     s.fleet.tick(now_unix_ms() + 3_600_000);
     read_until(&mut resp, &mut buf, "event: event").await;
     read_until(&mut resp, &mut buf, "agent_silent").await;
-    drop(resp);
+    // Shutdown ends open streams instead of waiting for them.
     s.stop().await;
+    let rest = tokio::time::timeout(Duration::from_secs(5), resp.chunk()).await;
+    assert!(matches!(rest, Ok(Ok(None)) | Ok(Err(_))), "{rest:?}");
 }
 
 /// Debian tools: present, or skip with a reason — unless CI is set, where missing is a failure.

@@ -1,6 +1,29 @@
 //! Alert sinks: which events go where ([`rule`]), in which format ([`format`]), and the delivery
 //! workers ([`sink`]) — one bounded queue and one task per sink, so a slow or dead sink never
 //! slows ingest: enqueueing never waits, a full queue drops (and counts) instead.
+//!
+//! Configuration (collector TOML), e.g. Slack for everything the default rule admits and
+//! Alertmanager for account- and provider-wide changes on 587:
+//!
+//! ```toml
+//! [[alerts]]
+//! kind = "slack"
+//! url = "https://hooks.slack.com/services/T000/B000/XXXX"
+//!
+//! [[alerts]]
+//! name = "am"
+//! kind = "alertmanager"              # POSTs to {url}/api/v2/alerts
+//! url = "http://127.0.0.1:9093"
+//! [[alerts.match]]
+//! ports = [587]
+//! scopes = ["account", "provider"]   # agent | account | provider | destination
+//! to = ["blocked", "open"]           # open | blocked | flapping | silent | reporting
+//! ```
+//!
+//! Without `[[alerts.match]]` a sink gets the default rule: any change on 465 or 587, and any
+//! port opening or closing for a whole provider. Alertmanager alerts fire on a change to
+//! `blocked`/`silent`/`flapping` and resolve (`endsAt`) on the change back; firing alerts are
+//! re-sent every `resend_secs` so Alertmanager does not time them out.
 
 pub mod format;
 pub mod rule;

@@ -105,9 +105,15 @@ impl Bound {
         fleet: Arc<Fleet>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), CollectorError> {
-        let app = routes::router(&self.config, fleet.clone());
+        let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+        let app = routes::router(&self.config, fleet.clone(), closing_rx);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let background = tokio::spawn(background(fleet, stop_rx));
+        // SSE streams never end by themselves: tell them to, or the drain would wait forever.
+        let shutdown = async move {
+            shutdown.await;
+            let _ = closing_tx.send(true);
+        };
         let result = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await

@@ -32,9 +32,15 @@ struct AppState {
     token: Option<Arc<str>>,
     sse_clients: Arc<AtomicUsize>,
     max_sse_clients: usize,
+    /// Becomes true when the server shuts down: SSE streams end so the drain can finish.
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
-pub fn router(config: &HttpConfig, fleet: Arc<Fleet>) -> Router {
+pub fn router(
+    config: &HttpConfig,
+    fleet: Arc<Fleet>,
+    closing: tokio::sync::watch::Receiver<bool>,
+) -> Router {
     let state = AppState {
         fleet,
         token: config
@@ -45,6 +51,7 @@ pub fn router(config: &HttpConfig, fleet: Arc<Fleet>) -> Router {
             .map(Arc::from),
         sse_clients: Arc::new(AtomicUsize::new(0)),
         max_sse_clients: config.max_sse_clients.max(1),
+        closing,
     };
     Router::new()
         .route(
@@ -263,9 +270,16 @@ async fn stream_handler(State(state): State<AppState>) -> Response {
     let fleet = state.fleet.clone();
     let initial = stream::once(async move { Ok(SseEvent::default().event("matrix").data(first)) });
     let updates = stream::unfold(
-        (receiver, guard, fleet),
-        |(mut rx, guard, fleet)| async move {
-            let ev = match rx.recv().await {
+        (receiver, guard, fleet, state.closing.clone()),
+        |(mut rx, guard, fleet, mut closing)| async move {
+            if *closing.borrow() {
+                return None;
+            }
+            let received = tokio::select! {
+                r = rx.recv() => r,
+                _ = closing.changed() => return None,
+            };
+            let ev = match received {
                 Ok(StreamMessage::Matrix(json)) => {
                     SseEvent::default().event("matrix").data(json.as_str())
                 }
@@ -279,7 +293,7 @@ async fn stream_handler(State(state): State<AppState>) -> Response {
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
             };
-            Some((Ok(ev), (rx, guard, fleet)))
+            Some((Ok(ev), (rx, guard, fleet, closing)))
         },
     );
     let stream: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
