@@ -468,3 +468,41 @@ to = ["blocked", "open"]
         .to_string();
     assert!(err.contains("retry") && err.contains("line 3"), "{err}");
 }
+
+#[test]
+fn restored_baseline_raises_nothing_and_detects_the_next_change() {
+    let agents = fleet_two_providers();
+    let mut det = Detector::new(DetectorConfig::default());
+    let now = T0;
+    for a in &agents {
+        det.restore(a, &result(1, now - 30_000, "mx", 587, Outcome::Ok), now);
+        det.restore(a, &result(2, now - 30_000, "mx", 443, Outcome::Ok), now);
+    }
+    let mut f = Fleet {
+        det,
+        agents,
+        round: 0,
+        seq: 10,
+        events: Vec::new(),
+    };
+    f.rounds(
+        6,
+        |a, _, p| {
+            if a == "h1" && p == 587 {
+                Outcome::Timeout
+            } else {
+                Outcome::Ok
+            }
+        },
+        STD,
+    );
+    let ev = f.policy_events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        ev[0].scope,
+        Scope::Account,
+        "h1 is its account's only agent"
+    );
+    // The restored series were confirmed already: the change confirmed on the 3rd probe.
+    assert!(f.events[0].0 <= 3, "{:?}", f.events[0]);
+}

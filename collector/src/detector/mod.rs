@@ -157,6 +157,27 @@ impl Detector {
         Vec::new()
     }
 
+    /// Restores one series from stored history at startup: its latest result becomes the
+    /// confirmed baseline (no event), and the agent counts as seen at `now` so a restart does
+    /// not make the whole fleet "silent".
+    pub fn restore(&mut self, agent: &AgentMeta, result: &ProbeResult, now_unix_ms: i64) {
+        self.agent_seen(agent, now_unix_ms);
+        if result.outcome == Outcome::NoAddress {
+            return;
+        }
+        let key = SeriesKey {
+            agent: agent.agent_id.clone(),
+            target: result.target.clone(),
+            port: result.port,
+            family: result.family,
+        };
+        self.series.entry(key).or_default().restore(
+            PortState::of(result.outcome),
+            result.outcome,
+            result.at_unix_ms,
+        );
+    }
+
     /// Feeds newly stored results. Returns the events that cannot wait for settling (an agent
     /// coming back, a series starting to flap); confirmed changes come out of [`Detector::tick`].
     pub fn observe(

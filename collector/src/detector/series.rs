@@ -149,6 +149,17 @@ impl Series {
         }
     }
 
+    /// Sets the baseline from stored history.
+    pub fn restore(&mut self, state: PortState, outcome: Outcome, at_ms: i64) {
+        self.confirmed = Some(state);
+        self.candidate = None;
+        self.last = Some(state);
+        self.last_at_ms = at_ms;
+        if outcome.is_failure() {
+            self.last_failure = Some(outcome);
+        }
+    }
+
     /// Undoes a confirmation whose series went back before the change settled (a short burst
     /// of lost probes): as if it never happened.
     pub fn withdraw(&mut self, from: PortState) {

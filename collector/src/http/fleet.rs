@@ -93,6 +93,19 @@ impl Fleet {
             .unwrap_or_else(|_| "{}".into())
     }
 
+    /// At startup, from the store's latest result per series (`Store::latest_per_series`): the
+    /// matrix shows what was known and the detector takes it as its baseline, raising nothing.
+    pub fn restore(&self, latest: &[(AgentMeta, ProbeResult)], now_unix_ms: i64) {
+        let mut m = lock(&self.matrix);
+        let mut d = lock(&self.detector);
+        for (agent, result) in latest {
+            m.agent_seen(agent, now_unix_ms);
+            m.record(&agent.agent_id, result, result.at_unix_ms);
+            d.restore(agent, result, now_unix_ms);
+        }
+        self.matrix_dirty.store(true, Ordering::Relaxed);
+    }
+
     /// Once a second: silence and settled changes; and the matrix is re-judged (freshness).
     pub fn tick(&self, now_unix_ms: i64) {
         let events = lock(&self.detector).tick(now_unix_ms);
