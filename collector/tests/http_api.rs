@@ -368,6 +368,7 @@ async fn metrics_pass_promtool() {
     let s = Server::start(loopback()).await;
     feed(&s, &agent("g1", "gcp", "a"));
     feed(&s, &agent("a1", "aws", "b"));
+    feed(&s, &agent("w1", "we\"ird\\} 1", "b"));
     s.fleet.metrics().ingest.results.inc_by(6);
     s.fleet.tick(now_unix_ms() + 3_600_000);
     s.fleet.publish_matrix(now_unix_ms());
@@ -382,6 +383,10 @@ async fn metrics_pass_promtool() {
         "{body}"
     );
     assert!(body.contains("egresswatch_cell_status{"), "{body}");
+    assert!(
+        body.contains(r#"provider="we\"ird\\} 1""#),
+        "label values escaped: {body}"
+    );
     assert!(body.contains("egresswatch_events_total{"), "{body}");
     let mut child = std::process::Command::new("/usr/bin/promtool")
         .args(["check", "metrics"])

@@ -22,7 +22,7 @@ pub struct AlertCounters {
 }
 
 fn sink_label(name: &str) -> Vec<(String, String)> {
-    vec![("sink".to_string(), name.to_string())]
+    vec![("sink".to_string(), crate::http::metrics::label_value(name))]
 }
 
 struct SinkHandle {

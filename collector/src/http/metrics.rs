@@ -13,6 +13,22 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
 
+/// Escapes a label value for the text exposition. prometheus-client writes label values as they
+/// are, and provider names come from agents (untrusted): a `"` must not end the value early.
+pub fn label_value(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Counters the QUIC ingest increments. Cheap to clone (shared atomics).
 #[derive(Clone, Debug, Default)]
 pub struct IngestCounters {
@@ -151,7 +167,7 @@ impl Metrics {
             for (port, cell) in &p.cells {
                 let base = |extra: (&str, &str)| -> Labels {
                     vec![
-                        ("provider".to_string(), p.provider.clone()),
+                        ("provider".to_string(), label_value(&p.provider)),
                         ("port".to_string(), port.clone()),
                         ("family".to_string(), family.clone()),
                         (extra.0.to_string(), extra.1.to_string()),
