@@ -506,3 +506,47 @@ fn restored_baseline_raises_nothing_and_detects_the_next_change() {
     // The restored series were confirmed already: the change confirmed on the 3rd probe.
     assert!(f.events[0].0 <= 3, "{:?}", f.events[0]);
 }
+
+#[test]
+fn the_settling_wait_follows_the_probe_interval() {
+    // Agents probing every 5 s: the change is out about one interval after confirmation, not
+    // after the 60 s cap.
+    let agents = fleet_two_providers();
+    let mut det = Detector::new(DetectorConfig::default());
+    let mut seq = 0;
+    let close_at = T0 + 50_000;
+    let mut first = None;
+    let mut t = T0;
+    while t < T0 + 120_000 && first.is_none() {
+        if t % 5_000 == 0 {
+            for a in &agents {
+                let closed =
+                    a.agent_id.starts_with('g') && a.labels.account == "acct-a" && t >= close_at;
+                let rs: Vec<ProbeResult> = [(587, closed), (443, false)]
+                    .into_iter()
+                    .map(|(p, fail)| {
+                        seq += 1;
+                        result(
+                            seq,
+                            t,
+                            "mx",
+                            p,
+                            if fail { Outcome::Timeout } else { Outcome::Ok },
+                        )
+                    })
+                    .collect();
+                det.observe(a, &rs, true, t);
+            }
+        }
+        let ev = det.tick(t);
+        if let Some(e) = ev.into_iter().next() {
+            first = Some((t, e));
+        }
+        t += 500;
+    }
+    let (at, e) = first.expect("an event");
+    assert_eq!(e.scope, Scope::Account);
+    let delay = at - close_at;
+    // 3 probes (the 3rd at +10 s) and one 5 s interval of settling.
+    assert!(delay <= 15_000, "delay {delay} ms");
+}

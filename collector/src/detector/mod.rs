@@ -26,8 +26,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 pub struct DetectorConfig {
     /// Consistent probes needed before a series' new state is confirmed.
     pub confirm_probes: u32,
-    /// How long a confirmed change waits for its siblings before it is attributed (about one
-    /// probe interval).
+    /// The longest a confirmed change waits for its siblings before it is attributed; the wait
+    /// is one probe interval of the series (as observed) when that is shorter.
     pub settle_secs: u64,
     /// An agent unheard of for this long is `agent_silent`.
     pub silent_after_secs: u64,
@@ -94,6 +94,9 @@ struct Pending {
     from: PortState,
     to: PortState,
     confirmed_at_ms: i64,
+    /// How long this change waits for its siblings: about one probe interval of its series,
+    /// capped by `settle_secs`.
+    settle_ms: i64,
 }
 
 /// The detector.
@@ -220,6 +223,10 @@ impl Detector {
             match step {
                 Step::None => {}
                 Step::Confirmed { from, to } => {
+                    let cap = secs_ms(self.config.settle_secs);
+                    let settle_ms = series
+                        .interval_ms()
+                        .map_or(cap, |i| i.clamp(1_000, cap.max(1_000)));
                     if live && !is_control {
                         self.pending.retain(|p| p.key != key);
                         self.pending.push(Pending {
@@ -227,6 +234,7 @@ impl Detector {
                             from,
                             to,
                             confirmed_at_ms: now_unix_ms,
+                            settle_ms,
                         });
                     }
                 }
@@ -283,12 +291,11 @@ impl Detector {
                 now_unix_ms,
             ));
         }
-        let settle = secs_ms(self.config.settle_secs);
         while let Some(oldest) = self
             .pending
             .iter()
-            .filter(|p| p.confirmed_at_ms + settle <= now_unix_ms)
-            .min_by_key(|p| p.confirmed_at_ms)
+            .filter(|p| p.confirmed_at_ms + p.settle_ms <= now_unix_ms)
+            .min_by_key(|p| p.confirmed_at_ms + p.settle_ms)
             .cloned()
         {
             let path: PathKey = (

@@ -56,6 +56,8 @@ pub struct Series {
     last: Option<PortState>,
     last_failure: Option<Outcome>,
     last_at_ms: i64,
+    /// The gap between the last two probes: the series' probe interval as observed.
+    interval_ms: Option<i64>,
     history: VecDeque<PortState>,
     flapping: bool,
 }
@@ -67,6 +69,11 @@ impl Series {
 
     pub fn last(&self) -> Option<PortState> {
         self.last
+    }
+
+    /// The probe interval as observed (the gap between the last two probes).
+    pub fn interval_ms(&self) -> Option<i64> {
+        self.interval_ms
     }
 
     /// The latest failing outcome (what a change to `blocked` is reported with).
@@ -91,6 +98,9 @@ impl Series {
     ) -> Step {
         if self.last.is_some() && at_ms < self.last_at_ms {
             return Step::None;
+        }
+        if self.last.is_some() && at_ms > self.last_at_ms {
+            self.interval_ms = Some(at_ms - self.last_at_ms);
         }
         self.last_at_ms = at_ms;
         self.last = Some(state);
