@@ -550,3 +550,35 @@ fn the_settling_wait_follows_the_probe_interval() {
     // 3 probes (the 3rd at +10 s) and one 5 s interval of settling.
     assert!(delay <= 15_000, "delay {delay} ms");
 }
+
+#[test]
+fn a_provider_blocking_what_others_always_blocked_is_not_a_destination_outage() {
+    // GCP always blocks 25; when Hetzner starts blocking it too, everyone fails on mx:25 — but
+    // only Hetzner changed: a provider change, not an outage.
+    let targets: &[(&str, u16)] = &[("mx", 25), ("mx", 443)];
+    let mut f = Fleet::new(fleet_two_providers());
+    let gcp_blocks = |a: &str, _: &str, p: u16| {
+        if a.starts_with('g') && p == 25 {
+            Outcome::Timeout
+        } else {
+            Outcome::Ok
+        }
+    };
+    f.rounds(4, gcp_blocks, targets);
+    f.rounds(
+        8,
+        |_, _, p| {
+            if p == 25 {
+                Outcome::Timeout
+            } else {
+                Outcome::Ok
+            }
+        },
+        targets,
+    );
+    let ev = f.policy_events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].kind, EventKind::PolicyChanged);
+    assert_eq!(ev[0].scope, Scope::Provider);
+    assert_eq!(ev[0].provider.as_deref(), Some("hetzner"));
+}

@@ -507,8 +507,8 @@ impl Detector {
         events
     }
 
-    /// All agents fail together: it is the destination when they span providers, or when some
-    /// of them still reach another target on the same port.
+    /// All agents fail on the path: it is the destination when the ones that changed span
+    /// providers, or when they still reach another target on the same port.
     fn looks_like_destination(
         &self,
         path: &PathKey,
@@ -518,10 +518,15 @@ impl Detector {
         if agents.len() < self.config.min_agents_for_outage {
             return false;
         }
-        let providers: BTreeSet<&str> = universe.iter().map(|u| u.1.as_str()).collect();
+        // Providers that *changed* now: a provider that always blocked this port (GCP's 25)
+        // says nothing about the destination, and must not turn one provider's new block into
+        // an "outage".
+        let changed = universe.iter().filter(|u| u.3);
+        let providers: BTreeSet<&str> = changed.clone().map(|u| u.1.as_str()).collect();
         if providers.len() >= 2 {
             return true;
         }
+        let agents: BTreeSet<&str> = changed.map(|u| u.0.agent.as_str()).collect();
         self.series.iter().any(|(k, s)| {
             agents.contains(k.agent.as_str())
                 && k.port == path.1
