@@ -582,3 +582,39 @@ fn a_provider_blocking_what_others_always_blocked_is_not_a_destination_outage() 
     assert_eq!(ev[0].scope, Scope::Provider);
     assert_eq!(ev[0].provider.as_deref(), Some("hetzner"));
 }
+
+#[test]
+fn both_families_changing_together_is_one_event() {
+    let mut det = Detector::new(DetectorConfig::default());
+    let agents = fleet_two_providers();
+    let mut seq = 0;
+    let mut events = Vec::new();
+    for round in 0..10i64 {
+        let now = T0 + round * INTERVAL;
+        for a in &agents {
+            let mut rs = Vec::new();
+            for family in [Family::Ipv4, Family::Ipv6] {
+                for port in [587u16, 443] {
+                    seq += 1;
+                    let fail = a.labels.account == "acct-a" && port == 587 && round >= 3;
+                    let mut r = result(
+                        seq,
+                        now,
+                        "mx",
+                        port,
+                        if fail { Outcome::Timeout } else { Outcome::Ok },
+                    );
+                    r.family = family;
+                    rs.push(r);
+                }
+            }
+            events.extend(det.observe(a, &rs, true, now));
+        }
+        for s in 1..=60 {
+            events.extend(det.tick(now + s * 1000));
+        }
+    }
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].scope, Scope::Account);
+    assert_eq!(events[0].family, None);
+}

@@ -314,7 +314,7 @@ impl Detector {
             self.pending = rest;
             events.extend(self.attribute(path, oldest.to, members, now_unix_ms));
         }
-        events
+        merge_families(events)
     }
 
     /// Decides which layer one group of same-direction changes on one path belongs to.
@@ -677,6 +677,33 @@ impl Detector {
             at_unix_ms: now,
         }
     }
+}
+
+/// The same change seen over IPv4 and IPv6 at once is one event (without `family`); a change
+/// in one family only keeps its family.
+fn merge_families(events: Vec<Event>) -> Vec<Event> {
+    let mut out: Vec<Event> = Vec::with_capacity(events.len());
+    for e in events {
+        let twin = out.iter_mut().find(|o| {
+            o.family.is_some()
+                && e.family.is_some()
+                && o.family != e.family
+                && o.kind == e.kind
+                && o.scope == e.scope
+                && o.provider == e.provider
+                && o.account == e.account
+                && o.agent == e.agent
+                && o.target == e.target
+                && o.port == e.port
+                && o.from == e.from
+                && o.to == e.to
+        });
+        match twin {
+            Some(o) => o.family = None,
+            None => out.push(e),
+        }
+    }
+    out
 }
 
 fn secs_ms(secs: u64) -> i64 {
