@@ -199,7 +199,8 @@ impl Detector {
                 continue;
             }
             let at = if clock_trusted {
-                r.at_unix_ms
+                // A clock ahead of ours must not make later, honest results look "old".
+                r.at_unix_ms.min(now_unix_ms)
             } else {
                 now_unix_ms
             };

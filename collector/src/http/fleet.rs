@@ -174,7 +174,7 @@ impl ResultObserver for Fleet {
             m.agent_seen(agent, now_unix_ms);
             for r in results {
                 let at = if clock_trusted {
-                    r.at_unix_ms
+                    r.at_unix_ms.min(now_unix_ms)
                 } else {
                     now_unix_ms
                 };
