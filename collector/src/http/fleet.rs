@@ -70,6 +70,18 @@ impl Fleet {
         })
     }
 
+    /// Everything from the config: a metrics registry, the alert sinks (started on the current
+    /// tokio runtime) and the fleet. Ingest takes `fleet.metrics().ingest.clone()` to count.
+    pub fn from_config(
+        detector: DetectorConfig,
+        sinks: &[crate::alerts::SinkConfig],
+        history: Arc<dyn History>,
+    ) -> Result<Arc<Fleet>, crate::error::CollectorError> {
+        let metrics = Arc::new(Metrics::new());
+        let alerts = Alerts::start(sinks, metrics.alerts.clone())?;
+        Ok(Fleet::new(detector, history, alerts, metrics))
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
