@@ -136,7 +136,10 @@ async fn webhook_and_slack_get_their_formats_and_the_default_rule_applies() {
         text.contains("acct-&lt;a&gt;"),
         "labels escaped for Slack: {text}"
     );
-    assert_eq!(counter(&counters, "sent", "webhook-test"), 2);
+    wait_for("webhook deliveries counted", || {
+        counter(&counters, "sent", "webhook-test") == 2
+    })
+    .await;
     assert_eq!(counter(&counters, "failed", "webhook-test"), 0);
 }
 
