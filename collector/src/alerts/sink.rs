@@ -92,7 +92,8 @@ impl Alerts {
             let _ = counters.sent.get_or_create(&sink_label(&name));
             let _ = counters.failed.get_or_create(&sink_label(&name));
             let _ = counters.dropped.get_or_create(&sink_label(&name));
-            tokio::spawn(worker.run(rx));
+            let span = tracing::info_span!("alert_sink", sink = %name, kind = cfg.kind.as_str());
+            tokio::spawn(tracing::Instrument::instrument(worker.run(rx), span));
             sinks.push(SinkHandle {
                 name,
                 rule: cfg.rule(),
