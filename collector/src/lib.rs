@@ -10,6 +10,7 @@ pub mod ca;
 pub mod config;
 pub mod detector;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod ingest;
 pub mod matrix;

@@ -1,4 +1,150 @@
-//! HTTP: dashboard, API, SSE, metrics. STUB — being built in issue 4.
+//! HTTP: the dashboard page, the JSON API, the SSE stream and `/metrics` (see
+//! /work/prompts/http.md and DESIGN.md for the contract). A thin shell over [`fleet::Fleet`].
+//!
+//! Safe by default: binds 127.0.0.1:8080; bound anywhere else it refuses to start without a
+//! bearer token, which then guards `/api/*` and `/metrics`. Every response carries a strict CSP
+//! and the usual security headers. SSE clients are bounded.
 
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-pub struct HttpConfig {}
+pub mod fleet;
+pub mod history;
+pub mod metrics;
+mod routes;
+
+use crate::error::CollectorError;
+use serde::Deserialize;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub use fleet::{Fleet, StreamMessage};
+pub use history::{History, MemoryHistory};
+pub use metrics::{IngestCounters, Metrics};
+
+/// `[http]` in the collector's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Bearer token for `/api/*` and `/metrics`. Required when `listen` is not loopback.
+    pub token: Option<String>,
+    /// Most simultaneous `/api/stream` clients.
+    pub max_sse_clients: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            token: None,
+            max_sse_clients: 64,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Refuses an exposed listener without a token, and a token too short to be one.
+    pub fn validate(&self) -> Result<(), CollectorError> {
+        let token = self
+            .token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        if !self.listen.ip().is_loopback() && token.is_none() {
+            return Err(CollectorError::Config {
+                path: "http.token".into(),
+                reason: format!(
+                    "http.listen = {} is not a loopback address: set http.token to a secret \
+                     bearer token (clients send `Authorization: Bearer <token>`), or listen on \
+                     127.0.0.1",
+                    self.listen
+                ),
+            });
+        }
+        if let Some(t) = token {
+            if t.len() < 16 {
+                return Err(CollectorError::Config {
+                    path: "http.token".into(),
+                    reason: "must be at least 16 characters".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A bound listener, so the caller learns the address (port 0 in tests) before serving.
+pub struct Bound {
+    listener: tokio::net::TcpListener,
+    config: HttpConfig,
+}
+
+/// Validates the config and binds.
+pub async fn bind(config: &HttpConfig) -> Result<Bound, CollectorError> {
+    config.validate()?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| CollectorError::io(format!("binding HTTP on {}", config.listen), e))?;
+    Ok(Bound {
+        listener,
+        config: config.clone(),
+    })
+}
+
+impl Bound {
+    pub fn local_addr(&self) -> Result<SocketAddr, CollectorError> {
+        self.listener
+            .local_addr()
+            .map_err(|e| CollectorError::io("HTTP listener address", e))
+    }
+
+    /// Serves until `shutdown` completes, then drains open requests. Also runs the fleet's
+    /// one-second tick and the SSE matrix coalescer for as long as it serves.
+    pub async fn serve(
+        self,
+        fleet: Arc<Fleet>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), CollectorError> {
+        let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
+        let app = routes::router(&self.config, fleet.clone(), closing_rx);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let background = tokio::spawn(background(fleet, stop_rx));
+        // SSE streams never end by themselves: tell them to, or the drain would wait forever.
+        let shutdown = async move {
+            shutdown.await;
+            let _ = closing_tx.send(true);
+        };
+        let result = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| CollectorError::io("serving HTTP", e));
+        let _ = stop_tx.send(true);
+        let _ = background.await;
+        result
+    }
+}
+
+/// Binds and serves: `http::serve(config, fleet, shutdown)`.
+pub async fn serve(
+    config: &HttpConfig,
+    fleet: Arc<Fleet>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), CollectorError> {
+    bind(config).await?.serve(fleet, shutdown).await
+}
+
+/// Ticks the fleet every second and publishes matrix changes at most four times a second.
+async fn background(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use tokio::time::{interval, Duration, MissedTickBehavior};
+    let mut tick = interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut publish = interval(Duration::from_millis(250));
+    publish.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => fleet.tick(crate::events::now_unix_ms()),
+            _ = publish.tick() => fleet.publish_matrix(crate::events::now_unix_ms()),
+            _ = stop.changed() => return,
+        }
+    }
+}

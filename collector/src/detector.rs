@@ -1,4 +1,0 @@
-//! Change detection. STUB — being built in issue 4.
-
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-pub struct DetectorConfig {}

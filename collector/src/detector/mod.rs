@@ -1,0 +1,411 @@
+//! Change detection that names the layer. A plain state machine: results and the clock go in,
+//! [`Event`]s come out; no I/O, no wall clock, no sleeping.
+//!
+//! Per series (agent, target, port, family) a new state is confirmed only after N consistent
+//! probes (hysteresis, [`series`]). Confirmed changes wait a short settling window so that
+//! siblings' confirmations can be seen together, then are attributed using every series at once:
+//! the agent's 443 control failing too means its network went away (no SMTP event); every agent
+//! failing on one target/port (across providers, or while other targets still answer) is the
+//! destination; all agents of an account together is the account; all accounts of a provider is
+//! the provider; otherwise the agent.
+
+mod attribution;
+mod series;
+
+use crate::events::{rfc3339, Event, EventKind, Scope};
+use crate::matrix::policies::provider_key;
+use crate::pipeline::AgentMeta;
+use egresswatch_wire::{Family, Outcome, ProbeResult};
+use serde::Deserialize;
+pub use series::PortState;
+use series::{Series, Step};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// `[detector]` in the collector's config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorConfig {
+    /// Consistent probes needed before a series' new state is confirmed.
+    pub confirm_probes: u32,
+    /// The longest a confirmed change waits for its siblings before it is attributed; the wait
+    /// is one probe interval of the series (as observed) when that is shorter.
+    pub settle_secs: u64,
+    /// An agent unheard of for this long is `agent_silent`.
+    pub silent_after_secs: u64,
+    /// A result that arrives more than this after it was measured is a replay (spool drained
+    /// after an outage): it updates state and history but raises no alert.
+    pub replay_after_secs: u64,
+    /// Matrix freshness: older results make a cell `unknown`.
+    pub fresh_secs: u64,
+    /// Probes in the flapping window (Nagios uses 21).
+    pub flap_window: usize,
+    /// State-change percentage above which a series starts flapping.
+    pub flap_high_pct: f64,
+    /// ...and below which it stops.
+    pub flap_low_pct: f64,
+    /// The control port: its failure means the agent's network, not an SMTP policy.
+    pub control_port: u16,
+    /// Fewest agents that can make a destination outage.
+    pub min_agents_for_outage: usize,
+    /// Fewest accounts that can make a provider-wide change.
+    pub min_accounts_for_provider: usize,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            confirm_probes: 3,
+            settle_secs: 60,
+            silent_after_secs: 180,
+            replay_after_secs: 300,
+            fresh_secs: 300,
+            flap_window: 21,
+            flap_high_pct: 50.0,
+            flap_low_pct: 25.0,
+            control_port: 443,
+            min_agents_for_outage: 2,
+            min_accounts_for_provider: 2,
+        }
+    }
+}
+
+/// One series' identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub agent: String,
+    pub target: String,
+    pub port: u16,
+    pub family: Family,
+}
+
+/// (target, port, family): what a destination outage or a group change is about.
+type PathKey = (String, u16, Family);
+
+#[derive(Debug, Clone)]
+struct AgentInfo {
+    provider: String,
+    account: String,
+    last_seen_ms: i64,
+    silent: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    key: SeriesKey,
+    from: PortState,
+    to: PortState,
+    confirmed_at_ms: i64,
+    /// How long this change waits for its siblings: about one probe interval of its series,
+    /// capped by `settle_secs`.
+    settle_ms: i64,
+}
+
+/// The detector.
+#[derive(Debug)]
+pub struct Detector {
+    config: DetectorConfig,
+    agents: BTreeMap<String, AgentInfo>,
+    series: BTreeMap<SeriesKey, Series>,
+    pending: Vec<Pending>,
+    outages: BTreeSet<PathKey>,
+}
+
+impl Detector {
+    pub fn new(config: DetectorConfig) -> Self {
+        Detector {
+            config,
+            agents: BTreeMap::new(),
+            series: BTreeMap::new(),
+            pending: Vec::new(),
+            outages: BTreeSet::new(),
+        }
+    }
+
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
+
+    /// Whether a destination outage is currently open for this path.
+    pub fn outage_open(&self, target: &str, port: u16, family: Family) -> bool {
+        self.outages.contains(&(target.to_string(), port, family))
+    }
+
+    /// The agent said hello or sent results: it is alive. Returns `agent_back` if it was silent.
+    pub fn agent_seen(&mut self, agent: &AgentMeta, now_unix_ms: i64) -> Vec<Event> {
+        let provider = provider_key(&agent.labels.provider);
+        let account = label_or_unlabelled(&agent.labels.account);
+        let info = self
+            .agents
+            .entry(agent.agent_id.clone())
+            .or_insert_with(|| AgentInfo {
+                provider: provider.clone(),
+                account: account.clone(),
+                last_seen_ms: now_unix_ms,
+                silent: false,
+            });
+        info.provider = provider;
+        info.account = account;
+        info.last_seen_ms = info.last_seen_ms.max(now_unix_ms);
+        if info.silent {
+            info.silent = false;
+            let info = info.clone();
+            return vec![self.agent_event(
+                EventKind::AgentBack,
+                &agent.agent_id,
+                &info,
+                "silent",
+                "reporting",
+                now_unix_ms,
+            )];
+        }
+        Vec::new()
+    }
+
+    /// Restores one series from stored history at startup: its latest result becomes the
+    /// confirmed baseline (no event), and the agent counts as seen at `now` so a restart does
+    /// not make the whole fleet "silent".
+    pub fn restore(&mut self, agent: &AgentMeta, result: &ProbeResult, now_unix_ms: i64) {
+        self.agent_seen(agent, now_unix_ms);
+        if result.outcome == Outcome::NoAddress {
+            return;
+        }
+        let key = SeriesKey {
+            agent: agent.agent_id.clone(),
+            target: result.target.clone(),
+            port: result.port,
+            family: result.family,
+        };
+        self.series.entry(key).or_default().restore(
+            PortState::of(result.outcome),
+            result.outcome,
+            result.at_unix_ms,
+        );
+    }
+
+    /// Feeds newly stored results. Returns the events that cannot wait for settling (an agent
+    /// coming back, a series starting to flap); confirmed changes come out of [`Detector::tick`].
+    pub fn observe(
+        &mut self,
+        agent: &AgentMeta,
+        results: &[ProbeResult],
+        clock_trusted: bool,
+        now_unix_ms: i64,
+    ) -> Vec<Event> {
+        let mut events = self.agent_seen(agent, now_unix_ms);
+        let Some(info) = self.agents.get(&agent.agent_id).cloned() else {
+            return events;
+        };
+        for r in results {
+            if r.outcome == Outcome::NoAddress {
+                continue;
+            }
+            let at = if clock_trusted {
+                // A clock ahead of ours must not make later, honest results look "old".
+                r.at_unix_ms.min(now_unix_ms)
+            } else {
+                now_unix_ms
+            };
+            let live = now_unix_ms - at <= secs_ms(self.config.replay_after_secs);
+            let key = SeriesKey {
+                agent: agent.agent_id.clone(),
+                target: r.target.clone(),
+                port: r.port,
+                family: r.family,
+            };
+            let is_control = r.port == self.config.control_port;
+            let control_failing = !is_control && self.control_failing(&key.agent, key.family);
+            let series = self.series.entry(key.clone()).or_default();
+            let step = series.observe(
+                PortState::of(r.outcome),
+                r.outcome,
+                at,
+                &self.config,
+                control_failing,
+            );
+            match step {
+                Step::None => {}
+                Step::Confirmed { from, to } => {
+                    let cap = secs_ms(self.config.settle_secs);
+                    let settle_ms = series
+                        .interval_ms()
+                        .map_or(cap, |i| i.clamp(1_000, cap.max(1_000)));
+                    if live && !is_control {
+                        self.pending.retain(|p| p.key != key);
+                        self.pending.push(Pending {
+                            key,
+                            from,
+                            to,
+                            confirmed_at_ms: now_unix_ms,
+                            settle_ms,
+                        });
+                    }
+                }
+                Step::FlappingStarted { from } => {
+                    self.pending.retain(|p| p.key != key);
+                    if live && !is_control {
+                        events.push(self.series_event(
+                            &key,
+                            &info,
+                            from.map_or("unknown", PortState::as_str),
+                            "flapping",
+                            None,
+                            now_unix_ms,
+                        ));
+                    }
+                }
+                Step::FlappingStopped { to } => {
+                    if live && !is_control {
+                        events.push(self.series_event(
+                            &key,
+                            &info,
+                            "flapping",
+                            to.as_str(),
+                            None,
+                            now_unix_ms,
+                        ));
+                    }
+                }
+            }
+        }
+        events
+    }
+
+    /// Called about every second: silence, and attribution of settled changes.
+    pub fn tick(&mut self, now_unix_ms: i64) -> Vec<Event> {
+        let mut events = Vec::new();
+        let grace = secs_ms(self.config.silent_after_secs);
+        let newly_silent: Vec<(String, AgentInfo)> = self
+            .agents
+            .iter_mut()
+            .filter(|(_, a)| !a.silent && now_unix_ms - a.last_seen_ms > grace)
+            .map(|(id, a)| {
+                a.silent = true;
+                (id.clone(), a.clone())
+            })
+            .collect();
+        for (id, info) in newly_silent {
+            events.push(self.agent_event(
+                EventKind::AgentSilent,
+                &id,
+                &info,
+                "reporting",
+                "silent",
+                now_unix_ms,
+            ));
+        }
+        while let Some(oldest) = self
+            .pending
+            .iter()
+            .filter(|p| p.confirmed_at_ms + p.settle_ms <= now_unix_ms)
+            .min_by_key(|p| p.confirmed_at_ms + p.settle_ms)
+            .cloned()
+        {
+            let path: PathKey = (
+                oldest.key.target.clone(),
+                oldest.key.port,
+                oldest.key.family,
+            );
+            let (members, rest): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
+                .into_iter()
+                .partition(|p| {
+                    p.to == oldest.to
+                        && p.key.target == path.0
+                        && p.key.port == path.1
+                        && p.key.family == path.2
+                });
+            self.pending = rest;
+            events.extend(self.attribute(path, oldest.to, members, now_unix_ms));
+        }
+        attribution::merge_families(events)
+    }
+
+    /// Whether every control-port series of the agent in this family currently fails.
+    fn control_failing(&self, agent: &str, family: Family) -> bool {
+        let mut any = false;
+        for (k, s) in self.series.range(
+            SeriesKey {
+                agent: agent.to_string(),
+                target: String::new(),
+                port: 0,
+                family: Family::Ipv4,
+            }..,
+        ) {
+            if k.agent != agent {
+                break;
+            }
+            if k.port != self.config.control_port || k.family != family {
+                continue;
+            }
+            any = true;
+            if s.last() != Some(PortState::Blocked) {
+                return false;
+            }
+        }
+        any
+    }
+
+    fn series_event(
+        &self,
+        key: &SeriesKey,
+        info: &AgentInfo,
+        from: &str,
+        to: &str,
+        outcome: Option<String>,
+        now: i64,
+    ) -> Event {
+        self.event(
+            EventKind::PolicyChanged,
+            Scope::Agent,
+            (
+                Some(info.provider.clone()),
+                Some(info.account.clone()),
+                Some(key.agent.clone()),
+            ),
+            &(key.target.clone(), key.port, key.family),
+            from,
+            to,
+            outcome,
+            now,
+        )
+    }
+
+    fn agent_event(
+        &self,
+        kind: EventKind,
+        agent: &str,
+        info: &AgentInfo,
+        from: &str,
+        to: &str,
+        now: i64,
+    ) -> Event {
+        Event {
+            kind,
+            scope: Scope::Agent,
+            provider: Some(info.provider.clone()),
+            account: Some(info.account.clone()),
+            agent: Some(agent.to_string()),
+            target: None,
+            port: None,
+            from: from.to_string(),
+            to: to.to_string(),
+            at: rfc3339(now),
+            family: None,
+            id: None,
+            outcome: None,
+            at_unix_ms: now,
+        }
+    }
+}
+
+fn secs_ms(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+fn label_or_unlabelled(label: &str) -> String {
+    let t = label.trim();
+    if t.is_empty() {
+        "unlabelled".to_string()
+    } else {
+        t.to_string()
+    }
+}

@@ -1,0 +1,193 @@
+//! The events the detector raises, in the exact shape of the `/api/events` contract (DESIGN.md),
+//! and the small clock helpers (RFC 3339 from Unix milliseconds) every JSON output shares.
+
+use egresswatch_wire::Family;
+use serde::{Deserialize, Serialize};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A confirmed change of a port's state (or a series that started flapping: `to` = `flapping`).
+    PolicyChanged,
+    /// Every agent of every provider changed together on one target and port.
+    DestinationOutage,
+    /// An agent stopped reporting for longer than the grace.
+    AgentSilent,
+    /// A silent agent reported again.
+    AgentBack,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::PolicyChanged => "policy_changed",
+            EventKind::DestinationOutage => "destination_outage",
+            EventKind::AgentSilent => "agent_silent",
+            EventKind::AgentBack => "agent_back",
+        }
+    }
+}
+
+/// Which layer changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Agent,
+    Account,
+    Provider,
+    Destination,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Agent => "agent",
+            Scope::Account => "account",
+            Scope::Provider => "provider",
+            Scope::Destination => "destination",
+        }
+    }
+}
+
+/// One event, serialised exactly as `/api/events` serves it. Fields that do not apply to the
+/// scope (the agent of a provider-wide change, the port of a silent agent) are `null`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub scope: Scope,
+    pub provider: Option<String>,
+    pub account: Option<String>,
+    pub agent: Option<String>,
+    pub target: Option<String>,
+    pub port: Option<u16>,
+    /// The state before: `open`, `blocked`, `flapping`, `reporting`, `silent`.
+    pub from: String,
+    /// The state after.
+    pub to: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<Family>,
+    /// Set once the event is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    /// The dominant outcome behind a change to `blocked` (e.g. `timeout`), for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// When it happened, Unix milliseconds (not serialised: `at` is the contract).
+    #[serde(skip)]
+    pub at_unix_ms: i64,
+}
+
+impl Event {
+    /// A short human line: "policy_changed account gcp/acct-a 587 open → blocked".
+    pub fn summary(&self) -> String {
+        let mut who = Vec::new();
+        for p in [&self.provider, &self.account, &self.agent]
+            .into_iter()
+            .flatten()
+        {
+            who.push(p.as_str());
+        }
+        let mut text = format!("{} {}", self.kind.as_str(), self.scope.as_str());
+        if !who.is_empty() {
+            text.push(' ');
+            text.push_str(&who.join("/"));
+        }
+        if let Some(t) = &self.target {
+            text.push_str(&format!(" {t}"));
+        }
+        if let Some(p) = self.port {
+            text.push_str(&format!(":{p}"));
+        }
+        if let Some(f) = self.family {
+            text.push_str(&format!(" {f}"));
+        }
+        text.push_str(&format!(" {} → {}", self.from, self.to));
+        if let Some(o) = &self.outcome {
+            text.push_str(&format!(" ({o})"));
+        }
+        text
+    }
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC with millisecond precision
+/// (`2026-11-22T23:42:37.123Z`). Pure arithmetic so the core needs no clock crate.
+pub fn rfc3339(unix_ms: i64) -> String {
+    let secs = unix_ms.div_euclid(1000);
+    let ms = unix_ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The wall clock in Unix milliseconds: for the shells only; the core takes time as a parameter.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(1_795_391_557_123), "2026-11-22T23:52:37.123Z");
+    }
+
+    #[test]
+    fn event_json_has_the_contract_fields() {
+        let e = Event {
+            kind: EventKind::PolicyChanged,
+            scope: Scope::Account,
+            provider: Some("gcp".into()),
+            account: Some("a".into()),
+            agent: None,
+            target: Some("mx.example".into()),
+            port: Some(587),
+            from: "open".into(),
+            to: "blocked".into(),
+            at: rfc3339(0),
+            family: Some(Family::Ipv4),
+            id: None,
+            outcome: None,
+            at_unix_ms: 0,
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        for k in [
+            "kind", "scope", "provider", "account", "agent", "target", "port", "from", "to", "at",
+        ] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+        assert_eq!(v["kind"], "policy_changed");
+        assert_eq!(v["scope"], "account");
+        assert_eq!(v["agent"], serde_json::Value::Null);
+        assert_eq!(v["family"], "ipv4");
+    }
+}

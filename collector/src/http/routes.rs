@@ -1,0 +1,308 @@
+//! The routes, the bearer-token guard, the security headers and the SSE stream.
+
+use super::fleet::{Fleet, StreamMessage};
+use super::HttpConfig;
+use crate::events::{now_unix_ms, rfc3339};
+use crate::matrix::FamilyFilter;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+const INDEX_HTML: &str = include_str!("../../../dashboard/index.html");
+const STYLE_CSS: &str = include_str!("../../../dashboard/style.css");
+const APP_JS: &str = include_str!("../../../dashboard/app.js");
+
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+#[derive(Clone)]
+struct AppState {
+    fleet: Arc<Fleet>,
+    token: Option<Arc<str>>,
+    sse_clients: Arc<AtomicUsize>,
+    max_sse_clients: usize,
+    /// Becomes true when the server shuts down: SSE streams end so the drain can finish.
+    closing: tokio::sync::watch::Receiver<bool>,
+}
+
+pub fn router(
+    config: &HttpConfig,
+    fleet: Arc<Fleet>,
+    closing: tokio::sync::watch::Receiver<bool>,
+) -> Router {
+    let state = AppState {
+        fleet,
+        token: config
+            .token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(Arc::from),
+        sse_clients: Arc::new(AtomicUsize::new(0)),
+        max_sse_clients: config.max_sse_clients.max(1),
+        closing,
+    };
+    Router::new()
+        .route(
+            "/",
+            get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { asset(STYLE_CSS, "text/css; charset=utf-8") }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/matrix", get(matrix))
+        .route("/api/events", get(events))
+        .route("/api/agents/{agent_id}/results", get(agent_results))
+        .route("/api/stream", get(stream_handler))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page") })
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(header_layer(header::CONTENT_SECURITY_POLICY, CSP))
+        .layer(header_layer(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(header_layer(header::REFERRER_POLICY, "no-referrer"))
+        .layer(header_layer(header::X_FRAME_OPTIONS, "DENY"))
+        .with_state(state)
+}
+
+fn header_layer(
+    name: header::HeaderName,
+    value: &'static str,
+) -> SetResponseHeaderLayer<HeaderValue> {
+    SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// `/api/*` and `/metrics` need the bearer token when one is configured.
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let guarded = path.starts_with("/api/") || path == "/metrics";
+    if let (true, Some(token)) = (guarded, &state.token) {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+            let mut resp = error(StatusCode::UNAUTHORIZED, "bearer token required");
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"egresswatch\""),
+            );
+            return resp;
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Deserialize)]
+struct MatrixQuery {
+    family: Option<String>,
+}
+
+async fn matrix(State(state): State<AppState>, Query(q): Query<MatrixQuery>) -> Response {
+    match FamilyFilter::parse(q.family.as_deref()) {
+        Ok(family) => Json(state.fleet.matrix_view(family, now_unix_ms())).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, &e),
+    }
+}
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+async fn events(State(state): State<AppState>, Query(q): Query<LimitQuery>) -> Response {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let history = state.fleet.history().clone();
+    let stored = tokio::task::spawn_blocking(move || history.events(limit)).await;
+    match stored {
+        Ok(Ok(list)) => {
+            let values: Vec<Value> = list
+                .iter()
+                .filter_map(|j| serde_json::from_str(j).ok())
+                .collect();
+            Json(values).into_response()
+        }
+        Ok(Err(e)) => {
+            tracing::error!("reading events: {e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "could not read events")
+        }
+        Err(e) => {
+            tracing::error!("reading events: {e}");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "could not read events")
+        }
+    }
+}
+
+async fn agent_results(
+    State(state): State<AppState>,
+    Path(agent_id): Path<String>,
+    Query(q): Query<LimitQuery>,
+) -> Response {
+    if let Err(e) = egresswatch_wire::labels::validate_agent_id(&agent_id) {
+        return error(StatusCode::BAD_REQUEST, &e.to_string());
+    }
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let history = state.fleet.history().clone();
+    let stored =
+        tokio::task::spawn_blocking(move || history.recent_results(&agent_id, limit)).await;
+    let results = match stored {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::error!("reading results: {e}");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "could not read results");
+        }
+        Err(e) => {
+            tracing::error!("reading results: {e}");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "could not read results");
+        }
+    };
+    let ms = |us: Option<u32>| us.map(|u| f64::from(u) / 1000.0);
+    let list: Vec<Value> = results
+        .iter()
+        .map(|r| {
+            json!({
+                "seq": r.seq,
+                "at": rfc3339(r.at_unix_ms),
+                "target": r.target,
+                "port": r.port,
+                "family": r.family.as_str(),
+                "address": r.address.map(|a| a.to_string()),
+                "level": r.level.as_str(),
+                "outcome": r.outcome.as_str(),
+                "dns_ms": ms(r.timings.dns_us),
+                "connect_ms": ms(r.timings.connect_us),
+                "banner_ms": ms(r.timings.banner_us),
+                "tls_ms": ms(r.timings.tls_us),
+                "syn_retransmits": r.syn_retransmits,
+                "detail": r.detail,
+            })
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let m = state.fleet.metrics();
+    if wants_openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            m.render(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            m.render_prometheus(),
+        )
+            .into_response()
+    }
+}
+
+/// Releases an SSE slot when the client's stream is dropped.
+struct SlotGuard {
+    clients: Arc<AtomicUsize>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.clients.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
+}
+
+async fn stream_handler(State(state): State<AppState>) -> Response {
+    let taken = state.sse_clients.fetch_add(1, Ordering::AcqRel);
+    let guard = SlotGuard {
+        clients: state.sse_clients.clone(),
+        gauge: state.fleet.metrics().sse_clients.clone(),
+    };
+    state.fleet.metrics().sse_clients.inc();
+    if taken >= state.max_sse_clients {
+        drop(guard);
+        return error(StatusCode::SERVICE_UNAVAILABLE, "too many stream clients");
+    }
+    let receiver = state.fleet.subscribe();
+    let first = state.fleet.matrix_json(now_unix_ms());
+    let fleet = state.fleet.clone();
+    let initial = stream::once(async move { Ok(SseEvent::default().event("matrix").data(first)) });
+    let updates = stream::unfold(
+        (receiver, guard, fleet, state.closing.clone()),
+        |(mut rx, guard, fleet, mut closing)| async move {
+            if *closing.borrow() {
+                return None;
+            }
+            let received = tokio::select! {
+                r = rx.recv() => r,
+                _ = closing.changed() => return None,
+            };
+            let ev = match received {
+                Ok(StreamMessage::Matrix(json)) => {
+                    SseEvent::default().event("matrix").data(json.as_str())
+                }
+                Ok(StreamMessage::Event(json)) => {
+                    SseEvent::default().event("event").data(json.as_str())
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Too far behind: skip ahead with the whole current matrix.
+                    let json = fleet.matrix_json(now_unix_ms());
+                    SseEvent::default().event("matrix").data(json)
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((Ok(ev), (rx, guard, fleet, closing)))
+        },
+    );
+    let stream: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
+        Box::pin(initial.chain(updates));
+    Sse::new(stream)
+        .keep_alive(
+            KeepAlive::new()
+                .interval(Duration::from_secs(15))
+                .text("keep-alive"),
+        )
+        .into_response()
+}

@@ -1,1 +1,0 @@
-//! STUB — being built in issue 4.

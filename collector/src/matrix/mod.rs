@@ -1,0 +1,468 @@
+//! The live provider × port policy matrix: the freshest result per (agent, target, port,
+//! family), rolled up by provider, account, region and agent into cells that say `open`,
+//! `blocked`, `partial` or `unknown`. A plain state machine: results and the clock go in, the
+//! `/api/matrix` view comes out; no I/O, no wall clock.
+
+pub mod policies;
+
+use crate::events::rfc3339;
+use crate::pipeline::AgentMeta;
+use egresswatch_wire::{Family, Outcome, ProbeResult};
+use policies::{contradicts, provider_key, CellDoc, Policies};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// The ports shown first, in this order (443 last: the control column).
+pub const DEFAULT_PORTS: [u16; 5] = [25, 465, 587, 2525, 443];
+
+/// How the matrix judges age.
+#[derive(Debug, Clone)]
+pub struct MatrixConfig {
+    /// A result older than this no longer counts (its cell turns `unknown`).
+    pub fresh_ms: i64,
+    /// An agent not heard from for this long is shown as silent.
+    pub silent_after_ms: i64,
+}
+
+impl Default for MatrixConfig {
+    fn default() -> Self {
+        MatrixConfig {
+            fresh_ms: 300_000,
+            silent_after_ms: 180_000,
+        }
+    }
+}
+
+/// Which address families a view covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FamilyFilter {
+    All,
+    Ipv4,
+    Ipv6,
+}
+
+impl FamilyFilter {
+    pub fn parse(text: Option<&str>) -> Result<FamilyFilter, String> {
+        match text {
+            None | Some("") | Some("all") => Ok(FamilyFilter::All),
+            Some("ipv4") => Ok(FamilyFilter::Ipv4),
+            Some("ipv6") => Ok(FamilyFilter::Ipv6),
+            Some(other) => Err(format!(
+                "unknown family {other:?} (expected ipv4, ipv6 or all)"
+            )),
+        }
+    }
+
+    fn admits(self, f: Family) -> bool {
+        match self {
+            FamilyFilter::All => true,
+            FamilyFilter::Ipv4 => f == Family::Ipv4,
+            FamilyFilter::Ipv6 => f == Family::Ipv6,
+        }
+    }
+}
+
+/// One cell's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Open,
+    Blocked,
+    Partial,
+    Unknown,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Blocked => "blocked",
+            Status::Partial => "partial",
+            Status::Unknown => "unknown",
+        }
+    }
+}
+
+/// One cell of `/api/matrix`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cell {
+    pub status: Status,
+    /// Agents whose path is open.
+    pub ok: u32,
+    /// Agents whose path failed.
+    pub failed: u32,
+    /// The most common outcome among the agents (`null` when unknown).
+    pub outcome: Option<&'static str>,
+    pub p50_connect_ms: Option<f64>,
+    /// Since when this status holds (as first seen by this collector), RFC 3339.
+    pub since: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub doc: Option<Option<CellDoc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub doc_mismatch: Option<bool>,
+}
+
+pub type Cells = BTreeMap<String, Cell>;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentRow {
+    pub agent: String,
+    pub instance: String,
+    pub region: String,
+    pub last_seen: String,
+    pub silent: bool,
+    pub cells: Cells,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionRow {
+    pub region: String,
+    pub agents: u32,
+    pub cells: Cells,
+    pub agent_list: Vec<AgentRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountRow {
+    pub account: String,
+    pub agents: u32,
+    pub cells: Cells,
+    pub regions: Vec<RegionRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderRow {
+    pub provider: String,
+    pub agents: u32,
+    pub cells: Cells,
+    pub accounts: Vec<AccountRow>,
+}
+
+/// The whole `/api/matrix` document.
+#[derive(Debug, Clone, Serialize)]
+pub struct MatrixView {
+    pub ports: Vec<u16>,
+    pub family: FamilyFilter,
+    pub generated_at: String,
+    pub providers: Vec<ProviderRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct SeriesKey {
+    agent: String,
+    target: String,
+    port: u16,
+    family: Family,
+}
+
+#[derive(Debug, Clone)]
+struct Latest {
+    at_ms: i64,
+    outcome: Outcome,
+    connect_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+struct AgentEntry {
+    provider: String,
+    account: String,
+    region: String,
+    instance: String,
+    last_seen_ms: i64,
+}
+
+/// The live matrix.
+#[derive(Debug)]
+pub struct Matrix {
+    config: MatrixConfig,
+    agents: BTreeMap<String, AgentEntry>,
+    series: BTreeMap<SeriesKey, Latest>,
+    ports: BTreeSet<u16>,
+    /// Last status seen per cell path and since when: "since" in the view.
+    since: HashMap<String, (Status, i64)>,
+}
+
+/// What one agent's fresh series say about one port.
+struct AgentVerdict {
+    ok: bool,
+    outcome: Outcome,
+}
+
+impl Matrix {
+    pub fn new(config: MatrixConfig) -> Self {
+        Matrix {
+            config,
+            agents: BTreeMap::new(),
+            series: BTreeMap::new(),
+            ports: BTreeSet::new(),
+            since: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &MatrixConfig {
+        &self.config
+    }
+
+    /// The agent said something (hello or results): labels and last-seen are refreshed.
+    pub fn agent_seen(&mut self, agent: &AgentMeta, now_unix_ms: i64) {
+        let entry = AgentEntry {
+            provider: provider_key(&agent.labels.provider),
+            account: non_empty(&agent.labels.account),
+            region: non_empty(&agent.labels.region),
+            instance: agent.labels.instance.clone(),
+            last_seen_ms: now_unix_ms,
+        };
+        self.agents.insert(agent.agent_id.clone(), entry);
+    }
+
+    /// Records one result; `at_ms` is the time to judge freshness by (the agent's timestamp, or
+    /// the receive time when its clock is not trusted). Older results than the one held are
+    /// history only and do not replace it.
+    pub fn record(&mut self, agent_id: &str, result: &ProbeResult, at_ms: i64) {
+        let key = SeriesKey {
+            agent: agent_id.to_string(),
+            target: result.target.clone(),
+            port: result.port,
+            family: result.family,
+        };
+        if let Some(held) = self.series.get(&key) {
+            if held.at_ms > at_ms {
+                return;
+            }
+        }
+        self.ports.insert(result.port);
+        self.series.insert(
+            key,
+            Latest {
+                at_ms,
+                outcome: result.outcome,
+                connect_ms: result.timings.connect_ms(),
+            },
+        );
+    }
+
+    /// The port list of the view: the defaults, then any other port seen, ascending.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports = DEFAULT_PORTS.to_vec();
+        ports.extend(self.ports.iter().filter(|p| !DEFAULT_PORTS.contains(p)));
+        ports
+    }
+
+    /// Builds the `/api/matrix` view at `now` and remembers each cell's status for `since`.
+    pub fn view(&mut self, family: FamilyFilter, now_unix_ms: i64) -> MatrixView {
+        let ports = self.ports();
+        // provider → account → region → agents
+        let mut tree: BTreeMap<&str, BTreeMap<&str, BTreeMap<&str, Vec<&str>>>> = BTreeMap::new();
+        for (id, a) in &self.agents {
+            tree.entry(&a.provider)
+                .or_default()
+                .entry(&a.account)
+                .or_default()
+                .entry(&a.region)
+                .or_default()
+                .push(id);
+        }
+        let verdicts = self.verdicts(family, now_unix_ms, &ports);
+        let policies = Policies::embedded();
+        let mut since_updates = Vec::new();
+        let mut cells_for = |path: String, agents: &[&str], doc_provider: Option<&str>| -> Cells {
+            let mut cells = Cells::new();
+            for &port in &ports {
+                let mut cell = Self::cell(agents, port, &verdicts);
+                let key = format!("{family:?}|{path}|{port}");
+                let since = match self.since.get(&key) {
+                    Some((s, at)) if *s == cell.status => *at,
+                    _ => now_unix_ms,
+                };
+                since_updates.push((key, (cell.status, since)));
+                if cell.status != Status::Unknown {
+                    cell.since = Some(rfc3339(since));
+                }
+                if let Some(provider) = doc_provider {
+                    let doc = policies.doc(provider, port);
+                    cell.doc_mismatch = Some(
+                        doc.as_ref()
+                            .is_some_and(|d| contradicts(d.policy, cell.status.as_str())),
+                    );
+                    cell.doc = Some(doc);
+                }
+                cells.insert(port.to_string(), cell);
+            }
+            cells
+        };
+        let mut providers = Vec::new();
+        for (provider, accounts) in &tree {
+            let mut provider_agents = Vec::new();
+            let mut account_rows = Vec::new();
+            for (account, regions) in accounts {
+                let mut account_agents = Vec::new();
+                let mut region_rows = Vec::new();
+                for (region, agents) in regions {
+                    let mut agent_list = Vec::new();
+                    for &agent in agents {
+                        let Some(a) = self.agents.get(agent) else {
+                            continue;
+                        };
+                        agent_list.push(AgentRow {
+                            agent: agent.to_string(),
+                            instance: a.instance.clone(),
+                            region: a.region.clone(),
+                            last_seen: rfc3339(a.last_seen_ms),
+                            silent: now_unix_ms - a.last_seen_ms > self.config.silent_after_ms,
+                            cells: cells_for(format!("agent|{agent}"), &[agent], None),
+                        });
+                    }
+                    region_rows.push(RegionRow {
+                        region: region.to_string(),
+                        agents: agents.len() as u32,
+                        cells: cells_for(
+                            format!("region|{provider}|{account}|{region}"),
+                            agents,
+                            None,
+                        ),
+                        agent_list,
+                    });
+                    account_agents.extend_from_slice(agents);
+                }
+                account_rows.push(AccountRow {
+                    account: account.to_string(),
+                    agents: account_agents.len() as u32,
+                    cells: cells_for(
+                        format!("account|{provider}|{account}"),
+                        &account_agents,
+                        None,
+                    ),
+                    regions: region_rows,
+                });
+                provider_agents.extend(account_agents);
+            }
+            providers.push(ProviderRow {
+                provider: provider.to_string(),
+                agents: provider_agents.len() as u32,
+                cells: cells_for(
+                    format!("provider|{provider}"),
+                    &provider_agents,
+                    Some(provider),
+                ),
+                accounts: account_rows,
+            });
+        }
+        for (k, v) in since_updates {
+            self.since.insert(k, v);
+        }
+        MatrixView {
+            ports,
+            family,
+            generated_at: rfc3339(now_unix_ms),
+            providers,
+        }
+    }
+
+    /// Per (agent, port): what the agent's fresh series in the admitted families say. An agent
+    /// is open on a port when any of its targets answers (one dead destination does not close
+    /// a port); failed when every fresh target fails. `no_address` is no evidence either way.
+    fn verdicts(
+        &self,
+        family: FamilyFilter,
+        now: i64,
+        ports: &[u16],
+    ) -> HashMap<(String, u16), (AgentVerdict, Vec<f64>)> {
+        let mut grouped: HashMap<(String, u16), Vec<&Latest>> = HashMap::new();
+        for (k, l) in &self.series {
+            if !family.admits(k.family)
+                || !ports.contains(&k.port)
+                || l.outcome == Outcome::NoAddress
+                || now - l.at_ms > self.config.fresh_ms
+            {
+                continue;
+            }
+            grouped
+                .entry((k.agent.clone(), k.port))
+                .or_default()
+                .push(l);
+        }
+        grouped
+            .into_iter()
+            .map(|(key, latest)| {
+                let ok = latest.iter().any(|l| l.outcome == Outcome::Ok);
+                let outcome = if ok {
+                    Outcome::Ok
+                } else {
+                    mode(latest.iter().map(|l| l.outcome)).unwrap_or(Outcome::Timeout)
+                };
+                let connects = latest.iter().filter_map(|l| l.connect_ms).collect();
+                (key, (AgentVerdict { ok, outcome }, connects))
+            })
+            .collect()
+    }
+
+    fn cell(
+        agents: &[&str],
+        port: u16,
+        verdicts: &HashMap<(String, u16), (AgentVerdict, Vec<f64>)>,
+    ) -> Cell {
+        let (mut ok, mut failed) = (0u32, 0u32);
+        let mut outcomes = Vec::new();
+        let mut connects = Vec::new();
+        for &agent in agents {
+            if let Some((v, c)) = verdicts.get(&(agent.to_string(), port)) {
+                if v.ok {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+                outcomes.push(v.outcome);
+                connects.extend_from_slice(c);
+            }
+        }
+        let status = match (ok, failed) {
+            (0, 0) => Status::Unknown,
+            (_, 0) => Status::Open,
+            (0, _) => Status::Blocked,
+            _ => Status::Partial,
+        };
+        Cell {
+            status,
+            ok,
+            failed,
+            outcome: mode(outcomes.into_iter()).map(|o| o.as_str()),
+            p50_connect_ms: median(&mut connects),
+            since: None,
+            doc: None,
+            doc_mismatch: None,
+        }
+    }
+}
+
+fn non_empty(label: &str) -> String {
+    if label.trim().is_empty() {
+        "unlabelled".to_string()
+    } else {
+        label.trim().to_string()
+    }
+}
+
+/// The most common outcome; ties go to the lowest code, so the answer is stable.
+fn mode(outcomes: impl Iterator<Item = Outcome>) -> Option<Outcome> {
+    let mut counts: BTreeMap<Outcome, usize> = BTreeMap::new();
+    for o in outcomes {
+        *counts.entry(o).or_default() += 1;
+    }
+    let best = counts.values().copied().max()?;
+    counts.into_iter().find(|(_, c)| *c == best).map(|(o, _)| o)
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    let m = if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    };
+    Some((m * 1000.0).round() / 1000.0)
+}

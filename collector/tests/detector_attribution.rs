@@ -1,0 +1,620 @@
+//! The detector as a pure state machine: hysteresis, attribution to agent / account / provider /
+//! destination, the control port, flapping, replays and silence — driven with a fake clock.
+
+use egresswatch_collector::detector::{Detector, DetectorConfig};
+use egresswatch_collector::events::{Event, EventKind, Scope};
+use egresswatch_collector::pipeline::AgentMeta;
+use egresswatch_wire::{Family, Labels, Outcome, PhaseTimings, ProbeResult};
+
+const INTERVAL: i64 = 60_000;
+const T0: i64 = 1_800_000_000_000;
+
+fn agent(id: &str, provider: &str, account: &str) -> AgentMeta {
+    AgentMeta {
+        agent_id: id.into(),
+        labels: Labels {
+            provider: provider.into(),
+            account: account.into(),
+            region: "r1".into(),
+            instance: id.into(),
+        },
+        agent_version: "test".into(),
+    }
+}
+
+fn result(seq: u64, at: i64, target: &str, port: u16, outcome: Outcome) -> ProbeResult {
+    ProbeResult {
+        seq,
+        at_unix_ms: at,
+        target: target.into(),
+        port,
+        family: Family::Ipv4,
+        outcome,
+        timings: PhaseTimings {
+            connect_us: (outcome == Outcome::Ok).then_some(1500),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// A small fleet probing "mx" on 587 and 443 every interval; `outcome_of(agent, port, round)`
+/// says what each probe finds. Returns every event with the round it came out in.
+struct Fleet {
+    det: Detector,
+    agents: Vec<AgentMeta>,
+    round: i64,
+    seq: u64,
+    events: Vec<(i64, Event)>,
+}
+
+impl Fleet {
+    fn new(agents: Vec<AgentMeta>) -> Fleet {
+        Fleet::with_config(agents, DetectorConfig::default())
+    }
+
+    fn with_config(agents: Vec<AgentMeta>, config: DetectorConfig) -> Fleet {
+        Fleet {
+            det: Detector::new(config),
+            agents,
+            round: 0,
+            seq: 0,
+            events: Vec::new(),
+        }
+    }
+
+    fn now(&self) -> i64 {
+        T0 + self.round * INTERVAL
+    }
+
+    /// One probe round for every agent, then ticks once a second until the next round.
+    fn round(&mut self, outcome_of: impl Fn(&str, &str, u16) -> Outcome, targets: &[(&str, u16)]) {
+        let now = self.now();
+        for a in self.agents.clone() {
+            let results: Vec<ProbeResult> = targets
+                .iter()
+                .map(|(t, p)| {
+                    self.seq += 1;
+                    result(self.seq, now, t, *p, outcome_of(&a.agent_id, t, *p))
+                })
+                .collect();
+            for e in self.det.observe(&a, &results, true, now) {
+                self.events.push((self.round, e));
+            }
+        }
+        for s in 1..=60 {
+            for e in self.det.tick(now + s * 1000) {
+                self.events.push((self.round, e));
+            }
+        }
+        self.round += 1;
+    }
+
+    fn rounds(
+        &mut self,
+        n: usize,
+        outcome_of: impl Fn(&str, &str, u16) -> Outcome + Copy,
+        targets: &[(&str, u16)],
+    ) {
+        for _ in 0..n {
+            self.round(outcome_of, targets);
+        }
+    }
+
+    fn policy_events(&self) -> Vec<&Event> {
+        self.events.iter().map(|(_, e)| e).collect()
+    }
+}
+
+const STD: &[(&str, u16)] = &[("mx", 587), ("mx", 443)];
+
+fn all_ok(_: &str, _: &str, _: u16) -> Outcome {
+    Outcome::Ok
+}
+
+fn fleet_two_providers() -> Vec<AgentMeta> {
+    vec![
+        agent("g1", "gcp", "acct-a"),
+        agent("g2", "gcp", "acct-a"),
+        agent("g3", "gcp", "acct-b"),
+        agent("h1", "hetzner", "h-acct"),
+        agent("h2", "hetzner", "h-acct2"),
+    ]
+}
+
+#[test]
+fn a_single_lost_probe_raises_nothing() {
+    let mut f = Fleet::new(fleet_two_providers());
+    f.rounds(5, all_ok, STD);
+    f.round(
+        |a, _, p| {
+            if a == "g1" && p == 587 {
+                Outcome::Timeout
+            } else {
+                Outcome::Ok
+            }
+        },
+        STD,
+    );
+    f.rounds(5, all_ok, STD);
+    assert!(f.policy_events().is_empty(), "{:?}", f.policy_events());
+}
+
+#[test]
+fn three_consistent_failures_of_one_agent_are_one_agent_event() {
+    let mut f = Fleet::new(fleet_two_providers());
+    f.rounds(5, all_ok, STD);
+    let closed = |a: &str, _: &str, p: u16| {
+        if a == "g1" && p == 587 {
+            Outcome::Timeout
+        } else {
+            Outcome::Ok
+        }
+    };
+    f.rounds(2, closed, STD);
+    assert!(f.policy_events().is_empty());
+    f.rounds(6, closed, STD);
+    let ev = f.policy_events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    let e = ev[0];
+    assert_eq!(e.kind, EventKind::PolicyChanged);
+    assert_eq!(e.scope, Scope::Agent);
+    assert_eq!(e.agent.as_deref(), Some("g1"));
+    assert_eq!(e.account.as_deref(), Some("acct-a"));
+    assert_eq!((e.from.as_str(), e.to.as_str()), ("open", "blocked"));
+    assert_eq!(e.outcome.as_deref(), Some("timeout"));
+    assert_eq!(e.port, Some(587));
+    // Detection delay: confirmed on the 3rd failing round, attributed one settle later.
+    let first_fail_round = 5;
+    assert!(f.events[0].0 <= first_fail_round + 3, "{:?}", f.events[0]);
+}
+
+#[test]
+fn a_whole_account_changing_is_one_account_event_and_nothing_for_the_sibling() {
+    let mut f = Fleet::new(fleet_two_providers());
+    f.rounds(4, all_ok, STD);
+    // g2's probe lands a round later than g1's: siblings still group.
+    f.round(
+        |a, _, p| {
+            if a == "g1" && p == 587 {
+                Outcome::Timeout
+            } else {
+                Outcome::Ok
+            }
+        },
+        STD,
+    );
+    f.rounds(
+        8,
+        |a, _, p| {
+            if (a == "g1" || a == "g2") && p == 587 {
+                Outcome::Timeout
+            } else {
+                Outcome::Ok
+            }
+        },
+        STD,
+    );
+    let ev = f.policy_events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].scope, Scope::Account);
+    assert_eq!(ev[0].provider.as_deref(), Some("gcp"));
+    assert_eq!(ev[0].account.as_deref(), Some("acct-a"));
+    assert_eq!(ev[0].agent, None);
+    // And back open: one account event again.
+    f.rounds(8, all_ok, STD);
+    let ev = f.policy_events();
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(ev[1].scope, Scope::Account);
+    assert_eq!(ev[1].to, "open");
+}
+
+#[test]
+fn every_account_of_a_provider_is_a_provider_event() {
+    let mut f = Fleet::new(fleet_two_providers());
+    f.rounds(4, all_ok, STD);
+    f.rounds(
+        8,
+        |a, _, p| {
+            if a.starts_with('g') && p == 587 {
+                Outcome::Refused
+            } else {
+                Outcome::Ok
+            }
+        },
+        STD,
+    );
+    let ev = f.policy_events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].scope, Scope::Provider);
+    assert_eq!(ev[0].provider.as_deref(), Some("gcp"));
+    assert_eq!(ev[0].account, None);
+    assert_eq!(ev[0].outcome.as_deref(), Some("refused"));
+}
+
+#[test]
+fn everyone_failing_on_one_target_is_a_destination_outage() {
+    let mut f = Fleet::new(fleet_two_providers());
+    f.rounds(4, all_ok, STD);
+    f.rounds(
+        8,
+        |_, _, p| {
+            if p == 587 {
+                Outcome::Refused
+            } else {
+                Outcome::Ok
+            }
+        },
+        STD,
+    );
+    let ev = f.policy_events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].kind, EventKind::DestinationOutage);
+    assert_eq!(ev[0].scope, Scope::Destination);
+    assert_eq!(ev[0].provider, None);
+    assert!(f.det.outage_open("mx", 587, Family::Ipv4));
+    f.rounds(8, all_ok, STD);
+    let ev = f.policy_events();
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(ev[1].kind, EventKind::DestinationOutage);
+    assert_eq!(ev[1].to, "open");
+    assert!(!f.det.outage_open("mx", 587, Family::Ipv4));
+}
+
+#[test]
+fn one_provider_fleet_with_a_second_target_still_sees_the_destination() {
+    let agents = vec![agent("a1", "aws", "x"), agent("a2", "aws", "y")];
+    let targets: &[(&str, u16)] = &[("mx", 587), ("mx2", 587), ("mx", 443)];
+    let mut f = Fleet::new(agents);
+    f.rounds(4, all_ok, targets);
+    f.rounds(
+        8,
+        |_, t, p| {
+            if t == "mx" && p == 587 {
+                Outcome::Timeout
+            } else {
+                Outcome::Ok
+            }
+        },
+        targets,
+    );
+    let ev = f.policy_events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].kind, EventKind::DestinationOutage);
+}
+
+#[test]
+fn control_port_failing_too_means_lost_network_not_policy() {
+    let mut f = Fleet::new(fleet_two_providers());
+    f.rounds(4, all_ok, STD);
+    let down = |a: &str, _: &str, _: u16| {
+        if a == "g1" {
+            Outcome::Unreachable
+        } else {
+            Outcome::Ok
+        }
+    };
+    f.rounds(8, down, STD);
+    f.rounds(8, all_ok, STD);
+    assert!(f.policy_events().is_empty(), "{:?}", f.policy_events());
+}
+
+#[test]
+fn a_flapping_series_is_alerted_once() {
+    let config = DetectorConfig {
+        flap_window: 11,
+        ..Default::default()
+    };
+    let mut f = Fleet::with_config(fleet_two_providers(), config);
+    f.rounds(12, all_ok, STD);
+    for i in 0..40 {
+        f.round(
+            move |a, _, p| {
+                if a == "h1" && p == 587 && (i % 4 < 2) {
+                    Outcome::Timeout
+                } else {
+                    Outcome::Ok
+                }
+            },
+            STD,
+        );
+    }
+    let ev = f.policy_events();
+    let flapping: Vec<_> = ev.iter().filter(|e| e.to == "flapping").collect();
+    assert_eq!(flapping.len(), 1, "{ev:?}");
+    assert_eq!(flapping[0].agent.as_deref(), Some("h1"));
+    // Nothing else while it flaps (no open/blocked on every flip).
+    assert_eq!(ev.len(), 1, "{ev:?}");
+}
+
+#[test]
+fn replayed_old_results_raise_no_alert() {
+    let mut f = Fleet::new(fleet_two_providers());
+    f.rounds(4, all_ok, STD);
+    let g1 = f.agents[0].clone();
+    // An hour later g1's spool drains: ten old rounds in which 587 was closed.
+    let now = f.now() + 3_600_000;
+    let old: Vec<ProbeResult> = (0..10)
+        .map(|i| {
+            result(
+                1000 + i,
+                f.now() + i as i64 * INTERVAL,
+                "mx",
+                587,
+                Outcome::Timeout,
+            )
+        })
+        .collect();
+    let mut events = f.det.observe(&g1, &old, true, now);
+    for s in 1..=120 {
+        events.extend(f.det.tick(now + s * 1000));
+    }
+    let policy: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::PolicyChanged || e.kind == EventKind::DestinationOutage)
+        .collect();
+    assert!(policy.is_empty(), "{policy:?}");
+}
+
+#[test]
+fn silent_agents_and_their_return() {
+    let mut f = Fleet::new(fleet_two_providers());
+    f.rounds(2, all_ok, STD);
+    let mut only_others = Fleet {
+        agents: f.agents[1..].to_vec(),
+        ..f
+    };
+    only_others.rounds(4, all_ok, STD);
+    let ev = only_others.policy_events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].kind, EventKind::AgentSilent);
+    assert_eq!(ev[0].agent.as_deref(), Some("g1"));
+    assert_eq!(
+        (ev[0].from.as_str(), ev[0].to.as_str()),
+        ("reporting", "silent")
+    );
+    let g1 = agent("g1", "gcp", "acct-a");
+    let back = only_others.det.agent_seen(&g1, only_others.now());
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].kind, EventKind::AgentBack);
+    assert!(only_others
+        .det
+        .agent_seen(&g1, only_others.now())
+        .is_empty());
+}
+
+#[test]
+fn no_address_is_never_a_failure() {
+    let mut f = Fleet::new(fleet_two_providers());
+    f.rounds(4, all_ok, STD);
+    f.rounds(
+        6,
+        |_, _, p| {
+            if p == 587 {
+                Outcome::NoAddress
+            } else {
+                Outcome::Ok
+            }
+        },
+        STD,
+    );
+    assert!(f.policy_events().is_empty());
+}
+
+#[test]
+fn detector_config_parses_and_rejects_unknown_keys() {
+    let c: DetectorConfig = toml::from_str("confirm_probes = 4\nsettle_secs = 30\n").unwrap();
+    assert_eq!(c.confirm_probes, 4);
+    assert_eq!(c.settle_secs, 30);
+    assert_eq!(
+        c.silent_after_secs,
+        DetectorConfig::default().silent_after_secs
+    );
+    let err = toml::from_str::<DetectorConfig>("confirm_probe = 4\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("confirm_probe"), "{err}");
+}
+
+#[test]
+fn whole_collector_config_with_sinks_and_rules() {
+    let text = r#"
+[http]
+listen = "127.0.0.1:9090"
+
+[detector]
+confirm_probes = 3
+
+[[alerts]]
+kind = "slack"
+url = "https://hooks.slack.com/services/T000/B000/XXXX"
+
+[[alerts]]
+name = "am"
+kind = "alertmanager"
+url = "http://127.0.0.1:9093"
+[[alerts.match]]
+ports = [587]
+scopes = ["account", "provider"]
+to = ["blocked", "open"]
+"#;
+    let c: egresswatch_collector::config::Config = toml::from_str(text).unwrap();
+    assert_eq!(c.http.listen.port(), 9090);
+    assert_eq!(c.alerts.len(), 2);
+    let rule = c.alerts[1].rule();
+    let mut e = Event {
+        kind: EventKind::PolicyChanged,
+        scope: Scope::Account,
+        provider: Some("aws".into()),
+        account: Some("x".into()),
+        agent: None,
+        target: Some("mx".into()),
+        port: Some(587),
+        from: "open".into(),
+        to: "blocked".into(),
+        at: String::new(),
+        family: None,
+        id: None,
+        outcome: None,
+        at_unix_ms: 0,
+    };
+    assert!(rule.admits(&e));
+    e.scope = Scope::Agent;
+    assert!(!rule.admits(&e));
+    // An unknown key in a sink names itself and its line.
+    let bad = "[[alerts]]\nurl = \"http://x\"\nretry = 3\n";
+    let err = toml::from_str::<egresswatch_collector::config::Config>(bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("retry") && err.contains("line 3"), "{err}");
+}
+
+#[test]
+fn restored_baseline_raises_nothing_and_detects_the_next_change() {
+    let agents = fleet_two_providers();
+    let mut det = Detector::new(DetectorConfig::default());
+    let now = T0;
+    for a in &agents {
+        det.restore(a, &result(1, now - 30_000, "mx", 587, Outcome::Ok), now);
+        det.restore(a, &result(2, now - 30_000, "mx", 443, Outcome::Ok), now);
+    }
+    let mut f = Fleet {
+        det,
+        agents,
+        round: 0,
+        seq: 10,
+        events: Vec::new(),
+    };
+    f.rounds(
+        6,
+        |a, _, p| {
+            if a == "h1" && p == 587 {
+                Outcome::Timeout
+            } else {
+                Outcome::Ok
+            }
+        },
+        STD,
+    );
+    let ev = f.policy_events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        ev[0].scope,
+        Scope::Account,
+        "h1 is its account's only agent"
+    );
+    // The restored series were confirmed already: the change confirmed on the 3rd probe.
+    assert!(f.events[0].0 <= 3, "{:?}", f.events[0]);
+}
+
+#[test]
+fn the_settling_wait_follows_the_probe_interval() {
+    // Agents probing every 5 s: the change is out about one interval after confirmation, not
+    // after the 60 s cap.
+    let agents = fleet_two_providers();
+    let mut det = Detector::new(DetectorConfig::default());
+    let mut seq = 0;
+    let close_at = T0 + 50_000;
+    let mut first = None;
+    let mut t = T0;
+    while t < T0 + 120_000 && first.is_none() {
+        if t % 5_000 == 0 {
+            for a in &agents {
+                let closed =
+                    a.agent_id.starts_with('g') && a.labels.account == "acct-a" && t >= close_at;
+                let rs: Vec<ProbeResult> = [(587, closed), (443, false)]
+                    .into_iter()
+                    .map(|(p, fail)| {
+                        seq += 1;
+                        result(
+                            seq,
+                            t,
+                            "mx",
+                            p,
+                            if fail { Outcome::Timeout } else { Outcome::Ok },
+                        )
+                    })
+                    .collect();
+                det.observe(a, &rs, true, t);
+            }
+        }
+        let ev = det.tick(t);
+        if let Some(e) = ev.into_iter().next() {
+            first = Some((t, e));
+        }
+        t += 500;
+    }
+    let (at, e) = first.expect("an event");
+    assert_eq!(e.scope, Scope::Account);
+    let delay = at - close_at;
+    // 3 probes (the 3rd at +10 s) and one 5 s interval of settling.
+    assert!(delay <= 15_000, "delay {delay} ms");
+}
+
+#[test]
+fn a_provider_blocking_what_others_always_blocked_is_not_a_destination_outage() {
+    // GCP always blocks 25; when Hetzner starts blocking it too, everyone fails on mx:25 — but
+    // only Hetzner changed: a provider change, not an outage.
+    let targets: &[(&str, u16)] = &[("mx", 25), ("mx", 443)];
+    let mut f = Fleet::new(fleet_two_providers());
+    let gcp_blocks = |a: &str, _: &str, p: u16| {
+        if a.starts_with('g') && p == 25 {
+            Outcome::Timeout
+        } else {
+            Outcome::Ok
+        }
+    };
+    f.rounds(4, gcp_blocks, targets);
+    f.rounds(
+        8,
+        |_, _, p| {
+            if p == 25 {
+                Outcome::Timeout
+            } else {
+                Outcome::Ok
+            }
+        },
+        targets,
+    );
+    let ev = f.policy_events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].kind, EventKind::PolicyChanged);
+    assert_eq!(ev[0].scope, Scope::Provider);
+    assert_eq!(ev[0].provider.as_deref(), Some("hetzner"));
+}
+
+#[test]
+fn both_families_changing_together_is_one_event() {
+    let mut det = Detector::new(DetectorConfig::default());
+    let agents = fleet_two_providers();
+    let mut seq = 0;
+    let mut events = Vec::new();
+    for round in 0..10i64 {
+        let now = T0 + round * INTERVAL;
+        for a in &agents {
+            let mut rs = Vec::new();
+            for family in [Family::Ipv4, Family::Ipv6] {
+                for port in [587u16, 443] {
+                    seq += 1;
+                    let fail = a.labels.account == "acct-a" && port == 587 && round >= 3;
+                    let mut r = result(
+                        seq,
+                        now,
+                        "mx",
+                        port,
+                        if fail { Outcome::Timeout } else { Outcome::Ok },
+                    );
+                    r.family = family;
+                    rs.push(r);
+                }
+            }
+            events.extend(det.observe(a, &rs, true, now));
+        }
+        for s in 1..=60 {
+            events.extend(det.tick(now + s * 1000));
+        }
+    }
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].scope, Scope::Account);
+    assert_eq!(events[0].family, None);
+}

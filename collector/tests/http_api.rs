@@ -1,0 +1,415 @@
+//! The HTTP shell against a real axum server on 127.0.0.1:0 with a real HTTP client: the
+//! contract shapes, the token rule off loopback, the security headers, SSE delivery, and
+//! `/metrics` checked by Debian's `promtool`.
+
+use egresswatch_collector::alerts::Alerts;
+use egresswatch_collector::detector::DetectorConfig;
+use egresswatch_collector::events::now_unix_ms;
+use egresswatch_collector::http::{self, Fleet, HttpConfig, MemoryHistory, Metrics};
+use egresswatch_collector::pipeline::{AgentMeta, ResultObserver};
+use egresswatch_wire::{Family, Labels, Outcome, PhaseTimings, ProbeResult};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+struct Server {
+    addr: SocketAddr,
+    fleet: Arc<Fleet>,
+    history: Arc<MemoryHistory>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(config: HttpConfig) -> Server {
+        let history = Arc::new(MemoryHistory::default());
+        let fleet = Fleet::new(
+            DetectorConfig::default(),
+            history.clone(),
+            Alerts::none(),
+            Arc::new(Metrics::new()),
+        );
+        let bound = http::bind(&config).await.expect("bind");
+        let addr = bound.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let f = fleet.clone();
+        let task = tokio::spawn(async move {
+            bound
+                .serve(f, async move {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("serve");
+        });
+        Server {
+            addr,
+            fleet,
+            history,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.addr.port(), path)
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("graceful shutdown within 5 s")
+            .unwrap();
+    }
+}
+
+fn loopback() -> HttpConfig {
+    HttpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    }
+}
+
+fn agent(id: &str, provider: &str, account: &str) -> AgentMeta {
+    AgentMeta {
+        agent_id: id.into(),
+        labels: Labels {
+            provider: provider.into(),
+            account: account.into(),
+            region: "eu-1".into(),
+            instance: format!("i-{id}"),
+        },
+        agent_version: "t".into(),
+    }
+}
+
+fn results(seq0: u64, at: i64) -> Vec<ProbeResult> {
+    [
+        (25, Outcome::Timeout, None),
+        (587, Outcome::Ok, Some(12_500)),
+        (443, Outcome::Ok, Some(9_000)),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (port, outcome, c))| ProbeResult {
+        seq: seq0 + i as u64,
+        at_unix_ms: at,
+        target: "mx.lab".into(),
+        port,
+        family: Family::Ipv4,
+        outcome,
+        address: Some("198.18.0.25".parse().unwrap()),
+        timings: PhaseTimings {
+            dns_us: Some(300),
+            connect_us: c,
+            ..Default::default()
+        },
+        detail: "x".into(),
+        ..Default::default()
+    })
+    .collect()
+}
+
+fn feed(s: &Server, a: &AgentMeta) {
+    let now = now_unix_ms();
+    let r = results(1, now);
+    s.history.push_results(&a.agent_id, &r);
+    s.fleet.agent_connected(a, now);
+    s.fleet.results_stored(a, &r, true, now);
+}
+
+fn assert_security_headers(resp: &reqwest::Response) {
+    let h = resp.headers();
+    assert_eq!(
+        h["content-security-policy"],
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    );
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["referrer-policy"], "no-referrer");
+    assert_eq!(h["x-frame-options"], "DENY");
+}
+
+#[tokio::test]
+async fn api_shapes_follow_the_contract() {
+    let s = Server::start(loopback()).await;
+    let g1 = agent("g1", "gcp", "acct-a");
+    feed(&s, &g1);
+    let c = reqwest::Client::new();
+
+    let resp = c.get(s.url("/api/matrix")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_security_headers(&resp);
+    let m: Value = resp.json().await.unwrap();
+    assert_eq!(m["ports"], serde_json::json!([25, 465, 587, 2525, 443]));
+    assert_eq!(m["family"], "all");
+    let p = &m["providers"][0];
+    assert_eq!(p["provider"], "gcp");
+    assert_eq!(p["agents"], 1);
+    assert_eq!(p["cells"]["25"]["status"], "blocked");
+    assert_eq!(p["cells"]["25"]["outcome"], "timeout");
+    assert_eq!(p["cells"]["587"]["status"], "open");
+    assert_eq!(p["cells"]["587"]["p50_connect_ms"], 12.5);
+    assert_eq!(p["cells"]["25"]["doc"]["policy"], "blocked");
+    assert_eq!(p["cells"]["25"]["doc_mismatch"], false);
+    let agent_row = &p["accounts"][0]["regions"][0]["agent_list"][0];
+    assert_eq!(agent_row["agent"], "g1");
+    assert_eq!(agent_row["silent"], false);
+
+    let v6: Value = c
+        .get(s.url("/api/matrix?family=ipv6"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v6["family"], "ipv6");
+    assert_eq!(v6["providers"][0]["cells"]["25"]["status"], "unknown");
+    let bad = c.get(s.url("/api/matrix?family=ipx")).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+
+    let r: Value = c
+        .get(s.url("/api/agents/g1/results?limit=2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let list = r.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["seq"], 3, "newest first");
+    for k in [
+        "seq",
+        "at",
+        "target",
+        "port",
+        "family",
+        "address",
+        "level",
+        "outcome",
+        "dns_ms",
+        "connect_ms",
+        "banner_ms",
+        "tls_ms",
+        "syn_retransmits",
+        "detail",
+    ] {
+        assert!(list[0].get(k).is_some(), "{k}");
+    }
+    assert_eq!(list[1]["connect_ms"], 12.5);
+    assert_eq!(list[1]["banner_ms"], Value::Null);
+    let bad_id = c
+        .get(s.url("/api/agents/..%2Fetc/results"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_id.status(), 400);
+
+    // An event: the agent falls silent (the clock is a parameter of tick).
+    s.fleet.tick(now_unix_ms() + 3_600_000);
+    let ev: Value = c
+        .get(s.url("/api/events?limit=10"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let e = &ev[0];
+    assert_eq!(e["kind"], "agent_silent");
+    assert_eq!(e["scope"], "agent");
+    assert_eq!(e["agent"], "g1");
+    for k in [
+        "kind", "scope", "provider", "account", "agent", "target", "port", "from", "to", "at",
+    ] {
+        assert!(e.get(k).is_some(), "{k}");
+    }
+
+    let health = c.get(s.url("/healthz")).send().await.unwrap();
+    assert_security_headers(&health);
+    assert_eq!(health.text().await.unwrap(), "ok");
+    let page = c.get(s.url("/")).send().await.unwrap();
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert_security_headers(&page);
+    let js = c.get(s.url("/app.js")).send().await.unwrap();
+    assert!(js.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    let css = c.get(s.url("/style.css")).send().await.unwrap();
+    assert!(css.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/css"));
+    let missing = c.get(s.url("/nope")).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_security_headers(&missing);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn off_loopback_needs_a_token() {
+    let exposed = HttpConfig {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let err = match http::bind(&exposed).await {
+        Ok(_) => panic!("bound 0.0.0.0 without a token"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("http.token"), "{err}");
+
+    let token = "s3cret-token-for-the-test";
+    let s = Server::start(HttpConfig {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        token: Some(token.into()),
+        ..Default::default()
+    })
+    .await;
+    let c = reqwest::Client::new();
+    for path in ["/api/matrix", "/api/events", "/metrics", "/api/stream"] {
+        let r = c.get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        assert_security_headers(&r);
+        let r = c
+            .get(s.url(path))
+            .bearer_auth("wrong-token-of-some-length")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    let ok = c
+        .get(s.url("/api/matrix"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    // The page and health stay public; the page itself holds no data.
+    assert_eq!(c.get(s.url("/")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(s.url("/healthz")).send().await.unwrap().status(), 200);
+    s.stop().await;
+}
+
+/// Reads SSE chunks until `needle` shows up (bounded in time).
+async fn read_until(resp: &mut reqwest::Response, buf: &mut String, needle: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !buf.contains(needle) {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} within 10 s; got {buf:?}"))
+            .unwrap()
+            .expect("stream ended");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test]
+async fn sse_sends_the_matrix_then_events() {
+    let s = Server::start(HttpConfig {
+        max_sse_clients: 1,
+        ..loopback()
+    })
+    .await;
+    let g1 = agent("g1", "hetzner", "h");
+    feed(&s, &g1);
+    let c = reqwest::Client::new();
+    let mut resp = c.get(s.url("/api/stream")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    assert_security_headers(&resp);
+    let mut buf = String::new();
+    read_until(&mut resp, &mut buf, "event: matrix").await;
+    read_until(&mut resp, &mut buf, "\n\n").await;
+    assert!(buf.contains("\"hetzner\""), "{buf}");
+
+    // The client bound is enforced.
+    let second = c.get(s.url("/api/stream")).send().await.unwrap();
+    assert_eq!(second.status(), 503);
+
+    s.fleet.tick(now_unix_ms() + 3_600_000);
+    read_until(&mut resp, &mut buf, "event: event").await;
+    read_until(&mut resp, &mut buf, "agent_silent").await;
+    // Shutdown ends open streams instead of waiting for them.
+    s.stop().await;
+    let rest = tokio::time::timeout(Duration::from_secs(5), resp.chunk()).await;
+    assert!(matches!(rest, Ok(Ok(None)) | Ok(Err(_))), "{rest:?}");
+}
+
+/// Debian tools: present, or skip with a reason — unless CI is set, where missing is a failure.
+fn tool(path: &str, package: &str) -> bool {
+    if std::path::Path::new(path).exists() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{path} missing under CI: apt-get install -y {package}");
+    }
+    eprintln!("SKIP: {path} not found (apt-get install -y {package})");
+    false
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool() {
+    if !tool("/usr/bin/promtool", "prometheus") {
+        return;
+    }
+    let s = Server::start(loopback()).await;
+    feed(&s, &agent("g1", "gcp", "a"));
+    feed(&s, &agent("a1", "aws", "b"));
+    feed(&s, &agent("w1", "we\"ird\\} 1", "b"));
+    s.fleet.metrics().ingest.results.inc_by(6);
+    s.fleet.tick(now_unix_ms() + 3_600_000);
+    s.fleet.publish_matrix(now_unix_ms());
+    let body = reqwest::get(s.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains("egresswatch_ingest_results_total 6"),
+        "{body}"
+    );
+    assert!(body.contains("egresswatch_cell_status{"), "{body}");
+    assert!(
+        body.contains(r#"provider="we\"ird\\} 1""#),
+        "label values escaped: {body}"
+    );
+    assert!(body.contains("egresswatch_events_total{"), "{body}");
+    let mut child = std::process::Command::new("/usr/bin/promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool: {text}\n{body}");
+    // promtool's lint complaints are printed but also make the exit code non-zero.
+    assert!(!text.contains("error"), "{text}");
+    s.stop().await;
+}

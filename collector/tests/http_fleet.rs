@@ -1,0 +1,194 @@
+//! The whole shell wired together: results go in through `ResultObserver` (as ingest will call
+//! it), one account's 587 closes, and exactly one account-scope event comes out everywhere at
+//! once — `/api/events`, the SSE stream, a webhook sink and `/metrics` — and nothing for the
+//! sibling account.
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use egresswatch_collector::alerts::{Alerts, SinkConfig, SinkKind};
+use egresswatch_collector::detector::DetectorConfig;
+use egresswatch_collector::events::now_unix_ms;
+use egresswatch_collector::http::{self, Fleet, HttpConfig, MemoryHistory, Metrics};
+use egresswatch_collector::pipeline::{AgentMeta, ResultObserver};
+use egresswatch_wire::{Family, Labels, Outcome, ProbeResult};
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn agent(id: &str, provider: &str, account: &str) -> AgentMeta {
+    AgentMeta {
+        agent_id: id.into(),
+        labels: Labels {
+            provider: provider.into(),
+            account: account.into(),
+            region: "r".into(),
+            instance: id.into(),
+        },
+        agent_version: "t".into(),
+    }
+}
+
+#[tokio::test]
+async fn one_account_closing_587_is_one_event_everywhere() {
+    // Webhook receiver.
+    let inbox: Arc<Mutex<Vec<Value>>> = Arc::default();
+    async fn record(State(inbox): State<Arc<Mutex<Vec<Value>>>>, Json(v): Json<Value>) {
+        inbox.lock().unwrap().push(v);
+    }
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_addr = hook.local_addr().unwrap();
+    let app = Router::new()
+        .route("/hook", post(record))
+        .with_state(inbox.clone());
+    tokio::spawn(async move { axum::serve(hook, app).await.unwrap() });
+
+    let metrics = Arc::new(Metrics::new());
+    let alerts = Alerts::start(
+        &[SinkConfig {
+            kind: SinkKind::Webhook,
+            url: format!("http://{hook_addr}/hook"),
+            ..Default::default()
+        }],
+        metrics.alerts.clone(),
+    )
+    .unwrap();
+    let history = Arc::new(MemoryHistory::default());
+    let fleet = Fleet::new(
+        DetectorConfig::default(),
+        history.clone(),
+        alerts,
+        metrics.clone(),
+    );
+    let bound = http::bind(&HttpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", bound.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bound.serve(fleet.clone(), async move {
+        let _ = stop_rx.await;
+    }));
+
+    let client = reqwest::Client::new();
+    let mut sse = client
+        .get(format!("{base}/api/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+
+    let agents = [
+        agent("a1", "aws", "acct-1"),
+        agent("a2", "aws", "acct-1"),
+        agent("b1", "aws", "acct-2"),
+        agent("h1", "hetzner", "h"),
+    ];
+    // Simulated time runs ahead of the wall clock so the server's own ticks never settle
+    // anything: the test drives time.
+    let t0 = now_unix_ms() + 1_000;
+    let mut seq = 0;
+    for round in 0..10i64 {
+        let now = t0 + round * 60_000;
+        for a in &agents {
+            let closed = a.labels.account == "acct-1" && round >= 3;
+            let results: Vec<ProbeResult> = [(587u16, closed), (443, false)]
+                .into_iter()
+                .map(|(port, fail)| {
+                    seq += 1;
+                    ProbeResult {
+                        seq,
+                        at_unix_ms: now,
+                        target: "mx.lab".into(),
+                        port,
+                        family: Family::Ipv4,
+                        outcome: if fail { Outcome::Timeout } else { Outcome::Ok },
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            history.push_results(&a.agent_id, &results);
+            fleet.results_stored(a, &results, true, now);
+        }
+        for s in 1..=60 {
+            fleet.tick(now + s * 1000);
+        }
+    }
+
+    let events: Vec<Value> = client
+        .get(format!("{base}/api/events"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e["kind"], "policy_changed");
+    assert_eq!(e["scope"], "account");
+    assert_eq!(e["provider"], "aws");
+    assert_eq!(e["account"], "acct-1");
+    assert_eq!(e["port"], 587);
+    assert_eq!(e["to"], "blocked");
+
+    // SSE: the event arrives as `event: event`.
+    let mut buf = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !buf.contains("event: event") || !buf.contains("acct-1\",\"agent\"") {
+        let chunk = tokio::time::timeout_at(deadline, sse.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no SSE event: {buf}"))
+            .unwrap()
+            .expect("stream open");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+
+    // Webhook: the same event object (plus its id).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while inbox.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "webhook got nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = inbox.lock().unwrap()[0].clone();
+    assert_eq!(got["scope"], "account");
+    assert_eq!(got["account"], "acct-1");
+    assert!(got["id"].is_number());
+
+    // The matrix shows the account blocked, the sibling open.
+    let m: Value = client
+        .get(format!("{base}/api/matrix"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let aws = m["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["provider"] == "aws")
+        .unwrap();
+    assert_eq!(aws["cells"]["587"]["status"], "partial");
+    assert_eq!(aws["accounts"][0]["cells"]["587"]["status"], "blocked");
+    assert_eq!(aws["accounts"][1]["cells"]["587"]["status"], "open");
+
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("egresswatch_events_total{kind=\"policy_changed\",scope=\"account\"} 1"),
+        "{text}"
+    );
+    drop(sse);
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+}

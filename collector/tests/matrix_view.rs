@@ -1,0 +1,228 @@
+//! The matrix as a pure state machine: statuses, counts, dominant outcome, p50, freshness,
+//! families kept apart, `no_address` excluded, provider aliases, documented policies and
+//! mismatches, and the exact `/api/matrix` JSON shape.
+
+use egresswatch_collector::matrix::{FamilyFilter, Matrix, MatrixConfig, Status};
+use egresswatch_collector::pipeline::AgentMeta;
+use egresswatch_wire::{Family, Labels, Outcome, PhaseTimings, ProbeResult};
+
+const T0: i64 = 1_800_000_000_000;
+
+fn agent(id: &str, provider: &str, account: &str, region: &str) -> AgentMeta {
+    AgentMeta {
+        agent_id: id.into(),
+        labels: Labels {
+            provider: provider.into(),
+            account: account.into(),
+            region: region.into(),
+            instance: format!("i-{id}"),
+        },
+        agent_version: "t".into(),
+    }
+}
+
+fn res(port: u16, family: Family, outcome: Outcome, connect_us: Option<u32>) -> ProbeResult {
+    ProbeResult {
+        seq: 1,
+        at_unix_ms: T0,
+        target: "mx".into(),
+        port,
+        family,
+        outcome,
+        timings: PhaseTimings {
+            connect_us,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn feed(m: &mut Matrix, a: &AgentMeta, results: &[ProbeResult]) {
+    m.agent_seen(a, T0);
+    for r in results {
+        m.record(&a.agent_id, r, r.at_unix_ms);
+    }
+}
+
+#[test]
+fn rolls_up_by_provider_account_region_agent() {
+    let mut m = Matrix::new(MatrixConfig::default());
+    let g1 = agent("g1", "GCP", "a", "eu");
+    let g2 = agent("g2", "google", "a", "us");
+    let g3 = agent("g3", "gcp", "b", "eu");
+    feed(
+        &mut m,
+        &g1,
+        &[
+            res(25, Family::Ipv4, Outcome::Timeout, None),
+            res(587, Family::Ipv4, Outcome::Ok, Some(10_000)),
+        ],
+    );
+    feed(
+        &mut m,
+        &g2,
+        &[
+            res(25, Family::Ipv4, Outcome::Timeout, None),
+            res(587, Family::Ipv4, Outcome::Ok, Some(30_000)),
+        ],
+    );
+    feed(
+        &mut m,
+        &g3,
+        &[
+            res(25, Family::Ipv4, Outcome::Refused, None),
+            res(587, Family::Ipv4, Outcome::Timeout, None),
+        ],
+    );
+    let v = m.view(FamilyFilter::All, T0 + 1000);
+    assert_eq!(v.ports, vec![25, 465, 587, 2525, 443]);
+    assert_eq!(v.providers.len(), 1, "aliases group into one provider row");
+    let p = &v.providers[0];
+    assert_eq!(p.provider, "gcp");
+    assert_eq!(p.agents, 3);
+    let c25 = &p.cells["25"];
+    assert_eq!(c25.status, Status::Blocked);
+    assert_eq!((c25.ok, c25.failed), (0, 3));
+    assert_eq!(c25.outcome, Some("timeout"));
+    assert_eq!(c25.p50_connect_ms, None);
+    let c587 = &p.cells["587"];
+    assert_eq!(c587.status, Status::Partial);
+    assert_eq!((c587.ok, c587.failed), (2, 1));
+    assert_eq!(c587.outcome, Some("ok"));
+    assert_eq!(c587.p50_connect_ms, Some(20.0));
+    assert_eq!(p.cells["465"].status, Status::Unknown);
+    assert_eq!(p.cells["465"].since, None);
+    // GCP documents 25 as blocked: consistent; and 587 as open while one account fails it —
+    // partial is no contradiction.
+    let doc = c25.doc.clone().flatten().expect("gcp documents port 25");
+    assert_eq!(format!("{:?}", doc.policy), "Blocked");
+    assert_eq!(c25.doc_mismatch, Some(false));
+    let a = &p.accounts[0];
+    assert_eq!(a.account, "a");
+    assert_eq!(a.cells["587"].status, Status::Open);
+    assert_eq!(a.regions.len(), 2);
+    assert_eq!(a.regions[0].agent_list[0].agent, "g1");
+    assert!(!a.regions[0].agent_list[0].silent);
+    let b = &p.accounts[1];
+    assert_eq!(b.cells["587"].status, Status::Blocked);
+    // Account rows carry no doc.
+    assert!(b.cells["587"].doc.is_none());
+}
+
+#[test]
+fn documented_block_seen_open_is_a_mismatch() {
+    let mut m = Matrix::new(MatrixConfig::default());
+    let g = agent("g", "gcp", "a", "eu");
+    feed(
+        &mut m,
+        &g,
+        &[res(25, Family::Ipv4, Outcome::Ok, Some(5_000))],
+    );
+    let v = m.view(FamilyFilter::All, T0);
+    assert_eq!(v.providers[0].cells["25"].doc_mismatch, Some(true));
+}
+
+#[test]
+fn families_apart_and_no_address_excluded() {
+    let mut m = Matrix::new(MatrixConfig::default());
+    let h = agent("h", "hetzner", "a", "fsn");
+    feed(
+        &mut m,
+        &h,
+        &[
+            res(587, Family::Ipv4, Outcome::Ok, Some(1_000)),
+            res(587, Family::Ipv6, Outcome::Unreachable, None),
+            res(2525, Family::Ipv6, Outcome::NoAddress, None),
+        ],
+    );
+    let v4 = m.view(FamilyFilter::Ipv4, T0);
+    let v6 = m.view(FamilyFilter::Ipv6, T0);
+    assert_eq!(v4.providers[0].cells["587"].status, Status::Open);
+    assert_eq!(v6.providers[0].cells["587"].status, Status::Blocked);
+    assert_eq!(v6.providers[0].cells["587"].outcome, Some("unreachable"));
+    assert_eq!(v6.providers[0].cells["2525"].status, Status::Unknown);
+    assert_eq!(v6.providers[0].cells["2525"].failed, 0);
+}
+
+#[test]
+fn stale_results_turn_unknown_and_silence_shows() {
+    let mut m = Matrix::new(MatrixConfig {
+        fresh_ms: 60_000,
+        silent_after_ms: 120_000,
+    });
+    let a = agent("a", "aws", "x", "r");
+    feed(&mut m, &a, &[res(25, Family::Ipv4, Outcome::Timeout, None)]);
+    assert_eq!(
+        m.view(FamilyFilter::All, T0 + 30_000).providers[0].cells["25"].status,
+        Status::Blocked
+    );
+    let later = m.view(FamilyFilter::All, T0 + 200_000);
+    assert_eq!(later.providers[0].cells["25"].status, Status::Unknown);
+    assert!(later.providers[0].accounts[0].regions[0].agent_list[0].silent);
+}
+
+#[test]
+fn since_holds_while_the_status_holds() {
+    let mut m = Matrix::new(MatrixConfig::default());
+    let a = agent("a", "aws", "x", "r");
+    feed(&mut m, &a, &[res(25, Family::Ipv4, Outcome::Timeout, None)]);
+    let first = m.view(FamilyFilter::All, T0 + 1_000).providers[0].cells["25"]
+        .since
+        .clone();
+    let second = m.view(FamilyFilter::All, T0 + 5_000).providers[0].cells["25"]
+        .since
+        .clone();
+    assert_eq!(first, second);
+    let mut r = res(25, Family::Ipv4, Outcome::Ok, Some(1000));
+    r.at_unix_ms = T0 + 6_000;
+    m.record("a", &r, r.at_unix_ms);
+    let third = m.view(FamilyFilter::All, T0 + 7_000).providers[0].cells["25"]
+        .since
+        .clone();
+    assert_eq!(third.as_deref(), Some("2027-01-15T08:00:07.000Z"));
+}
+
+#[test]
+fn json_has_the_contract_shape() {
+    let mut m = Matrix::new(MatrixConfig::default());
+    let a = agent("a", "<b>aws</b>", "x", "r");
+    feed(
+        &mut m,
+        &a,
+        &[res(587, Family::Ipv4, Outcome::Ok, Some(1000))],
+    );
+    let v = serde_json::to_value(m.view(FamilyFilter::All, T0)).unwrap();
+    assert_eq!(v["family"], "all");
+    assert!(v["generated_at"].as_str().unwrap().ends_with('Z'));
+    let p = &v["providers"][0];
+    assert_eq!(
+        p["provider"], "<b>aws</b>",
+        "labels are data, escaped by the page"
+    );
+    let cell = &p["cells"]["587"];
+    for k in [
+        "status",
+        "ok",
+        "failed",
+        "outcome",
+        "p50_connect_ms",
+        "since",
+        "doc",
+        "doc_mismatch",
+    ] {
+        assert!(cell.get(k).is_some(), "provider cell lacks {k}: {cell}");
+    }
+    let acc = &p["accounts"][0];
+    assert!(acc["cells"]["587"].get("doc").is_none());
+    let agent_row = &acc["regions"][0]["agent_list"][0];
+    for k in [
+        "agent",
+        "instance",
+        "region",
+        "last_seen",
+        "silent",
+        "cells",
+    ] {
+        assert!(agent_row.get(k).is_some(), "{k}");
+    }
+}
