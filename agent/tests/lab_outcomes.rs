@@ -9,11 +9,17 @@
 //! (`CI=true`), where a missing tool fails: CI must install what the tests need.
 
 use serde_json::Value;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const AGENT: &str = env!("CARGO_BIN_EXE_egresswatch-agent");
+/// The agent under test: this package's binary, or another build named by `EGRESSWATCH_AGENT`
+/// (to try a branch's binary against the lab without rebuilding the tests).
+fn agent() -> String {
+    std::env::var("EGRESSWATCH_AGENT")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_egresswatch-agent").to_string())
+}
 const SCENARIO: &str = "outcomes.toml";
 /// Upper bound on any one command the tests run (lab up, agent check); nothing may hang a test.
 const COMMAND_LIMIT: Duration = Duration::from_secs(90);
@@ -146,9 +152,8 @@ impl Lab {
     /// `egresswatch-agent check TARGET --port P... --timeout 2s --json` inside `host`'s namespace.
     fn check(&self, host: &str, target: &str, ports: &[u16]) -> Vec<Value> {
         let mut cmd = Command::new(egresslab());
-        cmd.args([
-            "exec", "--name", &self.name, host, "--", AGENT, "check", target,
-        ]);
+        cmd.args(["exec", "--name", &self.name, host, "--"]);
+        cmd.args([agent().as_str(), "check", target]);
         for port in ports {
             cmd.args(["--port", &port.to_string()]);
         }
@@ -226,7 +231,11 @@ impl Verdicts {
         };
         if let Some(row) = self.row(rows, port, family) {
             let icmp = &row["icmp"];
-            if icmp["from"] != *router
+            let same_hop = |a: &Value, b: &Value| {
+                let parse = |v: &Value| v.as_str().and_then(|s| s.parse::<IpAddr>().ok());
+                parse(a).is_some() && parse(a) == parse(b)
+            };
+            if !same_hop(&icmp["from"], router)
                 || icmp["icmp_type"] != icmp_type
                 || icmp["icmp_code"] != icmp_code
             {
