@@ -287,6 +287,14 @@ fn every_outcome_over_ipv4_and_ipv6() {
         v.expect_both("open-1", &rows, port, "tls_failed");
     }
 
+    // A name with no address in one family: `no_address` there, never a failure.
+    let rows = lab.check("open-1", "v4only.lab.test", &[25]);
+    v.expect("open-1", &rows, 25, "ipv4", "ok");
+    v.expect("open-1", &rows, 25, "ipv6", "no_address");
+    let rows = lab.check("open-1", "v6only.lab.test", &[25]);
+    v.expect("open-1", &rows, 25, "ipv4", "no_address");
+    v.expect("open-1", &rows, 25, "ipv6", "ok");
+
     // The lab's DNS answers NXDOMAIN for names it does not know.
     let rows = lab.check("open-1", "nosuch.lab.test", &[25]);
     if rows.is_empty() {
@@ -390,4 +398,107 @@ fn live_rule_changes_and_destination_outage() {
     v.expect_both("open-1", &rows, 443, "ok");
 
     v.assert_none();
+}
+
+/// `down` removes every namespace, veth, /etc/netns entry and process of the lab, also when the
+/// state directory is gone (a crashed run), and a second `down` is harmless.
+#[test]
+fn down_leaves_nothing_behind_even_after_a_crash() {
+    if !lab_runnable("down_leaves_nothing_behind_even_after_a_crash") {
+        return;
+    }
+    let name = format!("eo{}c", std::process::id());
+    let lab = egresslab();
+    let _ = run_bounded(
+        Command::new(&lab).args(["down", "--name", &name]),
+        COMMAND_LIMIT,
+    );
+    let scenario = lab.with_file_name("scenarios").join(SCENARIO);
+    let state = std::env::temp_dir().join(format!("{name}-state"));
+    let out = run_bounded(
+        Command::new(&lab)
+            .arg("up")
+            .arg(&scenario)
+            .args(["--name", &name, "--root-link", "--state"])
+            .arg(&state),
+        COMMAND_LIMIT,
+    );
+    assert!(
+        out.status.success(),
+        "up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours = |n: &str| n.starts_with(&format!("{name}-"));
+    let netns = || -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .expect("ip netns list");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| ours(n))
+            .map(String::from)
+            .collect()
+    };
+    let namespaces = netns();
+    assert!(namespaces.len() >= 3, "namespaces after up: {namespaces:?}");
+    let mut pids = Vec::new();
+    for ns in &namespaces {
+        let out = Command::new("ip")
+            .args(["netns", "pids", ns])
+            .output()
+            .expect("ip netns pids");
+        pids.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(String::from),
+        );
+    }
+    assert!(
+        !pids.is_empty(),
+        "Postfix, DNS and listeners should be running"
+    );
+
+    // A crash: the state directory is lost; down must work from the name alone.
+    std::fs::remove_dir_all(&state).expect("remove state dir");
+    for _ in 0..2 {
+        let out = run_bounded(
+            Command::new(&lab).args(["down", "--name", &name]),
+            COMMAND_LIMIT,
+        );
+        assert!(
+            out.status.success(),
+            "down: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(netns(), Vec::<String>::new(), "namespaces left");
+    let etc: Vec<_> = std::fs::read_dir("/etc/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !etc.iter().any(|n| ours(n)),
+        "/etc/netns entries left: {etc:?}"
+    );
+    assert!(
+        !Path::new(&format!("/sys/class/net/{name}-rl")).exists(),
+        "root-link veth left"
+    );
+    let alive: Vec<_> = pids
+        .iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|stat| !stat.rsplit(") ").next().unwrap_or("").starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(
+        alive.is_empty(),
+        "processes of the lab still running: {alive:?}"
+    );
 }
