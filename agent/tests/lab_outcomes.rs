@@ -503,3 +503,22 @@ fn down_leaves_nothing_behind_even_after_a_crash() {
         "processes of the lab still running: {alive:?}"
     );
 }
+
+/// The lab's pure parts (scenario parsing and errors, address plan, nft text, DNS answers) are
+/// right; this one needs no root, only python3.
+#[test]
+fn lab_selftest() {
+    if !on_path("python3") {
+        let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(!in_ci, "lab_selftest: python3 missing; CI must install it");
+        eprintln!("lab_selftest: SKIPPED: python3 missing");
+        return;
+    }
+    let out = run_bounded(Command::new(egresslab()).arg("selftest"), COMMAND_LIMIT);
+    assert!(
+        out.status.success(),
+        "egresslab selftest:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
