@@ -20,6 +20,7 @@ fn agent() -> String {
     std::env::var("EGRESSWATCH_AGENT")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_egresswatch-agent").to_string())
 }
+
 const SCENARIO: &str = "outcomes.toml";
 /// Upper bound on any one command the tests run (lab up, agent check); nothing may hang a test.
 const COMMAND_LIMIT: Duration = Duration::from_secs(90);
