@@ -105,19 +105,17 @@ pub fn main(args: CheckArgs) -> ExitCode {
     let ports = if args.ports.is_empty() {
         DEFAULT_PORTS.to_vec()
     } else {
-        args.ports.clone()
+        without_repeats(&args.ports)
     };
+    let hosts = without_repeats(&args.hosts);
     let families = match args.family {
         Some(f) => vec![f],
         None => vec![Family::Ipv4, Family::Ipv6],
     };
-    let results = runtime.block_on(run_check(
-        &args.hosts,
-        &ports,
-        &families,
-        args.level,
-        &options,
-    ));
+    let results = runtime.block_on(run_check(&hosts, &ports, &families, args.level, &options));
+    // A name lookup that outlived its deadline still sits in a blocking thread; dropping the
+    // runtime would wait for it, so leave it behind instead.
+    runtime.shutdown_background();
     if args.json {
         let rows: Vec<JsonRow> = results.iter().map(JsonRow::from).collect();
         match serde_json::to_string_pretty(&rows) {
@@ -141,6 +139,17 @@ pub fn main(args: CheckArgs) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// The items in their first-seen order, each once.
+fn without_repeats<T: Clone + PartialEq>(items: &[T]) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(items.len());
+    for item in items {
+        if !out.contains(item) {
+            out.push(item.clone());
+        }
+    }
+    out
 }
 
 /// Probes every host × port × family concurrently; results in a stable order.
@@ -236,6 +245,7 @@ pub struct JsonIcmp {
 pub struct JsonTls {
     pub version: String,
     pub cipher: String,
+    pub issuer: String,
 }
 
 fn ms(us: Option<u32>) -> Option<f64> {
@@ -267,6 +277,7 @@ impl From<&ProbeResult> for JsonRow {
             tls: r.tls.as_ref().map(|t| JsonTls {
                 version: t.version.clone(),
                 cipher: t.cipher.clone(),
+                issuer: t.issuer.clone(),
             }),
         }
     }

@@ -9,6 +9,7 @@
 
 pub mod classify;
 pub mod connect;
+pub mod issuer;
 pub mod resolve;
 pub mod smtp;
 pub mod tls;
@@ -58,6 +59,19 @@ pub struct ProbeOptions {
     pub tls_roots: Arc<rustls::RootCertStore>,
     /// Name sent in EHLO.
     pub ehlo_name: String,
+    /// Ports spoken to with implicit TLS, the greeting inside it (default: 465).
+    pub implicit_tls_ports: Vec<u16>,
+    /// Ports where a TLS handshake is the whole probe (default: 443, the HTTPS control).
+    pub tls_only_ports: Vec<u16>,
+}
+
+/// How a connected port is spoken to. Every port that is neither implicit-TLS nor TLS-only
+/// speaks SMTP with STARTTLS (25, 587, 2525, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Session {
+    Smtp,
+    ImplicitTls,
+    TlsOnly,
 }
 
 impl ProbeOptions {
@@ -71,6 +85,19 @@ impl ProbeOptions {
             interface: None,
             tls_roots,
             ehlo_name: default_ehlo_name(),
+            implicit_tls_ports: vec![PORT_SMTPS],
+            tls_only_ports: vec![PORT_HTTPS],
+        }
+    }
+
+    /// How `port` is spoken to once connected.
+    pub fn session(&self, port: u16) -> Session {
+        if self.tls_only_ports.contains(&port) {
+            Session::TlsOnly
+        } else if self.implicit_tls_ports.contains(&port) {
+            Session::ImplicitTls
+        } else {
+            Session::Smtp
         }
     }
 
@@ -192,16 +219,14 @@ async fn probe_address(
     result.timings.connect_us = Some(connected.connect_us);
     result.syn_retransmits = connected.syn_retransmits;
     let stream = connected.stream;
-    match (target.level, target.port) {
-        (Level::Connect, _) | (Level::Banner, PORT_HTTPS) => {
+    match (target.level, options.session(target.port)) {
+        (Level::Connect, _) | (Level::Banner, Session::TlsOnly) => {
             result.outcome = Outcome::Ok;
             result.detail = "connected".into();
         }
-        (_, PORT_HTTPS) => {
-            tls_only(target, options, stream, deadline, result).await;
-        }
-        (_, PORT_SMTPS) => implicit_tls(target, options, stream, deadline, result).await,
-        _ => plain_smtp(target, options, stream, deadline, result).await,
+        (_, Session::TlsOnly) => tls_only(target, options, stream, deadline, result).await,
+        (_, Session::ImplicitTls) => implicit_tls(target, options, stream, deadline, result).await,
+        (_, Session::Smtp) => plain_smtp(target, options, stream, deadline, result).await,
     }
 }
 

@@ -83,7 +83,11 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             .negotiated_cipher_suite()
             .map(|s| format!("{:?}", s.suite()))
             .unwrap_or_default(),
-        issuer: String::new(),
+        issuer: session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| super::issuer::issuer_text(leaf))
+            .unwrap_or_default(),
     };
     Ok((tls, info))
 }
