@@ -507,8 +507,9 @@ pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
             lines.push("No address to probe.".into());
         } else {
             lines.push(format!(
-                "{} answer: outbound SMTP is open from this host.",
-                port_list(&ok)
+                "{} {}: outbound SMTP is open from this host.",
+                port_list(&ok),
+                if ok.len() == 1 { "answers" } else { "answer" }
             ));
         }
     } else if !ok.is_empty() {

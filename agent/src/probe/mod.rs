@@ -20,7 +20,6 @@ use egresswatch_wire::{
     limits::MAX_DETAIL_BYTES, Family, Level, Outcome, PhaseTimings, ProbeResult,
 };
 use resolve::ResolveError;
-use rustls::ClientConfig;
 use smtp::{ExchangeError, ReplyParser};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -230,7 +229,7 @@ async fn probe_address(
     }
 }
 
-fn tls_config(options: &ProbeOptions, result: &mut ProbeResult) -> Option<Arc<ClientConfig>> {
+fn tls_config(options: &ProbeOptions, result: &mut ProbeResult) -> Option<tls::TlsClient> {
     match tls::client_config(options.tls_roots.clone()) {
         Ok(c) => Some(c),
         Err(e) => {
@@ -249,11 +248,11 @@ async fn tls_only(
     deadline: Instant,
     result: &mut ProbeResult,
 ) {
-    let Some(config) = tls_config(options, result) else {
+    let Some(client) = tls_config(options, result) else {
         return;
     };
     let started = Instant::now();
-    match tokio::time::timeout_at(deadline, tls::handshake(config, &target.host, stream)).await {
+    match tokio::time::timeout_at(deadline, tls::handshake(&client, &target.host, stream)).await {
         Ok(Ok((mut tls, info))) => {
             result.timings.tls_us = Some(micros(started.elapsed()));
             result.outcome = Outcome::Ok;
@@ -265,7 +264,7 @@ async fn tls_only(
             )
             .await;
         }
-        Ok(Err(e)) => tls_failure(result, &e),
+        Ok(Err(e)) => tls_failure(result, &e, &client),
         Err(_) => {
             result.outcome = Outcome::TlsFailed;
             result.detail = "no TLS handshake before the deadline".into();
@@ -281,21 +280,24 @@ async fn implicit_tls(
     deadline: Instant,
     result: &mut ProbeResult,
 ) {
-    let Some(config) = tls_config(options, result) else {
+    let Some(client) = tls_config(options, result) else {
         return;
     };
     let started = Instant::now();
-    let (mut tls, info) =
-        match tokio::time::timeout_at(deadline, tls::handshake(config, &target.host, stream)).await
-        {
-            Ok(Ok(ok)) => ok,
-            Ok(Err(e)) => return tls_failure(result, &e),
-            Err(_) => {
-                result.outcome = Outcome::TlsFailed;
-                result.detail = "no TLS handshake before the deadline".into();
-                return;
-            }
-        };
+    let (mut tls, info) = match tokio::time::timeout_at(
+        deadline,
+        tls::handshake(&client, &target.host, stream),
+    )
+    .await
+    {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(e)) => return tls_failure(result, &e, &client),
+        Err(_) => {
+            result.outcome = Outcome::TlsFailed;
+            result.detail = "no TLS handshake before the deadline".into();
+            return;
+        }
+    };
     result.timings.tls_us = Some(micros(started.elapsed()));
     let tls_text = format!("TLS {} {}", info.version, info.cipher);
     result.tls = Some(info);
@@ -368,11 +370,11 @@ async fn plain_smtp(
         result.detail = "the server sent data after its STARTTLS reply (injection)".into();
         return;
     }
-    let Some(config) = tls_config(options, result) else {
+    let Some(client) = tls_config(options, result) else {
         return;
     };
     let started = Instant::now();
-    match tokio::time::timeout_at(deadline, tls::handshake(config, &target.host, stream)).await {
+    match tokio::time::timeout_at(deadline, tls::handshake(&client, &target.host, stream)).await {
         Ok(Ok((mut tls, info))) => {
             result.timings.tls_us = Some(micros(started.elapsed()));
             result.outcome = Outcome::Ok;
@@ -386,7 +388,7 @@ async fn plain_smtp(
             let mut parser = ReplyParser::default();
             smtp::quit(&mut tls, &mut parser, deadline).await;
         }
-        Ok(Err(e)) => tls_failure(result, &e),
+        Ok(Err(e)) => tls_failure(result, &e, &client),
         Err(_) => {
             result.outcome = Outcome::TlsFailed;
             result.detail = "no TLS handshake after STARTTLS before the deadline".into();
@@ -457,13 +459,18 @@ fn session_failure(result: &mut ProbeResult, fallback: Outcome, step: &str, e: &
     result.detail = format!("{step}: {e}");
 }
 
-fn tls_failure(result: &mut ProbeResult, e: &std::io::Error) {
+fn tls_failure(result: &mut ProbeResult, e: &std::io::Error, client: &tls::TlsClient) {
     result.errno = e.raw_os_error();
     result.outcome = result
         .errno
         .and_then(classify::session_errno_outcome)
         .unwrap_or(Outcome::TlsFailed);
     result.detail = format!("TLS: {}", connect::short_io_text(e));
+    if let Some(issuer) = client.presented_issuer() {
+        result
+            .detail
+            .push_str(&format!(" (presented certificate issued by {issuer})"));
+    }
 }
 
 fn micros(d: Duration) -> u32 {
