@@ -75,9 +75,12 @@ fn string_value(tag: u8, value: &[u8]) -> Option<String> {
         // UTF8String, PrintableString, IA5String, TeletexString (read as UTF-8, lossily)
         0x0C | 0x13 | 0x16 | 0x14 => Some(String::from_utf8_lossy(value).into_owned()),
         // BMPString: UTF-16BE
-        0x1E if value.len() % 2 == 0 => {
-            let units: Vec<u16> = value
-                .chunks_exact(2)
+        0x1E => {
+            let pairs = value.chunks_exact(2);
+            if !pairs.remainder().is_empty() {
+                return None;
+            }
+            let units: Vec<u16> = pairs
                 .map(|pair| u16::from_be_bytes([pair[0], pair[1]]))
                 .collect();
             Some(String::from_utf16_lossy(&units))
