@@ -94,6 +94,10 @@ pub fn main(args: CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(message) = check_binding(&args.source, args.interface.as_deref()) {
+        eprintln!("egresswatch-agent: {message}");
+        return ExitCode::from(2);
+    }
     let mut options = ProbeOptions::new(args.timeout, roots);
     for source in &args.source {
         match source {
@@ -139,6 +143,37 @@ pub fn main(args: CheckArgs) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// A source address or interface that this host does not have is the user's mistake, not a
+/// network outcome: say so before probing rather than report every probe `unreachable`.
+fn check_binding(sources: &[std::net::IpAddr], interface: Option<&str>) -> Result<(), String> {
+    let mut families = BTreeSet::new();
+    for source in sources {
+        if !families.insert(source.is_ipv6()) {
+            return Err(format!(
+                "--source given twice for {}; give at most one per family",
+                if source.is_ipv6() { "IPv6" } else { "IPv4" }
+            ));
+        }
+        // Binding sends nothing; it fails when the address is not one of this host's.
+        let bound = socket2::Socket::new(
+            socket2::Domain::for_address(std::net::SocketAddr::new(*source, 0)),
+            socket2::Type::STREAM,
+            None,
+        )
+        .and_then(|s| s.bind(&std::net::SocketAddr::new(*source, 0).into()));
+        if let Err(e) = bound {
+            return Err(format!("--source {source}: not usable on this host ({e})"));
+        }
+    }
+    if let Some(name) = interface {
+        let valid = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+        if !valid || !std::path::Path::new("/sys/class/net").join(name).exists() {
+            return Err(format!("--interface {name:?}: no such network interface"));
+        }
+    }
+    Ok(())
 }
 
 /// The items in their first-seen order, each once.

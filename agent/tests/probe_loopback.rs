@@ -877,6 +877,29 @@ async fn check_exits_1_and_names_the_layer_on_failures() {
 }
 
 #[tokio::test]
+async fn check_binds_to_the_source_address_and_interface_given() {
+    let server = serve("127.0.0.1", Script::Silent).await;
+    let port = server.port.to_string();
+    let out = check(strings(&[
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--level",
+        "connect",
+        "--family",
+        "ipv4",
+        "--source",
+        "127.0.0.1",
+        "--interface",
+        "lo",
+    ]))
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains(" ok "), "{stdout}");
+}
+
+#[tokio::test]
 async fn check_json_carries_the_contract_fields() {
     let pki = pki();
     let server = serve_both(smtp(Some(pki.good.clone()))).await;
@@ -938,6 +961,17 @@ async fn check_usage_errors_exit_2_with_a_message() {
         strings(&["127.0.0.1", "--level", "mail"]),
         strings(&["127.0.0.1", "--ca-file", "/nonexistent/ca.pem"]),
         strings(&["127.0.0.1", "--source", "not-an-address"]),
+        // TEST-NET-1: not an address of this host (binding sends nothing).
+        strings(&["127.0.0.1", "--source", "192.0.2.77"]),
+        strings(&[
+            "127.0.0.1",
+            "--source",
+            "127.0.0.1",
+            "--source",
+            "127.0.0.2",
+        ]),
+        strings(&["127.0.0.1", "--interface", "no-such-if0"]),
+        strings(&["127.0.0.1", "--interface", "../lo"]),
     ] {
         let out = check(args.clone()).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
