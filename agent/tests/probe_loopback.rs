@@ -632,6 +632,32 @@ async fn ehlo_without_starttls_is_starttls_missing() {
 }
 
 #[tokio::test]
+async fn starttls_masked_on_the_path_is_named() {
+    let pki = pki();
+    let opts = options(&pki, Duration::from_secs(3));
+    for (ip, family) in LOOPBACKS {
+        // What an SMTP-inspecting firewall leaves of "250 STARTTLS".
+        let server = serve(
+            ip,
+            Script::Smtp {
+                greeting: GREETING,
+                ehlo: "250-mx.loopback.test\r\n250-PIPELINING\r\n250 XXXXXXXA\r\n",
+                starttls: None,
+                inject_after_starttls: false,
+            },
+        )
+        .await;
+        let (r, _) = run(ip, family, server.port, Level::Tls, &opts).await;
+        assert_outcome(&r, Outcome::StarttlsMissing);
+        assert!(
+            r.detail.contains("rewritten by a middlebox"),
+            "{}",
+            r.detail
+        );
+    }
+}
+
+#[tokio::test]
 async fn wrong_certificates_are_tls_failed() {
     let pki = pki();
     let opts = options(&pki, Duration::from_secs(3));

@@ -346,10 +346,15 @@ async fn plain_smtp(
     }
     if !ehlo.offers("STARTTLS") {
         result.outcome = Outcome::StarttlsMissing;
-        result.detail = format!(
-            "EHLO reply does not offer STARTTLS ({} lines); stripped on the path, or not offered",
-            ehlo.lines.len()
-        );
+        result.detail = match ehlo.masked_capability() {
+            Some(mask) => format!(
+                "EHLO reply carries {mask:?} where STARTTLS would be: rewritten by a middlebox on the path"
+            ),
+            None => format!(
+                "EHLO reply does not offer STARTTLS ({} lines); stripped on the path, or not offered",
+                ehlo.lines.len()
+            ),
+        };
         smtp::quit(&mut stream, &mut parser, deadline).await;
         return;
     }
