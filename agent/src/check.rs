@@ -94,6 +94,10 @@ pub fn main(args: CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(message) = check_binding(&args.source, args.interface.as_deref()) {
+        eprintln!("egresswatch-agent: {message}");
+        return ExitCode::from(2);
+    }
     let mut options = ProbeOptions::new(args.timeout, roots);
     for source in &args.source {
         match source {
@@ -105,19 +109,17 @@ pub fn main(args: CheckArgs) -> ExitCode {
     let ports = if args.ports.is_empty() {
         DEFAULT_PORTS.to_vec()
     } else {
-        args.ports.clone()
+        without_repeats(&args.ports)
     };
+    let hosts = without_repeats(&args.hosts);
     let families = match args.family {
         Some(f) => vec![f],
         None => vec![Family::Ipv4, Family::Ipv6],
     };
-    let results = runtime.block_on(run_check(
-        &args.hosts,
-        &ports,
-        &families,
-        args.level,
-        &options,
-    ));
+    let results = runtime.block_on(run_check(&hosts, &ports, &families, args.level, &options));
+    // A name lookup that outlived its deadline still sits in a blocking thread; dropping the
+    // runtime would wait for it, so leave it behind instead.
+    runtime.shutdown_background();
     if args.json {
         let rows: Vec<JsonRow> = results.iter().map(JsonRow::from).collect();
         match serde_json::to_string_pretty(&rows) {
@@ -141,6 +143,48 @@ pub fn main(args: CheckArgs) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// A source address or interface that this host does not have is the user's mistake, not a
+/// network outcome: say so before probing rather than report every probe `unreachable`.
+fn check_binding(sources: &[std::net::IpAddr], interface: Option<&str>) -> Result<(), String> {
+    let mut families = BTreeSet::new();
+    for source in sources {
+        if !families.insert(source.is_ipv6()) {
+            return Err(format!(
+                "--source given twice for {}; give at most one per family",
+                if source.is_ipv6() { "IPv6" } else { "IPv4" }
+            ));
+        }
+        // Binding sends nothing; it fails when the address is not one of this host's.
+        let bound = socket2::Socket::new(
+            socket2::Domain::for_address(std::net::SocketAddr::new(*source, 0)),
+            socket2::Type::STREAM,
+            None,
+        )
+        .and_then(|s| s.bind(&std::net::SocketAddr::new(*source, 0).into()));
+        if let Err(e) = bound {
+            return Err(format!("--source {source}: not usable on this host ({e})"));
+        }
+    }
+    if let Some(name) = interface {
+        let valid = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+        if !valid || !std::path::Path::new("/sys/class/net").join(name).exists() {
+            return Err(format!("--interface {name:?}: no such network interface"));
+        }
+    }
+    Ok(())
+}
+
+/// The items in their first-seen order, each once.
+fn without_repeats<T: Clone + PartialEq>(items: &[T]) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(items.len());
+    for item in items {
+        if !out.contains(item) {
+            out.push(item.clone());
+        }
+    }
+    out
 }
 
 /// Probes every host × port × family concurrently; results in a stable order.
@@ -236,6 +280,7 @@ pub struct JsonIcmp {
 pub struct JsonTls {
     pub version: String,
     pub cipher: String,
+    pub issuer: String,
 }
 
 fn ms(us: Option<u32>) -> Option<f64> {
@@ -267,6 +312,7 @@ impl From<&ProbeResult> for JsonRow {
             tls: r.tls.as_ref().map(|t| JsonTls {
                 version: t.version.clone(),
                 cipher: t.cipher.clone(),
+                issuer: t.issuer.clone(),
             }),
         }
     }
@@ -357,13 +403,25 @@ pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
             .map(|r| r.port)
             .collect()
     };
-    let control_ok = results
+    // What the 443 control says about the path to the destination. Any answer from the far end
+    // (a reset, a greeting, a handshake) proves packets get there and back.
+    let control: Vec<&ProbeResult> = results
         .iter()
-        .any(|r| r.port == PORT_HTTPS && r.outcome == Outcome::Ok);
-    let control_failed = results
+        .filter(|r| r.port == PORT_HTTPS && r.address.is_some())
+        .collect();
+    let control_ok = control.iter().any(|r| r.outcome == Outcome::Ok);
+    let control_answer = control.iter().map(|r| r.outcome).find(|o| {
+        !matches!(
+            o,
+            Outcome::Timeout | Outcome::Unreachable | Outcome::LocalDenied
+        )
+    });
+    let control_silent =
+        !control.is_empty() && control.iter().all(|r| r.outcome == Outcome::Timeout);
+    let control_blocked = control
         .iter()
-        .any(|r| r.port == PORT_HTTPS && r.outcome.is_failure())
-        && !control_ok;
+        .map(|r| r.outcome)
+        .find(|o| matches!(o, Outcome::Unreachable | Outcome::LocalDenied));
 
     let dns: BTreeSet<&str> = results
         .iter()
@@ -389,47 +447,76 @@ pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
         } else {
             "time out"
         };
+        let ports = port_list(&timeouts);
         if control_ok {
             lines.push(format!(
-                "{} {verb} while 443 answers: outbound SMTP is filtered on this network (a silent drop, the signature of a provider block).",
-                port_list(&timeouts)
+                "{ports} {verb} while 443 answers: outbound SMTP is filtered on this network (a silent drop, the signature of a provider block)."
             ));
-        } else if control_failed {
+        } else if let Some(answer) = control_answer {
             lines.push(format!(
-                "{} {verb} and so does 443: the destination is unreachable from here, or this host has no outbound network; not an SMTP-specific block.",
-                port_list(&timeouts)
+                "{ports} {verb} while 443 gets an answer ({answer}): the destination is reachable, so SMTP is silently dropped on the way (the signature of a provider block)."
+            ));
+        } else if control_silent {
+            lines.push(format!(
+                "{ports} {verb} and so does 443: the destination is unreachable from here, or this host has no outbound network; not an SMTP-specific block."
+            ));
+        } else if let Some(blocked) = control_blocked {
+            lines.push(format!(
+                "{ports} {verb} and 443 fails too ({blocked}): the path to the destination is broken or firewalled as a whole; not an SMTP-specific block."
             ));
         } else {
             lines.push(format!(
-                "{} {verb}: the SYN is silently dropped, typical of a provider's SMTP block (probe 443 as a control to be sure).",
-                port_list(&timeouts)
+                "{ports} {verb}: the SYN is silently dropped, typical of a provider's SMTP block (probe 443 as a control to be sure)."
             ));
         }
     }
 
-    let unreachable: Vec<&ProbeResult> = results
+    // ICMP rejects: a router on the path (the provider's edge, say) is told from the
+    // destination's own firewall by who sent the ICMP error.
+    let mut by_router = BTreeSet::new();
+    let mut routers = BTreeSet::new();
+    let mut by_destination = BTreeSet::new();
+    let mut no_icmp = BTreeSet::new();
+    for r in results
         .iter()
         .filter(|r| r.outcome == Outcome::Unreachable && r.port != PORT_HTTPS)
-        .collect();
-    if !unreachable.is_empty() {
-        let ports: BTreeSet<u16> = unreachable.iter().map(|r| r.port).collect();
-        let from_path = unreachable.iter().find_map(|r| {
-            let icmp = r.icmp.as_ref()?;
-            let from = icmp.from?;
-            (Some(from) != r.address).then_some(from)
-        });
-        match from_path {
-            Some(hop) => lines.push(format!(
-                "{} {} rejected by {hop}, a router on the path (ICMP): a firewall between this host and the destination, e.g. the provider's edge.",
-                port_list(&ports),
-                if ports.len() == 1 { "is" } else { "are" }
-            )),
-            None => lines.push(format!(
-                "{} {} unreachable (ICMP from the destination itself or no route): the destination's firewall or routing.",
-                port_list(&ports),
-                if ports.len() == 1 { "is" } else { "are" }
-            )),
+    {
+        match r.icmp.as_ref().and_then(|i| i.from) {
+            Some(from) if Some(from) != r.address => {
+                by_router.insert(r.port);
+                routers.insert(from);
+            }
+            Some(_) => {
+                by_destination.insert(r.port);
+            }
+            None => {
+                no_icmp.insert(r.port);
+            }
         }
+    }
+    let is_are = |ports: &BTreeSet<u16>| if ports.len() == 1 { "is" } else { "are" };
+    if !by_router.is_empty() {
+        let hops: Vec<String> = routers.iter().map(ToString::to_string).collect();
+        lines.push(format!(
+            "{} {} rejected by a router on the path ({}, ICMP): a firewall between this host and the destination, e.g. the provider's edge.",
+            port_list(&by_router),
+            is_are(&by_router),
+            hops.join(", ")
+        ));
+    }
+    if !by_destination.is_empty() {
+        lines.push(format!(
+            "{} {} rejected by the destination itself (ICMP from its own address): the destination's firewall.",
+            port_list(&by_destination),
+            is_are(&by_destination)
+        ));
+    }
+    if !no_icmp.is_empty() {
+        lines.push(format!(
+            "{} {} unreachable with no ICMP to say who: no route from this host, or the network is down.",
+            port_list(&no_icmp),
+            is_are(&no_icmp)
+        ));
     }
 
     let local = with(Outcome::LocalDenied);
@@ -496,8 +583,9 @@ pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
             lines.push("No address to probe.".into());
         } else {
             lines.push(format!(
-                "{} answer: outbound SMTP is open from this host.",
-                port_list(&ok)
+                "{} {}: outbound SMTP is open from this host.",
+                port_list(&ok),
+                if ok.len() == 1 { "answers" } else { "answer" }
             ));
         }
     } else if !ok.is_empty() {
@@ -577,9 +665,52 @@ mod tests {
         });
         let v = verdict(&[u, r(443, Outcome::Ok)]);
         assert!(
-            v[0].contains("rejected by 198.18.0.1, a router on the path"),
+            v[0].contains("465 is rejected by a router on the path (198.18.0.1, ICMP)"),
             "{v:?}"
         );
+    }
+
+    fn rejected_by(port: u16, hop: &str) -> ProbeResult {
+        let mut u = r(port, Outcome::Unreachable);
+        u.icmp = Some(IcmpReport {
+            from: Some(hop.parse().unwrap()),
+            icmp_type: 3,
+            icmp_code: 13,
+            origin: 2,
+        });
+        u
+    }
+
+    #[test]
+    fn router_and_destination_rejects_are_told_apart() {
+        let v = verdict(&[
+            rejected_by(587, "198.18.0.1"),
+            rejected_by(2525, "198.18.0.25"),
+            r(443, Outcome::Ok),
+        ]);
+        let text = v.join("\n");
+        assert!(
+            text.contains("587 is rejected by a router on the path (198.18.0.1, ICMP)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2525 is rejected by the destination itself"),
+            "{text}"
+        );
+        assert!(!text.contains("587 and 2525"), "{text}");
+    }
+
+    #[test]
+    fn a_refused_control_still_proves_the_path() {
+        let v = verdict(&[r(25, Outcome::Timeout), r(443, Outcome::Refused)]);
+        assert!(
+            v[0].contains(
+                "25 times out while 443 gets an answer (refused): the destination is reachable"
+            ),
+            "{v:?}"
+        );
+        let v = verdict(&[r(25, Outcome::Timeout), r(443, Outcome::Unreachable)]);
+        assert!(v[0].contains("443 fails too (unreachable)"), "{v:?}");
     }
 
     #[test]

@@ -3,9 +3,24 @@
 //! Pure and table-tested. The raw errno is always kept beside the outcome, so a mapping that turns
 //! out too coarse loses nothing.
 
-use egresswatch_wire::Outcome;
+use egresswatch_wire::{IcmpReport, Outcome};
 
-/// What a failed `connect()` means.
+/// The kernel's SO_EE_ORIGIN_ICMP / SO_EE_ORIGIN_ICMP6: the error came from an ICMP message.
+const ORIGIN_ICMP: u8 = 2;
+const ORIGIN_ICMP6: u8 = 3;
+
+/// What a failed `connect()` means, given what the socket error queue said about it. An ICMP
+/// error from the network is `unreachable` whatever errno the kernel made of it: Linux turns
+/// ICMPv6 administratively-prohibited into EACCES and ICMP port-unreachable into ECONNREFUSED,
+/// which would otherwise read as this host's firewall or a TCP reset.
+pub fn connect_outcome(errno: i32, icmp: Option<&IcmpReport>) -> Outcome {
+    match icmp {
+        Some(report) if matches!(report.origin, ORIGIN_ICMP | ORIGIN_ICMP6) => Outcome::Unreachable,
+        _ => connect_errno_outcome(errno),
+    }
+}
+
+/// What a failed `connect()` means from its errno alone.
 pub fn connect_errno_outcome(errno: i32) -> Outcome {
     match errno {
         libc::ECONNREFUSED => Outcome::Refused,
@@ -78,6 +93,37 @@ mod tests {
         for (errno, outcome) in table {
             assert_eq!(connect_errno_outcome(errno), outcome, "errno {errno}");
         }
+    }
+
+    #[test]
+    fn icmp_from_the_network_is_unreachable_whatever_the_errno() {
+        let icmp = |origin, icmp_type, icmp_code| IcmpReport {
+            from: Some("2001:db8::1".parse().unwrap()),
+            icmp_type,
+            icmp_code,
+            origin,
+        };
+        // ICMPv6 admin-prohibited arrives as EACCES: not this host's firewall.
+        assert_eq!(
+            connect_outcome(libc::EACCES, Some(&icmp(ORIGIN_ICMP6, 1, 1))),
+            Outcome::Unreachable
+        );
+        // ICMP port unreachable arrives as ECONNREFUSED: not a TCP reset.
+        assert_eq!(
+            connect_outcome(libc::ECONNREFUSED, Some(&icmp(ORIGIN_ICMP, 3, 3))),
+            Outcome::Unreachable
+        );
+        assert_eq!(
+            connect_outcome(libc::EHOSTUNREACH, Some(&icmp(ORIGIN_ICMP, 3, 13))),
+            Outcome::Unreachable
+        );
+        // Without ICMP, or with a local origin, the errno decides.
+        assert_eq!(connect_outcome(libc::EACCES, None), Outcome::LocalDenied);
+        assert_eq!(
+            connect_outcome(libc::EPERM, Some(&icmp(1, 0, 0))),
+            Outcome::LocalDenied
+        );
+        assert_eq!(connect_outcome(libc::ECONNREFUSED, None), Outcome::Refused);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! queue), and how many SYNs had to be retransmitted (TCP_INFO), so that a lost SYN is never
 //! mistaken for latency.
 
-use super::classify::{connect_errno_outcome, icmp_words};
+use super::classify::{connect_outcome, icmp_words};
 use super::resolve::sockaddr_to_ip;
 use egresswatch_wire::{IcmpReport, Outcome};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -81,7 +81,10 @@ pub async fn connect(
                     "no answer to the SYN within {} ms{}",
                     deadline.as_millis(),
                     retrans
-                        .map(|n| format!(" ({n} SYN retransmissions)"))
+                        .map(|n| format!(
+                            " ({n} SYN retransmission{})",
+                            if n == 1 { "" } else { "s" }
+                        ))
                         .unwrap_or_default()
                 ),
             })
@@ -167,7 +170,7 @@ fn failure_from_io(
 ) -> ConnectFailure {
     let errno = e.raw_os_error();
     let outcome = errno
-        .map(connect_errno_outcome)
+        .map(|errno| connect_outcome(errno, icmp.as_ref()))
         .unwrap_or(Outcome::Unreachable);
     let mut detail = format!("{step}: {}", short_io_text(e));
     if let Some(report) = &icmp {

@@ -9,6 +9,7 @@
 
 pub mod classify;
 pub mod connect;
+pub mod issuer;
 pub mod resolve;
 pub mod smtp;
 pub mod tls;
@@ -19,7 +20,6 @@ use egresswatch_wire::{
     limits::MAX_DETAIL_BYTES, Family, Level, Outcome, PhaseTimings, ProbeResult,
 };
 use resolve::ResolveError;
-use rustls::ClientConfig;
 use smtp::{ExchangeError, ReplyParser};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -58,6 +58,19 @@ pub struct ProbeOptions {
     pub tls_roots: Arc<rustls::RootCertStore>,
     /// Name sent in EHLO.
     pub ehlo_name: String,
+    /// Ports spoken to with implicit TLS, the greeting inside it (default: 465).
+    pub implicit_tls_ports: Vec<u16>,
+    /// Ports where a TLS handshake is the whole probe (default: 443, the HTTPS control).
+    pub tls_only_ports: Vec<u16>,
+}
+
+/// How a connected port is spoken to. Every port that is neither implicit-TLS nor TLS-only
+/// speaks SMTP with STARTTLS (25, 587, 2525, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Session {
+    Smtp,
+    ImplicitTls,
+    TlsOnly,
 }
 
 impl ProbeOptions {
@@ -71,6 +84,19 @@ impl ProbeOptions {
             interface: None,
             tls_roots,
             ehlo_name: default_ehlo_name(),
+            implicit_tls_ports: vec![PORT_SMTPS],
+            tls_only_ports: vec![PORT_HTTPS],
+        }
+    }
+
+    /// How `port` is spoken to once connected.
+    pub fn session(&self, port: u16) -> Session {
+        if self.tls_only_ports.contains(&port) {
+            Session::TlsOnly
+        } else if self.implicit_tls_ports.contains(&port) {
+            Session::ImplicitTls
+        } else {
+            Session::Smtp
         }
     }
 
@@ -192,20 +218,18 @@ async fn probe_address(
     result.timings.connect_us = Some(connected.connect_us);
     result.syn_retransmits = connected.syn_retransmits;
     let stream = connected.stream;
-    match (target.level, target.port) {
-        (Level::Connect, _) | (Level::Banner, PORT_HTTPS) => {
+    match (target.level, options.session(target.port)) {
+        (Level::Connect, _) | (Level::Banner, Session::TlsOnly) => {
             result.outcome = Outcome::Ok;
             result.detail = "connected".into();
         }
-        (_, PORT_HTTPS) => {
-            tls_only(target, options, stream, deadline, result).await;
-        }
-        (_, PORT_SMTPS) => implicit_tls(target, options, stream, deadline, result).await,
-        _ => plain_smtp(target, options, stream, deadline, result).await,
+        (_, Session::TlsOnly) => tls_only(target, options, stream, deadline, result).await,
+        (_, Session::ImplicitTls) => implicit_tls(target, options, stream, deadline, result).await,
+        (_, Session::Smtp) => plain_smtp(target, options, stream, deadline, result).await,
     }
 }
 
-fn tls_config(options: &ProbeOptions, result: &mut ProbeResult) -> Option<Arc<ClientConfig>> {
+fn tls_config(options: &ProbeOptions, result: &mut ProbeResult) -> Option<tls::TlsClient> {
     match tls::client_config(options.tls_roots.clone()) {
         Ok(c) => Some(c),
         Err(e) => {
@@ -224,11 +248,11 @@ async fn tls_only(
     deadline: Instant,
     result: &mut ProbeResult,
 ) {
-    let Some(config) = tls_config(options, result) else {
+    let Some(client) = tls_config(options, result) else {
         return;
     };
     let started = Instant::now();
-    match tokio::time::timeout_at(deadline, tls::handshake(config, &target.host, stream)).await {
+    match tokio::time::timeout_at(deadline, tls::handshake(&client, &target.host, stream)).await {
         Ok(Ok((mut tls, info))) => {
             result.timings.tls_us = Some(micros(started.elapsed()));
             result.outcome = Outcome::Ok;
@@ -240,7 +264,7 @@ async fn tls_only(
             )
             .await;
         }
-        Ok(Err(e)) => tls_failure(result, &e),
+        Ok(Err(e)) => tls_failure(result, &e, &client),
         Err(_) => {
             result.outcome = Outcome::TlsFailed;
             result.detail = "no TLS handshake before the deadline".into();
@@ -256,21 +280,24 @@ async fn implicit_tls(
     deadline: Instant,
     result: &mut ProbeResult,
 ) {
-    let Some(config) = tls_config(options, result) else {
+    let Some(client) = tls_config(options, result) else {
         return;
     };
     let started = Instant::now();
-    let (mut tls, info) =
-        match tokio::time::timeout_at(deadline, tls::handshake(config, &target.host, stream)).await
-        {
-            Ok(Ok(ok)) => ok,
-            Ok(Err(e)) => return tls_failure(result, &e),
-            Err(_) => {
-                result.outcome = Outcome::TlsFailed;
-                result.detail = "no TLS handshake before the deadline".into();
-                return;
-            }
-        };
+    let (mut tls, info) = match tokio::time::timeout_at(
+        deadline,
+        tls::handshake(&client, &target.host, stream),
+    )
+    .await
+    {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(e)) => return tls_failure(result, &e, &client),
+        Err(_) => {
+            result.outcome = Outcome::TlsFailed;
+            result.detail = "no TLS handshake before the deadline".into();
+            return;
+        }
+    };
     result.timings.tls_us = Some(micros(started.elapsed()));
     let tls_text = format!("TLS {} {}", info.version, info.cipher);
     result.tls = Some(info);
@@ -319,10 +346,15 @@ async fn plain_smtp(
     }
     if !ehlo.offers("STARTTLS") {
         result.outcome = Outcome::StarttlsMissing;
-        result.detail = format!(
-            "EHLO reply does not offer STARTTLS ({} lines); stripped on the path, or not offered",
-            ehlo.lines.len()
-        );
+        result.detail = match ehlo.masked_capability() {
+            Some(mask) => format!(
+                "EHLO reply carries {mask:?} where STARTTLS would be: rewritten by a middlebox on the path"
+            ),
+            None => format!(
+                "EHLO reply does not offer STARTTLS ({} lines); stripped on the path, or not offered",
+                ehlo.lines.len()
+            ),
+        };
         smtp::quit(&mut stream, &mut parser, deadline).await;
         return;
     }
@@ -343,11 +375,11 @@ async fn plain_smtp(
         result.detail = "the server sent data after its STARTTLS reply (injection)".into();
         return;
     }
-    let Some(config) = tls_config(options, result) else {
+    let Some(client) = tls_config(options, result) else {
         return;
     };
     let started = Instant::now();
-    match tokio::time::timeout_at(deadline, tls::handshake(config, &target.host, stream)).await {
+    match tokio::time::timeout_at(deadline, tls::handshake(&client, &target.host, stream)).await {
         Ok(Ok((mut tls, info))) => {
             result.timings.tls_us = Some(micros(started.elapsed()));
             result.outcome = Outcome::Ok;
@@ -361,7 +393,7 @@ async fn plain_smtp(
             let mut parser = ReplyParser::default();
             smtp::quit(&mut tls, &mut parser, deadline).await;
         }
-        Ok(Err(e)) => tls_failure(result, &e),
+        Ok(Err(e)) => tls_failure(result, &e, &client),
         Err(_) => {
             result.outcome = Outcome::TlsFailed;
             result.detail = "no TLS handshake after STARTTLS before the deadline".into();
@@ -432,13 +464,18 @@ fn session_failure(result: &mut ProbeResult, fallback: Outcome, step: &str, e: &
     result.detail = format!("{step}: {e}");
 }
 
-fn tls_failure(result: &mut ProbeResult, e: &std::io::Error) {
+fn tls_failure(result: &mut ProbeResult, e: &std::io::Error, client: &tls::TlsClient) {
     result.errno = e.raw_os_error();
     result.outcome = result
         .errno
         .and_then(classify::session_errno_outcome)
         .unwrap_or(Outcome::TlsFailed);
     result.detail = format!("TLS: {}", connect::short_io_text(e));
+    if let Some(issuer) = client.presented_issuer() {
+        result
+            .detail
+            .push_str(&format!(" (presented certificate issued by {issuer})"));
+    }
 }
 
 fn micros(d: Duration) -> u32 {

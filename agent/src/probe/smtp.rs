@@ -36,6 +36,23 @@ impl Reply {
         })
     }
 
+    /// A capability overwritten with X's, as SMTP-inspecting firewalls do to STARTTLS (Cisco's
+    /// "XXXXXXXA"): proof that the reply was rewritten on the path, not by the server.
+    pub fn masked_capability(&self) -> Option<&str> {
+        let skip = usize::from(self.lines.len() > 1);
+        self.lines
+            .iter()
+            .skip(skip)
+            .filter_map(|line| line.split_whitespace().next())
+            .find(|word| {
+                word.len() >= 4
+                    && word.is_ascii()
+                    && word[..word.len() - 1]
+                        .bytes()
+                        .all(|b| b.eq_ignore_ascii_case(&b'X'))
+            })
+    }
+
     /// The reply as one short line for details: "554 5.7.1 no thanks".
     pub fn summary(&self) -> String {
         let first = self.lines.first().map(String::as_str).unwrap_or("");
@@ -289,6 +306,22 @@ mod tests {
         // The greeting name itself is not a capability.
         let named = parse_all(&[b"250 STARTTLS\r\n"]).unwrap().unwrap();
         assert!(named.offers("STARTTLS"));
+    }
+
+    #[test]
+    fn starttls_masked_by_a_middlebox_is_recognised() {
+        let masked = parse_all(&[b"250-mx.lab.test\r\n250-PIPELINING\r\n250 XXXXXXXA\r\n"])
+            .unwrap()
+            .unwrap();
+        assert!(!masked.offers("STARTTLS"));
+        assert_eq!(masked.masked_capability(), Some("XXXXXXXA"));
+        let plain = parse_all(&[b"250-mx.lab.test\r\n250-SIZE 100\r\n250 8BITMIME\r\n"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(plain.masked_capability(), None);
+        // The server's own name on the first line is not a capability.
+        let named = parse_all(&[b"250-XXXX\r\n250 SIZE\r\n"]).unwrap().unwrap();
+        assert_eq!(named.masked_capability(), None);
     }
 
     #[test]
