@@ -54,7 +54,8 @@ for ns in "$CLIENT" "$EDGE"; do
     ip -n "$ns" link set lo up
     # No duplicate address detection (link-local included): a SYN lost while an address is
     # still tentative must not pass for the nftables drop being measured.
-    ip netns exec "$ns" sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0
+    ip netns exec "$ns" sh -c 'echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad &&
+        echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad'
 done
 NFT_RULES="
 table inet ewbench {
