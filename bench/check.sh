@@ -49,7 +49,14 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 ip netns add "$CLIENT"
-ip -n "$CLIENT" link set lo up
+ip netns add "$EDGE"
+for ns in "$CLIENT" "$EDGE"; do
+    ip -n "$ns" link set lo up
+    # No duplicate address detection (link-local included): a SYN lost while an address is
+    # still tentative must not pass for the nftables drop being measured.
+    ip netns exec "$ns" sh -c 'echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad &&
+        echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad'
+done
 NFT_RULES="
 table inet ewbench {
     chain input {
@@ -60,10 +67,8 @@ table inet ewbench {
 }"
 # The destination sits behind an "edge" namespace one hop away, whose nftables input rule drops
 # SMTP and HTTPS to it without a word: the provider-block signature.
-ip netns add "$EDGE"
 # Made inside the namespaces, so nothing is ever left in the host's own network.
 ip link add "${P}a" netns "$CLIENT" type veth peer name "${P}b" netns "$EDGE"
-ip -n "$EDGE" link set lo up
 ip -n "$CLIENT" addr add 198.18.200.1/30 dev "${P}a"
 ip -n "$EDGE" addr add 198.18.200.2/30 dev "${P}b"
 ip -n "$CLIENT" addr add 2001:db8:ee:1::1/64 dev "${P}a" nodad

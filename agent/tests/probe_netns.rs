@@ -74,6 +74,15 @@ fn nft(ns: &str, rules: &str) -> Result<(), String> {
     }
 }
 
+/// Writes `value` to each /proc/sys key inside `ns` (no dependency on procps' sysctl).
+fn set_sysctls(ns: &str, keys: &[&str], value: &str) -> Result<(), String> {
+    let script: Vec<String> = keys
+        .iter()
+        .map(|key| format!("echo {value} > /proc/sys/{key}"))
+        .collect();
+    run(&["ip", "netns", "exec", ns, "sh", "-c", &script.join(" && ")])
+}
+
 /// client (c) —veth— router (r) —veth— destination (d).
 fn build(lab: &Lab) -> Result<(), String> {
     let (c, r, d) = (lab.ns("c"), lab.ns("r"), lab.ns("d"));
@@ -84,16 +93,14 @@ fn build(lab: &Lab) -> Result<(), String> {
         // No duplicate address detection, link-local included: while a fresh link-local address
         // is tentative, the first IPv6 packets through the router are lost and a probe started
         // right away would read a setup artefact as a silent drop.
-        run(&[
-            "ip",
-            "netns",
-            "exec",
+        set_sysctls(
             ns,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.default.accept_dad=0",
-            "net.ipv6.conf.all.accept_dad=0",
-        ])?;
+            &[
+                "net/ipv6/conf/default/accept_dad",
+                "net/ipv6/conf/all/accept_dad",
+            ],
+            "0",
+        )?;
     }
     let (c_if, rc_if, rd_if, d_if) = (
         format!("{p}c0"),
@@ -162,24 +169,11 @@ fn build(lab: &Lab) -> Result<(), String> {
         "via",
         "2001:db8:e1:2::1",
     ])?;
-    run(&[
-        "ip",
-        "netns",
-        "exec",
+    set_sysctls(
         &r,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ])?;
-    run(&[
-        "ip",
-        "netns",
-        "exec",
-        &r,
-        "sysctl",
-        "-qw",
-        "net.ipv6.conf.all.forwarding=1",
-    ])?;
+        &["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"],
+        "1",
+    )?;
     // The router plays a provider's edge: 25 dropped, 465 reset, 587 rejected with ICMP.
     nft(
         &r,
