@@ -1,0 +1,424 @@
+//! The embedded store: SQLite in WAL mode.
+//!
+//! Writes go through one writer thread that does group commit: every insert request waiting when
+//! a transaction starts joins it, so a hundred agents share one fsync instead of paying one each.
+//! `synchronous=FULL` makes a commit durable before it returns — an ack must never promise a
+//! result a power cut could take back. Reads use their own connection (WAL lets them run beside
+//! the writer).
+//!
+//! Results are stored as their lossless MessagePack record plus the few columns queries need;
+//! a `latest` table keeps the freshest result per series so the live matrix rebuilds at start
+//! without scanning history.
+
+use super::{InsertReport, Store};
+use crate::error::CollectorError;
+use crate::pipeline::AgentMeta;
+use egresswatch_wire::{Labels, ProbeResult};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread;
+
+/// Most insert requests folded into one transaction.
+const MAX_GROUP: usize = 256;
+
+fn db_err(context: &str, e: impl std::fmt::Display) -> CollectorError {
+    CollectorError::Store(format!("{context}: {e}"))
+}
+
+type Reply = mpsc::SyncSender<Result<(InsertReport, Vec<ProbeResult>), CollectorError>>;
+
+struct InsertRequest {
+    agent_id: String,
+    results: Vec<ProbeResult>,
+    clock_trusted: bool,
+    now_unix_ms: i64,
+    reply: Reply,
+}
+
+pub struct SqliteStore {
+    writer: Mutex<Option<mpsc::SyncSender<InsertRequest>>>,
+    writer_thread: Mutex<Option<thread::JoinHandle<()>>>,
+    /// Small writes (agents, events, pruning) and all reads share this connection.
+    conn: Mutex<Connection>,
+}
+
+fn open(path: &Path) -> Result<Connection, CollectorError> {
+    let conn = Connection::open(path).map_err(|e| db_err(&format!("opening {}", path.display()), e))?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| db_err("journal_mode=WAL", e))?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(|e| db_err("synchronous=FULL", e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(|e| db_err("busy_timeout", e))?;
+    Ok(conn)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS agents (
+    id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL, account TEXT NOT NULL, region TEXT NOT NULL, instance TEXT NOT NULL,
+    version TEXT NOT NULL,
+    first_seen_ms INTEGER NOT NULL, last_seen_ms INTEGER NOT NULL,
+    high_water INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS results (
+    agent TEXT NOT NULL, seq INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL, received_ms INTEGER NOT NULL, clock_trusted INTEGER NOT NULL,
+    target TEXT NOT NULL, port INTEGER NOT NULL, family INTEGER NOT NULL, outcome INTEGER NOT NULL,
+    record BLOB NOT NULL,
+    PRIMARY KEY (agent, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS results_at ON results (at_ms);
+CREATE TABLE IF NOT EXISTS latest (
+    agent TEXT NOT NULL, target TEXT NOT NULL, port INTEGER NOT NULL, family INTEGER NOT NULL,
+    seq INTEGER NOT NULL, at_ms INTEGER NOT NULL, record BLOB NOT NULL,
+    PRIMARY KEY (agent, target, port, family)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, json TEXT NOT NULL
+);
+";
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, CollectorError> {
+        let conn = open(path)?;
+        conn.execute_batch(SCHEMA).map_err(|e| db_err("creating the schema", e))?;
+        let writer_conn = open(path)?;
+        let (tx, rx) = mpsc::sync_channel::<InsertRequest>(1024);
+        let handle = thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(writer_conn, rx))
+            .map_err(|e| CollectorError::io("starting the store writer", e))?;
+        Ok(SqliteStore { writer: Mutex::new(Some(tx)), writer_thread: Mutex::new(Some(handle)), conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Finishes pending writes and stops the writer (graceful shutdown).
+    pub fn close(&self) {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = self.writer_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<InsertRequest>) {
+    let mut high_water: HashMap<String, u64> = HashMap::new();
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        match commit_group(&mut conn, &mut high_water, &group) {
+            Ok(outcomes) => {
+                for (request, outcome) in group.into_iter().zip(outcomes) {
+                    let _ = request.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                // The transaction rolled back: nothing of the group is stored, every sender hears
+                // so (its agent resends), and cached marks are reloaded from the database.
+                high_water.clear();
+                for request in group {
+                    let _ = request.reply.send(Err(CollectorError::Store(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn commit_group(
+    conn: &mut Connection,
+    high_water: &mut HashMap<String, u64>,
+    group: &[InsertRequest],
+) -> Result<Vec<(InsertReport, Vec<ProbeResult>)>, CollectorError> {
+    // IMMEDIATE: take the write lock up front; a deferred transaction that upgrades later can
+    // fail at once against the other connection instead of waiting.
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| db_err("begin", e))?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    let mut marks: HashMap<String, u64> = HashMap::new();
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO results (agent, seq, at_ms, received_ms, clock_trusted, target, port, family, outcome, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .map_err(|e| db_err("prepare insert", e))?;
+        let mut latest = tx
+            .prepare_cached(
+                "INSERT INTO latest (agent, target, port, family, seq, at_ms, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (agent, target, port, family) DO UPDATE SET seq = excluded.seq, at_ms = excluded.at_ms, record = excluded.record
+                 WHERE excluded.at_ms >= latest.at_ms",
+            )
+            .map_err(|e| db_err("prepare latest", e))?;
+        for request in group {
+            let agent = request.agent_id.as_str();
+            let mark = match marks.get(agent).or_else(|| high_water.get(agent)) {
+                Some(m) => *m,
+                None => tx
+                    .query_row("SELECT high_water FROM agents WHERE id = ?1", [agent], |row| row.get::<_, i64>(0))
+                    .optional()
+                    .map_err(|e| db_err("reading the high-water mark", e))?
+                    .map(|v| v as u64)
+                    .unwrap_or(0),
+            };
+            let mut report = InsertReport { high_water: mark, ..Default::default() };
+            let mut fresh = Vec::new();
+            // Freshest result per series of this request, for the `latest` table.
+            let mut newest: HashMap<(&str, u16, u8), usize> = HashMap::new();
+            for result in &request.results {
+                if result.seq <= report.high_water {
+                    report.duplicates += 1;
+                    continue;
+                }
+                let record = rmp_serde::to_vec(result).map_err(|e| db_err("encoding a result", e))?;
+                let changed = insert
+                    .execute(params![
+                        agent,
+                        result.seq as i64,
+                        result.at_unix_ms,
+                        request.now_unix_ms,
+                        request.clock_trusted,
+                        result.target,
+                        result.port,
+                        result.family.code(),
+                        result.outcome.code(),
+                        record,
+                    ])
+                    .map_err(|e| db_err("inserting a result", e))?;
+                if changed == 0 {
+                    report.duplicates += 1;
+                    continue;
+                }
+                report.accepted += 1;
+                report.high_water = report.high_water.max(result.seq);
+                newest.insert((result.target.as_str(), result.port, result.family.code()), fresh.len());
+                fresh.push(result.clone());
+            }
+            for ((target, port, family), index) in newest {
+                let result = &fresh[index];
+                let record = rmp_serde::to_vec(result).map_err(|e| db_err("encoding a result", e))?;
+                latest
+                    .execute(params![agent, target, port, family, result.seq as i64, result.at_unix_ms, record])
+                    .map_err(|e| db_err("updating latest", e))?;
+            }
+            if report.high_water > mark {
+                tx.execute(
+                    "UPDATE agents SET high_water = ?2, last_seen_ms = MAX(last_seen_ms, ?3) WHERE id = ?1",
+                    params![agent, report.high_water as i64, request.now_unix_ms],
+                )
+                .map_err(|e| db_err("updating the high-water mark", e))?;
+            }
+            marks.insert(agent.to_string(), report.high_water);
+            outcomes.push((report, fresh));
+        }
+    }
+    tx.commit().map_err(|e| db_err("commit", e))?;
+    high_water.extend(marks);
+    Ok(outcomes)
+}
+
+fn meta_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<AgentMeta> {
+    Ok(AgentMeta {
+        agent_id: row.get(offset)?,
+        labels: Labels {
+            provider: row.get(offset + 1)?,
+            account: row.get(offset + 2)?,
+            region: row.get(offset + 3)?,
+            instance: row.get(offset + 4)?,
+        },
+        agent_version: row.get(offset + 5)?,
+    })
+}
+
+fn decode(record: &[u8]) -> Result<ProbeResult, CollectorError> {
+    rmp_serde::from_slice(record).map_err(|e| db_err("decoding a stored result", e))
+}
+
+impl Store for SqliteStore {
+    fn upsert_agent(&self, agent: &AgentMeta, now_unix_ms: i64) -> Result<u64, CollectorError> {
+        let conn = self.conn();
+        let l = &agent.labels;
+        conn.execute(
+            "INSERT INTO agents (id, provider, account, region, instance, version, first_seen_ms, last_seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+             ON CONFLICT (id) DO UPDATE SET provider = excluded.provider, account = excluded.account,
+               region = excluded.region, instance = excluded.instance, version = excluded.version,
+               last_seen_ms = excluded.last_seen_ms",
+            params![agent.agent_id, l.provider, l.account, l.region, l.instance, agent.agent_version, now_unix_ms],
+        )
+        .map_err(|e| db_err("recording the agent", e))?;
+        let mark: i64 = conn
+            .query_row("SELECT high_water FROM agents WHERE id = ?1", [&agent.agent_id], |row| row.get(0))
+            .map_err(|e| db_err("reading the high-water mark", e))?;
+        Ok(mark as u64)
+    }
+
+    fn insert_results(
+        &self,
+        agent_id: &str,
+        results: Vec<ProbeResult>,
+        clock_trusted: bool,
+        now_unix_ms: i64,
+    ) -> Result<(InsertReport, Vec<ProbeResult>), CollectorError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let request = InsertRequest { agent_id: agent_id.to_string(), results, clock_trusted, now_unix_ms, reply };
+        let sender = self.writer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let sender = sender.ok_or_else(|| CollectorError::Store("the store is closed".into()))?;
+        sender.send(request).map_err(|_| CollectorError::Store("the store writer has stopped".into()))?;
+        answer.recv().map_err(|_| CollectorError::Store("the store writer has stopped".into()))?
+    }
+
+    fn latest_per_series(&self, since_unix_ms: i64) -> Result<Vec<(AgentMeta, ProbeResult)>, CollectorError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT a.id, a.provider, a.account, a.region, a.instance, a.version, l.record
+                 FROM latest l JOIN agents a ON a.id = l.agent WHERE l.at_ms >= ?1 ORDER BY l.at_ms",
+            )
+            .map_err(|e| db_err("prepare latest", e))?;
+        let rows = stmt
+            .query_map([since_unix_ms], |row| Ok((meta_from_row(row, 0)?, row.get::<_, Vec<u8>>(6)?)))
+            .map_err(|e| db_err("query latest", e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (meta, record) = row.map_err(|e| db_err("reading latest", e))?;
+            out.push((meta, decode(&record)?));
+        }
+        Ok(out)
+    }
+
+    fn recent_results(&self, agent_id: &str, limit: usize) -> Result<Vec<ProbeResult>, CollectorError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT record FROM results WHERE agent = ?1 ORDER BY seq DESC LIMIT ?2")
+            .map_err(|e| db_err("prepare recent", e))?;
+        let rows = stmt
+            .query_map(params![agent_id, limit as i64], |row| row.get::<_, Vec<u8>>(0))
+            .map_err(|e| db_err("query recent", e))?;
+        rows.map(|r| r.map_err(|e| db_err("reading recent", e)).and_then(|b| decode(&b))).collect()
+    }
+
+    fn agents(&self) -> Result<Vec<(AgentMeta, i64)>, CollectorError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, provider, account, region, instance, version, last_seen_ms FROM agents ORDER BY id")
+            .map_err(|e| db_err("prepare agents", e))?;
+        let rows = stmt
+            .query_map([], |row| Ok((meta_from_row(row, 0)?, row.get::<_, i64>(6)?)))
+            .map_err(|e| db_err("query agents", e))?;
+        rows.map(|r| r.map_err(|e| db_err("reading agents", e))).collect()
+    }
+
+    fn count_results(&self, agent_id: &str) -> Result<u64, CollectorError> {
+        let conn = self.conn();
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM results WHERE agent = ?1", [agent_id], |row| row.get(0))
+            .map_err(|e| db_err("counting results", e))?;
+        Ok(n as u64)
+    }
+
+    fn append_event(&self, at_unix_ms: i64, json: &str) -> Result<i64, CollectorError> {
+        let conn = self.conn();
+        conn.execute("INSERT INTO events (at_ms, json) VALUES (?1, ?2)", params![at_unix_ms, json])
+            .map_err(|e| db_err("storing an event", e))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn events(&self, limit: usize) -> Result<Vec<String>, CollectorError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT json FROM events ORDER BY id DESC LIMIT ?1")
+            .map_err(|e| db_err("prepare events", e))?;
+        let rows = stmt.query_map([limit as i64], |row| row.get::<_, String>(0)).map_err(|e| db_err("query events", e))?;
+        rows.map(|r| r.map_err(|e| db_err("reading events", e))).collect()
+    }
+
+    fn prune(&self, before_unix_ms: i64) -> Result<usize, CollectorError> {
+        let conn = self.conn();
+        conn.execute("DELETE FROM results WHERE at_ms < ?1", [before_unix_ms]).map_err(|e| db_err("pruning results", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egresswatch_wire::{Family, Outcome};
+
+    fn result(seq: u64, port: u16, at: i64) -> ProbeResult {
+        ProbeResult { seq, at_unix_ms: at, target: "mx".into(), port, family: Family::Ipv4, outcome: Outcome::Ok, ..Default::default() }
+    }
+
+    fn meta(id: &str) -> AgentMeta {
+        AgentMeta { agent_id: id.into(), labels: Labels { provider: "aws".into(), ..Default::default() }, agent_version: "t".into() }
+    }
+
+    #[test]
+    fn stores_once_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            assert_eq!(store.upsert_agent(&meta("a1"), 1).unwrap(), 0);
+            let (r, fresh) = store.insert_results("a1", (1..=10).map(|s| result(s, 25, s as i64)).collect(), true, 5).unwrap();
+            assert_eq!((r.accepted, r.duplicates, r.high_water, fresh.len()), (10, 0, 10, 10));
+            // A replay overlapping the stored range: only the new ones count.
+            let (r, fresh) = store.insert_results("a1", (8..=12).map(|s| result(s, 587, s as i64)).collect(), true, 6).unwrap();
+            assert_eq!((r.accepted, r.duplicates, r.high_water, fresh.len()), (2, 3, 12, 2));
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.upsert_agent(&meta("a1"), 7).unwrap(), 12);
+        assert_eq!(store.count_results("a1").unwrap(), 12);
+        let latest = store.latest_per_series(0).unwrap();
+        assert_eq!(latest.len(), 2);
+        assert!(latest.iter().any(|(m, r)| m.agent_id == "a1" && r.port == 587 && r.seq == 12));
+        assert_eq!(store.recent_results("a1", 3).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![12, 11, 10]);
+        let id = store.append_event(1, "{\"kind\":\"x\"}").unwrap();
+        store.append_event(2, "{\"kind\":\"y\"}").unwrap();
+        assert!(id > 0);
+        assert_eq!(store.events(10).unwrap()[0], "{\"kind\":\"y\"}");
+        assert_eq!(store.prune(5).unwrap(), 4);
+        assert_eq!(store.agents().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn concurrent_inserts_share_commits_and_stay_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+        let mut threads = Vec::new();
+        for a in 0..8 {
+            let store = store.clone();
+            threads.push(thread::spawn(move || {
+                let id = format!("agent-{a}");
+                store.upsert_agent(&meta(&id), 0).unwrap();
+                for batch in 0..20u64 {
+                    let rs: Vec<_> = (batch * 10 + 1..=batch * 10 + 10).map(|s| result(s, 25, s as i64)).collect();
+                    store.insert_results(&id, rs.clone(), true, 0).unwrap();
+                    // Every batch is sent twice, as after a lost ack.
+                    let (r, _) = store.insert_results(&id, rs, true, 0).unwrap();
+                    assert_eq!(r.accepted, 0);
+                }
+            }));
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        for a in 0..8 {
+            assert_eq!(store.count_results(&format!("agent-{a}")).unwrap(), 200);
+        }
+    }
+}
