@@ -16,5 +16,7 @@ pub mod ingest;
 pub mod matrix;
 pub mod pipeline;
 pub mod store;
+#[doc(hidden)]
+pub mod sim;
 
 pub use error::CollectorError;

@@ -1,3 +1,194 @@
-//! `egresswatch-collector`: the command line. STUB — being built in issue 3.
+//! `egresswatch-collector`: the command line — the fleet CA commands and `run`. The work lives
+//! in the library; this file parses, wires the parts together and reports where things are.
 
-fn main() {}
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use egresswatch_collector::{ca, config::Config, http, ingest, pipeline::ResultObserver, store};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(name = "egresswatch-collector", version, about = "Collect egresswatch agents' reports; serve the policy matrix")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The fleet's certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Run the collector (QUIC ingest, store, matrix, alerts, HTTP).
+    Run {
+        /// TOML config; without it, embedded defaults (see README).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a new fleet CA in DIR (refuses to overwrite one).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue AGENT_ID's certificate and key (OUT/AGENT_ID.crt and .key, 0600).
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        agent_id: String,
+        /// Where to write them; default DIR/agents.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let outcome = match cli.command {
+        Command::Ca { command: CaCommand::Init { dir } } => ca::init(&dir)
+            .map(|path| println!("fleet CA created: {} (give it to agents; ca.key stays here)", path.display()))
+            .map_err(anyhow::Error::from),
+        Command::Ca { command: CaCommand::Issue { dir, agent_id, out } } => ca::issue_to_files(&dir, &agent_id, out.as_deref())
+            .map(|issued| {
+                println!("certificate: {}", issued.cert.display());
+                println!("key:         {}", issued.key.display());
+            })
+            .map_err(anyhow::Error::from),
+        Command::Run { config } => load_config(config.as_deref()).and_then(run),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("egresswatch-collector: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    let Some(path) = path else { return Ok(Config::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Config::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn run(cfg: Config) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(serve(cfg))
+}
+
+async fn serve(cfg: Config) -> Result<()> {
+    cfg.http.validate()?;
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let ca_dir = cfg.data_dir.join("ca");
+    if !ca::exists(&ca_dir) {
+        ca::init(&ca_dir)?;
+        println!("made a new fleet CA in {}", ca_dir.display());
+    }
+    let authority = ca::Authority::load(&ca_dir)?;
+    let db_path = cfg.data_dir.join(&cfg.store.path);
+    let store = Arc::new(store::sqlite::SqliteStore::open(&db_path)?);
+
+    let fleet = http::Fleet::from_config(cfg.detector.clone(), &cfg.alerts, store.clone())?;
+    let since = now_unix_ms() - (cfg.detector.fresh_secs as i64).saturating_mul(1000);
+    let baseline = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store::Store::latest_per_series(store.as_ref(), since)).await??
+    };
+    fleet.restore(&baseline, now_unix_ms());
+
+    let ingest = ingest::Ingest::bind(&cfg.quic, &authority)?;
+    let http = http::bind(&cfg.http).await?;
+    println!("data dir:  {}", cfg.data_dir.display());
+    println!("fleet CA:  {} (agents trust it; issue agents with `egresswatch-collector ca issue --dir {} ID`)", ca_dir.join("ca.pem").display(), ca_dir.display());
+    println!("database:  {}", db_path.display());
+    println!("QUIC:      {} (agents report here)", ingest.local_addr()?);
+    println!("HTTP:      http://{}/ (matrix page, /api/matrix, /metrics)", http.local_addr()?);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let context = Arc::new(ingest::IngestContext {
+        store: store.clone(),
+        observer: fleet.clone() as Arc<dyn ResultObserver>,
+        counters: fleet.metrics().ingest.clone(),
+        max_frame_bytes: cfg.quic.max_frame_bytes.min(egresswatch_wire::limits::MAX_FRAME_BYTES),
+    });
+    let ingest_task = tokio::spawn(ingest.serve(context, stopped(stop_rx.clone())));
+    let http_task = tokio::spawn(http.serve(fleet.clone(), stopped(stop_rx.clone())));
+    let retention = tokio::spawn(prune_loop(store.clone(), cfg.store.retention_days, stop_rx.clone()));
+
+    shutdown_signal().await;
+    info!("shutting down: no new agents, draining sessions");
+    let _ = stop_tx.send(true);
+    let _ = ingest_task.await;
+    match http_task.await {
+        Ok(Err(e)) => error!("http: {e}"),
+        Err(e) => error!("http task: {e}"),
+        Ok(Ok(())) => {}
+    }
+    retention.abort();
+    tokio::task::spawn_blocking(move || store.close()).await.ok();
+    info!("stopped");
+    Ok(())
+}
+
+async fn prune_loop(store: Arc<store::sqlite::SqliteStore>, retention_days: u32, mut stop: tokio::sync::watch::Receiver<bool>) {
+    if retention_days == 0 {
+        return;
+    }
+    loop {
+        let before = now_unix_ms() - i64::from(retention_days) * 86_400_000;
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || store::Store::prune(s.as_ref(), before)).await {
+            Ok(Ok(n)) if n > 0 => info!(deleted = n, "retention: pruned old results"),
+            Ok(Err(e)) => error!("retention: {e}"),
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

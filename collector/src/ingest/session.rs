@@ -1,0 +1,277 @@
+//! One agent's session, after the QUIC handshake: identity from the certificate, hello, then
+//! batches answered by acks — each ack sent only after its results are durable (see
+//! DESIGN.md and `egresswatch_wire::message` for the message flow).
+//!
+//! Every way a session can end is named: a clean goodbye, a refusal (with the reason sent to the
+//! agent), a protocol error (bad frame, garbage: logged, connection closed with code 1), or the
+//! transport going away. None of them affects any other agent.
+
+use super::IngestContext;
+use crate::pipeline::AgentMeta;
+use egresswatch_wire::frame::{body_len, decode_body};
+use egresswatch_wire::limits::FRAME_HEADER_BYTES;
+use egresswatch_wire::version::{WIRE_MAJOR, WIRE_MINOR};
+use egresswatch_wire::{encode_frame, Ack, AgentMessage, Batch, ClockQuality, CollectorMessage, Refusal, WireError, Welcome};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::{debug, info, warn};
+
+pub const CLOSE_NORMAL: quinn::VarInt = quinn::VarInt::from_u32(0);
+pub const CLOSE_PROTOCOL: quinn::VarInt = quinn::VarInt::from_u32(1);
+pub const CLOSE_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(2);
+pub const CLOSE_SHUTDOWN: quinn::VarInt = quinn::VarInt::from_u32(3);
+
+/// How long an agent has to open its stream and say hello.
+const HELLO_DEADLINE: Duration = Duration::from_secs(10);
+
+enum End {
+    /// The agent finished its stream.
+    Clean,
+    /// We refused it and told it why.
+    Refused(String),
+    /// It broke the protocol.
+    Protocol(String),
+    /// The connection went away under us (idle timeout, agent gone, shutdown).
+    Transport(String),
+    /// We could not store: close without acking, the agent resends later.
+    Unavailable(String),
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Runs one connection to its end.
+pub async fn run(connection: quinn::Connection, context: Arc<IngestContext>) {
+    let agent_id = match identity(&connection) {
+        Ok(id) => id,
+        Err(reason) => {
+            warn!("closing: {reason}");
+            connection.close(CLOSE_REFUSED, reason.as_bytes());
+            return;
+        }
+    };
+    tracing::Span::current().record("id", agent_id.as_str());
+    context.counters.sessions.inc();
+    let end = serve(&connection, &agent_id, &context).await;
+    match &end {
+        End::Clean => {
+            debug!("session ended");
+            connection.close(CLOSE_NORMAL, b"bye");
+        }
+        End::Refused(reason) => {
+            context.counters.refusals.inc();
+            warn!("refused: {reason}");
+            // The refusal frame is on its way; give the agent a moment to read it and close.
+            let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
+            connection.close(CLOSE_REFUSED, truncate(reason).as_bytes());
+        }
+        End::Protocol(reason) => {
+            context.counters.decode_errors.inc();
+            warn!("closing on protocol error: {reason}");
+            connection.close(CLOSE_PROTOCOL, truncate(reason).as_bytes());
+        }
+        End::Transport(reason) => info!("connection ended: {reason}"),
+        End::Unavailable(reason) => {
+            warn!("closing, results not stored: {reason}");
+            connection.close(CLOSE_SHUTDOWN, b"store unavailable, resend later");
+        }
+    }
+    context.observer.agent_disconnected(&agent_id, now_unix_ms());
+}
+
+fn truncate(reason: &str) -> String {
+    egresswatch_wire::result::truncate_detail(reason, 200)
+}
+
+/// The agent id from the verified client certificate's subject CN.
+fn identity(connection: &quinn::Connection) -> Result<String, String> {
+    let certs = connection
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .ok_or_else(|| "no client certificate".to_string())?;
+    let leaf = certs.first().ok_or_else(|| "empty client certificate chain".to_string())?;
+    crate::ca::agent_id_from_cert(leaf).map_err(|e| e.to_string())
+}
+
+async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestContext) -> End {
+    let (mut send, mut recv) = match tokio::time::timeout(HELLO_DEADLINE, connection.accept_bi()).await {
+        Err(_) => return End::Protocol("no stream opened within 10 s".into()),
+        Ok(Err(e)) => return End::Transport(e.to_string()),
+        Ok(Ok(streams)) => streams,
+    };
+    let first = match tokio::time::timeout(HELLO_DEADLINE, read_message(&mut recv, context.max_frame_bytes)).await {
+        Err(_) => return End::Protocol("no hello within 10 s".into()),
+        Ok(Ok(Some(m))) => m,
+        Ok(Ok(None)) => return End::Clean,
+        Ok(Err(ReadFailure::Wire(WireError::VersionMismatch { theirs, ours }))) => {
+            let reason = format!("wire major version {theirs} is not supported; this collector speaks {ours}: upgrade the agent or the collector");
+            refuse(&mut send, &reason, 0).await;
+            return End::Refused(reason);
+        }
+        Ok(Err(e)) => return e.into_end(),
+    };
+    let hello = match first {
+        AgentMessage::Hello(h) => h,
+        other => return End::Protocol(format!("expected a hello, got {}", kind_name(&other))),
+    };
+    if hello.wire_major != WIRE_MAJOR {
+        let reason = format!("wire major version {} is not supported; this collector speaks {WIRE_MAJOR}", hello.wire_major);
+        refuse(&mut send, &reason, 0).await;
+        return End::Refused(reason);
+    }
+    if let Err(e) = hello.check_bounds() {
+        let reason = e.to_string();
+        refuse(&mut send, &reason, 0).await;
+        return End::Refused(reason);
+    }
+    let labels = match hello.labels.clone().validated() {
+        Ok(l) => l,
+        Err(e) => {
+            let reason = format!("invalid labels: {e}");
+            refuse(&mut send, &reason, 0).await;
+            return End::Refused(reason);
+        }
+    };
+    let agent = AgentMeta { agent_id: agent_id.to_string(), labels, agent_version: hello.agent_version.clone() };
+    let store = context.store.clone();
+    let upsert = {
+        let agent = agent.clone();
+        tokio::task::spawn_blocking(move || store.upsert_agent(&agent, now_unix_ms())).await
+    };
+    let mut high_water = match upsert {
+        Ok(Ok(mark)) => mark,
+        Ok(Err(e)) => return End::Unavailable(e.to_string()),
+        Err(e) => return End::Unavailable(e.to_string()),
+    };
+    if !hello.status.is_empty() {
+        warn!(status = %hello.status, "agent reports trouble");
+    }
+    info!(version = %agent.agent_version, provider = %agent.labels.provider, account = %agent.labels.account, acked = high_water, "agent connected");
+    let welcome = CollectorMessage::Welcome(Welcome {
+        wire_major: WIRE_MAJOR,
+        wire_minor: WIRE_MINOR,
+        collector_version: env!("CARGO_PKG_VERSION").to_string(),
+        agent_id: agent_id.to_string(),
+        acked_seq: high_water,
+    });
+    if let Err(end) = write_message(&mut send, &welcome).await {
+        return end;
+    }
+    context.observer.agent_connected(&agent, now_unix_ms());
+    loop {
+        let message = match read_message(&mut recv, context.max_frame_bytes).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return End::Clean,
+            Err(e) => return e.into_end(),
+        };
+        match message {
+            AgentMessage::Batch(batch) => {
+                let ack = match handle_batch(&agent, batch, &mut high_water, context).await {
+                    Ok(ack) => ack,
+                    Err(end) => return end,
+                };
+                if let Err(end) = write_message(&mut send, &CollectorMessage::Ack(ack)).await {
+                    return end;
+                }
+            }
+            AgentMessage::Hello(_) => return End::Protocol("a second hello on the same session".into()),
+            // A newer agent's message we do not know: skipped, the session goes on.
+            AgentMessage::Unknown(kind) => debug!(kind, "ignoring a message of unknown kind"),
+        }
+    }
+}
+
+async fn handle_batch(agent: &AgentMeta, batch: Batch, high_water: &mut u64, context: &IngestContext) -> Result<Ack, End> {
+    context.counters.batches.inc();
+    let count = batch.results.len() as u32;
+    let results = match batch.unpack() {
+        Ok(r) => r,
+        Err(e) => {
+            // Accepted off the wire but unusable: said so in the ack, never a silent success.
+            context.counters.decode_errors.inc();
+            warn!("discarding a batch of {count}: {e}");
+            return Ok(Ack { up_to_seq: *high_water, accepted: 0, duplicates: 0, discarded: count, reason: e.to_string() });
+        }
+    };
+    let clock_trusted = batch.clock != ClockQuality::Unsynchronised;
+    let store = context.store.clone();
+    let agent_id = agent.agent_id.clone();
+    let now = now_unix_ms();
+    let inserted = tokio::task::spawn_blocking(move || store.insert_results(&agent_id, results, clock_trusted, now)).await;
+    let (report, fresh) = match inserted {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => return Err(End::Unavailable(e.to_string())),
+        Err(e) => return Err(End::Unavailable(e.to_string())),
+    };
+    context.counters.results.inc_by(u64::from(report.accepted));
+    context.counters.duplicates.inc_by(u64::from(report.duplicates));
+    *high_water = report.high_water;
+    if !fresh.is_empty() {
+        context.observer.results_stored(agent, &fresh, clock_trusted, now);
+    }
+    let reason = if batch.dropped_before > 0 {
+        warn!(dropped = batch.dropped_before, "the agent's spool dropped results before seq {}", batch.first_seq);
+        format!("noted: {} results dropped by the agent's spool before seq {}", batch.dropped_before, batch.first_seq)
+    } else {
+        String::new()
+    };
+    Ok(Ack { up_to_seq: report.high_water, accepted: report.accepted, duplicates: report.duplicates, discarded: 0, reason })
+}
+
+async fn refuse(send: &mut quinn::SendStream, reason: &str, retry_after_s: u32) {
+    let refusal = CollectorMessage::Refusal(Refusal { reason: reason.to_string(), retry_after_s });
+    let _ = write_message(send, &refusal).await;
+    let _ = send.finish();
+}
+
+enum ReadFailure {
+    Wire(WireError),
+    Transport(String),
+}
+
+impl ReadFailure {
+    fn into_end(self) -> End {
+        match self {
+            ReadFailure::Wire(e) => End::Protocol(e.to_string()),
+            ReadFailure::Transport(e) => End::Transport(e),
+        }
+    }
+}
+
+/// Reads one frame and decodes it. `Ok(None)` when the agent finished its stream cleanly.
+async fn read_message(recv: &mut quinn::RecvStream, limit: usize) -> Result<Option<AgentMessage>, ReadFailure> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(quinn::ReadExactError::FinishedEarly(n)) => {
+            return Err(ReadFailure::Wire(WireError::Malformed { what: "frame", reason: format!("stream ended inside a header ({n} bytes)") }))
+        }
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(ReadFailure::Transport(e.to_string())),
+    }
+    // The cap is checked before a single body byte is buffered.
+    let len = body_len(header, limit).map_err(ReadFailure::Wire)?;
+    let mut body = vec![0u8; len];
+    match recv.read_exact(&mut body).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(n)) => {
+            return Err(ReadFailure::Wire(WireError::Malformed { what: "frame", reason: format!("stream ended after {n} of {len} body bytes") }))
+        }
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(ReadFailure::Transport(e.to_string())),
+    }
+    decode_body::<AgentMessage>(&body).map(Some).map_err(ReadFailure::Wire)
+}
+
+async fn write_message(send: &mut quinn::SendStream, message: &CollectorMessage) -> Result<(), End> {
+    let frame = encode_frame(message, egresswatch_wire::limits::MAX_FRAME_BYTES).map_err(|e| End::Protocol(e.to_string()))?;
+    send.write_all(&frame).await.map_err(|e| End::Transport(e.to_string()))
+}
+
+fn kind_name(message: &AgentMessage) -> &'static str {
+    match message {
+        AgentMessage::Hello(_) => "hello",
+        AgentMessage::Batch(_) => "batch",
+        AgentMessage::Unknown(_) => "an unknown message",
+    }
+}

@@ -1,0 +1,144 @@
+//! A simulated agent: the smallest real QUIC client of the session protocol, used by the
+//! collector's tests, the ingest benchmark and the soak. Not part of the product's API.
+
+use anyhow::{anyhow, bail, Context, Result};
+use egresswatch_wire::frame::{body_len, decode_body};
+use egresswatch_wire::limits::{FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
+use egresswatch_wire::version::{ALPN, WIRE_MAJOR, WIRE_MINOR};
+use egresswatch_wire::{encode_frame, AgentMessage, Batch, ClockQuality, CollectorMessage, Family, Hello, Labels, Level, Outcome, PhaseTimings, ProbeResult};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Credentials of one simulated agent.
+#[derive(Clone)]
+pub struct Credentials {
+    pub ca: CertificateDer<'static>,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl Credentials {
+    /// Reads `ca.pem` and an issued agent's `.crt`/`.key`.
+    pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Credentials> {
+        Ok(Credentials {
+            ca: CertificateDer::from_pem_file(ca).with_context(|| format!("reading {}", ca.display()))?,
+            chain: vec![CertificateDer::from_pem_file(cert).with_context(|| format!("reading {}", cert.display()))?],
+            key: Arc::new(PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?),
+        })
+    }
+}
+
+/// Client options: what to present, and which ALPN to speak (tests try wrong ones).
+pub fn client_config(creds: Option<&Credentials>, ca: &CertificateDer<'static>, alpn: &[u8]) -> Result<quinn::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone())?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots);
+    let mut tls = match creds {
+        Some(c) => builder.with_client_auth_cert(c.chain.clone(), c.key.clone_key())?,
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_secs(30))?));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// One connected session.
+pub struct SimAgent {
+    pub connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl SimAgent {
+    /// Connects through `endpoint` (one client endpoint can carry many agents).
+    pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, config: quinn::ClientConfig) -> Result<SimAgent> {
+        let connection = endpoint.connect_with(config, addr, "egresswatch-collector")?.await?;
+        let (send, recv) = connection.open_bi().await?;
+        Ok(SimAgent { connection, send, recv })
+    }
+
+    pub async fn send(&mut self, message: &AgentMessage) -> Result<()> {
+        let frame = encode_frame(message, MAX_FRAME_BYTES)?;
+        self.send_raw(&frame).await
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.send.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Reads the collector's next message.
+    pub async fn receive(&mut self) -> Result<CollectorMessage> {
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        self.recv.read_exact(&mut header).await.map_err(|e| anyhow!("reading a frame header: {e}"))?;
+        let len = body_len(header, MAX_FRAME_BYTES)?;
+        let mut body = vec![0u8; len];
+        self.recv.read_exact(&mut body).await.map_err(|e| anyhow!("reading a frame body: {e}"))?;
+        Ok(decode_body(&body)?)
+    }
+
+    /// Hello, and the collector's answer (welcome or refusal).
+    pub async fn hello(&mut self, labels: Labels) -> Result<CollectorMessage> {
+        self.send(&AgentMessage::Hello(hello(labels))).await?;
+        self.receive().await
+    }
+
+    /// Sends results as one batch and waits for its ack.
+    pub async fn report(&mut self, results: &[ProbeResult]) -> Result<egresswatch_wire::Ack> {
+        let batch = Batch::pack(results, ClockQuality::Synchronised, 0)?;
+        self.send(&AgentMessage::Batch(batch)).await?;
+        match self.receive().await? {
+            CollectorMessage::Ack(ack) => Ok(ack),
+            other => bail!("expected an ack, got {other:?}"),
+        }
+    }
+
+    pub async fn finish(mut self) {
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.connection.closed()).await;
+    }
+}
+
+pub fn hello(labels: Labels) -> Hello {
+    Hello {
+        wire_major: WIRE_MAJOR,
+        wire_minor: WIRE_MINOR,
+        agent_version: "sim".into(),
+        labels,
+        targets: Vec::new(),
+        clock: ClockQuality::Synchronised,
+        status: String::new(),
+    }
+}
+
+/// A plausible result: `seq` at `at_unix_ms`, cycling through the SMTP ports.
+pub fn result(seq: u64, at_unix_ms: i64) -> ProbeResult {
+    const PORTS: [u16; 5] = [25, 465, 587, 2525, 443];
+    ProbeResult {
+        seq,
+        at_unix_ms,
+        target: "mx.lab.test".into(),
+        port: PORTS[(seq % 5) as usize],
+        family: Family::Ipv4,
+        level: Level::Connect,
+        outcome: if seq % 5 == 0 { Outcome::Timeout } else { Outcome::Ok },
+        address: Some("198.19.0.25".parse().expect("literal")),
+        timings: PhaseTimings { connect_us: Some(800 + (seq % 97) as u32 * 13), ..Default::default() },
+        ..Default::default()
+    }
+}
+
+/// The default ALPN.
+pub const DEFAULT_ALPN: &[u8] = ALPN;
