@@ -8,8 +8,8 @@
 use crate::error::CollectorError;
 use egresswatch_wire::labels::validate_agent_id;
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-    SanType, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
 };
 use std::fs;
 use std::io::Write;
@@ -47,21 +47,37 @@ pub struct Issued {
 pub fn init(dir: &Path) -> Result<PathBuf, CollectorError> {
     let cert_path = dir.join(CA_CERT);
     if cert_path.exists() || dir.join(CA_KEY).exists() {
-        return Err(CollectorError::Ca(format!("{} already holds a CA; refusing to overwrite it", dir.display())));
+        return Err(CollectorError::Ca(format!(
+            "{} already holds a CA; refusing to overwrite it",
+            dir.display()
+        )));
     }
     create_private_dir(dir)?;
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| ca_err("generating the CA key", e))?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| ca_err("CA parameters", e))?;
-    params.distinguished_name.push(DnType::CommonName, "egresswatch fleet CA");
-    params.distinguished_name.push(DnType::OrganizationName, "egresswatch");
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| ca_err("generating the CA key", e))?;
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(|e| ca_err("CA parameters", e))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "egresswatch fleet CA");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "egresswatch");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::hours(1);
     params.not_after = now + Duration::days(3650);
-    let cert = params.self_signed(&key).map_err(|e| ca_err("self-signing the CA", e))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| ca_err("self-signing the CA", e))?;
     write_private(&dir.join(CA_KEY), key.serialize_pem().as_bytes())?;
-    fs::write(&cert_path, cert.pem()).map_err(|e| CollectorError::io(format!("writing {}", cert_path.display()), e))?;
+    fs::write(&cert_path, cert.pem())
+        .map_err(|e| CollectorError::io(format!("writing {}", cert_path.display()), e))?;
     Ok(cert_path)
 }
 
@@ -75,15 +91,23 @@ impl Authority {
     pub fn load(dir: &Path) -> Result<Authority, CollectorError> {
         let read = |name: &str| {
             let path = dir.join(name);
-            fs::read_to_string(&path).map_err(|e| CollectorError::io(format!("reading {}", path.display()), e))
+            fs::read_to_string(&path)
+                .map_err(|e| CollectorError::io(format!("reading {}", path.display()), e))
         };
         let cert_pem = read(CA_CERT)?;
         let key = KeyPair::from_pem(&read(CA_KEY)?).map_err(|e| ca_err("CA key", e))?;
-        let params = CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|e| ca_err("CA certificate", e))?;
+        let params = CertificateParams::from_ca_cert_pem(&cert_pem)
+            .map_err(|e| ca_err("CA certificate", e))?;
         // Re-signing the same parameters with the same key reproduces an issuer that verifies
         // the certificates it signs exactly like the original on disk.
-        let cert = params.self_signed(&key).map_err(|e| ca_err("loading the CA", e))?;
-        Ok(Authority { cert, key, cert_pem })
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| ca_err("loading the CA", e))?;
+        Ok(Authority {
+            cert,
+            key,
+            cert_pem,
+        })
     }
 
     /// The CA certificate as PEM (what agents trust).
@@ -94,21 +118,26 @@ impl Authority {
     /// The CA certificate as DER, read from the PEM on disk.
     pub fn cert_der(&self) -> Result<rustls_pki_types::CertificateDer<'static>, CollectorError> {
         use rustls_pki_types::pem::PemObject;
-        rustls_pki_types::CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).map_err(|e| ca_err("CA certificate PEM", e))
+        rustls_pki_types::CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .map_err(|e| ca_err("CA certificate PEM", e))
     }
 
     /// Issues an agent's certificate: CN and DNS SAN are the agent id, EKU clientAuth.
     pub fn issue_agent(&self, agent_id: &str) -> Result<(String, String), CollectorError> {
         validate_agent_id(agent_id).map_err(|e| CollectorError::Ca(e.to_string()))?;
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| ca_err("generating the agent key", e))?;
-        let mut params = CertificateParams::new(vec![agent_id.to_string()]).map_err(|e| ca_err("agent parameters", e))?;
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| ca_err("generating the agent key", e))?;
+        let mut params = CertificateParams::new(vec![agent_id.to_string()])
+            .map_err(|e| ca_err("agent parameters", e))?;
         params.distinguished_name.push(DnType::CommonName, agent_id);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(AGENT_VALIDITY_DAYS);
-        let cert = params.signed_by(&key, &self.cert, &self.key).map_err(|e| ca_err("signing the agent certificate", e))?;
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(|e| ca_err("signing the agent certificate", e))?;
         Ok((cert.pem(), key.serialize_pem()))
     }
 
@@ -117,16 +146,30 @@ impl Authority {
     pub fn issue_server(
         &self,
         extra_names: &[String],
-    ) -> Result<(rustls_pki_types::CertificateDer<'static>, rustls_pki_types::PrivateKeyDer<'static>), CollectorError> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| ca_err("generating the server key", e))?;
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| ca_err("server parameters", e))?;
-        params.distinguished_name.push(DnType::CommonName, COLLECTOR_NAME);
+    ) -> Result<
+        (
+            rustls_pki_types::CertificateDer<'static>,
+            rustls_pki_types::PrivateKeyDer<'static>,
+        ),
+        CollectorError,
+    > {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| ca_err("generating the server key", e))?;
+        let mut params = CertificateParams::new(Vec::<String>::new())
+            .map_err(|e| ca_err("server parameters", e))?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, COLLECTOR_NAME);
         let mut names = vec![COLLECTOR_NAME.to_string(), "localhost".to_string()];
         names.extend(extra_names.iter().cloned());
         for name in names {
             let san = match name.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(name.clone().try_into().map_err(|e| ca_err(&format!("server name {name:?}"), e))?),
+                Err(_) => SanType::DnsName(
+                    name.clone()
+                        .try_into()
+                        .map_err(|e| ca_err(&format!("server name {name:?}"), e))?,
+                ),
             };
             params.subject_alt_names.push(san);
         }
@@ -135,27 +178,40 @@ impl Authority {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(90);
-        let cert = params.signed_by(&key, &self.cert, &self.key).map_err(|e| ca_err("signing the server certificate", e))?;
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(|e| ca_err("signing the server certificate", e))?;
         let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
         Ok((cert.der().clone(), key_der))
     }
 }
 
 /// `ca issue`: writes `<out>/<id>.crt` and `<out>/<id>.key` (0600); `out` defaults to `dir/agents`.
-pub fn issue_to_files(dir: &Path, agent_id: &str, out: Option<&Path>) -> Result<Issued, CollectorError> {
+pub fn issue_to_files(
+    dir: &Path,
+    agent_id: &str,
+    out: Option<&Path>,
+) -> Result<Issued, CollectorError> {
     let authority = Authority::load(dir)?;
     let (cert_pem, key_pem) = authority.issue_agent(agent_id)?;
-    let out = out.map(Path::to_path_buf).unwrap_or_else(|| dir.join("agents"));
+    let out = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.join("agents"));
     create_private_dir(&out)?;
-    let issued = Issued { cert: out.join(format!("{agent_id}.crt")), key: out.join(format!("{agent_id}.key")) };
+    let issued = Issued {
+        cert: out.join(format!("{agent_id}.crt")),
+        key: out.join(format!("{agent_id}.key")),
+    };
     write_private(&issued.key, key_pem.as_bytes())?;
-    fs::write(&issued.cert, cert_pem).map_err(|e| CollectorError::io(format!("writing {}", issued.cert.display()), e))?;
+    fs::write(&issued.cert, cert_pem)
+        .map_err(|e| CollectorError::io(format!("writing {}", issued.cert.display()), e))?;
     Ok(issued)
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), CollectorError> {
     if !dir.exists() {
-        fs::create_dir_all(dir).map_err(|e| CollectorError::io(format!("creating {}", dir.display()), e))?;
+        fs::create_dir_all(dir)
+            .map_err(|e| CollectorError::io(format!("creating {}", dir.display()), e))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .map_err(|e| CollectorError::io(format!("restricting {}", dir.display()), e))?;
     }
@@ -178,7 +234,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CollectorError> {
 
 /// Reads the agent id from a client certificate: its subject CN.
 pub fn agent_id_from_cert(der: &[u8]) -> Result<String, CollectorError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| ca_err("client certificate", e))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| ca_err("client certificate", e))?;
     let cn = cert
         .subject()
         .iter_common_name()
@@ -198,16 +255,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca_dir = dir.path().join("ca");
         init(&ca_dir).unwrap();
-        assert!(init(&ca_dir).unwrap_err().to_string().contains("refusing to overwrite"));
-        let mode = fs::metadata(ca_dir.join(CA_KEY)).unwrap().permissions().mode() & 0o777;
+        assert!(init(&ca_dir)
+            .unwrap_err()
+            .to_string()
+            .contains("refusing to overwrite"));
+        let mode = fs::metadata(ca_dir.join(CA_KEY))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         let issued = issue_to_files(&ca_dir, "gcp-vm-1", None).unwrap();
-        assert_eq!(fs::metadata(&issued.key).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&issued.key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         use rustls_pki_types::pem::PemObject;
         let der = rustls_pki_types::CertificateDer::from_pem_file(&issued.cert).unwrap();
         assert_eq!(agent_id_from_cert(&der).unwrap(), "gcp-vm-1");
         assert!(issue_to_files(&ca_dir, "../evil", None).is_err());
         let authority = Authority::load(&ca_dir).unwrap();
-        authority.issue_server(&["198.18.0.1".into(), "collector.lab.test".into()]).unwrap();
+        authority
+            .issue_server(&["198.18.0.1".into(), "collector.lab.test".into()])
+            .unwrap();
     }
 }

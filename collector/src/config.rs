@@ -33,7 +33,10 @@ impl Default for Config {
 impl Config {
     /// Parses a config file's text. Errors name the key and the line (toml's messages do).
     pub fn parse(text: &str) -> Result<Config, crate::error::CollectorError> {
-        toml::from_str(text).map_err(|e| crate::error::CollectorError::Config { path: "config".into(), reason: e.to_string() })
+        toml::from_str(text).map_err(|e| crate::error::CollectorError::Config {
+            path: "config".into(),
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -50,7 +53,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_name_key_and_line() {
-        let err = Config::parse("data_dir = \"x\"\n[quic]\nlisten = \"0.0.0.0:4433\"\nlistn = 1\n").unwrap_err().to_string();
+        let err = Config::parse("data_dir = \"x\"\n[quic]\nlisten = \"0.0.0.0:4433\"\nlistn = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listn") && err.contains("line 4"), "{err}");
     }
 }

@@ -15,8 +15,8 @@ pub mod http;
 pub mod ingest;
 pub mod matrix;
 pub mod pipeline;
-pub mod store;
 #[doc(hidden)]
 pub mod sim;
+pub mod store;
 
 pub use error::CollectorError;

@@ -11,7 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{error, info};
 
 #[derive(Parser)]
-#[command(name = "egresswatch-collector", version, about = "Collect egresswatch agents' reports; serve the policy matrix")]
+#[command(
+    name = "egresswatch-collector",
+    version,
+    about = "Collect egresswatch agents' reports; serve the policy matrix"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -60,17 +64,27 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let outcome = match cli.command {
-        Command::Ca { command: CaCommand::Init { dir } } => ca::init(&dir)
-            .map(|path| println!("fleet CA created: {} (give it to agents; ca.key stays here)", path.display()))
+        Command::Ca {
+            command: CaCommand::Init { dir },
+        } => ca::init(&dir)
+            .map(|path| {
+                println!(
+                    "fleet CA created: {} (give it to agents; ca.key stays here)",
+                    path.display()
+                )
+            })
             .map_err(anyhow::Error::from),
-        Command::Ca { command: CaCommand::Issue { dir, agent_id, out } } => ca::issue_to_files(&dir, &agent_id, out.as_deref())
+        Command::Ca {
+            command: CaCommand::Issue { dir, agent_id, out },
+        } => ca::issue_to_files(&dir, &agent_id, out.as_deref())
             .map(|issued| {
                 println!("certificate: {}", issued.cert.display());
                 println!("key:         {}", issued.key.display());
@@ -88,23 +102,33 @@ fn main() -> ExitCode {
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config> {
-    let Some(path) = path else { return Ok(Config::default()) };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let Some(path) = path else {
+        return Ok(Config::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Config::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
 }
 
 fn now_unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn run(cfg: Config) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(serve(cfg))
 }
 
 async fn serve(cfg: Config) -> Result<()> {
     cfg.http.validate()?;
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let ca_dir = cfg.data_dir.join("ca");
     if !ca::exists(&ca_dir) {
         ca::init(&ca_dir)?;
@@ -118,7 +142,8 @@ async fn serve(cfg: Config) -> Result<()> {
     let since = now_unix_ms() - (cfg.detector.fresh_secs as i64).saturating_mul(1000);
     let baseline = {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || store::Store::latest_per_series(store.as_ref(), since)).await??
+        tokio::task::spawn_blocking(move || store::Store::latest_per_series(store.as_ref(), since))
+            .await??
     };
     fleet.restore(&baseline, now_unix_ms());
 
@@ -128,7 +153,10 @@ async fn serve(cfg: Config) -> Result<()> {
     println!("fleet CA:  {} (agents trust it; issue agents with `egresswatch-collector ca issue --dir {} ID`)", ca_dir.join("ca.pem").display(), ca_dir.display());
     println!("database:  {}", db_path.display());
     println!("QUIC:      {} (agents report here)", ingest.local_addr()?);
-    println!("HTTP:      http://{}/ (matrix page, /api/matrix, /metrics)", http.local_addr()?);
+    println!(
+        "HTTP:      http://{}/ (matrix page, /api/matrix, /metrics)",
+        http.local_addr()?
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -138,11 +166,18 @@ async fn serve(cfg: Config) -> Result<()> {
         store: store.clone(),
         observer: fleet.clone() as Arc<dyn ResultObserver>,
         counters: fleet.metrics().ingest.clone(),
-        max_frame_bytes: cfg.quic.max_frame_bytes.min(egresswatch_wire::limits::MAX_FRAME_BYTES),
+        max_frame_bytes: cfg
+            .quic
+            .max_frame_bytes
+            .min(egresswatch_wire::limits::MAX_FRAME_BYTES),
     });
     let ingest_task = tokio::spawn(ingest.serve(context, stopped(stop_rx.clone())));
     let http_task = tokio::spawn(http.serve(fleet.clone(), stopped(stop_rx.clone())));
-    let retention = tokio::spawn(prune_loop(store.clone(), cfg.store.retention_days, stop_rx.clone()));
+    let retention = tokio::spawn(prune_loop(
+        store.clone(),
+        cfg.store.retention_days,
+        stop_rx.clone(),
+    ));
 
     shutdown_signal().await;
     info!("shutting down: no new agents, draining sessions");
@@ -154,12 +189,18 @@ async fn serve(cfg: Config) -> Result<()> {
         Ok(Ok(())) => {}
     }
     retention.abort();
-    tokio::task::spawn_blocking(move || store.close()).await.ok();
+    tokio::task::spawn_blocking(move || store.close())
+        .await
+        .ok();
     info!("stopped");
     Ok(())
 }
 
-async fn prune_loop(store: Arc<store::sqlite::SqliteStore>, retention_days: u32, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn prune_loop(
+    store: Arc<store::sqlite::SqliteStore>,
+    retention_days: u32,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     if retention_days == 0 {
         return;
     }
@@ -180,7 +221,10 @@ async fn prune_loop(store: Arc<store::sqlite::SqliteStore>, retention_days: u32,
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

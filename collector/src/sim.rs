@@ -5,7 +5,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use egresswatch_wire::frame::{body_len, decode_body};
 use egresswatch_wire::limits::{FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
 use egresswatch_wire::version::{ALPN, WIRE_MAJOR, WIRE_MINOR};
-use egresswatch_wire::{encode_frame, AgentMessage, Batch, ClockQuality, CollectorMessage, Family, Hello, Labels, Level, Outcome, PhaseTimings, ProbeResult};
+use egresswatch_wire::{
+    encode_frame, AgentMessage, Batch, ClockQuality, CollectorMessage, Family, Hello, Labels,
+    Level, Outcome, PhaseTimings, ProbeResult,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
@@ -25,15 +28,24 @@ impl Credentials {
     /// Reads `ca.pem` and an issued agent's `.crt`/`.key`.
     pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Credentials> {
         Ok(Credentials {
-            ca: CertificateDer::from_pem_file(ca).with_context(|| format!("reading {}", ca.display()))?,
-            chain: vec![CertificateDer::from_pem_file(cert).with_context(|| format!("reading {}", cert.display()))?],
-            key: Arc::new(PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?),
+            ca: CertificateDer::from_pem_file(ca)
+                .with_context(|| format!("reading {}", ca.display()))?,
+            chain: vec![CertificateDer::from_pem_file(cert)
+                .with_context(|| format!("reading {}", cert.display()))?],
+            key: Arc::new(
+                PrivateKeyDer::from_pem_file(key)
+                    .with_context(|| format!("reading {}", key.display()))?,
+            ),
         })
     }
 }
 
 /// Client options: what to present, and which ALPN to speak (tests try wrong ones).
-pub fn client_config(creds: Option<&Credentials>, ca: &CertificateDer<'static>, alpn: &[u8]) -> Result<quinn::ClientConfig> {
+pub fn client_config(
+    creds: Option<&Credentials>,
+    ca: &CertificateDer<'static>,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.clone())?;
@@ -63,10 +75,20 @@ pub struct SimAgent {
 
 impl SimAgent {
     /// Connects through `endpoint` (one client endpoint can carry many agents).
-    pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, config: quinn::ClientConfig) -> Result<SimAgent> {
-        let connection = endpoint.connect_with(config, addr, "egresswatch-collector")?.await?;
+    pub async fn connect(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        config: quinn::ClientConfig,
+    ) -> Result<SimAgent> {
+        let connection = endpoint
+            .connect_with(config, addr, "egresswatch-collector")?
+            .await?;
         let (send, recv) = connection.open_bi().await?;
-        Ok(SimAgent { connection, send, recv })
+        Ok(SimAgent {
+            connection,
+            send,
+            recv,
+        })
     }
 
     pub async fn send(&mut self, message: &AgentMessage) -> Result<()> {
@@ -82,10 +104,16 @@ impl SimAgent {
     /// Reads the collector's next message.
     pub async fn receive(&mut self) -> Result<CollectorMessage> {
         let mut header = [0u8; FRAME_HEADER_BYTES];
-        self.recv.read_exact(&mut header).await.map_err(|e| anyhow!("reading a frame header: {e}"))?;
+        self.recv
+            .read_exact(&mut header)
+            .await
+            .map_err(|e| anyhow!("reading a frame header: {e}"))?;
         let len = body_len(header, MAX_FRAME_BYTES)?;
         let mut body = vec![0u8; len];
-        self.recv.read_exact(&mut body).await.map_err(|e| anyhow!("reading a frame body: {e}"))?;
+        self.recv
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| anyhow!("reading a frame body: {e}"))?;
         Ok(decode_body(&body)?)
     }
 
@@ -133,9 +161,16 @@ pub fn result(seq: u64, at_unix_ms: i64) -> ProbeResult {
         port: PORTS[(seq % 5) as usize],
         family: Family::Ipv4,
         level: Level::Connect,
-        outcome: if seq % 5 == 0 { Outcome::Timeout } else { Outcome::Ok },
+        outcome: if seq % 5 == 0 {
+            Outcome::Timeout
+        } else {
+            Outcome::Ok
+        },
         address: Some("198.19.0.25".parse().expect("literal")),
-        timings: PhaseTimings { connect_us: Some(800 + (seq % 97) as u32 * 13), ..Default::default() },
+        timings: PhaseTimings {
+            connect_us: Some(800 + (seq % 97) as u32 * 13),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

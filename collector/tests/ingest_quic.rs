@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 struct Collector {
     child: Child,
     quic: SocketAddr,
-    dir: PathBuf,
 }
 
 impl Drop for Collector {
@@ -62,31 +61,71 @@ fn start(dir: &Path, quic_port: u16) -> Collector {
     }
     // Keep draining stdout so the collector never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Collector { child, quic: quic.expect("collector printed its QUIC address"), dir: dir.to_path_buf() }
+    Collector {
+        child,
+        quic: quic.expect("collector printed its QUIC address"),
+    }
 }
 
 fn issue(dir: &Path, id: &str) -> Credentials {
     let ca_dir = dir.join("data/ca");
     let out = dir.join("agents");
-    let status = Command::new(bin()).args(["ca", "issue", "--dir"]).arg(&ca_dir).arg(id).arg("--out").arg(&out).stdout(Stdio::null()).status().unwrap();
+    let status = Command::new(bin())
+        .args(["ca", "issue", "--dir"])
+        .arg(&ca_dir)
+        .arg(id)
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
     assert!(status.success());
-    Credentials::from_files(&ca_dir.join("ca.pem"), &out.join(format!("{id}.crt")), &out.join(format!("{id}.key"))).unwrap()
+    Credentials::from_files(
+        &ca_dir.join("ca.pem"),
+        &out.join(format!("{id}.crt")),
+        &out.join(format!("{id}.key")),
+    )
+    .unwrap()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 fn labels(provider: &str, account: &str) -> Labels {
-    Labels { provider: provider.into(), account: account.into(), region: "lab-1".into(), instance: "vm".into() }
+    Labels {
+        provider: provider.into(),
+        account: account.into(),
+        region: "lab-1".into(),
+        instance: "vm".into(),
+    }
 }
 
 fn client_endpoint() -> quinn::Endpoint {
     quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap()
 }
 
-async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr, creds: &Credentials) -> anyhow::Result<SimAgent> {
-    SimAgent::connect(endpoint, addr, sim::client_config(Some(creds), &creds.ca, sim::DEFAULT_ALPN)?).await
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    creds: &Credentials,
+) -> anyhow::Result<SimAgent> {
+    SimAgent::connect(
+        endpoint,
+        addr,
+        sim::client_config(Some(creds), &creds.ca, sim::DEFAULT_ALPN)?,
+    )
+    .await
 }
 
 fn store_count(dir: &Path, agent: &str) -> u64 {
-    SqliteStore::open(&dir.join("data/egresswatch.db")).unwrap().count_results(agent).unwrap()
+    SqliteStore::open(&dir.join("data/egresswatch.db"))
+        .unwrap()
+        .count_results(agent)
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,13 +137,17 @@ async fn every_result_stored_exactly_once_across_a_sigkill() {
     let endpoint = client_endpoint();
     const TOTAL: u64 = 3000;
     const BATCH: u64 = 100;
-    let now = 1_767_000_000_000i64;
+    // Measured now: the collector prunes results older than its retention at start.
+    let now = now_ms();
     let mut acked = 0u64;
     let mut killed = false;
     let mut reconnects = 0;
     let deadline = Instant::now() + Duration::from_secs(90);
     while acked < TOTAL {
-        assert!(Instant::now() < deadline, "gave up with {acked} of {TOTAL} acked");
+        assert!(
+            Instant::now() < deadline,
+            "gave up with {acked} of {TOTAL} acked"
+        );
         let mut agent = match connect(&endpoint, addr, &creds).await {
             Ok(a) => a,
             Err(_) => {
@@ -121,13 +164,19 @@ async fn every_result_stored_exactly_once_across_a_sigkill() {
         };
         assert_eq!(welcome.agent_id, "agent-kill");
         // The collector's high-water mark is the truth: an ack lost in the crash is not a loss.
-        assert!(welcome.acked_seq >= acked, "collector forgot acked results: {} < {acked}", welcome.acked_seq);
+        assert!(
+            welcome.acked_seq >= acked,
+            "collector forgot acked results: {} < {acked}",
+            welcome.acked_seq
+        );
         acked = welcome.acked_seq;
         // Resend the last acked batch too, as an agent unsure of its last ack would.
         let mut next = acked.saturating_sub(BATCH) + 1;
         while next <= TOTAL {
             let end = (next + BATCH - 1).min(TOTAL);
-            let results: Vec<_> = (next..=end).map(|s| sim::result(s, now + s as i64 * 100)).collect();
+            let results: Vec<_> = (next..=end)
+                .map(|s| sim::result(s, now + s as i64 * 100))
+                .collect();
             match agent.report(&results).await {
                 Ok(ack) => {
                     assert_eq!(ack.discarded, 0);
@@ -164,13 +213,20 @@ async fn replays_are_duplicates_and_identity_comes_from_the_certificate() {
         }
         other => panic!("{other:?}"),
     }
-    let batch: Vec<_> = (1..=20).map(|s| sim::result(s, 1_767_000_000_000 + s as i64)).collect();
+    let batch: Vec<_> = (1..=20)
+        .map(|s| sim::result(s, now_ms() + s as i64))
+        .collect();
     let ack = agent.report(&batch).await.unwrap();
     assert_eq!((ack.up_to_seq, ack.accepted, ack.duplicates), (20, 20, 0));
     let ack = agent.report(&batch).await.unwrap();
     assert_eq!((ack.up_to_seq, ack.accepted, ack.duplicates), (20, 0, 20));
     // A malformed batch (a result naming a series that is not there) is acked as discarded.
-    let mut bad = egresswatch_wire::Batch::pack(&[sim::result(21, 1)], egresswatch_wire::ClockQuality::Synchronised, 0).unwrap();
+    let mut bad = egresswatch_wire::Batch::pack(
+        &[sim::result(21, 1)],
+        egresswatch_wire::ClockQuality::Synchronised,
+        0,
+    )
+    .unwrap();
     bad.results[0].series = 9;
     agent.send(&AgentMessage::Batch(bad)).await.unwrap();
     match agent.receive().await.unwrap() {
@@ -201,9 +257,14 @@ async fn bad_clients_are_rejected_while_a_good_agent_keeps_reporting() {
         let good = good.clone();
         tokio::spawn(async move {
             let mut agent = connect(&endpoint, addr, &good).await.unwrap();
-            assert!(matches!(agent.hello(labels("azure", "s1")).await.unwrap(), CollectorMessage::Welcome(_)));
+            assert!(matches!(
+                agent.hello(labels("azure", "s1")).await.unwrap(),
+                CollectorMessage::Welcome(_)
+            ));
             for b in 0..30u64 {
-                let results: Vec<_> = (b * 10 + 1..=b * 10 + 10).map(|s| sim::result(s, 1_767_000_000_000 + s as i64)).collect();
+                let results: Vec<_> = (b * 10 + 1..=b * 10 + 10)
+                    .map(|s| sim::result(s, now_ms() + s as i64))
+                    .collect();
                 let ack = agent.report(&results).await.unwrap();
                 assert_eq!(ack.accepted, 10);
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -219,30 +280,53 @@ async fn bad_clients_are_rejected_while_a_good_agent_keeps_reporting() {
         a.hello(labels("x", "y")).await
     }
     .await;
-    assert!(outcome.is_err(), "a client without a certificate was answered: {outcome:?}");
+    assert!(
+        outcome.is_err(),
+        "a client without a certificate was answered: {outcome:?}"
+    );
 
     // A certificate from another CA.
     let other = tempfile::tempdir().unwrap();
     egresswatch_collector::ca::init(&other.path().join("ca")).unwrap();
-    let stranger = egresswatch_collector::ca::issue_to_files(&other.path().join("ca"), "stranger", None).unwrap();
-    let stranger = Credentials::from_files(&good.ca_path_for_test(tmp.path()), &stranger.cert, &stranger.key).unwrap();
+    let stranger =
+        egresswatch_collector::ca::issue_to_files(&other.path().join("ca"), "stranger", None)
+            .unwrap();
+    let stranger = Credentials::from_files(
+        &good.ca_path_for_test(tmp.path()),
+        &stranger.cert,
+        &stranger.key,
+    )
+    .unwrap();
     let outcome = async {
         let mut a = connect(&endpoint, addr, &stranger).await?;
         a.hello(labels("x", "y")).await
     }
     .await;
-    assert!(outcome.is_err(), "a certificate from another CA was answered");
+    assert!(
+        outcome.is_err(),
+        "a certificate from another CA was answered"
+    );
 
     // Wrong ALPN.
     let wrong_alpn = sim::client_config(Some(&bad), &bad.ca, b"smtp").unwrap();
-    assert!(SimAgent::connect(&endpoint, addr, wrong_alpn).await.is_err());
+    assert!(SimAgent::connect(&endpoint, addr, wrong_alpn)
+        .await
+        .is_err());
 
     // Garbage bytes instead of a frame, and an oversized frame header.
-    for bytes in [b"\x00\x00\x00\x05garbage!!".to_vec(), vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3]] {
+    for bytes in [
+        b"\x00\x00\x00\x05garbage!!".to_vec(),
+        vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+    ] {
         let mut a = connect(&endpoint, addr, &bad).await.unwrap();
         a.send_raw(&bytes).await.unwrap();
-        let closed = tokio::time::timeout(Duration::from_secs(5), a.connection.closed()).await.expect("closed by the collector");
-        assert!(matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == quinn::VarInt::from_u32(1)), "{closed:?}");
+        let closed = tokio::time::timeout(Duration::from_secs(5), a.connection.closed())
+            .await
+            .expect("closed by the collector");
+        assert!(
+            matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == quinn::VarInt::from_u32(1)),
+            "{closed:?}"
+        );
     }
 
     // A newer major version is refused with a reason.
@@ -256,7 +340,9 @@ async fn bad_clients_are_rejected_while_a_good_agent_keeps_reporting() {
     frame.extend(body);
     a.send_raw(&frame).await.unwrap();
     match a.receive().await.unwrap() {
-        CollectorMessage::Refusal(r) => assert!(r.reason.contains("major version 9"), "{}", r.reason),
+        CollectorMessage::Refusal(r) => {
+            assert!(r.reason.contains("major version 9"), "{}", r.reason)
+        }
         other => panic!("{other:?}"),
     }
 

@@ -91,16 +91,25 @@ impl Ingest {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(|e| CollectorError::io(format!("QUIC endpoint on {}", config.listen), e))?;
-        Ok(Ingest { endpoint, config: config.clone() })
+        Ok(Ingest {
+            endpoint,
+            config: config.clone(),
+        })
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, CollectorError> {
-        self.endpoint.local_addr().map_err(|e| CollectorError::io("QUIC local address", e))
+        self.endpoint
+            .local_addr()
+            .map_err(|e| CollectorError::io("QUIC local address", e))
     }
 
     /// Accepts agents until `shutdown` resolves; then stops accepting, lets sessions finish their
     /// current batch (bounded wait), and closes.
-    pub async fn serve(self, context: Arc<IngestContext>, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn serve(
+        self,
+        context: Arc<IngestContext>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         let connections = Arc::new(Semaphore::new(self.config.max_connections));
         let handshakes = Arc::new(Semaphore::new(self.config.max_handshakes));
         let mut sessions = tokio::task::JoinSet::new();
@@ -153,18 +162,27 @@ impl Ingest {
         info!(sessions = sessions.len(), "ingest stopping");
         let drain = async { while sessions.join_next().await.is_some() {} };
         let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-        self.endpoint.close(session::CLOSE_SHUTDOWN, b"collector shutting down");
+        self.endpoint
+            .close(session::CLOSE_SHUTDOWN, b"collector shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }
 
-fn server_config(config: &QuicConfig, authority: &Authority) -> Result<quinn::ServerConfig, CollectorError> {
+fn server_config(
+    config: &QuicConfig,
+    authority: &Authority,
+) -> Result<quinn::ServerConfig, CollectorError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(authority.cert_der()?).map_err(|e| CollectorError::Tls(format!("fleet CA: {e}")))?;
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| CollectorError::Tls(format!("client verifier: {e}")))?;
+    roots
+        .add(authority.cert_der()?)
+        .map_err(|e| CollectorError::Tls(format!("fleet CA: {e}")))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| CollectorError::Tls(format!("client verifier: {e}")))?;
     let (cert, key) = authority.issue_server(&config.server_names)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -173,11 +191,15 @@ fn server_config(config: &QuicConfig, authority: &Authority) -> Result<quinn::Se
         .with_single_cert(vec![cert], key)
         .map_err(|e| CollectorError::Tls(format!("server certificate: {e}")))?;
     tls.alpn_protocols = vec![egresswatch_wire::version::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| CollectorError::Tls(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| CollectorError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(Duration::from_secs(config.idle_timeout_secs.max(1)))
-        .map_err(|e| CollectorError::Config { path: "quic.idle_timeout_secs".into(), reason: e.to_string() })?;
+        .map_err(|e| CollectorError::Config {
+        path: "quic.idle_timeout_secs".into(),
+        reason: e.to_string(),
+    })?;
     transport.max_idle_timeout(Some(idle));
     // One report stream per agent; a few spare for reconnect overlap.
     transport.max_concurrent_bidi_streams(4u32.into());
@@ -194,16 +216,21 @@ fn udp_socket(config: &QuicConfig) -> Result<std::net::UdpSocket, CollectorError
     use socket2::{Domain, Protocol, Socket, Type};
     let addr = config.listen;
     let io = |what: &str, e| CollectorError::io(format!("{what} for QUIC on {addr}"), e);
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(|e| io("UDP socket", e))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(|e| io("UDP socket", e))?;
     if addr.is_ipv6() {
         // [::]:port takes IPv4 too.
         let _ = socket.set_only_v6(false);
     }
     if let Some(bytes) = config.udp_recv_buffer_bytes {
-        socket.set_recv_buffer_size(bytes).map_err(|e| io("SO_RCVBUF", e))?;
+        socket
+            .set_recv_buffer_size(bytes)
+            .map_err(|e| io("SO_RCVBUF", e))?;
     }
     if let Some(bytes) = config.udp_send_buffer_bytes {
-        socket.set_send_buffer_size(bytes).map_err(|e| io("SO_SNDBUF", e))?;
+        socket
+            .set_send_buffer_size(bytes)
+            .map_err(|e| io("SO_SNDBUF", e))?;
     }
     socket.bind(&addr.into()).map_err(|e| io("binding", e))?;
     Ok(socket.into())

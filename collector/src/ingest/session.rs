@@ -11,7 +11,10 @@ use crate::pipeline::AgentMeta;
 use egresswatch_wire::frame::{body_len, decode_body};
 use egresswatch_wire::limits::FRAME_HEADER_BYTES;
 use egresswatch_wire::version::{WIRE_MAJOR, WIRE_MINOR};
-use egresswatch_wire::{encode_frame, Ack, AgentMessage, Batch, ClockQuality, CollectorMessage, Refusal, WireError, Welcome};
+use egresswatch_wire::{
+    encode_frame, Ack, AgentMessage, Batch, ClockQuality, CollectorMessage, Refusal, Welcome,
+    WireError,
+};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
@@ -38,7 +41,10 @@ enum End {
 }
 
 fn now_unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Runs one connection to its end.
@@ -77,7 +83,9 @@ pub async fn run(connection: quinn::Connection, context: Arc<IngestContext>) {
             connection.close(CLOSE_SHUTDOWN, b"store unavailable, resend later");
         }
     }
-    context.observer.agent_disconnected(&agent_id, now_unix_ms());
+    context
+        .observer
+        .agent_disconnected(&agent_id, now_unix_ms());
 }
 
 fn truncate(reason: &str) -> String {
@@ -88,19 +96,30 @@ fn truncate(reason: &str) -> String {
 fn identity(connection: &quinn::Connection) -> Result<String, String> {
     let certs = connection
         .peer_identity()
-        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
         .ok_or_else(|| "no client certificate".to_string())?;
-    let leaf = certs.first().ok_or_else(|| "empty client certificate chain".to_string())?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| "empty client certificate chain".to_string())?;
     crate::ca::agent_id_from_cert(leaf).map_err(|e| e.to_string())
 }
 
 async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestContext) -> End {
-    let (mut send, mut recv) = match tokio::time::timeout(HELLO_DEADLINE, connection.accept_bi()).await {
-        Err(_) => return End::Protocol("no stream opened within 10 s".into()),
-        Ok(Err(e)) => return End::Transport(e.to_string()),
-        Ok(Ok(streams)) => streams,
-    };
-    let first = match tokio::time::timeout(HELLO_DEADLINE, read_message(&mut recv, context.max_frame_bytes)).await {
+    let (mut send, mut recv) =
+        match tokio::time::timeout(HELLO_DEADLINE, connection.accept_bi()).await {
+            Err(_) => return End::Protocol("no stream opened within 10 s".into()),
+            Ok(Err(e)) => return End::Transport(e.to_string()),
+            Ok(Ok(streams)) => streams,
+        };
+    let first = match tokio::time::timeout(
+        HELLO_DEADLINE,
+        read_message(&mut recv, context.max_frame_bytes),
+    )
+    .await
+    {
         Err(_) => return End::Protocol("no hello within 10 s".into()),
         Ok(Ok(Some(m))) => m,
         Ok(Ok(None)) => return End::Clean,
@@ -116,7 +135,10 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
         other => return End::Protocol(format!("expected a hello, got {}", kind_name(&other))),
     };
     if hello.wire_major != WIRE_MAJOR {
-        let reason = format!("wire major version {} is not supported; this collector speaks {WIRE_MAJOR}", hello.wire_major);
+        let reason = format!(
+            "wire major version {} is not supported; this collector speaks {WIRE_MAJOR}",
+            hello.wire_major
+        );
         refuse(&mut send, &reason, 0).await;
         return End::Refused(reason);
     }
@@ -133,7 +155,11 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
             return End::Refused(reason);
         }
     };
-    let agent = AgentMeta { agent_id: agent_id.to_string(), labels, agent_version: hello.agent_version.clone() };
+    let agent = AgentMeta {
+        agent_id: agent_id.to_string(),
+        labels,
+        agent_version: hello.agent_version.clone(),
+    };
     let store = context.store.clone();
     let upsert = {
         let agent = agent.clone();
@@ -175,14 +201,21 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
                     return end;
                 }
             }
-            AgentMessage::Hello(_) => return End::Protocol("a second hello on the same session".into()),
+            AgentMessage::Hello(_) => {
+                return End::Protocol("a second hello on the same session".into())
+            }
             // A newer agent's message we do not know: skipped, the session goes on.
             AgentMessage::Unknown(kind) => debug!(kind, "ignoring a message of unknown kind"),
         }
     }
 }
 
-async fn handle_batch(agent: &AgentMeta, batch: Batch, high_water: &mut u64, context: &IngestContext) -> Result<Ack, End> {
+async fn handle_batch(
+    agent: &AgentMeta,
+    batch: Batch,
+    high_water: &mut u64,
+    context: &IngestContext,
+) -> Result<Ack, End> {
     context.counters.batches.inc();
     let count = batch.results.len() as u32;
     let results = match batch.unpack() {
@@ -191,36 +224,65 @@ async fn handle_batch(agent: &AgentMeta, batch: Batch, high_water: &mut u64, con
             // Accepted off the wire but unusable: said so in the ack, never a silent success.
             context.counters.decode_errors.inc();
             warn!("discarding a batch of {count}: {e}");
-            return Ok(Ack { up_to_seq: *high_water, accepted: 0, duplicates: 0, discarded: count, reason: e.to_string() });
+            return Ok(Ack {
+                up_to_seq: *high_water,
+                accepted: 0,
+                duplicates: 0,
+                discarded: count,
+                reason: e.to_string(),
+            });
         }
     };
     let clock_trusted = batch.clock != ClockQuality::Unsynchronised;
     let store = context.store.clone();
     let agent_id = agent.agent_id.clone();
     let now = now_unix_ms();
-    let inserted = tokio::task::spawn_blocking(move || store.insert_results(&agent_id, results, clock_trusted, now)).await;
+    let inserted = tokio::task::spawn_blocking(move || {
+        store.insert_results(&agent_id, results, clock_trusted, now)
+    })
+    .await;
     let (report, fresh) = match inserted {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => return Err(End::Unavailable(e.to_string())),
         Err(e) => return Err(End::Unavailable(e.to_string())),
     };
     context.counters.results.inc_by(u64::from(report.accepted));
-    context.counters.duplicates.inc_by(u64::from(report.duplicates));
+    context
+        .counters
+        .duplicates
+        .inc_by(u64::from(report.duplicates));
     *high_water = report.high_water;
     if !fresh.is_empty() {
-        context.observer.results_stored(agent, &fresh, clock_trusted, now);
+        context
+            .observer
+            .results_stored(agent, &fresh, clock_trusted, now);
     }
     let reason = if batch.dropped_before > 0 {
-        warn!(dropped = batch.dropped_before, "the agent's spool dropped results before seq {}", batch.first_seq);
-        format!("noted: {} results dropped by the agent's spool before seq {}", batch.dropped_before, batch.first_seq)
+        warn!(
+            dropped = batch.dropped_before,
+            "the agent's spool dropped results before seq {}", batch.first_seq
+        );
+        format!(
+            "noted: {} results dropped by the agent's spool before seq {}",
+            batch.dropped_before, batch.first_seq
+        )
     } else {
         String::new()
     };
-    Ok(Ack { up_to_seq: report.high_water, accepted: report.accepted, duplicates: report.duplicates, discarded: 0, reason })
+    Ok(Ack {
+        up_to_seq: report.high_water,
+        accepted: report.accepted,
+        duplicates: report.duplicates,
+        discarded: 0,
+        reason,
+    })
 }
 
 async fn refuse(send: &mut quinn::SendStream, reason: &str, retry_after_s: u32) {
-    let refusal = CollectorMessage::Refusal(Refusal { reason: reason.to_string(), retry_after_s });
+    let refusal = CollectorMessage::Refusal(Refusal {
+        reason: reason.to_string(),
+        retry_after_s,
+    });
     let _ = write_message(send, &refusal).await;
     let _ = send.finish();
 }
@@ -240,15 +302,23 @@ impl ReadFailure {
 }
 
 /// Reads one frame and decodes it. `Ok(None)` when the agent finished its stream cleanly.
-async fn read_message(recv: &mut quinn::RecvStream, limit: usize) -> Result<Option<AgentMessage>, ReadFailure> {
+async fn read_message(
+    recv: &mut quinn::RecvStream,
+    limit: usize,
+) -> Result<Option<AgentMessage>, ReadFailure> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(quinn::ReadExactError::FinishedEarly(n)) => {
-            return Err(ReadFailure::Wire(WireError::Malformed { what: "frame", reason: format!("stream ended inside a header ({n} bytes)") }))
+            return Err(ReadFailure::Wire(WireError::Malformed {
+                what: "frame",
+                reason: format!("stream ended inside a header ({n} bytes)"),
+            }))
         }
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(ReadFailure::Transport(e.to_string())),
+        Err(quinn::ReadExactError::ReadError(e)) => {
+            return Err(ReadFailure::Transport(e.to_string()))
+        }
     }
     // The cap is checked before a single body byte is buffered.
     let len = body_len(header, limit).map_err(ReadFailure::Wire)?;
@@ -256,16 +326,29 @@ async fn read_message(recv: &mut quinn::RecvStream, limit: usize) -> Result<Opti
     match recv.read_exact(&mut body).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(n)) => {
-            return Err(ReadFailure::Wire(WireError::Malformed { what: "frame", reason: format!("stream ended after {n} of {len} body bytes") }))
+            return Err(ReadFailure::Wire(WireError::Malformed {
+                what: "frame",
+                reason: format!("stream ended after {n} of {len} body bytes"),
+            }))
         }
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(ReadFailure::Transport(e.to_string())),
+        Err(quinn::ReadExactError::ReadError(e)) => {
+            return Err(ReadFailure::Transport(e.to_string()))
+        }
     }
-    decode_body::<AgentMessage>(&body).map(Some).map_err(ReadFailure::Wire)
+    decode_body::<AgentMessage>(&body)
+        .map(Some)
+        .map_err(ReadFailure::Wire)
 }
 
-async fn write_message(send: &mut quinn::SendStream, message: &CollectorMessage) -> Result<(), End> {
-    let frame = encode_frame(message, egresswatch_wire::limits::MAX_FRAME_BYTES).map_err(|e| End::Protocol(e.to_string()))?;
-    send.write_all(&frame).await.map_err(|e| End::Transport(e.to_string()))
+async fn write_message(
+    send: &mut quinn::SendStream,
+    message: &CollectorMessage,
+) -> Result<(), End> {
+    let frame = encode_frame(message, egresswatch_wire::limits::MAX_FRAME_BYTES)
+        .map_err(|e| End::Protocol(e.to_string()))?;
+    send.write_all(&frame)
+        .await
+        .map_err(|e| End::Transport(e.to_string()))
 }
 
 fn kind_name(message: &AgentMessage) -> &'static str {

@@ -26,7 +26,10 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { path: PathBuf::from("egresswatch.db"), retention_days: 30 }
+        StoreConfig {
+            path: PathBuf::from("egresswatch.db"),
+            retention_days: 30,
+        }
     }
 }
 
@@ -54,9 +57,16 @@ pub trait Store: Send + Sync + 'static {
         now_unix_ms: i64,
     ) -> Result<(InsertReport, Vec<ProbeResult>), CollectorError>;
     /// The freshest result per (agent, target, port, family) measured since `since_unix_ms`.
-    fn latest_per_series(&self, since_unix_ms: i64) -> Result<Vec<(AgentMeta, ProbeResult)>, CollectorError>;
+    fn latest_per_series(
+        &self,
+        since_unix_ms: i64,
+    ) -> Result<Vec<(AgentMeta, ProbeResult)>, CollectorError>;
     /// An agent's latest results, newest first.
-    fn recent_results(&self, agent_id: &str, limit: usize) -> Result<Vec<ProbeResult>, CollectorError>;
+    fn recent_results(
+        &self,
+        agent_id: &str,
+        limit: usize,
+    ) -> Result<Vec<ProbeResult>, CollectorError>;
     /// Every agent ever seen, with when it was last seen.
     fn agents(&self) -> Result<Vec<(AgentMeta, i64)>, CollectorError>;
     /// Count of stored results of one agent (tests and the soak check exactly-once with it).
@@ -70,7 +80,11 @@ pub trait Store: Send + Sync + 'static {
 
 /// The HTTP layer reads history through its own small trait; the store answers it.
 impl crate::http::History for sqlite::SqliteStore {
-    fn recent_results(&self, agent_id: &str, limit: usize) -> Result<Vec<ProbeResult>, CollectorError> {
+    fn recent_results(
+        &self,
+        agent_id: &str,
+        limit: usize,
+    ) -> Result<Vec<ProbeResult>, CollectorError> {
         Store::recent_results(self, agent_id, limit)
     }
     fn append_event(&self, at_unix_ms: i64, json: &str) -> Result<i64, CollectorError> {

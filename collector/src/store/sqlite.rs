@@ -46,10 +46,14 @@ pub struct SqliteStore {
 }
 
 fn open(path: &Path) -> Result<Connection, CollectorError> {
-    let conn = Connection::open(path).map_err(|e| db_err(&format!("opening {}", path.display()), e))?;
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| db_err("journal_mode=WAL", e))?;
-    conn.pragma_update(None, "synchronous", "FULL").map_err(|e| db_err("synchronous=FULL", e))?;
-    conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(|e| db_err("busy_timeout", e))?;
+    let conn =
+        Connection::open(path).map_err(|e| db_err(&format!("opening {}", path.display()), e))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| db_err("journal_mode=WAL", e))?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| db_err("synchronous=FULL", e))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .map_err(|e| db_err("busy_timeout", e))?;
     Ok(conn)
 }
 
@@ -82,14 +86,19 @@ CREATE TABLE IF NOT EXISTS events (
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, CollectorError> {
         let conn = open(path)?;
-        conn.execute_batch(SCHEMA).map_err(|e| db_err("creating the schema", e))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| db_err("creating the schema", e))?;
         let writer_conn = open(path)?;
         let (tx, rx) = mpsc::sync_channel::<InsertRequest>(1024);
         let handle = thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer_loop(writer_conn, rx))
             .map_err(|e| CollectorError::io("starting the store writer", e))?;
-        Ok(SqliteStore { writer: Mutex::new(Some(tx)), writer_thread: Mutex::new(Some(handle)), conn: Mutex::new(conn) })
+        Ok(SqliteStore {
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(handle)),
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -99,7 +108,12 @@ impl SqliteStore {
     /// Finishes pending writes and stops the writer (graceful shutdown).
     pub fn close(&self) {
         self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = self.writer_thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(handle) = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             let _ = handle.join();
         }
     }
@@ -132,7 +146,9 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<InsertRequest>) {
                 // so (its agent resends), and cached marks are reloaded from the database.
                 high_water.clear();
                 for request in group {
-                    let _ = request.reply.send(Err(CollectorError::Store(e.to_string())));
+                    let _ = request
+                        .reply
+                        .send(Err(CollectorError::Store(e.to_string())));
                 }
             }
         }
@@ -170,13 +186,20 @@ fn commit_group(
             let mark = match marks.get(agent).or_else(|| high_water.get(agent)) {
                 Some(m) => *m,
                 None => tx
-                    .query_row("SELECT high_water FROM agents WHERE id = ?1", [agent], |row| row.get::<_, i64>(0))
+                    .query_row(
+                        "SELECT high_water FROM agents WHERE id = ?1",
+                        [agent],
+                        |row| row.get::<_, i64>(0),
+                    )
                     .optional()
                     .map_err(|e| db_err("reading the high-water mark", e))?
                     .map(|v| v as u64)
                     .unwrap_or(0),
             };
-            let mut report = InsertReport { high_water: mark, ..Default::default() };
+            let mut report = InsertReport {
+                high_water: mark,
+                ..Default::default()
+            };
             let mut fresh = Vec::new();
             // Freshest result per series of this request, for the `latest` table.
             let mut newest: HashMap<(&str, u16, u8), usize> = HashMap::new();
@@ -185,7 +208,8 @@ fn commit_group(
                     report.duplicates += 1;
                     continue;
                 }
-                let record = rmp_serde::to_vec(result).map_err(|e| db_err("encoding a result", e))?;
+                let record =
+                    rmp_serde::to_vec(result).map_err(|e| db_err("encoding a result", e))?;
                 let changed = insert
                     .execute(params![
                         agent,
@@ -206,14 +230,26 @@ fn commit_group(
                 }
                 report.accepted += 1;
                 report.high_water = report.high_water.max(result.seq);
-                newest.insert((result.target.as_str(), result.port, result.family.code()), fresh.len());
+                newest.insert(
+                    (result.target.as_str(), result.port, result.family.code()),
+                    fresh.len(),
+                );
                 fresh.push(result.clone());
             }
             for ((target, port, family), index) in newest {
                 let result = &fresh[index];
-                let record = rmp_serde::to_vec(result).map_err(|e| db_err("encoding a result", e))?;
+                let record =
+                    rmp_serde::to_vec(result).map_err(|e| db_err("encoding a result", e))?;
                 latest
-                    .execute(params![agent, target, port, family, result.seq as i64, result.at_unix_ms, record])
+                    .execute(params![
+                        agent,
+                        target,
+                        port,
+                        family,
+                        result.seq as i64,
+                        result.at_unix_ms,
+                        record
+                    ])
                     .map_err(|e| db_err("updating latest", e))?;
             }
             if report.high_water > mark {
@@ -263,7 +299,11 @@ impl Store for SqliteStore {
         )
         .map_err(|e| db_err("recording the agent", e))?;
         let mark: i64 = conn
-            .query_row("SELECT high_water FROM agents WHERE id = ?1", [&agent.agent_id], |row| row.get(0))
+            .query_row(
+                "SELECT high_water FROM agents WHERE id = ?1",
+                [&agent.agent_id],
+                |row| row.get(0),
+            )
             .map_err(|e| db_err("reading the high-water mark", e))?;
         Ok(mark as u64)
     }
@@ -276,14 +316,31 @@ impl Store for SqliteStore {
         now_unix_ms: i64,
     ) -> Result<(InsertReport, Vec<ProbeResult>), CollectorError> {
         let (reply, answer) = mpsc::sync_channel(1);
-        let request = InsertRequest { agent_id: agent_id.to_string(), results, clock_trusted, now_unix_ms, reply };
-        let sender = self.writer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let request = InsertRequest {
+            agent_id: agent_id.to_string(),
+            results,
+            clock_trusted,
+            now_unix_ms,
+            reply,
+        };
+        let sender = self
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let sender = sender.ok_or_else(|| CollectorError::Store("the store is closed".into()))?;
-        sender.send(request).map_err(|_| CollectorError::Store("the store writer has stopped".into()))?;
-        answer.recv().map_err(|_| CollectorError::Store("the store writer has stopped".into()))?
+        sender
+            .send(request)
+            .map_err(|_| CollectorError::Store("the store writer has stopped".into()))?;
+        answer
+            .recv()
+            .map_err(|_| CollectorError::Store("the store writer has stopped".into()))?
     }
 
-    fn latest_per_series(&self, since_unix_ms: i64) -> Result<Vec<(AgentMeta, ProbeResult)>, CollectorError> {
+    fn latest_per_series(
+        &self,
+        since_unix_ms: i64,
+    ) -> Result<Vec<(AgentMeta, ProbeResult)>, CollectorError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
@@ -292,7 +349,9 @@ impl Store for SqliteStore {
             )
             .map_err(|e| db_err("prepare latest", e))?;
         let rows = stmt
-            .query_map([since_unix_ms], |row| Ok((meta_from_row(row, 0)?, row.get::<_, Vec<u8>>(6)?)))
+            .query_map([since_unix_ms], |row| {
+                Ok((meta_from_row(row, 0)?, row.get::<_, Vec<u8>>(6)?))
+            })
             .map_err(|e| db_err("query latest", e))?;
         let mut out = Vec::new();
         for row in rows {
@@ -302,15 +361,27 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn recent_results(&self, agent_id: &str, limit: usize) -> Result<Vec<ProbeResult>, CollectorError> {
+    fn recent_results(
+        &self,
+        agent_id: &str,
+        limit: usize,
+    ) -> Result<Vec<ProbeResult>, CollectorError> {
         let conn = self.conn();
         let mut stmt = conn
-            .prepare_cached("SELECT record FROM results WHERE agent = ?1 ORDER BY seq DESC LIMIT ?2")
+            .prepare_cached(
+                "SELECT record FROM results WHERE agent = ?1 ORDER BY seq DESC LIMIT ?2",
+            )
             .map_err(|e| db_err("prepare recent", e))?;
         let rows = stmt
-            .query_map(params![agent_id, limit as i64], |row| row.get::<_, Vec<u8>>(0))
+            .query_map(params![agent_id, limit as i64], |row| {
+                row.get::<_, Vec<u8>>(0)
+            })
             .map_err(|e| db_err("query recent", e))?;
-        rows.map(|r| r.map_err(|e| db_err("reading recent", e)).and_then(|b| decode(&b))).collect()
+        rows.map(|r| {
+            r.map_err(|e| db_err("reading recent", e))
+                .and_then(|b| decode(&b))
+        })
+        .collect()
     }
 
     fn agents(&self) -> Result<Vec<(AgentMeta, i64)>, CollectorError> {
@@ -319,23 +390,33 @@ impl Store for SqliteStore {
             .prepare("SELECT id, provider, account, region, instance, version, last_seen_ms FROM agents ORDER BY id")
             .map_err(|e| db_err("prepare agents", e))?;
         let rows = stmt
-            .query_map([], |row| Ok((meta_from_row(row, 0)?, row.get::<_, i64>(6)?)))
+            .query_map([], |row| {
+                Ok((meta_from_row(row, 0)?, row.get::<_, i64>(6)?))
+            })
             .map_err(|e| db_err("query agents", e))?;
-        rows.map(|r| r.map_err(|e| db_err("reading agents", e))).collect()
+        rows.map(|r| r.map_err(|e| db_err("reading agents", e)))
+            .collect()
     }
 
     fn count_results(&self, agent_id: &str) -> Result<u64, CollectorError> {
         let conn = self.conn();
         let n: i64 = conn
-            .query_row("SELECT COUNT(*) FROM results WHERE agent = ?1", [agent_id], |row| row.get(0))
+            .query_row(
+                "SELECT COUNT(*) FROM results WHERE agent = ?1",
+                [agent_id],
+                |row| row.get(0),
+            )
             .map_err(|e| db_err("counting results", e))?;
         Ok(n as u64)
     }
 
     fn append_event(&self, at_unix_ms: i64, json: &str) -> Result<i64, CollectorError> {
         let conn = self.conn();
-        conn.execute("INSERT INTO events (at_ms, json) VALUES (?1, ?2)", params![at_unix_ms, json])
-            .map_err(|e| db_err("storing an event", e))?;
+        conn.execute(
+            "INSERT INTO events (at_ms, json) VALUES (?1, ?2)",
+            params![at_unix_ms, json],
+        )
+        .map_err(|e| db_err("storing an event", e))?;
         Ok(conn.last_insert_rowid())
     }
 
@@ -344,13 +425,17 @@ impl Store for SqliteStore {
         let mut stmt = conn
             .prepare_cached("SELECT json FROM events ORDER BY id DESC LIMIT ?1")
             .map_err(|e| db_err("prepare events", e))?;
-        let rows = stmt.query_map([limit as i64], |row| row.get::<_, String>(0)).map_err(|e| db_err("query events", e))?;
-        rows.map(|r| r.map_err(|e| db_err("reading events", e))).collect()
+        let rows = stmt
+            .query_map([limit as i64], |row| row.get::<_, String>(0))
+            .map_err(|e| db_err("query events", e))?;
+        rows.map(|r| r.map_err(|e| db_err("reading events", e)))
+            .collect()
     }
 
     fn prune(&self, before_unix_ms: i64) -> Result<usize, CollectorError> {
         let conn = self.conn();
-        conn.execute("DELETE FROM results WHERE at_ms < ?1", [before_unix_ms]).map_err(|e| db_err("pruning results", e))
+        conn.execute("DELETE FROM results WHERE at_ms < ?1", [before_unix_ms])
+            .map_err(|e| db_err("pruning results", e))
     }
 }
 
@@ -360,11 +445,26 @@ mod tests {
     use egresswatch_wire::{Family, Outcome};
 
     fn result(seq: u64, port: u16, at: i64) -> ProbeResult {
-        ProbeResult { seq, at_unix_ms: at, target: "mx".into(), port, family: Family::Ipv4, outcome: Outcome::Ok, ..Default::default() }
+        ProbeResult {
+            seq,
+            at_unix_ms: at,
+            target: "mx".into(),
+            port,
+            family: Family::Ipv4,
+            outcome: Outcome::Ok,
+            ..Default::default()
+        }
     }
 
     fn meta(id: &str) -> AgentMeta {
-        AgentMeta { agent_id: id.into(), labels: Labels { provider: "aws".into(), ..Default::default() }, agent_version: "t".into() }
+        AgentMeta {
+            agent_id: id.into(),
+            labels: Labels {
+                provider: "aws".into(),
+                ..Default::default()
+            },
+            agent_version: "t".into(),
+        }
     }
 
     #[test]
@@ -374,19 +474,49 @@ mod tests {
         {
             let store = SqliteStore::open(&path).unwrap();
             assert_eq!(store.upsert_agent(&meta("a1"), 1).unwrap(), 0);
-            let (r, fresh) = store.insert_results("a1", (1..=10).map(|s| result(s, 25, s as i64)).collect(), true, 5).unwrap();
-            assert_eq!((r.accepted, r.duplicates, r.high_water, fresh.len()), (10, 0, 10, 10));
+            let (r, fresh) = store
+                .insert_results(
+                    "a1",
+                    (1..=10).map(|s| result(s, 25, s as i64)).collect(),
+                    true,
+                    5,
+                )
+                .unwrap();
+            assert_eq!(
+                (r.accepted, r.duplicates, r.high_water, fresh.len()),
+                (10, 0, 10, 10)
+            );
             // A replay overlapping the stored range: only the new ones count.
-            let (r, fresh) = store.insert_results("a1", (8..=12).map(|s| result(s, 587, s as i64)).collect(), true, 6).unwrap();
-            assert_eq!((r.accepted, r.duplicates, r.high_water, fresh.len()), (2, 3, 12, 2));
+            let (r, fresh) = store
+                .insert_results(
+                    "a1",
+                    (8..=12).map(|s| result(s, 587, s as i64)).collect(),
+                    true,
+                    6,
+                )
+                .unwrap();
+            assert_eq!(
+                (r.accepted, r.duplicates, r.high_water, fresh.len()),
+                (2, 3, 12, 2)
+            );
         }
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.upsert_agent(&meta("a1"), 7).unwrap(), 12);
         assert_eq!(store.count_results("a1").unwrap(), 12);
         let latest = store.latest_per_series(0).unwrap();
         assert_eq!(latest.len(), 2);
-        assert!(latest.iter().any(|(m, r)| m.agent_id == "a1" && r.port == 587 && r.seq == 12));
-        assert_eq!(store.recent_results("a1", 3).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>(), vec![12, 11, 10]);
+        assert!(latest
+            .iter()
+            .any(|(m, r)| m.agent_id == "a1" && r.port == 587 && r.seq == 12));
+        assert_eq!(
+            store
+                .recent_results("a1", 3)
+                .unwrap()
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>(),
+            vec![12, 11, 10]
+        );
         let id = store.append_event(1, "{\"kind\":\"x\"}").unwrap();
         store.append_event(2, "{\"kind\":\"y\"}").unwrap();
         assert!(id > 0);
@@ -406,7 +536,9 @@ mod tests {
                 let id = format!("agent-{a}");
                 store.upsert_agent(&meta(&id), 0).unwrap();
                 for batch in 0..20u64 {
-                    let rs: Vec<_> = (batch * 10 + 1..=batch * 10 + 10).map(|s| result(s, 25, s as i64)).collect();
+                    let rs: Vec<_> = (batch * 10 + 1..=batch * 10 + 10)
+                        .map(|s| result(s, 25, s as i64))
+                        .collect();
                     store.insert_results(&id, rs.clone(), true, 0).unwrap();
                     // Every batch is sent twice, as after a lost ack.
                     let (r, _) = store.insert_results(&id, rs, true, 0).unwrap();
