@@ -293,6 +293,29 @@ check second_run_changes_nothing second_run
 check_mode() { play unchanged "$WORK/logs/check.out" --check --diff; }
 check check_diff_mode_clean_on_deployed_hosts check_mode
 
+# A changed variable shows as a diff in check mode and notifies the handler, which check mode
+# skips; applied for real, the handler runs; applied back, the host is as before.
+handler_on_change() {
+    local conf="$WORK/ew-hetzner-1/etc/egresswatch-agent/agent.toml" before
+    before=$(sha256sum <"$conf")
+    play any "$WORK/logs/change-check.out" --check --diff --limit ew-hetzner-1 \
+        -e egresswatch_agent_probe_timeout=7s || return 1
+    grep -q '^+timeout = "7s"' "$WORK/logs/change-check.out" || { echo "no diff shown"; return 1; }
+    grep -A2 'RUNNING HANDLER \[egresswatch_agent : Restart egresswatch-agent\]' \
+        "$WORK/logs/change-check.out" | grep -q 'skipping: \[ew-hetzner-1\]' ||
+        { echo "handler not skipped in check mode"; return 1; }
+    [ "$before" = "$(sha256sum <"$conf")" ] || { echo "check mode changed the config"; return 1; }
+    play any "$WORK/logs/change-real.out" --limit ew-hetzner-1 \
+        -e egresswatch_agent_probe_timeout=7s || return 1
+    grep -q '^timeout = "7s"' "$conf" || { echo "config not changed"; return 1; }
+    grep -A2 'RUNNING HANDLER \[egresswatch_agent : Restart egresswatch-agent\]' \
+        "$WORK/logs/change-real.out" | grep -qE '^(ok|changed): \[ew-hetzner-1\]' ||
+        { echo "handler did not run"; return 1; }
+    play any "$WORK/logs/change-back.out" --limit ew-hetzner-1 || return 1
+    [ "$before" = "$(sha256sum <"$conf")" ] || { echo "config not restored"; return 1; }
+}
+check change_notifies_handler_skipped_in_check_mode handler_on_change
+
 # A binary whose sha256 is not the expected one is refused on the controller; nothing is copied.
 bad_sha_refused() {
     local before out
@@ -378,7 +401,7 @@ start_from_unit() {
     [ -n "$exec" ] && [ -n "$user" ] || { echo "$unit: no ExecStart/User"; return 1; }
     mountpoint -q "$root/proc" || { mount -t proc proc "$root/proc" && PROC_MOUNTS+=("$root/proc"); }
     # shellcheck disable=SC2086 # ExecStart is split into words, as systemd does for it.
-    env -i PATH=/usr/bin:/bin RUST_LOG=info ip netns exec "$ns" \
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin RUST_LOG=info ip netns exec "$ns" \
         chroot --userspec="$user:$group" "$root" $exec >"$log" 2>&1 &
     PIDS+=($!)
     echo "started $unit in $ns as $user: pid $!"
@@ -387,6 +410,10 @@ start_from_unit() {
 matrix_lists_both() {
     local c="${PREFIX}c" deadline=$((SECONDS + 150)) body=""
     while [ $SECONDS -lt $deadline ]; do
+        local pid
+        for pid in "${PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null || { echo "process $pid exited early"; return 1; }
+        done
         body=$(ip netns exec "$c" "$PYTHON" - <<'PY' 2>&1
 import json, urllib.request
 with urllib.request.urlopen("http://127.0.0.1:8080/api/matrix", timeout=5) as r:
