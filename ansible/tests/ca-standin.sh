@@ -1,8 +1,8 @@
 #!/bin/sh
-# A TEMPORARY stand-in for `egresswatch-collector ca init|issue`, made with openssl, used by
-# run.sh only when EGRESSWATCH_CA_STANDIN=1 and the built collector has no working `ca` command
-# yet. It follows the CLI and file contract of shared/session.md so that the roles can be
-# exercised before the real CA lands; the real binary replaces it everywhere else.
+# A TEMPORARY stand-in for `egresswatch-collector ca init|issue`, made with openssl. run.sh deploys
+# it in the collector's place only while the built collector has no `ca` command at all (its
+# --help names none); once the real command exists the real binary is always used. It follows the
+# CLI and file contract of shared/session.md so that the roles are exercised meanwhile.
 set -eu
 umask 077
 usage() { echo "usage: $0 ca init --dir DIR | ca issue --dir DIR AGENT_ID [--out OUTDIR]" >&2; exit 2; }

@@ -11,8 +11,8 @@
 #
 # Environment:
 #   EGRESSWATCH_E2E=1          also run the agents against the collector (needs the real binaries)
-#   EGRESSWATCH_CA_STANDIN=1   when the built collector has no working `ca` command yet, deploy a
-#                              temporary openssl stand-in for it (tests/ca-standin.sh)
+#   EGRESSWATCH_CA_STANDIN=0   when the built collector has no `ca` command yet, skip the lab
+#                              instead of deploying the openssl stand-in (tests/ca-standin.sh)
 #   EGRESSWATCH_ROOTFS_CACHE   where the debootstrap tree is cached (/var/cache/egresswatch-ansible)
 #   EGRESSWATCH_KEEP=1         keep the work directory (logs, trees) after the run
 #   CARGO_TARGET_DIR           honoured by the build play
@@ -96,6 +96,8 @@ specs_check_catches_drift() {
 for tool in ansible-playbook ansible-lint; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y ansible ansible-lint)"; exit 1; }
 done
+ansible-doc -t connection community.general.chroot >/dev/null 2>&1 ||
+    { echo "missing the community.general collection (Debian's ansible package has it)"; exit 1; }
 check ansible_lint_production lint
 check syntax_check syntax
 check argument_specs_match_defaults specs_agree
@@ -196,22 +198,29 @@ build() {
 check build_play_builds_and_records_sha256 build
 [ -x "$DIST/egresswatch-collector" ] || { skip lab "the build play made no binaries"; finish; }
 
-# The real collector's CA, or (asked for) the stand-in until issue 3 lands.
-collector_ca_works() {
-    local dir="$WORK/ca-probe"
-    "$DIST/egresswatch-collector" ca init --dir "$dir" >/dev/null 2>&1 && [ -s "$dir/ca.pem" ]
+# The real collector's CA. Until the collector's command line exists (issue 3: its --help does
+# not name a `ca` command yet), the CA comes from tests/ca-standin.sh, an openssl stand-in that
+# follows the same contract (session.md); EGRESSWATCH_CA_STANDIN=0 skips the lab instead. Once the
+# real command exists it is always used, and a `ca init` that does not work is a failure.
+collector_has_ca_command() {
+    "$DIST/egresswatch-collector" --help 2>&1 | grep -qE '^[[:space:]]+ca([[:space:]]|$)'
 }
-if ! collector_ca_works; then
-    if [ "${EGRESSWATCH_CA_STANDIN:-0}" != 1 ]; then
-        skip lab "the built egresswatch-collector has no working 'ca init' yet (set EGRESSWATCH_CA_STANDIN=1 to use tests/ca-standin.sh)"
-        finish
-    fi
-    echo "note: deploying tests/ca-standin.sh as egresswatch-collector (EGRESSWATCH_CA_STANDIN=1)"
+collector_ca_init_works() {
+    local dir="$WORK/ca-probe"
+    "$DIST/egresswatch-collector" ca init --dir "$dir" && [ -s "$dir/ca.pem" ] && [ -s "$dir/ca.key" ]
+}
+if collector_has_ca_command; then
+    check collector_ca_init_works collector_ca_init_works
+elif [ "${EGRESSWATCH_CA_STANDIN:-1}" = 1 ]; then
+    echo "note: the built egresswatch-collector has no 'ca' command yet: deploying tests/ca-standin.sh in its place"
     install -m 0755 "$HERE/ca-standin.sh" "$DIST/egresswatch-collector"
     (cd "$DIST" && sha256sum egresswatch-collector >egresswatch-collector.sha256)
     # From here on the binaries are given as paths: no build.
     PLAYBOOK_ARGS+=(-e egresswatch_build=false)
     STANDIN=1
+else
+    skip lab "the built egresswatch-collector has no 'ca' command yet (EGRESSWATCH_CA_STANDIN=0)"
+    finish
 fi
 
 # Runs the playbook; saves the output; fails unless every host's recap says failed=0 (and,
@@ -231,6 +240,21 @@ play() {
         echo "expected changed=0 on every host:"; echo "$recap"; return 1
     fi
 }
+# The dry run the README tells a new operator to start with: fresh hosts, nothing written.
+dry_run_fresh() {
+    # Ansible's own scratch space (~root/.ansible) is the connection's, not the roles'.
+    # Every path, and each file's size and mtime (a directory's mtime moves with scratch files).
+    written() {
+        (cd "$WORK" && find ew-* -path '*/root/.ansible' -prune -o \
+            \( -type d -printf '%p\n' \) -o -printf '%p %s %T@\n' | sort)
+    }
+    local before
+    before=$(written)
+    play any "$WORK/logs/dry-run.out" --check --diff || return 1
+    diff <(echo "$before") <(written) || { echo "check mode wrote to a host (above)"; return 1; }
+}
+check check_mode_on_fresh_hosts dry_run_fresh
+
 first_run() { play any "$WORK/logs/run1.out" -v; }
 check first_run_deploys_three_hosts first_run
 
