@@ -255,7 +255,7 @@ dry_run_fresh() {
 }
 check check_mode_on_fresh_hosts dry_run_fresh
 
-first_run() { play any "$WORK/logs/run1.out" -v; }
+first_run() { play any "$WORK/logs/run1.out" -v --diff; }
 check first_run_deploys_three_hosts first_run
 
 # What the first run left on the hosts.
@@ -339,6 +339,23 @@ handler_on_change() {
     [ "$before" = "$(sha256sum <"$conf")" ] || { echo "config not restored"; return 1; }
 }
 check change_notifies_handler_skipped_in_check_mode handler_on_change
+
+# Reissuing replaces the certificate and key (made on the CA host, never on the agent) and, even
+# verbose and with --diff, shows no key; the new certificate chains to the fleet CA.
+reissue() {
+    local a="$WORK/ew-hetzner-1/etc/egresswatch-agent" before
+    before=$(cat "$a/agent.crt" "$a/agent.key" | sha256sum)
+    play any "$WORK/logs/reissue.out" -v --diff --limit ew-hetzner-1 \
+        -e egresswatch_agent_reissue_certificate=true || return 1
+    [ "$before" != "$(cat "$a/agent.crt" "$a/agent.key" | sha256sum)" ] ||
+        { echo "certificate not replaced"; return 1; }
+    ! grep -q 'PRIVATE KEY' "$WORK/logs/reissue.out" || { echo "a key was shown"; return 1; }
+    openssl verify -CAfile "$a/ca.pem" "$a/agent.crt" &&
+        openssl x509 -in "$a/agent.crt" -noout -subject | grep -q 'CN *= *ew-hetzner-1' &&
+        [ "$(openssl x509 -in "$a/agent.crt" -noout -pubkey | sha256sum)" = \
+            "$(openssl pkey -in "$a/agent.key" -pubout | sha256sum)" ]
+}
+command -v openssl >/dev/null && check reissue_certificate_shows_no_key reissue
 
 # A binary whose sha256 is not the expected one is refused on the controller; nothing is copied.
 bad_sha_refused() {
