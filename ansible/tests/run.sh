@@ -41,12 +41,12 @@ cleanup() {
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null
     done
-    for mnt in "${PROC_MOUNTS[@]}"; do umount "$mnt" 2>/dev/null; done
+    for mnt in "${PROC_MOUNTS[@]}"; do umount "$mnt" 2>/dev/null || umount -l "$mnt"; done
     for ns in "${NETNS[@]}"; do ip netns del "$ns" 2>/dev/null; done
     if [ "${EGRESSWATCH_KEEP:-0}" = 1 ]; then
         echo "kept $WORK"
     else
-        rm -rf "$WORK"
+        rm -rf --one-file-system "$WORK"
     fi
 }
 trap cleanup EXIT
@@ -73,9 +73,9 @@ finish() {
 }
 
 # ---------------------------------------------------------------- static checks
-lint() { cd "$ANSIBLE_DIR" && ansible-lint --profile production --offline -f pep8; }
+lint() { cd "$ANSIBLE_DIR" && timeout 300 ansible-lint --profile production --offline -f pep8; }
 syntax() {
-    cd "$ANSIBLE_DIR" && ansible-playbook -i inventory/example/hosts.yml --syntax-check site.yml
+    cd "$ANSIBLE_DIR" && timeout 120 ansible-playbook -i inventory/example/hosts.yml --syntax-check site.yml
 }
 specs_agree() { "$PYTHON" "$HERE/check_argument_specs.py" "$ANSIBLE_DIR"/roles/*; }
 # The consistency check must itself catch a key present on one side only and a changed default.
@@ -192,7 +192,7 @@ PLAYBOOK_ARGS=(-i "$INV/hosts.yml" "$ANSIBLE_DIR/site.yml" -e "egresswatch_dist_
 
 # The build play alone: cargo once on the controller, binaries and sha256 files in dist/.
 build() {
-    cd "$ANSIBLE_DIR" && ansible-playbook "${PLAYBOOK_ARGS[@]}" --tags egresswatch_build &&
+    cd "$ANSIBLE_DIR" && timeout 600 ansible-playbook "${PLAYBOOK_ARGS[@]}" --tags egresswatch_build &&
         (cd "$DIST" && sha256sum -c egresswatch-agent.sha256 egresswatch-collector.sha256)
 }
 check build_play_builds_and_records_sha256 build
@@ -203,11 +203,11 @@ check build_play_builds_and_records_sha256 build
 # follows the same contract (session.md); EGRESSWATCH_CA_STANDIN=0 skips the lab instead. Once the
 # real command exists it is always used, and a `ca init` that does not work is a failure.
 collector_has_ca_command() {
-    "$DIST/egresswatch-collector" --help 2>&1 | grep -qE '^[[:space:]]+ca([[:space:]]|$)'
+    timeout 30 "$DIST/egresswatch-collector" --help 2>&1 | grep -qE '^[[:space:]]+ca([[:space:]]|$)'
 }
 collector_ca_init_works() {
     local dir="$WORK/ca-probe"
-    "$DIST/egresswatch-collector" ca init --dir "$dir" && [ -s "$dir/ca.pem" ] && [ -s "$dir/ca.key" ]
+    timeout 60 "$DIST/egresswatch-collector" ca init --dir "$dir" && [ -s "$dir/ca.pem" ] && [ -s "$dir/ca.key" ]
 }
 if collector_has_ca_command; then
     check collector_ca_init_works collector_ca_init_works
@@ -228,7 +228,7 @@ fi
 play() {
     local want=$1 log=$2; shift 2
     cd "$ANSIBLE_DIR" || return 1
-    ansible-playbook "${PLAYBOOK_ARGS[@]}" "$@" >"$log" 2>&1
+    timeout 600 ansible-playbook "${PLAYBOOK_ARGS[@]}" "$@" >"$log" 2>&1
     local rc=$?
     cat "$log"
     [ "$rc" = 0 ] || { echo "ansible-playbook exited $rc"; return 1; }
@@ -362,7 +362,7 @@ bad_sha_refused() {
     local before out
     before=$(sha256sum "$WORK/ew-hetzner-1/usr/local/bin/egresswatch-agent")
     cd "$ANSIBLE_DIR" || return 1
-    if out=$(ansible-playbook "${PLAYBOOK_ARGS[@]}" --limit ew-hetzner-1 \
+    if out=$(timeout 600 ansible-playbook "${PLAYBOOK_ARGS[@]}" --limit ew-hetzner-1 \
         -e egresswatch_agent_binary_sha256="$(printf '0%.0s' $(seq 64))" 2>&1); then
         echo "$out"; echo "a wrong sha256 was accepted"; return 1
     fi
