@@ -77,6 +77,32 @@ lint() { cd "$ANSIBLE_DIR" && timeout 300 ansible-lint --profile production --of
 syntax() {
     cd "$ANSIBLE_DIR" && timeout 120 ansible-playbook -i inventory/example/hosts.yml --syntax-check site.yml
 }
+# The example inventory: every agent gets a provider and an account from the groups it sits in
+# (provider group, then <provider>_<account> group), and nothing else carries those labels.
+example_inventory_labels() {
+    cd "$ANSIBLE_DIR" && timeout 120 ansible-inventory -i inventory/example/hosts.yml --list >"$WORK/example-inventory.json" &&
+        "$PYTHON" - "$WORK/example-inventory.json" <<'PY'
+import json, sys
+inv = json.load(open(sys.argv[1]))
+hostvars = inv["_meta"]["hostvars"]
+def hosts(group):
+    g = inv.get(group, {})
+    return set(g.get("hosts", [])) | {h for c in g.get("children", []) for h in hosts(c)}
+agents = hosts("egresswatch_agents")
+assert agents and hosts("egresswatch_collectors"), inv
+for provider in inv["egresswatch_agents"]["children"]:
+    for account_group in inv[provider]["children"]:
+        assert account_group.startswith(provider + "_"), account_group
+        for h in hosts(account_group):
+            v = hostvars[h]
+            want = (provider, account_group[len(provider) + 1:])
+            got = (v.get("egresswatch_agent_provider"), v.get("egresswatch_agent_account"))
+            assert got == want, (h, got, want)
+            print(h, *got)
+for h in hosts("egresswatch_collectors") - agents:
+    assert "egresswatch_agent_provider" not in hostvars.get(h, {}), h
+PY
+}
 specs_agree() { "$PYTHON" "$HERE/check_argument_specs.py" "$ANSIBLE_DIR"/roles/*; }
 # The consistency check must itself catch a key present on one side only and a changed default.
 specs_check_catches_drift() {
@@ -100,6 +126,7 @@ ansible-doc -t connection community.general.chroot >/dev/null 2>&1 ||
     { echo "missing the community.general collection (Debian's ansible package has it)"; exit 1; }
 check ansible_lint_production lint
 check syntax_check syntax
+check example_inventory_labels_from_groups example_inventory_labels
 check argument_specs_match_defaults specs_agree
 check argument_specs_check_catches_drift specs_check_catches_drift
 
