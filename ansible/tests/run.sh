@@ -399,6 +399,20 @@ bad_sha_refused() {
 }
 check wrong_sha256_is_refused bad_sha_refused
 
+# A label the collector would refuse (over the wire's 128 bytes) stops the play before any change.
+long_label_refused() {
+    local out
+    cd "$ANSIBLE_DIR" || return 1
+    if out=$(timeout 600 ansible-playbook "${PLAYBOOK_ARGS[@]}" --limit ew-hetzner-1 \
+        -e egresswatch_agent_account="$(printf 'x%.0s' $(seq 129))" 2>&1); then
+        echo "$out"; echo "a 129-byte label was accepted"; return 1
+    fi
+    echo "$out"
+    grep -q 'label account must be at most 128 bytes' <<<"$out" &&
+        grep -q '^account = "default"' "$WORK/ew-hetzner-1/etc/egresswatch-agent/agent.toml"
+}
+check over_long_label_is_refused long_label_refused
+
 units_verify() {
     local r rc=0
     for r in ew-aws-prod-1 ew-collector; do
