@@ -52,6 +52,16 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses_to_the_defaults() {
+        let example = Config::parse(include_str!("../config.example.toml")).unwrap();
+        let defaults = Config::default();
+        assert_eq!(example.quic.listen, defaults.quic.listen);
+        assert_eq!(example.http.listen, defaults.http.listen);
+        assert_eq!(example.store.retention_days, defaults.store.retention_days);
+        assert_eq!(example.detector.confirm_probes, defaults.detector.confirm_probes);
+    }
+
+    #[test]
     fn unknown_keys_name_key_and_line() {
         let err = Config::parse("data_dir = \"x\"\n[quic]\nlisten = \"0.0.0.0:4433\"\nlistn = 1\n")
             .unwrap_err()
