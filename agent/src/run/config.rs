@@ -1,0 +1,302 @@
+//! The agent's configuration file (TOML). Every section but `[collector]` is optional; unknown
+//! keys are an error that names the key and its line, so a typo never silently disables a probe.
+
+use crate::check::parse_duration;
+use crate::error::AgentError;
+use egresswatch_wire::{Labels, Level};
+use serde::{Deserialize, Deserializer};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub collector: CollectorConfig,
+    #[serde(default, rename = "labels")]
+    labels_table: LabelsConfig,
+    /// The validated `[labels]`.
+    #[serde(skip)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+    #[serde(default)]
+    pub probe: ProbeConfig,
+    #[serde(default)]
+    pub spool: SpoolConfig,
+    #[serde(default)]
+    pub identity: IdentityConfig,
+}
+
+/// `[labels]`: empty or absent fields are detected (DMI, metadata service).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LabelsConfig {
+    provider: String,
+    account: String,
+    region: String,
+    instance: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// `host:port` of the collector's QUIC listener.
+    pub address: String,
+    /// Name the collector's certificate must carry.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// The fleet CA (`ca.pem` from the collector).
+    pub ca: PathBuf,
+    /// This agent's certificate and key, issued by `egresswatch-collector ca issue`.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn default_server_name() -> String {
+    "egresswatch-collector".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub host: String,
+    #[serde(default = "default_ports")]
+    pub ports: Vec<u16>,
+    #[serde(default)]
+    pub level: Level,
+    #[serde(default = "default_interval", deserialize_with = "duration")]
+    pub interval: Duration,
+}
+
+fn default_ports() -> Vec<u16> {
+    crate::check::DEFAULT_PORTS.to_vec()
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Most probes in flight at once.
+    pub concurrency: usize,
+    /// Politeness: never probe one destination host more often than this, whatever the
+    /// targets say.
+    #[serde(deserialize_with = "duration")]
+    pub min_interval_per_destination: Duration,
+    pub source: Vec<std::net::IpAddr>,
+    pub interface: Option<String>,
+    /// Extra trust roots (PEM) for TLS probes of private relays.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            timeout: Duration::from_secs(5),
+            concurrency: 16,
+            min_interval_per_destination: Duration::from_secs(10),
+            source: Vec::new(),
+            interface: None,
+            ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Never under /tmp: the spool must survive a reboot.
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: PathBuf::from("/var/lib/egresswatch-agent"),
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Ask the cloud's metadata service for labels the config does not give.
+    pub metadata: bool,
+    /// Base URL of the metadata service (tests point it at loopback).
+    pub metadata_url: String,
+    /// Where the DMI strings are.
+    pub dmi_dir: PathBuf,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            metadata: true,
+            metadata_url: "http://169.254.169.254".into(),
+            dmi_dir: PathBuf::from("/sys/class/dmi/id"),
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// Widely used submission endpoints, probed when no target is configured, politely.
+pub const BUILTIN_TARGETS: &[&str] = &[
+    "smtp.gmail.com",
+    "smtp.office365.com",
+    "smtp.mail.yahoo.com",
+    "smtp.fastmail.com",
+];
+const BUILTIN_INTERVAL: Duration = Duration::from_secs(300);
+
+impl AgentConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, AgentError> {
+        let config: AgentConfig = toml::from_str(text).map_err(|e| AgentError::Config {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        config.validate(path)
+    }
+
+    pub fn load(path: &Path) -> Result<AgentConfig, AgentError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| AgentError::io(format!("reading {}", path.display()), e))?;
+        AgentConfig::parse(&text, path)
+    }
+
+    fn validate(mut self, path: &Path) -> Result<AgentConfig, AgentError> {
+        let bad = |reason: String| AgentError::Config {
+            path: path.display().to_string(),
+            reason,
+        };
+        let table = &self.labels_table;
+        self.labels = Labels {
+            provider: table.provider.clone(),
+            account: table.account.clone(),
+            region: table.region.clone(),
+            instance: table.instance.clone(),
+        }
+        .validated()
+        .map_err(|e| bad(e.to_string()))?;
+        for t in &self.targets {
+            if t.host.is_empty() || t.host.len() > egresswatch_wire::limits::MAX_TARGET_BYTES {
+                return Err(bad(format!(
+                    "targets: host {:?} is empty or too long",
+                    t.host
+                )));
+            }
+            if t.ports.is_empty() || t.ports.contains(&0) {
+                return Err(bad(format!(
+                    "targets: {}: ports must be 1..=65535 and not empty",
+                    t.host
+                )));
+            }
+            if t.interval < Duration::from_secs(1) {
+                return Err(bad(format!(
+                    "targets: {}: interval must be at least 1s",
+                    t.host
+                )));
+            }
+        }
+        if self.probe.concurrency == 0 {
+            return Err(bad("probe.concurrency must be at least 1".into()));
+        }
+        if self.spool.dir.starts_with("/tmp") {
+            return Err(bad(
+                "spool.dir must not be under /tmp: the spool must survive a reboot".into(),
+            ));
+        }
+        if self.spool.max_bytes < 64 * 1024 {
+            return Err(bad("spool.max_bytes must be at least 65536".into()));
+        }
+        Ok(self)
+    }
+
+    /// The targets to probe: the configured ones, or the built-in list at a polite interval.
+    pub fn effective_targets(&self) -> Vec<TargetConfig> {
+        if !self.targets.is_empty() {
+            return self.targets.clone();
+        }
+        BUILTIN_TARGETS
+            .iter()
+            .map(|host| TargetConfig {
+                host: host.to_string(),
+                ports: vec![25, 465, 587],
+                level: Level::Banner,
+                interval: BUILTIN_INTERVAL,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[collector]\naddress = \"collector.example:4433\"\nca = \"/etc/ew/ca.pem\"\ncert = \"/etc/ew/a.crt\"\nkey = \"/etc/ew/a.key\"\n";
+
+    #[test]
+    fn a_config_with_only_the_collector_is_useful() {
+        let c = AgentConfig::parse(MINIMAL, Path::new("a.toml")).unwrap();
+        assert_eq!(c.collector.server_name, "egresswatch-collector");
+        assert_eq!(c.spool.dir, PathBuf::from("/var/lib/egresswatch-agent"));
+        let targets = c.effective_targets();
+        assert!(targets.len() >= 3);
+        assert!(targets
+            .iter()
+            .all(|t| t.interval >= Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn full_config() {
+        let text = format!(
+            "{MINIMAL}[labels]\nprovider = \"aws\"\naccount = \"prod\"\n[[targets]]\nhost = \"mx.lab.test\"\nports = [25, 587]\nlevel = \"banner\"\ninterval = \"30s\"\n[probe]\ntimeout = \"2s\"\n[spool]\ndir = \"/var/lib/x\"\nmax_bytes = 1048576\n"
+        );
+        let c = AgentConfig::parse(&text, Path::new("a.toml")).unwrap();
+        assert_eq!(c.targets[0].interval, Duration::from_secs(30));
+        assert_eq!(c.targets[0].level, Level::Banner);
+        assert_eq!(c.probe.timeout, Duration::from_secs(2));
+        assert_eq!(c.labels.provider, "aws");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let err = AgentConfig::parse(
+            &format!("{MINIMAL}[probe]\ntimeuot = \"2s\"\n"),
+            Path::new("a.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("timeuot") && err.contains("line 7"), "{err}");
+        let err = AgentConfig::parse(
+            &format!("{MINIMAL}[probe]\ntimeout = \"2 parsecs\"\n"),
+            Path::new("a.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("duration"), "{err}");
+        let err = AgentConfig::parse(
+            &format!("{MINIMAL}[spool]\ndir = \"/tmp/x\"\n"),
+            Path::new("a.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/tmp"), "{err}");
+        let err = AgentConfig::parse(
+            &format!("{MINIMAL}[labels]\nprovider = \"a\\u001b\"\n"),
+            Path::new("a.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("provider"), "{err}");
+    }
+}

@@ -1,0 +1,452 @@
+//! The disk spool: every result is written here, with a checksum, before it may be sent; it is
+//! forgotten only after the collector acked it. So a collector restart, a partition or the
+//! agent's own crash loses nothing that was written.
+//!
+//! Layout: `seg-<first seq>.log` segment files of records `[u32 len][u32 crc32][MessagePack
+//! ProbeResult]`, appended and synced; and `ledger` (next seq, highest acked seq), replaced
+//! atomically (write, fsync, rename, fsync dir). Order matters on ack: first the ledger that no
+//! longer needs a segment is made durable, then the segment is deleted — the other order can
+//! leave a ledger pointing at results that are gone.
+//!
+//! Recovery never fails and never hangs: a torn tail or a corrupt record is skipped and counted.
+//! The spool is bounded: when full, the oldest segment goes (even unacked) and the number of
+//! results dropped is carried to the collector in the next batch.
+
+use crate::error::AgentError;
+use egresswatch_wire::ProbeResult;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// A segment is closed and a new one begun past this size (smaller for small spools, so the
+/// cap can drop old results in steps much finer than the whole spool).
+const SEGMENT_BYTES: u64 = 1024 * 1024;
+const MIN_SEGMENT_BYTES: u64 = 8 * 1024;
+/// Largest record accepted when reading back (a result is far smaller).
+const MAX_RECORD_BYTES: u32 = 64 * 1024;
+const LEDGER: &str = "ledger";
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Ledger {
+    pub next_seq: u64,
+    pub acked_seq: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    path: PathBuf,
+    first_seq: u64,
+    last_seq: u64,
+    bytes: u64,
+}
+
+/// What recovery found, for the log.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Recovery {
+    pub records: u64,
+    pub corrupt: u64,
+    pub torn_bytes: u64,
+}
+
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    segment_bytes: u64,
+    ledger: Ledger,
+    segments: Vec<Segment>,
+    active: Option<File>,
+    /// Results dropped to stay under the cap and not yet reported.
+    dropped_unreported: u64,
+    pub recovery: Recovery,
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
+    let context = context.into();
+    move |e| AgentError::io(context, e)
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("seg-{first_seq:020}.log")
+}
+
+impl Spool {
+    /// Opens (or creates) the spool in `dir`, recovering what a crash left.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, AgentError> {
+        fs::create_dir_all(dir).map_err(io(format!("creating spool {}", dir.display())))?;
+        let ledger = read_ledger(dir);
+        let mut names: Vec<PathBuf> = fs::read_dir(dir)
+            .map_err(io(format!("reading spool {}", dir.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("seg-") && n.ends_with(".log"))
+            })
+            .collect();
+        names.sort();
+        let mut spool = Spool {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            segment_bytes: (max_bytes / 8).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES),
+            ledger,
+            segments: Vec::new(),
+            active: None,
+            dropped_unreported: 0,
+            recovery: Recovery::default(),
+        };
+        let count = names.len();
+        for (i, path) in names.into_iter().enumerate() {
+            let last = i + 1 == count;
+            let (records, good_bytes, corrupt, total) = scan(&path, |_| {});
+            spool.recovery.records += records.len() as u64;
+            spool.recovery.corrupt += corrupt;
+            if last && good_bytes < total {
+                // A torn tail from a crash mid-write: cut it so appends continue cleanly.
+                spool.recovery.torn_bytes += total - good_bytes;
+                if let Ok(f) = OpenOptions::new().write(true).open(&path) {
+                    let _ = f.set_len(good_bytes);
+                    let _ = f.sync_all();
+                }
+            }
+            match (records.first(), records.last()) {
+                (Some(first), Some(last_seq)) => spool.segments.push(Segment {
+                    path,
+                    first_seq: *first,
+                    last_seq: *last_seq,
+                    bytes: good_bytes,
+                }),
+                _ => {
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        let highest = spool.segments.last().map(|s| s.last_seq).unwrap_or(0);
+        spool.ledger.next_seq = spool.ledger.next_seq.max(highest + 1).max(1);
+        spool.write_ledger()?;
+        spool.forget_acked()?;
+        Ok(spool)
+    }
+
+    pub fn ledger(&self) -> Ledger {
+        self.ledger
+    }
+
+    /// Bytes on disk in segments.
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+
+    /// Numbers and writes one result durably; returns its sequence number.
+    pub fn append(&mut self, mut result: ProbeResult) -> Result<u64, AgentError> {
+        let seq = self.ledger.next_seq;
+        result.seq = seq;
+        let body = rmp_serde::to_vec(&result).map_err(|e| AgentError::Io {
+            context: "encoding a result".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let mut record = Vec::with_capacity(body.len() + 8);
+        record.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        record.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        record.extend_from_slice(&body);
+        let rotate = match self.segments.last() {
+            None => true,
+            Some(s) => s.bytes + record.len() as u64 > self.segment_bytes || self.active.is_none(),
+        };
+        if rotate {
+            let path = self.dir.join(segment_name(seq));
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io(format!("creating {}", path.display())))?;
+            sync_dir(&self.dir);
+            self.segments.push(Segment {
+                path,
+                first_seq: seq,
+                last_seq: seq,
+                bytes: 0,
+            });
+            self.active = Some(file);
+        }
+        let file = self
+            .active
+            .as_mut()
+            .ok_or_else(|| AgentError::io("spool", std::io::Error::other("no active segment")))?;
+        file.write_all(&record)
+            .and_then(|()| file.sync_data())
+            .map_err(io("writing the spool"))?;
+        if let Some(seg) = self.segments.last_mut() {
+            seg.last_seq = seq;
+            seg.bytes += record.len() as u64;
+        }
+        self.ledger.next_seq = seq + 1;
+        self.enforce_cap()?;
+        Ok(seq)
+    }
+
+    /// Results not yet acked, from `from_seq` on, at most `max`, consecutive (a batch needs
+    /// consecutive numbers). Also returns how many results were dropped before them.
+    pub fn unacked(&mut self, from_seq: u64, max: usize) -> (Vec<ProbeResult>, u64) {
+        let from = from_seq.max(self.ledger.acked_seq + 1);
+        let mut out: Vec<ProbeResult> = Vec::new();
+        for seg in self.segments.iter().filter(|s| s.last_seq >= from) {
+            let (_, _, _, _) = scan(&seg.path, |r: &ProbeResult| {
+                if out.len() < max && r.seq >= from {
+                    let consecutive = out.last().is_none_or(|last| r.seq == last.seq + 1);
+                    if consecutive {
+                        out.push(r.clone());
+                    }
+                }
+            });
+            if out.len() >= max {
+                break;
+            }
+        }
+        let dropped = if out.is_empty() {
+            0
+        } else {
+            std::mem::take(&mut self.dropped_unreported)
+        };
+        (out, dropped)
+    }
+
+    /// Records the collector's cumulative ack: ledger first (durably), then delete what it
+    /// no longer needs.
+    pub fn ack(&mut self, up_to_seq: u64) -> Result<(), AgentError> {
+        if up_to_seq <= self.ledger.acked_seq {
+            return Ok(());
+        }
+        self.ledger.acked_seq = up_to_seq
+            .min(self.ledger.next_seq.saturating_sub(1))
+            .max(self.ledger.acked_seq);
+        self.write_ledger()?;
+        self.forget_acked()
+    }
+
+    fn forget_acked(&mut self) -> Result<(), AgentError> {
+        let acked = self.ledger.acked_seq;
+        let active_first = self.segments.last().map(|s| s.first_seq);
+        let (gone, kept): (Vec<Segment>, Vec<Segment>) = self
+            .segments
+            .drain(..)
+            .partition(|s| s.last_seq <= acked && Some(s.first_seq) != active_first);
+        self.segments = kept;
+        for seg in gone {
+            fs::remove_file(&seg.path).map_err(io(format!("removing {}", seg.path.display())))?;
+        }
+        Ok(())
+    }
+
+    fn enforce_cap(&mut self) -> Result<(), AgentError> {
+        while self.bytes() > self.max_bytes && self.segments.len() > 1 {
+            let oldest = self.segments.remove(0);
+            let lost = oldest
+                .last_seq
+                .saturating_sub(oldest.first_seq.max(self.ledger.acked_seq + 1))
+                + 1;
+            if oldest.last_seq > self.ledger.acked_seq {
+                self.dropped_unreported += lost;
+                tracing::warn!(
+                    dropped = lost,
+                    "spool full: dropped the oldest unacked results"
+                );
+            }
+            fs::remove_file(&oldest.path)
+                .map_err(io(format!("removing {}", oldest.path.display())))?;
+        }
+        Ok(())
+    }
+
+    fn write_ledger(&self) -> Result<(), AgentError> {
+        let tmp = self.dir.join("ledger.tmp");
+        let text = serde_json::to_vec(&self.ledger).map_err(|e| {
+            AgentError::io("encoding the ledger", std::io::Error::other(e.to_string()))
+        })?;
+        let mut f = File::create(&tmp).map_err(io(format!("writing {}", tmp.display())))?;
+        f.write_all(&text)
+            .and_then(|()| f.sync_all())
+            .map_err(io(format!("writing {}", tmp.display())))?;
+        fs::rename(&tmp, self.dir.join(LEDGER)).map_err(io("replacing the ledger"))?;
+        sync_dir(&self.dir);
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn read_ledger(dir: &Path) -> Ledger {
+    fs::read(dir.join(LEDGER))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Reads a segment's good records. Returns (their seqs, bytes up to the last good record,
+/// corrupt records skipped, file size). A bad length ends the scan (nothing after it can be
+/// framed); a bad checksum skips that one record.
+fn scan(path: &Path, mut each: impl FnMut(&ProbeResult)) -> (Vec<u64>, u64, u64, u64) {
+    let mut bytes = Vec::new();
+    if File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .is_err()
+    {
+        return (Vec::new(), 0, 0, 0);
+    }
+    let total = bytes.len() as u64;
+    let mut seqs = Vec::new();
+    let mut corrupt = 0;
+    let mut offset = 0usize;
+    let mut good_end = 0u64;
+    while offset + 8 <= bytes.len() {
+        let len = u32::from_le_bytes([
+            bytes[offset],
+            bytes[offset + 1],
+            bytes[offset + 2],
+            bytes[offset + 3],
+        ]);
+        let crc = u32::from_le_bytes([
+            bytes[offset + 4],
+            bytes[offset + 5],
+            bytes[offset + 6],
+            bytes[offset + 7],
+        ]);
+        if len == 0 || len > MAX_RECORD_BYTES || offset + 8 + len as usize > bytes.len() {
+            break;
+        }
+        let body = &bytes[offset + 8..offset + 8 + len as usize];
+        offset += 8 + len as usize;
+        match (crc32fast::hash(body) == crc)
+            .then(|| rmp_serde::from_slice::<ProbeResult>(body).ok())
+            .flatten()
+        {
+            Some(result) => {
+                seqs.push(result.seq);
+                each(&result);
+                good_end = offset as u64;
+            }
+            None => {
+                corrupt += 1;
+                good_end = offset as u64;
+            }
+        }
+    }
+    (seqs, good_end, corrupt, total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use egresswatch_wire::{Family, Outcome};
+
+    fn result(port: u16) -> ProbeResult {
+        ProbeResult {
+            target: "mx".into(),
+            port,
+            family: Family::Ipv4,
+            outcome: Outcome::Ok,
+            at_unix_ms: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn append_ack_and_continue_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+            for i in 0..10 {
+                assert_eq!(s.append(result(25 + i)).unwrap(), u64::from(i) + 1);
+            }
+            let (batch, dropped) = s.unacked(1, 4);
+            assert_eq!(
+                batch.iter().map(|r| r.seq).collect::<Vec<_>>(),
+                vec![1, 2, 3, 4]
+            );
+            assert_eq!(dropped, 0);
+            s.ack(4).unwrap();
+        }
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            s.ledger(),
+            Ledger {
+                next_seq: 11,
+                acked_seq: 4
+            }
+        );
+        let (batch, _) = s.unacked(0, 100);
+        assert_eq!(batch.first().map(|r| r.seq), Some(5));
+        assert_eq!(batch.len(), 6);
+        assert_eq!(s.append(result(587)).unwrap(), 11);
+    }
+
+    #[test]
+    fn torn_tail_and_corrupt_records_are_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg;
+        {
+            let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+            for _ in 0..5 {
+                s.append(result(25)).unwrap();
+            }
+            seg = s.segments[0].path.clone();
+        }
+        // Flip a byte inside the second record's body, and leave half a record at the end.
+        let mut bytes = fs::read(&seg).unwrap();
+        let first_len = u32::from_le_bytes(bytes[0..4].try_into().unwrap()) as usize;
+        bytes[8 + first_len + 8 + 2] ^= 0xff;
+        bytes.extend_from_slice(&[40, 0, 0, 0, 1, 2]);
+        fs::write(&seg, &bytes).unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.recovery.corrupt, 1);
+        assert_eq!(s.recovery.torn_bytes, 6);
+        assert_eq!(s.recovery.records, 4);
+        // Appends go on after the cut tail, and are read back.
+        assert_eq!(s.append(result(465)).unwrap(), 6);
+        let (batch, _) = s.unacked(3, 100);
+        assert_eq!(
+            batch.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![3, 4, 5, 6]
+        );
+    }
+
+    #[test]
+    fn a_full_spool_drops_the_oldest_and_says_how_many() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 64 * 1024).unwrap();
+        // Big details make segments fill fast.
+        let mut big = result(25);
+        big.detail = "x".repeat(400);
+        for _ in 0..8000 {
+            s.append(big.clone()).unwrap();
+        }
+        assert!(s.bytes() <= 64 * 1024 + s.segment_bytes);
+        let (batch, dropped) = s.unacked(1, 10);
+        assert!(dropped > 0);
+        assert_eq!(
+            batch[0].seq,
+            dropped + 1,
+            "the batch starts right after what was dropped"
+        );
+    }
+
+    #[test]
+    fn acked_segments_are_deleted_after_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 64 << 20).unwrap();
+        let mut big = result(25);
+        big.detail = "y".repeat(400);
+        for _ in 0..6000 {
+            s.append(big.clone()).unwrap();
+        }
+        let segments_before = s.segments.len();
+        assert!(segments_before >= 2);
+        s.ack(5999).unwrap();
+        assert_eq!(s.segments.len(), 1, "only the active segment stays");
+        assert_eq!(read_ledger(dir.path()).acked_seq, 5999);
+    }
+}

@@ -1,0 +1,315 @@
+//! The uplink: one QUIC connection to the collector, mutual TLS with this agent's certificate,
+//! the session of `egresswatch_wire::message` (hello, welcome, batches, acks). Results are read
+//! from the spool and forgotten only when acked; after any failure the agent reconnects with
+//! capped exponential backoff and jitter and resends everything unacked (the collector dedupes by
+//! sequence number). A collector that refuses this agent — a refusal message, or a TLS alert
+//! because its certificate is not accepted — is logged as "rejected by the collector: …" and
+//! retried only at the slowest pace, never in a tight loop.
+
+use super::config::CollectorConfig;
+use super::Shared;
+use crate::error::AgentError;
+use egresswatch_wire::frame::{body_len, decode_body};
+use egresswatch_wire::limits::{FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
+use egresswatch_wire::version::{ALPN, WIRE_MAJOR, WIRE_MINOR};
+use egresswatch_wire::{encode_frame, AgentMessage, Batch, CollectorMessage, Hello};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+/// Most batches sent and not yet acked.
+const WINDOW: usize = 8;
+/// Most results in one batch.
+const BATCH_RESULTS: usize = 500;
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum SessionError {
+    /// The collector will not take this agent (refusal, TLS alert): back off to the maximum.
+    Rejected(String),
+    /// Anything else: network, timeout, collector restart.
+    Failed(String),
+}
+
+/// The client side's TLS and transport settings, from the config's files.
+pub fn client_config(config: &CollectorConfig) -> Result<quinn::ClientConfig, AgentError> {
+    let tls_err = |what: &str, e: &dyn std::fmt::Display| AgentError::Tls(format!("{what}: {e}"));
+    let ca = CertificateDer::from_pem_file(&config.ca)
+        .map_err(|e| tls_err(&format!("collector CA {}", config.ca.display()), &e))?;
+    let cert = CertificateDer::from_pem_file(&config.cert)
+        .map_err(|e| tls_err(&format!("agent certificate {}", config.cert.display()), &e))?;
+    let key = PrivateKeyDer::from_pem_file(&config.key)
+        .map_err(|e| tls_err(&format!("agent key {}", config.key.display()), &e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).map_err(|e| tls_err("collector CA", &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_err("TLS versions", &e))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![cert], key)
+        .map_err(|e| tls_err("agent certificate and key", &e))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| tls_err("QUIC TLS", &e))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    // NAT bindings expire after ~30 s of silence on many networks: keep them warm.
+    transport.keep_alive_interval(Some(Duration::from_secs(10)));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+        30_000,
+    ))));
+    // Small reports: small windows keep the agent's memory small.
+    transport.stream_receive_window(quinn::VarInt::from_u32(64 * 1024));
+    transport.receive_window(quinn::VarInt::from_u32(128 * 1024));
+    transport.send_window(256 * 1024);
+    client.transport_config(Arc::new(transport));
+    Ok(client)
+}
+
+/// Keeps a session up until shutdown.
+pub async fn run(
+    config: CollectorConfig,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let outcome = match client_config(&config) {
+            Ok(client) => session(&config, client, &shared, &mut shutdown).await,
+            Err(e) => Err(SessionError::Failed(e.to_string())),
+        };
+        backoff = match outcome {
+            Ok(()) => return,
+            Err(SessionError::Rejected(reason)) => {
+                error!("rejected by the collector: {reason}");
+                shared.set_uplink_state(format!("rejected by the collector: {reason}"));
+                MAX_BACKOFF
+            }
+            Err(SessionError::Failed(reason)) => {
+                warn!(
+                    "collector connection failed: {reason}; retrying in about {} s",
+                    backoff.as_secs()
+                );
+                shared.set_uplink_state(format!("disconnected: {reason}"));
+                let current = backoff;
+                (current * 2).min(MAX_BACKOFF)
+            }
+        };
+        let wait = jitter(backoff);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    use rand::Rng;
+    let factor = rand::thread_rng().gen_range(0.5..1.0);
+    d.mul_f64(factor)
+}
+
+async fn resolve(address: &str) -> Result<SocketAddr, SessionError> {
+    let mut addrs = tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| SessionError::Failed(format!("resolving {address}: {e}")))?;
+    addrs
+        .next()
+        .ok_or_else(|| SessionError::Failed(format!("{address} has no address")))
+}
+
+/// Reads why a connection ended: a TLS alert or a refusal close means "rejected".
+fn connection_error(e: &quinn::ConnectionError) -> SessionError {
+    match e {
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            let code = u64::from(close.error_code);
+            if (0x100..=0x1ff).contains(&code) {
+                SessionError::Rejected(format!("TLS alert {} ({close}): is this agent's certificate issued by the collector's CA, unexpired and not revoked?", code - 0x100))
+            } else {
+                SessionError::Failed(close.to_string())
+            }
+        }
+        quinn::ConnectionError::ApplicationClosed(close)
+            if close.error_code == quinn::VarInt::from_u32(2) =>
+        {
+            SessionError::Rejected(String::from_utf8_lossy(&close.reason).into_owned())
+        }
+        other => SessionError::Failed(other.to_string()),
+    }
+}
+
+fn read_error(e: quinn::ReadExactError) -> SessionError {
+    match e {
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => {
+            connection_error(&c)
+        }
+        other => SessionError::Failed(other.to_string()),
+    }
+}
+
+async fn read_message(recv: &mut quinn::RecvStream) -> Result<CollectorMessage, SessionError> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    recv.read_exact(&mut header).await.map_err(read_error)?;
+    let len = body_len(header, MAX_FRAME_BYTES).map_err(|e| SessionError::Failed(e.to_string()))?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(read_error)?;
+    decode_body::<CollectorMessage>(&body)
+        .map_err(|e| SessionError::Failed(format!("bad message from the collector: {e}")))
+}
+
+async fn write_message(
+    send: &mut quinn::SendStream,
+    message: &AgentMessage,
+) -> Result<(), SessionError> {
+    let frame =
+        encode_frame(message, MAX_FRAME_BYTES).map_err(|e| SessionError::Failed(e.to_string()))?;
+    send.write_all(&frame).await.map_err(|e| match e {
+        quinn::WriteError::ConnectionLost(c) => connection_error(&c),
+        other => SessionError::Failed(other.to_string()),
+    })
+}
+
+async fn session(
+    config: &CollectorConfig,
+    client: quinn::ClientConfig,
+    shared: &Arc<Shared>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let addr = resolve(&config.address).await?;
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse().expect("literal")
+    } else {
+        "0.0.0.0:0".parse().expect("literal")
+    };
+    let endpoint = quinn::Endpoint::client(bind)
+        .map_err(|e| SessionError::Failed(format!("UDP socket: {e}")))?;
+    let connecting = endpoint
+        .connect_with(client, addr, &config.server_name)
+        .map_err(|e| SessionError::Failed(e.to_string()))?;
+    let connection = tokio::time::timeout(Duration::from_secs(15), connecting)
+        .await
+        .map_err(|_| SessionError::Failed(format!("no answer from {addr} within 15 s")))?
+        .map_err(|e| connection_error(&e))?;
+    let result = converse(&connection, shared, shutdown).await;
+    match &result {
+        Ok(()) => connection.close(quinn::VarInt::from_u32(0), b"agent stopping"),
+        Err(_) => connection.close(quinn::VarInt::from_u32(0), b"agent reconnecting"),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    result
+}
+
+async fn converse(
+    connection: &quinn::Connection,
+    shared: &Arc<Shared>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), SessionError> {
+    let (mut send, mut recv) = connection
+        .open_bi()
+        .await
+        .map_err(|e| connection_error(&e))?;
+    let hello = Hello {
+        wire_major: WIRE_MAJOR,
+        wire_minor: WIRE_MINOR,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        labels: shared.labels.clone(),
+        targets: shared.targets.clone(),
+        clock: super::clock::quality(),
+        status: shared.status(),
+    };
+    write_message(&mut send, &AgentMessage::Hello(hello)).await?;
+    let welcome = match tokio::time::timeout(Duration::from_secs(15), read_message(&mut recv)).await
+    {
+        Err(_) => return Err(SessionError::Failed("no welcome within 15 s".into())),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(CollectorMessage::Welcome(w))) => w,
+        Ok(Ok(CollectorMessage::Refusal(r))) => return Err(SessionError::Rejected(r.reason)),
+        Ok(Ok(other)) => {
+            return Err(SessionError::Failed(format!(
+                "expected a welcome, got {other:?}"
+            )))
+        }
+    };
+    info!(agent_id = %welcome.agent_id, acked = welcome.acked_seq, collector = %welcome.collector_version, "connected to the collector");
+    shared.set_uplink_state(String::new());
+    shared.ack(welcome.acked_seq).await;
+    let mut next_to_send = welcome.acked_seq + 1;
+
+    // Acks are read in their own task, so sending never waits for them.
+    let (acks_tx, mut acks) =
+        tokio::sync::mpsc::channel::<Result<CollectorMessage, SessionError>>(WINDOW * 2);
+    let reader = tokio::spawn(async move {
+        loop {
+            let message = read_message(&mut recv).await;
+            let failed = message.is_err();
+            if acks_tx.send(message).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    let mut in_flight: VecDeque<u64> = VecDeque::new();
+    let outcome = 'session: loop {
+        while in_flight.len() < WINDOW {
+            let (results, dropped) = shared.unacked(next_to_send, BATCH_RESULTS).await;
+            let Some(last) = results.last().map(|r| r.seq) else {
+                break;
+            };
+            let batch = match Batch::pack(&results, super::clock::quality(), dropped) {
+                Ok(b) => b,
+                Err(e) => {
+                    break 'session Err(SessionError::Failed(format!("packing a batch: {e}")))
+                }
+            };
+            if let Err(e) = write_message(&mut send, &AgentMessage::Batch(batch)).await {
+                break 'session Err(e);
+            }
+            in_flight.push_back(last);
+            next_to_send = last + 1;
+        }
+        tokio::select! {
+            message = acks.recv() => match message {
+                Some(Ok(CollectorMessage::Ack(ack))) => {
+                    in_flight.pop_front();
+                    if ack.discarded > 0 {
+                        warn!(discarded = ack.discarded, reason = %ack.reason, "the collector discarded a batch");
+                    }
+                    shared.ack(ack.up_to_seq).await;
+                }
+                Some(Ok(CollectorMessage::Refusal(r))) => break Err(SessionError::Rejected(r.reason)),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Err(e),
+                None => break Err(SessionError::Failed("the collector closed the stream".into())),
+            },
+            _ = shared.new_results.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => {
+                // Let what is in flight be acked, briefly; the rest waits in the spool.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+                while !in_flight.is_empty() {
+                    match tokio::time::timeout_at(deadline, acks.recv()).await {
+                        Ok(Some(Ok(CollectorMessage::Ack(ack)))) => {
+                            in_flight.pop_front();
+                            shared.ack(ack.up_to_seq).await;
+                        }
+                        _ => break,
+                    }
+                }
+                let _ = send.finish();
+                break Ok(());
+            }
+        }
+    };
+    reader.abort();
+    outcome
+}
