@@ -257,6 +257,13 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses() {
+        let c = AgentConfig::parse(include_str!("../../config.example.toml"), Path::new("config.example.toml")).unwrap();
+        assert_eq!(c.targets[0].ports, vec![25, 465, 587, 2525, 443]);
+        assert_eq!(c.spool.max_bytes, 64 * 1024 * 1024);
+    }
+
+    #[test]
     fn full_config() {
         let text = format!(
             "{MINIMAL}[labels]\nprovider = \"aws\"\naccount = \"prod\"\n[[targets]]\nhost = \"mx.lab.test\"\nports = [25, 587]\nlevel = \"banner\"\ninterval = \"30s\"\n[probe]\ntimeout = \"2s\"\n[spool]\ndir = \"/var/lib/x\"\nmax_bytes = 1048576\n"

@@ -120,13 +120,15 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(factor)
 }
 
-async fn resolve(address: &str) -> Result<SocketAddr, SessionError> {
-    let mut addrs = tokio::net::lookup_host(address)
+async fn resolve(address: &str) -> Result<Vec<SocketAddr>, SessionError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(address)
         .await
-        .map_err(|e| SessionError::Failed(format!("resolving {address}: {e}")))?;
-    addrs
-        .next()
-        .ok_or_else(|| SessionError::Failed(format!("{address} has no address")))
+        .map_err(|e| SessionError::Failed(format!("resolving {address}: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(SessionError::Failed(format!("{address} has no address")));
+    }
+    Ok(addrs)
 }
 
 /// Reads why a connection ended: a TLS alert or a refusal close means "rejected".
@@ -186,21 +188,42 @@ async fn session(
     shared: &Arc<Shared>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
-    let addr = resolve(&config.address).await?;
-    let bind: SocketAddr = if addr.is_ipv6() {
-        "[::]:0".parse().expect("literal")
-    } else {
-        "0.0.0.0:0".parse().expect("literal")
+    // Every address the name has, in the system's order: a collector reachable over one family
+    // only must not look down because the other family came first.
+    let mut last_error = SessionError::Failed(format!("{} has no address", config.address));
+    let mut established = None;
+    for addr in resolve(&config.address).await? {
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse().expect("literal")
+        } else {
+            "0.0.0.0:0".parse().expect("literal")
+        };
+        let endpoint = quinn::Endpoint::client(bind)
+            .map_err(|e| SessionError::Failed(format!("UDP socket: {e}")))?;
+        let connecting = match endpoint.connect_with(client.clone(), addr, &config.server_name) {
+            Ok(c) => c,
+            Err(e) => {
+                last_error = SessionError::Failed(format!("{addr}: {e}"));
+                continue;
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(8), connecting).await {
+            Ok(Ok(connection)) => {
+                established = Some((endpoint, connection));
+                break;
+            }
+            Ok(Err(e)) => {
+                last_error = connection_error(&e);
+                if matches!(last_error, SessionError::Rejected(_)) {
+                    return Err(last_error);
+                }
+            }
+            Err(_) => last_error = SessionError::Failed(format!("no answer from {addr} within 8 s")),
+        }
+    }
+    let Some((endpoint, connection)) = established else {
+        return Err(last_error);
     };
-    let endpoint = quinn::Endpoint::client(bind)
-        .map_err(|e| SessionError::Failed(format!("UDP socket: {e}")))?;
-    let connecting = endpoint
-        .connect_with(client, addr, &config.server_name)
-        .map_err(|e| SessionError::Failed(e.to_string()))?;
-    let connection = tokio::time::timeout(Duration::from_secs(15), connecting)
-        .await
-        .map_err(|_| SessionError::Failed(format!("no answer from {addr} within 15 s")))?
-        .map_err(|e| connection_error(&e))?;
     let result = converse(&connection, shared, shutdown).await;
     match &result {
         Ok(()) => connection.close(quinn::VarInt::from_u32(0), b"agent stopping"),

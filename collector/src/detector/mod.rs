@@ -293,28 +293,37 @@ impl Detector {
                 now_unix_ms,
             ));
         }
-        while let Some(oldest) = self
-            .pending
-            .iter()
-            .filter(|p| p.confirmed_at_ms + p.settle_ms <= now_unix_ms)
-            .min_by_key(|p| p.confirmed_at_ms + p.settle_ms)
-            .cloned()
-        {
-            let path: PathKey = (
-                oldest.key.target.clone(),
-                oldest.key.port,
-                oldest.key.family,
-            );
-            let (members, rest): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
-                .into_iter()
-                .partition(|p| {
-                    p.to == oldest.to
-                        && p.key.target == path.0
-                        && p.key.port == path.1
-                        && p.key.family == path.2
-                });
-            self.pending = rest;
-            events.extend(self.attribute(path, oldest.to, members, now_unix_ms));
+        // A change is attributed once every pending change of its (target, port, new state) is
+        // settled, over both families together: the same account closing 587 over IPv4 and IPv6
+        // a second apart is one event, not two.
+        let mut clusters: Vec<(String, u16, PortState, i64)> = Vec::new();
+        for p in &self.pending {
+            let deadline = p.confirmed_at_ms + p.settle_ms;
+            match clusters
+                .iter_mut()
+                .find(|c| c.0 == p.key.target && c.1 == p.key.port && c.2 == p.to)
+            {
+                Some(c) => c.3 = c.3.max(deadline),
+                None => clusters.push((p.key.target.clone(), p.key.port, p.to, deadline)),
+            }
+        }
+        clusters.retain(|c| c.3 <= now_unix_ms);
+        clusters.sort_by_key(|c| c.3);
+        for (target, port, to, _) in clusters {
+            for family in [Family::Ipv4, Family::Ipv6] {
+                let path: PathKey = (target.clone(), port, family);
+                let (members, rest): (Vec<Pending>, Vec<Pending>) =
+                    std::mem::take(&mut self.pending).into_iter().partition(|p| {
+                        p.to == to
+                            && p.key.target == path.0
+                            && p.key.port == path.1
+                            && p.key.family == path.2
+                    });
+                self.pending = rest;
+                if !members.is_empty() {
+                    events.extend(self.attribute(path, to, members, now_unix_ms));
+                }
+            }
         }
         attribution::merge_families(events)
     }
