@@ -58,7 +58,10 @@ mod tests {
         assert_eq!(example.quic.listen, defaults.quic.listen);
         assert_eq!(example.http.listen, defaults.http.listen);
         assert_eq!(example.store.retention_days, defaults.store.retention_days);
-        assert_eq!(example.detector.confirm_probes, defaults.detector.confirm_probes);
+        assert_eq!(
+            example.detector.confirm_probes,
+            defaults.detector.confirm_probes
+        );
     }
 
     #[test]

@@ -618,3 +618,55 @@ fn both_families_changing_together_is_one_event() {
     assert_eq!(events[0].scope, Scope::Account);
     assert_eq!(events[0].family, None);
 }
+
+/// One account closing 587 over IPv4 and IPv6, with the IPv6 probes a few seconds behind the
+/// IPv4 ones (as real schedules are): one event without a family, not two.
+#[test]
+fn both_families_changing_a_few_seconds_apart_are_one_event() {
+    let config = DetectorConfig {
+        settle_secs: 5,
+        ..DetectorConfig::default()
+    };
+    let mut det = Detector::new(config);
+    let agents = [
+        agent("p1", "aws", "prod"),
+        agent("p2", "aws", "prod"),
+        agent("d1", "aws", "dev"),
+    ];
+    let mut seq = 0u64;
+    let mut events = Vec::new();
+    let step = 2_000i64;
+    for round in 0..12i64 {
+        let blocked = round >= 4;
+        for (offset, family) in [(0i64, Family::Ipv4), (1_200, Family::Ipv6)] {
+            let now = T0 + round * step + offset;
+            for a in &agents {
+                let closed = blocked && a.labels.account == "prod";
+                let mut results = Vec::new();
+                for port in [587u16, 443] {
+                    seq += 1;
+                    let outcome = if closed && port == 587 {
+                        Outcome::Timeout
+                    } else {
+                        Outcome::Ok
+                    };
+                    let mut r = result(seq, now, "mx", port, outcome);
+                    r.family = family;
+                    results.push(r);
+                }
+                events.extend(det.observe(a, &results, true, now));
+            }
+            events.extend(det.tick(now));
+        }
+    }
+    for t in 0..20 {
+        events.extend(det.tick(T0 + 12 * step + t * 1000));
+    }
+    let changes: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::PolicyChanged)
+        .collect();
+    assert_eq!(changes.len(), 1, "{changes:#?}");
+    assert_eq!(changes[0].scope, Scope::Account);
+    assert_eq!(changes[0].family, None);
+}

@@ -32,7 +32,10 @@ hosts = 2
 "#;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
 }
 
 fn egresslab() -> PathBuf {
@@ -51,13 +54,18 @@ fn cannot_run() -> Option<String> {
         return Some("needs root for network namespaces".into());
     }
     for tool in ["nft", "ip", "postfix", "openssl"] {
-        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().any(|d| Path::new(d).join(tool).exists());
+        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).exists());
         if !found {
             return Some(format!("{tool} is not installed"));
         }
     }
     if !agent_bin().exists() {
-        return Some(format!("{} is missing: run `cargo build --workspace --bins` first", agent_bin().display()));
+        return Some(format!(
+            "{} is missing: run `cargo build --workspace --bins` first",
+            agent_bin().display()
+        ));
     }
     None
 }
@@ -75,8 +83,17 @@ struct Lab {
 impl Lab {
     fn run(&self, args: &[&str]) -> String {
         // `--name` right after the subcommand: `spawn` takes everything after `--` as the command.
-        let out = Command::new(egresslab()).arg(args[0]).args(["--name", &self.name]).args(&args[1..]).output().expect("egresslab runs");
-        assert!(out.status.success(), "egresslab {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(egresslab())
+            .arg(args[0])
+            .args(["--name", &self.name])
+            .args(&args[1..])
+            .output()
+            .expect("egresslab runs");
+        assert!(
+            out.status.success(),
+            "egresslab {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -87,35 +104,63 @@ impl Drop for Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new(egresslab()).args(["down", "--name", &self.name]).output();
+        let _ = Command::new(egresslab())
+            .args(["down", "--name", &self.name])
+            .output();
     }
 }
 
 async fn get(http: &str, path: &str) -> Value {
-    let body = reqwest::get(format!("http://{http}{path}")).await.expect("collector answers").text().await.expect("body");
+    let body = reqwest::get(format!("http://{http}{path}"))
+        .await
+        .expect("collector answers")
+        .text()
+        .await
+        .expect("body");
     serde_json::from_str(&body).expect("JSON")
 }
 
-fn cell<'a>(matrix: &'a Value, provider: &str, account: Option<&str>, port: u16) -> Option<&'a Value> {
-    let p = matrix["providers"].as_array()?.iter().find(|p| p["provider"] == provider)?;
+fn cell<'a>(
+    matrix: &'a Value,
+    provider: &str,
+    account: Option<&str>,
+    port: u16,
+) -> Option<&'a Value> {
+    let p = matrix["providers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["provider"] == provider)?;
     let row = match account {
-        Some(a) => p["accounts"].as_array()?.iter().find(|x| x["account"] == a)?,
+        Some(a) => p["accounts"]
+            .as_array()?
+            .iter()
+            .find(|x| x["account"] == a)?,
         None => p,
     };
     row["cells"].get(port.to_string())
 }
 
 fn events_matching(events: &Value, f: impl Fn(&Value) -> bool) -> Vec<Value> {
-    events.as_array().map(|a| a.iter().filter(|e| f(e)).cloned().collect()).unwrap_or_default()
+    events
+        .as_array()
+        .map(|a| a.iter().filter(|e| f(e)).cloned().collect())
+        .unwrap_or_default()
 }
 
-async fn wait_for<T>(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> Option<T>) -> (T, Duration) {
+async fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> (T, Duration) {
     let started = Instant::now();
     loop {
         if let Some(v) = check().await {
             return (v, started.elapsed());
         }
-        assert!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -130,12 +175,20 @@ async fn policy_changes_are_attributed_and_loss_is_quiet() {
         return;
     }
     // Spools must not live under /tmp (the agent refuses it).
-    let work = tempfile::Builder::new().prefix("ew-fleet").tempdir_in("/var/tmp").unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("ew-fleet")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let scenario = work.path().join("fleet.toml");
     std::fs::write(&scenario, SCENARIO).unwrap();
     let name = format!("fl{}", std::process::id() % 100_000);
-    let mut lab = Lab { name: name.clone(), collector: None };
-    let _ = Command::new(egresslab()).args(["down", "--name", &name]).output();
+    let mut lab = Lab {
+        name: name.clone(),
+        collector: None,
+    };
+    let _ = Command::new(egresslab())
+        .args(["down", "--name", &name])
+        .output();
     let up = Command::new(egresslab())
         .args(["up"])
         .arg(&scenario)
@@ -143,9 +196,16 @@ async fn policy_changes_are_attributed_and_loss_is_quiet() {
         .arg(work.path().join("lab"))
         .output()
         .unwrap();
-    assert!(up.status.success(), "lab up: {}", String::from_utf8_lossy(&up.stderr));
+    assert!(
+        up.status.success(),
+        "lab up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
     let state: Value = serde_json::from_slice(&up.stdout).unwrap();
-    let root_ipv4 = state["root_link"]["root_ipv4"].as_str().unwrap().to_string();
+    let root_ipv4 = state["root_link"]["root_ipv4"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // The collector, in the root namespace, on the root link.
     let data = work.path().join("data");
@@ -168,12 +228,22 @@ async fn policy_changes_are_attributed_and_loss_is_quiet() {
     let mut lines = BufReader::new(collector.stdout.take().unwrap()).lines();
     let (mut quic_port, mut http) = (None, None);
     while quic_port.is_none() || http.is_none() {
-        let Some(Ok(line)) = lines.next() else { panic!("collector exited before printing its addresses") };
+        let Some(Ok(line)) = lines.next() else {
+            panic!("collector exited before printing its addresses")
+        };
         if let Some(rest) = line.strip_prefix("QUIC:") {
-            quic_port = rest.split_whitespace().next().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse::<u16>().ok());
+            quic_port = rest
+                .split_whitespace()
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse::<u16>().ok());
         }
         if let Some(rest) = line.strip_prefix("HTTP:") {
-            http = rest.split_whitespace().next().map(|u| u.trim_start_matches("http://").trim_end_matches('/').to_string());
+            http = rest.split_whitespace().next().map(|u| {
+                u.trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .to_string()
+            });
         }
     }
     std::thread::spawn(move || for _ in lines {});
@@ -212,68 +282,150 @@ async fn policy_changes_are_attributed_and_loss_is_quiet() {
     }
     let agent = agent_bin();
     let template = format!("{}/{{host}}.toml", configs.display());
-    lab.run(&["spawn", "all", "--", agent.to_str().unwrap(), "run", "--config", &template]);
+    lab.run(&[
+        "spawn",
+        "all",
+        "--",
+        agent.to_str().unwrap(),
+        "run",
+        "--config",
+        &template,
+    ]);
 
     // Every agent reporting, every cell open.
-    wait_for("all six agents with 587 open", Duration::from_secs(90), async || {
-        let m = get(&http, "/api/matrix").await;
-        let aws = cell(&m, "aws", None, 587)?;
-        let gcp = cell(&m, "gcp", None, 587)?;
-        (aws["status"] == "open" && aws["ok"] == 4 && gcp["status"] == "open" && gcp["ok"] == 2).then_some(())
-    })
+    wait_for(
+        "all six agents with 587 open",
+        Duration::from_secs(90),
+        async || {
+            let m = get(&http, "/api/matrix").await;
+            let aws = cell(&m, "aws", None, 587)?;
+            let gcp = cell(&m, "gcp", None, 587)?;
+            (aws["status"] == "open" && aws["ok"] == 4 && gcp["status"] == "open" && gcp["ok"] == 2)
+                .then_some(())
+        },
+    )
     .await;
 
     // (1) One account's 587 closes: one account event, nothing for its sibling.
-    lab.run(&["rule", "--provider", "aws", "--account", "prod", "--port", "587", "--family", "both", "--action", "drop"]);
-    let is_prod_587 = |e: &Value| e["kind"] == "policy_changed" && e["port"] == 587 && e["account"] == "prod" && e["to"] == "blocked";
-    let (_, delay) = wait_for("an account event for aws/prod 587", Duration::from_secs(60), async || {
-        let ev = get(&http, "/api/events").await;
-        (!events_matching(&ev, is_prod_587).is_empty()).then_some(())
-    })
+    lab.run(&[
+        "rule",
+        "--provider",
+        "aws",
+        "--account",
+        "prod",
+        "--port",
+        "587",
+        "--family",
+        "both",
+        "--action",
+        "drop",
+    ]);
+    let is_prod_587 = |e: &Value| {
+        e["kind"] == "policy_changed"
+            && e["port"] == 587
+            && e["account"] == "prod"
+            && e["to"] == "blocked"
+    };
+    let (_, delay) = wait_for(
+        "an account event for aws/prod 587",
+        Duration::from_secs(60),
+        async || {
+            let ev = get(&http, "/api/events").await;
+            (!events_matching(&ev, is_prod_587).is_empty()).then_some(())
+        },
+    )
     .await;
     eprintln!("policy flip to account event: {:.1} s", delay.as_secs_f64());
     tokio::time::sleep(Duration::from_secs(10)).await;
     let events = get(&http, "/api/events").await;
     let prod = events_matching(&events, is_prod_587);
-    assert_eq!(prod.len(), 1, "exactly one event for aws/prod 587: {events:#}");
+    assert_eq!(
+        prod.len(),
+        1,
+        "exactly one event for aws/prod 587: {events:#}"
+    );
     assert_eq!(prod[0]["scope"], "account", "{:#}", prod[0]);
-    assert!(events_matching(&events, |e| e["account"] == "dev" || e["scope"] == "provider").is_empty(), "sibling or provider events: {events:#}");
+    assert!(
+        events_matching(&events, |e| e["account"] == "dev"
+            || e["scope"] == "provider")
+        .is_empty(),
+        "sibling or provider events: {events:#}"
+    );
     let m = get(&http, "/api/matrix").await;
-    assert_eq!(cell(&m, "aws", Some("prod"), 587).unwrap()["status"], "blocked");
+    assert_eq!(
+        cell(&m, "aws", Some("prod"), 587).unwrap()["status"],
+        "blocked"
+    );
     assert_eq!(cell(&m, "aws", Some("dev"), 587).unwrap()["status"], "open");
     assert_eq!(cell(&m, "aws", None, 587).unwrap()["status"], "partial");
 
     // (2) The destination's 2525 goes down: a destination outage, not a policy change.
     lab.run(&["dest", "stop", "2525"]);
-    wait_for("a destination outage on 2525", Duration::from_secs(60), async || {
-        let ev = get(&http, "/api/events").await;
-        (!events_matching(&ev, |e| e["kind"] == "destination_outage" && e["port"] == 2525).is_empty()).then_some(())
-    })
+    wait_for(
+        "a destination outage on 2525",
+        Duration::from_secs(60),
+        async || {
+            let ev = get(&http, "/api/events").await;
+            (!events_matching(&ev, |e| {
+                e["kind"] == "destination_outage" && e["port"] == 2525
+            })
+            .is_empty())
+            .then_some(())
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     let events = get(&http, "/api/events").await;
     assert!(
-        events_matching(&events, |e| e["kind"] == "policy_changed" && e["port"] == 2525).is_empty(),
+        events_matching(&events, |e| e["kind"] == "policy_changed"
+            && e["port"] == 2525)
+        .is_empty(),
         "a destination outage was reported as a policy change: {events:#}"
     );
 
     // Back to normal, and quiet.
     lab.run(&["dest", "start", "2525"]);
-    lab.run(&["rule", "--provider", "aws", "--account", "prod", "--port", "587", "--family", "both", "--action", "clear"]);
+    lab.run(&[
+        "rule",
+        "--provider",
+        "aws",
+        "--account",
+        "prod",
+        "--port",
+        "587",
+        "--family",
+        "both",
+        "--action",
+        "clear",
+    ]);
     let mut last = (0usize, Instant::now());
-    wait_for("all open again and no new event for 15 s", Duration::from_secs(120), async || {
-        let m = get(&http, "/api/matrix").await;
-        let open = [587u16, 2525].iter().all(|p| cell(&m, "aws", None, *p).is_some_and(|c| c["status"] == "open"));
-        let n = get(&http, "/api/events").await.as_array().map(Vec::len).unwrap_or(0);
-        if n != last.0 {
-            last = (n, Instant::now());
-        }
-        (open && last.1.elapsed() > Duration::from_secs(15)).then_some(())
-    })
+    wait_for(
+        "all open again and no new event for 15 s",
+        Duration::from_secs(120),
+        async || {
+            let m = get(&http, "/api/matrix").await;
+            let open = [587u16, 2525]
+                .iter()
+                .all(|p| cell(&m, "aws", None, *p).is_some_and(|c| c["status"] == "open"));
+            let n = get(&http, "/api/events")
+                .await
+                .as_array()
+                .map(Vec::len)
+                .unwrap_or(0);
+            if n != last.0 {
+                last = (n, Instant::now());
+            }
+            (open && last.1.elapsed() > Duration::from_secs(15)).then_some(())
+        },
+    )
     .await;
 
     // (3) 5 % random loss on every link for two minutes: no event at all.
-    let before = get(&http, "/api/events").await.as_array().map(Vec::len).unwrap_or(0);
+    let before = get(&http, "/api/events")
+        .await
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
     lab.run(&["loss", "5"]);
     tokio::time::sleep(Duration::from_secs(120)).await;
     lab.run(&["loss", "0"]);

@@ -258,7 +258,11 @@ mod tests {
 
     #[test]
     fn the_documented_example_parses() {
-        let c = AgentConfig::parse(include_str!("../../config.example.toml"), Path::new("config.example.toml")).unwrap();
+        let c = AgentConfig::parse(
+            include_str!("../../config.example.toml"),
+            Path::new("config.example.toml"),
+        )
+        .unwrap();
         assert_eq!(c.targets[0].ports, vec![25, 465, 587, 2525, 443]);
         assert_eq!(c.spool.max_bytes, 64 * 1024 * 1024);
     }

@@ -218,7 +218,9 @@ async fn session(
                     return Err(last_error);
                 }
             }
-            Err(_) => last_error = SessionError::Failed(format!("no answer from {addr} within 8 s")),
+            Err(_) => {
+                last_error = SessionError::Failed(format!("no answer from {addr} within 8 s"))
+            }
         }
     }
     let Some((endpoint, connection)) = established else {

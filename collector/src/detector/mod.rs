@@ -313,12 +313,14 @@ impl Detector {
             for family in [Family::Ipv4, Family::Ipv6] {
                 let path: PathKey = (target.clone(), port, family);
                 let (members, rest): (Vec<Pending>, Vec<Pending>) =
-                    std::mem::take(&mut self.pending).into_iter().partition(|p| {
-                        p.to == to
-                            && p.key.target == path.0
-                            && p.key.port == path.1
-                            && p.key.family == path.2
-                    });
+                    std::mem::take(&mut self.pending)
+                        .into_iter()
+                        .partition(|p| {
+                            p.to == to
+                                && p.key.target == path.0
+                                && p.key.port == path.1
+                                && p.key.family == path.2
+                        });
                 self.pending = rest;
                 if !members.is_empty() {
                     events.extend(self.attribute(path, to, members, now_unix_ms));
