@@ -16,7 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 struct Collector {
@@ -40,24 +43,39 @@ fn start(bin: &Path, dir: &Path) -> Result<Collector> {
             dir.join("data")
         ),
     )?;
-    let mut child = Command::new(bin).args(["run", "--config"]).arg(&config).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let mut child = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
     let stdout = child.stdout.take().context("stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let mut quic = None;
     while quic.is_none() {
-        let Some(Ok(line)) = lines.next() else { bail!("collector exited early") };
+        let Some(Ok(line)) = lines.next() else {
+            bail!("collector exited early")
+        };
         if let Some(rest) = line.strip_prefix("QUIC:") {
             quic = rest.split_whitespace().next().and_then(|a| a.parse().ok());
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    Ok(Collector { child, quic: quic.context("QUIC address")? })
+    Ok(Collector {
+        child,
+        quic: quic.context("QUIC address")?,
+    })
 }
 
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
-        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
@@ -65,38 +83,74 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 fn issue(bin: &Path, dir: &Path, id: &str) -> Result<Credentials> {
     let ca_dir = dir.join("data/ca");
     let out = dir.join("agents");
-    let status = Command::new(bin).args(["ca", "issue", "--dir"]).arg(&ca_dir).arg(id).arg("--out").arg(&out).stdout(Stdio::null()).status()?;
+    let status = Command::new(bin)
+        .args(["ca", "issue", "--dir"])
+        .arg(&ca_dir)
+        .arg(id)
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()?;
     if !status.success() {
         bail!("ca issue failed");
     }
-    Credentials::from_files(&ca_dir.join("ca.pem"), &out.join(format!("{id}.crt")), &out.join(format!("{id}.key")))
+    Credentials::from_files(
+        &ca_dir.join("ca.pem"),
+        &out.join(format!("{id}.crt")),
+        &out.join(format!("{id}.key")),
+    )
 }
 
 fn labels(i: usize) -> Labels {
-    Labels { provider: ["aws", "gcp", "azure", "digitalocean", "hetzner"][i % 5].into(), account: format!("acct-{}", i % 17), region: "r1".into(), instance: format!("vm-{i}") }
+    Labels {
+        provider: ["aws", "gcp", "azure", "digitalocean", "hetzner"][i % 5].into(),
+        account: format!("acct-{}", i % 17),
+        region: "r1".into(),
+        instance: format!("vm-{i}"),
+    }
 }
 
 fn wire_sizes() -> Result<(f64, f64)> {
     let base = now_ms();
-    let results: Vec<_> = (1..=500).map(|s| sim::result(s, base + s as i64 * 12_000)).collect();
-    let frame = encode_frame(&AgentMessage::Batch(Batch::pack(&results, ClockQuality::Synchronised, 0)?), MAX_FRAME_BYTES)?;
+    let results: Vec<_> = (1..=500)
+        .map(|s| sim::result(s, base + s as i64 * 12_000))
+        .collect();
+    let frame = encode_frame(
+        &AgentMessage::Batch(Batch::pack(&results, ClockQuality::Synchronised, 0)?),
+        MAX_FRAME_BYTES,
+    )?;
     let json = serde_json::to_vec(&results)?;
     Ok((frame.len() as f64 / 500.0, json.len() as f64 / 500.0))
 }
 
-async fn ingest_rate(bin: &Path, agents: usize, batches: u64, per_batch: u64) -> Result<(f64, u64)> {
+async fn ingest_rate(
+    bin: &Path,
+    agents: usize,
+    batches: u64,
+    per_batch: u64,
+    window: u64,
+) -> Result<(f64, u64)> {
     let dir = tempfile::tempdir()?;
     let collector = start(bin, dir.path())?;
     let creds = issue(bin, dir.path(), "bench")?;
     // One identity is enough for the rate: each simulated agent gets its own id below.
     let mut all_creds = Vec::new();
     for i in 0..agents {
-        all_creds.push(if i == 0 { creds.clone() } else { issue(bin, dir.path(), &format!("bench-{i}"))? });
+        all_creds.push(if i == 0 {
+            creds.clone()
+        } else {
+            issue(bin, dir.path(), &format!("bench-{i}"))?
+        });
     }
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     let mut sessions = Vec::new();
     for (i, c) in all_creds.iter().enumerate() {
-        let mut a = SimAgent::connect(&endpoint, collector.quic, sim::client_config(Some(c), &c.ca, sim::DEFAULT_ALPN)?).await?;
+        let mut a = SimAgent::connect(
+            &endpoint,
+            collector.quic,
+            sim::client_config(Some(c), &c.ca, sim::DEFAULT_ALPN)?,
+        )
+        .await?;
         match a.hello(labels(i)).await? {
             CollectorMessage::Welcome(_) => {}
             other => bail!("not welcomed: {other:?}"),
@@ -108,12 +162,26 @@ async fn ingest_rate(bin: &Path, agents: usize, batches: u64, per_batch: u64) ->
     let mut tasks = tokio::task::JoinSet::new();
     for mut a in sessions {
         tasks.spawn(async move {
+            // A window of batches in flight, as a real agent keeps: the collector's writer can
+            // then commit one agent's next batch in the same group as everyone else's.
             let mut stored = 0u64;
-            for b in 0..batches {
-                let first = b * per_batch + 1;
-                let results: Vec<_> = (first..first + per_batch).map(|s| sim::result(s, base + s as i64)).collect();
-                let ack = a.report(&results).await?;
-                stored += u64::from(ack.accepted);
+            let mut sent = 0u64;
+            let mut acked = 0u64;
+            while acked < batches {
+                while sent < batches && sent - acked < window {
+                    let first = sent * per_batch + 1;
+                    let results: Vec<_> = (first..first + per_batch)
+                        .map(|s| sim::result(s, base + s as i64))
+                        .collect();
+                    let batch = Batch::pack(&results, ClockQuality::Synchronised, 0)?;
+                    a.send(&AgentMessage::Batch(batch)).await?;
+                    sent += 1;
+                }
+                match a.receive().await? {
+                    CollectorMessage::Ack(ack) => stored += u64::from(ack.accepted),
+                    other => bail!("expected an ack, got {other:?}"),
+                }
+                acked += 1;
             }
             a.finish().await;
             anyhow::Ok(stored)
@@ -127,13 +195,15 @@ async fn ingest_rate(bin: &Path, agents: usize, batches: u64, per_batch: u64) ->
     Ok((total as f64 / elapsed, total))
 }
 
-async fn connection_memory(bin: &Path, connections: usize) -> Result<(u64, u64, f64)> {
+async fn connection_memory(bin: &Path, connections: usize) -> Result<(u64, u64, u64, f64)> {
     let dir = tempfile::tempdir()?;
     let collector = start(bin, dir.path())?;
     let creds = issue(bin, dir.path(), "mem")?;
     let (idle_rss, _) = rss_kib(collector.child.id());
     // Several client endpoints, so no single UDP socket carries all connections.
-    let endpoints: Vec<quinn::Endpoint> = (0..8).map(|_| quinn::Endpoint::client("127.0.0.1:0".parse().expect("literal"))).collect::<Result<_, _>>()?;
+    let endpoints: Vec<quinn::Endpoint> = (0..8)
+        .map(|_| quinn::Endpoint::client("127.0.0.1:0".parse().expect("literal")))
+        .collect::<Result<_, _>>()?;
     let config = sim::client_config(Some(&creds), &creds.ca, sim::DEFAULT_ALPN)?;
     let started = Instant::now();
     let mut held = Vec::with_capacity(connections);
@@ -161,30 +231,38 @@ async fn connection_memory(bin: &Path, connections: usize) -> Result<(u64, u64, 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss, hwm) = rss_kib(collector.child.id());
     drop(held);
-    Ok((rss.saturating_sub(idle_rss).max(1) + idle_rss, hwm, setup))
+    Ok((idle_rss, rss, hwm, setup))
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let bin = PathBuf::from(args.next().context("usage: ingest_bench COLLECTOR_BINARY [CONNECTIONS...]")?);
+    let bin = PathBuf::from(
+        args.next()
+            .context("usage: ingest_bench COLLECTOR_BINARY [CONNECTIONS...]")?,
+    );
     let counts: Vec<usize> = args.map(|a| a.parse()).collect::<Result<_, _>>()?;
-    let counts = if counts.is_empty() { vec![1000, 10_000] } else { counts };
+    let counts = if counts.is_empty() {
+        vec![1000, 10_000]
+    } else {
+        counts
+    };
 
     let (compact, json) = wire_sizes()?;
     println!("| figure | value |");
     println!("|---|---|");
     println!("| bytes per result, compact MessagePack batch of 500 | {compact:.1} |");
     println!("| bytes per result, JSON of the same results | {json:.1} |");
-    let (rate, total) = ingest_rate(&bin, 100, 20, 500).await?;
-    println!("| ingest rate, 100 agents over QUIC, SQLite (synchronous=FULL) | {rate:.0} results/s ({total} results) |");
+    let (rate, total) = ingest_rate(&bin, 100, 20, 500, 4).await?;
+    println!("| ingest rate, 100 agents over QUIC (4 batches of 500 in flight each), SQLite (synchronous=FULL, WAL) | {rate:.0} results/s ({total} results) |");
     for n in counts {
         match connection_memory(&bin, n).await {
-            Ok((rss, hwm, setup)) => println!(
-                "| collector RSS with {n} agent connections | {:.1} MiB (peak {:.1} MiB; {:.1} KiB per connection; set up in {setup:.1} s) |",
+            Ok((idle, rss, hwm, setup)) => println!(
+                "| collector RSS with {n} agent connections | {:.1} MiB (peak {:.1} MiB; idle {:.1} MiB; {:.1} KiB per connection; set up in {setup:.1} s) |",
                 rss as f64 / 1024.0,
                 hwm as f64 / 1024.0,
-                rss as f64 / n as f64
+                idle as f64 / 1024.0,
+                rss.saturating_sub(idle) as f64 / n as f64
             ),
             Err(e) => println!("| collector RSS with {n} agent connections | failed: {e} |"),
         }
