@@ -129,7 +129,7 @@ async fn ingest_rate(
     batches: u64,
     per_batch: u64,
     window: u64,
-) -> Result<(f64, u64)> {
+) -> Result<(f64, u64, u64)> {
     let dir = tempfile::tempdir()?;
     let collector = start(bin, dir.path())?;
     let creds = issue(bin, dir.path(), "bench")?;
@@ -192,7 +192,11 @@ async fn ingest_rate(
         total += done??;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    Ok((total as f64 / elapsed, total))
+    // Acks promise durability: kill the collector outright and count what the database holds.
+    drop(collector);
+    let db = rusqlite::Connection::open(dir.path().join("data/egresswatch.db"))?;
+    let rows: u64 = db.query_row("SELECT count(*) FROM results", [], |row| row.get(0))?;
+    Ok((total as f64 / elapsed, total, rows))
 }
 
 async fn connection_memory(bin: &Path, connections: usize) -> Result<(u64, u64, u64, f64)> {
@@ -214,8 +218,10 @@ async fn connection_memory(bin: &Path, connections: usize) -> Result<(u64, u64, 
         let addr = collector.quic;
         pending.spawn(async move {
             let mut a = SimAgent::connect(&endpoint, addr, config).await?;
-            a.hello(labels(i)).await?;
-            anyhow::Ok(a)
+            match a.hello(labels(i)).await? {
+                CollectorMessage::Welcome(_) => anyhow::Ok(a),
+                other => bail!("connection {i} not welcomed: {other:?}"),
+            }
         });
         // Keep handshakes in flight bounded, as a real fleet's reconnects would be.
         while pending.len() >= 256 {
@@ -253,8 +259,8 @@ async fn main() -> Result<()> {
     println!("|---|---|");
     println!("| bytes per result, compact MessagePack batch of 500 | {compact:.1} |");
     println!("| bytes per result, JSON of the same results | {json:.1} |");
-    let (rate, total) = ingest_rate(&bin, 100, 20, 500, 4).await?;
-    println!("| ingest rate, 100 agents over QUIC (4 batches of 500 in flight each), SQLite (synchronous=FULL, WAL) | {rate:.0} results/s ({total} results) |");
+    let (rate, total, rows) = ingest_rate(&bin, 100, 20, 500, 4).await?;
+    println!("| ingest rate, 100 agents over QUIC (4 batches of 500 in flight each), SQLite (synchronous=FULL, WAL) | {rate:.0} results/s ({total} acked, {rows} rows in SQLite after SIGKILL) |");
     for n in counts {
         match connection_memory(&bin, n).await {
             Ok((idle, rss, hwm, setup)) => println!(
