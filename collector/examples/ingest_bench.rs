@@ -110,9 +110,10 @@ fn labels(i: usize) -> Labels {
     }
 }
 
-fn wire_sizes() -> Result<(f64, f64)> {
+/// Whole frame (length prefix included) per result, and JSON of the same results per result.
+fn wire_sizes(count: u64) -> Result<(f64, f64)> {
     let base = now_ms();
-    let results: Vec<_> = (1..=500)
+    let results: Vec<_> = (1..=count)
         .map(|s| sim::result(s, base + s as i64 * 12_000))
         .collect();
     let frame = encode_frame(
@@ -120,7 +121,8 @@ fn wire_sizes() -> Result<(f64, f64)> {
         MAX_FRAME_BYTES,
     )?;
     let json = serde_json::to_vec(&results)?;
-    Ok((frame.len() as f64 / 500.0, json.len() as f64 / 500.0))
+    let n = count as f64;
+    Ok((frame.len() as f64 / n, json.len() as f64 / n))
 }
 
 async fn ingest_rate(
@@ -254,11 +256,13 @@ async fn main() -> Result<()> {
         counts
     };
 
-    let (compact, json) = wire_sizes()?;
     println!("| figure | value |");
     println!("|---|---|");
-    println!("| bytes per result, compact MessagePack batch of 500 | {compact:.1} |");
-    println!("| bytes per result, JSON of the same results | {json:.1} |");
+    for count in [20, 50, 500] {
+        let (compact, json) = wire_sizes(count)?;
+        println!("| bytes per result, compact MessagePack batch of {count} (whole frame) | {compact:.1} |");
+        println!("| bytes per result, JSON of the same {count} results | {json:.1} |");
+    }
     let (rate, total, rows) = ingest_rate(&bin, 100, 20, 500, 4).await?;
     println!("| ingest rate, 100 agents over QUIC (4 batches of 500 in flight each), SQLite (synchronous=FULL, WAL) | {rate:.0} results/s ({total} acked, {rows} rows in SQLite after SIGKILL) |");
     for n in counts {
