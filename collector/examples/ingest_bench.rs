@@ -110,9 +110,10 @@ fn labels(i: usize) -> Labels {
     }
 }
 
-fn wire_sizes() -> Result<(f64, f64)> {
+/// Whole frame (length prefix included) per result, and JSON of the same results per result.
+fn wire_sizes(count: u64) -> Result<(f64, f64)> {
     let base = now_ms();
-    let results: Vec<_> = (1..=500)
+    let results: Vec<_> = (1..=count)
         .map(|s| sim::result(s, base + s as i64 * 12_000))
         .collect();
     let frame = encode_frame(
@@ -120,7 +121,8 @@ fn wire_sizes() -> Result<(f64, f64)> {
         MAX_FRAME_BYTES,
     )?;
     let json = serde_json::to_vec(&results)?;
-    Ok((frame.len() as f64 / 500.0, json.len() as f64 / 500.0))
+    let n = count as f64;
+    Ok((frame.len() as f64 / n, json.len() as f64 / n))
 }
 
 async fn ingest_rate(
@@ -128,7 +130,8 @@ async fn ingest_rate(
     agents: usize,
     batches: u64,
     per_batch: u64,
-) -> Result<(f64, u64)> {
+    window: u64,
+) -> Result<(f64, u64, u64)> {
     let dir = tempfile::tempdir()?;
     let collector = start(bin, dir.path())?;
     let creds = issue(bin, dir.path(), "bench")?;
@@ -161,14 +164,26 @@ async fn ingest_rate(
     let mut tasks = tokio::task::JoinSet::new();
     for mut a in sessions {
         tasks.spawn(async move {
+            // A window of batches in flight, as a real agent keeps: the collector's writer can
+            // then commit one agent's next batch in the same group as everyone else's.
             let mut stored = 0u64;
-            for b in 0..batches {
-                let first = b * per_batch + 1;
-                let results: Vec<_> = (first..first + per_batch)
-                    .map(|s| sim::result(s, base + s as i64))
-                    .collect();
-                let ack = a.report(&results).await?;
-                stored += u64::from(ack.accepted);
+            let mut sent = 0u64;
+            let mut acked = 0u64;
+            while acked < batches {
+                while sent < batches && sent - acked < window {
+                    let first = sent * per_batch + 1;
+                    let results: Vec<_> = (first..first + per_batch)
+                        .map(|s| sim::result(s, base + s as i64))
+                        .collect();
+                    let batch = Batch::pack(&results, ClockQuality::Synchronised, 0)?;
+                    a.send(&AgentMessage::Batch(batch)).await?;
+                    sent += 1;
+                }
+                match a.receive().await? {
+                    CollectorMessage::Ack(ack) => stored += u64::from(ack.accepted),
+                    other => bail!("expected an ack, got {other:?}"),
+                }
+                acked += 1;
             }
             a.finish().await;
             anyhow::Ok(stored)
@@ -179,10 +194,14 @@ async fn ingest_rate(
         total += done??;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    Ok((total as f64 / elapsed, total))
+    // Acks promise durability: kill the collector outright and count what the database holds.
+    drop(collector);
+    let db = rusqlite::Connection::open(dir.path().join("data/egresswatch.db"))?;
+    let rows: u64 = db.query_row("SELECT count(*) FROM results", [], |row| row.get(0))?;
+    Ok((total as f64 / elapsed, total, rows))
 }
 
-async fn connection_memory(bin: &Path, connections: usize) -> Result<(u64, u64, f64)> {
+async fn connection_memory(bin: &Path, connections: usize) -> Result<(u64, u64, u64, f64)> {
     let dir = tempfile::tempdir()?;
     let collector = start(bin, dir.path())?;
     let creds = issue(bin, dir.path(), "mem")?;
@@ -201,8 +220,10 @@ async fn connection_memory(bin: &Path, connections: usize) -> Result<(u64, u64, 
         let addr = collector.quic;
         pending.spawn(async move {
             let mut a = SimAgent::connect(&endpoint, addr, config).await?;
-            a.hello(labels(i)).await?;
-            anyhow::Ok(a)
+            match a.hello(labels(i)).await? {
+                CollectorMessage::Welcome(_) => anyhow::Ok(a),
+                other => bail!("connection {i} not welcomed: {other:?}"),
+            }
         });
         // Keep handshakes in flight bounded, as a real fleet's reconnects would be.
         while pending.len() >= 256 {
@@ -218,7 +239,7 @@ async fn connection_memory(bin: &Path, connections: usize) -> Result<(u64, u64, 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss, hwm) = rss_kib(collector.child.id());
     drop(held);
-    Ok((rss.saturating_sub(idle_rss).max(1) + idle_rss, hwm, setup))
+    Ok((idle_rss, rss, hwm, setup))
 }
 
 #[tokio::main]
@@ -235,20 +256,23 @@ async fn main() -> Result<()> {
         counts
     };
 
-    let (compact, json) = wire_sizes()?;
     println!("| figure | value |");
     println!("|---|---|");
-    println!("| bytes per result, compact MessagePack batch of 500 | {compact:.1} |");
-    println!("| bytes per result, JSON of the same results | {json:.1} |");
-    let (rate, total) = ingest_rate(&bin, 100, 20, 500).await?;
-    println!("| ingest rate, 100 agents over QUIC, SQLite (synchronous=FULL) | {rate:.0} results/s ({total} results) |");
+    for count in [20, 50, 500] {
+        let (compact, json) = wire_sizes(count)?;
+        println!("| bytes per result, compact MessagePack batch of {count} (whole frame) | {compact:.1} |");
+        println!("| bytes per result, JSON of the same {count} results | {json:.1} |");
+    }
+    let (rate, total, rows) = ingest_rate(&bin, 100, 20, 500, 4).await?;
+    println!("| ingest rate, 100 agents over QUIC (4 batches of 500 in flight each), SQLite (synchronous=FULL, WAL) | {rate:.0} results/s ({total} acked, {rows} rows in SQLite after SIGKILL) |");
     for n in counts {
         match connection_memory(&bin, n).await {
-            Ok((rss, hwm, setup)) => println!(
-                "| collector RSS with {n} agent connections | {:.1} MiB (peak {:.1} MiB; {:.1} KiB per connection; set up in {setup:.1} s) |",
+            Ok((idle, rss, hwm, setup)) => println!(
+                "| collector RSS with {n} agent connections | {:.1} MiB (peak {:.1} MiB; idle {:.1} MiB; {:.1} KiB per connection; set up in {setup:.1} s) |",
                 rss as f64 / 1024.0,
                 hwm as f64 / 1024.0,
-                rss as f64 / n as f64
+                idle as f64 / 1024.0,
+                rss.saturating_sub(idle) as f64 / n as f64
             ),
             Err(e) => println!("| collector RSS with {n} agent connections | failed: {e} |"),
         }
