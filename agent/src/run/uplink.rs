@@ -26,6 +26,8 @@ use tracing::{error, info, warn};
 const WINDOW: usize = 8;
 /// Most results in one batch.
 const BATCH_RESULTS: usize = 500;
+/// How long new results wait for company before they are sent.
+const LINGER: Duration = Duration::from_millis(1000);
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -316,7 +318,9 @@ async fn converse(
                 Some(Err(e)) => break Err(e),
                 None => break Err(SessionError::Failed("the collector closed the stream".into())),
             },
-            _ = shared.new_results.notified() => {}
+            // Batch by time as well as size: let results gather briefly, so a steady trickle
+            // travels as a few larger batches (the series table is paid once per batch).
+            _ = shared.new_results.notified() => tokio::time::sleep(LINGER).await,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => {
                 // Let what is in flight be acked, briefly; the rest waits in the spool.
