@@ -23,7 +23,8 @@ if [ -f dashboard/package.json ] && [ -d dashboard/tests ]; then
         echo "=== dashboard: skipped (run 'npm ci' in dashboard/ first; .ci/run does)"
     fi
 fi
-step "ansible" bash ansible/tests/run.sh
+# EGRESSWATCH_E2E=1: the agents the role installed report to the collector the role installed.
+step "ansible" env EGRESSWATCH_E2E=1 bash ansible/tests/run.sh
 
 if [ ${#failed[@]} -gt 0 ]; then
     echo "FAILED: ${failed[*]}"

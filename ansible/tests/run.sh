@@ -11,8 +11,6 @@
 #
 # Environment:
 #   EGRESSWATCH_E2E=1          also run the agents against the collector (needs the real binaries)
-#   EGRESSWATCH_CA_STANDIN=0   when the built collector has no `ca` command yet, skip the lab
-#                              instead of deploying the openssl stand-in (tests/ca-standin.sh)
 #   EGRESSWATCH_ROOTFS_CACHE   where the debootstrap tree is cached (/var/cache/egresswatch-ansible)
 #   EGRESSWATCH_KEEP=1         keep the work directory (logs, trees) after the run
 #   CARGO_TARGET_DIR           honoured by the build play
@@ -225,30 +223,12 @@ build() {
 check build_play_builds_and_records_sha256 build
 [ -x "$DIST/egresswatch-collector" ] || { skip lab "the build play made no binaries"; finish; }
 
-# The real collector's CA. Until the collector's command line exists (issue 3: its --help does
-# not name a `ca` command yet), the CA comes from tests/ca-standin.sh, an openssl stand-in that
-# follows the same contract (session.md); EGRESSWATCH_CA_STANDIN=0 skips the lab instead. Once the
-# real command exists it is always used, and a `ca init` that does not work is a failure.
-collector_has_ca_command() {
-    timeout 30 "$DIST/egresswatch-collector" --help 2>&1 | grep -qE '^[[:space:]]+ca([[:space:]]|$)'
-}
+# The real collector's CA: `ca init` must work before anything is deployed.
 collector_ca_init_works() {
     local dir="$WORK/ca-probe"
     timeout 60 "$DIST/egresswatch-collector" ca init --dir "$dir" && [ -s "$dir/ca.pem" ] && [ -s "$dir/ca.key" ]
 }
-if collector_has_ca_command; then
-    check collector_ca_init_works collector_ca_init_works
-elif [ "${EGRESSWATCH_CA_STANDIN:-1}" = 1 ]; then
-    echo "note: the built egresswatch-collector has no 'ca' command yet: deploying tests/ca-standin.sh in its place"
-    install -m 0755 "$HERE/ca-standin.sh" "$DIST/egresswatch-collector"
-    (cd "$DIST" && sha256sum egresswatch-collector >egresswatch-collector.sha256)
-    # From here on the binaries are given as paths: no build.
-    PLAYBOOK_ARGS+=(-e egresswatch_build=false)
-    STANDIN=1
-else
-    skip lab "the built egresswatch-collector has no 'ca' command yet (EGRESSWATCH_CA_STANDIN=0)"
-    finish
-fi
+check collector_ca_init_works collector_ca_init_works
 
 # Runs the playbook; saves the output; fails unless every host's recap says failed=0 (and,
 # with "unchanged", changed=0).
@@ -449,10 +429,6 @@ grep -h 'exposure' "$WORK/logs/systemd_analyze_security_exposure.log" | sed 's/^
 # ---------------------------------------------------------------- end to end
 if [ "${EGRESSWATCH_E2E:-0}" != 1 ]; then
     skip agents_report_to_collector "set EGRESSWATCH_E2E=1 (needs the real agent and collector)"
-    finish
-fi
-if [ "${STANDIN:-0}" = 1 ]; then
-    skip agents_report_to_collector "the collector is the CA stand-in, which does not serve"
     finish
 fi
 
