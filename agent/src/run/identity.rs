@@ -60,9 +60,8 @@ pub fn provider_from_dmi(dmi_dir: &Path) -> Option<Provider> {
         || product.starts_with("Amazon EC2")
     {
         Some(Provider::Aws)
-    } else if asset == AZURE_ASSET_TAG
-        || (vendor == "Microsoft Corporation" && product == "Virtual Machine")
-    {
+    } else if vendor == "Microsoft Corporation" && asset == AZURE_ASSET_TAG {
+        // Without the asset tag it is any Hyper-V guest, on premises as well.
         Some(Provider::Azure)
     } else if vendor == "DigitalOcean" {
         Some(Provider::DigitalOcean)
