@@ -381,8 +381,7 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
-fn port_list(ports: &BTreeSet<u16>) -> String {
-    let items: Vec<String> = ports.iter().map(u16::to_string).collect();
+fn join_words(items: &[String]) -> String {
     match items.len() {
         0 => String::new(),
         1 => items[0].clone(),
@@ -396,6 +395,35 @@ pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
     if results.is_empty() {
         return vec!["Nothing was probed.".into()];
     }
+    // A port that fails in one family only is named with it ("2525 over IPv6"), so a verdict
+    // never calls the same port blocked and fine at once.
+    let one_family = |port: u16, failing: bool| -> Option<Family> {
+        let probed: Vec<&ProbeResult> = results
+            .iter()
+            .filter(|r| r.port == port && r.outcome != Outcome::NoAddress)
+            .collect();
+        let matching: Vec<Family> = probed
+            .iter()
+            .filter(|r| r.outcome.is_failure() == failing)
+            .map(|r| r.family)
+            .collect();
+        let families: BTreeSet<Family> = probed.iter().map(|r| r.family).collect();
+        let matching_families: BTreeSet<Family> = matching.iter().copied().collect();
+        (families.len() > 1 && matching_families.len() == 1).then(|| matching[0])
+    };
+    let label = |ports: &BTreeSet<u16>, failing: bool| -> String {
+        let labelled: Vec<String> = ports
+            .iter()
+            .map(|p| match one_family(*p, failing) {
+                Some(Family::Ipv4) => format!("{p} over IPv4"),
+                Some(Family::Ipv6) => format!("{p} over IPv6"),
+                None => p.to_string(),
+            })
+            .collect();
+        join_words(&labelled)
+    };
+    let failing = |ports: &BTreeSet<u16>| label(ports, true);
+    let fine = |ports: &BTreeSet<u16>| label(ports, false);
     let with = |o: Outcome| -> BTreeSet<u16> {
         results
             .iter()
@@ -447,7 +475,7 @@ pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
         } else {
             "time out"
         };
-        let ports = port_list(&timeouts);
+        let ports = failing(&timeouts);
         if control_ok {
             lines.push(format!(
                 "{ports} {verb} while 443 answers: outbound SMTP is filtered on this network (a silent drop, the signature of a provider block)."
@@ -499,7 +527,7 @@ pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
         let hops: Vec<String> = routers.iter().map(ToString::to_string).collect();
         lines.push(format!(
             "{} {} rejected by a router on the path ({}, ICMP): a firewall between this host and the destination, e.g. the provider's edge.",
-            port_list(&by_router),
+            failing(&by_router),
             is_are(&by_router),
             hops.join(", ")
         ));
@@ -507,14 +535,14 @@ pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
     if !by_destination.is_empty() {
         lines.push(format!(
             "{} {} rejected by the destination itself (ICMP from its own address): the destination's firewall.",
-            port_list(&by_destination),
+            failing(&by_destination),
             is_are(&by_destination)
         ));
     }
     if !no_icmp.is_empty() {
         lines.push(format!(
             "{} {} unreachable with no ICMP to say who: no route from this host, or the network is down.",
-            port_list(&no_icmp),
+            failing(&no_icmp),
             is_are(&no_icmp)
         ));
     }
@@ -523,39 +551,39 @@ pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
     if !local.is_empty() {
         lines.push(format!(
             "{}: this host's own firewall refuses to send (EPERM/EACCES).",
-            port_list(&local)
+            failing(&local)
         ));
     }
     let refused = with(Outcome::Refused);
     if !refused.is_empty() {
         lines.push(format!(
             "{}: the destination refuses (TCP reset): nothing listens there, or a reject rule in front of it.",
-            port_list(&refused)
+            failing(&refused)
         ));
     }
     let reset = with(Outcome::Reset);
     if !reset.is_empty() {
         lines.push(format!(
             "{}: the connection was reset after it opened: a middlebox cutting SMTP sessions.",
-            port_list(&reset)
+            failing(&reset)
         ));
     }
     let no_banner = with(Outcome::NoBanner);
     if !no_banner.is_empty() {
         lines.push(format!(
             "{}: connects but no SMTP greeting arrives: a middlebox may be swallowing the session, or the server is overloaded.",
-            port_list(&no_banner)
+            failing(&no_banner)
         ));
     }
     let bad_banner = with(Outcome::BadBanner);
     if !bad_banner.is_empty() {
-        lines.push(format!("{}: the destination greets with a refusal: policy at the destination, not the network.", port_list(&bad_banner)));
+        lines.push(format!("{}: the destination greets with a refusal: policy at the destination, not the network.", failing(&bad_banner)));
     }
     let stripped = with(Outcome::StarttlsMissing);
     if !stripped.is_empty() {
         lines.push(format!(
             "{}: STARTTLS is not offered: stripped on the path (or the server does not offer it); mail would travel in clear.",
-            port_list(&stripped)
+            failing(&stripped)
         ));
     }
     let tls_failed: BTreeSet<u16> = results
@@ -566,7 +594,7 @@ pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
     if !tls_failed.is_empty() {
         lines.push(format!(
             "{}: TLS fails (certificate not valid for the host, or the handshake broke): TLS intercepted on the path, or a misconfigured server (use --ca-file for a private relay).",
-            port_list(&tls_failed)
+            failing(&tls_failed)
         ));
     }
     let no_v6 = results
@@ -584,14 +612,14 @@ pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
         } else {
             lines.push(format!(
                 "{} {}: outbound SMTP is open from this host.",
-                port_list(&ok),
+                fine(&ok),
                 if ok.len() == 1 { "answers" } else { "answer" }
             ));
         }
     } else if !ok.is_empty() {
         lines.push(format!(
             "{} {} fine.",
-            port_list(&ok),
+            fine(&ok),
             if ok.len() == 1 { "is" } else { "are" }
         ));
     }
@@ -739,5 +767,40 @@ mod tests {
         let t = render_table(&[x]);
         assert!(!t.contains('\u{1b}'));
         assert!(t.starts_with("HOST"));
+    }
+}
+
+#[cfg(test)]
+mod family_tests {
+    use super::*;
+
+    #[test]
+    fn a_port_failing_in_one_family_is_named_with_it() {
+        let r = |port: u16, family: Family, outcome: Outcome| ProbeResult {
+            target: "mx".into(),
+            port,
+            family,
+            outcome,
+            address: Some(if family == Family::Ipv4 {
+                "198.19.0.25".parse().unwrap()
+            } else {
+                "2001:db8:ffff::25".parse().unwrap()
+            }),
+            ..Default::default()
+        };
+        let v = verdict(&[
+            r(25, Family::Ipv4, Outcome::Timeout),
+            r(25, Family::Ipv6, Outcome::Timeout),
+            r(2525, Family::Ipv4, Outcome::Ok),
+            r(2525, Family::Ipv6, Outcome::Timeout),
+            r(443, Family::Ipv4, Outcome::Ok),
+            r(443, Family::Ipv6, Outcome::Ok),
+        ])
+        .join("\n");
+        assert!(
+            v.contains("25 and 2525 over IPv6 time out while 443 answers"),
+            "{v}"
+        );
+        assert!(v.contains("443 and 2525 over IPv4 are fine"), "{v}");
     }
 }

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
 }
 
 #[test]
@@ -17,13 +20,25 @@ fn shortened_demo_alerts_and_cleans_up() {
         eprintln!("SKIPPED shortened_demo_alerts_and_cleans_up: needs root for network namespaces");
         return;
     }
-    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_egresswatch-collector")).parent().expect("bin dir").to_path_buf();
-    assert!(bin_dir.join("egresswatch-agent").exists(), "build the agent first: cargo build --workspace --bins");
+    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_egresswatch-collector"))
+        .parent()
+        .expect("bin dir")
+        .to_path_buf();
+    assert!(
+        bin_dir.join("egresswatch-agent").exists(),
+        "build the agent first: cargo build --workspace --bins"
+    );
     let name = format!("dm{}", std::process::id() % 100_000);
     let alerts = tempfile::NamedTempFile::new().unwrap();
     let port = 20_000 + (std::process::id() % 20_000) as u16;
     let out = Command::new(repo().join("lab/demo"))
-        .args(["--scenario", "lab/scenarios/demo-short.toml", "--exit-after-timeline", "--name", &name])
+        .args([
+            "--scenario",
+            "lab/scenarios/demo-short.toml",
+            "--exit-after-timeline",
+            "--name",
+            &name,
+        ])
         .arg("--bin-dir")
         .arg(&bin_dir)
         .args(["--http", &format!("127.0.0.1:{port}")])
@@ -37,18 +52,31 @@ fn shortened_demo_alerts_and_cleans_up() {
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("TIMELINE"), "{stdout}");
     let received = std::fs::read_to_string(alerts.path()).unwrap();
-    let events: Vec<serde_json::Value> = received.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let events: Vec<serde_json::Value> = received
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     let closed = events.iter().any(|e| {
-        e["kind"] == "policy_changed" && e["account"] == "acct-a" && e["port"] == 587 && e["to"] == "blocked" && e["scope"] == "account"
+        e["kind"] == "policy_changed"
+            && e["account"] == "acct-a"
+            && e["port"] == 587
+            && e["to"] == "blocked"
+            && e["scope"] == "account"
     });
-    assert!(closed, "no alert for acct-a's 587 closing; received:\n{received}\nstderr:\n{stderr}");
+    assert!(
+        closed,
+        "no alert for acct-a's 587 closing; received:\n{received}\nstderr:\n{stderr}"
+    );
     assert!(
         !events.iter().any(|e| e["account"] == "acct-b"),
         "an alert for the sibling account:\n{received}"
     );
     // Nothing left behind.
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&netns.stdout).contains(&format!("{name}-")), "namespaces left behind");
+    assert!(
+        !String::from_utf8_lossy(&netns.stdout).contains(&format!("{name}-")),
+        "namespaces left behind"
+    );
     assert!(!Path::new(&format!("/var/tmp/egresswatch-demo-{name}")).exists());
 }
 
