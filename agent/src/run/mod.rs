@@ -65,6 +65,12 @@ impl Shared {
         lock(&self.spool_trouble).clone()
     }
 
+    /// The uplink's last trouble ("rejected by the collector: …", "disconnected: …"); empty
+    /// while connected.
+    pub fn uplink_state(&self) -> String {
+        lock(&self.uplink_state).clone()
+    }
+
     pub fn set_uplink_state(&self, state: String) {
         *lock(&self.uplink_state) = state;
     }
