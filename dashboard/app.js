@@ -126,7 +126,9 @@ function buildDoc(doc) {
   add('unblock', doc.unblock);
   add('basis', doc.basis);
   add('read', doc.read);
-  d.append(dl);
+  const bodyEl = el('div', 'doc-body');
+  bodyEl.append(dl);
+  d.append(bodyEl);
   if (doc.source) {
     const p = el('p', 'doc-source');
     // Only http(s) links are made clickable; anything else stays text.
@@ -139,7 +141,7 @@ function buildDoc(doc) {
     } else {
       p.textContent = `source: ${doc.source}`;
     }
-    d.append(p);
+    bodyEl.append(p);
   }
   return d;
 }
@@ -168,11 +170,11 @@ function fillCell(td, c, now) {
   td.append(meta);
   const meta2 = el('div', 'cell-meta');
   if (held) {
-    const h = el('span', 'held', held);
+    const h = el('span', 'held', `for ${held}`);
     h.title = `status held since ${c.since}`;
     meta2.append(h);
   }
-  if (c.outcome && status !== 'open') meta2.append(' ', el('span', 'outcome', c.outcome));
+  if (c.outcome && c.outcome !== 'ok' && status !== 'open') meta2.append(' ', el('span', 'outcome', c.outcome));
   if (meta2.childNodes.length) td.append(meta2);
   if (c.doc_mismatch) {
     const m = el('span', 'mismatch', '≠ docs');
