@@ -383,7 +383,9 @@ async function loadProbes(agentId) {
 
 // ---------- matrix data ----------
 
-function setMatrix(m, source) {
+// Each render is recorded in window.__ew.renders (JS time, time since the data arrived, and
+// time until the next frame was painted) for the benchmark and for curious people.
+function setMatrix(m, source, receivedAt = performance.now()) {
   if (!m || typeof m !== 'object') return;
   if (Array.isArray(m.ports) && m.ports.length) {
     const ports = m.ports.map(String).filter((p) => p !== CONTROL_PORT);
@@ -400,7 +402,12 @@ function setMatrix(m, source) {
   const ms = render();
   mark(`matrix-${source}-end`);
   window.__ew = window.__ew || { renders: [] };
-  window.__ew.renders.push({ source, ms, at: performance.now() });
+  const rec = { source, render_ms: ms, total_ms: performance.now() - receivedAt, painted_ms: null };
+  window.__ew.renders.push(rec);
+  if (window.__ew.renders.length > 100) window.__ew.renders.shift();
+  requestAnimationFrame(() => setTimeout(() => {
+    rec.painted_ms = performance.now() - receivedAt;
+  }, 0));
 }
 
 async function fetchMatrix() {
@@ -412,8 +419,9 @@ async function fetchMatrix() {
 
 async function refreshMatrix(source) {
   const family = state.family;
+  const asked = performance.now();
   const m = await fetchMatrix();
-  if (family === state.family) setMatrix(m, source);
+  if (family === state.family) setMatrix(m, source, asked);
   fresh();
 }
 
@@ -563,13 +571,14 @@ function connect() {
     state.connected = true;
     fresh();
     if (state.family === 'all') {
+      const receivedAt = performance.now();
       let m;
       try {
         m = JSON.parse(msg.data);
       } catch {
         return;
       }
-      setMatrix(m, 'sse');
+      setMatrix(m, 'sse', receivedAt);
     } else {
       refreshMatrix('sse').catch(() => {});
     }
