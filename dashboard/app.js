@@ -25,6 +25,7 @@ const state = {
   lastMessageAt: 0,
   connected: false,
   events: [],
+  fetchedAt: -Infinity,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -402,11 +403,12 @@ function setMatrix(m, source, receivedAt = performance.now()) {
   const ms = render();
   mark(`matrix-${source}-end`);
   window.__ew = window.__ew || { renders: [] };
-  const rec = { source, render_ms: ms, total_ms: performance.now() - receivedAt, painted_ms: null };
+  const rec = { source, render_ms: ms, total_ms: performance.now() - receivedAt, painted_ms: null, end_at: performance.now() };
   window.__ew.renders.push(rec);
   if (window.__ew.renders.length > 100) window.__ew.renders.shift();
   requestAnimationFrame(() => setTimeout(() => {
     rec.painted_ms = performance.now() - receivedAt;
+    rec.painted_since_nav_ms = performance.now();
   }, 0));
 }
 
@@ -420,6 +422,7 @@ async function fetchMatrix() {
 async function refreshMatrix(source) {
   const family = state.family;
   const asked = performance.now();
+  state.fetchedAt = asked;
   const m = await fetchMatrix();
   if (family === state.family) setMatrix(m, source, asked);
   fresh();
@@ -557,6 +560,7 @@ async function watchdog() {
 function connect() {
   const es = new EventSource('/api/stream');
   es.addEventListener('open', () => {
+    state.firstAfterOpen = true;
     state.connected = true;
     fresh();
     setLive('live', 'live');
@@ -568,6 +572,8 @@ function connect() {
     else setLive('reconnecting', 'reconnecting…');
   });
   es.addEventListener('matrix', (msg) => {
+    const first = state.firstAfterOpen;
+    state.firstAfterOpen = false;
     state.connected = true;
     fresh();
     if (state.family === 'all') {
@@ -578,9 +584,11 @@ function connect() {
       } catch {
         return;
       }
-      setMatrix(m, 'sse', receivedAt);
-    } else {
-      refreshMatrix('sse').catch(() => {});
+      setMatrix(m, state.matrix ? 'sse' : 'initial', receivedAt);
+    } else if (!first || performance.now() - state.fetchedAt > 1000) {
+      // The stream's matrix covers both families: ask for ours (unless the stream's opening
+      // snapshot arrives just after we fetched it).
+      refreshMatrix(state.matrix ? 'sse' : 'initial').catch(() => {});
     }
   });
   es.addEventListener('event', (msg) => {
@@ -616,7 +624,16 @@ function start() {
       refreshMatrix('family').catch(() => setLive('stale', 'could not load the matrix'));
     });
   }
-  refreshMatrix('initial').catch(() => setLive('reconnecting', 'could not load the matrix; retrying…'));
+  // The stream opens with the whole matrix (both families): with "both" selected that first
+  // message is the first render, and the matrix is fetched only if the stream is slow to come.
+  const initialFetch = () => refreshMatrix('initial').catch(() => setLive('reconnecting', 'could not load the matrix; retrying…'));
+  if (state.family === 'all') {
+    setTimeout(() => {
+      if (!state.matrix) initialFetch();
+    }, 2000);
+  } else {
+    initialFetch();
+  }
   loadEvents().catch(() => {
     $('events-empty').hidden = false;
     $('events-empty').textContent = 'could not load events';
