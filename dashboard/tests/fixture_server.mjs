@@ -1,0 +1,304 @@
+// A stand-in for the collector's HTTP server, for the browser tests and the benchmark: it serves
+// the three page files with the collector's exact CSP, fixture JSON for the API in the
+// collector's shapes, and an SSE stream onto which a test can push a matrix or an event.
+import http from 'node:http';
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const DASHBOARD = path.resolve(HERE, '..');
+
+// Kept identical to collector/src/http/routes.rs `CSP`.
+export const CSP =
+  "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+export const HOSTILE = '<img src=x onerror=alert(1)>';
+export const PORTS = [25, 465, 587, 2525, 443];
+
+const T0 = Date.parse('2026-11-22T12:00:00Z');
+const iso = (ms) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+
+export function cell(status, ok, failed, extra = {}) {
+  return {
+    status,
+    ok,
+    failed,
+    outcome: status === 'unknown' ? null : failed > ok ? 'timeout' : 'ok',
+    p50_connect_ms: ok > 0 ? 12.5 : null,
+    since: status === 'unknown' ? null : iso(T0),
+    ...extra,
+  };
+}
+
+function doc(policy, summary) {
+  return {
+    policy,
+    summary,
+    source: 'https://example.test/docs/smtp',
+    read: null,
+    for_whom: 'all accounts',
+    unblock: 'ask support',
+    basis: 'provider documentation',
+  };
+}
+
+function withDoc(cells, docs) {
+  const out = {};
+  for (const [port, c] of Object.entries(cells)) {
+    const d = docs[port] ?? null;
+    const mismatch = !!d && ((d.policy === 'blocked' && c.status === 'open') || (d.policy === 'open' && c.status === 'blocked'));
+    out[port] = { ...c, doc: d, doc_mismatch: mismatch };
+  }
+  return out;
+}
+
+/** The small hand-made fleet the tests assert on. */
+export function smallFixture(family = 'all') {
+  const both = family === 'all';
+  const gcpAgents = both ? 12 : 6;
+  const gcpCells = {
+    25: cell('blocked', 0, gcpAgents),
+    465: cell('open', gcpAgents, 0),
+    587: cell('partial', gcpAgents - 1, 1),
+    2525: cell('open', gcpAgents, 0),
+    443: cell('open', gcpAgents, 0),
+  };
+  const agentCells = {
+    25: cell('blocked', 0, 1),
+    465: cell('open', 1, 0),
+    587: cell('open', 1, 0),
+    2525: cell('open', 1, 0),
+    443: cell('open', 1, 0),
+  };
+  const hetznerCells = {
+    25: cell('open', 3, 0),
+    465: cell('blocked', 0, 3),
+    587: cell('open', 3, 0),
+    2525: cell('unknown', 0, 0),
+    443: cell('open', 3, 0),
+  };
+  const agent = (id, instance, region, silent = false) => ({
+    agent: id,
+    instance,
+    region,
+    last_seen: iso(T0 + 3600_000),
+    silent,
+    cells: agentCells,
+  });
+  return {
+    ports: PORTS,
+    family,
+    generated_at: iso(T0 + 3600_000),
+    providers: [
+      {
+        provider: 'gcp',
+        agents: gcpAgents,
+        cells: withDoc(gcpCells, { 25: doc('blocked', 'Port 25 is blocked for all VMs.'), 465: doc('open', 'Allowed.'), 587: doc('open', 'Allowed.') }),
+        accounts: [
+          {
+            account: 'acct-a',
+            agents: gcpAgents,
+            cells: gcpCells,
+            regions: [
+              {
+                region: 'europe-west1',
+                agents: 2,
+                cells: gcpCells,
+                agent_list: [agent('gcp-a-1', 'vm-1', 'europe-west1'), agent('gcp-a-2', 'vm-2', 'europe-west1', true)],
+              },
+            ],
+          },
+        ],
+      },
+      {
+        provider: 'hetzner',
+        agents: 3,
+        // hetzner documents 25 blocked, but agents see it open: a "≠ docs" marker.
+        cells: withDoc(hetznerCells, { 25: doc('blocked', 'Blocked on new cloud servers.'), 465: doc('blocked', 'Blocked on new cloud servers.') }),
+        accounts: [
+          {
+            account: HOSTILE,
+            agents: 3,
+            cells: hetznerCells,
+            regions: [
+              {
+                region: 'fsn1',
+                agents: 1,
+                cells: hetznerCells,
+                agent_list: [agent('hz-1', HOSTILE, 'fsn1')],
+              },
+            ],
+          },
+        ],
+      },
+    ],
+  };
+}
+
+export function smallEvents() {
+  return [
+    {
+      kind: 'policy_changed', scope: 'account', provider: 'gcp', account: 'acct-a', agent: null,
+      target: 'mx.lab.test', port: 587, from: 'open', to: 'blocked', at: iso(T0 + 1800_000), id: 2, outcome: 'timeout',
+    },
+    {
+      kind: 'agent_silent', scope: 'agent', provider: 'hetzner', account: HOSTILE, agent: 'hz-1',
+      target: null, port: null, from: 'reporting', to: 'silent', at: iso(T0 + 600_000), id: 1,
+    },
+  ];
+}
+
+export function smallResults(agentId) {
+  const out = [];
+  for (let i = 0; i < 10; i++) {
+    const port = PORTS[i % PORTS.length];
+    const blocked = port === 25;
+    out.push({
+      seq: 100 - i,
+      at: iso(T0 + 3600_000 - i * 60_000),
+      target: 'mx.lab.test',
+      port,
+      family: i % 2 ? 'ipv6' : 'ipv4',
+      address: i % 2 ? '2001:db8::25' : '198.18.0.25',
+      level: 'banner',
+      outcome: blocked ? 'timeout' : 'ok',
+      dns_ms: 0.4,
+      connect_ms: blocked ? null : 11.2,
+      banner_ms: blocked ? null : 30.1,
+      tls_ms: null,
+      syn_retransmits: blocked ? 2 : 0,
+      detail: agentId === 'hz-1' ? HOSTILE : blocked ? 'no answer to SYN in 5s' : '220 mx.lab.test ESMTP',
+    });
+  }
+  return out;
+}
+
+/** A synthetic fleet: `providers` × `accountsPer` accounts × `agentsPer` agents (for the bench). */
+export function bigFixture({ providers = 50, accountsPer = 10, agentsPer = 10, flip = -1 } = {}) {
+  const statuses = ['open', 'blocked', 'partial', 'unknown'];
+  const mk = (seed, n) => {
+    const cells = {};
+    PORTS.forEach((port, j) => {
+      const s = statuses[(seed + j) % 4];
+      cells[port] = cell(s, s === 'open' ? n : s === 'partial' ? n - 1 : 0, s === 'blocked' ? n : s === 'partial' ? 1 : 0);
+    });
+    return cells;
+  };
+  const list = [];
+  for (let p = 0; p < providers; p++) {
+    const accounts = [];
+    for (let a = 0; a < accountsPer; a++) {
+      const agents = [];
+      for (let g = 0; g < agentsPer; g++) {
+        agents.push({
+          agent: `agent-${p}-${a}-${g}`, instance: `i-${p}-${a}-${g}`, region: `region-${g % 3}`,
+          last_seen: iso(T0), silent: false, cells: mk(p + a + g, 1),
+        });
+      }
+      const regions = [0, 1, 2].map((r) => ({
+        region: `region-${r}`,
+        agents: agents.filter((x) => x.region === `region-${r}`).length,
+        cells: mk(p + a + r, agentsPer),
+        agent_list: agents.filter((x) => x.region === `region-${r}`),
+      }));
+      accounts.push({ account: `account-${p}-${a}`, agents: agentsPer, cells: mk(p + a, agentsPer), regions });
+    }
+    const cells = mk(p === flip ? p + 1 : p, accountsPer * agentsPer);
+    list.push({
+      provider: `provider-${String(p).padStart(2, '0')}`,
+      agents: accountsPer * agentsPer,
+      cells: withDoc(cells, { 25: doc('blocked', 'blocked'), 587: doc('open', 'open') }),
+      accounts,
+    });
+  }
+  return { ports: PORTS, family: 'all', generated_at: iso(T0), providers: list };
+}
+
+/**
+ * Starts the server on 127.0.0.1 (a free port). `data` holds `matrix(family)`, `events()`,
+ * `results(agentId)`; replace them at any time. Returns { url, push(type, obj), close(), data }.
+ */
+export async function startFixtureServer(data = {}) {
+  const d = {
+    matrix: data.matrix ?? smallFixture,
+    events: data.events ?? smallEvents,
+    results: data.results ?? smallResults,
+  };
+  const files = {
+    '/': ['index.html', 'text/html; charset=utf-8'],
+    '/style.css': ['style.css', 'text/css; charset=utf-8'],
+    '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
+  };
+  const clients = new Set();
+  const headers = (type) => ({
+    'content-type': type,
+    'content-security-policy': CSP,
+    'x-content-type-options': 'nosniff',
+    'referrer-policy': 'no-referrer',
+    'x-frame-options': 'DENY',
+  });
+  const json = (res, status, body) => {
+    res.writeHead(status, headers('application/json'));
+    res.end(typeof body === 'string' ? body : JSON.stringify(body));
+  };
+  const server = http.createServer(async (req, res) => {
+    const url = new URL(req.url, 'http://x');
+    try {
+      if (files[url.pathname]) {
+        const [name, type] = files[url.pathname];
+        const body = await readFile(path.join(DASHBOARD, name));
+        res.writeHead(200, headers(type));
+        res.end(body);
+      } else if (url.pathname === '/api/matrix') {
+        const fam = url.searchParams.get('family') || 'all';
+        if (!['all', 'ipv4', 'ipv6'].includes(fam)) return json(res, 400, { error: 'unknown family' });
+        json(res, 200, d.matrix(fam));
+      } else if (url.pathname === '/api/events') {
+        json(res, 200, d.events());
+      } else if (url.pathname.startsWith('/api/agents/') && url.pathname.endsWith('/results')) {
+        const id = decodeURIComponent(url.pathname.slice('/api/agents/'.length, -'/results'.length));
+        json(res, 200, d.results(id));
+      } else if (url.pathname === '/api/stream') {
+        res.writeHead(200, { ...headers('text/event-stream'), 'cache-control': 'no-cache', connection: 'keep-alive' });
+        res.write(`event: matrix\ndata: ${JSON.stringify(d.matrix('all'))}\n\n`);
+        clients.add(res);
+        req.on('close', () => clients.delete(res));
+      } else if (url.pathname === '/healthz') {
+        res.writeHead(200, headers('text/plain'));
+        res.end('ok');
+      } else {
+        json(res, 404, { error: 'no such page' });
+      }
+    } catch (e) {
+      json(res, 500, { error: String(e) });
+    }
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  return {
+    url: `http://127.0.0.1:${port}`,
+    data: d,
+    clientCount: () => clients.size,
+    /** Sends one SSE message (`matrix` or `event`) to every connected page. */
+    push(type, obj) {
+      const text = typeof obj === 'string' ? obj : JSON.stringify(obj);
+      for (const c of clients) c.write(`event: ${type}\ndata: ${text}\n\n`);
+    },
+    /** Ends every open stream, as the collector does when it shuts down for a restart. */
+    dropStreams() {
+      for (const c of clients) c.end();
+      clients.clear();
+    },
+    close() {
+      for (const c of clients) c.destroy();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+// Run directly: serve the small fixture for a look in a browser.
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const s = await startFixtureServer();
+  console.log(`fixture server at ${s.url}`);
+}
