@@ -79,7 +79,7 @@ fn start_collector(dir: &Path, quic_port: u16) -> (Proc, SocketAddr) {
         .args(["run", "--config"])
         .arg(&config)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(File::create(dir.join("collector.log")).unwrap())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -137,11 +137,12 @@ struct AgentSetup {
     cert: PathBuf,
     key: PathBuf,
     target_port: u16,
+    spool: PathBuf,
 }
 
 impl AgentSetup {
     fn spool(&self) -> PathBuf {
-        self.dir.join("spool")
+        self.spool.clone()
     }
 
     fn log(&self) -> PathBuf {
@@ -290,12 +291,13 @@ fn setup(tmp: &Path, id: &str, collector: SocketAddr) -> AgentSetup {
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = issue(&ca_dir, &tmp.join("agents"), id);
     AgentSetup {
-        dir,
         collector,
         ca: ca_dir.join("ca.pem"),
         cert,
         key,
         target_port: probe_target(),
+        spool: dir.join("spool"),
+        dir,
     }
 }
 
@@ -384,13 +386,14 @@ fn a_certificate_from_another_ca_is_rejected_without_a_tight_loop() {
     let stranger_dir = tmp.path().join("e2e-stranger");
     std::fs::create_dir_all(&stranger_dir).unwrap();
     let stranger = AgentSetup {
-        dir: stranger_dir,
         collector: addr,
         // It trusts the real collector; the collector must not trust it.
         ca: tmp.path().join("data/ca/ca.pem"),
         cert,
         key,
         target_port: good.target_port,
+        spool: stranger_dir.join("spool"),
+        dir: stranger_dir,
     };
     let acked_before = good.ledger().1;
     let mut stranger_agent = stranger.start("1s");
@@ -414,4 +417,41 @@ fn a_certificate_from_another_ca_is_rejected_without_a_tight_loop() {
     assert_exactly_once(&tmp.path().join("data"), "e2e-good", produced);
     let (count, _) = stored_seqs(&tmp.path().join("data"), "e2e-stranger");
     assert_eq!(count, 0, "nothing stored for the stranger");
+}
+
+#[test]
+fn an_unusable_spool_is_an_error_in_the_log_and_the_hello_not_a_crash() {
+    let tmp = work_dir();
+    let (collector, addr) = start_collector(tmp.path(), 0);
+    let mut agent_setup = setup(tmp.path(), "e2e-nospool", addr);
+    // The spool's parent is a regular file: the directory can never be made.
+    let blocker = agent_setup.dir.join("not-a-directory");
+    std::fs::write(&blocker, b"x").unwrap();
+    agent_setup.spool = blocker.join("spool");
+    let mut agent = agent_setup.start("1s");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut reported = false;
+    while Instant::now() < deadline && !reported {
+        std::thread::sleep(Duration::from_millis(200));
+        let collector_log =
+            std::fs::read_to_string(tmp.path().join("collector.log")).unwrap_or_default();
+        reported = collector_log
+            .lines()
+            .any(|l| l.contains("agent reports trouble") && l.contains("spool"));
+    }
+    let agent_log = std::fs::read_to_string(agent_setup.log()).unwrap_or_default();
+    assert!(
+        reported,
+        "the collector heard of the spool trouble; agent log:\n{agent_log}"
+    );
+    assert!(
+        agent_log.contains("spool unusable"),
+        "the agent logged it; log:\n{agent_log}"
+    );
+    assert!(
+        matches!(agent.0.try_wait(), Ok(None)),
+        "the agent kept running; log:\n{agent_log}"
+    );
+    agent.terminate();
+    drop(collector);
 }
