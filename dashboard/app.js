@@ -354,8 +354,10 @@ function probesTable(agentId, p) {
   thead.append(hr);
   const tb = el('tbody');
   for (const r of p.results) {
-    const tr = el('tr', r.outcome === 'ok' ? 'probe-ok' : 'probe-bad');
-    const o = el('td', 'outcome', `${r.outcome === 'ok' ? '✓' : '✕'} ${r.outcome}`);
+    // no_address (no AAAA, say) is a fact about the destination, never a failure.
+    const kind = r.outcome === 'ok' ? 'ok' : r.outcome === 'no_address' ? 'na' : 'bad';
+    const tr = el('tr', `probe-${kind}`);
+    const o = el('td', 'outcome', `${{ ok: '✓', na: '–', bad: '✕' }[kind]} ${r.outcome}`);
     tr.append(
       el('td', null, fmtTime(r.at)), el('td', null, r.target), el('td', null, r.port),
       el('td', null, r.family), el('td', null, r.address ?? '—'), el('td', null, r.level), o,

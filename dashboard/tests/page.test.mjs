@@ -227,6 +227,14 @@ test('real collector: the page loads, every cell has a status, the stream is liv
   const statuses = await page.locator('#matrix-body tr.lvl-0 td.cell').evaluateAll((tds) => tds.map((t) => t.dataset.status));
   assert.ok(statuses.length > 0);
   for (const s of statuses) assert.ok(['open', 'blocked', 'partial', 'unknown'].includes(s), s);
+  // Open every provider and account: whatever labels the agents sent, they stay text.
+  for (const level of [0, 1, 2]) {
+    const buttons = page.locator(`#matrix-body tr.lvl-${level} button.expander[aria-expanded="false"]`);
+    for (let n = await buttons.count(); n > 0; n--) await buttons.first().click();
+  }
+  const labels = await page.locator('#matrix-body th .label').allTextContents();
+  if (labels.includes(HOSTILE)) console.log('# the hostile label is in the fleet and renders as text');
+  assert.equal(await page.locator('img').count(), 0, 'no <img> element was created from data');
   await page.screenshot({ path: path.join(SHOTS, 'real.png'), fullPage: true });
   await assertClean(page, problems, dialogs);
   await context.close();
