@@ -1,5 +1,5 @@
 //! HTTP: the dashboard page, the JSON API, the SSE stream and `/metrics` (see
-//! /work/prompts/http.md and DESIGN.md for the contract). A thin shell over [`fleet::Fleet`].
+//! README "HTTP API" and DESIGN.md for the contract). A thin shell over [`fleet::Fleet`].
 //!
 //! Safe by default: binds 127.0.0.1:8080; bound anywhere else it refuses to start without a
 //! bearer token, which then guards `/api/*` and `/metrics`. Every response carries a strict CSP
