@@ -26,6 +26,14 @@ fi
 # EGRESSWATCH_E2E=1: the agents the role installed report to the collector the role installed.
 step "ansible" env EGRESSWATCH_E2E=1 bash ansible/tests/run.sh
 
+# Every fuzz target for a short bounded time (EGRESSWATCH_FUZZ_SECONDS each; the long runs are
+# recorded in fuzz/README.md). Needs cargo-fuzz; .ci/run installs it.
+if command -v cargo-fuzz >/dev/null 2>&1; then
+    step "fuzz" fuzz/run.sh "${EGRESSWATCH_FUZZ_SECONDS:-30}"
+else
+    echo "=== fuzz: skipped (cargo install cargo-fuzz --version 0.13.2 --locked; .ci/run does)"
+fi
+
 if [ ${#failed[@]} -gt 0 ]; then
     echo "FAILED: ${failed[*]}"
     exit 1
