@@ -15,6 +15,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startFixtureServer, bigFixture, smallEvents } from '../dashboard/tests/fixture_server.mjs';
+import { LAUNCH } from '../dashboard/tests/chromium.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const require = createRequire(path.join(HERE, '../dashboard/package.json'));
@@ -33,11 +34,7 @@ const server = await startFixtureServer({
   events: smallEvents,
   results: () => [],
 });
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await chromium.launch(LAUNCH);
 
 async function lastRender(page, source, count) {
   await page.waitForFunction(

@@ -375,6 +375,7 @@ async function loadProbes(agentId) {
   state.probes.set(agentId, { loading: true });
   try {
     const resp = await fetch(`/api/agents/${encodeURIComponent(agentId)}/results?limit=50`);
+    signedOut(resp);
     if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
     const results = await resp.json();
     state.probes.set(agentId, { results: Array.isArray(results) ? results : [] });
@@ -417,6 +418,7 @@ function setMatrix(m, source, receivedAt = performance.now()) {
 async function fetchMatrix() {
   const q = state.family === 'all' ? '' : `?family=${state.family}`;
   const resp = await fetch(`/api/matrix${q}`);
+  signedOut(resp);
   if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
   return resp.json();
 }
@@ -518,6 +520,7 @@ function highlightEvent(e, scroll) {
 
 async function loadEvents() {
   const resp = await fetch('/api/events?limit=100');
+  signedOut(resp);
   if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
   const list = await resp.json();
   state.events = Array.isArray(list) ? list.slice(0, EVENT_LIMIT) : [];
@@ -648,5 +651,74 @@ function start() {
   setInterval(() => render(), 30_000);
 }
 
-if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
-else start();
+// ---------- sign-in ----------
+// Where the collector's API needs its token, the page trades it once for an HttpOnly session
+// cookie (POST /session): EventSource cannot send an Authorization header, cookies it sends.
+
+async function needsSignIn() {
+  try {
+    const resp = await fetch('/session', { cache: 'no-store' });
+    if (!resp.ok) return false;
+    const s = await resp.json();
+    return Boolean(s.token_required && !s.signed_in);
+  } catch {
+    return false;
+  }
+}
+
+function askForToken() {
+  document.body.dataset.signin = 'required';
+  setLive('signin', 'sign in to see the matrix');
+  const form = $('signin');
+  const input = $('signin-token');
+  const error = $('signin-error');
+  form.hidden = false;
+  input.focus();
+  return new Promise((resolve) => {
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      error.hidden = true;
+      let resp;
+      try {
+        resp = await fetch('/session', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ token: input.value }),
+        });
+      } catch {
+        error.textContent = 'the collector did not answer; try again';
+        error.hidden = false;
+        return;
+      }
+      if (resp.status === 204) {
+        input.value = '';
+        form.hidden = true;
+        delete document.body.dataset.signin;
+        setLive('connecting', 'connecting…');
+        resolve();
+      } else {
+        error.textContent = resp.status === 401 ? 'wrong token' : `sign-in failed (HTTP ${resp.status})`;
+        error.hidden = false;
+        input.select();
+      }
+    });
+  });
+}
+
+/** The token changed under an open page: start over, which asks for the new one. */
+function signedOut(resp) {
+  if (resp.status !== 401) return;
+  // At most one reload in 10 s, so a collector that keeps refusing cannot spin the page.
+  const last = Number(sessionStorage.getItem('egresswatch-reloaded-at') || 0);
+  if (Date.now() - last < 10_000) return;
+  sessionStorage.setItem('egresswatch-reloaded-at', String(Date.now()));
+  location.reload();
+}
+
+async function boot() {
+  if (await needsSignIn()) await askForToken();
+  start();
+}
+
+if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', boot);
+else boot();

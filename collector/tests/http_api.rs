@@ -8,7 +8,7 @@ use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::http::{self, Fleet, HttpConfig, MemoryHistory, Metrics};
 use egresswatch_collector::pipeline::{AgentMeta, ResultObserver};
 use egresswatch_wire::{Family, Labels, Outcome, PhaseTimings, ProbeResult};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -297,6 +297,97 @@ async fn off_loopback_needs_a_token() {
     // The page and health stay public; the page itself holds no data.
     assert_eq!(c.get(s.url("/")).send().await.unwrap().status(), 200);
     assert_eq!(c.get(s.url("/healthz")).send().await.unwrap().status(), 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_page_trades_the_token_for_a_session_cookie() {
+    let token = "s3cret-token-for-the-page";
+    let s = Server::start(HttpConfig {
+        token: Some(token.into()),
+        ..loopback()
+    })
+    .await;
+    let c = reqwest::Client::new();
+    let state: Value = c
+        .get(s.url("/session"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["token_required"], true);
+    assert_eq!(state["signed_in"], false);
+
+    let wrong = c
+        .post(s.url("/session"))
+        .json(&json!({ "token": "not-the-token-at-all" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(wrong.headers().get("set-cookie").is_none());
+    assert_security_headers(&wrong);
+
+    let ok = c
+        .post(s.url("/session"))
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 204);
+    let set_cookie = ok.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+    assert!(
+        !set_cookie.contains(token),
+        "the cookie must not carry the token itself"
+    );
+    let pair = set_cookie.split(';').next().unwrap().to_owned();
+
+    for path in ["/api/matrix", "/api/events", "/metrics"] {
+        let r = c
+            .get(s.url(path))
+            .header("cookie", &pair)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path} with the session cookie");
+    }
+    let mut stream = c
+        .get(s.url("/api/stream"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut buf = String::new();
+    read_until(&mut stream, &mut buf, "event: matrix").await;
+    drop(stream);
+    let state: Value = c
+        .get(s.url("/session"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["signed_in"], true);
+    let forged = c
+        .get(s.url("/api/matrix"))
+        .header("cookie", format!("egresswatch_session={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401, "the token is not a cookie value");
+
+    let out = c.delete(s.url("/session")).send().await.unwrap();
+    assert_eq!(out.status(), 204);
+    assert!(out.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
     s.stop().await;
 }
 

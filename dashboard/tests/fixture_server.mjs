@@ -264,6 +264,9 @@ export async function startFixtureServer(data = {}) {
         res.write(`event: matrix\ndata: ${JSON.stringify(d.matrix('all'))}\n\n`);
         clients.add(res);
         req.on('close', () => clients.delete(res));
+      } else if (url.pathname === '/session') {
+        // As the collector answers with no http.token configured.
+        json(res, 200, { token_required: false, signed_in: true });
       } else if (url.pathname === '/healthz') {
         res.writeHead(200, headers('text/plain'));
         res.end('ok');

@@ -8,6 +8,7 @@ import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { LAUNCH } from './chromium.mjs';
 import { startFixtureServer, smallFixture, HOSTILE, cell } from './fixture_server.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -15,11 +16,6 @@ const SHOTS = path.join(HERE, 'screenshots');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const REAL = process.env.EGRESSWATCH_URL || '';
 
-export const LAUNCH = {
-  executablePath: CHROMIUM,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-};
 
 let browser;
 let server;

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod history;
 pub mod metrics;
 mod routes;
+mod signin;
 
 use crate::error::CollectorError;
 use serde::Deserialize;

@@ -1,6 +1,8 @@
-//! The routes, the bearer-token guard, the security headers and the SSE stream.
+//! The routes, the bearer-token guard (header, or the page's sign-in cookie: see signin.rs), the
+//! security headers and the SSE stream.
 
 use super::fleet::{Fleet, StreamMessage};
+use super::signin::{self, Credentials};
 use super::HttpConfig;
 use crate::events::{now_unix_ms, rfc3339};
 use crate::matrix::FamilyFilter;
@@ -29,7 +31,8 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 #[derive(Clone)]
 struct AppState {
     fleet: Arc<Fleet>,
-    token: Option<Arc<str>>,
+    /// Present when `http.token` is set: then `/api/*` and `/metrics` need it.
+    credentials: Option<Arc<Credentials>>,
     sse_clients: Arc<AtomicUsize>,
     max_sse_clients: usize,
     /// Becomes true when the server shuts down: SSE streams end so the drain can finish.
@@ -43,12 +46,12 @@ pub fn router(
 ) -> Router {
     let state = AppState {
         fleet,
-        token: config
+        credentials: config
             .token
             .as_deref()
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .map(Arc::from),
+            .map(|t| Arc::new(Credentials::new(t))),
         sse_clients: Arc::new(AtomicUsize::new(0)),
         max_sse_clients: config.max_sse_clients.max(1),
         closing,
@@ -67,6 +70,10 @@ pub fn router(
             get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/session",
+            get(session_state).post(sign_in).delete(sign_out),
+        )
         .route("/api/matrix", get(matrix))
         .route("/api/events", get(events))
         .route("/api/agents/{agent_id}/results", get(agent_results))
@@ -96,18 +103,17 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-/// `/api/*` and `/metrics` need the bearer token when one is configured.
+/// `/api/*` and `/metrics` need the bearer token (or the page's sign-in cookie) when one is
+/// configured.
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let guarded = path.starts_with("/api/") || path == "/metrics";
-    if let (true, Some(token)) = (guarded, &state.token) {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
+    if let (true, Some(credentials)) = (guarded, &state.credentials) {
+        let header_str = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        if !credentials.admits(
+            header_str(header::AUTHORIZATION),
+            header_str(header::COOKIE),
+        ) {
             let mut resp = error(StatusCode::UNAUTHORIZED, "bearer token required");
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -119,11 +125,58 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
     next.run(req).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// `GET /session`: whether the page must ask for the token before it can read the API.
+async fn session_state(State(state): State<AppState>, headers: header::HeaderMap) -> Response {
+    let signed_in = match &state.credentials {
+        None => true,
+        Some(c) => {
+            let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
+            c.admits(get(header::AUTHORIZATION), get(header::COOKIE))
+        }
+    };
+    Json(json!({
+        "token_required": state.credentials.is_some(),
+        "signed_in": signed_in,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+struct SignIn {
+    token: String,
+}
+
+/// `POST /session` `{"token": "…"}`: the page trades the token for the session cookie.
+async fn sign_in(State(state): State<AppState>, body: Json<SignIn>) -> Response {
+    let Some(credentials) = &state.credentials else {
+        return StatusCode::NO_CONTENT.into_response();
+    };
+    if !credentials.is_token(&body.token) {
+        tracing::info!("dashboard sign-in refused: wrong token");
+        return error(StatusCode::UNAUTHORIZED, "wrong token");
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    session_cookie_response(credentials.set_cookie())
+}
+
+/// `DELETE /session`: signs the browser out.
+async fn sign_out() -> Response {
+    session_cookie_response(signin::clear_cookie())
+}
+
+fn session_cookie_response(cookie: String) -> Response {
+    match HeaderValue::from_str(&cookie) {
+        Ok(value) => {
+            let mut resp = StatusCode::NO_CONTENT.into_response();
+            resp.headers_mut().insert(header::SET_COOKIE, value);
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot set the session cookie",
+        ),
+    }
 }
 
 #[derive(Deserialize)]
