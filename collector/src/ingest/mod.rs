@@ -89,7 +89,7 @@ impl Ingest {
     pub fn bind(config: &QuicConfig, authority: &Authority) -> Result<Ingest, CollectorError> {
         let tls = Arc::new(tls::TlsMaterial::new(config, authority)?);
         let crl = revocation::CrlWatch::open(authority.dir())?;
-        let server_config = tls.server_config(crl.current().map(|l| &l.der), None)?;
+        let server_config = tls.server_config(crl.current().map(|l| &l.der))?;
         let socket = udp_socket(config)?;
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
@@ -119,21 +119,12 @@ impl Ingest {
         context: Arc<IngestContext>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        // From here on refused client certificates are counted under their reason.
-        let counted = self.tls.server_config(
-            self.crl.current().map(|l| &l.der),
-            Some(context.counters.clone()),
-        );
-        match counted {
-            Ok(config) => self.endpoint.set_server_config(Some(config)),
-            Err(e) => warn!("client certificate refusals will not be counted: {e}"),
-        }
+        self.tls.count_refusals_in(context.counters.clone());
         let (revoked_tx, revoked_rx) = tokio::sync::watch::channel(self.crl.revoked());
         let (watch_stop, watch_stopped) = tokio::sync::oneshot::channel::<()>();
         let watcher = tokio::spawn(self.crl.run(
             self.endpoint.clone(),
             self.tls.clone(),
-            context.counters.clone(),
             revoked_tx,
             async move {
                 let _ = watch_stopped.await;

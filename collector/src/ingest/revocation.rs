@@ -7,7 +7,6 @@
 use super::tls::TlsMaterial;
 use crate::ca::registry::{self, RevocationList};
 use crate::error::CollectorError;
-use crate::http::IngestCounters;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -105,7 +104,6 @@ impl CrlWatch {
         mut self,
         endpoint: quinn::Endpoint,
         tls: Arc<TlsMaterial>,
-        counters: IngestCounters,
         revoked: watch::Sender<RevokedSerials>,
         stop: impl std::future::Future<Output = ()>,
     ) {
@@ -116,7 +114,7 @@ impl CrlWatch {
                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
             }
             let Some(list) = self.poll() else { continue };
-            match tls.server_config(Some(&list.der), Some(counters.clone())) {
+            match tls.server_config(Some(&list.der)) {
                 Ok(config) => endpoint.set_server_config(Some(config)),
                 Err(e) => {
                     warn!("revocation list not applied to new handshakes: {e}");

@@ -12,7 +12,7 @@ use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Everything a server configuration is made of, kept to rebuild it with a new CRL.
@@ -21,6 +21,8 @@ pub struct TlsMaterial {
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
     transport: Arc<quinn::TransportConfig>,
+    /// Set once the ingest runs (`Ingest::serve`); a handshake before that is not counted.
+    counters: Arc<OnceLock<IngestCounters>>,
 }
 
 impl TlsMaterial {
@@ -32,15 +34,20 @@ impl TlsMaterial {
             cert,
             key,
             transport: Arc::new(transport_config(config)?),
+            counters: Arc::new(OnceLock::new()),
         })
     }
 
-    /// A server configuration that refuses the certificates `crl` lists. With `counters`, every
-    /// refused client certificate is counted under its reason.
+    /// Where refused client certificates are counted from now on, in every configuration built
+    /// from this material (including ones already in use). The first call wins.
+    pub fn count_refusals_in(&self, counters: IngestCounters) {
+        let _ = self.counters.set(counters);
+    }
+
+    /// A server configuration that refuses the certificates `crl` lists.
     pub fn server_config(
         &self,
         crl: Option<&CertificateRevocationListDer<'static>>,
-        counters: Option<IngestCounters>,
     ) -> Result<quinn::ServerConfig, CollectorError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
@@ -60,13 +67,10 @@ impl TlsMaterial {
         let webpki = builder
             .build()
             .map_err(|e| CollectorError::Tls(format!("client verifier: {e}")))?;
-        let verifier: Arc<dyn ClientCertVerifier> = match counters {
-            Some(counters) => Arc::new(CountingVerifier {
-                inner: webpki,
-                counters,
-            }),
-            None => webpki,
-        };
+        let verifier = Arc::new(CountingVerifier {
+            inner: webpki,
+            counters: self.counters.clone(),
+        });
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| CollectorError::Tls(e.to_string()))?
@@ -131,13 +135,26 @@ pub fn refusal_reason(error: &rustls::Error) -> &'static str {
     }
 }
 
+/// WebPKI takes a certificate without the extended-key-usage extension as good for any purpose
+/// (RFC 5280). Every agent certificate the fleet CA issues names clientAuth, so one that does
+/// not was made for something else and is refused like a wrong usage.
+fn require_client_auth_eku(end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+    let refuse = || rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose);
+    let (_, cert) = x509_parser::parse_x509_certificate(end_entity)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    match cert.extended_key_usage() {
+        Ok(Some(eku)) if eku.value.client_auth => Ok(()),
+        _ => Err(refuse()),
+    }
+}
+
 /// rustls' WebPKI verifier, counting each refusal under its reason. It does not log: the
 /// handshake failure is logged once where the connection ends (`ingest::serve`), with the
 /// remote address and rustls' own description.
 #[derive(Debug)]
 struct CountingVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    counters: IngestCounters,
+    counters: Arc<OnceLock<IngestCounters>>,
 }
 
 impl ClientCertVerifier for CountingVerifier {
@@ -161,7 +178,12 @@ impl ClientCertVerifier for CountingVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)
-            .inspect_err(|e| self.counters.refused(refusal_reason(e)))
+            .and_then(|verified| require_client_auth_eku(end_entity).map(|()| verified))
+            .inspect_err(|e| {
+                if let Some(counters) = self.counters.get() {
+                    counters.refused(refusal_reason(e));
+                }
+            })
     }
 
     fn verify_tls12_signature(
