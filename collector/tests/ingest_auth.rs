@@ -30,6 +30,8 @@ const ALERT_CERTIFICATE_UNKNOWN: u64 = 0x100 + 46;
 const ALERT_CERTIFICATE_REVOKED: u64 = 0x100 + 44;
 const ALERT_CERTIFICATE_EXPIRED: u64 = 0x100 + 45;
 const ALERT_DECRYPT_ERROR: u64 = 0x100 + 51;
+const ALERT_CERTIFICATE_REQUIRED: u64 = 0x100 + 116;
+const ALERT_NO_APPLICATION_PROTOCOL: u64 = 0x100 + 120;
 
 struct Collector {
     child: Child,
@@ -231,6 +233,15 @@ async fn connect(
 /// certificate, so the refusal arrives as the connection closing right after.
 async fn refused_with(endpoint: &quinn::Endpoint, addr: SocketAddr, creds: &Credentials) -> u64 {
     let config = sim::client_config(Some(creds), &creds.ca, sim::DEFAULT_ALPN).unwrap();
+    closed_with(endpoint, addr, config).await
+}
+
+/// [`refused_with`] for any client configuration.
+async fn closed_with(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    config: quinn::ClientConfig,
+) -> u64 {
     let error = match endpoint
         .connect_with(config, addr, "egresswatch-collector")
         .unwrap()
@@ -245,6 +256,10 @@ async fn refused_with(endpoint: &quinn::Endpoint, addr: SocketAddr, creds: &Cred
         quinn::ConnectionError::ConnectionClosed(close) => u64::from(close.error_code),
         other => panic!("expected a TLS alert, got {other:?}"),
     }
+}
+
+fn good_ca(collector: &Collector) -> CertificateDer<'static> {
+    CertificateDer::from_pem_file(collector.ca_dir().join("ca.pem")).unwrap()
 }
 
 fn results(first: u64, count: u64) -> Vec<egresswatch_wire::ProbeResult> {
@@ -347,6 +362,16 @@ async fn wrong_key_usage_and_a_foreign_ca_are_refused_at_the_handshake() {
     assert_eq!(code, ALERT_DECRYPT_ERROR, "alert {code:#x}");
     assert_eq!(collector.refusals("unknown_ca").await, 1);
 
+    // No client certificate at all, and a client speaking another application protocol.
+    let no_cert = sim::client_config(None, &good_ca(&collector), sim::DEFAULT_ALPN).unwrap();
+    let code = closed_with(&endpoint, addr, no_cert).await;
+    assert_eq!(code, ALERT_CERTIFICATE_REQUIRED, "alert {code:#x}");
+    let wrong_alpn = sim::client_config(Some(&server_only), &server_only.ca, b"smtp").unwrap();
+    let code = closed_with(&endpoint, addr, wrong_alpn).await;
+    assert_eq!(code, ALERT_NO_APPLICATION_PROTOCOL, "alert {code:#x}");
+    assert_eq!(collector.refusals("no_certificate").await, 1);
+    assert_eq!(collector.refusals("bad_alpn").await, 1);
+
     // The genuine agent of that id is unaffected, and nothing was stored for the others.
     let good = collector.issue("good-agent");
     let mut agent = connect(&endpoint, addr, &good).await.unwrap();
@@ -356,8 +381,8 @@ async fn wrong_key_usage_and_a_foreign_ca_are_refused_at_the_handshake() {
     ));
     assert_eq!(agent.report(&results(1, 5)).await.unwrap().accepted, 5);
     agent.finish().await;
-    let log = wait_for_log(&collector, "ingest: handshake failed", 5);
-    assert_eq!(log.matches("ingest: handshake failed").count(), 5, "{log}");
+    let log = wait_for_log(&collector, "ingest: handshake failed", 7);
+    assert_eq!(log.matches("ingest: handshake failed").count(), 7, "{log}");
     for id in ["server-only", "code-signing", "no-eku", "sub-ca"] {
         assert_eq!(collector.stored(id), 0, "{id}");
     }

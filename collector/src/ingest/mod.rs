@@ -168,6 +168,9 @@ impl Ingest {
                             // A client without a valid certificate ends here (bad cert, other CA,
                             // wrong ALPN): logged with the reason, nobody else affected.
                             warn!("handshake failed: {e}");
+                            if let Some(reason) = tls::handshake_refusal(&e) {
+                                context.counters.refused(reason);
+                            }
                             return;
                         }
                     };

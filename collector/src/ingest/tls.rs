@@ -108,10 +108,7 @@ fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, Colle
 /// `egresswatch_ingest_refusals_by_reason_total`.
 pub fn refusal_reason(error: &rustls::Error) -> &'static str {
     let rustls::Error::InvalidCertificate(e) = error else {
-        return match error {
-            rustls::Error::NoCertificatesPresented => "no_certificate",
-            _ => "bad_certificate",
-        };
+        return "bad_certificate";
     };
     match e {
         CertificateError::Revoked => "revoked",
@@ -132,6 +129,23 @@ pub fn refusal_reason(error: &rustls::Error) -> &'static str {
             "wrong_usage"
         }
         _ => "bad_certificate",
+    }
+}
+
+/// The refusal reason of a failed handshake the verifier never saw: no client certificate at
+/// all (alert certificate_required), or no common application protocol (no_application_protocol).
+/// `None` for everything else — certificate refusals are counted by the verifier, and a timeout
+/// or a vanished client is no refusal.
+pub fn handshake_refusal(error: &quinn::ConnectionError) -> Option<&'static str> {
+    const CERTIFICATE_REQUIRED: u64 = 0x100 + 116;
+    const NO_APPLICATION_PROTOCOL: u64 = 0x100 + 120;
+    let quinn::ConnectionError::TransportError(e) = error else {
+        return None;
+    };
+    match u64::from(e.code) {
+        CERTIFICATE_REQUIRED => Some("no_certificate"),
+        NO_APPLICATION_PROTOCOL => Some("bad_alpn"),
+        _ => None,
     }
 }
 
