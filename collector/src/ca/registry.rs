@@ -75,15 +75,17 @@ pub fn serial_hex(bytes: &[u8]) -> String {
 
 fn serial_from_hex(hex: &str) -> Result<Vec<u8>, CollectorError> {
     let bad = || CollectorError::Ca(format!("{INDEX_FILE}: serial {hex:?} is not hex"));
-    if hex.is_empty() || hex.len() % 2 != 0 {
+    if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            hex.get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or_else(bad)
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| match pair {
+            [hi, lo] => std::str::from_utf8(&[*hi, *lo])
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(bad),
+            _ => Err(bad()),
         })
         .collect()
 }
