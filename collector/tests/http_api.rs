@@ -370,6 +370,9 @@ async fn metrics_pass_promtool() {
     feed(&s, &agent("a1", "aws", "b"));
     feed(&s, &agent("w1", "we\"ird\\} 1", "b"));
     s.fleet.metrics().ingest.results.inc_by(6);
+    s.fleet.metrics().ingest.refused("revoked");
+    s.fleet.metrics().ingest.refused("bad_version");
+    s.fleet.metrics().ingest.refused("revoked");
     s.fleet.tick(now_unix_ms() + 3_600_000);
     s.fleet.publish_matrix(now_unix_ms());
     let body = reqwest::get(s.url("/metrics"))
@@ -383,6 +386,14 @@ async fn metrics_pass_promtool() {
         "{body}"
     );
     assert!(body.contains("egresswatch_cell_status{"), "{body}");
+    assert!(
+        body.contains("egresswatch_ingest_refusals_by_reason_total{reason=\"revoked\"} 2"),
+        "{body}"
+    );
+    assert!(
+        body.contains("egresswatch_ingest_refusals_total 3"),
+        "{body}"
+    );
     assert!(
         body.contains(r#"provider="we\"ird\\} 1""#),
         "label values escaped: {body}"
