@@ -623,3 +623,43 @@ async fn an_older_wire_major_is_refused_naming_both_versions_and_a_newer_minor_i
     assert_eq!(collector.refusals("bad_version").await, 2);
     assert_eq!(collector.stored("old-agent"), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_revocation_list_keeps_the_last_good_one_in_force() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut collector = Collector::start(tmp.path());
+    let endpoint = client_endpoint();
+    let doomed = collector.issue("doomed");
+    collector.revoke("doomed");
+    let log = wait_for_log(&collector, "revocation list reloaded", 1);
+    assert!(log.contains("revocation list reloaded revoked=1"), "{log}");
+    let crl = collector.ca_dir().join("crl.pem");
+    // Replaced (by rename, as an editor or a careless copy would) with something else.
+    let damaged = collector.ca_dir().join("crl.pem.new");
+    std::fs::write(
+        &damaged,
+        "-----BEGIN X509 CRL-----\nbm90IGEgQ1JM\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    std::fs::rename(&damaged, &crl).unwrap();
+    let log = wait_for_log(&collector, "revocation list not reloaded", 1);
+    assert_eq!(
+        log.matches("revocation list not reloaded").count(),
+        1,
+        "{log}"
+    );
+    let code = refused_with(&endpoint, collector.quic, &doomed).await;
+    assert_eq!(code, ALERT_CERTIFICATE_REVOKED, "alert {code:#x}");
+
+    // At start, the same file is an error: the collector does not run without its list.
+    let _ = collector.child.kill();
+    let _ = collector.child.wait();
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(tmp.path().join("collector.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("crl.pem"), "{stderr}");
+}
