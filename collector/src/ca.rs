@@ -4,6 +4,10 @@
 //!
 //! Layout of a CA directory: `ca.pem` (the CA certificate, given to agents), `ca.key` (0600, never
 //! leaves the collector), and by default `agents/<id>.crt` + `agents/<id>.key` for issued agents.
+//! `index.json` records every issued certificate and `crl.pem` lists the revoked ones
+//! ([`registry`]).
+
+pub mod registry;
 
 use crate::error::CollectorError;
 use egresswatch_wire::labels::validate_agent_id;
@@ -34,6 +38,14 @@ pub struct Authority {
     cert: Certificate,
     key: KeyPair,
     cert_pem: String,
+    dir: PathBuf,
+}
+
+/// A newly issued agent certificate, its key, and its line in the CA's index.
+pub struct AgentCertificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub record: registry::IssuedRecord,
 }
 
 /// Paths of an issued certificate and key.
@@ -107,7 +119,13 @@ impl Authority {
             cert,
             key,
             cert_pem,
+            dir: dir.to_path_buf(),
         })
+    }
+
+    /// The CA directory it was loaded from (where `crl.pem` lives).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The CA certificate as PEM (what agents trust).
@@ -124,6 +142,12 @@ impl Authority {
 
     /// Issues an agent's certificate: CN and DNS SAN are the agent id, EKU clientAuth.
     pub fn issue_agent(&self, agent_id: &str) -> Result<(String, String), CollectorError> {
+        self.issue_agent_recorded(agent_id)
+            .map(|issued| (issued.cert_pem, issued.key_pem))
+    }
+
+    /// [`Authority::issue_agent`], with what the CA's index keeps about the certificate.
+    pub fn issue_agent_recorded(&self, agent_id: &str) -> Result<AgentCertificate, CollectorError> {
         validate_agent_id(agent_id).map_err(|e| CollectorError::Ca(e.to_string()))?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|e| ca_err("generating the agent key", e))?;
@@ -134,11 +158,28 @@ impl Authority {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(AGENT_VALIDITY_DAYS);
+        let not_after = now + Duration::days(AGENT_VALIDITY_DAYS);
+        params.not_after = not_after;
+        // A random serial (not rcgen's default, a hash of the public key): revocation names
+        // certificates by serial, and two certificates must never share one.
+        let mut serial: [u8; 16] = rand::random();
+        serial[0] = serial[0].clamp(1, 0x7f);
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
             .map_err(|e| ca_err("signing the agent certificate", e))?;
-        Ok((cert.pem(), key.serialize_pem()))
+        Ok(AgentCertificate {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            record: registry::IssuedRecord {
+                serial: registry::serial_hex(&serial),
+                agent_id: agent_id.to_string(),
+                issued_at: now.unix_timestamp(),
+                not_after: not_after.unix_timestamp(),
+                revoked_at: None,
+                reason: String::new(),
+            },
+        })
     }
 
     /// Issues the collector's server certificate for `egresswatch-collector`, `localhost` and
@@ -193,7 +234,11 @@ pub fn issue_to_files(
     out: Option<&Path>,
 ) -> Result<Issued, CollectorError> {
     let authority = Authority::load(dir)?;
-    let (cert_pem, key_pem) = authority.issue_agent(agent_id)?;
+    let AgentCertificate {
+        cert_pem,
+        key_pem,
+        record,
+    } = authority.issue_agent_recorded(agent_id)?;
     let out = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| dir.join("agents"));
@@ -205,6 +250,8 @@ pub fn issue_to_files(
     write_private(&issued.key, key_pem.as_bytes())?;
     fs::write(&issued.cert, cert_pem)
         .map_err(|e| CollectorError::io(format!("writing {}", issued.cert.display()), e))?;
+    // Recorded once the files exist: an index line always names a certificate someone holds.
+    registry::record_issued(dir, record)?;
     Ok(issued)
 }
 

@@ -52,6 +52,21 @@ enum CaCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Revoke every certificate issued to AGENT_ID (DIR/crl.pem); a running collector refuses
+    /// it within seconds and closes its live sessions.
+    Revoke {
+        #[arg(long)]
+        dir: PathBuf,
+        agent_id: String,
+        /// A note kept in DIR/index.json (not sent anywhere).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List the certificates issued by the CA in DIR, valid and revoked.
+    List {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,6 +105,30 @@ fn main() -> ExitCode {
                 println!("key:         {}", issued.key.display());
             })
             .map_err(anyhow::Error::from),
+        Command::Ca {
+            command:
+                CaCommand::Revoke {
+                    dir,
+                    agent_id,
+                    reason,
+                },
+        } => ca::registry::revoke(&dir, &agent_id, &reason)
+            .map(|done| {
+                for record in &done.newly_revoked {
+                    println!("revoked: {} (serial {})", record.agent_id, record.serial);
+                }
+                if done.already_revoked > 0 {
+                    println!(
+                        "{} earlier certificate(s) of {agent_id} were already revoked",
+                        done.already_revoked
+                    );
+                }
+                println!("revocation list: {}", done.crl.display());
+            })
+            .map_err(anyhow::Error::from),
+        Command::Ca {
+            command: CaCommand::List { dir },
+        } => list_certificates(&dir),
         Command::Run { config } => load_config(config.as_deref()).and_then(run),
     };
     match outcome {
@@ -99,6 +138,46 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `ca list`: one line per issued certificate, oldest first.
+fn list_certificates(dir: &Path) -> Result<()> {
+    if !ca::exists(dir) {
+        anyhow::bail!("{} holds no CA (ca.pem and ca.key)", dir.display());
+    }
+    let index = ca::registry::read_index(dir)?;
+    let date = |unix: i64| {
+        time::OffsetDateTime::from_unix_timestamp(unix)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| unix.to_string())
+    };
+    println!(
+        "{:<32} {:<34} {:<22} status",
+        "agent", "serial", "not after"
+    );
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    for c in &index.certificates {
+        let status = match c.revoked_at {
+            Some(at) if c.reason.is_empty() => format!("revoked {}", date(at)),
+            Some(at) => format!("revoked {} ({})", date(at), c.reason),
+            None if c.not_after < now => "expired".to_string(),
+            None => "valid".to_string(),
+        };
+        println!(
+            "{:<32} {:<34} {:<22} {status}",
+            c.agent_id,
+            c.serial,
+            date(c.not_after)
+        );
+    }
+    if index.certificates.is_empty() {
+        println!("(no certificates on record; certificates issued before index.json existed are not listed)");
+    }
+    Ok(())
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config> {

@@ -1,7 +1,8 @@
 //! The real agent binary against the real collector binary on loopback: nothing lost, nothing
 //! counted twice when the collector is SIGKILLed mid-stream or when the agent is SIGKILLed in a
-//! loop while writing its spool; an agent whose certificate comes from another CA is told
-//! "rejected by the collector" and does not hammer it, while a good agent keeps reporting.
+//! loop while writing its spool; an agent whose certificate comes from another CA, or whose
+//! certificate is revoked while it reports, is told "rejected by the collector" and does not
+//! hammer it, while a good agent keeps reporting.
 //!
 //! The agent binary is the sibling `egresswatch-agent` of the collector binary (test.sh builds
 //! every binary first; `cargo build --workspace --bins` does too).
@@ -417,6 +418,73 @@ fn a_certificate_from_another_ca_is_rejected_without_a_tight_loop() {
     assert_exactly_once(&tmp.path().join("data"), "e2e-good", produced);
     let (count, _) = stored_seqs(&tmp.path().join("data"), "e2e-stranger");
     assert_eq!(count, 0, "nothing stored for the stranger");
+}
+
+#[test]
+fn a_revoked_agent_is_cut_off_mid_session_and_told_why() {
+    let tmp = work_dir();
+    let (collector, addr) = start_collector(tmp.path(), 0);
+    let good = setup(tmp.path(), "e2e-stays", addr);
+    let doomed = setup(tmp.path(), "e2e-revoked", addr);
+    let mut good_agent = good.start("1s");
+    let mut doomed_agent = doomed.start("1s");
+    assert!(
+        good.wait_acked(1, Duration::from_secs(30)),
+        "good agent reports"
+    );
+    assert!(
+        doomed.wait_acked(1, Duration::from_secs(30)),
+        "doomed agent reports"
+    );
+
+    let revoked = Command::new(collector_bin())
+        .args(["ca", "revoke", "--dir"])
+        .arg(tmp.path().join("data/ca"))
+        .arg("e2e-revoked")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(revoked.success(), "ca revoke");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut log = String::new();
+    while Instant::now() < deadline {
+        log = std::fs::read_to_string(doomed.log()).unwrap_or_default();
+        if log.contains("rejected by the collector") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let told = log
+        .lines()
+        .find(|l| l.contains("rejected by the collector"))
+        .unwrap_or_else(|| panic!("the revoked agent was not told within 15 s; log:\n{log}"))
+        .to_string();
+    assert!(told.contains("revoked"), "{told}");
+    let stored_at_rejection = stored_seqs(&tmp.path().join("data"), "e2e-revoked").0;
+    let good_acked = good.ledger().1;
+
+    std::thread::sleep(Duration::from_secs(5));
+    doomed_agent.terminate();
+    let log = std::fs::read_to_string(doomed.log()).unwrap_or_default();
+    let rejections = log.matches("rejected by the collector").count();
+    eprintln!("revoked agent: {rejections} rejection(s) logged; first: {told}");
+    assert!(
+        rejections <= 2,
+        "{rejections} in 5 s is a tight loop; log:\n{log}"
+    );
+    assert_eq!(
+        stored_seqs(&tmp.path().join("data"), "e2e-revoked").0,
+        stored_at_rejection,
+        "nothing stored for the revoked agent after it was told"
+    );
+    assert!(
+        good.ledger().1 > good_acked,
+        "the good agent kept reporting"
+    );
+    good_agent.terminate();
+    let produced = good.drain();
+    drop(collector);
+    assert_exactly_once(&tmp.path().join("data"), "e2e-stays", produced);
 }
 
 #[test]

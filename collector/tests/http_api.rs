@@ -461,6 +461,9 @@ async fn metrics_pass_promtool() {
     feed(&s, &agent("a1", "aws", "b"));
     feed(&s, &agent("w1", "we\"ird\\} 1", "b"));
     s.fleet.metrics().ingest.results.inc_by(6);
+    s.fleet.metrics().ingest.refused("revoked");
+    s.fleet.metrics().ingest.refused("bad_version");
+    s.fleet.metrics().ingest.refused("revoked");
     s.fleet.tick(now_unix_ms() + 3_600_000);
     s.fleet.publish_matrix(now_unix_ms());
     let body = reqwest::get(s.url("/metrics"))
@@ -474,6 +477,14 @@ async fn metrics_pass_promtool() {
         "{body}"
     );
     assert!(body.contains("egresswatch_cell_status{"), "{body}");
+    assert!(
+        body.contains("egresswatch_ingest_refusals_by_reason_total{reason=\"revoked\"} 2"),
+        "{body}"
+    );
+    assert!(
+        body.contains("egresswatch_ingest_refusals_total 3"),
+        "{body}"
+    );
     assert!(
         body.contains(r#"provider="we\"ird\\} 1""#),
         "label values escaped: {body}"
@@ -503,4 +514,68 @@ async fn metrics_pass_promtool() {
     // promtool's lint complaints are printed but also make the exit code non-zero.
     assert!(!text.contains("error"), "{text}");
     s.stop().await;
+}
+
+/// Every route, every status: the page and its assets, the API, the stream, metrics, health, a
+/// missing page under / and under /api, a bad agent id, a wrong method, and (with a token) the
+/// 401s and the authorised answers.
+#[tokio::test]
+async fn every_response_carries_the_security_headers() {
+    let token = "another-s3cret-token-for-headers";
+    let open = Server::start(loopback()).await;
+    let guarded = Server::start(HttpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: Some(token.into()),
+        ..Default::default()
+    })
+    .await;
+    let a = agent("h1", "gcp", "proj-a");
+    feed(&open, &a);
+    feed(&guarded, &a);
+    let paths = [
+        "/",
+        "/style.css",
+        "/app.js",
+        "/healthz",
+        "/api/matrix",
+        "/api/events",
+        "/api/agents/h1/results",
+        "/api/agents/no-such-agent/results",
+        "/api/agents/bad%20id%1b/results",
+        "/api/stream",
+        "/metrics",
+        "/nope",
+        "/api/nope",
+        "/index.html",
+    ];
+    let c = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for s in [&open, &guarded] {
+        for path in paths {
+            for auth in [None, Some(token)] {
+                let mut req = c.get(s.url(path));
+                if let Some(t) = auth {
+                    req = req.bearer_auth(t);
+                }
+                // The stream's headers arrive at once; its body never ends, so it is dropped.
+                let resp = tokio::time::timeout(Duration::from_secs(5), req.send())
+                    .await
+                    .expect("headers within 5 s")
+                    .unwrap();
+                statuses.push(resp.status().as_u16());
+                assert_security_headers(&resp);
+            }
+        }
+        let resp = c.post(s.url("/api/matrix")).send().await.unwrap();
+        assert!(resp.status().is_client_error(), "{}", resp.status());
+        assert_security_headers(&resp);
+        let resp = c.head(s.url("/")).send().await.unwrap();
+        assert_security_headers(&resp);
+    }
+    // Each kind of answer was among those checked.
+    for status in [200, 401, 404] {
+        assert!(statuses.contains(&status), "no {status} in {statuses:?}");
+    }
+    open.stop().await;
+    guarded.stop().await;
 }

@@ -44,6 +44,18 @@ pub struct IngestCounters {
     pub duplicates: Counter,
     /// Frames that failed to decode (the connection was closed).
     pub decode_errors: Counter,
+    /// Refusals by reason (`revoked`, `expired`, `bad_version`, ...); see [`IngestCounters::refused`].
+    pub refusal_reasons: Family<Labels, Counter>,
+}
+
+impl IngestCounters {
+    /// Counts one refused agent or connection, in the total and under its reason.
+    pub fn refused(&self, reason: &str) {
+        self.refusals.inc();
+        self.refusal_reasons
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
 }
 
 /// Everything `/metrics` shows.
@@ -79,6 +91,11 @@ impl Metrics {
             "egresswatch_ingest_refusals",
             "Agent sessions refused",
             ingest.refusals.clone(),
+        );
+        registry.register(
+            "egresswatch_ingest_refusals_by_reason",
+            "Agents and connections refused, by reason",
+            ingest.refusal_reasons.clone(),
         );
         registry.register(
             "egresswatch_ingest_batches",

@@ -5,9 +5,12 @@
 //! Every resource is bounded: concurrent connections, handshakes in progress, streams per
 //! connection, frame size, flow-control windows (sized for small reports, not bulk transfer).
 //! Each connection runs in [`session`] in its own task and tracing span; bad bytes close that
-//! one connection, never the listener.
+//! one connection, never the listener. The CA's revocation list is checked at the handshake and
+//! followed while running ([`revocation`]): a revoked agent is refused and its live sessions end.
 
+pub mod revocation;
 pub mod session;
+pub mod tls;
 
 use crate::ca::Authority;
 use crate::error::CollectorError;
@@ -77,12 +80,16 @@ pub struct IngestContext {
 pub struct Ingest {
     endpoint: quinn::Endpoint,
     config: QuicConfig,
+    tls: Arc<tls::TlsMaterial>,
+    crl: revocation::CrlWatch,
 }
 
 impl Ingest {
-    /// Binds the UDP socket and sets up mutual TLS with the fleet CA.
+    /// Binds the UDP socket and sets up mutual TLS with the fleet CA and its revocation list.
     pub fn bind(config: &QuicConfig, authority: &Authority) -> Result<Ingest, CollectorError> {
-        let server_config = server_config(config, authority)?;
+        let tls = Arc::new(tls::TlsMaterial::new(config, authority)?);
+        let crl = revocation::CrlWatch::open(authority.dir())?;
+        let server_config = tls.server_config(crl.current().map(|l| &l.der))?;
         let socket = udp_socket(config)?;
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
@@ -94,6 +101,8 @@ impl Ingest {
         Ok(Ingest {
             endpoint,
             config: config.clone(),
+            tls,
+            crl,
         })
     }
 
@@ -110,6 +119,17 @@ impl Ingest {
         context: Arc<IngestContext>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        self.tls.count_refusals_in(context.counters.clone());
+        let (revoked_tx, revoked_rx) = tokio::sync::watch::channel(self.crl.revoked());
+        let (watch_stop, watch_stopped) = tokio::sync::oneshot::channel::<()>();
+        let watcher = tokio::spawn(self.crl.run(
+            self.endpoint.clone(),
+            self.tls.clone(),
+            revoked_tx,
+            async move {
+                let _ = watch_stopped.await;
+            },
+        ));
         let connections = Arc::new(Semaphore::new(self.config.max_connections));
         let handshakes = Arc::new(Semaphore::new(self.config.max_handshakes));
         let mut sessions = tokio::task::JoinSet::new();
@@ -127,17 +147,18 @@ impl Ingest {
             let remote = incoming.remote_address();
             let Ok(connection_permit) = connections.clone().try_acquire_owned() else {
                 warn!(%remote, "refusing a connection: max_connections reached");
-                context.counters.refusals.inc();
+                context.counters.refused("max_connections");
                 incoming.refuse();
                 continue;
             };
             let Ok(handshake_permit) = handshakes.clone().try_acquire_owned() else {
                 warn!(%remote, "refusing a connection: max_handshakes in progress");
-                context.counters.refusals.inc();
+                context.counters.refused("max_handshakes");
                 incoming.refuse();
                 continue;
             };
             let context = context.clone();
+            let revoked = revoked_rx.clone();
             let span = tracing::info_span!("agent", %remote, id = tracing::field::Empty);
             sessions.spawn(
                 async move {
@@ -147,17 +168,23 @@ impl Ingest {
                             // A client without a valid certificate ends here (bad cert, other CA,
                             // wrong ALPN): logged with the reason, nobody else affected.
                             warn!("handshake failed: {e}");
+                            if let Some(reason) = tls::handshake_refusal(&e) {
+                                context.counters.refused(reason);
+                            }
                             return;
                         }
                     };
                     drop(handshake_permit);
-                    session::run(connection, context).await;
+                    session::run(connection, context, revoked).await;
                     drop(connection_permit);
                 }
                 .instrument(span),
             );
         }
-        // Stop accepting; give sessions a moment to finish what they are writing.
+        // Stop accepting (the watcher first, so it cannot install a configuration again); give
+        // sessions a moment to finish what they are writing.
+        let _ = watch_stop.send(());
+        let _ = watcher.await;
         self.endpoint.set_server_config(None);
         info!(sessions = sessions.len(), "ingest stopping");
         let drain = async { while sessions.join_next().await.is_some() {} };
@@ -166,50 +193,6 @@ impl Ingest {
             .close(session::CLOSE_SHUTDOWN, b"collector shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
-}
-
-fn server_config(
-    config: &QuicConfig,
-    authority: &Authority,
-) -> Result<quinn::ServerConfig, CollectorError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(authority.cert_der()?)
-        .map_err(|e| CollectorError::Tls(format!("fleet CA: {e}")))?;
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .map_err(|e| CollectorError::Tls(format!("client verifier: {e}")))?;
-    let (cert, key) = authority.issue_server(&config.server_names)?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| CollectorError::Tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![cert], key)
-        .map_err(|e| CollectorError::Tls(format!("server certificate: {e}")))?;
-    tls.alpn_protocols = vec![egresswatch_wire::version::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-        .map_err(|e| CollectorError::Tls(e.to_string()))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    let idle = quinn::IdleTimeout::try_from(Duration::from_secs(config.idle_timeout_secs.max(1)))
-        .map_err(|e| CollectorError::Config {
-        path: "quic.idle_timeout_secs".into(),
-        reason: e.to_string(),
-    })?;
-    transport.max_idle_timeout(Some(idle));
-    // One report stream per agent; a few spare for reconnect overlap.
-    transport.max_concurrent_bidi_streams(4u32.into());
-    transport.max_concurrent_uni_streams(0u32.into());
-    transport.stream_receive_window(config.stream_window_bytes.into());
-    transport.receive_window((config.stream_window_bytes.saturating_mul(2)).into());
-    transport.send_window(64 * 1024);
-    transport.enable_segmentation_offload(config.segmentation_offload);
-    server.transport_config(Arc::new(transport));
-    Ok(server)
 }
 
 fn udp_socket(config: &QuicConfig) -> Result<std::net::UdpSocket, CollectorError> {

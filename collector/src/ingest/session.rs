@@ -4,9 +4,12 @@
 //!
 //! Every way a session can end is named: a clean goodbye, a refusal (with the reason sent to the
 //! agent), a protocol error (bad frame, garbage: logged, connection closed with code 1), or the
-//! transport going away. None of them affects any other agent.
+//! transport going away, or the agent's certificate being revoked while it is connected. None
+//! of them affects any other agent.
 
+use super::revocation::RevokedSerials;
 use super::IngestContext;
+use crate::ca::registry::normalise_serial;
 use crate::pipeline::AgentMeta;
 use egresswatch_wire::frame::{body_len, decode_body};
 use egresswatch_wire::limits::FRAME_HEADER_BYTES;
@@ -30,8 +33,10 @@ const HELLO_DEADLINE: Duration = Duration::from_secs(10);
 enum End {
     /// The agent finished its stream.
     Clean,
-    /// We refused it and told it why.
-    Refused(String),
+    /// We refused it and told it why; `kind` names the reason in `/metrics`.
+    Refused { kind: &'static str, reason: String },
+    /// Its certificate was revoked while it was connected.
+    Revoked,
     /// It broke the protocol.
     Protocol(String),
     /// The connection went away under us (idle timeout, agent gone, shutdown).
@@ -47,26 +52,47 @@ fn now_unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Runs one connection to its end.
-pub async fn run(connection: quinn::Connection, context: Arc<IngestContext>) {
-    let agent_id = match identity(&connection) {
+/// What a session closes with when the agent's certificate is revoked; the agent logs it as
+/// "rejected by the collector: …".
+pub const REVOKED_REASON: &str = "this agent's certificate has been revoked by the collector's CA";
+
+/// Runs one connection to its end. `revoked` follows the CA's revocation list: the session ends
+/// as soon as it lists this agent's certificate.
+pub async fn run(
+    connection: quinn::Connection,
+    context: Arc<IngestContext>,
+    mut revoked: tokio::sync::watch::Receiver<RevokedSerials>,
+) {
+    let (agent_id, serial) = match identity(&connection) {
         Ok(id) => id,
         Err(reason) => {
+            context.counters.refused("bad_certificate");
             warn!("closing: {reason}");
             connection.close(CLOSE_REFUSED, reason.as_bytes());
             return;
         }
     };
     tracing::Span::current().record("id", agent_id.as_str());
+    // The handshake checked the list the TLS configuration was built with; one revoked since
+    // (and not yet swapped in) is caught here.
+    if revoked.borrow_and_update().contains(&serial) {
+        context.counters.refused("revoked");
+        warn!("refused: {REVOKED_REASON}");
+        connection.close(CLOSE_REFUSED, REVOKED_REASON.as_bytes());
+        return;
+    }
     context.counters.sessions.inc();
-    let end = serve(&connection, &agent_id, &context).await;
+    let end = tokio::select! {
+        end = serve(&connection, &agent_id, &context) => end,
+        () = until_revoked(&serial, &mut revoked) => End::Revoked,
+    };
     match &end {
         End::Clean => {
             debug!("session ended");
             connection.close(CLOSE_NORMAL, b"bye");
         }
-        End::Refused(reason) => {
-            context.counters.refusals.inc();
+        End::Refused { kind, reason } => {
+            context.counters.refused(kind);
             warn!("refused: {reason}");
             // The refusal frame is on its way; give the agent a moment to read it and close.
             let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
@@ -76,6 +102,13 @@ pub async fn run(connection: quinn::Connection, context: Arc<IngestContext>) {
             context.counters.decode_errors.inc();
             warn!("closing on protocol error: {reason}");
             connection.close(CLOSE_PROTOCOL, truncate(reason).as_bytes());
+        }
+        End::Revoked => {
+            // A batch being stored when this fires is stored (the blocking insert runs on);
+            // only its ack is not sent.
+            context.counters.refused("revoked");
+            warn!("closing a live session: {REVOKED_REASON}");
+            connection.close(CLOSE_REFUSED, REVOKED_REASON.as_bytes());
         }
         End::Transport(reason) => info!("connection ended: {reason}"),
         End::Unavailable(reason) => {
@@ -92,8 +125,20 @@ fn truncate(reason: &str) -> String {
     egresswatch_wire::result::truncate_detail(reason, 200)
 }
 
-/// The agent id from the verified client certificate's subject CN.
-fn identity(connection: &quinn::Connection) -> Result<String, String> {
+/// Resolves once `revoked` lists `serial`; never if the list's sender is gone.
+async fn until_revoked(serial: &[u8], revoked: &mut tokio::sync::watch::Receiver<RevokedSerials>) {
+    loop {
+        if revoked.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if revoked.borrow_and_update().contains(serial) {
+            return;
+        }
+    }
+}
+
+/// The agent id from the verified client certificate's subject CN, and its serial number.
+fn identity(connection: &quinn::Connection) -> Result<(String, Vec<u8>), String> {
     let certs = connection
         .peer_identity()
         .and_then(|any| {
@@ -104,7 +149,11 @@ fn identity(connection: &quinn::Connection) -> Result<String, String> {
     let leaf = certs
         .first()
         .ok_or_else(|| "empty client certificate chain".to_string())?;
-    crate::ca::agent_id_from_cert(leaf).map_err(|e| e.to_string())
+    let id = crate::ca::agent_id_from_cert(leaf).map_err(|e| e.to_string())?;
+    let serial = x509_parser::parse_x509_certificate(leaf)
+        .map(|(_, cert)| normalise_serial(cert.raw_serial()))
+        .map_err(|e| format!("client certificate: {e}"))?;
+    Ok((id, serial))
 }
 
 async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestContext) -> End {
@@ -126,7 +175,10 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
         Ok(Err(ReadFailure::Wire(WireError::VersionMismatch { theirs, ours }))) => {
             let reason = format!("wire major version {theirs} is not supported; this collector speaks {ours}: upgrade the agent or the collector");
             refuse(&mut send, &reason, 0).await;
-            return End::Refused(reason);
+            return End::Refused {
+                kind: "bad_version",
+                reason,
+            };
         }
         Ok(Err(e)) => return e.into_end(),
     };
@@ -136,23 +188,32 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
     };
     if hello.wire_major != WIRE_MAJOR {
         let reason = format!(
-            "wire major version {} is not supported; this collector speaks {WIRE_MAJOR}",
+            "wire major version {} is not supported; this collector speaks {WIRE_MAJOR}: upgrade the agent or the collector",
             hello.wire_major
         );
         refuse(&mut send, &reason, 0).await;
-        return End::Refused(reason);
+        return End::Refused {
+            kind: "bad_version",
+            reason,
+        };
     }
     if let Err(e) = hello.check_bounds() {
         let reason = e.to_string();
         refuse(&mut send, &reason, 0).await;
-        return End::Refused(reason);
+        return End::Refused {
+            kind: "bad_hello",
+            reason,
+        };
     }
     let labels = match hello.labels.clone().validated() {
         Ok(l) => l,
         Err(e) => {
             let reason = format!("invalid labels: {e}");
             refuse(&mut send, &reason, 0).await;
-            return End::Refused(reason);
+            return End::Refused {
+                kind: "bad_labels",
+                reason,
+            };
         }
     };
     let agent = AgentMeta {
