@@ -8,9 +8,7 @@
 //! fail instead of skipping.
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SCENARIO: &str = r#"
@@ -31,84 +29,8 @@ name = "main"
 hosts = 2
 "#;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
-
-fn egresslab() -> PathBuf {
-    repo().join("lab/egresslab")
-}
-
-fn agent_bin() -> PathBuf {
-    let collector = PathBuf::from(env!("CARGO_BIN_EXE_egresswatch-collector"));
-    collector.with_file_name("egresswatch-agent")
-}
-
-/// Why this machine cannot run the lab, if it cannot.
-fn cannot_run() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
-        return Some("needs root for network namespaces".into());
-    }
-    for tool in ["nft", "ip", "postfix", "openssl"] {
-        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).exists());
-        if !found {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    if !agent_bin().exists() {
-        return Some(format!(
-            "{} is missing: run `cargo build --workspace --bins` first",
-            agent_bin().display()
-        ));
-    }
-    None
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
-struct Lab {
-    name: String,
-    collector: Option<Child>,
-}
-
-impl Lab {
-    fn run(&self, args: &[&str]) -> String {
-        // `--name` right after the subcommand: `spawn` takes everything after `--` as the command.
-        let out = Command::new(egresslab())
-            .arg(args[0])
-            .args(["--name", &self.name])
-            .args(&args[1..])
-            .output()
-            .expect("egresslab runs");
-        assert!(
-            out.status.success(),
-            "egresslab {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.collector.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = Command::new(egresslab())
-            .args(["down", "--name", &self.name])
-            .output();
-    }
-}
+mod support;
+use support::{agent_bin, lab_up, skip_lab_test, start_collector, Lab};
 
 async fn get(http: &str, path: &str) -> Value {
     let body = reqwest::get(format!("http://{http}{path}"))
@@ -167,11 +89,7 @@ async fn wait_for<T>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_changes_are_attributed_and_loss_is_quiet() {
-    if let Some(reason) = cannot_run() {
-        if std::env::var("CI").as_deref() == Ok("true") && !reason.contains("root") {
-            panic!("cannot run the lab in CI: {reason}");
-        }
-        eprintln!("SKIPPED policy_changes_are_attributed_and_loss_is_quiet: {reason}");
+    if skip_lab_test("policy_changes_are_attributed_and_loss_is_quiet") {
         return;
     }
     // Spools must not live under /tmp (the agent refuses it).
@@ -182,26 +100,8 @@ async fn policy_changes_are_attributed_and_loss_is_quiet() {
     let scenario = work.path().join("fleet.toml");
     std::fs::write(&scenario, SCENARIO).unwrap();
     let name = format!("fl{}", std::process::id() % 100_000);
-    let mut lab = Lab {
-        name: name.clone(),
-        collector: None,
-    };
-    let _ = Command::new(egresslab())
-        .args(["down", "--name", &name])
-        .output();
-    let up = Command::new(egresslab())
-        .args(["up"])
-        .arg(&scenario)
-        .args(["--name", &name, "--root-link", "--state"])
-        .arg(work.path().join("lab"))
-        .output()
-        .unwrap();
-    assert!(
-        up.status.success(),
-        "lab up: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
-    let state: Value = serde_json::from_slice(&up.stdout).unwrap();
+    let mut lab = Lab::new(&name);
+    let state = lab_up(&lab, &scenario, &work.path().join("lab"));
     let root_ipv4 = state["root_link"]["root_ipv4"]
         .as_str()
         .unwrap()
@@ -218,37 +118,9 @@ async fn policy_changes_are_attributed_and_loss_is_quiet() {
         ),
     )
     .unwrap();
-    let mut collector = Command::new(env!("CARGO_BIN_EXE_egresswatch-collector"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(work.path().join("collector.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(collector.stdout.take().unwrap()).lines();
-    let (mut quic_port, mut http) = (None, None);
-    while quic_port.is_none() || http.is_none() {
-        let Some(Ok(line)) = lines.next() else {
-            panic!("collector exited before printing its addresses")
-        };
-        if let Some(rest) = line.strip_prefix("QUIC:") {
-            quic_port = rest
-                .split_whitespace()
-                .next()
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| p.parse::<u16>().ok());
-        }
-        if let Some(rest) = line.strip_prefix("HTTP:") {
-            http = rest.split_whitespace().next().map(|u| {
-                u.trim_start_matches("http://")
-                    .trim_end_matches('/')
-                    .to_string()
-            });
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    lab.collector = Some(collector);
-    let (quic_port, http) = (quic_port.unwrap(), http.unwrap());
+    let collector = start_collector(&config, &work.path().join("collector.log"));
+    let (quic_port, http) = (collector.quic.port(), collector.http.clone());
+    lab.processes.push(collector.child);
 
     // One certificate and one config per host; every agent started in its own namespace.
     let hosts = state["hosts"].as_array().unwrap().clone();

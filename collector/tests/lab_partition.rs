@@ -8,8 +8,8 @@
 use egresswatch_collector::store::{sqlite::SqliteStore, Store};
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,65 +26,8 @@ hosts = 1
 /// Longer than the 30 s idle timeout on both sides.
 const PARTITION: Duration = Duration::from_secs(40);
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repo root")
-        .to_path_buf()
-}
-
-fn egresslab() -> PathBuf {
-    repo().join("lab/egresslab")
-}
-
-fn agent_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_egresswatch-collector")).with_file_name("egresswatch-agent")
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
-fn cannot_run() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc_geteuid() } != 0 {
-        return Some("needs root for network namespaces".into());
-    }
-    for tool in ["nft", "ip", "postfix", "openssl"] {
-        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(tool).exists());
-        if !found {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    if !agent_bin().exists() {
-        return Some(format!(
-            "{} is missing: run `cargo build --workspace --bins` first",
-            agent_bin().display()
-        ));
-    }
-    None
-}
-
-/// Tears the lab down (and with it anything running in its namespaces) even on failure.
-struct Lab {
-    name: String,
-    processes: Vec<Child>,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for c in &mut self.processes {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = Command::new(egresslab())
-            .args(["down", "--name", &self.name])
-            .output();
-    }
-}
+mod support;
+use support::{agent_bin, lab_up, skip_lab_test, start_collector, Lab};
 
 fn nft_in(ns: &str, script: &str) {
     let mut child = Command::new("ip")
@@ -180,13 +123,7 @@ fn terminate(child: &mut Child) {
 
 #[test]
 fn a_partition_longer_than_the_idle_timeout_loses_and_doubles_nothing() {
-    if let Some(reason) = cannot_run() {
-        if std::env::var("CI").as_deref() == Ok("true") && !reason.contains("root") {
-            panic!("cannot run the lab in CI: {reason}");
-        }
-        eprintln!(
-            "SKIPPED a_partition_longer_than_the_idle_timeout_loses_and_doubles_nothing: {reason}"
-        );
+    if skip_lab_test("a_partition_longer_than_the_idle_timeout_loses_and_doubles_nothing") {
         return;
     }
     let work = tempfile::Builder::new()
@@ -196,23 +133,8 @@ fn a_partition_longer_than_the_idle_timeout_loses_and_doubles_nothing() {
     let scenario = work.path().join("partition.toml");
     std::fs::write(&scenario, SCENARIO).unwrap();
     let name = format!("pt{}", std::process::id() % 100_000);
-    let mut lab = Lab {
-        name: name.clone(),
-        processes: Vec::new(),
-    };
-    let up = Command::new(egresslab())
-        .arg("up")
-        .arg(&scenario)
-        .args(["--name", &name, "--root-link", "--state"])
-        .arg(work.path().join("lab"))
-        .output()
-        .unwrap();
-    assert!(
-        up.status.success(),
-        "lab up: {}",
-        String::from_utf8_lossy(&up.stderr)
-    );
-    let state: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
+    let mut lab = Lab::new(&name);
+    let state = lab_up(&lab, &scenario, &work.path().join("lab"));
     let root_ipv4 = state["root_link"]["root_ipv4"]
         .as_str()
         .unwrap()
@@ -229,30 +151,9 @@ fn a_partition_longer_than_the_idle_timeout_loses_and_doubles_nothing() {
         ),
     )
     .unwrap();
-    let mut collector = Command::new(env!("CARGO_BIN_EXE_egresswatch-collector"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(File::create(work.path().join("collector.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(collector.stdout.take().unwrap()).lines();
-    let mut quic_port = None;
-    while quic_port.is_none() {
-        let Some(Ok(line)) = lines.next() else {
-            panic!("collector exited before printing its address")
-        };
-        if let Some(rest) = line.strip_prefix("QUIC:") {
-            quic_port = rest
-                .split_whitespace()
-                .next()
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| p.parse::<u16>().ok());
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    lab.processes.push(collector);
-    let quic_port = quic_port.unwrap();
+    let collector = start_collector(&config, &work.path().join("collector.log"));
+    let quic_port = collector.quic.port();
+    lab.processes.push(collector.child);
 
     let agents_dir = work.path().join("agents");
     let issued = Command::new(env!("CARGO_BIN_EXE_egresswatch-collector"))
