@@ -14,7 +14,7 @@ pub enum AgentError {
         source: std::io::Error,
     },
     /// The spool's filesystem has no room left beyond the spool's reserve.
-    #[error("no room for the spool: {0}")]
+    #[error("disk full: {0}")]
     SpoolFull(String),
     #[error("TLS setup: {0}")]
     Tls(String),

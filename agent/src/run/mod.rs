@@ -54,6 +54,9 @@ struct SpoolTrouble {
     status: String,
     not_kept: u64,
     logged_at: Option<Instant>,
+    /// This spell of trouble was logged, so its end is logged too (a disk that is just full
+    /// enough to flap between the two would otherwise log both every few seconds).
+    spell_logged: bool,
 }
 
 /// What the schedule, the uplink and the spool share.
@@ -120,7 +123,8 @@ impl Shared {
         lock(&self.spool_trouble).status.clone()
     }
 
-    /// Results produced but not kept because the spool could not take them (since start).
+    /// Results produced but not kept because the spool could not take them (since start; the
+    /// stop message logs it).
     pub fn not_kept(&self) -> u64 {
         lock(&self.spool_trouble).not_kept
     }
@@ -150,12 +154,14 @@ impl Shared {
             Ok(Ok(Some(_))) => {
                 let mut trouble = lock(&self.spool_trouble);
                 if !trouble.status.is_empty() {
-                    info!(
-                        not_kept = trouble.not_kept,
-                        "spool writable again; results not kept meanwhile are counted in the next batch"
-                    );
+                    if trouble.spell_logged {
+                        info!(
+                            not_kept = trouble.not_kept,
+                            "spool writable again; results not kept meanwhile are counted in the next batch"
+                        );
+                    }
                     trouble.status.clear();
-                    trouble.logged_at = None;
+                    trouble.spell_logged = false;
                 }
                 drop(trouble);
                 self.new_results.notify_one();
@@ -174,6 +180,7 @@ impl Shared {
                         "spool: {e}; results are not kept until there is room (probing goes on; logged at most once a minute)"
                     );
                     trouble.logged_at = Some(Instant::now());
+                    trouble.spell_logged = true;
                 }
             }
             Err(e) => error!("spool task: {e}"),
@@ -353,7 +360,10 @@ pub async fn run(
             }
         }
     }
-    info!("stopping: no new probes, flushing what is in flight");
+    info!(
+        not_kept = shared.not_kept(),
+        "stopping: no new probes, flushing what is in flight"
+    );
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), schedule).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), uplink).await;
