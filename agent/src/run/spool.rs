@@ -591,6 +591,38 @@ mod tests {
     }
 
     #[test]
+    fn a_write_that_failed_half_way_leaves_no_torn_record_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        s.append(result(25)).unwrap();
+        s.append(result(465)).unwrap();
+        // As if the disk filled in the middle of the next record.
+        s.active
+            .as_mut()
+            .unwrap()
+            .write_all(&[60, 0, 0, 0, 9, 9, 9, 9, 1, 2, 3])
+            .unwrap();
+        s.cut_failed_write();
+        assert_eq!(s.append(result(587)).unwrap(), 3);
+        let (batch, _) = s.unacked(1, 100);
+        assert_eq!(
+            batch.iter().map(|r| r.port).collect::<Vec<_>>(),
+            vec![25, 465, 587],
+            "the record after the failed write is read back"
+        );
+        drop(s);
+        let s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            (
+                s.recovery.records,
+                s.recovery.corrupt,
+                s.recovery.torn_bytes
+            ),
+            (3, 0, 0)
+        );
+    }
+
+    #[test]
     fn while_appends_fail_an_ack_frees_the_active_segment_too() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
