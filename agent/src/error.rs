@@ -13,6 +13,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The spool's filesystem has no room left beyond the spool's reserve.
+    #[error("disk full: {0}")]
+    SpoolFull(String),
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error(transparent)]

@@ -1,5 +1,9 @@
 //! The agent's configuration file (TOML). Every section but `[collector]` is optional; unknown
 //! keys are an error that names the key and its line, so a typo never silently disables a probe.
+//!
+//! SIGHUP reloads the file (see `run`): everything applies live except what
+//! [`AgentConfig::restart_only_changes`] names — where results are spooled and whom they are sent
+//! to as whom, which the spooled results and their sequence numbers are tied to.
 
 use crate::check::parse_duration;
 use crate::error::AgentError;
@@ -25,6 +29,17 @@ pub struct AgentConfig {
     pub spool: SpoolConfig,
     #[serde(default)]
     pub identity: IdentityConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`: what the agent logs (to stderr).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `debug`, `info,egresswatch_agent=debug`, …). Unset: `RUST_LOG`,
+    /// else `info`. `RUST_LOG`, when set, wins over this.
+    pub level: Option<String>,
 }
 
 /// `[labels]`: empty or absent fields are detected (DMI, metadata service).
@@ -218,7 +233,40 @@ impl AgentConfig {
         if self.spool.max_bytes < 64 * 1024 {
             return Err(bad("spool.max_bytes must be at least 65536".into()));
         }
+        if let Some(level) = &self.log.level {
+            tracing_subscriber::EnvFilter::try_new(level)
+                .map_err(|e| bad(format!("log.level {level:?}: {e}")))?;
+        }
         Ok(self)
+    }
+
+    /// Settings that differ between `self` (running) and `new` but only take effect on a
+    /// restart, by name. The spool directory holds the unacked results and their numbering; the
+    /// collector's address and this agent's certificate say whom they are sent to as whom (the
+    /// certificate *files* are re-read at every reconnect, so one renewed in place needs no
+    /// restart).
+    pub fn restart_only_changes(&self, new: &AgentConfig) -> Vec<&'static str> {
+        let (a, b) = (&self.collector, &new.collector);
+        [
+            ("collector.address", a.address != b.address),
+            ("collector.server_name", a.server_name != b.server_name),
+            ("collector.ca", a.ca != b.ca),
+            ("collector.cert", a.cert != b.cert),
+            ("collector.key", a.key != b.key),
+            ("spool.dir", self.spool.dir != new.spool.dir),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+
+    /// `new` as it can be applied to a running agent: its restart-only settings replaced by the
+    /// running ones.
+    pub fn live_part_of(&self, new: AgentConfig) -> AgentConfig {
+        let mut applied = new;
+        applied.collector = self.collector.clone();
+        applied.spool.dir = self.spool.dir.clone();
+        applied
     }
 
     /// The targets to probe: the configured ones, or the built-in list at a polite interval.
@@ -277,6 +325,39 @@ mod tests {
         assert_eq!(c.targets[0].level, Level::Banner);
         assert_eq!(c.probe.timeout, Duration::from_secs(2));
         assert_eq!(c.labels.provider, "aws");
+    }
+
+    #[test]
+    fn a_reload_names_what_needs_a_restart_and_keeps_it() {
+        let running = AgentConfig::parse(MINIMAL, Path::new("a.toml")).unwrap();
+        let text = MINIMAL.replace("collector.example:4433", "other.example:4433")
+            + "[spool]\ndir = \"/var/lib/elsewhere\"\nmax_bytes = 1048576\n[log]\nlevel = \"debug\"\n[[targets]]\nhost = \"mx.lab.test\"\n";
+        let new = AgentConfig::parse(&text, Path::new("a.toml")).unwrap();
+        assert_eq!(
+            running.restart_only_changes(&new),
+            vec!["collector.address", "spool.dir"]
+        );
+        let applied = running.live_part_of(new);
+        assert_eq!(applied.collector.address, "collector.example:4433");
+        assert_eq!(
+            applied.spool.dir,
+            PathBuf::from("/var/lib/egresswatch-agent")
+        );
+        assert_eq!(applied.spool.max_bytes, 1048576, "the cap is live");
+        assert_eq!(applied.targets[0].host, "mx.lab.test");
+        assert_eq!(applied.log.level.as_deref(), Some("debug"));
+        assert!(running.restart_only_changes(&applied).is_empty());
+    }
+
+    #[test]
+    fn a_bad_log_level_is_a_config_error() {
+        let err = AgentConfig::parse(
+            &format!("{MINIMAL}[log]\nlevel = \"info,egresswatch=loud\"\n"),
+            Path::new("a.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("log.level"), "{err}");
     }
 
     #[test]

@@ -2,25 +2,36 @@
 //! disk [`spool`] before sending it, and streams batches to the collector over the QUIC
 //! [`uplink`], labelled with its [`identity`] and its [`clock`]'s quality. Configured by one TOML
 //! file ([`config`]; a commented example is `agent/config.example.toml`).
+//!
+//! SIGHUP reloads that file: targets, probe settings, labels, the spool's cap and the log level
+//! change live; a file that does not parse or validate is rejected with an error in the log and
+//! the running config kept; settings that only a restart can change are named in the log and
+//! kept. The spool is never reopened, so nothing unacked is lost and numbering goes on.
 
 pub mod clock;
 pub mod config;
 pub mod identity;
+pub mod logging;
 pub mod schedule;
 pub mod spool;
 pub mod uplink;
 
 use crate::error::AgentError;
 use crate::probe::{self, ProbeOptions};
-use config::AgentConfig;
+use config::{AgentConfig, TargetConfig};
 use egresswatch_wire::{Labels, ProbeResult, TargetSpec};
+use logging::LogControl;
+use schedule::Plan;
 use spool::Spool;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::Notify;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
+
+/// While results cannot be spooled, the error is logged at most this often.
+const SPOOL_TROUBLE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -29,12 +40,32 @@ pub struct RunArgs {
     pub config: Option<PathBuf>,
 }
 
+/// What the agent tells the collector in its hello: who it is and what it probes.
+#[derive(Clone, PartialEq)]
+struct Announcement {
+    labels: Labels,
+    targets: Vec<TargetSpec>,
+}
+
+/// Results the spool could not keep, and when that was last logged.
+#[derive(Default)]
+struct SpoolTrouble {
+    /// For the collector (hello `status`); empty when the spool is fine.
+    status: String,
+    not_kept: u64,
+    logged_at: Option<Instant>,
+    /// This spell of trouble was logged, so its end is logged too (a disk that is just full
+    /// enough to flap between the two would otherwise log both every few seconds).
+    spell_logged: bool,
+}
+
 /// What the schedule, the uplink and the spool share.
 pub struct Shared {
-    pub labels: Labels,
-    pub targets: Vec<TargetSpec>,
+    announcement: Mutex<Announcement>,
+    /// Bumped when the announcement changes, so the uplink says hello again.
+    announced: watch::Sender<u64>,
     spool: Arc<Mutex<Option<Spool>>>,
-    spool_trouble: Mutex<String>,
+    spool_trouble: Mutex<SpoolTrouble>,
     uplink_state: Mutex<String>,
     pub new_results: Notify,
 }
@@ -51,18 +82,51 @@ impl Shared {
         trouble: String,
     ) -> Shared {
         Shared {
-            labels,
-            targets,
+            announcement: Mutex::new(Announcement { labels, targets }),
+            announced: watch::channel(0).0,
             spool: Arc::new(Mutex::new(spool)),
-            spool_trouble: Mutex::new(trouble),
+            spool_trouble: Mutex::new(SpoolTrouble {
+                status: trouble,
+                ..Default::default()
+            }),
             uplink_state: Mutex::new(String::new()),
             new_results: Notify::new(),
         }
     }
 
+    pub fn labels(&self) -> Labels {
+        lock(&self.announcement).labels.clone()
+    }
+
+    pub fn targets(&self) -> Vec<TargetSpec> {
+        lock(&self.announcement).targets.clone()
+    }
+
+    /// Replaces labels and targets (a reload); a change makes the uplink say hello again.
+    pub fn announce(&self, labels: Labels, targets: Vec<TargetSpec>) {
+        let new = Announcement { labels, targets };
+        let mut current = lock(&self.announcement);
+        if *current != new {
+            *current = new;
+            drop(current);
+            self.announced.send_modify(|generation| *generation += 1);
+        }
+    }
+
+    /// Changes when [`Shared::announce`] changed something.
+    pub fn announcements(&self) -> watch::Receiver<u64> {
+        self.announced.subscribe()
+    }
+
     /// The agent's own trouble, for the collector (hello `status`).
     pub fn status(&self) -> String {
-        lock(&self.spool_trouble).clone()
+        lock(&self.spool_trouble).status.clone()
+    }
+
+    /// Results produced but not kept because the spool could not take them (since start; the
+    /// stop message logs it).
+    pub fn not_kept(&self) -> u64 {
+        lock(&self.spool_trouble).not_kept
     }
 
     /// The uplink's last trouble ("rejected by the collector: …", "disconnected: …"); empty
@@ -75,8 +139,10 @@ impl Shared {
         *lock(&self.uplink_state) = state;
     }
 
-    /// Spools one result (numbering it) and wakes the uplink. A spool that cannot write is a
-    /// clear error in the log and in the status sent to the collector; the agent keeps running.
+    /// Spools one result (numbering it) and wakes the uplink. A spool that cannot write (a full
+    /// disk, say) costs that result, never the agent: it is counted, the collector is told (the
+    /// hello's status, and the count in the next batch), the error is logged once and then at
+    /// most once a minute, and writing resumes by itself when there is room again.
     pub async fn record(&self, result: ProbeResult) {
         let spool = self.spool.clone();
         let written = tokio::task::spawn_blocking(move || match lock(&spool).as_mut() {
@@ -87,20 +153,34 @@ impl Shared {
         match written {
             Ok(Ok(Some(_))) => {
                 let mut trouble = lock(&self.spool_trouble);
-                if !trouble.is_empty() {
-                    info!("spool writable again");
-                    trouble.clear();
+                if !trouble.status.is_empty() {
+                    if trouble.spell_logged {
+                        info!(
+                            not_kept = trouble.not_kept,
+                            "spool writable again; results not kept meanwhile are counted in the next batch"
+                        );
+                    }
+                    trouble.status.clear();
+                    trouble.spell_logged = false;
                 }
                 drop(trouble);
                 self.new_results.notify_one();
             }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
-                let text = format!("spool: {e}");
                 let mut trouble = lock(&self.spool_trouble);
-                if *trouble != text {
-                    error!("{text}; results are not kept until it is fixed");
-                    *trouble = text;
+                trouble.not_kept += 1;
+                trouble.status = format!("spool: {e}");
+                let due = trouble
+                    .logged_at
+                    .is_none_or(|at| at.elapsed() >= SPOOL_TROUBLE_LOG_EVERY);
+                if due {
+                    error!(
+                        not_kept = trouble.not_kept,
+                        "spool: {e}; results are not kept until there is room (probing goes on; logged at most once a minute)"
+                    );
+                    trouble.logged_at = Some(Instant::now());
+                    trouble.spell_logged = true;
                 }
             }
             Err(e) => error!("spool task: {e}"),
@@ -134,18 +214,15 @@ impl Shared {
     pub fn ledger(&self) -> Option<spool::Ledger> {
         lock(&self.spool).as_ref().map(Spool::ledger)
     }
+
+    fn set_spool_max_bytes(&self, max_bytes: u64) {
+        if let Some(s) = lock(&self.spool).as_mut() {
+            s.set_max_bytes(max_bytes);
+        }
+    }
 }
 
 pub fn main(args: RunArgs) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let Some(path) = args.config else {
         eprintln!(
             "egresswatch-agent run: --config PATH is required (see agent/config.example.toml)"
@@ -159,6 +236,7 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let log = logging::init(config.log.level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(8)
@@ -171,7 +249,7 @@ pub fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(path, config, log)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("egresswatch-agent: {e}");
@@ -180,16 +258,7 @@ pub fn main(args: RunArgs) -> ExitCode {
     }
 }
 
-/// Runs the agent until SIGINT/SIGTERM.
-pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
-    let labels = identity::resolve(
-        &config.labels,
-        &config.identity.dmi_dir,
-        config.identity.metadata,
-        &config.identity.metadata_url,
-    )
-    .await;
-    info!(provider = %labels.provider, account = %labels.account, region = %labels.region, instance = %labels.instance, "identity");
+fn probe_options(config: &AgentConfig) -> Result<ProbeOptions, AgentError> {
     let roots = Arc::new(probe::tls::load_roots(config.probe.ca_file.as_deref())?);
     let mut options = ProbeOptions::new(config.probe.timeout, roots);
     for source in &config.probe.source {
@@ -199,6 +268,54 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         }
     }
     options.interface = config.probe.interface.clone();
+    Ok(options)
+}
+
+fn plan_of(config: &AgentConfig, options: ProbeOptions) -> Plan {
+    Plan {
+        targets: config.effective_targets(),
+        options,
+        floor: config.probe.min_interval_per_destination,
+        concurrency: config.probe.concurrency,
+    }
+}
+
+fn specs_of(targets: &[TargetConfig]) -> Vec<TargetSpec> {
+    targets
+        .iter()
+        .map(|t| TargetSpec {
+            host: t.host.clone(),
+            ports: t.ports.clone(),
+            level: t.level,
+            interval_s: t.interval.as_secs() as u32,
+        })
+        .collect()
+}
+
+async fn resolve_labels(config: &AgentConfig) -> Labels {
+    let labels = identity::resolve(
+        &config.labels,
+        &config.identity.dmi_dir,
+        config.identity.metadata,
+        &config.identity.metadata_url,
+    )
+    .await;
+    info!(provider = %labels.provider, account = %labels.account, region = %labels.region, instance = %labels.instance, "identity");
+    labels
+}
+
+/// Runs the agent until SIGINT/SIGTERM; SIGHUP reloads `path`.
+pub async fn run(
+    path: PathBuf,
+    config: AgentConfig,
+    mut log: LogControl,
+) -> Result<(), AgentError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // First of all: SIGHUP's default action would end the agent.
+    let mut hangup =
+        signal(SignalKind::hangup()).map_err(|e| AgentError::io("listening for SIGHUP", e))?;
+    let labels = resolve_labels(&config).await;
+    let options = probe_options(&config)?;
     let (spool, trouble) = match Spool::open(&config.spool.dir, config.spool.max_bytes) {
         Ok(s) => {
             let r = s.recovery;
@@ -217,40 +334,73 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             (None, format!("spool unusable: {e}"))
         }
     };
-    let targets = config.effective_targets();
     if config.targets.is_empty() {
         info!("no targets configured: probing the built-in submission endpoints every 5 minutes");
     }
-    let specs = targets
-        .iter()
-        .map(|t| TargetSpec {
-            host: t.host.clone(),
-            ports: t.ports.clone(),
-            level: t.level,
-            interval_s: t.interval.as_secs() as u32,
-        })
-        .collect();
-    let shared = Arc::new(Shared::new(labels, specs, spool, trouble));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let plan = plan_of(&config, options);
+    let shared = Arc::new(Shared::new(labels, specs_of(&plan.targets), spool, trouble));
+    let (plan_tx, plan_rx) = watch::channel(plan);
+    let (stop_tx, stop_rx) = watch::channel(false);
     let uplink = tokio::spawn(uplink::run(
         config.collector.clone(),
         shared.clone(),
         stop_rx.clone(),
     ));
-    let schedule = tokio::spawn(schedule::run(
-        targets,
-        options,
-        config.probe.min_interval_per_destination,
-        config.probe.concurrency,
-        shared.clone(),
-        stop_rx,
-    ));
-    shutdown_signal().await;
-    info!("stopping: no new probes, flushing what is in flight");
+    let schedule = tokio::spawn(schedule::run(plan_rx, shared.clone(), stop_rx));
+    let mut running = config;
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(()) = hangup.recv() => {
+                if let Some(applied) = reload(&path, &running, &shared, &plan_tx, &mut log).await {
+                    running = applied;
+                }
+            }
+        }
+    }
+    info!(
+        not_kept = shared.not_kept(),
+        "stopping: no new probes, flushing what is in flight"
+    );
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), schedule).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), uplink).await;
     Ok(())
+}
+
+/// Reads `path` again and applies what can change live; returns the config now running, or
+/// `None` (and an error in the log) when the file is rejected and nothing changed.
+async fn reload(
+    path: &Path,
+    running: &AgentConfig,
+    shared: &Shared,
+    plan_tx: &watch::Sender<Plan>,
+    log: &mut LogControl,
+) -> Option<AgentConfig> {
+    info!(config = %path.display(), "SIGHUP: reloading the config");
+    let checked = AgentConfig::load(path).and_then(|new| probe_options(&new).map(|o| (new, o)));
+    let (new, options) = match checked {
+        Ok(ok) => ok,
+        Err(e) => {
+            error!("config reload rejected, the running config stays: {e}");
+            return None;
+        }
+    };
+    for name in running.restart_only_changes(&new) {
+        warn!("config reload: {name} changed, which only a restart applies; keeping the running value");
+    }
+    let applied = running.live_part_of(new);
+    log.apply(applied.log.level.as_deref());
+    shared.set_spool_max_bytes(applied.spool.max_bytes);
+    let plan = plan_of(&applied, options);
+    let labels = resolve_labels(&applied).await;
+    shared.announce(labels, specs_of(&plan.targets));
+    let series: usize = plan.targets.iter().map(|t| t.ports.len() * 2).sum();
+    plan_tx.send_replace(plan);
+    info!(targets = applied.targets.len(), series, "config reloaded");
+    Some(applied)
 }
 
 async fn shutdown_signal() {

@@ -1,61 +1,141 @@
 //! The schedule: every target × port × family probed at its interval, with jitter so a fleet
 //! does not probe in lockstep, a floor on the interval per destination (politeness), and a cap on
 //! probes in flight. Each result goes to the spool and wakes the uplink.
+//!
+//! Time here is tokio's, i.e. the monotonic clock: a step of the wall clock (NTP, a VM resumed)
+//! neither bursts nor stalls the probes; only the results' timestamps show it.
+//!
+//! The schedule follows a [`Plan`] that a config reload replaces: a series whose target, port,
+//! family, level and interval are unchanged keeps its rhythm; a removed one stops; a new one
+//! starts (spread over its first interval, like at startup). Probe options and the cap on probes
+//! in flight apply to every series from its next probe on.
 
 use super::config::TargetConfig;
 use super::Shared;
 use crate::probe::{self, ProbeOptions, ProbeTarget};
-use egresswatch_wire::Family;
+use egresswatch_wire::{Family, Level};
 use rand::Rng;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
+use tokio::task::AbortHandle;
 
-pub async fn run(
-    targets: Vec<TargetConfig>,
+/// What to probe and how; replaced whole on a reload.
+#[derive(Clone)]
+pub struct Plan {
+    pub targets: Vec<TargetConfig>,
+    pub options: ProbeOptions,
+    /// Politeness: no series of a destination probes more often than this.
+    pub floor: Duration,
+    pub concurrency: usize,
+}
+
+/// What every series reads before each probe.
+#[derive(Clone)]
+struct Settings {
     options: ProbeOptions,
-    floor: Duration,
-    concurrency: usize,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut series = tokio::task::JoinSet::new();
-    for target in targets {
-        let interval = target.interval.max(floor);
+    permits: Arc<Semaphore>,
+}
+
+/// One series: a (host, port, family, level) at an interval.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct SeriesKey {
+    host: String,
+    port: u16,
+    family: Family,
+    level: Level,
+    interval: Duration,
+}
+
+fn series_of(plan: &Plan) -> Vec<SeriesKey> {
+    let mut keys = Vec::new();
+    for target in &plan.targets {
+        let interval = target.interval.max(plan.floor);
         for port in &target.ports {
             for family in [Family::Ipv4, Family::Ipv6] {
-                let probe_target = ProbeTarget {
+                let key = SeriesKey {
                     host: target.host.clone(),
                     port: *port,
                     family,
                     level: target.level,
-                };
-                series.spawn(probe_series(
-                    probe_target,
                     interval,
-                    options.clone(),
-                    permits.clone(),
-                    shared.clone(),
-                ));
+                };
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
             }
         }
     }
-    let _ = shutdown.wait_for(|stop| *stop).await;
+    keys
+}
+
+pub async fn run(
+    mut plans: watch::Receiver<Plan>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let first = plans.borrow_and_update().clone();
+    let mut concurrency = first.concurrency.max(1);
+    let (settings_tx, settings) = watch::channel(Settings {
+        options: first.options.clone(),
+        permits: Arc::new(Semaphore::new(concurrency)),
+    });
+    let mut series = tokio::task::JoinSet::new();
+    let mut running: HashMap<SeriesKey, AbortHandle> = HashMap::new();
+    let mut plan = first;
+    loop {
+        let wanted = series_of(&plan);
+        running.retain(|key, handle| {
+            let keep = wanted.contains(key);
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        for key in wanted {
+            if running.contains_key(&key) {
+                continue;
+            }
+            let handle = series.spawn(probe_series(key.clone(), settings.clone(), shared.clone()));
+            running.insert(key, handle);
+        }
+        tokio::select! {
+            changed = plans.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                plan = plans.borrow_and_update().clone();
+                // A new cap is a new semaphore: probes in flight finish on the old one.
+                let permits = if plan.concurrency.max(1) == concurrency {
+                    settings.borrow().permits.clone()
+                } else {
+                    concurrency = plan.concurrency.max(1);
+                    Arc::new(Semaphore::new(concurrency))
+                };
+                let _ = settings_tx.send(Settings { options: plan.options.clone(), permits });
+            }
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+        // Reap what was aborted, so the set does not grow over many reloads.
+        while series.try_join_next().is_some() {}
+    }
     series.abort_all();
 }
 
-async fn probe_series(
-    target: ProbeTarget,
-    interval: Duration,
-    options: ProbeOptions,
-    permits: Arc<Semaphore>,
-    shared: Arc<Shared>,
-) {
-    // Spread the first probes over one interval, so a restart is not a burst.
+async fn probe_series(key: SeriesKey, settings: watch::Receiver<Settings>, shared: Arc<Shared>) {
+    let target = ProbeTarget {
+        host: key.host,
+        port: key.port,
+        family: key.family,
+        level: key.level,
+    };
+    let interval = key.interval;
+    // Spread the first probes over one interval, so a restart or a reload is not a burst.
     let first = interval.mul_f64(rand::thread_rng().gen_range(0.0..1.0));
     tokio::time::sleep(first).await;
     loop {
+        let Settings { options, permits } = settings.borrow().clone();
         let result = {
             let Ok(_permit) = permits.acquire().await else {
                 return;

@@ -11,10 +11,17 @@
 //! Recovery never fails and never hangs: a torn tail or a corrupt record is skipped and counted.
 //! The spool is bounded: when full, the oldest segment goes (even unacked) and the number of
 //! results dropped is carried to the collector in the next batch.
+//!
+//! A full disk is survived, not just reported: appends stop [`SPACE_RESERVE`] short of the
+//! filesystem's end (so the ledger can still be rewritten and an ack can still free space), a
+//! write that fails half-way is cut back so the segment stays readable, results that could not be
+//! written are counted and reported like evicted ones (`dropped_before` of the batch that starts
+//! right after them), and while appends fail even the active segment is deleted once acked.
 
 use crate::error::AgentError;
 use egresswatch_wire::ProbeResult;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -26,6 +33,10 @@ const MIN_SEGMENT_BYTES: u64 = 8 * 1024;
 /// Largest record accepted when reading back (a result is far smaller).
 const MAX_RECORD_BYTES: u32 = 64 * 1024;
 const LEDGER: &str = "ledger";
+/// Free space appends leave on the spool's filesystem. Without it a spool that filled the disk
+/// to the last byte could not rewrite its ledger, so it could never record the ack that would
+/// empty it.
+pub const SPACE_RESERVE: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct Ledger {
@@ -56,8 +67,13 @@ pub struct Spool {
     ledger: Ledger,
     segments: Vec<Segment>,
     active: Option<File>,
-    /// Results dropped to stay under the cap and not yet reported.
-    dropped_unreported: u64,
+    /// Results lost just before a sequence number (evicted by the cap, or never written because
+    /// the disk was full), told to the collector with the batch that starts there until acked.
+    drop_notes: BTreeMap<u64, u64>,
+    /// Results refused since the last good append; noted at the next sequence number written.
+    refused_since_last_append: u64,
+    /// The last append failed: free space wherever an ack allows, the active segment included.
+    appends_failing: bool,
     pub recovery: Recovery,
 }
 
@@ -92,7 +108,9 @@ impl Spool {
             ledger,
             segments: Vec::new(),
             active: None,
-            dropped_unreported: 0,
+            drop_notes: BTreeMap::new(),
+            refused_since_last_append: 0,
+            appends_failing: false,
             recovery: Recovery::default(),
         };
         let count = names.len();
@@ -137,7 +155,14 @@ impl Spool {
         self.segments.iter().map(|s| s.bytes).sum()
     }
 
-    /// Numbers and writes one result durably; returns its sequence number.
+    /// Changes the cap (a config reload); it is enforced from the next append on.
+    pub fn set_max_bytes(&mut self, max_bytes: u64) {
+        self.max_bytes = max_bytes;
+    }
+
+    /// Numbers and writes one result durably; returns its sequence number. A result that cannot
+    /// be written (disk full, I/O error) takes no sequence number: it is counted, and the count
+    /// travels with the next result that is written.
     pub fn append(&mut self, mut result: ProbeResult) -> Result<u64, AgentError> {
         let seq = self.ledger.next_seq;
         result.seq = seq;
@@ -149,6 +174,41 @@ impl Spool {
         record.extend_from_slice(&(body.len() as u32).to_le_bytes());
         record.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         record.extend_from_slice(&body);
+        if let Err(e) = self
+            .check_room(record.len() as u64)
+            .and_then(|()| self.write_record(seq, &record))
+        {
+            self.refused_since_last_append += 1;
+            self.appends_failing = true;
+            return Err(e);
+        }
+        if self.refused_since_last_append > 0 {
+            *self.drop_notes.entry(seq).or_default() +=
+                std::mem::take(&mut self.refused_since_last_append);
+        }
+        self.appends_failing = false;
+        self.ledger.next_seq = seq + 1;
+        self.enforce_cap()?;
+        Ok(seq)
+    }
+
+    /// Refuses a write that would eat into [`SPACE_RESERVE`].
+    fn check_room(&self, record_bytes: u64) -> Result<(), AgentError> {
+        match free_bytes(&self.dir) {
+            Some(free) if free < SPACE_RESERVE + record_bytes => {
+                Err(AgentError::SpoolFull(format!(
+                    "{free} bytes free on the filesystem of {}, {SPACE_RESERVE} kept in reserve",
+                    self.dir.display()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Appends one framed record to the active segment (a new one when due) and syncs it. On
+    /// failure nothing of the record is left behind: a torn record in the middle of a segment
+    /// would misframe every record after it.
+    fn write_record(&mut self, seq: u64, record: &[u8]) -> Result<(), AgentError> {
         let rotate = match self.segments.last() {
             None => true,
             Some(s) => s.bytes + record.len() as u64 > self.segment_bytes || self.active.is_none(),
@@ -173,42 +233,77 @@ impl Spool {
             .active
             .as_mut()
             .ok_or_else(|| AgentError::io("spool", std::io::Error::other("no active segment")))?;
-        file.write_all(&record)
-            .and_then(|()| file.sync_data())
-            .map_err(io("writing the spool"))?;
+        if let Err(e) = file.write_all(record).and_then(|()| file.sync_data()) {
+            self.cut_failed_write();
+            return Err(AgentError::io("writing the spool", e));
+        }
         if let Some(seg) = self.segments.last_mut() {
             seg.last_seq = seq;
             seg.bytes += record.len() as u64;
         }
-        self.ledger.next_seq = seq + 1;
-        self.enforce_cap()?;
-        Ok(seq)
+        Ok(())
+    }
+
+    /// Cuts the active segment back to its last whole record after a failed write. If even that
+    /// fails, the segment is closed as it is (recovery reads up to the torn tail) and the next
+    /// append starts a new one.
+    fn cut_failed_write(&mut self) {
+        let Some(seg) = self.segments.last() else {
+            return;
+        };
+        let cut = self
+            .active
+            .as_ref()
+            .is_some_and(|f| f.set_len(seg.bytes).is_ok());
+        if cut {
+            return;
+        }
+        self.active = None;
+        if seg.bytes == 0 {
+            // Nothing good in it, and its name is the one the next segment will want.
+            let _ = fs::remove_file(&seg.path);
+            self.segments.pop();
+        }
     }
 
     /// Results not yet acked, from `from_seq` on, at most `max`, consecutive (a batch needs
-    /// consecutive numbers). Also returns how many results were dropped before them.
-    pub fn unacked(&mut self, from_seq: u64, max: usize) -> (Vec<ProbeResult>, u64) {
+    /// consecutive numbers). Also returns how many results were lost just before the first of
+    /// them; a batch ends before a result that has its own such count, so each count is told
+    /// with the result it precedes (and told again if that batch is resent).
+    pub fn unacked(&self, from_seq: u64, max: usize) -> (Vec<ProbeResult>, u64) {
         let from = from_seq.max(self.ledger.acked_seq + 1);
+        let notes = &self.drop_notes;
         let mut out: Vec<ProbeResult> = Vec::new();
+        let mut complete = false;
         for seg in self.segments.iter().filter(|s| s.last_seq >= from) {
             let (_, _, _, _) = scan(&seg.path, |r: &ProbeResult| {
-                if out.len() < max && r.seq >= from {
-                    let consecutive = out.last().is_none_or(|last| r.seq == last.seq + 1);
-                    if consecutive {
-                        out.push(r.clone());
-                    }
+                if complete || out.len() >= max || r.seq < from {
+                    return;
+                }
+                if !out.is_empty() && notes.contains_key(&r.seq) {
+                    complete = true;
+                    return;
+                }
+                let consecutive = out.last().is_none_or(|last| r.seq == last.seq + 1);
+                if consecutive {
+                    out.push(r.clone());
                 }
             });
-            if out.len() >= max {
+            if complete || out.len() >= max {
                 break;
             }
         }
-        let dropped = if out.is_empty() {
-            0
-        } else {
-            std::mem::take(&mut self.dropped_unreported)
-        };
+        let dropped = out
+            .first()
+            .and_then(|r| notes.get(&r.seq))
+            .copied()
+            .unwrap_or(0);
         (out, dropped)
+    }
+
+    /// Results refused (disk full) and not yet noted against a written result.
+    pub fn refused_pending(&self) -> u64 {
+        self.refused_since_last_append
     }
 
     /// Records the collector's cumulative ack: ledger first (durably), then delete what it
@@ -221,16 +316,23 @@ impl Spool {
             .min(self.ledger.next_seq.saturating_sub(1))
             .max(self.ledger.acked_seq);
         self.write_ledger()?;
+        let acked = self.ledger.acked_seq;
+        self.drop_notes.retain(|&seq, _| seq > acked);
         self.forget_acked()
     }
 
+    /// Deletes segments every result of which is acked; the active one only while appends fail
+    /// (the space is needed more than the file), since the next append must then open a new one.
     fn forget_acked(&mut self) -> Result<(), AgentError> {
         let acked = self.ledger.acked_seq;
+        let keep_active = !self.appends_failing;
         let active_first = self.segments.last().map(|s| s.first_seq);
-        let (gone, kept): (Vec<Segment>, Vec<Segment>) = self
-            .segments
-            .drain(..)
-            .partition(|s| s.last_seq <= acked && Some(s.first_seq) != active_first);
+        let (gone, kept): (Vec<Segment>, Vec<Segment>) = self.segments.drain(..).partition(|s| {
+            s.last_seq <= acked && (!keep_active || Some(s.first_seq) != active_first)
+        });
+        if !keep_active && kept.is_empty() && !gone.is_empty() {
+            self.active = None;
+        }
         self.segments = kept;
         for seg in gone {
             fs::remove_file(&seg.path).map_err(io(format!("removing {}", seg.path.display())))?;
@@ -245,12 +347,22 @@ impl Spool {
                 .last_seq
                 .saturating_sub(oldest.first_seq.max(self.ledger.acked_seq + 1))
                 + 1;
+            // Notes inside the evicted segment move to the first result after it.
+            let mut carried: u64 = self
+                .drop_notes
+                .range(..=oldest.last_seq)
+                .map(|(_, n)| *n)
+                .sum();
+            self.drop_notes.retain(|&seq, _| seq > oldest.last_seq);
             if oldest.last_seq > self.ledger.acked_seq {
-                self.dropped_unreported += lost;
+                carried += lost;
                 tracing::warn!(
                     dropped = lost,
                     "spool full: dropped the oldest unacked results"
                 );
+            }
+            if carried > 0 {
+                *self.drop_notes.entry(oldest.last_seq + 1).or_default() += carried;
             }
             fs::remove_file(&oldest.path)
                 .map_err(io(format!("removing {}", oldest.path.display())))?;
@@ -271,6 +383,19 @@ impl Spool {
         sync_dir(&self.dir);
         Ok(())
     }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `dir`; `None` when the
+/// filesystem cannot say (then only a failing write tells).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes only into the zeroed struct we own; `path` is a valid C string.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
 }
 
 fn sync_dir(dir: &Path) {
@@ -432,6 +557,96 @@ mod tests {
             dropped + 1,
             "the batch starts right after what was dropped"
         );
+    }
+
+    #[test]
+    fn results_refused_for_space_are_told_with_the_next_written_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        for _ in 0..3 {
+            s.append(result(25)).unwrap();
+        }
+        // As after three appends refused for want of space.
+        s.refused_since_last_append = 3;
+        s.appends_failing = true;
+        assert_eq!(
+            s.append(result(587)).unwrap(),
+            4,
+            "refused results take no seq"
+        );
+        s.append(result(587)).unwrap();
+        let (batch, dropped) = s.unacked(1, 100);
+        assert_eq!(
+            (batch.iter().map(|r| r.seq).collect::<Vec<_>>(), dropped),
+            (vec![1, 2, 3], 0),
+            "a batch ends before the result that carries a count"
+        );
+        let (batch, dropped) = s.unacked(4, 100);
+        assert_eq!(
+            (batch.iter().map(|r| r.seq).collect::<Vec<_>>(), dropped),
+            (vec![4, 5], 3)
+        );
+        s.ack(5).unwrap();
+        assert!(s.drop_notes.is_empty(), "an acked count is forgotten");
+    }
+
+    #[test]
+    fn a_write_that_failed_half_way_leaves_no_torn_record_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        s.append(result(25)).unwrap();
+        s.append(result(465)).unwrap();
+        // As if the disk filled in the middle of the next record.
+        s.active
+            .as_mut()
+            .unwrap()
+            .write_all(&[60, 0, 0, 0, 9, 9, 9, 9, 1, 2, 3])
+            .unwrap();
+        s.cut_failed_write();
+        assert_eq!(s.append(result(587)).unwrap(), 3);
+        let (batch, _) = s.unacked(1, 100);
+        assert_eq!(
+            batch.iter().map(|r| r.port).collect::<Vec<_>>(),
+            vec![25, 465, 587],
+            "the record after the failed write is read back"
+        );
+        drop(s);
+        let s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            (
+                s.recovery.records,
+                s.recovery.corrupt,
+                s.recovery.torn_bytes
+            ),
+            (3, 0, 0)
+        );
+    }
+
+    #[test]
+    fn while_appends_fail_an_ack_frees_the_active_segment_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        for _ in 0..5 {
+            s.append(result(25)).unwrap();
+        }
+        s.ack(5).unwrap();
+        assert_eq!(s.segments.len(), 1, "normally the active segment stays");
+        s.append(result(25)).unwrap();
+        s.appends_failing = true;
+        s.ack(6).unwrap();
+        assert!(s.segments.is_empty(), "the acked active segment went");
+        let files = fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("seg-"))
+            })
+            .count();
+        assert_eq!(files, 0);
+        assert_eq!(s.append(result(25)).unwrap(), 7, "numbering goes on");
+        drop(s);
+        let s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.ledger().next_seq, 8, "and survives a restart");
     }
 
     #[test]

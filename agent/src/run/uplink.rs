@@ -5,6 +5,11 @@
 //! sequence number). A collector that refuses this agent — a refusal message, or a TLS alert
 //! because its certificate is not accepted — is logged as "rejected by the collector: …" and
 //! retried only at the slowest pace, never in a tight loop.
+//!
+//! A hello is said once per session, so when a config reload changes the labels or targets the
+//! session is ended cleanly (in-flight batches briefly awaited) and a new one says the new hello
+//! at once. A batch never spans more wall-clock time than its offsets can carry, so a clock step of
+//! months between two spooled results splits the batch instead of failing it forever.
 
 use super::config::CollectorConfig;
 use super::Shared;
@@ -12,7 +17,7 @@ use crate::error::AgentError;
 use egresswatch_wire::frame::{body_len, decode_body};
 use egresswatch_wire::limits::{FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
 use egresswatch_wire::version::{ALPN, WIRE_MAJOR, WIRE_MINOR};
-use egresswatch_wire::{encode_frame, AgentMessage, Batch, CollectorMessage, Hello};
+use egresswatch_wire::{encode_frame, AgentMessage, Batch, CollectorMessage, Hello, ProbeResult};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::VecDeque;
@@ -30,6 +35,15 @@ const BATCH_RESULTS: usize = 500;
 const LINGER: Duration = Duration::from_millis(1000);
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Why a session ended without an error.
+#[derive(Debug, PartialEq)]
+pub enum SessionEnd {
+    /// The agent is stopping.
+    Shutdown,
+    /// Labels or targets changed: say hello again.
+    Reannounce,
+}
 
 /// How a session ended.
 #[derive(Debug)]
@@ -92,7 +106,12 @@ pub async fn run(
             Err(e) => Err(SessionError::Failed(e.to_string())),
         };
         backoff = match outcome {
-            Ok(()) => return,
+            Ok(SessionEnd::Shutdown) => return,
+            Ok(SessionEnd::Reannounce) => {
+                info!("labels or targets changed: reconnecting to say so");
+                backoff = MIN_BACKOFF;
+                continue;
+            }
             Err(SessionError::Rejected(reason)) => {
                 error!("rejected by the collector: {reason}");
                 shared.set_uplink_state(format!("rejected by the collector: {reason}"));
@@ -189,7 +208,7 @@ async fn session(
     client: quinn::ClientConfig,
     shared: &Arc<Shared>,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), SessionError> {
+) -> Result<SessionEnd, SessionError> {
     // Every address the name has, in the system's order: a collector reachable over one family
     // only must not look down because the other family came first.
     let mut last_error = SessionError::Failed(format!("{} has no address", config.address));
@@ -230,8 +249,10 @@ async fn session(
     };
     let result = converse(&connection, shared, shutdown).await;
     match &result {
-        Ok(()) => connection.close(quinn::VarInt::from_u32(0), b"agent stopping"),
-        Err(_) => connection.close(quinn::VarInt::from_u32(0), b"agent reconnecting"),
+        Ok(SessionEnd::Shutdown) => connection.close(quinn::VarInt::from_u32(0), b"agent stopping"),
+        Ok(SessionEnd::Reannounce) | Err(_) => {
+            connection.close(quinn::VarInt::from_u32(0), b"agent reconnecting")
+        }
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     result
@@ -241,7 +262,9 @@ async fn converse(
     connection: &quinn::Connection,
     shared: &Arc<Shared>,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), SessionError> {
+) -> Result<SessionEnd, SessionError> {
+    let mut announcements = shared.announcements();
+    announcements.borrow_and_update();
     let (mut send, mut recv) = connection
         .open_bi()
         .await
@@ -250,8 +273,8 @@ async fn converse(
         wire_major: WIRE_MAJOR,
         wire_minor: WIRE_MINOR,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        labels: shared.labels.clone(),
-        targets: shared.targets.clone(),
+        labels: shared.labels(),
+        targets: shared.targets(),
         clock: super::clock::quality(),
         status: shared.status(),
     };
@@ -288,7 +311,8 @@ async fn converse(
     let mut in_flight: VecDeque<u64> = VecDeque::new();
     let outcome = 'session: loop {
         while in_flight.len() < WINDOW {
-            let (results, dropped) = shared.unacked(next_to_send, BATCH_RESULTS).await;
+            let (mut results, dropped) = shared.unacked(next_to_send, BATCH_RESULTS).await;
+            results.truncate(within_offset_span(&results));
             let Some(last) = results.last().map(|r| r.seq) else {
                 break;
             };
@@ -323,22 +347,96 @@ async fn converse(
             _ = shared.new_results.notified() => tokio::time::sleep(LINGER).await,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => {
-                // Let what is in flight be acked, briefly; the rest waits in the spool.
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-                while !in_flight.is_empty() {
-                    match tokio::time::timeout_at(deadline, acks.recv()).await {
-                        Ok(Some(Ok(CollectorMessage::Ack(ack)))) => {
-                            in_flight.pop_front();
-                            shared.ack(ack.up_to_seq).await;
-                        }
-                        _ => break,
-                    }
-                }
+                settle(&mut in_flight, &mut acks, shared).await;
                 let _ = send.finish();
-                break Ok(());
+                break Ok(SessionEnd::Shutdown);
+            }
+            _ = announcements.changed() => {
+                settle(&mut in_flight, &mut acks, shared).await;
+                let _ = send.finish();
+                break Ok(SessionEnd::Reannounce);
             }
         }
     };
     reader.abort();
     outcome
+}
+
+/// Lets what is in flight be acked, briefly, before a session ends; the rest waits in the spool.
+async fn settle(
+    in_flight: &mut VecDeque<u64>,
+    acks: &mut tokio::sync::mpsc::Receiver<Result<CollectorMessage, SessionError>>,
+    shared: &Shared,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !in_flight.is_empty() {
+        match tokio::time::timeout_at(deadline, acks.recv()).await {
+            Ok(Some(Ok(CollectorMessage::Ack(ack)))) => {
+                in_flight.pop_front();
+                shared.ack(ack.up_to_seq).await;
+            }
+            _ => break,
+        }
+    }
+}
+
+/// How many of `results` (from the first) fit one batch, whose results are timed as `u32`
+/// milliseconds after the earliest: at least one, so a wall-clock step between two results
+/// (an NTP step, a VM clock set from 1970) splits batches instead of failing every one.
+pub fn within_offset_span(results: &[ProbeResult]) -> usize {
+    let Some(first) = results.first() else {
+        return 0;
+    };
+    let (mut low, mut high) = (first.at_unix_ms, first.at_unix_ms);
+    for (i, r) in results.iter().enumerate() {
+        low = low.min(r.at_unix_ms);
+        high = high.max(r.at_unix_ms);
+        if high.saturating_sub(low) > i64::from(u32::MAX) {
+            return i;
+        }
+    }
+    results.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(at_unix_ms: i64) -> ProbeResult {
+        ProbeResult {
+            at_unix_ms,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_clock_step_beyond_the_offsets_splits_the_batch() {
+        let now = 1_790_000_000_000;
+        let day = 86_400_000;
+        let steady = [at(now), at(now - 3_600_000), at(now + day)];
+        assert_eq!(
+            within_offset_span(&steady),
+            3,
+            "an hour back, a day on: one batch"
+        );
+        let stepped = [at(1_000), at(2_000), at(now), at(now + 1)];
+        assert_eq!(within_offset_span(&stepped), 2, "from 1970 to now: split");
+        assert_eq!(within_offset_span(&stepped[2..]), 2);
+        let back = [at(now), at(now - 60 * day)];
+        assert_eq!(within_offset_span(&back), 1, "never less than one");
+        assert_eq!(within_offset_span(&[]), 0);
+        // What fits really packs.
+        let mut seq = 1;
+        let mut packable: Vec<ProbeResult> = [at(now), at(now - 49 * day), at(now + 1)]
+            .into_iter()
+            .map(|mut r| {
+                r.seq = seq;
+                seq += 1;
+                r.target = "mx".into();
+                r
+            })
+            .collect();
+        packable.truncate(within_offset_span(&packable));
+        assert!(Batch::pack(&packable, egresswatch_wire::ClockQuality::Unknown, 0).is_ok());
+    }
 }

@@ -1,0 +1,445 @@
+//! Runs the real agent binary against the real collector binary on loopback, for the agent
+//! resilience tests: a collector that can be stopped and restarted on the same port, agent
+//! certificates from its CA, loopback probe targets, an agent config written per test and
+//! rewritten for reloads, the spool's ledger, and what the store holds.
+//!
+//! The agent binary is the sibling `egresswatch-agent` of the collector binary (test.sh builds
+//! every binary first; `cargo build --workspace --bins` does too).
+
+#![allow(dead_code)]
+
+use egresswatch_collector::store::{sqlite::SqliteStore, Store};
+use egresswatch_wire::ProbeResult;
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn collector_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_egresswatch-collector")
+}
+
+pub fn agent_bin() -> PathBuf {
+    let bin = PathBuf::from(collector_bin()).with_file_name("egresswatch-agent");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` (test.sh does) before this test",
+        bin.display()
+    );
+    bin
+}
+
+/// A work directory not under /tmp (the agent refuses a spool there).
+pub fn work_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ew-agentres-")
+        .tempdir_in("/var/tmp")
+        .unwrap()
+}
+
+/// A child process, killed and reaped on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name}");
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+
+    pub fn terminate(&mut self) {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("process did not stop within 15 s of SIGTERM");
+    }
+
+    /// CPU time (user + system) the process has used so far, from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap();
+        // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+        Duration::from_millis(ticks * 10)
+    }
+}
+
+/// The collector on loopback with its data in `dir/data` and its log in `dir/collector.log`.
+pub struct Collector {
+    pub dir: PathBuf,
+    pub addr: SocketAddr,
+    proc: Option<Proc>,
+}
+
+impl Collector {
+    /// Starts it (`quic_port` 0 picks one).
+    pub fn start(dir: &Path, quic_port: u16) -> Collector {
+        let config = dir.join("collector.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\n[quic]\nlisten = \"127.0.0.1:{quic_port}\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+                dir.join("data")
+            ),
+        )
+        .unwrap();
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("collector.log"))
+            .unwrap();
+        let mut child = Command::new(collector_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut quic = None;
+        while quic.is_none() && Instant::now() < deadline {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(rest) = line.strip_prefix("QUIC:") {
+                        quic = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+                    }
+                }
+                _ => break,
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Collector {
+            dir: dir.to_path_buf(),
+            addr: quic.expect("collector printed its QUIC address"),
+            proc: Some(Proc(child)),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.terminate();
+        }
+    }
+
+    /// Starts it again on the same QUIC port, with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        let Collector { proc, .. } = Collector::start(&self.dir, self.addr.port());
+        self.proc = proc;
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("collector.log")).unwrap_or_default()
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.join("data/ca")
+    }
+
+    pub fn store(&self) -> SqliteStore {
+        SqliteStore::open(&self.dir.join("data/egresswatch.db")).unwrap()
+    }
+
+    /// Every result stored for `agent`, in sequence order.
+    pub fn results(&self, agent: &str) -> Vec<ProbeResult> {
+        let mut all = self.store().recent_results(agent, 1_000_000).unwrap();
+        all.sort_by_key(|r| r.seq);
+        all
+    }
+
+    /// Asserts the store holds results 1..=produced of `agent`, each once.
+    pub fn assert_exactly_once(&self, agent: &str, produced: u64) {
+        let count = self.store().count_results(agent).unwrap();
+        let seqs: BTreeSet<u64> = self.results(agent).iter().map(|r| r.seq).collect();
+        eprintln!("{agent}: the agent produced {produced} results, the store holds {count}");
+        assert_eq!(count, produced, "stored results vs the agent's own count");
+        assert_eq!(seqs, (1..=produced).collect(), "every seq once");
+    }
+}
+
+/// Issues an agent certificate from the CA in `ca_dir`; returns (cert, key).
+pub fn issue(ca_dir: &Path, out: &Path, id: &str) -> (PathBuf, PathBuf) {
+    let status = Command::new(collector_bin())
+        .args(["ca", "issue", "--dir"])
+        .arg(ca_dir)
+        .arg(id)
+        .arg("--out")
+        .arg(out)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "ca issue {id}");
+    (out.join(format!("{id}.crt")), out.join(format!("{id}.key")))
+}
+
+/// A TCP listener on loopback that accepts and closes: a probe target. Returns its port.
+pub fn probe_target() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            drop(stream);
+        }
+    });
+    port
+}
+
+/// What a test varies in the agent's config.
+#[derive(Clone)]
+pub struct AgentSettings {
+    pub ports: Vec<u16>,
+    pub interval: String,
+    pub account: String,
+    pub spool: PathBuf,
+    /// Extra TOML appended at the end (e.g. a `[log]` table).
+    pub extra: String,
+}
+
+/// One agent: its certificate, config file, log (`agent.log`, appended by every start).
+pub struct Agent {
+    pub id: String,
+    pub dir: PathBuf,
+    pub collector: SocketAddr,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub settings: AgentSettings,
+    /// Runs the agent through this command (e.g. `nsenter …`), if any.
+    pub wrapper: Vec<OsString>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Agent {
+    pub fn new(tmp: &Path, id: &str, collector: &Collector, ports: Vec<u16>) -> Agent {
+        let dir = tmp.join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = issue(&collector.ca_dir(), &tmp.join("agents"), id);
+        Agent {
+            id: id.to_string(),
+            collector: collector.addr,
+            ca: collector.ca_dir().join("ca.pem"),
+            cert,
+            key,
+            settings: AgentSettings {
+                ports,
+                interval: "1s".into(),
+                account: "resilience".into(),
+                spool: dir.join("spool"),
+                extra: String::new(),
+            },
+            wrapper: Vec::new(),
+            env: Vec::new(),
+            dir,
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("agent.toml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The config text for `settings`.
+    pub fn config_text(&self, s: &AgentSettings) -> String {
+        let ports: Vec<String> = s.ports.iter().map(u16::to_string).collect();
+        format!(
+            r#"[collector]
+address = "{collector}"
+ca = {ca:?}
+cert = {cert:?}
+key = {key:?}
+
+[labels]
+provider = "lab"
+account = "{account}"
+region = "loopback"
+instance = "{id}"
+
+[[targets]]
+host = "127.0.0.1"
+ports = [{ports}]
+level = "connect"
+interval = "{interval}"
+
+[probe]
+timeout = "1s"
+min_interval_per_destination = "1s"
+
+[spool]
+dir = {spool:?}
+
+[identity]
+metadata = false
+dmi_dir = {dmi:?}
+{extra}"#,
+            collector = self.collector,
+            ca = self.ca,
+            cert = self.cert,
+            key = self.key,
+            account = s.account,
+            id = self.id,
+            ports = ports.join(", "),
+            interval = s.interval,
+            spool = s.spool,
+            dmi = self.dir.join("no-dmi"),
+            extra = s.extra,
+        )
+    }
+
+    /// Writes the config from `self.settings`.
+    pub fn write_config(&self) {
+        std::fs::write(self.config_path(), self.config_text(&self.settings)).unwrap();
+    }
+
+    /// Writes the config and starts the agent, without RUST_LOG (the config's log level rules).
+    pub fn start(&self) -> Proc {
+        self.write_config();
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(agent_bin());
+                c
+            }
+            None => Command::new(agent_bin()),
+        };
+        command
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .map(Proc)
+            .unwrap()
+    }
+
+    /// Where the test reads the spool (differs from the agent's view in another mount namespace).
+    pub fn spool_seen_at(&self, root: &Path) -> PathBuf {
+        root.join(self.settings.spool.strip_prefix("/").unwrap())
+    }
+
+    /// (next_seq, acked_seq) from the ledger under `root` ("/" unless the spool is in another
+    /// mount namespace).
+    pub fn ledger(&self, root: &Path) -> (u64, u64) {
+        let Ok(bytes) = std::fs::read(self.spool_seen_at(root).join("ledger")) else {
+            return (0, 0);
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+            return (0, 0);
+        };
+        (
+            v["next_seq"].as_u64().unwrap_or(0),
+            v["acked_seq"].as_u64().unwrap_or(0),
+        )
+    }
+
+    /// Waits for `text` in the log; false after `within`.
+    pub fn wait_log(&self, text: &str, within: Duration) -> bool {
+        wait_until(within, || self.log().contains(text))
+    }
+
+    pub fn wait_acked(&self, root: &Path, at_least: u64, within: Duration) -> bool {
+        wait_until(within, || self.ledger(root).1 >= at_least)
+    }
+
+    /// Restarts the agent probing once an hour (so it adds nothing, almost surely) until
+    /// everything it spooled is acked; returns how many results it ever produced.
+    pub fn drain(&mut self, root: &Path) -> u64 {
+        self.settings.interval = "1h".into();
+        for _ in 0..4 {
+            let mut agent = self.start();
+            // Opening the spool writes next_seq from what is on disk; then wait for the acks.
+            std::thread::sleep(Duration::from_millis(500));
+            wait_until(Duration::from_secs(30), || {
+                let (next, acked) = self.ledger(root);
+                next > 0 && acked + 1 == next
+            });
+            agent.terminate();
+            let (next, acked) = self.ledger(root);
+            if next > 0 && acked + 1 == next {
+                return acked;
+            }
+        }
+        panic!(
+            "the agent never drained its spool: ledger {:?}; log:\n{}",
+            self.ledger(root),
+            self.log()
+        );
+    }
+}
+
+/// Polls `done` every 100 ms until it holds or `within` passes.
+pub fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+/// Prints why a test is skipped; in CI, where .ci/run installs everything, only a missing root
+/// is a reason to skip.
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") && !reason.contains("root") {
+        panic!("{test} cannot run in CI: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+}
