@@ -161,7 +161,7 @@ pub fn result(seq: u64, at_unix_ms: i64) -> ProbeResult {
         port: PORTS[(seq % 5) as usize],
         family: Family::Ipv4,
         level: Level::Connect,
-        outcome: if seq % 5 == 0 {
+        outcome: if seq.is_multiple_of(5) {
             Outcome::Timeout
         } else {
             Outcome::Ok

@@ -7,15 +7,16 @@
 //! The clock test needs libfaketime (Debian package `faketime`); the disk test needs root. Each
 //! is skipped with a message when it cannot run.
 
-mod agent_harness;
+mod support;
 
-use agent_harness::{is_root, probe_target, skip, wait_until, Agent, Collector};
 use egresswatch_collector::store::Store;
 use egresswatch_wire::{Family, Outcome};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use support::fleet::{probe_target, wait_until, Agent, Collector};
+use support::{is_root, skip};
 
 const HOST_ROOT: &str = "/";
 
@@ -35,7 +36,7 @@ fn number_after(line: &str, key: &str) -> Option<u64> {
 
 #[test]
 fn sighup_reloads_targets_and_labels_keeps_the_spool_and_rejects_a_bad_config() {
-    let tmp = agent_harness::work_dir();
+    let tmp = support::fleet::work_dir();
     let root = Path::new(HOST_ROOT);
     let mut collector = Collector::start(tmp.path(), 0);
     let (old_port, new_port) = (probe_target(), probe_target());
@@ -161,7 +162,7 @@ fn wall_clock_steps_neither_burst_nor_stall_nor_disorder_the_results() {
         );
         return;
     };
-    let tmp = agent_harness::work_dir();
+    let tmp = support::fleet::work_dir();
     let root = Path::new(HOST_ROOT);
     let collector = Collector::start(tmp.path(), 0);
     let port = probe_target();
@@ -278,7 +279,7 @@ fn a_full_spool_disk_is_survived_counted_told_and_recovered_from() {
         skip(TEST, "needs root for a tmpfs in a private mount namespace");
         return;
     }
-    let tmp = agent_harness::work_dir();
+    let tmp = support::fleet::work_dir();
     let mut collector = Collector::start(tmp.path(), 0);
     let ports: Vec<u16> = (0..10).map(|_| probe_target()).collect();
     let mut agent = Agent::new(tmp.path(), "res-disk", &collector, ports);
@@ -298,7 +299,7 @@ fn a_full_spool_disk_is_survived_counted_told_and_recovered_from() {
         .arg(&disk)
         .stdout(Stdio::piped())
         .spawn()
-        .map(agent_harness::Proc)
+        .map(support::fleet::Proc)
         .expect("unshare (util-linux)");
     let mut ready = String::new();
     let stdout = keeper.0.stdout.take().unwrap();

@@ -5,6 +5,8 @@
 //! Each test file includes it with `mod support;`; not every file uses every item.
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
@@ -24,10 +26,23 @@ pub fn agent_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_egresswatch-collector")).with_file_name("egresswatch-agent")
 }
 
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Prints why a test is skipped; in CI (`CI=true`), where .ci/run installs everything, only a
+/// missing root is a reason to skip, anything else fails the test.
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") && !reason.contains("root") {
+        panic!("{test} cannot run in CI: {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+}
+
 /// Why this machine cannot run the namespace lab, if it cannot.
 pub fn lab_cannot_run() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         return Some("needs root for network namespaces".into());
     }
     for tool in ["nft", "ip", "postfix", "openssl"] {
@@ -47,17 +62,15 @@ pub fn lab_cannot_run() -> Option<String> {
     None
 }
 
-/// True when `test` must be skipped here (and says why). In CI (`CI=true`) a missing tool is a
-/// failure, not a skip: only the lack of root may skip there.
+/// True when `test` must be skipped here because the lab cannot run (and says why).
 pub fn skip_lab_test(test: &str) -> bool {
-    let Some(reason) = lab_cannot_run() else {
-        return false;
-    };
-    if std::env::var("CI").as_deref() == Ok("true") && !reason.contains("root") {
-        panic!("cannot run the lab in CI: {reason}");
+    match lab_cannot_run() {
+        Some(reason) => {
+            skip(test, &reason);
+            true
+        }
+        None => false,
     }
-    eprintln!("SKIPPED {test}: {reason}");
-    true
 }
 
 /// A lab by its prefix; dropping it kills the processes the test started and runs

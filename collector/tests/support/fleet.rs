@@ -1,12 +1,10 @@
-//! Runs the real agent binary against the real collector binary on loopback, for the agent
-//! resilience tests: a collector that can be stopped and restarted on the same port, agent
+//! Runs the real agent binary against the real collector binary on loopback, for the fleet
+//! end-to-end and agent resilience tests: a collector that can be stopped and restarted on the same port, agent
 //! certificates from its CA, loopback probe targets, an agent config written per test and
 //! rewritten for reloads, the spool's ledger, and what the store holds.
 //!
 //! The agent binary is the sibling `egresswatch-agent` of the collector binary (test.sh builds
 //! every binary first; `cargo build --workspace --bins` does too).
-
-#![allow(dead_code)]
 
 use egresswatch_collector::store::{sqlite::SqliteStore, Store};
 use egresswatch_wire::ProbeResult;
@@ -23,8 +21,9 @@ pub fn collector_bin() -> &'static str {
     env!("CARGO_BIN_EXE_egresswatch-collector")
 }
 
+/// The agent binary, which must have been built.
 pub fn agent_bin() -> PathBuf {
-    let bin = PathBuf::from(collector_bin()).with_file_name("egresswatch-agent");
+    let bin = super::agent_bin();
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build --workspace --bins` (test.sh does) before this test",
@@ -149,6 +148,14 @@ impl Collector {
     pub fn stop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.terminate();
+        }
+    }
+
+    /// SIGKILL: no drain, no flush, as a crash or the OOM killer would.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.0.kill();
+            let _ = p.0.wait();
         }
     }
 
@@ -423,23 +430,4 @@ pub fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc_geteuid() == 0 }
-}
-
-/// Prints why a test is skipped; in CI, where .ci/run installs everything, only a missing root
-/// is a reason to skip.
-pub fn skip(test: &str, reason: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") && !reason.contains("root") {
-        panic!("{test} cannot run in CI: {reason}");
-    }
-    eprintln!("SKIPPED {test}: {reason}");
 }
