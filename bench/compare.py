@@ -12,6 +12,8 @@ Subcommands:
   sample OUT INTERVAL NAME=PID...  /proc sampler: VmRSS, VmHWM, utime+stime, every INTERVAL s
   proc NAME=PID...                 one /proc snapshot as JSON (CPU seconds, VmRSS, VmHWM)
   prom-query URL QUERY [TIME]      one instant PromQL query, the first value printed
+  prom-first-zero URL FLIP_MS INSTANCE   the first failed probe after the flip, and the gaps
+                                   between failed probes of one series, from Prometheus' samples
   probe-bodies URL OUT TARGET=MODULE...   /probe body sizes, plain and gzip
   outcomes AGENT CA BLACKBOX TIMEOUT OUT  the outcome cases: agent check vs blackbox /probe
   wait-alerts FLIP_MS EW_FILE BB_FILE DEADLINE_S OUT   first alert on each path after the flip
@@ -194,6 +196,25 @@ def prom_query(url: str, query: str, at: str | None = None) -> None:
         raise SystemExit(f"prometheus query failed: {data}")
     result = data["data"]["result"]
     print(result[0]["value"][1] if result else "0")
+
+
+def prom_first_zero(url: str, flip_ms: str, instance: str) -> None:
+    """Time (ms) of the first stored probe_success == 0 of INSTANCE at or after the flip."""
+    flip = int(flip_ms) / 1000
+    span = max(int(time.time() - flip) + 5, 1)
+    query = f'probe_success{{job="smtp",instance="{instance}"}}[{span}s]'
+    body, _ = http_get(f"{url}/api/v1/query?{urllib.parse.urlencode({'query': query})}")
+    data = json.loads(body)
+    if data.get("status") != "success":
+        raise SystemExit(f"prometheus query failed: {data}")
+    zeros = [float(t) for series in data["data"]["result"] for t, v in series["values"]
+             if float(t) >= flip and float(v) == 0]
+    gaps = []
+    for series in data["data"]["result"]:
+        ts = [float(t) for t, v in series["values"] if float(t) >= flip and float(v) == 0]
+        gaps += [b - a for a, b in zip(ts, ts[1:])]
+    print(json.dumps({"first_ms": int(min(zeros) * 1000) if zeros else None,
+                      "median_gap_s": statistics.median(gaps) if gaps else None}))
 
 
 def parse_exposition(text: str) -> dict[str, float]:
@@ -438,10 +459,21 @@ def report(work: str, results_md: str, command: str) -> None:
              "egresswatch <= half of the Prometheus path",
              ew_d is not None and bb_d is not None and ew_d <= bb_d / 2)
 
+    def since_flip(ms):
+        return f"{(ms - alerts['flip_ms']) / 1000:.1f} s" if isinstance(ms, (int, float)) else "none"
+
+    ew_fail, bb_fail = meta.get("ew_fail") or {}, meta.get("bb_fail") or {}
+    info_row("  of which: flip to the start of the first failed 587 probe",
+             since_flip(ew_fail.get("first_ms")), since_flip(bb_fail.get("first_ms")))
+    gap = lambda g: f"{g:.1f} s" if isinstance(g, (int, float)) else "none"
+    info_row("  time between failed 587 probes of one series after the flip (median)",
+             gap(ew_fail.get("median_gap_s")), gap(bb_fail.get("median_gap_s")))
     wire = meta["wire"]
     info_row("on-wire bytes per probe result, window (IP packets, both directions)",
              f"{wire['ew_bytes'] / max(probes['agent'], 1):.1f}",
              f"{wire['bb_bytes'] / max(probes['blackbox'], 1):.1f}")
+    info_row("egresswatch batches received in the window (results per batch)",
+             f"{wire['ew_batches']} ({probes['agent'] / max(wire['ew_batches'], 1):.1f})", "")
     bodies = load(os.path.join(work, "probe_bodies.json"))
     plain = statistics.mean(b["plain_bytes"] for b in bodies)
     gz = statistics.mean(b["gzip_bytes"] for b in bodies)
@@ -485,7 +517,7 @@ def report(work: str, results_md: str, command: str) -> None:
             err = c["blackbox"][f]["error"]
             if err:
                 msg = err.split(" msg=", 1)[-1][:200]
-                error_lines.append(f"- {c['case']} {f}: blackbox debug log: `{msg}`; agent: `{c['agent'][f]['detail'][:120]}`")
+                error_lines.append(f"- {c['case']} {f}: blackbox debug log: `{msg}`; agent: `{c['agent'][f]['detail'][:200]}`")
 
     table = ["| figure | egresswatch | blackbox_exporter + Prometheus | goal | |", "|---|---|---|---|---|"]
     for r in rows:
@@ -538,8 +570,9 @@ def report(work: str, results_md: str, command: str) -> None:
         "",
         *matrix_lines,
         "",
-        "The reason is only in blackbox_exporter's debug log (`&debug=true`), which Prometheus "
-        "does not store:",
+        "blackbox_exporter keeps the reason only in its log (the `&debug=true` output, and the "
+        "last probes on its own page); Prometheus stores none of it. Side by side with the "
+        "agent's detail:",
         "",
         *error_lines,
         "",
@@ -563,6 +596,8 @@ def main() -> None:
         proc_snapshot(rest)
     elif cmd == "prom-query":
         prom_query(*rest)
+    elif cmd == "prom-first-zero":
+        prom_first_zero(*rest)
     elif cmd == "probe-bodies":
         probe_bodies(rest[0], rest[1], rest[2:])
     elif cmd == "outcomes":

@@ -17,7 +17,7 @@
 # prometheus-blackbox-exporter, curl (Debian).
 # Usage: sudo bench/compare.sh
 #   env: INTERVAL=10 (s, both tools)  PROBE_TIMEOUT=5 (s)  WARMUP=40 (s)  STEADY=300 (s window)
-#        ALERT_WAIT=300 (s)  PROM_FOR=1m  AM_GROUP_WAIT=30s  INGEST_CONNECTIONS="1000"
+#        ALERT_WAIT=300 (s)  PROM_FOR=1m  AM_GROUP_WAIT=30s  INGEST_CONNECTIONS="1000 10000"
 #        RESULTS=bench/RESULTS.md  KEEP_WORK=0
 set -euo pipefail
 
@@ -30,7 +30,7 @@ STEADY=${STEADY:-300}
 ALERT_WAIT=${ALERT_WAIT:-300}
 PROM_FOR=${PROM_FOR:-1m}
 AM_GROUP_WAIT=${AM_GROUP_WAIT:-30s}
-INGEST_CONNECTIONS=${INGEST_CONNECTIONS:-1000}
+INGEST_CONNECTIONS=${INGEST_CONNECTIONS:-1000 10000}
 RESULTS=${RESULTS:-bench/RESULTS.md}
 KEEP_WORK=${KEEP_WORK:-0}
 COMMAND="sudo INTERVAL=$INTERVAL PROBE_TIMEOUT=$PROBE_TIMEOUT WARMUP=$WARMUP STEADY=$STEADY \
@@ -255,6 +255,7 @@ table inet ewbench {
     chain out { type filter hook output priority 0; policy accept; tcp dport 9115 counter name "scrape"; tcp sport 9115 counter name "scrape"; }
 }
 NFT
+batches() { curl -fs "$COLLECTOR_HTTP/metrics" | awk '$1 == "egresswatch_ingest_batches_total" { print $2 }'; }
 counter_bytes() { in_ns "$1" nft list counter inet ewbench "$2" | sed -n 's/.*bytes \([0-9]*\).*/\1/p'; }
 
 say "starting egresswatch-agent (ew-1) and blackbox_exporter + Prometheus + Alertmanager (bb-1), every ${INTERVAL} s"
@@ -286,14 +287,16 @@ PIDS+=("$SAMPLER_PID")
 say "warm-up ${WARMUP} s, then a ${STEADY} s measuring window"
 sleep "$WARMUP"
 python3 "$PY" proc "${PIDS_ARGS[@]}" > "$WORK/proc0.json"
+BATCHES0=$(batches)
 EW_BYTES0=$(counter_bytes ew-1 quic)
 BB_BYTES0=$(counter_bytes bb-1 scrape)
 sleep "$STEADY"
 python3 "$PY" proc "${PIDS_ARGS[@]}" > "$WORK/proc1.json"
+BATCHES1=$(batches)
 EW_BYTES1=$(counter_bytes ew-1 quic)
 BB_BYTES1=$(counter_bytes bb-1 scrape)
 kill "$SAMPLER_PID" 2>/dev/null || true
-meta wire "{\"ew_bytes\": $((EW_BYTES1 - EW_BYTES0)), \"bb_bytes\": $((BB_BYTES1 - BB_BYTES0))}"
+meta wire "{\"ew_bytes\": $((EW_BYTES1 - EW_BYTES0)), \"bb_bytes\": $((BB_BYTES1 - BB_BYTES0)), \"ew_batches\": $((BATCHES1 - BATCHES0))}"
 T0_MS=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["at_ms"])' "$WORK/proc0.json")
 T1_MS=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["at_ms"])' "$WORK/proc1.json")
 WINDOW_S=$(( (T1_MS - T0_MS) / 1000 ))
@@ -342,6 +345,23 @@ bg_in_ns edge-1 prometheus-blackbox-exporter --config.file "$WORK/blackbox.yml" 
 PIDS+=($!)
 for _ in $(seq 50); do in_ns edge-1 curl -fs -o /dev/null http://127.0.0.1:9115/metrics && break; sleep 0.2; done
 in_ns edge-1 python3 "$PY" outcomes "$AGENT" "$LAB_CA" http://127.0.0.1:9115 "$PROBE_TIMEOUT" "$WORK/outcomes.json"
+
+# Where the time went, on each path: when the first failed 587 probe began (probe start in the
+# store; scrape start, the sample's timestamp, in Prometheus), and the gaps between failed probes.
+meta ew_fail "$(python3 - "$WORK/data/egresswatch.db" "$FLIP_MS" <<'PY'
+import json, sqlite3, statistics, sys
+con = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True, timeout=10)
+rows = con.execute("SELECT family, at_ms FROM results WHERE agent = 'ew-1' AND port = 587 "
+                   "AND outcome != 0 AND at_ms >= ? ORDER BY at_ms", (int(sys.argv[2]),)).fetchall()
+gaps = []
+for fam in {f for f, _ in rows}:
+    ts = [t for f, t in rows if f == fam]
+    gaps += [(b - a) / 1000 for a, b in zip(ts, ts[1:])]
+print(json.dumps({"first_ms": min((t for _, t in rows), default=None),
+                  "median_gap_s": statistics.median(gaps) if gaps else None}))
+PY
+)"
+meta bb_fail "$(in_ns bb-1 python3 "$PY" prom-first-zero http://127.0.0.1:9090 "$FLIP_MS" mx.lab.test:587)"
 
 # The lab is done: stop it before the ingest benchmark, which wants the machine to itself.
 for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
