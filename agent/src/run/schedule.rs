@@ -1,4 +1,5 @@
-//! The schedule: every target × port × family probed at its interval, with jitter so a fleet
+//! The schedule: every target × port × family probed at its interval (a fixed rate: from one
+//! probe's start to the next's, however long the probe took), with jitter so a fleet
 //! does not probe in lockstep, a floor on the interval per destination (politeness), and a cap on
 //! probes in flight. Each result goes to the spool and wakes the uplink.
 //!
@@ -135,6 +136,11 @@ async fn probe_series(key: SeriesKey, settings: watch::Receiver<Settings>, share
     let first = interval.mul_f64(rand::thread_rng().gen_range(0.0..1.0));
     tokio::time::sleep(first).await;
     loop {
+        // Fixed rate: the next probe is due one interval after this one *started*, so a series
+        // that times out is probed as often as one that answers (and the collector sees a
+        // failing port at the same rhythm it saw it open). A probe longer than its interval
+        // makes the next one start at once, never two at a time.
+        let started = tokio::time::Instant::now();
         let Settings { options, permits } = settings.borrow().clone();
         let result = {
             let Ok(_permit) = permits.acquire().await else {
@@ -144,6 +150,74 @@ async fn probe_series(key: SeriesKey, settings: watch::Receiver<Settings>, share
         };
         shared.record(result).await;
         let next = interval.mul_f64(rand::thread_rng().gen_range(0.9..1.1));
-        tokio::time::sleep(next).await;
+        tokio::time::sleep_until(started + next).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::spool::Spool;
+    use egresswatch_wire::{Labels, Outcome};
+
+    /// A port that accepts and never greets: every banner probe runs to its deadline.
+    async fn silent_port() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        port
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_probe_that_runs_to_its_deadline_does_not_stretch_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool"), 1 << 20).unwrap();
+        let shared = Arc::new(Shared::new(
+            Labels::default(),
+            Vec::new(),
+            Some(spool),
+            String::new(),
+        ));
+        let interval = Duration::from_millis(1000);
+        let timeout = Duration::from_millis(700);
+        let plan = Plan {
+            targets: vec![TargetConfig {
+                host: "127.0.0.1".into(),
+                ports: vec![silent_port().await],
+                level: Level::Banner,
+                interval,
+            }],
+            options: ProbeOptions::new(timeout, Arc::new(rustls::RootCertStore::empty())),
+            floor: Duration::ZERO,
+            concurrency: 4,
+        };
+        let (_plans_tx, plans) = watch::channel(plan);
+        let (stop_tx, stop) = watch::channel(false);
+        let schedule = tokio::spawn(run(plans, shared.clone(), stop));
+        tokio::time::sleep(Duration::from_millis(6500)).await;
+        let _ = stop_tx.send(true);
+        let _ = schedule.await;
+
+        let (results, _) = shared.unacked(1, 1000).await;
+        let mut starts: Vec<i64> = results
+            .iter()
+            .filter(|r| r.family == Family::Ipv4)
+            .inspect(|r| assert_eq!(r.outcome, Outcome::NoBanner, "{r:?}"))
+            .map(|r| r.at_unix_ms)
+            .collect();
+        starts.sort();
+        let gaps: Vec<i64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.len() >= 3, "probes in 6.5 s: {starts:?}");
+        let mean = gaps.iter().sum::<i64>() as f64 / gaps.len() as f64;
+        // Fixed rate: about the interval (±10 % jitter), not interval + timeout (1700 ms).
+        assert!(
+            (850.0..1250.0).contains(&mean),
+            "mean gap {mean} ms between probe starts; gaps {gaps:?}"
+        );
     }
 }
