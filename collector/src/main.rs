@@ -162,15 +162,12 @@ async fn serve(cfg: Config) -> Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let context = Arc::new(ingest::IngestContext {
-        store: store.clone(),
-        observer: fleet.clone() as Arc<dyn ResultObserver>,
-        counters: fleet.metrics().ingest.clone(),
-        max_frame_bytes: cfg
-            .quic
-            .max_frame_bytes
-            .min(egresswatch_wire::limits::MAX_FRAME_BYTES),
-    });
+    let context = Arc::new(ingest::IngestContext::new(
+        &cfg.quic,
+        store.clone(),
+        fleet.clone() as Arc<dyn ResultObserver>,
+        fleet.metrics(),
+    ));
     let ingest_task = tokio::spawn(ingest.serve(context, stopped(stop_rx.clone())));
     let http_task = tokio::spawn(http.serve(fleet.clone(), stopped(stop_rx.clone())));
     let retention = tokio::spawn(prune_loop(

@@ -14,7 +14,8 @@ use crate::error::CollectorError;
 use crate::http::IngestCounters;
 use crate::pipeline::ResultObserver;
 use crate::store::Store;
-use egresswatch_wire::limits::MAX_FRAME_BYTES;
+use crate::limits::{Limit, LimitCounters, PerSource, ResultRate};
+use egresswatch_wire::limits::{MAX_BATCH_RESULTS, MAX_FRAME_BYTES};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +47,18 @@ pub struct QuicConfig {
     pub udp_send_buffer_bytes: Option<usize>,
     /// Generic segmentation offload; some kernels and NICs misreport it.
     pub segmentation_offload: bool,
+    /// Most connections from one source address (agents behind one NAT share an address).
+    pub max_connections_per_source: usize,
+    /// Most concurrent bidirectional streams an agent may open (it needs one); streams beyond
+    /// the report stream are reset and counted.
+    pub max_streams_per_connection: u32,
+    /// Most results in one batch (never above the wire's hard limit of 4096).
+    pub max_batch_results: usize,
+    /// Results per second per agent, sustained; 0 is unlimited. Over it, the collector reads
+    /// that agent's stream more slowly (its acks come later): nothing is dropped.
+    pub max_results_per_sec: u32,
+    /// Results an agent may send at once before the rate applies (a replay after an outage).
+    pub results_burst: u32,
 }
 
 impl Default for QuicConfig {
@@ -61,6 +74,11 @@ impl Default for QuicConfig {
             udp_recv_buffer_bytes: None,
             udp_send_buffer_bytes: None,
             segmentation_offload: true,
+            max_connections_per_source: 1024,
+            max_streams_per_connection: 4,
+            max_batch_results: MAX_BATCH_RESULTS,
+            max_results_per_sec: 1000,
+            results_burst: 20_000,
         }
     }
 }
@@ -70,7 +88,34 @@ pub struct IngestContext {
     pub store: Arc<dyn Store>,
     pub observer: Arc<dyn ResultObserver>,
     pub counters: IngestCounters,
+    pub limits: LimitCounters,
     pub max_frame_bytes: usize,
+    pub max_batch_results: usize,
+    pub rate: ResultRate,
+}
+
+impl IngestContext {
+    /// The context for `config`, with the limits clamped to what the wire allows.
+    pub fn new(
+        config: &QuicConfig,
+        store: Arc<dyn Store>,
+        observer: Arc<dyn ResultObserver>,
+        metrics: &crate::http::Metrics,
+    ) -> IngestContext {
+        IngestContext {
+            store,
+            observer,
+            counters: metrics.ingest.clone(),
+            limits: metrics.limits.clone(),
+            max_frame_bytes: config.max_frame_bytes.clamp(1, MAX_FRAME_BYTES),
+            max_batch_results: config.max_batch_results.clamp(1, MAX_BATCH_RESULTS),
+            rate: ResultRate::new(
+                config.max_results_per_sec,
+                config.results_burst,
+                config.max_connections.saturating_mul(2),
+            ),
+        }
+    }
 }
 
 /// A bound listener; `serve` runs it until shutdown.
@@ -112,6 +157,8 @@ impl Ingest {
     ) {
         let connections = Arc::new(Semaphore::new(self.config.max_connections));
         let handshakes = Arc::new(Semaphore::new(self.config.max_handshakes));
+        let per_source = Arc::new(PerSource::default());
+        let per_source_max = self.config.max_connections_per_source.max(1);
         let mut sessions = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -126,13 +173,29 @@ impl Ingest {
             };
             let remote = incoming.remote_address();
             let Ok(connection_permit) = connections.clone().try_acquire_owned() else {
-                warn!(%remote, "refusing a connection: max_connections reached");
+                context.limits.exceeded(Limit::Connections, 1, || {
+                    format!("refusing {remote}: max_connections ({}) reached", self.config.max_connections)
+                });
+                context.counters.refusals.inc();
+                incoming.refuse();
+                continue;
+            };
+            let Some(source_slot) = PerSource::try_take(&per_source, remote.ip(), per_source_max)
+            else {
+                context.limits.exceeded(Limit::ConnectionsPerSource, 1, || {
+                    format!(
+                        "refusing {remote}: {} already holds max_connections_per_source ({per_source_max})",
+                        remote.ip()
+                    )
+                });
                 context.counters.refusals.inc();
                 incoming.refuse();
                 continue;
             };
             let Ok(handshake_permit) = handshakes.clone().try_acquire_owned() else {
-                warn!(%remote, "refusing a connection: max_handshakes in progress");
+                context.limits.exceeded(Limit::Handshakes, 1, || {
+                    format!("refusing {remote}: max_handshakes ({}) in progress", self.config.max_handshakes)
+                });
                 context.counters.refusals.inc();
                 incoming.refuse();
                 continue;
@@ -152,6 +215,7 @@ impl Ingest {
                     };
                     drop(handshake_permit);
                     session::run(connection, context).await;
+                    drop(source_slot);
                     drop(connection_permit);
                 }
                 .instrument(span),
@@ -201,8 +265,8 @@ fn server_config(
         reason: e.to_string(),
     })?;
     transport.max_idle_timeout(Some(idle));
-    // One report stream per agent; a few spare for reconnect overlap.
-    transport.max_concurrent_bidi_streams(4u32.into());
+    // One report stream per agent; the session resets (and counts) any other it is offered.
+    transport.max_concurrent_bidi_streams(config.max_streams_per_connection.max(1).into());
     transport.max_concurrent_uni_streams(0u32.into());
     transport.stream_receive_window(config.stream_window_bytes.into());
     transport.receive_window((config.stream_window_bytes.saturating_mul(2)).into());

@@ -7,6 +7,7 @@
 //! transport going away. None of them affects any other agent.
 
 use super::IngestContext;
+use crate::limits::{Limit, LimitCounters};
 use crate::pipeline::AgentMeta;
 use egresswatch_wire::frame::{body_len, decode_body};
 use egresswatch_wire::limits::FRAME_HEADER_BYTES;
@@ -34,6 +35,8 @@ enum End {
     Refused(String),
     /// It broke the protocol.
     Protocol(String),
+    /// It went over a limit that ends the session (counted when it happened).
+    OverLimit(String),
     /// The connection went away under us (idle timeout, agent gone, shutdown).
     Transport(String),
     /// We could not store: close without acking, the agent resends later.
@@ -77,6 +80,11 @@ pub async fn run(connection: quinn::Connection, context: Arc<IngestContext>) {
             warn!("closing on protocol error: {reason}");
             connection.close(CLOSE_PROTOCOL, truncate(reason).as_bytes());
         }
+        End::OverLimit(reason) => {
+            // Already counted and (rate-limited) logged where the limit was hit.
+            debug!("closing over a limit: {reason}");
+            connection.close(CLOSE_PROTOCOL, truncate(reason).as_bytes());
+        }
         End::Transport(reason) => info!("connection ended: {reason}"),
         End::Unavailable(reason) => {
             warn!("closing, results not stored: {reason}");
@@ -114,6 +122,12 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
             Ok(Err(e)) => return End::Transport(e.to_string()),
             Ok(Ok(streams)) => streams,
         };
+    // The protocol has one stream; others an agent opens are reset and counted, so they cannot
+    // hold buffers (quinn caps how many may be open at once: max_streams_per_connection).
+    let _extra_streams = AbortOnDrop(tokio::spawn(reset_extra_streams(
+        connection.clone(),
+        context.limits.clone(),
+    )));
     let first = match tokio::time::timeout(
         HELLO_DEADLINE,
         read_message(&mut recv, context.max_frame_bytes),
@@ -128,7 +142,7 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
             refuse(&mut send, &reason, 0).await;
             return End::Refused(reason);
         }
-        Ok(Err(e)) => return e.into_end(),
+        Ok(Err(e)) => return e.into_end(&context.limits),
     };
     let hello = match first {
         AgentMessage::Hello(h) => h,
@@ -144,6 +158,9 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
     }
     if let Err(e) = hello.check_bounds() {
         let reason = e.to_string();
+        context
+            .limits
+            .exceeded(Limit::Hello, 1, || format!("agent {agent_id}: {reason}"));
         refuse(&mut send, &reason, 0).await;
         return End::Refused(reason);
     }
@@ -151,6 +168,9 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
         Ok(l) => l,
         Err(e) => {
             let reason = format!("invalid labels: {e}");
+            context
+                .limits
+                .exceeded(Limit::Labels, 1, || format!("agent {agent_id}: {reason}"));
             refuse(&mut send, &reason, 0).await;
             return End::Refused(reason);
         }
@@ -189,7 +209,7 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
         let message = match read_message(&mut recv, context.max_frame_bytes).await {
             Ok(Some(m)) => m,
             Ok(None) => return End::Clean,
-            Err(e) => return e.into_end(),
+            Err(e) => return e.into_end(&context.limits),
         };
         match message {
             AgentMessage::Batch(batch) => {
@@ -218,6 +238,31 @@ async fn handle_batch(
 ) -> Result<Ack, End> {
     context.counters.batches.inc();
     let count = batch.results.len() as u32;
+    if batch.results.len() > context.max_batch_results {
+        let reason = format!(
+            "a batch of {count} results is over max_batch_results ({})",
+            context.max_batch_results
+        );
+        context.limits.exceeded(Limit::BatchResults, 1, || {
+            format!("agent {}: {reason}", agent.agent_id)
+        });
+        return Err(End::OverLimit(reason));
+    }
+    // Over its rate, an agent is slowed, not cut: this batch waits (and with it the reading of
+    // the next one, so flow control holds the agent back); its results are stored all the same.
+    let wait = context
+        .rate
+        .take(&agent.agent_id, count, std::time::Instant::now());
+    if !wait.is_zero() {
+        context.limits.exceeded(Limit::ResultsPerSecond, 1, || {
+            format!(
+                "agent {} is over max_results_per_sec: its batch of {count} waits {} ms",
+                agent.agent_id,
+                wait.as_millis()
+            )
+        });
+        tokio::time::sleep(wait).await;
+    }
     let results = match batch.unpack() {
         Ok(r) => r,
         Err(e) => {
@@ -258,6 +303,14 @@ async fn handle_batch(
             .results_stored(agent, &fresh, clock_trusted, now);
     }
     let reason = if batch.dropped_before > 0 {
+        context
+            .limits
+            .exceeded(Limit::AgentSpool, batch.dropped_before, || {
+                format!(
+                    "agent {}'s spool dropped {} results (spool.max_bytes)",
+                    agent.agent_id, batch.dropped_before
+                )
+            });
         warn!(
             dropped = batch.dropped_before,
             "the agent's spool dropped results before seq {}", batch.first_seq
@@ -293,8 +346,13 @@ enum ReadFailure {
 }
 
 impl ReadFailure {
-    fn into_end(self) -> End {
+    fn into_end(self, limits: &LimitCounters) -> End {
         match self {
+            ReadFailure::Wire(e @ WireError::FrameTooLarge { .. }) => {
+                let reason = e.to_string();
+                limits.exceeded(Limit::FrameBytes, 1, || reason.clone());
+                End::OverLimit(reason)
+            }
             ReadFailure::Wire(e) => End::Protocol(e.to_string()),
             ReadFailure::Transport(e) => End::Transport(e),
         }
@@ -349,6 +407,26 @@ async fn write_message(
     send.write_all(&frame)
         .await
         .map_err(|e| End::Transport(e.to_string()))
+}
+
+/// Aborts a helper task when the session it belongs to ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Resets every stream an agent opens beyond its report stream, counting each.
+async fn reset_extra_streams(connection: quinn::Connection, limits: LimitCounters) {
+    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+        limits.exceeded(Limit::Streams, 1, || {
+            "an agent opened a second stream (only one is part of the protocol): reset".into()
+        });
+        let _ = recv.stop(CLOSE_PROTOCOL);
+        let _ = send.reset(CLOSE_PROTOCOL);
+    }
 }
 
 fn kind_name(message: &AgentMessage) -> &'static str {
