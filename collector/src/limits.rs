@@ -125,7 +125,8 @@ fn labels(limit: Limit) -> Labels {
 
 impl LimitCounters {
     /// Counts `n` hits of `limit` and logs `detail` unless this limit was logged recently.
-    pub fn exceeded(&self, limit: Limit, n: u64, detail: impl FnOnce() -> String) {
+    /// Returns whether it logged.
+    pub fn exceeded(&self, limit: Limit, n: u64, detail: impl FnOnce() -> String) -> bool {
         self.family.get_or_create(&labels(limit)).inc_by(n);
         let i = limit.index();
         let now = self.throttle.started.elapsed().as_millis() as u64;
@@ -137,14 +138,16 @@ impl LimitCounters {
                 .is_ok()
         {
             let more = self.throttle.unlogged[i].swap(0, Ordering::AcqRel);
+            let detail = detail();
             tracing::warn!(
                 limit = limit.as_str(),
                 unlogged_since_last = more,
-                "limit exceeded: {}",
-                detail()
+                "limit exceeded: {detail}"
             );
+            true
         } else {
             self.throttle.unlogged[i].fetch_add(n, Ordering::Relaxed);
+            false
         }
     }
 
@@ -289,13 +292,9 @@ mod tests {
     fn counting_is_exact_while_logging_is_throttled() {
         let c = LimitCounters::default();
         assert_eq!(c.get(Limit::Streams), 0);
-        let mut logged = 0;
-        for _ in 0..1000 {
-            c.exceeded(Limit::Streams, 1, || {
-                logged += 1;
-                "x".into()
-            });
-        }
+        let logged = (0..1000)
+            .filter(|_| c.exceeded(Limit::Streams, 1, || "x".into()))
+            .count();
         assert_eq!(c.get(Limit::Streams), 1000);
         assert_eq!(logged, 1);
     }
