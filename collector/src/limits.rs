@@ -270,11 +270,17 @@ mod tests {
         // Another agent has its own bucket.
         assert_eq!(rate.take("b", 500, t0), Duration::ZERO);
         // After two seconds the debt is paid and 100 are available again.
-        assert_eq!(rate.take("a", 100, t0 + Duration::from_secs(2)), Duration::ZERO);
+        assert_eq!(
+            rate.take("a", 100, t0 + Duration::from_secs(2)),
+            Duration::ZERO
+        );
         // A batch larger than the burst is slowed, never refused.
         let big = rate.take("c", 2000, t0);
         assert!((big.as_secs_f64() - 15.0).abs() < 0.01, "{big:?}");
-        assert_eq!(ResultRate::new(0, 0, 10).take("a", 1_000_000, t0), Duration::ZERO);
+        assert_eq!(
+            ResultRate::new(0, 0, 10).take("a", 1_000_000, t0),
+            Duration::ZERO
+        );
     }
 
     #[test]

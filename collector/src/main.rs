@@ -147,7 +147,8 @@ async fn serve(cfg: Config) -> Result<()> {
     };
     fleet.restore(&baseline, now_unix_ms());
 
-    let ingest = ingest::Ingest::bind(&cfg.quic, &authority)?;
+    let reset_key = ingest::reset_key(&cfg.data_dir.join("quic-reset.key"))?;
+    let ingest = ingest::Ingest::bind(&cfg.quic, &authority, reset_key)?;
     let http = http::bind(&cfg.http).await?;
     println!("data dir:  {}", cfg.data_dir.display());
     println!("fleet CA:  {} (agents trust it; issue agents with `egresswatch-collector ca issue --dir {} ID`)", ca_dir.join("ca.pem").display(), ca_dir.display());

@@ -97,10 +97,7 @@ impl Report {
             self.restarts,
             self.collector_crashes
         );
-        println!(
-            "| results produced by honest agents | {} |",
-            self.produced
-        );
+        println!("| results produced by honest agents | {} |", self.produced);
         println!(
             "| results stored (SQLite, after a final SIGKILL) | {} ({} agents not exactly once, {} undrained) |",
             self.stored_honest,
@@ -153,7 +150,10 @@ impl Report {
     /// Exactly once for every honest agent, and garbage disturbed nobody.
     pub fn check(&self) -> Result<()> {
         if self.collector_crashes > 0 {
-            bail!("the collector died on its own {} times", self.collector_crashes);
+            bail!(
+                "the collector died on its own {} times",
+                self.collector_crashes
+            );
         }
         if self.undrained > 0 {
             bail!("{} honest agents still had unacked results", self.undrained);
@@ -212,12 +212,26 @@ struct Life {
 
 impl Life {
     fn start(bin: &Path, config: &Path) -> Result<Life> {
+        // SOAK_COLLECTOR_LOG=FILE keeps the collector's log (RUST_LOG as set, else warnings).
+        let (stderr, filter) = match std::env::var_os("SOAK_COLLECTOR_LOG") {
+            Some(path) => (
+                Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .with_context(|| format!("opening {path:?}"))?,
+                ),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,quinn=error".into()),
+            ),
+            None => (Stdio::null(), "warn,quinn=error".into()),
+        };
         let mut child = Command::new(bin)
             .args(["run", "--config"])
             .arg(config)
-            .env("RUST_LOG", "warn,quinn=error")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let stdout = child.stdout.take().context("collector stdout")?;
@@ -242,8 +256,8 @@ impl Life {
     }
 
     fn peak_rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with("VmHWM:"))
@@ -564,7 +578,16 @@ async fn honest_agent(
             return end;
         }
         let kills_at_start = shared.kills.load(Ordering::SeqCst);
-        match session(&endpoint, &config, &shared, opts, &mut end, &mut next_production, i).await
+        match session(
+            &endpoint,
+            &config,
+            &shared,
+            opts,
+            &mut end,
+            &mut next_production,
+            i,
+        )
+        .await
         {
             Ok(()) => return end,
             Err(SessionEnd::Connect) => {
@@ -751,7 +774,10 @@ async fn garbage_agent(
             Ok(Some(false)) if shared.kills.load(Ordering::SeqCst) == kills_at_start => {
                 shared.garbage_sessions.fetch_add(1, Ordering::Relaxed);
                 shared.garbage_not_closed.fetch_add(1, Ordering::Relaxed);
-                eprintln!("soak: garbage kind {kind} from {} was not closed", agent_id(i));
+                eprintln!(
+                    "soak: garbage kind {kind} from {} was not closed",
+                    agent_id(i)
+                );
             }
             // A restart got in the way, or the datagram kind: nothing to judge.
             _ => {}

@@ -23,7 +23,10 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let collector = PathBuf::from(args.next().context("usage: soak COLLECTOR_BINARY [options]")?);
+    let collector = PathBuf::from(
+        args.next()
+            .context("usage: soak COLLECTOR_BINARY [options]")?,
+    );
     let mut opts = harness::Options {
         collector,
         agents: 10_000,
@@ -35,7 +38,9 @@ fn run() -> Result<()> {
         drain_timeout: Duration::from_secs(300),
     };
     while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         let number = || -> Result<f64> {
             value
                 .parse::<f64>()

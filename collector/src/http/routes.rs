@@ -4,6 +4,7 @@ use super::fleet::{Fleet, StreamMessage};
 use super::HttpConfig;
 use crate::events::{now_unix_ms, rfc3339};
 use crate::matrix::FamilyFilter;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -18,7 +19,6 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use axum::extract::DefaultBodyLimit;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
@@ -138,11 +138,16 @@ async fn limit_body(State(state): State<AppState>, req: Request, next: Next) -> 
     if let Some(len) = declared {
         if len > state.max_body_bytes as u64 {
             let path = req.uri().path().to_string();
-            state.fleet.metrics().limits.exceeded(
-                crate::limits::Limit::HttpBodyBytes,
-                1,
-                || format!("{path}: a body of {len} bytes is over http.max_body_bytes ({})", state.max_body_bytes),
-            );
+            state
+                .fleet
+                .metrics()
+                .limits
+                .exceeded(crate::limits::Limit::HttpBodyBytes, 1, || {
+                    format!(
+                        "{path}: a body of {len} bytes is over http.max_body_bytes ({})",
+                        state.max_body_bytes
+                    )
+                });
             return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
         }
     }
@@ -298,7 +303,10 @@ async fn stream_handler(State(state): State<AppState>) -> Response {
             .metrics()
             .limits
             .exceeded(crate::limits::Limit::SseClients, 1, || {
-                format!("an /api/stream client turned away: max_sse_clients ({}) connected", state.max_sse_clients)
+                format!(
+                    "an /api/stream client turned away: max_sse_clients ({}) connected",
+                    state.max_sse_clients
+                )
             });
         return error(StatusCode::SERVICE_UNAVAILABLE, "too many stream clients");
     }

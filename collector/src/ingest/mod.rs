@@ -12,9 +12,9 @@ pub mod session;
 use crate::ca::Authority;
 use crate::error::CollectorError;
 use crate::http::IngestCounters;
+use crate::limits::{Limit, LimitCounters, PerSource, ResultRate};
 use crate::pipeline::ResultObserver;
 use crate::store::Store;
-use crate::limits::{Limit, LimitCounters, PerSource, ResultRate};
 use egresswatch_wire::limits::{MAX_BATCH_RESULTS, MAX_FRAME_BYTES};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -125,12 +125,24 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Binds the UDP socket and sets up mutual TLS with the fleet CA.
-    pub fn bind(config: &QuicConfig, authority: &Authority) -> Result<Ingest, CollectorError> {
+    /// Binds the UDP socket and sets up mutual TLS with the fleet CA. `reset_key` (see
+    /// [`reset_key`]) signs stateless resets.
+    pub fn bind(
+        config: &QuicConfig,
+        authority: &Authority,
+        reset_key: ring::hmac::Key,
+    ) -> Result<Ingest, CollectorError> {
         let server_config = server_config(config, authority)?;
         let socket = udp_socket(config)?;
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        // quinn's default generator tags its CIDs with a per-process key and drops packets whose
+        // CID lacks the tag unanswered, so a restarted collector would never send the reset.
+        endpoint_config.cid_generator(|| Box::new(RandomCids));
+        // One reset per 20 ms (quinn's default) would take minutes for a large fleet; a reset is
+        // smaller than the packet that caused it, so a faster pace amplifies nothing.
+        endpoint_config.min_reset_interval(Duration::from_micros(200));
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(server_config),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -174,7 +186,10 @@ impl Ingest {
             let remote = incoming.remote_address();
             let Ok(connection_permit) = connections.clone().try_acquire_owned() else {
                 context.limits.exceeded(Limit::Connections, 1, || {
-                    format!("refusing {remote}: max_connections ({}) reached", self.config.max_connections)
+                    format!(
+                        "refusing {remote}: max_connections ({}) reached",
+                        self.config.max_connections
+                    )
                 });
                 context.counters.refusals.inc();
                 incoming.refuse();
@@ -194,7 +209,10 @@ impl Ingest {
             };
             let Ok(handshake_permit) = handshakes.clone().try_acquire_owned() else {
                 context.limits.exceeded(Limit::Handshakes, 1, || {
-                    format!("refusing {remote}: max_handshakes ({}) in progress", self.config.max_handshakes)
+                    format!(
+                        "refusing {remote}: max_handshakes ({}) in progress",
+                        self.config.max_handshakes
+                    )
                 });
                 context.counters.refusals.inc();
                 incoming.refuse();
@@ -229,6 +247,79 @@ impl Ingest {
         self.endpoint
             .close(session::CLOSE_SHUTDOWN, b"collector shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// The key that signs QUIC stateless resets, kept in `path` (created on first start, 0600).
+///
+/// A collector that kept its key across a restart can answer a packet of a connection from its
+/// previous life with a stateless reset the agent accepts, so agents reconnect within a round trip
+/// instead of waiting out the idle timeout (30 s) — what the soak showed after every SIGKILL.
+pub fn reset_key(path: &std::path::Path) -> Result<ring::hmac::Key, CollectorError> {
+    use std::io::Write;
+    let io = |what: &str, e| CollectorError::io(format!("{what} {}", path.display()), e);
+    let secret = match std::fs::read(path) {
+        Ok(bytes) if bytes.len() == 64 => bytes,
+        Ok(bytes) => {
+            return Err(CollectorError::Config {
+                path: path.display().to_string(),
+                reason: format!(
+                    "the QUIC reset key must be 64 bytes, found {}; delete it to make a new one",
+                    bytes.len()
+                ),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = vec![0u8; 64];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+            let tmp = path.with_extension("tmp");
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode_0600()
+                .open(&tmp)
+                .map_err(|e| io("creating", e))?;
+            file.write_all(&secret).map_err(|e| io("writing", e))?;
+            file.sync_all().map_err(|e| io("syncing", e))?;
+            std::fs::rename(&tmp, path).map_err(|e| io("renaming into", e))?;
+            secret
+        }
+        Err(e) => return Err(io("reading", e)),
+    };
+    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret))
+}
+
+/// Random 8-byte connection IDs that any process of this collector accepts as its own.
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut bytes = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        quinn::ConnectionId::new(&bytes)
+    }
+    fn cid_len(&self) -> usize {
+        8
+    }
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// `mode(0o600)` on Unix, nothing elsewhere.
+trait Private {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Private for std::fs::OpenOptions {
+    #[cfg(unix)]
+    fn mode_0600(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    }
+    #[cfg(not(unix))]
+    fn mode_0600(&mut self) -> &mut Self {
+        self
     }
 }
 
