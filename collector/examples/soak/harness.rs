@@ -29,6 +29,9 @@ const WINDOW: usize = 4;
 const BATCH_RESULTS: u64 = 500;
 /// The collector's batch cap in the soak: above what honest agents send, below the wire's.
 const SOAK_MAX_BATCH: usize = 1000;
+/// How long a garbage agent waits for the collector to close its connection. Generous: on a
+/// saturated machine the close (or the garbage) may be lost and retransmitted a few times.
+const GARBAGE_CLOSE_WAIT: Duration = Duration::from_secs(60);
 /// One agent in this many sends garbage.
 const GARBAGE_ONE_IN: usize = 100;
 
@@ -71,6 +74,11 @@ pub struct Report {
     pub garbage_closed: u64,
     pub garbage_not_closed: u64,
     pub garbage_datagrams: u64,
+    /// Garbage sent → connection closed by the collector: median and max.
+    pub garbage_close_p50: Duration,
+    pub garbage_close_max: Duration,
+    /// UDP datagrams the kernel dropped for full receive buffers during the run (whole machine).
+    pub udp_rcvbuf_drops: u64,
     /// VmHWM of each collector life, KiB.
     pub peak_rss_kib: Vec<u64>,
     pub acks: usize,
@@ -130,11 +138,21 @@ impl Report {
             self.honest_sessions, self.unexplained_disconnects, self.connect_failures
         );
         println!(
-            "| garbage sessions | {} ({} closed by the collector, {} not; {} stray datagrams) |",
+            "| garbage sessions | {} ({} closed by the collector, {} not within {} s; {} stray datagrams) |",
             self.garbage_sessions,
             self.garbage_closed,
             self.garbage_not_closed,
+            GARBAGE_CLOSE_WAIT.as_secs(),
             self.garbage_datagrams
+        );
+        println!(
+            "| garbage sent -> closed by the collector | p50 {:.1} ms, max {:.1} ms |",
+            self.garbage_close_p50.as_secs_f64() * 1e3,
+            self.garbage_close_max.as_secs_f64() * 1e3
+        );
+        println!(
+            "| UDP datagrams dropped by full receive buffers (kernel, whole machine) | {} |",
+            self.udp_rcvbuf_drops
         );
         for line in &self.limit_lines {
             println!("| last life's {line} |");
@@ -202,6 +220,8 @@ struct Shared {
     garbage_closed: AtomicU64,
     garbage_not_closed: AtomicU64,
     garbage_datagrams: AtomicU64,
+    /// Milliseconds from the garbage sent to the collector's close, per judged session.
+    garbage_close_ms: Mutex<Vec<u64>>,
 }
 
 /// One life of the collector process.
@@ -304,6 +324,21 @@ impl Drop for Life {
     }
 }
 
+/// `RcvbufErrors` of /proc/net/snmp's Udp line.
+fn udp_rcvbuf_errors() -> u64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn free_udp_port() -> Result<u16> {
     let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
     Ok(s.local_addr()?.port())
@@ -383,6 +418,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         garbage_closed: AtomicU64::new(0),
         garbage_not_closed: AtomicU64::new(0),
         garbage_datagrams: AtomicU64::new(0),
+        garbage_close_ms: Mutex::new(Vec::new()),
     });
     let mut report = Report::default();
 
@@ -416,6 +452,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     report.garbage_agents = opts.agents - report.honest_agents;
 
     // The production phase, with restarts.
+    let drops_before = udp_rcvbuf_errors();
     let started = Instant::now();
     let mut next_restart = started + opts.restart_every;
     while started.elapsed() < opts.duration {
@@ -468,6 +505,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         }
         ends
     });
+    report.udp_rcvbuf_drops = udp_rcvbuf_errors().saturating_sub(drops_before);
     report.peak_rss_kib.push(life.peak_rss_kib());
     report.limit_lines = life.limit_lines();
     life.kill();
@@ -542,6 +580,16 @@ pub fn run(opts: &Options) -> Result<Report> {
     report.garbage_closed = shared.garbage_closed.load(Ordering::Relaxed);
     report.garbage_not_closed = shared.garbage_not_closed.load(Ordering::Relaxed);
     report.garbage_datagrams = shared.garbage_datagrams.load(Ordering::Relaxed);
+    let mut closes = shared
+        .garbage_close_ms
+        .lock()
+        .map(|t| t.clone())
+        .unwrap_or_default();
+    closes.sort_unstable();
+    if !closes.is_empty() {
+        report.garbage_close_p50 = Duration::from_millis(closes[(closes.len() - 1) / 2]);
+        report.garbage_close_max = Duration::from_millis(closes[closes.len() - 1]);
+    }
     Ok(report)
 }
 
@@ -849,11 +897,17 @@ async fn garbage_session(
     if sent.is_err() {
         return Ok(None);
     }
-    let closed = tokio::time::timeout(Duration::from_secs(15), agent.connection.closed()).await;
+    let sent_at = Instant::now();
+    let closed = tokio::time::timeout(GARBAGE_CLOSE_WAIT, agent.connection.closed()).await;
     let by_collector = matches!(
         closed,
         Ok(quinn::ConnectionError::ApplicationClosed(ref c)) if c.error_code.into_inner() != 3
     );
+    if by_collector {
+        if let Ok(mut times) = shared.garbage_close_ms.lock() {
+            times.push(sent_at.elapsed().as_millis() as u64);
+        }
+    }
     agent.connection.close(0u32.into(), b"");
     Ok(Some(by_collector))
 }

@@ -142,7 +142,7 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
             refuse(&mut send, &reason, 0).await;
             return End::Refused(reason);
         }
-        Ok(Err(e)) => return e.into_end(&context.limits),
+        Ok(Err(e)) => return e.into_end(context),
     };
     let hello = match first {
         AgentMessage::Hello(h) => h,
@@ -209,7 +209,7 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
         let message = match read_message(&mut recv, context.max_frame_bytes).await {
             Ok(Some(m)) => m,
             Ok(None) => return End::Clean,
-            Err(e) => return e.into_end(&context.limits),
+            Err(e) => return e.into_end(context),
         };
         match message {
             AgentMessage::Batch(batch) => {
@@ -346,11 +346,15 @@ enum ReadFailure {
 }
 
 impl ReadFailure {
-    fn into_end(self, limits: &LimitCounters) -> End {
+    fn into_end(self, context: &IngestContext) -> End {
         match self {
             ReadFailure::Wire(e @ WireError::FrameTooLarge { .. }) => {
                 let reason = e.to_string();
-                limits.exceeded(Limit::FrameBytes, 1, || reason.clone());
+                // Still a frame that failed to decode, as /metrics always counted it.
+                context.counters.decode_errors.inc();
+                context
+                    .limits
+                    .exceeded(Limit::FrameBytes, 1, || reason.clone());
                 End::OverLimit(reason)
             }
             ReadFailure::Wire(e) => End::Protocol(e.to_string()),
