@@ -139,13 +139,23 @@ pub async fn read_message(recv: &mut quinn::RecvStream) -> Result<CollectorMessa
     let mut header = [0u8; FRAME_HEADER_BYTES];
     recv.read_exact(&mut header)
         .await
-        .map_err(|e| anyhow!("reading a frame header: {e}"))?;
+        .map_err(|e| anyhow!("reading a frame header: {}", read_error(e)))?;
     let len = body_len(header, MAX_FRAME_BYTES)?;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body)
         .await
-        .map_err(|e| anyhow!("reading a frame body: {e}"))?;
+        .map_err(|e| anyhow!("reading a frame body: {}", read_error(e)))?;
     Ok(decode_body(&body)?)
+}
+
+/// quinn's "connection lost" with its cause.
+fn read_error(e: quinn::ReadExactError) -> String {
+    match e {
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(cause)) => {
+            format!("connection lost: {cause}")
+        }
+        other => other.to_string(),
+    }
 }
 
 pub fn hello(labels: Labels) -> Hello {

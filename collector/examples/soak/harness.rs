@@ -747,9 +747,12 @@ async fn session(
                     )
                     .map_err(|e| SessionEnd::Lost(format!("encoding: {e}")))
                 })?;
-            send.write_all(&frame)
-                .await
-                .map_err(|e| SessionEnd::Lost(format!("sending: {e}")))?;
+            send.write_all(&frame).await.map_err(|e| match e {
+                quinn::WriteError::ConnectionLost(cause) => {
+                    SessionEnd::Lost(format!("sending: connection lost: {cause}"))
+                }
+                other => SessionEnd::Lost(format!("sending: {other}")),
+            })?;
             in_flight.push_back((last, tokio::time::Instant::now()));
             sent_up_to = last;
         }

@@ -379,7 +379,7 @@ async fn read_message(
             }))
         }
         Err(quinn::ReadExactError::ReadError(e)) => {
-            return Err(ReadFailure::Transport(e.to_string()))
+            return Err(ReadFailure::Transport(read_error(e)))
         }
     }
     // The cap is checked before a single body byte is buffered.
@@ -394,12 +394,20 @@ async fn read_message(
             }))
         }
         Err(quinn::ReadExactError::ReadError(e)) => {
-            return Err(ReadFailure::Transport(e.to_string()))
+            return Err(ReadFailure::Transport(read_error(e)))
         }
     }
     decode_body::<AgentMessage>(&body)
         .map(Some)
         .map_err(ReadFailure::Wire)
+}
+
+/// A read error with its cause: quinn's "connection lost" alone does not say why.
+fn read_error(e: quinn::ReadError) -> String {
+    match e {
+        quinn::ReadError::ConnectionLost(cause) => format!("connection lost: {cause}"),
+        other => other.to_string(),
+    }
 }
 
 async fn write_message(
