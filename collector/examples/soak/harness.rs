@@ -74,6 +74,8 @@ pub struct Report {
     pub garbage_closed: u64,
     pub garbage_not_closed: u64,
     pub garbage_datagrams: u64,
+    /// Of the closed: ended by a stateless reset or idle timeout (the collector forgot them).
+    pub garbage_forgotten: u64,
     /// Garbage sent → connection closed by the collector: median and max.
     pub garbage_close_p50: Duration,
     pub garbage_close_max: Duration,
@@ -138,9 +140,10 @@ impl Report {
             self.honest_sessions, self.unexplained_disconnects, self.connect_failures
         );
         println!(
-            "| garbage sessions | {} ({} closed by the collector, {} not within {} s; {} stray datagrams) |",
+            "| garbage sessions | {} ({} ended by the collector, {} of them by reset or idle timeout; {} still open after {} s; {} stray datagrams) |",
             self.garbage_sessions,
             self.garbage_closed,
+            self.garbage_forgotten,
             self.garbage_not_closed,
             GARBAGE_CLOSE_WAIT.as_secs(),
             self.garbage_datagrams
@@ -222,6 +225,7 @@ struct Shared {
     garbage_datagrams: AtomicU64,
     /// Milliseconds from the garbage sent to the collector's close, per judged session.
     garbage_close_ms: Mutex<Vec<u64>>,
+    garbage_forgotten: AtomicU64,
 }
 
 /// One life of the collector process.
@@ -419,6 +423,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         garbage_not_closed: AtomicU64::new(0),
         garbage_datagrams: AtomicU64::new(0),
         garbage_close_ms: Mutex::new(Vec::new()),
+        garbage_forgotten: AtomicU64::new(0),
     });
     let mut report = Report::default();
 
@@ -580,6 +585,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     report.garbage_closed = shared.garbage_closed.load(Ordering::Relaxed);
     report.garbage_not_closed = shared.garbage_not_closed.load(Ordering::Relaxed);
     report.garbage_datagrams = shared.garbage_datagrams.load(Ordering::Relaxed);
+    report.garbage_forgotten = shared.garbage_forgotten.load(Ordering::Relaxed);
     let mut closes = shared
         .garbage_close_ms
         .lock()
@@ -902,15 +908,22 @@ async fn garbage_session(
     }
     let sent_at = Instant::now();
     let closed = tokio::time::timeout(GARBAGE_CLOSE_WAIT, agent.connection.closed()).await;
-    let by_collector = matches!(
-        closed,
-        Ok(quinn::ConnectionError::ApplicationClosed(ref c)) if c.error_code.into_inner() != 3
-    );
-    if by_collector {
+    // Closed with the collector's error code; or forgotten by it — its handshake timed out under
+    // load and it answers with a stateless reset, or goes silent into our idle timeout. Only a
+    // connection still open after the wait is one the collector kept.
+    let ended = match closed {
+        Ok(quinn::ConnectionError::ApplicationClosed(ref c)) => c.error_code.into_inner() != 3,
+        Ok(quinn::ConnectionError::Reset) | Ok(quinn::ConnectionError::TimedOut) => {
+            shared.garbage_forgotten.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        _ => false,
+    };
+    if ended {
         if let Ok(mut times) = shared.garbage_close_ms.lock() {
             times.push(sent_at.elapsed().as_millis() as u64);
         }
     }
     agent.connection.close(0u32.into(), b"");
-    Ok(Some(by_collector))
+    Ok(Some(ended))
 }
