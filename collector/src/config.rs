@@ -58,6 +58,27 @@ mod tests {
         assert_eq!(example.quic.listen, defaults.quic.listen);
         assert_eq!(example.http.listen, defaults.http.listen);
         assert_eq!(example.store.retention_days, defaults.store.retention_days);
+        let (e, d) = (&example.quic, &defaults.quic);
+        assert_eq!(
+            (
+                e.max_connections_per_source,
+                e.max_streams_per_connection,
+                e.max_batch_results,
+                e.max_results_per_sec,
+                e.results_burst,
+                e.max_frame_bytes,
+            ),
+            (
+                d.max_connections_per_source,
+                d.max_streams_per_connection,
+                d.max_batch_results,
+                d.max_results_per_sec,
+                d.results_burst,
+                d.max_frame_bytes,
+            )
+        );
+        assert_eq!(example.http.max_body_bytes, defaults.http.max_body_bytes);
+        assert_eq!(example.http.max_sse_clients, defaults.http.max_sse_clients);
         assert_eq!(
             example.detector.confirm_probes,
             defaults.detector.confirm_probes

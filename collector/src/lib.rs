@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod http;
 pub mod ingest;
+pub mod limits;
 pub mod matrix;
 pub mod pipeline;
 #[doc(hidden)]

@@ -226,7 +226,8 @@ async fn serve(cfg: Config) -> Result<()> {
     };
     fleet.restore(&baseline, now_unix_ms());
 
-    let ingest = ingest::Ingest::bind(&cfg.quic, &authority)?;
+    let reset_key = ingest::reset_key(&cfg.data_dir.join("quic-reset.key"))?;
+    let ingest = ingest::Ingest::bind(&cfg.quic, &authority, reset_key)?;
     let http = http::bind(&cfg.http).await?;
     println!("data dir:  {}", cfg.data_dir.display());
     println!("fleet CA:  {} (agents trust it; issue agents with `egresswatch-collector ca issue --dir {} ID`)", ca_dir.join("ca.pem").display(), ca_dir.display());
@@ -241,15 +242,12 @@ async fn serve(cfg: Config) -> Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let context = Arc::new(ingest::IngestContext {
-        store: store.clone(),
-        observer: fleet.clone() as Arc<dyn ResultObserver>,
-        counters: fleet.metrics().ingest.clone(),
-        max_frame_bytes: cfg
-            .quic
-            .max_frame_bytes
-            .min(egresswatch_wire::limits::MAX_FRAME_BYTES),
-    });
+    let context = Arc::new(ingest::IngestContext::new(
+        &cfg.quic,
+        store.clone(),
+        fleet.clone() as Arc<dyn ResultObserver>,
+        fleet.metrics(),
+    ));
     let ingest_task = tokio::spawn(ingest.serve(context, stopped(stop_rx.clone())));
     let http_task = tokio::spawn(http.serve(fleet.clone(), stopped(stop_rx.clone())));
     let retention = tokio::spawn(prune_loop(

@@ -103,18 +103,13 @@ impl SimAgent {
 
     /// Reads the collector's next message.
     pub async fn receive(&mut self) -> Result<CollectorMessage> {
-        let mut header = [0u8; FRAME_HEADER_BYTES];
-        self.recv
-            .read_exact(&mut header)
-            .await
-            .map_err(|e| anyhow!("reading a frame header: {e}"))?;
-        let len = body_len(header, MAX_FRAME_BYTES)?;
-        let mut body = vec![0u8; len];
-        self.recv
-            .read_exact(&mut body)
-            .await
-            .map_err(|e| anyhow!("reading a frame body: {e}"))?;
-        Ok(decode_body(&body)?)
+        read_message(&mut self.recv).await
+    }
+
+    /// The connection and its report stream's halves, for a caller that reads acks in a task
+    /// of its own while it sends (as the real agent does).
+    pub fn split(self) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+        (self.connection, self.send, self.recv)
     }
 
     /// Hello, and the collector's answer (welcome or refusal).
@@ -136,6 +131,30 @@ impl SimAgent {
     pub async fn finish(mut self) {
         let _ = self.send.finish();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.connection.closed()).await;
+    }
+}
+
+/// Reads one collector message from a report stream.
+pub async fn read_message(recv: &mut quinn::RecvStream) -> Result<CollectorMessage> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    recv.read_exact(&mut header)
+        .await
+        .map_err(|e| anyhow!("reading a frame header: {}", read_error(e)))?;
+    let len = body_len(header, MAX_FRAME_BYTES)?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| anyhow!("reading a frame body: {}", read_error(e)))?;
+    Ok(decode_body(&body)?)
+}
+
+/// quinn's "connection lost" with its cause.
+fn read_error(e: quinn::ReadExactError) -> String {
+    match e {
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(cause)) => {
+            format!("connection lost: {cause}")
+        }
+        other => other.to_string(),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use crate::alerts::AlertCounters;
 use crate::events::Event;
+use crate::limits::LimitCounters;
 use crate::matrix::{MatrixView, Status};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -70,6 +71,8 @@ pub struct Metrics {
     pub events: Family<Labels, Counter>,
     pub alerts: AlertCounters,
     pub sse_clients: Gauge,
+    /// `egresswatch_limit_exceeded_total{limit}`: every bound hit (see [`crate::limits`]).
+    pub limits: LimitCounters,
 }
 
 impl Default for Metrics {
@@ -157,7 +160,14 @@ impl Metrics {
             "Connected /api/stream clients",
             sse_clients.clone(),
         );
+        let limits = LimitCounters::default();
+        registry.register(
+            "egresswatch_limit_exceeded",
+            "Times a configured or wire limit was exceeded, per limit",
+            limits.family.clone(),
+        );
         Metrics {
+            limits,
             registry,
             ingest,
             cell_status,

@@ -31,6 +31,8 @@ pub struct HttpConfig {
     pub token: Option<String>,
     /// Most simultaneous `/api/stream` clients.
     pub max_sse_clients: usize,
+    /// Largest request body accepted, bytes (the API only reads; bodies get 413 above this).
+    pub max_body_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -39,6 +41,7 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: None,
             max_sse_clients: 64,
+            max_body_bytes: 64 * 1024,
         }
     }
 }

@@ -6,6 +6,7 @@ use super::signin::{self, Credentials};
 use super::HttpConfig;
 use crate::events::{now_unix_ms, rfc3339};
 use crate::matrix::FamilyFilter;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -20,6 +21,7 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 const INDEX_HTML: &str = include_str!("../../../dashboard/index.html");
@@ -35,6 +37,7 @@ struct AppState {
     credentials: Option<Arc<Credentials>>,
     sse_clients: Arc<AtomicUsize>,
     max_sse_clients: usize,
+    max_body_bytes: usize,
     /// Becomes true when the server shuts down: SSE streams end so the drain can finish.
     closing: tokio::sync::watch::Receiver<bool>,
 }
@@ -54,6 +57,7 @@ pub fn router(
             .map(|t| Arc::new(Credentials::new(t))),
         sse_clients: Arc::new(AtomicUsize::new(0)),
         max_sse_clients: config.max_sse_clients.max(1),
+        max_body_bytes: config.max_body_bytes,
         closing,
     };
     Router::new()
@@ -80,6 +84,11 @@ pub fn router(
         .route("/api/stream", get(stream_handler))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page") })
+        // A body no handler reads still must not be buffered: declared lengths over the cap are
+        // turned away (and counted) before routing, streamed ones cut at the cap.
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(RequestBodyLimitLayer::new(state.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), limit_body))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(header_layer(header::CONTENT_SECURITY_POLICY, CSP))
         .layer(header_layer(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
@@ -177,6 +186,32 @@ fn session_cookie_response(cookie: String) -> Response {
             "cannot set the session cookie",
         ),
     }
+}
+
+/// Turns away a request whose declared body is over `http.max_body_bytes` (413), counted.
+async fn limit_body(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(len) = declared {
+        if len > state.max_body_bytes as u64 {
+            let path = req.uri().path().to_string();
+            state
+                .fleet
+                .metrics()
+                .limits
+                .exceeded(crate::limits::Limit::HttpBodyBytes, 1, || {
+                    format!(
+                        "{path}: a body of {len} bytes is over http.max_body_bytes ({})",
+                        state.max_body_bytes
+                    )
+                });
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        }
+    }
+    next.run(req).await
 }
 
 #[derive(Deserialize)]
@@ -316,6 +351,16 @@ async fn stream_handler(State(state): State<AppState>) -> Response {
     state.fleet.metrics().sse_clients.inc();
     if taken >= state.max_sse_clients {
         drop(guard);
+        state
+            .fleet
+            .metrics()
+            .limits
+            .exceeded(crate::limits::Limit::SseClients, 1, || {
+                format!(
+                    "an /api/stream client turned away: max_sse_clients ({}) connected",
+                    state.max_sse_clients
+                )
+            });
         return error(StatusCode::SERVICE_UNAVAILABLE, "too many stream clients");
     }
     let receiver = state.fleet.subscribe();

@@ -15,9 +15,10 @@ pub mod tls;
 use crate::ca::Authority;
 use crate::error::CollectorError;
 use crate::http::IngestCounters;
+use crate::limits::{Limit, LimitCounters, PerSource, ResultRate};
 use crate::pipeline::ResultObserver;
 use crate::store::Store;
-use egresswatch_wire::limits::MAX_FRAME_BYTES;
+use egresswatch_wire::limits::{MAX_BATCH_RESULTS, MAX_FRAME_BYTES};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +50,18 @@ pub struct QuicConfig {
     pub udp_send_buffer_bytes: Option<usize>,
     /// Generic segmentation offload; some kernels and NICs misreport it.
     pub segmentation_offload: bool,
+    /// Most connections from one source address (agents behind one NAT share an address).
+    pub max_connections_per_source: usize,
+    /// Most concurrent bidirectional streams an agent may open (it needs one); streams beyond
+    /// the report stream are reset and counted.
+    pub max_streams_per_connection: u32,
+    /// Most results in one batch (never above the wire's hard limit of 4096).
+    pub max_batch_results: usize,
+    /// Results per second per agent, sustained; 0 is unlimited. Over it, the collector reads
+    /// that agent's stream more slowly (its acks come later): nothing is dropped.
+    pub max_results_per_sec: u32,
+    /// Results an agent may send at once before the rate applies (a replay after an outage).
+    pub results_burst: u32,
 }
 
 impl Default for QuicConfig {
@@ -64,6 +77,11 @@ impl Default for QuicConfig {
             udp_recv_buffer_bytes: None,
             udp_send_buffer_bytes: None,
             segmentation_offload: true,
+            max_connections_per_source: 1024,
+            max_streams_per_connection: 4,
+            max_batch_results: MAX_BATCH_RESULTS,
+            max_results_per_sec: 1000,
+            results_burst: 20_000,
         }
     }
 }
@@ -73,7 +91,34 @@ pub struct IngestContext {
     pub store: Arc<dyn Store>,
     pub observer: Arc<dyn ResultObserver>,
     pub counters: IngestCounters,
+    pub limits: LimitCounters,
     pub max_frame_bytes: usize,
+    pub max_batch_results: usize,
+    pub rate: ResultRate,
+}
+
+impl IngestContext {
+    /// The context for `config`, with the limits clamped to what the wire allows.
+    pub fn new(
+        config: &QuicConfig,
+        store: Arc<dyn Store>,
+        observer: Arc<dyn ResultObserver>,
+        metrics: &crate::http::Metrics,
+    ) -> IngestContext {
+        IngestContext {
+            store,
+            observer,
+            counters: metrics.ingest.clone(),
+            limits: metrics.limits.clone(),
+            max_frame_bytes: config.max_frame_bytes.clamp(1, MAX_FRAME_BYTES),
+            max_batch_results: config.max_batch_results.clamp(1, MAX_BATCH_RESULTS),
+            rate: ResultRate::new(
+                config.max_results_per_sec,
+                config.results_burst,
+                config.max_connections.saturating_mul(2),
+            ),
+        }
+    }
 }
 
 /// A bound listener; `serve` runs it until shutdown.
@@ -86,13 +131,25 @@ pub struct Ingest {
 
 impl Ingest {
     /// Binds the UDP socket and sets up mutual TLS with the fleet CA and its revocation list.
-    pub fn bind(config: &QuicConfig, authority: &Authority) -> Result<Ingest, CollectorError> {
+    /// `reset_key` (see [`reset_key`]) signs stateless resets.
+    pub fn bind(
+        config: &QuicConfig,
+        authority: &Authority,
+        reset_key: ring::hmac::Key,
+    ) -> Result<Ingest, CollectorError> {
         let tls = Arc::new(tls::TlsMaterial::new(config, authority)?);
         let crl = revocation::CrlWatch::open(authority.dir())?;
         let server_config = tls.server_config(crl.current().map(|l| &l.der))?;
         let socket = udp_socket(config)?;
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        // quinn's default generator tags its CIDs with a per-process key and drops packets whose
+        // CID lacks the tag unanswered, so a restarted collector would never send the reset.
+        endpoint_config.cid_generator(|| Box::new(RandomCids));
+        // One reset per 20 ms (quinn's default) would take minutes for a large fleet; a reset is
+        // smaller than the packet that caused it, so a faster pace amplifies nothing.
+        endpoint_config.min_reset_interval(Duration::from_micros(200));
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(server_config),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -132,6 +189,8 @@ impl Ingest {
         ));
         let connections = Arc::new(Semaphore::new(self.config.max_connections));
         let handshakes = Arc::new(Semaphore::new(self.config.max_handshakes));
+        let per_source = Arc::new(PerSource::default());
+        let per_source_max = self.config.max_connections_per_source.max(1);
         let mut sessions = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -146,13 +205,35 @@ impl Ingest {
             };
             let remote = incoming.remote_address();
             let Ok(connection_permit) = connections.clone().try_acquire_owned() else {
-                warn!(%remote, "refusing a connection: max_connections reached");
+                context.limits.exceeded(Limit::Connections, 1, || {
+                    format!(
+                        "refusing {remote}: max_connections ({}) reached",
+                        self.config.max_connections
+                    )
+                });
                 context.counters.refused("max_connections");
                 incoming.refuse();
                 continue;
             };
+            let Some(source_slot) = PerSource::try_take(&per_source, remote.ip(), per_source_max)
+            else {
+                context.limits.exceeded(Limit::ConnectionsPerSource, 1, || {
+                    format!(
+                        "refusing {remote}: {} already holds max_connections_per_source ({per_source_max})",
+                        remote.ip()
+                    )
+                });
+                context.counters.refused("connections_per_source");
+                incoming.refuse();
+                continue;
+            };
             let Ok(handshake_permit) = handshakes.clone().try_acquire_owned() else {
-                warn!(%remote, "refusing a connection: max_handshakes in progress");
+                context.limits.exceeded(Limit::Handshakes, 1, || {
+                    format!(
+                        "refusing {remote}: max_handshakes ({}) in progress",
+                        self.config.max_handshakes
+                    )
+                });
                 context.counters.refused("max_handshakes");
                 incoming.refuse();
                 continue;
@@ -176,6 +257,7 @@ impl Ingest {
                     };
                     drop(handshake_permit);
                     session::run(connection, context, revoked).await;
+                    drop(source_slot);
                     drop(connection_permit);
                 }
                 .instrument(span),
@@ -192,6 +274,79 @@ impl Ingest {
         self.endpoint
             .close(session::CLOSE_SHUTDOWN, b"collector shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// The key that signs QUIC stateless resets, kept in `path` (created on first start, 0600).
+///
+/// A collector that kept its key across a restart can answer a packet of a connection from its
+/// previous life with a stateless reset the agent accepts, so agents reconnect within a round trip
+/// instead of waiting out the idle timeout (30 s) — what the soak showed after every SIGKILL.
+pub fn reset_key(path: &std::path::Path) -> Result<ring::hmac::Key, CollectorError> {
+    use std::io::Write;
+    let io = |what: &str, e| CollectorError::io(format!("{what} {}", path.display()), e);
+    let secret = match std::fs::read(path) {
+        Ok(bytes) if bytes.len() == 64 => bytes,
+        Ok(bytes) => {
+            return Err(CollectorError::Config {
+                path: path.display().to_string(),
+                reason: format!(
+                    "the QUIC reset key must be 64 bytes, found {}; delete it to make a new one",
+                    bytes.len()
+                ),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = vec![0u8; 64];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+            let tmp = path.with_extension("tmp");
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode_0600()
+                .open(&tmp)
+                .map_err(|e| io("creating", e))?;
+            file.write_all(&secret).map_err(|e| io("writing", e))?;
+            file.sync_all().map_err(|e| io("syncing", e))?;
+            std::fs::rename(&tmp, path).map_err(|e| io("renaming into", e))?;
+            secret
+        }
+        Err(e) => return Err(io("reading", e)),
+    };
+    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret))
+}
+
+/// Random 8-byte connection IDs that any process of this collector accepts as its own.
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        let mut bytes = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        quinn::ConnectionId::new(&bytes)
+    }
+    fn cid_len(&self) -> usize {
+        8
+    }
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// `mode(0o600)` on Unix, nothing elsewhere.
+trait Private {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Private for std::fs::OpenOptions {
+    #[cfg(unix)]
+    fn mode_0600(&mut self) -> &mut Self {
+        std::os::unix::fs::OpenOptionsExt::mode(self, 0o600)
+    }
+    #[cfg(not(unix))]
+    fn mode_0600(&mut self) -> &mut Self {
+        self
     }
 }
 

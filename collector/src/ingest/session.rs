@@ -10,6 +10,7 @@
 use super::revocation::RevokedSerials;
 use super::IngestContext;
 use crate::ca::registry::normalise_serial;
+use crate::limits::{Limit, LimitCounters};
 use crate::pipeline::AgentMeta;
 use egresswatch_wire::frame::{body_len, decode_body};
 use egresswatch_wire::limits::FRAME_HEADER_BYTES;
@@ -39,6 +40,8 @@ enum End {
     Revoked,
     /// It broke the protocol.
     Protocol(String),
+    /// It went over a limit that ends the session (counted when it happened).
+    OverLimit(String),
     /// The connection went away under us (idle timeout, agent gone, shutdown).
     Transport(String),
     /// We could not store: close without acking, the agent resends later.
@@ -110,6 +113,11 @@ pub async fn run(
             warn!("closing a live session: {REVOKED_REASON}");
             connection.close(CLOSE_REFUSED, REVOKED_REASON.as_bytes());
         }
+        End::OverLimit(reason) => {
+            // Already counted and (rate-limited) logged where the limit was hit.
+            debug!("closing over a limit: {reason}");
+            connection.close(CLOSE_PROTOCOL, truncate(reason).as_bytes());
+        }
         End::Transport(reason) => info!("connection ended: {reason}"),
         End::Unavailable(reason) => {
             warn!("closing, results not stored: {reason}");
@@ -163,6 +171,12 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
             Ok(Err(e)) => return End::Transport(e.to_string()),
             Ok(Ok(streams)) => streams,
         };
+    // The protocol has one stream; others an agent opens are reset and counted, so they cannot
+    // hold buffers (quinn caps how many may be open at once: max_streams_per_connection).
+    let _extra_streams = AbortOnDrop(tokio::spawn(reset_extra_streams(
+        connection.clone(),
+        context.limits.clone(),
+    )));
     let first = match tokio::time::timeout(
         HELLO_DEADLINE,
         read_message(&mut recv, context.max_frame_bytes),
@@ -180,7 +194,7 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
                 reason,
             };
         }
-        Ok(Err(e)) => return e.into_end(),
+        Ok(Err(e)) => return e.into_end(context),
     };
     let hello = match first {
         AgentMessage::Hello(h) => h,
@@ -199,6 +213,9 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
     }
     if let Err(e) = hello.check_bounds() {
         let reason = e.to_string();
+        context
+            .limits
+            .exceeded(Limit::Hello, 1, || format!("agent {agent_id}: {reason}"));
         refuse(&mut send, &reason, 0).await;
         return End::Refused {
             kind: "bad_hello",
@@ -209,6 +226,9 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
         Ok(l) => l,
         Err(e) => {
             let reason = format!("invalid labels: {e}");
+            context
+                .limits
+                .exceeded(Limit::Labels, 1, || format!("agent {agent_id}: {reason}"));
             refuse(&mut send, &reason, 0).await;
             return End::Refused {
                 kind: "bad_labels",
@@ -250,7 +270,7 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
         let message = match read_message(&mut recv, context.max_frame_bytes).await {
             Ok(Some(m)) => m,
             Ok(None) => return End::Clean,
-            Err(e) => return e.into_end(),
+            Err(e) => return e.into_end(context),
         };
         match message {
             AgentMessage::Batch(batch) => {
@@ -279,6 +299,31 @@ async fn handle_batch(
 ) -> Result<Ack, End> {
     context.counters.batches.inc();
     let count = batch.results.len() as u32;
+    if batch.results.len() > context.max_batch_results {
+        let reason = format!(
+            "a batch of {count} results is over max_batch_results ({})",
+            context.max_batch_results
+        );
+        context.limits.exceeded(Limit::BatchResults, 1, || {
+            format!("agent {}: {reason}", agent.agent_id)
+        });
+        return Err(End::OverLimit(reason));
+    }
+    // Over its rate, an agent is slowed, not cut: this batch waits (and with it the reading of
+    // the next one, so flow control holds the agent back); its results are stored all the same.
+    let wait = context
+        .rate
+        .take(&agent.agent_id, count, std::time::Instant::now());
+    if !wait.is_zero() {
+        context.limits.exceeded(Limit::ResultsPerSecond, 1, || {
+            format!(
+                "agent {} is over max_results_per_sec: its batch of {count} waits {} ms",
+                agent.agent_id,
+                wait.as_millis()
+            )
+        });
+        tokio::time::sleep(wait).await;
+    }
     let results = match batch.unpack() {
         Ok(r) => r,
         Err(e) => {
@@ -319,6 +364,14 @@ async fn handle_batch(
             .results_stored(agent, &fresh, clock_trusted, now);
     }
     let reason = if batch.dropped_before > 0 {
+        context
+            .limits
+            .exceeded(Limit::AgentSpool, batch.dropped_before, || {
+                format!(
+                    "agent {}'s spool dropped {} results (spool.max_bytes)",
+                    agent.agent_id, batch.dropped_before
+                )
+            });
         warn!(
             dropped = batch.dropped_before,
             "the agent's spool dropped results before seq {}", batch.first_seq
@@ -354,8 +407,17 @@ enum ReadFailure {
 }
 
 impl ReadFailure {
-    fn into_end(self) -> End {
+    fn into_end(self, context: &IngestContext) -> End {
         match self {
+            ReadFailure::Wire(e @ WireError::FrameTooLarge { .. }) => {
+                let reason = e.to_string();
+                // Still a frame that failed to decode, as /metrics always counted it.
+                context.counters.decode_errors.inc();
+                context
+                    .limits
+                    .exceeded(Limit::FrameBytes, 1, || reason.clone());
+                End::OverLimit(reason)
+            }
             ReadFailure::Wire(e) => End::Protocol(e.to_string()),
             ReadFailure::Transport(e) => End::Transport(e),
         }
@@ -378,7 +440,7 @@ async fn read_message(
             }))
         }
         Err(quinn::ReadExactError::ReadError(e)) => {
-            return Err(ReadFailure::Transport(e.to_string()))
+            return Err(ReadFailure::Transport(read_error(e)))
         }
     }
     // The cap is checked before a single body byte is buffered.
@@ -393,12 +455,20 @@ async fn read_message(
             }))
         }
         Err(quinn::ReadExactError::ReadError(e)) => {
-            return Err(ReadFailure::Transport(e.to_string()))
+            return Err(ReadFailure::Transport(read_error(e)))
         }
     }
     decode_body::<AgentMessage>(&body)
         .map(Some)
         .map_err(ReadFailure::Wire)
+}
+
+/// A read error with its cause: quinn's "connection lost" alone does not say why.
+fn read_error(e: quinn::ReadError) -> String {
+    match e {
+        quinn::ReadError::ConnectionLost(cause) => format!("connection lost: {cause}"),
+        other => other.to_string(),
+    }
 }
 
 async fn write_message(
@@ -410,6 +480,26 @@ async fn write_message(
     send.write_all(&frame)
         .await
         .map_err(|e| End::Transport(e.to_string()))
+}
+
+/// Aborts a helper task when the session it belongs to ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Resets every stream an agent opens beyond its report stream, counting each.
+async fn reset_extra_streams(connection: quinn::Connection, limits: LimitCounters) {
+    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+        limits.exceeded(Limit::Streams, 1, || {
+            "an agent opened a second stream (only one is part of the protocol): reset".into()
+        });
+        let _ = recv.stop(CLOSE_PROTOCOL);
+        let _ = send.reset(CLOSE_PROTOCOL);
+    }
 }
 
 fn kind_name(message: &AgentMessage) -> &'static str {

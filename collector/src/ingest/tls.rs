@@ -94,8 +94,8 @@ fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig, Colle
         reason: e.to_string(),
     })?;
     transport.max_idle_timeout(Some(idle));
-    // One report stream per agent; a few spare for reconnect overlap.
-    transport.max_concurrent_bidi_streams(4u32.into());
+    // One report stream per agent; the session resets (and counts) any other it is offered.
+    transport.max_concurrent_bidi_streams(config.max_streams_per_connection.max(1).into());
     transport.max_concurrent_uni_streams(0u32.into());
     transport.stream_receive_window(config.stream_window_bytes.into());
     transport.receive_window((config.stream_window_bytes.saturating_mul(2)).into());
