@@ -4,24 +4,24 @@
 //! reach the client with a clear reason, be logged once by the collector and be counted in
 //! `/metrics` under its reason.
 
-use egresswatch_collector::sim::{self, Credentials, SimAgent};
+mod support;
+
+use egresswatch_collector::sim::{self, Credentials};
 use egresswatch_collector::store::{sqlite::SqliteStore, Store};
 use egresswatch_wire::limits::MAX_FRAME_BYTES;
 use egresswatch_wire::version::{WIRE_MAJOR, WIRE_MINOR};
-use egresswatch_wire::{encode_frame, AgentMessage, Batch, ClockQuality, CollectorMessage, Labels};
+use egresswatch_wire::{encode_frame, AgentMessage, Batch, ClockQuality, CollectorMessage};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::quic::{client_endpoint, collector_bin, connect, labels, now_ms, QuicCollector};
 use time::OffsetDateTime;
 
 /// TLS alerts as QUIC carries them: CRYPTO_ERROR 0x100 + the alert number (RFC 9001 §4.8).
@@ -33,199 +33,45 @@ const ALERT_DECRYPT_ERROR: u64 = 0x100 + 51;
 const ALERT_CERTIFICATE_REQUIRED: u64 = 0x100 + 116;
 const ALERT_NO_APPLICATION_PROTOCOL: u64 = 0x100 + 120;
 
-struct Collector {
-    child: Child,
-    quic: SocketAddr,
-    http: SocketAddr,
-    log: PathBuf,
-    dir: PathBuf,
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_egresswatch-collector")
-}
-
-impl Collector {
-    /// Starts the collector on loopback with its log (stderr) in `dir/collector.log`.
-    fn start(dir: &Path) -> Collector {
-        let config = dir.join("collector.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = {:?}\n[quic]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
-                dir.join("data")
-            ),
-        )
+/// A certificate signed by this collector's CA key with parameters `ca issue` never uses.
+fn forge(
+    collector: &QuicCollector,
+    id: &str,
+    tweak: impl FnOnce(&mut CertificateParams),
+) -> Credentials {
+    let ca_dir = collector.ca_dir();
+    let ca_pem = std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap();
+    let ca_key =
+        KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).unwrap()).unwrap();
+    let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem)
+        .unwrap()
+        .self_signed(&ca_key)
         .unwrap();
-        let log = dir.join("collector.log");
-        let mut child = Command::new(bin())
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info,quinn=warn,rustls=warn")
-            .stdout(Stdio::piped())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let (mut quic, mut http) = (None, None);
-        while (quic.is_none() || http.is_none()) && Instant::now() < deadline {
-            let Some(Ok(line)) = lines.next() else { break };
-            let field = |rest: &str| -> Option<SocketAddr> {
-                let word = rest.split_whitespace().next()?;
-                word.trim_start_matches("http://")
-                    .trim_end_matches('/')
-                    .parse()
-                    .ok()
-            };
-            if let Some(rest) = line.strip_prefix("QUIC:") {
-                quic = field(rest);
-            }
-            if let Some(rest) = line.strip_prefix("HTTP:") {
-                http = field(rest);
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Collector {
-            child,
-            quic: quic.expect("collector printed its QUIC address"),
-            http: http.expect("collector printed its HTTP address"),
-            log,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn ca_dir(&self) -> PathBuf {
-        self.dir.join("data/ca")
-    }
-
-    fn issue(&self, id: &str) -> Credentials {
-        let out = self.dir.join("agents");
-        let status = Command::new(bin())
-            .args(["ca", "issue", "--dir"])
-            .arg(self.ca_dir())
-            .arg(id)
-            .arg("--out")
-            .arg(&out)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "ca issue {id}");
-        Credentials::from_files(
-            &self.ca_dir().join("ca.pem"),
-            &out.join(format!("{id}.crt")),
-            &out.join(format!("{id}.key")),
-        )
-        .unwrap()
-    }
-
-    fn revoke(&self, id: &str) {
-        let out = Command::new(bin())
-            .args(["ca", "revoke", "--dir"])
-            .arg(self.ca_dir())
-            .arg(id)
-            .args(["--reason", "key left on a decommissioned VM"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ca revoke {id}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// A certificate signed by this collector's CA key with parameters `ca issue` never uses.
-    fn forge(&self, id: &str, tweak: impl FnOnce(&mut CertificateParams)) -> Credentials {
-        let ca_dir = self.ca_dir();
-        let ca_pem = std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap();
-        let ca_key =
-            KeyPair::from_pem(&std::fs::read_to_string(ca_dir.join("ca.key")).unwrap()).unwrap();
-        let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem)
-            .unwrap()
-            .self_signed(&ca_key)
-            .unwrap();
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = CertificateParams::new(vec![id.to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, id);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + time::Duration::days(1);
-        tweak(&mut params);
-        let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
-        Credentials {
-            ca: CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap(),
-            chain: vec![cert.der().clone()],
-            key: Arc::new(PrivateKeyDer::Pkcs8(key.serialize_der().into())),
-        }
-    }
-
-    /// `egresswatch_ingest_refusals_by_reason_total{reason=...}`, 0 when absent.
-    async fn refusals(&self, reason: &str) -> u64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.http))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let series = format!("egresswatch_ingest_refusals_by_reason_total{{reason=\"{reason}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&series))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap_or(0)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stored(&self, agent: &str) -> u64 {
-        SqliteStore::open(&self.dir.join("data/egresswatch.db"))
-            .unwrap()
-            .count_results(agent)
-            .unwrap()
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::new(vec![id.to_string()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, id);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(1);
+    tweak(&mut params);
+    let cert = params.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    Credentials {
+        ca: CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap(),
+        chain: vec![cert.der().clone()],
+        key: Arc::new(PrivateKeyDer::Pkcs8(key.serialize_der().into())),
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn labels(provider: &str) -> Labels {
-    Labels {
-        provider: provider.into(),
-        account: "acct".into(),
-        region: "lab-1".into(),
-        instance: "vm".into(),
-    }
-}
-
-fn client_endpoint() -> quinn::Endpoint {
-    quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap()
-}
-
-async fn connect(
-    endpoint: &quinn::Endpoint,
-    addr: SocketAddr,
-    creds: &Credentials,
-) -> anyhow::Result<SimAgent> {
-    SimAgent::connect(
-        endpoint,
-        addr,
-        sim::client_config(Some(creds), &creds.ca, sim::DEFAULT_ALPN)?,
-    )
-    .await
+/// `egresswatch_ingest_refusals_by_reason_total{reason=...}`, 0 when absent.
+async fn refusals(collector: &QuicCollector, reason: &str) -> u64 {
+    collector
+        .metric(&format!(
+            "egresswatch_ingest_refusals_by_reason_total{{reason=\"{reason}\"}}"
+        ))
+        .await
+        .unwrap_or(0)
 }
 
 /// Connects with `creds` and returns the QUIC error code the collector closed the handshake
@@ -258,7 +104,7 @@ async fn closed_with(
     }
 }
 
-fn good_ca(collector: &Collector) -> CertificateDer<'static> {
+fn good_ca(collector: &QuicCollector) -> CertificateDer<'static> {
     CertificateDer::from_pem_file(collector.ca_dir().join("ca.pem")).unwrap()
 }
 
@@ -269,7 +115,7 @@ fn results(first: u64, count: u64) -> Vec<egresswatch_wire::ProbeResult> {
 }
 
 /// Waits (bounded) until the collector's log holds `needle` `count` times.
-fn wait_for_log(collector: &Collector, needle: &str, count: usize) -> String {
+fn wait_for_log(collector: &QuicCollector, needle: &str, count: usize) -> String {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let log = collector.log_text();
@@ -283,26 +129,26 @@ fn wait_for_log(collector: &Collector, needle: &str, count: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_certificate_is_refused_at_the_handshake() {
     let tmp = tempfile::tempdir().unwrap();
-    let collector = Collector::start(tmp.path());
+    let collector = QuicCollector::start(tmp.path());
     let endpoint = client_endpoint();
-    let expired = collector.forge("expired-vm", |p| {
+    let expired = forge(&collector, "expired-vm", |p| {
         let now = OffsetDateTime::now_utc();
         p.not_before = now - time::Duration::days(30);
         p.not_after = now - time::Duration::days(1);
     });
     let code = refused_with(&endpoint, collector.quic, &expired).await;
     assert_eq!(code, ALERT_CERTIFICATE_EXPIRED, "alert {code:#x}");
-    assert_eq!(collector.refusals("expired").await, 1);
+    assert_eq!(refusals(&collector, "expired").await, 1);
     let log = wait_for_log(&collector, "ingest: handshake failed", 1);
     assert_eq!(log.matches("ingest: handshake failed").count(), 1, "{log}");
     // A not-yet-valid certificate is refused too, under its own reason.
-    let early = collector.forge("early-vm", |p| {
+    let early = forge(&collector, "early-vm", |p| {
         let now = OffsetDateTime::now_utc();
         p.not_before = now + time::Duration::days(1);
         p.not_after = now + time::Duration::days(30);
     });
     refused_with(&endpoint, collector.quic, &early).await;
-    assert_eq!(collector.refusals("not_yet_valid").await, 1);
+    assert_eq!(refusals(&collector, "not_yet_valid").await, 1);
     assert_eq!(
         collector.stored("expired-vm") + collector.stored("early-vm"),
         0
@@ -312,29 +158,29 @@ async fn an_expired_certificate_is_refused_at_the_handshake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_key_usage_and_a_foreign_ca_are_refused_at_the_handshake() {
     let tmp = tempfile::tempdir().unwrap();
-    let collector = Collector::start(tmp.path());
+    let collector = QuicCollector::start(tmp.path());
     let endpoint = client_endpoint();
     let addr = collector.quic;
 
     // Signed by the fleet CA, but for servers only.
-    let server_only = collector.forge("server-only", |p| {
+    let server_only = forge(&collector, "server-only", |p| {
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     });
     let code = refused_with(&endpoint, addr, &server_only).await;
     assert_eq!(code, ALERT_UNSUPPORTED_CERTIFICATE, "alert {code:#x}");
     // Another purpose altogether.
-    let code_signing = collector.forge("code-signing", |p| {
+    let code_signing = forge(&collector, "code-signing", |p| {
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
     });
     refused_with(&endpoint, addr, &code_signing).await;
     // No extended key usage at all: WebPKI would take it for any purpose; the collector does not.
-    let no_eku = collector.forge("no-eku", |p| p.extended_key_usages = Vec::new());
+    let no_eku = forge(&collector, "no-eku", |p| p.extended_key_usages = Vec::new());
     let code = refused_with(&endpoint, addr, &no_eku).await;
     assert_eq!(code, ALERT_UNSUPPORTED_CERTIFICATE, "alert {code:#x}");
-    assert_eq!(collector.refusals("wrong_usage").await, 3);
+    assert_eq!(refusals(&collector, "wrong_usage").await, 3);
 
     // A CA certificate (CA:true, even with clientAuth) used as a client's.
-    let ca_as_client = collector.forge("sub-ca", |p| {
+    let ca_as_client = forge(&collector, "sub-ca", |p| {
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -343,7 +189,7 @@ async fn wrong_key_usage_and_a_foreign_ca_are_refused_at_the_handshake() {
     });
     let code = refused_with(&endpoint, addr, &ca_as_client).await;
     assert_eq!(code, ALERT_CERTIFICATE_UNKNOWN, "alert {code:#x}");
-    assert_eq!(collector.refusals("wrong_usage").await, 4);
+    assert_eq!(refusals(&collector, "wrong_usage").await, 4);
 
     // A certificate from another CA with the same layout and the same agent id as a real one.
     let other = tempfile::tempdir().unwrap();
@@ -360,7 +206,7 @@ async fn wrong_key_usage_and_a_foreign_ca_are_refused_at_the_handshake() {
     // Every fleet CA has the same name, so WebPKI finds "its" issuer and the signature fails.
     let code = refused_with(&endpoint, addr, &stranger).await;
     assert_eq!(code, ALERT_DECRYPT_ERROR, "alert {code:#x}");
-    assert_eq!(collector.refusals("unknown_ca").await, 1);
+    assert_eq!(refusals(&collector, "unknown_ca").await, 1);
 
     // No client certificate at all, and a client speaking another application protocol.
     let no_cert = sim::client_config(None, &good_ca(&collector), sim::DEFAULT_ALPN).unwrap();
@@ -369,14 +215,14 @@ async fn wrong_key_usage_and_a_foreign_ca_are_refused_at_the_handshake() {
     let wrong_alpn = sim::client_config(Some(&server_only), &server_only.ca, b"smtp").unwrap();
     let code = closed_with(&endpoint, addr, wrong_alpn).await;
     assert_eq!(code, ALERT_NO_APPLICATION_PROTOCOL, "alert {code:#x}");
-    assert_eq!(collector.refusals("no_certificate").await, 1);
-    assert_eq!(collector.refusals("bad_alpn").await, 1);
+    assert_eq!(refusals(&collector, "no_certificate").await, 1);
+    assert_eq!(refusals(&collector, "bad_alpn").await, 1);
 
     // The genuine agent of that id is unaffected, and nothing was stored for the others.
     let good = collector.issue("good-agent");
     let mut agent = connect(&endpoint, addr, &good).await.unwrap();
     assert!(matches!(
-        agent.hello(labels("aws")).await.unwrap(),
+        agent.hello(labels("aws", "acct")).await.unwrap(),
         CollectorMessage::Welcome(_)
     ));
     assert_eq!(agent.report(&results(1, 5)).await.unwrap().accepted, 5);
@@ -392,7 +238,7 @@ async fn wrong_key_usage_and_a_foreign_ca_are_refused_at_the_handshake() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_certificate_loses_its_live_session_and_is_refused_after() {
     let tmp = tempfile::tempdir().unwrap();
-    let collector = Collector::start(tmp.path());
+    let collector = QuicCollector::start(tmp.path());
     let endpoint = client_endpoint();
     let addr = collector.quic;
     let doomed = collector.issue("doomed");
@@ -400,13 +246,13 @@ async fn a_revoked_certificate_loses_its_live_session_and_is_refused_after() {
 
     let mut live = connect(&endpoint, addr, &doomed).await.unwrap();
     assert!(matches!(
-        live.hello(labels("gcp")).await.unwrap(),
+        live.hello(labels("gcp", "acct")).await.unwrap(),
         CollectorMessage::Welcome(_)
     ));
     assert_eq!(live.report(&results(1, 10)).await.unwrap().accepted, 10);
     let mut other = connect(&endpoint, addr, &bystander).await.unwrap();
     assert!(matches!(
-        other.hello(labels("gcp")).await.unwrap(),
+        other.hello(labels("gcp", "acct")).await.unwrap(),
         CollectorMessage::Welcome(_)
     ));
 
@@ -429,7 +275,7 @@ async fn a_revoked_certificate_loses_its_live_session_and_is_refused_after() {
     // A new connection with the revoked certificate is refused at the handshake.
     let code = refused_with(&endpoint, addr, &doomed).await;
     assert_eq!(code, ALERT_CERTIFICATE_REVOKED, "alert {code:#x}");
-    assert_eq!(collector.refusals("revoked").await, 2);
+    assert_eq!(refusals(&collector, "revoked").await, 2);
 
     // The other agent's session never noticed.
     assert_eq!(other.report(&results(1, 10)).await.unwrap().accepted, 10);
@@ -438,7 +284,7 @@ async fn a_revoked_certificate_loses_its_live_session_and_is_refused_after() {
     // Re-issuing the id gives a new certificate (a new serial) that works.
     let reissued = collector.issue("doomed");
     let mut back = connect(&endpoint, addr, &reissued).await.unwrap();
-    match back.hello(labels("gcp")).await.unwrap() {
+    match back.hello(labels("gcp", "acct")).await.unwrap() {
         CollectorMessage::Welcome(w) => assert_eq!(w.acked_seq, 10),
         other => panic!("{other:?}"),
     }
@@ -455,7 +301,7 @@ async fn a_revoked_certificate_loses_its_live_session_and_is_refused_after() {
     assert_eq!(collector.stored("bystander"), 10);
 
     // `ca list` shows both certificates of the id, one revoked.
-    let list = Command::new(bin())
+    let list = Command::new(collector_bin())
         .args(["ca", "list", "--dir"])
         .arg(collector.ca_dir())
         .output()
@@ -470,7 +316,7 @@ async fn a_revoked_certificate_loses_its_live_session_and_is_refused_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_batch_is_stored_as_the_sender_and_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let collector = Collector::start(tmp.path());
+    let collector = QuicCollector::start(tmp.path());
     let endpoint = client_endpoint();
     let addr = collector.quic;
     let alice = collector.issue("alice");
@@ -478,7 +324,7 @@ async fn a_replayed_batch_is_stored_as_the_sender_and_once() {
 
     // Alice's hello and batch, as bytes on the wire.
     let hello = encode_frame(
-        &AgentMessage::Hello(sim::hello(labels("hetzner"))),
+        &AgentMessage::Hello(sim::hello(labels("hetzner", "acct"))),
         MAX_FRAME_BYTES,
     )
     .unwrap();
@@ -554,7 +400,7 @@ fn hello_with_envelope_major(major: u8) -> Vec<u8> {
     rmp::encode::write_array_len(&mut body, 3).unwrap();
     rmp::encode::write_uint(&mut body, u64::from(major)).unwrap();
     rmp::encode::write_uint(&mut body, 1).unwrap();
-    rmp_serde::encode::write(&mut body, &sim::hello(labels("aws"))).unwrap();
+    rmp_serde::encode::write(&mut body, &sim::hello(labels("aws", "acct"))).unwrap();
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
     frame.extend(body);
     frame
@@ -565,7 +411,7 @@ async fn an_older_wire_major_is_refused_naming_both_versions_and_a_newer_minor_i
     const { assert!(WIRE_MAJOR >= 1, "an older major exists") };
     let older = WIRE_MAJOR - 1;
     let tmp = tempfile::tempdir().unwrap();
-    let collector = Collector::start(tmp.path());
+    let collector = QuicCollector::start(tmp.path());
     let endpoint = client_endpoint();
     let creds = collector.issue("old-agent");
 
@@ -586,7 +432,7 @@ async fn an_older_wire_major_is_refused_naming_both_versions_and_a_newer_minor_i
     }
     // A current envelope whose hello claims the old major (a downgrade attempt in the payload).
     let mut b = connect(&endpoint, collector.quic, &creds).await.unwrap();
-    let mut hello = sim::hello(labels("aws"));
+    let mut hello = sim::hello(labels("aws", "acct"));
     hello.wire_major = older;
     b.send(&AgentMessage::Hello(hello)).await.unwrap();
     match b.receive().await.unwrap() {
@@ -598,7 +444,7 @@ async fn an_older_wire_major_is_refused_naming_both_versions_and_a_newer_minor_i
         ),
         other => panic!("{other:?}"),
     }
-    assert_eq!(collector.refusals("bad_version").await, 2);
+    assert_eq!(refusals(&collector, "bad_version").await, 2);
     let log = wait_for_log(&collector, "refused: wire major version", 2);
     assert_eq!(
         log.matches("refused: wire major version").count(),
@@ -610,7 +456,7 @@ async fn an_older_wire_major_is_refused_naming_both_versions_and_a_newer_minor_i
     // (WIRE_MINOR is the oldest minor there is while it is 0).
     for minor in [0, WIRE_MINOR, WIRE_MINOR + 3] {
         let mut c = connect(&endpoint, collector.quic, &creds).await.unwrap();
-        let mut hello = sim::hello(labels("aws"));
+        let mut hello = sim::hello(labels("aws", "acct"));
         hello.wire_minor = minor;
         c.send(&AgentMessage::Hello(hello)).await.unwrap();
         match c.receive().await.unwrap() {
@@ -620,14 +466,14 @@ async fn an_older_wire_major_is_refused_naming_both_versions_and_a_newer_minor_i
         assert_eq!(c.report(&results(1, 3)).await.unwrap().up_to_seq, 3);
         c.finish().await;
     }
-    assert_eq!(collector.refusals("bad_version").await, 2);
+    assert_eq!(refusals(&collector, "bad_version").await, 2);
     assert_eq!(collector.stored("old-agent"), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_revocation_list_keeps_the_last_good_one_in_force() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut collector = Collector::start(tmp.path());
+    let mut collector = QuicCollector::start(tmp.path());
     let endpoint = client_endpoint();
     let doomed = collector.issue("doomed");
     collector.revoke("doomed");
@@ -654,7 +500,7 @@ async fn a_damaged_revocation_list_keeps_the_last_good_one_in_force() {
     // At start, the same file is an error: the collector does not run without its list.
     let _ = collector.child.kill();
     let _ = collector.child.wait();
-    let out = Command::new(bin())
+    let out = Command::new(collector_bin())
         .args(["run", "--config"])
         .arg(tmp.path().join("collector.toml"))
         .output()

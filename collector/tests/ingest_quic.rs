@@ -2,138 +2,19 @@
 //! SIGKILL, replays, identity from the certificate, and every bad input closing only its own
 //! connection while a good agent keeps reporting.
 
+mod support;
+
 use egresswatch_collector::sim::{self, Credentials, SimAgent};
-use egresswatch_collector::store::{sqlite::SqliteStore, Store};
 use egresswatch_wire::{AgentMessage, CollectorMessage, Labels};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Collector {
-    child: Child,
-    quic: SocketAddr,
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_egresswatch-collector")
-}
-
-/// Starts the collector on loopback; `quic_port` 0 picks one. Returns once it prints its address.
-fn start(dir: &Path, quic_port: u16) -> Collector {
-    let config = dir.join("collector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\n[quic]\nlisten = \"127.0.0.1:{quic_port}\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
-            dir.join("data")
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut quic = None;
-    while quic.is_none() && Instant::now() < deadline {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(rest) = line.strip_prefix("QUIC:") {
-                    quic = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-                }
-            }
-            _ => break,
-        }
-    }
-    // Keep draining stdout so the collector never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Collector {
-        child,
-        quic: quic.expect("collector printed its QUIC address"),
-    }
-}
-
-fn issue(dir: &Path, id: &str) -> Credentials {
-    let ca_dir = dir.join("data/ca");
-    let out = dir.join("agents");
-    let status = Command::new(bin())
-        .args(["ca", "issue", "--dir"])
-        .arg(&ca_dir)
-        .arg(id)
-        .arg("--out")
-        .arg(&out)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    Credentials::from_files(
-        &ca_dir.join("ca.pem"),
-        &out.join(format!("{id}.crt")),
-        &out.join(format!("{id}.key")),
-    )
-    .unwrap()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-fn labels(provider: &str, account: &str) -> Labels {
-    Labels {
-        provider: provider.into(),
-        account: account.into(),
-        region: "lab-1".into(),
-        instance: "vm".into(),
-    }
-}
-
-fn client_endpoint() -> quinn::Endpoint {
-    quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap()
-}
-
-async fn connect(
-    endpoint: &quinn::Endpoint,
-    addr: SocketAddr,
-    creds: &Credentials,
-) -> anyhow::Result<SimAgent> {
-    SimAgent::connect(
-        endpoint,
-        addr,
-        sim::client_config(Some(creds), &creds.ca, sim::DEFAULT_ALPN)?,
-    )
-    .await
-}
-
-fn store_count(dir: &Path, agent: &str) -> u64 {
-    SqliteStore::open(&dir.join("data/egresswatch.db"))
-        .unwrap()
-        .count_results(agent)
-        .unwrap()
-}
+use support::quic::{client_endpoint, connect, labels, now_ms, QuicCollector};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_result_stored_exactly_once_across_a_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut collector = start(tmp.path(), 0);
+    let mut collector = QuicCollector::start_with(tmp.path(), 0, "", "");
     let addr = collector.quic;
-    let creds = issue(tmp.path(), "agent-kill");
+    let creds = collector.issue("agent-kill");
     let endpoint = client_endpoint();
     const TOTAL: u64 = 3000;
     const BATCH: u64 = 100;
@@ -189,21 +70,20 @@ async fn every_result_stored_exactly_once_across_a_sigkill() {
                 killed = true;
                 collector.child.kill().unwrap();
                 collector.child.wait().unwrap();
-                collector = start(tmp.path(), addr.port());
+                collector = QuicCollector::start_with(tmp.path(), addr.port(), "", "");
                 reconnects += 1;
             }
         }
     }
     assert!(killed && reconnects == 1);
-    drop(collector);
-    assert_eq!(store_count(tmp.path(), "agent-kill"), TOTAL);
+    assert_eq!(collector.stored("agent-kill"), TOTAL);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_are_duplicates_and_identity_comes_from_the_certificate() {
     let tmp = tempfile::tempdir().unwrap();
-    let collector = start(tmp.path(), 0);
-    let creds = issue(tmp.path(), "agent-a");
+    let collector = QuicCollector::start_with(tmp.path(), 0, "", "");
+    let creds = collector.issue("agent-a");
     let endpoint = client_endpoint();
     let mut agent = connect(&endpoint, collector.quic, &creds).await.unwrap();
     match agent.hello(labels("gcp", "p1")).await.unwrap() {
@@ -237,18 +117,17 @@ async fn replays_are_duplicates_and_identity_comes_from_the_certificate() {
         other => panic!("{other:?}"),
     }
     agent.finish().await;
-    drop(collector);
-    assert_eq!(store_count(tmp.path(), "agent-a"), 20);
-    assert_eq!(store_count(tmp.path(), "agent-b"), 0);
+    assert_eq!(collector.stored("agent-a"), 20);
+    assert_eq!(collector.stored("agent-b"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_clients_are_rejected_while_a_good_agent_keeps_reporting() {
     let tmp = tempfile::tempdir().unwrap();
-    let collector = start(tmp.path(), 0);
+    let collector = QuicCollector::start_with(tmp.path(), 0, "", "");
     let addr = collector.quic;
-    let good = issue(tmp.path(), "good");
-    let bad = issue(tmp.path(), "bad");
+    let good = collector.issue("good");
+    let bad = collector.issue("bad");
     let endpoint = client_endpoint();
 
     // The good agent reports all along, in its own task.
@@ -292,7 +171,7 @@ async fn bad_clients_are_rejected_while_a_good_agent_keeps_reporting() {
         egresswatch_collector::ca::issue_to_files(&other.path().join("ca"), "stranger", None)
             .unwrap();
     let stranger = Credentials::from_files(
-        &good.ca_path_for_test(tmp.path()),
+        &collector.ca_dir().join("ca.pem"),
         &stranger.cert,
         &stranger.key,
     )
@@ -354,19 +233,7 @@ async fn bad_clients_are_rejected_while_a_good_agent_keeps_reporting() {
     }
 
     good_task.await.unwrap();
-    drop(collector);
-    assert_eq!(store_count(tmp.path(), "good"), 300);
-    assert_eq!(store_count(tmp.path(), "bad"), 0);
-    assert_eq!(store_count(tmp.path(), "stranger"), 0);
-}
-
-trait CaPath {
-    fn ca_path_for_test(&self, dir: &Path) -> PathBuf;
-}
-
-impl CaPath for Credentials {
-    /// The collector's CA (which the stranger's client trusts for the server).
-    fn ca_path_for_test(&self, dir: &Path) -> PathBuf {
-        dir.join("data/ca/ca.pem")
-    }
+    assert_eq!(collector.stored("good"), 300);
+    assert_eq!(collector.stored("bad"), 0);
+    assert_eq!(collector.stored("stranger"), 0);
 }

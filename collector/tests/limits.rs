@@ -4,14 +4,13 @@
 //! `egresswatch_limit_exceeded_total{limit="..."}`, the collector stays up, and an honest agent on
 //! the same collector keeps reporting with nothing lost.
 
+mod support;
+
 use egresswatch_collector::sim::{self, Credentials, SimAgent};
-use egresswatch_collector::store::{sqlite::SqliteStore, Store};
 use egresswatch_wire::{AgentMessage, Batch, ClockQuality, CollectorMessage, Labels};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::quic::{now_ms, QuicCollector};
 
 /// Small limits, so each is easy to reach.
 const LIMITS: &str = "max_frame_bytes = 4096
@@ -23,80 +22,12 @@ max_streams_per_connection = 2
 ";
 const HTTP_LIMITS: &str = "max_sse_clients = 1\nmax_body_bytes = 1024\n";
 
-struct Collector {
-    child: Child,
-    quic: SocketAddr,
-    http: SocketAddr,
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &Path) -> Collector {
-    let config = dir.join("collector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\n[quic]\nlisten = \"127.0.0.1:0\"\n{LIMITS}[http]\nlisten = \"127.0.0.1:0\"\n{HTTP_LIMITS}",
-            dir.join("data")
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_egresswatch-collector"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut quic, mut http) = (None, None);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while (quic.is_none() || http.is_none()) && Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        let field = |prefix: &str| {
-            line.strip_prefix(prefix)
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(|a| a.trim_start_matches("http://").trim_end_matches('/'))
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-        };
-        quic = quic.or(field("QUIC:"));
-        http = http.or(field("HTTP:"));
-    }
-    std::thread::spawn(move || for _ in lines {});
-    Collector {
-        child,
-        quic: quic.expect("collector printed its QUIC address"),
-        http: http.expect("collector printed its HTTP address"),
-    }
-}
-
-fn issue(dir: &Path, id: &str) -> Credentials {
-    let ca = dir.join("data/ca");
-    let issued =
-        egresswatch_collector::ca::issue_to_files(&ca, id, Some(&dir.join("agents"))).unwrap();
-    Credentials::from_files(&ca.join("ca.pem"), &issued.cert, &issued.key).unwrap()
+fn start(dir: &Path) -> QuicCollector {
+    QuicCollector::start_with(dir, 0, LIMITS, HTTP_LIMITS)
 }
 
 fn labels() -> Labels {
-    Labels {
-        provider: "aws".into(),
-        account: "a1".into(),
-        region: "r1".into(),
-        instance: "vm".into(),
-    }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    support::quic::labels("aws", "a1")
 }
 
 fn results(first: u64, count: u64) -> Vec<egresswatch_wire::ProbeResult> {
@@ -105,12 +36,13 @@ fn results(first: u64, count: u64) -> Vec<egresswatch_wire::ProbeResult> {
         .collect()
 }
 
-async fn connect(endpoint: &quinn::Endpoint, c: &Collector, creds: &Credentials) -> SimAgent {
-    let config = sim::client_config(Some(creds), &creds.ca, sim::DEFAULT_ALPN).unwrap();
-    SimAgent::connect(endpoint, c.quic, config).await.unwrap()
+async fn connect(endpoint: &quinn::Endpoint, c: &QuicCollector, creds: &Credentials) -> SimAgent {
+    support::quic::connect(endpoint, c.quic, creds)
+        .await
+        .unwrap()
 }
 
-async fn welcomed(endpoint: &quinn::Endpoint, c: &Collector, creds: &Credentials) -> SimAgent {
+async fn welcomed(endpoint: &quinn::Endpoint, c: &QuicCollector, creds: &Credentials) -> SimAgent {
     let mut agent = connect(endpoint, c, creds).await;
     let answer = agent.hello(labels()).await.unwrap();
     assert!(matches!(answer, CollectorMessage::Welcome(_)), "{answer:?}");
@@ -118,21 +50,13 @@ async fn welcomed(endpoint: &quinn::Endpoint, c: &Collector, creds: &Credentials
 }
 
 /// `egresswatch_limit_exceeded_total{limit="NAME"}` from the real `/metrics`.
-async fn exceeded(c: &Collector, limit: &str) -> u64 {
-    let text = reqwest::get(format!("http://{}/metrics", c.http))
+async fn exceeded(c: &QuicCollector, limit: &str) -> u64 {
+    let series = format!("egresswatch_limit_exceeded_total{{limit=\"{limit}\"}}");
+    c.metric(&series)
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let needle = format!("egresswatch_limit_exceeded_total{{limit=\"{limit}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {needle} in /metrics:\n{text}"))
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
 }
 
-/// Waits until the collector closes `agent`'s connection; returns the close's error code.
 async fn closed_by_collector(agent: &SimAgent) -> u64 {
     match tokio::time::timeout(Duration::from_secs(10), agent.connection.closed()).await {
         Ok(quinn::ConnectionError::ApplicationClosed(close)) => close.error_code.into_inner(),
@@ -141,20 +65,13 @@ async fn closed_by_collector(agent: &SimAgent) -> u64 {
     }
 }
 
-fn stored(dir: &Path, agent: &str) -> u64 {
-    SqliteStore::open(&dir.join("data/egresswatch.db"))
-        .unwrap()
-        .count_results(agent)
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_frames_big_batches_and_bad_labels_close_only_the_offender() {
     let tmp = tempfile::tempdir().unwrap();
     let c = start(tmp.path());
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let honest = issue(tmp.path(), "honest");
-    let offender = issue(tmp.path(), "offender");
+    let honest = c.issue("honest");
+    let offender = c.issue("offender");
     let mut good = welcomed(&endpoint, &c, &honest).await;
 
     // A frame header announcing more than max_frame_bytes: closed before the body is read.
@@ -169,7 +86,7 @@ async fn oversize_frames_big_batches_and_bad_labels_close_only_the_offender() {
     bad.send(&AgentMessage::Batch(batch)).await.unwrap();
     assert_eq!(closed_by_collector(&bad).await, 1);
     assert_eq!(exceeded(&c, "batch_results").await, 1);
-    assert_eq!(stored(tmp.path(), "offender"), 0);
+    assert_eq!(c.stored("offender"), 0);
 
     // A label over the wire's 128 bytes: refused with the reason.
     let mut bad = connect(&endpoint, &c, &offender).await;
@@ -196,7 +113,7 @@ async fn oversize_frames_big_batches_and_bad_labels_close_only_the_offender() {
     let ack = good.report(&results(11, 10)).await.unwrap();
     assert_eq!((ack.up_to_seq, ack.accepted), (20, 10));
     good.finish().await;
-    assert_eq!(stored(tmp.path(), "honest"), 20);
+    assert_eq!(c.stored("honest"), 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +121,7 @@ async fn an_agent_over_its_rate_is_slowed_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let c = start(tmp.path());
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let creds = issue(tmp.path(), "fast");
+    let creds = c.issue("fast");
     let mut agent = welcomed(&endpoint, &c, &creds).await;
     // 30 batches of 10 at once: 100 fit the burst, the other 200 at 100 per second.
     let started = Instant::now();
@@ -225,7 +142,7 @@ async fn an_agent_over_its_rate_is_slowed_and_loses_nothing() {
     assert!(took < Duration::from_secs(10), "slowed too much: {took:?}");
     assert!(exceeded(&c, "results_per_second").await >= 1);
     agent.finish().await;
-    assert_eq!(stored(tmp.path(), "fast"), 300);
+    assert_eq!(c.stored("fast"), 300);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,10 +152,10 @@ async fn connections_per_source_and_streams_per_connection_are_capped() {
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let mut held = Vec::new();
     for i in 0..3 {
-        held.push(welcomed(&endpoint, &c, &issue(tmp.path(), &format!("a{i}"))).await);
+        held.push(welcomed(&endpoint, &c, &c.issue(&format!("a{i}"))).await);
     }
     // A fourth connection from 127.0.0.1 is refused at the door.
-    let extra = issue(tmp.path(), "a3");
+    let extra = c.issue("a3");
     let config = sim::client_config(Some(&extra), &extra.ca, sim::DEFAULT_ALPN).unwrap();
     let refused = tokio::time::timeout(
         Duration::from_secs(10),
@@ -285,7 +202,7 @@ async fn connections_per_source_and_streams_per_connection_are_capped() {
         .expect("acked in time")
         .unwrap();
     assert_eq!(ack.up_to_seq, 5);
-    assert_eq!(stored(tmp.path(), "a0"), 5);
+    assert_eq!(c.stored("a0"), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+pub mod quic;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};

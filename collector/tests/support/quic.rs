@@ -1,0 +1,199 @@
+//! The real collector binary on loopback for the tests that speak QUIC to it through the
+//! simulated agent (`egresswatch_collector::sim`): start it with extra settings, issue agent
+//! credentials from its CA, revoke them, and read its store, its log and its `/metrics`.
+
+use egresswatch_collector::sim::{self, Credentials, SimAgent};
+use egresswatch_collector::store::{sqlite::SqliteStore, Store};
+use egresswatch_wire::Labels;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn collector_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_egresswatch-collector")
+}
+
+/// A running collector, killed on drop; its data under `dir/data`, its log in `log`.
+pub struct QuicCollector {
+    pub child: Child,
+    pub quic: SocketAddr,
+    pub http: SocketAddr,
+    pub log: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Drop for QuicCollector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl QuicCollector {
+    /// On loopback, ports picked by the kernel, default settings.
+    pub fn start(dir: &Path) -> QuicCollector {
+        QuicCollector::start_with(dir, 0, "", "")
+    }
+
+    /// On loopback with `quic_port` (0 picks one) and extra lines for the `[quic]` and `[http]`
+    /// tables. Returns once it printed its addresses.
+    pub fn start_with(
+        dir: &Path,
+        quic_port: u16,
+        quic_extra: &str,
+        http_extra: &str,
+    ) -> QuicCollector {
+        let config = dir.join("collector.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\n[quic]\nlisten = \"127.0.0.1:{quic_port}\"\n{quic_extra}\n\
+                 [http]\nlisten = \"127.0.0.1:0\"\n{http_extra}\n",
+                dir.join("data")
+            ),
+        )
+        .unwrap();
+        let log = dir.join("collector.log");
+        let mut child = Command::new(collector_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "info,quinn=warn,rustls=warn")
+            .stdout(Stdio::piped())
+            .stderr(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut quic, mut http) = (None, None);
+        while (quic.is_none() || http.is_none()) && Instant::now() < deadline {
+            let Some(Ok(line)) = lines.next() else { break };
+            let field = |prefix: &str| {
+                line.strip_prefix(prefix)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .map(|a| a.trim_start_matches("http://").trim_end_matches('/'))
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+            };
+            quic = quic.or(field("QUIC:"));
+            http = http.or(field("HTTP:"));
+        }
+        // Keep draining stdout so the collector never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        QuicCollector {
+            child,
+            quic: quic.expect("collector printed its QUIC address"),
+            http: http.expect("collector printed its HTTP address"),
+            log,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.join("data/ca")
+    }
+
+    /// Credentials for agent `id`, issued by `ca issue` from this collector's CA.
+    pub fn issue(&self, id: &str) -> Credentials {
+        let out = self.dir.join("agents");
+        let status = Command::new(collector_bin())
+            .args(["ca", "issue", "--dir"])
+            .arg(self.ca_dir())
+            .arg(id)
+            .arg("--out")
+            .arg(&out)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "ca issue {id}");
+        Credentials::from_files(
+            &self.ca_dir().join("ca.pem"),
+            &out.join(format!("{id}.crt")),
+            &out.join(format!("{id}.key")),
+        )
+        .unwrap()
+    }
+
+    /// `ca revoke` of agent `id`.
+    pub fn revoke(&self, id: &str) {
+        let out = Command::new(collector_bin())
+            .args(["ca", "revoke", "--dir"])
+            .arg(self.ca_dir())
+            .arg(id)
+            .args(["--reason", "key left on a decommissioned VM"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ca revoke {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// One sample of `/metrics` (`series` is the name with its labels), if present.
+    pub async fn metric(&self, series: &str) -> Option<u64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many results of `agent` the store holds.
+    pub fn stored(&self, agent: &str) -> u64 {
+        SqliteStore::open(&self.dir.join("data/egresswatch.db"))
+            .unwrap()
+            .count_results(agent)
+            .unwrap()
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+pub fn labels(provider: &str, account: &str) -> Labels {
+    Labels {
+        provider: provider.into(),
+        account: account.into(),
+        region: "lab-1".into(),
+        instance: "vm".into(),
+    }
+}
+
+pub fn client_endpoint() -> quinn::Endpoint {
+    quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+/// A simulated agent connected with `creds` (the handshake may still be refused after).
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+    creds: &Credentials,
+) -> anyhow::Result<SimAgent> {
+    SimAgent::connect(
+        endpoint,
+        addr,
+        sim::client_config(Some(creds), &creds.ca, sim::DEFAULT_ALPN)?,
+    )
+    .await
+}
