@@ -67,6 +67,11 @@ impl Server {
     }
 }
 
+/// Sends `request` and decodes its JSON body.
+async fn json_of<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder) -> T {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 fn loopback() -> HttpConfig {
     HttpConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -159,27 +164,13 @@ async fn api_shapes_follow_the_contract() {
     assert_eq!(agent_row["agent"], "g1");
     assert_eq!(agent_row["silent"], false);
 
-    let v6: Value = c
-        .get(s.url("/api/matrix?family=ipv6"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v6: Value = json_of(c.get(s.url("/api/matrix?family=ipv6"))).await;
     assert_eq!(v6["family"], "ipv6");
     assert_eq!(v6["providers"][0]["cells"]["25"]["status"], "unknown");
     let bad = c.get(s.url("/api/matrix?family=ipx")).send().await.unwrap();
     assert_eq!(bad.status(), 400);
 
-    let r: Value = c
-        .get(s.url("/api/agents/g1/results?limit=2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = json_of(c.get(s.url("/api/agents/g1/results?limit=2"))).await;
     let list = r.as_array().unwrap();
     assert_eq!(list.len(), 2);
     assert_eq!(list[0]["seq"], 3, "newest first");
@@ -212,14 +203,7 @@ async fn api_shapes_follow_the_contract() {
 
     // An event: the agent falls silent (the clock is a parameter of tick).
     s.fleet.tick(now_unix_ms() + 3_600_000);
-    let ev: Value = c
-        .get(s.url("/api/events?limit=10"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ev: Value = json_of(c.get(s.url("/api/events?limit=10"))).await;
     let e = &ev[0];
     assert_eq!(e["kind"], "agent_silent");
     assert_eq!(e["scope"], "agent");
@@ -309,14 +293,7 @@ async fn the_page_trades_the_token_for_a_session_cookie() {
     })
     .await;
     let c = reqwest::Client::new();
-    let state: Value = c
-        .get(s.url("/session"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state: Value = json_of(c.get(s.url("/session"))).await;
     assert_eq!(state["token_required"], true);
     assert_eq!(state["signed_in"], false);
 
@@ -364,15 +341,7 @@ async fn the_page_trades_the_token_for_a_session_cookie() {
     let mut buf = String::new();
     read_until(&mut stream, &mut buf, "event: matrix").await;
     drop(stream);
-    let state: Value = c
-        .get(s.url("/session"))
-        .header("cookie", &pair)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state: Value = json_of(c.get(s.url("/session")).header("cookie", &pair)).await;
     assert_eq!(state["signed_in"], true);
     let forged = c
         .get(s.url("/api/matrix"))
