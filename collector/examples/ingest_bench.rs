@@ -34,12 +34,14 @@ impl Drop for Collector {
     }
 }
 
+/// The collector with its connection bounds raised: every simulated agent of the bench comes
+/// from the one loopback address, which `max_connections_per_source` would otherwise cap.
 fn start(bin: &Path, dir: &Path) -> Result<Collector> {
     let config = dir.join("collector.toml");
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\n[quic]\nlisten = \"127.0.0.1:0\"\nmax_connections = 20000\nmax_handshakes = 20000\nidle_timeout_secs = 120\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            "data_dir = {:?}\n[quic]\nlisten = \"127.0.0.1:0\"\nmax_connections = 20000\nmax_connections_per_source = 20000\nmax_handshakes = 20000\nidle_timeout_secs = 120\n[http]\nlisten = \"127.0.0.1:0\"\n",
             dir.join("data")
         ),
     )?;
