@@ -141,10 +141,14 @@ impl Ingest {
         let crl = revocation::CrlWatch::open(authority.dir())?;
         let server_config = tls.server_config(crl.current().map(|l| &l.der))?;
         let socket = udp_socket(config)?;
+        let cid_key = connection_id_key(&reset_key);
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
-        // quinn's default generator tags its CIDs with a per-process key and drops packets whose
-        // CID lacks the tag unanswered, so a restarted collector would never send the reset.
-        endpoint_config.cid_generator(|| Box::new(RandomCids));
+        // quinn's generator tags its CIDs with a keyed hash and answers only packets whose CID
+        // carries the tag. With the key kept across restarts (derived from the reset key), a
+        // restarted collector recognises its previous life's CIDs and sends them the reset.
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         // One reset per 20 ms (quinn's default) would take minutes for a large fleet; a reset is
         // smaller than the packet that caused it, so a faster pace amplifies nothing.
         endpoint_config.min_reset_interval(Duration::from_micros(200));
@@ -317,21 +321,13 @@ pub fn reset_key(path: &std::path::Path) -> Result<ring::hmac::Key, CollectorErr
     Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret))
 }
 
-/// Random 8-byte connection IDs that any process of this collector accepts as its own.
-struct RandomCids;
-
-impl quinn::ConnectionIdGenerator for RandomCids {
-    fn generate_cid(&mut self) -> quinn::ConnectionId {
-        let mut bytes = [0u8; 8];
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-        quinn::ConnectionId::new(&bytes)
-    }
-    fn cid_len(&self) -> usize {
-        8
-    }
-    fn cid_lifetime(&self) -> Option<Duration> {
-        None
-    }
+/// The key of quinn's connection-ID tags, derived from the persistent reset key so that it too
+/// outlives a restart.
+fn connection_id_key(reset_key: &ring::hmac::Key) -> u64 {
+    let tag = ring::hmac::sign(reset_key, b"egresswatch quic connection id key");
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&tag.as_ref()[..8]);
+    u64::from_be_bytes(key)
 }
 
 /// `mode(0o600)` on Unix, nothing elsewhere.
