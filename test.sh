@@ -10,6 +10,8 @@ step() {
     echo "=== $name"
     if ! "$@"; then
         failed+=("$name")
+        # A full disk fails every later build in ways that do not say so.
+        echo "=== $name failed ($(df -h --output=avail . | tail -n 1 | tr -d ' ') left on the disk)"
     fi
 }
 
