@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
 
 /// Implicit-TLS SMTP (submissions).
 pub const PORT_SMTPS: u16 = 465;
@@ -240,6 +241,39 @@ fn tls_config(options: &ProbeOptions, result: &mut ProbeResult) -> Option<tls::T
     }
 }
 
+/// The TLS handshake every TLS-speaking session shares, under the probe's deadline. Records the
+/// handshake's time and certificate facts; on failure records the outcome and returns `None`.
+/// On success also returns "version cipher" for the detail line. `when` names the step for the
+/// deadline message ("" or " after STARTTLS").
+async fn handshake(
+    target: &ProbeTarget,
+    options: &ProbeOptions,
+    stream: tokio::net::TcpStream,
+    deadline: Instant,
+    when: &str,
+    result: &mut ProbeResult,
+) -> Option<(TlsStream<tokio::net::TcpStream>, String)> {
+    let client = tls_config(options, result)?;
+    let started = Instant::now();
+    match tokio::time::timeout_at(deadline, tls::handshake(&client, &target.host, stream)).await {
+        Ok(Ok((tls, info))) => {
+            result.timings.tls_us = Some(micros(started.elapsed()));
+            let negotiated = format!("{} {}", info.version, info.cipher);
+            result.tls = Some(info);
+            Some((tls, negotiated))
+        }
+        Ok(Err(e)) => {
+            tls_failure(result, &e, &client);
+            None
+        }
+        Err(_) => {
+            result.outcome = Outcome::TlsFailed;
+            result.detail = format!("no TLS handshake{when} before the deadline");
+            None
+        }
+    }
+}
+
 /// 443: a TLS handshake is the whole probe.
 async fn tls_only(
     target: &ProbeTarget,
@@ -248,28 +282,18 @@ async fn tls_only(
     deadline: Instant,
     result: &mut ProbeResult,
 ) {
-    let Some(client) = tls_config(options, result) else {
+    let Some((mut tls, negotiated)) =
+        handshake(target, options, stream, deadline, "", result).await
+    else {
         return;
     };
-    let started = Instant::now();
-    match tokio::time::timeout_at(deadline, tls::handshake(&client, &target.host, stream)).await {
-        Ok(Ok((mut tls, info))) => {
-            result.timings.tls_us = Some(micros(started.elapsed()));
-            result.outcome = Outcome::Ok;
-            result.detail = format!("TLS {} {}", info.version, info.cipher);
-            result.tls = Some(info);
-            let _ = tokio::time::timeout(
-                Duration::from_millis(300),
-                tokio::io::AsyncWriteExt::shutdown(&mut tls),
-            )
-            .await;
-        }
-        Ok(Err(e)) => tls_failure(result, &e, &client),
-        Err(_) => {
-            result.outcome = Outcome::TlsFailed;
-            result.detail = "no TLS handshake before the deadline".into();
-        }
-    }
+    result.outcome = Outcome::Ok;
+    result.detail = format!("TLS {negotiated}");
+    let _ = tokio::time::timeout(
+        Duration::from_millis(300),
+        tokio::io::AsyncWriteExt::shutdown(&mut tls),
+    )
+    .await;
 }
 
 /// 465: TLS first, then the greeting inside it.
@@ -280,31 +304,15 @@ async fn implicit_tls(
     deadline: Instant,
     result: &mut ProbeResult,
 ) {
-    let Some(client) = tls_config(options, result) else {
+    let Some((mut tls, negotiated)) =
+        handshake(target, options, stream, deadline, "", result).await
+    else {
         return;
     };
-    let started = Instant::now();
-    let (mut tls, info) = match tokio::time::timeout_at(
-        deadline,
-        tls::handshake(&client, &target.host, stream),
-    )
-    .await
-    {
-        Ok(Ok(ok)) => ok,
-        Ok(Err(e)) => return tls_failure(result, &e, &client),
-        Err(_) => {
-            result.outcome = Outcome::TlsFailed;
-            result.detail = "no TLS handshake before the deadline".into();
-            return;
-        }
-    };
-    result.timings.tls_us = Some(micros(started.elapsed()));
-    let tls_text = format!("TLS {} {}", info.version, info.cipher);
-    result.tls = Some(info);
     let mut parser = ReplyParser::default();
     if let Some(greeting) = greet(&mut tls, &mut parser, deadline, result).await {
         result.outcome = Outcome::Ok;
-        result.detail = format!("{}; {tls_text}", greeting.summary());
+        result.detail = format!("{}; TLS {negotiated}", greeting.summary());
         smtp::quit(&mut tls, &mut parser, deadline).await;
     }
 }
@@ -375,30 +383,15 @@ async fn plain_smtp(
         result.detail = "the server sent data after its STARTTLS reply (injection)".into();
         return;
     }
-    let Some(client) = tls_config(options, result) else {
+    let Some((mut tls, negotiated)) =
+        handshake(target, options, stream, deadline, " after STARTTLS", result).await
+    else {
         return;
     };
-    let started = Instant::now();
-    match tokio::time::timeout_at(deadline, tls::handshake(&client, &target.host, stream)).await {
-        Ok(Ok((mut tls, info))) => {
-            result.timings.tls_us = Some(micros(started.elapsed()));
-            result.outcome = Outcome::Ok;
-            result.detail = format!(
-                "{}; STARTTLS {} {}",
-                greeting.summary(),
-                info.version,
-                info.cipher
-            );
-            result.tls = Some(info);
-            let mut parser = ReplyParser::default();
-            smtp::quit(&mut tls, &mut parser, deadline).await;
-        }
-        Ok(Err(e)) => tls_failure(result, &e, &client),
-        Err(_) => {
-            result.outcome = Outcome::TlsFailed;
-            result.detail = "no TLS handshake after STARTTLS before the deadline".into();
-        }
-    }
+    result.outcome = Outcome::Ok;
+    result.detail = format!("{}; STARTTLS {negotiated}", greeting.summary());
+    let mut parser = ReplyParser::default();
+    smtp::quit(&mut tls, &mut parser, deadline).await;
 }
 
 /// Waits for the greeting; on failure records the outcome and returns `None`.
