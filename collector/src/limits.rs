@@ -43,10 +43,13 @@ pub enum Limit {
     HttpBodyBytes,
     /// `http.max_sse_clients`: an `/api/stream` client turned away (503).
     SseClients,
+    /// `quic.udp_recv_buffer_bytes`: the kernel dropped QUIC packets, the socket's receive
+    /// buffer being full (counted per packet; see `ingest::udp`).
+    UdpReceiveBuffer,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 12] = [
+    pub const ALL: [Limit; 13] = [
         Limit::FrameBytes,
         Limit::BatchResults,
         Limit::ResultsPerSecond,
@@ -59,6 +62,7 @@ impl Limit {
         Limit::AgentSpool,
         Limit::HttpBodyBytes,
         Limit::SseClients,
+        Limit::UdpReceiveBuffer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +79,7 @@ impl Limit {
             Limit::AgentSpool => "agent_spool",
             Limit::HttpBodyBytes => "http_body_bytes",
             Limit::SseClients => "sse_clients",
+            Limit::UdpReceiveBuffer => "udp_receive_buffer",
         }
     }
 

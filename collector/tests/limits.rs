@@ -254,3 +254,52 @@ async fn http_bodies_and_sse_clients_are_capped() {
     }
     assert!(served, "the stream slot was never released");
 }
+
+/// The QUIC socket's receive buffer: a burst bigger than it is dropped by the kernel, which the
+/// collector reads back from the socket's own drop counter and counts as the limit; the buffer it
+/// was granted shows as a gauge, and agents still get in once the burst is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_the_kernel_drops_at_the_quic_socket_are_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The smallest buffer the kernel grants (it rounds small requests up to about 2 KiB), so a
+    // burst from one sender overflows it whatever the machine's speed.
+    let c = QuicCollector::start_with(tmp.path(), 0, "udp_recv_buffer_bytes = 1\n", "");
+    let granted = c
+        .metric("egresswatch_ingest_udp_receive_buffer_bytes")
+        .await
+        .expect("the buffer gauge is in /metrics");
+    assert!(
+        granted > 0 && granted < 16 * 1024,
+        "granted {granted} bytes"
+    );
+    assert_eq!(exceeded(&c, "udp_receive_buffer").await, 0);
+
+    let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let datagram = [0u8; 1200];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut bursts = 0;
+    loop {
+        for _ in 0..2000 {
+            let _ = sender.send_to(&datagram, c.quic);
+        }
+        bursts += 1;
+        // The collector checks the kernel's counter once a second.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        if exceeded(&c, "udp_receive_buffer").await > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{bursts} bursts of 2000 datagrams, none counted as dropped"
+        );
+    }
+    assert!(
+        c.log_text().contains("QUIC packets"),
+        "the drop is logged: {}",
+        c.log_text()
+    );
+
+    let endpoint = support::quic::client_endpoint();
+    let creds = c.issue("a0");
+    let _agent = welcomed(&endpoint, &c, &creds).await;
+}

@@ -47,6 +47,8 @@ pub struct IngestCounters {
     pub decode_errors: Counter,
     /// Refusals by reason (`revoked`, `expired`, `bad_version`, ...); see [`IngestCounters::refused`].
     pub refusal_reasons: Family<Labels, Counter>,
+    /// The QUIC socket's receive buffer as the kernel granted it (bytes).
+    pub udp_receive_buffer_bytes: Gauge,
 }
 
 impl IngestCounters {
@@ -99,6 +101,11 @@ impl Metrics {
             "egresswatch_ingest_refusals_by_reason",
             "Agents and connections refused, by reason",
             ingest.refusal_reasons.clone(),
+        );
+        registry.register(
+            "egresswatch_ingest_udp_receive_buffer_bytes",
+            "The QUIC socket's receive buffer as the kernel granted it",
+            ingest.udp_receive_buffer_bytes.clone(),
         );
         registry.register(
             "egresswatch_ingest_batches",

@@ -11,6 +11,7 @@
 pub mod revocation;
 pub mod session;
 pub mod tls;
+pub mod udp;
 
 use crate::ca::Authority;
 use crate::error::CollectorError;
@@ -45,7 +46,8 @@ pub struct QuicConfig {
     pub max_frame_bytes: usize,
     /// Per-stream receive window, bytes: a few batches, not a bulk transfer.
     pub stream_window_bytes: u32,
-    /// UDP socket buffer sizes (bytes); unset keeps the kernel default.
+    /// UDP socket buffer sizes (bytes); unset asks for [`udp::DEFAULT_BUFFER_BYTES`], 0 keeps the
+    /// kernel's default (see [`udp`]).
     pub udp_recv_buffer_bytes: Option<usize>,
     pub udp_send_buffer_bytes: Option<usize>,
     /// Generic segmentation offload; some kernels and NICs misreport it.
@@ -124,6 +126,9 @@ impl IngestContext {
 /// A bound listener; `serve` runs it until shutdown.
 pub struct Ingest {
     endpoint: quinn::Endpoint,
+    /// What the kernel granted the socket (see [`udp`]).
+    recv_buffer_bytes: usize,
+    drops: udp::SocketDrops,
     config: QuicConfig,
     tls: Arc<tls::TlsMaterial>,
     crl: revocation::CrlWatch,
@@ -140,7 +145,7 @@ impl Ingest {
         let tls = Arc::new(tls::TlsMaterial::new(config, authority)?);
         let crl = revocation::CrlWatch::open(authority.dir())?;
         let server_config = tls.server_config(crl.current().map(|l| &l.der))?;
-        let socket = udp_socket(config)?;
+        let bound = udp::bind(config)?;
         let cid_key = connection_id_key(&reset_key);
         let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
         // quinn's generator tags its CIDs with a keyed hash and answers only packets whose CID
@@ -155,12 +160,14 @@ impl Ingest {
         let endpoint = quinn::Endpoint::new(
             endpoint_config,
             Some(server_config),
-            socket,
+            bound.socket,
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(|e| CollectorError::io(format!("QUIC endpoint on {}", config.listen), e))?;
         Ok(Ingest {
             endpoint,
+            recv_buffer_bytes: bound.recv_buffer_bytes,
+            drops: bound.drops,
             config: config.clone(),
             tls,
             crl,
@@ -181,6 +188,15 @@ impl Ingest {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         self.tls.count_refusals_in(context.counters.clone());
+        context
+            .counters
+            .udp_receive_buffer_bytes
+            .set(i64::try_from(self.recv_buffer_bytes).unwrap_or(i64::MAX));
+        let _drop_watch = AbortOnDrop(tokio::spawn(watch_socket_drops(
+            self.drops,
+            self.recv_buffer_bytes,
+            context.limits.clone(),
+        )));
         let (revoked_tx, revoked_rx) = tokio::sync::watch::channel(self.crl.revoked());
         let (watch_stop, watch_stopped) = tokio::sync::oneshot::channel::<()>();
         let watcher = tokio::spawn(self.crl.run(
@@ -346,26 +362,37 @@ impl Private for std::fs::OpenOptions {
     }
 }
 
-fn udp_socket(config: &QuicConfig) -> Result<std::net::UdpSocket, CollectorError> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let addr = config.listen;
-    let io = |what: &str, e| CollectorError::io(format!("{what} for QUIC on {addr}"), e);
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
-        .map_err(|e| io("UDP socket", e))?;
-    if addr.is_ipv6() {
-        // [::]:port takes IPv4 too.
-        let _ = socket.set_only_v6(false);
+/// Counts the packets the kernel dropped for the QUIC socket (its receive buffer was full) as
+/// hits of [`Limit::UdpReceiveBuffer`], checking once a second.
+async fn watch_socket_drops(drops: udp::SocketDrops, buffer_bytes: usize, limits: LimitCounters) {
+    let Some(mut seen) = drops.read() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(now) = drops.read() else {
+            continue;
+        };
+        if now > seen {
+            limits.exceeded(Limit::UdpReceiveBuffer, now - seen, || {
+                format!(
+                    "the kernel dropped {} QUIC packets: the socket's receive buffer ({buffer_bytes} \
+                     bytes) was full; raise quic.udp_recv_buffer_bytes and net.core.rmem_max",
+                    now - seen
+                )
+            });
+        }
+        seen = now;
     }
-    if let Some(bytes) = config.udp_recv_buffer_bytes {
-        socket
-            .set_recv_buffer_size(bytes)
-            .map_err(|e| io("SO_RCVBUF", e))?;
+}
+
+/// Aborts a helper task when what it belongs to (the endpoint, a session) ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
-    if let Some(bytes) = config.udp_send_buffer_bytes {
-        socket
-            .set_send_buffer_size(bytes)
-            .map_err(|e| io("SO_SNDBUF", e))?;
-    }
-    socket.bind(&addr.into()).map_err(|e| io("binding", e))?;
-    Ok(socket.into())
 }

@@ -8,7 +8,7 @@
 //! of them affects any other agent.
 
 use super::revocation::RevokedSerials;
-use super::IngestContext;
+use super::{AbortOnDrop, IngestContext};
 use crate::ca::registry::normalise_serial;
 use crate::limits::{Limit, LimitCounters};
 use crate::pipeline::AgentMeta;
@@ -480,15 +480,6 @@ async fn write_message(
     send.write_all(&frame)
         .await
         .map_err(|e| End::Transport(e.to_string()))
-}
-
-/// Aborts a helper task when the session it belongs to ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Resets every stream an agent opens beyond its report stream, counting each.
