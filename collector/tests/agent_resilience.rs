@@ -355,9 +355,9 @@ fn a_full_spool_disk_is_survived_counted_told_and_recovered_from() {
 
     let produced = agent.drain(&inside);
     collector.assert_exactly_once("res-disk", produced);
-    // The collector was told how many were lost, and before which result (a resent batch
-    // repeats its count, hence per seq).
-    let told: BTreeMap<u64, u64> = collector
+    // The collector was told how many were lost, and before which result, once per note even
+    // where a batch was resent after a lost ack.
+    let notes: Vec<(u64, u64)> = collector
         .log()
         .lines()
         .filter(|l| l.contains("the agent's spool dropped results before seq"))
@@ -368,7 +368,9 @@ fn a_full_spool_disk_is_survived_counted_told_and_recovered_from() {
             ))
         })
         .collect();
+    let told: BTreeMap<u64, u64> = notes.iter().copied().collect();
     eprintln!("not kept by the agent: {not_kept}; told to the collector: {told:?}");
     assert_eq!(told.values().sum::<u64>(), not_kept);
+    assert_eq!(notes.len(), told.len(), "a note counted twice: {notes:?}");
     drop(keeper);
 }

@@ -357,13 +357,16 @@ async fn handle_batch(
         .counters
         .duplicates
         .inc_by(u64::from(report.duplicates));
+    // A batch resent after a lost ack carries the same drop note: count a note once, with the
+    // batch that first stored results past it.
+    let drops_are_news = batch.first_seq > *high_water;
     *high_water = report.high_water;
     if !fresh.is_empty() {
         context
             .observer
             .results_stored(agent, &fresh, clock_trusted, now);
     }
-    let reason = if batch.dropped_before > 0 {
+    let reason = if batch.dropped_before > 0 && drops_are_news {
         context
             .limits
             .exceeded(Limit::AgentSpool, batch.dropped_before, || {
@@ -378,6 +381,11 @@ async fn handle_batch(
         );
         format!(
             "noted: {} results dropped by the agent's spool before seq {}",
+            batch.dropped_before, batch.first_seq
+        )
+    } else if batch.dropped_before > 0 {
+        format!(
+            "already noted: {} results dropped by the agent's spool before seq {}",
             batch.dropped_before, batch.first_seq
         )
     } else {
