@@ -4,23 +4,13 @@
 use egresswatch_collector::detector::{Detector, DetectorConfig};
 use egresswatch_collector::events::{Event, EventKind, Scope};
 use egresswatch_collector::pipeline::AgentMeta;
-use egresswatch_wire::{Family, Labels, Outcome, PhaseTimings, ProbeResult};
+use egresswatch_wire::{Family, Outcome, PhaseTimings, ProbeResult};
+
+mod support;
+use support::agent_meta;
 
 const INTERVAL: i64 = 60_000;
 const T0: i64 = 1_800_000_000_000;
-
-fn agent(id: &str, provider: &str, account: &str) -> AgentMeta {
-    AgentMeta {
-        agent_id: id.into(),
-        labels: Labels {
-            provider: provider.into(),
-            account: account.into(),
-            region: "r1".into(),
-            instance: id.into(),
-        },
-        agent_version: "test".into(),
-    }
-}
 
 fn result(seq: u64, at: i64, target: &str, port: u16, outcome: Outcome) -> ProbeResult {
     ProbeResult {
@@ -165,11 +155,11 @@ fn all_ok(_: &str, _: &str, _: u16) -> Outcome {
 
 fn fleet_two_providers() -> Vec<AgentMeta> {
     vec![
-        agent("g1", "gcp", "acct-a"),
-        agent("g2", "gcp", "acct-a"),
-        agent("g3", "gcp", "acct-b"),
-        agent("h1", "hetzner", "h-acct"),
-        agent("h2", "hetzner", "h-acct2"),
+        agent_meta("g1", "gcp", "acct-a"),
+        agent_meta("g2", "gcp", "acct-a"),
+        agent_meta("g3", "gcp", "acct-b"),
+        agent_meta("h1", "hetzner", "h-acct"),
+        agent_meta("h2", "hetzner", "h-acct2"),
     ]
 }
 
@@ -264,7 +254,7 @@ fn everyone_failing_on_one_target_is_a_destination_outage() {
 
 #[test]
 fn one_provider_fleet_with_a_second_target_still_sees_the_destination() {
-    let agents = vec![agent("a1", "aws", "x"), agent("a2", "aws", "y")];
+    let agents = vec![agent_meta("a1", "aws", "x"), agent_meta("a2", "aws", "y")];
     let targets: &[(&str, u16)] = &[("mx", 587), ("mx2", 587), ("mx", 443)];
     let mut f = Fleet::new(agents);
     f.rounds(4, all_ok, targets);
@@ -352,7 +342,7 @@ fn silent_agents_and_their_return() {
         (ev[0].from.as_str(), ev[0].to.as_str()),
         ("reporting", "silent")
     );
-    let g1 = agent("g1", "gcp", "acct-a");
+    let g1 = agent_meta("g1", "gcp", "acct-a");
     let back = only_others.det.agent_seen(&g1, only_others.now());
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].kind, EventKind::AgentBack);
@@ -561,9 +551,9 @@ fn both_families_changing_a_few_seconds_apart_are_one_event() {
     };
     let mut det = Detector::new(config);
     let agents = [
-        agent("p1", "aws", "prod"),
-        agent("p2", "aws", "prod"),
-        agent("d1", "aws", "dev"),
+        agent_meta("p1", "aws", "prod"),
+        agent_meta("p2", "aws", "prod"),
+        agent_meta("d1", "aws", "dev"),
     ];
     let mut seq = 0u64;
     let mut events = Vec::new();
