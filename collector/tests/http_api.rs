@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 mod support;
-use support::agent_meta;
 use support::http::{json_of, loopback, read_until, text_of, Server};
+use support::{agent_meta, debian_tool, pipe_into};
 
 fn results(seq0: u64, at: i64) -> Vec<ProbeResult> {
     [
@@ -316,21 +316,9 @@ async fn sse_sends_the_matrix_then_events() {
     assert!(matches!(rest, Ok(Ok(None)) | Ok(Err(_))), "{rest:?}");
 }
 
-/// Debian tools: present, or skip with a reason — unless CI is set, where missing is a failure.
-fn tool(path: &str, package: &str) -> bool {
-    if std::path::Path::new(path).exists() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{path} missing under CI: apt-get install -y {package}");
-    }
-    eprintln!("SKIP: {path} not found (apt-get install -y {package})");
-    false
-}
-
 #[tokio::test]
 async fn metrics_pass_promtool() {
-    if !tool("/usr/bin/promtool", "prometheus") {
+    if !debian_tool("/usr/bin/promtool", "prometheus") {
         return;
     }
     let s = Server::start(loopback()).await;
@@ -362,21 +350,7 @@ async fn metrics_pass_promtool() {
         "label values escaped: {body}"
     );
     assert!(body.contains("egresswatch_events_total{"), "{body}");
-    let mut child = std::process::Command::new("/usr/bin/promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = pipe_into("/usr/bin/promtool", &["check", "metrics"], &body);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -6,7 +6,7 @@
 //! Needs root (network namespaces, nftables); skipped with a reason otherwise.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SCENARIO: &str = r#"
@@ -24,24 +24,17 @@ const PARTITION: Duration = Duration::from_secs(40);
 
 mod support;
 use support::{
-    agent_bin, assert_stored_exactly_once, drain, read_ledger, skip_lab_test, wait_until, LabAgent,
-    LabRun, Proc,
+    agent_bin, assert_stored_exactly_once, drain, pipe_into, read_ledger, skip_lab_test,
+    wait_until, LabAgent, LabRun, Proc,
 };
 
 fn nft_in(ns: &str, script: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "nft in {ns}: {script}");
+    let out = pipe_into("ip", &["netns", "exec", ns, "nft", "-f", "-"], script);
+    assert!(
+        out.status.success(),
+        "nft in {ns}: {script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 struct Agent {

@@ -8,7 +8,7 @@
 
 use super::{
     assert_stored_exactly_once, drain, issue, read_ledger, spawn_collector, wait_until,
-    write_collector_config, Proc,
+    write_collector_config, AgentToml, Proc,
 };
 use egresswatch_collector::store::{sqlite::SqliteStore, Store};
 use egresswatch_wire::ProbeResult;
@@ -176,49 +176,24 @@ impl Agent {
 
     /// The config text for `settings`.
     pub fn config_text(&self, s: &AgentSettings) -> String {
-        let ports: Vec<String> = s.ports.iter().map(u16::to_string).collect();
-        format!(
-            r#"[collector]
-address = "{collector}"
-ca = {ca:?}
-cert = {cert:?}
-key = {key:?}
-
-[labels]
-provider = "lab"
-account = "{account}"
-region = "loopback"
-instance = "{id}"
-
-[[targets]]
-host = "127.0.0.1"
-ports = [{ports}]
-level = "connect"
-interval = "{interval}"
-
-[probe]
-timeout = "1s"
-min_interval_per_destination = "1s"
-
-[spool]
-dir = {spool:?}
-
-[identity]
-metadata = false
-dmi_dir = {dmi:?}
-{extra}"#,
-            collector = self.collector,
-            ca = self.ca,
-            cert = self.cert,
-            key = self.key,
-            account = s.account,
-            id = self.id,
-            ports = ports.join(", "),
-            interval = s.interval,
-            spool = s.spool,
-            dmi = self.dir.join("no-dmi"),
-            extra = s.extra,
-        )
+        let rest = format!("dmi_dir = {:?}\n{}", self.dir.join("no-dmi"), s.extra);
+        AgentToml {
+            collector: &self.collector.to_string(),
+            ca: &self.ca,
+            cert: &self.cert,
+            key: &self.key,
+            provider: "lab",
+            account: &s.account,
+            region: "loopback",
+            instance: &self.id,
+            host: "127.0.0.1",
+            ports: &s.ports,
+            interval: &s.interval,
+            timeout: "1s",
+            spool: &s.spool,
+            rest: &rest,
+        }
+        .text()
     }
 
     /// Writes the config from `self.settings`.

@@ -89,6 +89,37 @@ pub fn lab_cannot_run() -> Option<String> {
     None
 }
 
+/// Debian tools: present, or skip with a reason — unless CI is set, where missing is a failure.
+pub fn debian_tool(path: &str, package: &str) -> bool {
+    if Path::new(path).exists() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{path} missing under CI: apt-get install -y {package}");
+    }
+    eprintln!("SKIP: {path} not found (apt-get install -y {package})");
+    false
+}
+
+/// Runs `program ARGS` with `input` on its stdin; returns its status and what it printed.
+pub fn pipe_into(program: &str, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} starts: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("input written");
+    child.wait_with_output().expect("output")
+}
+
 /// True when `test` must be skipped here because the lab cannot run (and says why).
 pub fn skip_lab_test(test: &str) -> bool {
     match lab_cannot_run() {
@@ -415,6 +446,55 @@ pub fn lab_up(lab: &Lab, scenario: &Path, state_dir: &Path) -> serde_json::Value
     serde_json::from_slice(&up.stdout).expect("lab JSON")
 }
 
+/// An agent's config as the tests write it: what they vary, and `text()` for the whole TOML.
+/// Targets are probed at connect level; cloud metadata is off.
+pub struct AgentToml<'a> {
+    /// The collector's `host:port`.
+    pub collector: &'a str,
+    pub ca: &'a Path,
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub provider: &'a str,
+    pub account: &'a str,
+    pub region: &'a str,
+    pub instance: &'a str,
+    /// The probe target and its ports.
+    pub host: &'a str,
+    pub ports: &'a [u16],
+    pub interval: &'a str,
+    pub timeout: &'a str,
+    pub spool: &'a Path,
+    /// More lines for the `[identity]` table, then more tables, at the end.
+    pub rest: &'a str,
+}
+
+impl AgentToml<'_> {
+    pub fn text(&self) -> String {
+        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        format!(
+            "[collector]\naddress = {collector:?}\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\n\
+             [labels]\nprovider = {provider:?}\naccount = {account:?}\nregion = {region:?}\ninstance = {instance:?}\n\n\
+             [[targets]]\nhost = {host:?}\nports = [{ports}]\nlevel = \"connect\"\ninterval = {interval:?}\n\n\
+             [probe]\ntimeout = {timeout:?}\nmin_interval_per_destination = \"1s\"\n\n\
+             [spool]\ndir = {spool:?}\n\n[identity]\nmetadata = false\n{rest}",
+            collector = self.collector,
+            ca = self.ca,
+            cert = self.cert,
+            key = self.key,
+            provider = self.provider,
+            account = self.account,
+            region = self.region,
+            instance = self.instance,
+            host = self.host,
+            ports = ports.join(", "),
+            interval = self.interval,
+            timeout = self.timeout,
+            spool = self.spool,
+            rest = self.rest,
+        )
+    }
+}
+
 /// A lab brought up for one test: the guard, a work directory beside it (not under /tmp: the
 /// agent refuses a spool there) and the lab's JSON description. Fields drop in order: the lab
 /// and its processes go before the files they use.
@@ -482,21 +562,22 @@ impl LabRun {
     /// collector whose QUIC listener is on `quic_port`.
     pub fn agent_config(&self, quic_port: u16, agent: &LabAgent) -> String {
         let (cert, key) = issue(&self.data().join("ca"), &self.agents_dir(), agent.id);
-        let ports: Vec<String> = agent.ports.iter().map(u16::to_string).collect();
-        format!(
-            "[collector]\naddress = \"collector.lab.test:{quic_port}\"\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\
-             [labels]\nprovider = {provider:?}\naccount = {account:?}\nregion = \"lab-1\"\ninstance = \"{id}\"\n\
-             [[targets]]\nhost = \"mx.lab.test\"\nports = [{ports}]\nlevel = \"connect\"\ninterval = \"{interval}\"\n\
-             [probe]\ntimeout = \"{timeout}\"\nmin_interval_per_destination = \"1s\"\n\
-             [spool]\ndir = {spool:?}\n[identity]\nmetadata = false\n",
-            ca = self.data().join("ca/ca.pem"),
-            provider = agent.provider,
-            account = agent.account,
-            id = agent.id,
-            ports = ports.join(", "),
-            interval = agent.interval,
-            timeout = agent.timeout,
-            spool = agent.spool,
-        )
+        AgentToml {
+            collector: &format!("collector.lab.test:{quic_port}"),
+            ca: &self.data().join("ca/ca.pem"),
+            cert: &cert,
+            key: &key,
+            provider: agent.provider,
+            account: agent.account,
+            region: "lab-1",
+            instance: agent.id,
+            host: "mx.lab.test",
+            ports: agent.ports,
+            interval: agent.interval,
+            timeout: agent.timeout,
+            spool: agent.spool,
+            rest: "",
+        }
+        .text()
     }
 }
