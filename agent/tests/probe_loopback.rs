@@ -341,10 +341,21 @@ async fn commands<S: AsyncRead + AsyncWrite + Unpin>(
     Next::Done
 }
 
+/// The usual SMTP server: our greeting, an EHLO reply offering STARTTLS, and STARTTLS itself when
+/// given a TLS config.
 fn smtp(starttls: Option<Arc<ServerConfig>>) -> Script {
+    smtp_saying(GREETING, EHLO_WITH_STARTTLS, starttls)
+}
+
+/// An SMTP server with its own greeting and EHLO reply.
+fn smtp_saying(
+    greeting: &'static str,
+    ehlo: &'static str,
+    starttls: Option<Arc<ServerConfig>>,
+) -> Script {
     Script::Smtp {
-        greeting: GREETING,
-        ehlo: EHLO_WITH_STARTTLS,
+        greeting,
+        ehlo,
         starttls,
         inject_after_starttls: false,
     }
@@ -358,6 +369,13 @@ fn options(pki: &Pki, timeout: Duration) -> ProbeOptions {
     let mut options = ProbeOptions::new(timeout, Arc::new(roots));
     options.ehlo_name = "probe.loopback.test".into();
     options
+}
+
+/// A fresh test CA and probe options that trust it, with this deadline.
+fn setup(timeout: Duration) -> (Pki, ProbeOptions) {
+    let pki = pki();
+    let opts = options(&pki, timeout);
+    (pki, opts)
 }
 
 async fn run(
@@ -397,40 +415,111 @@ fn assert_outcome(result: &ProbeResult, outcome: Outcome) {
     assert_eq!(result.outcome, outcome, "{result:#?}");
 }
 
+/// The detail names what happened; `fragment` must stand in it ("" asks nothing).
+fn assert_detail(result: &ProbeResult, fragment: &str) {
+    assert!(
+        result.detail.contains(fragment),
+        "{fragment:?} not in the detail: {}",
+        result.detail
+    );
+}
+
+/// A server answers QUIT after the probe returns: give it a moment to log it.
+async fn let_servers_log() {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// One probe of a scenario, on one loopback family.
+struct Probed {
+    ip: &'static str,
+    family: Family,
+    r: ProbeResult,
+    elapsed: Duration,
+    /// Kept for its log of what the client did; aborted when dropped.
+    server: Server,
+}
+
+/// The shape most tests share: serve `script` on 127.0.0.1 and then on ::1, probe each at
+/// `level` with `opts`, and assert the `outcome` and that the detail contains `detail`. Returns
+/// each probe for what else the test checks.
+async fn scenario(
+    script: Script,
+    level: Level,
+    opts: &ProbeOptions,
+    outcome: Outcome,
+    detail: &str,
+) -> Vec<Probed> {
+    let mut probed = Vec::new();
+    for (ip, family) in LOOPBACKS {
+        let server = serve(ip, script.clone()).await;
+        let (r, elapsed) = run(ip, family, server.port, level, opts).await;
+        assert_outcome(&r, outcome);
+        assert_detail(&r, detail);
+        probed.push(Probed {
+            ip,
+            family,
+            r,
+            elapsed,
+            server,
+        });
+    }
+    probed
+}
+
+/// The three ways a TLS port is served with one certificate: STARTTLS, implicit TLS (465) and
+/// the TLS-only control (443), with options that know which port is which.
+struct TlsPorts {
+    starttls: Server,
+    smtps: Server,
+    https: Server,
+    opts: ProbeOptions,
+}
+
+async fn serve_tls_ports(ip: &str, config: Arc<ServerConfig>, opts: &ProbeOptions) -> TlsPorts {
+    let starttls = serve(ip, smtp(Some(config.clone()))).await;
+    let smtps = serve(ip, Script::ImplicitTls(config.clone())).await;
+    let https = serve(ip, Script::TlsOnly(config)).await;
+    let mut opts = opts.clone();
+    opts.implicit_tls_ports = vec![smtps.port];
+    opts.tls_only_ports = vec![https.port];
+    TlsPorts {
+        starttls,
+        smtps,
+        https,
+        opts,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // ok at each level
 
 #[tokio::test]
 async fn ok_at_connect_level() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_secs(3));
-    for (ip, family) in LOOPBACKS {
-        let server = serve(ip, Script::Silent).await;
-        let (r, elapsed) = run(ip, family, server.port, Level::Connect, &opts).await;
-        assert_outcome(&r, Outcome::Ok);
-        assert_eq!(r.address, Some(ip.parse().unwrap()));
-        assert_eq!(r.family, family);
-        assert!(r.timings.connect_us.is_some());
-        assert_eq!(r.timings.banner_us, None);
-        assert_eq!(r.syn_retransmits, Some(0));
-        assert!(elapsed < Duration::from_secs(1));
+    let (_pki, opts) = setup(Duration::from_secs(3));
+    for p in scenario(Script::Silent, Level::Connect, &opts, Outcome::Ok, "").await {
+        assert_eq!(p.r.address, Some(p.ip.parse().unwrap()));
+        assert_eq!(p.r.family, p.family);
+        assert!(p.r.timings.connect_us.is_some());
+        assert_eq!(p.r.timings.banner_us, None);
+        assert_eq!(p.r.syn_retransmits, Some(0));
+        assert!(p.elapsed < Duration::from_secs(1));
     }
 }
 
 #[tokio::test]
 async fn ok_at_banner_level_waits_for_the_greeting_and_says_quit() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_secs(3));
-    for (ip, family) in LOOPBACKS {
-        let server = serve(ip, smtp(None)).await;
-        let (r, _) = run(ip, family, server.port, Level::Banner, &opts).await;
-        assert_outcome(&r, Outcome::Ok);
-        assert!(r.detail.starts_with("220 mx.loopback.test"), "{}", r.detail);
-        assert!(r.timings.banner_us.is_some());
-        assert_eq!(r.timings.tls_us, None);
-        // Give the server a moment to log the QUIT it answered.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let log = server.log();
+    let (_pki, opts) = setup(Duration::from_secs(3));
+    let probed = scenario(smtp(None), Level::Banner, &opts, Outcome::Ok, "").await;
+    let_servers_log().await;
+    for p in probed {
+        assert!(
+            p.r.detail.starts_with("220 mx.loopback.test"),
+            "{}",
+            p.r.detail
+        );
+        assert!(p.r.timings.banner_us.is_some());
+        assert_eq!(p.r.timings.tls_us, None);
+        let log = p.server.log();
         assert!(!log.contains(&"client talked first".to_string()), "{log:?}");
         assert_eq!(log, vec!["QUIT"], "a banner probe says nothing but QUIT");
     }
@@ -438,22 +527,18 @@ async fn ok_at_banner_level_waits_for_the_greeting_and_says_quit() {
 
 #[tokio::test]
 async fn ok_at_tls_level_with_starttls() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_secs(3));
-    for (ip, family) in LOOPBACKS {
-        let server = serve(ip, smtp(Some(pki.good.clone()))).await;
-        let (r, _) = run(ip, family, server.port, Level::Tls, &opts).await;
-        assert_outcome(&r, Outcome::Ok);
-        let tls = r.tls.as_ref().expect("TLS info");
+    let (pki, opts) = setup(Duration::from_secs(3));
+    let script = smtp(Some(pki.good.clone()));
+    let probed = scenario(script, Level::Tls, &opts, Outcome::Ok, "STARTTLS").await;
+    let_servers_log().await;
+    for p in probed {
+        let tls = p.r.tls.as_ref().expect("TLS info");
         assert!(tls.version.starts_with("TLSv1."), "{tls:?}");
         assert!(!tls.cipher.is_empty());
         assert!(tls.issuer.contains(&format!("CN={CA_NAME}")), "{tls:?}");
-        assert!(r.timings.banner_us.is_some() && r.timings.tls_us.is_some());
-        assert!(r.detail.contains("STARTTLS"), "{}", r.detail);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let log = server.log();
+        assert!(p.r.timings.banner_us.is_some() && p.r.timings.tls_us.is_some());
         assert_eq!(
-            log,
+            p.server.log(),
             vec!["EHLO PROBE.LOOPBACK.TEST", "STARTTLS", "TLS up", "QUIT"],
             "EHLO, STARTTLS, then QUIT inside TLS; never mail"
         );
@@ -462,22 +547,19 @@ async fn ok_at_tls_level_with_starttls() {
 
 #[tokio::test]
 async fn ok_with_implicit_tls_and_with_the_tls_only_control() {
-    let pki = pki();
+    let (pki, opts) = setup(Duration::from_secs(3));
     for (ip, family) in LOOPBACKS {
-        let smtps = serve(ip, Script::ImplicitTls(pki.good.clone())).await;
-        let https = serve(ip, Script::TlsOnly(pki.good.clone())).await;
-        let mut opts = options(&pki, Duration::from_secs(3));
-        opts.implicit_tls_ports = vec![smtps.port];
-        opts.tls_only_ports = vec![https.port];
+        let ports = serve_tls_ports(ip, pki.good.clone(), &opts).await;
+        let opts = &ports.opts;
 
-        let (r, _) = run(ip, family, smtps.port, Level::Tls, &opts).await;
+        let (r, _) = run(ip, family, ports.smtps.port, Level::Tls, opts).await;
         assert_outcome(&r, Outcome::Ok);
         assert!(r.detail.starts_with("220 "), "{}", r.detail);
         assert!(r.tls.is_some());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(smtps.log(), vec!["TLS up", "QUIT"]);
+        let_servers_log().await;
+        assert_eq!(ports.smtps.log(), vec!["TLS up", "QUIT"]);
 
-        let (r, _) = run(ip, family, https.port, Level::Tls, &opts).await;
+        let (r, _) = run(ip, family, ports.https.port, Level::Tls, opts).await;
         assert_outcome(&r, Outcome::Ok);
         let tls = r.tls.as_ref().expect("TLS info");
         assert!(tls.issuer.contains(CA_NAME), "{tls:?}");
@@ -487,26 +569,17 @@ async fn ok_with_implicit_tls_and_with_the_tls_only_control() {
 
 #[tokio::test]
 async fn multi_line_greeting_is_read_to_its_last_line() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_secs(3));
-    for (ip, family) in LOOPBACKS {
-        let server = serve(
-            ip,
-            Script::Smtp {
-                greeting:
-                    "220-mx.loopback.test ESMTP\r\n220-postscreen says hello\r\n220 ready\r\n",
-                ehlo: EHLO_WITH_STARTTLS,
-                starttls: Some(pki.good.clone()),
-                inject_after_starttls: false,
-            },
-        )
-        .await;
-        let (r, _) = run(ip, family, server.port, Level::Tls, &opts).await;
-        assert_outcome(&r, Outcome::Ok);
+    let (pki, opts) = setup(Duration::from_secs(3));
+    let script = smtp_saying(
+        "220-mx.loopback.test ESMTP\r\n220-postscreen says hello\r\n220 ready\r\n",
+        EHLO_WITH_STARTTLS,
+        Some(pki.good.clone()),
+    );
+    for p in scenario(script, Level::Tls, &opts, Outcome::Ok, "").await {
         assert!(
-            r.detail.starts_with("220 mx.loopback.test ESMTP"),
+            p.r.detail.starts_with("220 mx.loopback.test ESMTP"),
             "{}",
-            r.detail
+            p.r.detail
         );
     }
 }
@@ -516,8 +589,7 @@ async fn multi_line_greeting_is_read_to_its_last_line() {
 
 #[tokio::test]
 async fn closed_port_is_refused() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_secs(3));
+    let (_pki, opts) = setup(Duration::from_secs(3));
     for (ip, family) in LOOPBACKS {
         let port = {
             let l = std::net::TcpListener::bind((ip.parse::<IpAddr>().unwrap(), 0)).unwrap();
@@ -534,8 +606,7 @@ async fn closed_port_is_refused() {
 /// A full accept queue drops SYNs: a real, unprivileged silent drop on loopback.
 #[tokio::test]
 async fn dropped_syn_is_timeout_at_our_deadline_with_retransmissions_counted() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_millis(1500));
+    let (_pki, opts) = setup(Duration::from_millis(1500));
     for (ip, family) in LOOPBACKS {
         let addr = SocketAddr::new(ip.parse().unwrap(), 0);
         let listener = socket2::Socket::new(
@@ -571,96 +642,61 @@ async fn dropped_syn_is_timeout_at_our_deadline_with_retransmissions_counted() {
             r.syn_retransmits.unwrap_or(0) >= 1,
             "a 1.5 s wait sees the 1 s SYN retransmission: {r:?}"
         );
-        assert!(r.detail.contains("no answer to the SYN"), "{}", r.detail);
+        assert_detail(&r, "no answer to the SYN");
     }
 }
 
 #[tokio::test]
 async fn silent_server_is_no_banner_within_the_deadline() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_millis(1200));
-    for (ip, family) in LOOPBACKS {
-        let server = serve(ip, Script::Silent).await;
-        let (r, elapsed) = run(ip, family, server.port, Level::Banner, &opts).await;
-        assert_outcome(&r, Outcome::NoBanner);
-        assert!(r.timings.connect_us.is_some());
-        assert_within(elapsed, &opts, &r);
+    let (_pki, opts) = setup(Duration::from_millis(1200));
+    for p in scenario(Script::Silent, Level::Banner, &opts, Outcome::NoBanner, "").await {
+        assert!(p.r.timings.connect_us.is_some());
+        assert_within(p.elapsed, &opts, &p.r);
     }
 }
 
 #[tokio::test]
 async fn refusal_greeting_is_bad_banner() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_secs(3));
-    for (ip, family) in LOOPBACKS {
-        let server = serve(
-            ip,
-            Script::Smtp {
-                greeting: "554 5.7.1 mx.loopback.test: no SMTP service for you\r\n",
-                ehlo: EHLO_WITH_STARTTLS,
-                starttls: None,
-                inject_after_starttls: false,
-            },
-        )
-        .await;
-        let (r, _) = run(ip, family, server.port, Level::Tls, &opts).await;
-        assert_outcome(&r, Outcome::BadBanner);
-        assert!(r.detail.contains("554 5.7.1"), "{}", r.detail);
-    }
+    let (_pki, opts) = setup(Duration::from_secs(3));
+    let script = smtp_saying(
+        "554 5.7.1 mx.loopback.test: no SMTP service for you\r\n",
+        EHLO_WITH_STARTTLS,
+        None,
+    );
+    scenario(script, Level::Tls, &opts, Outcome::BadBanner, "554 5.7.1").await;
 }
 
 #[tokio::test]
 async fn ehlo_without_starttls_is_starttls_missing() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_secs(3));
-    for (ip, family) in LOOPBACKS {
-        let server = serve(
-            ip,
-            Script::Smtp {
-                greeting: GREETING,
-                ehlo: EHLO_WITHOUT_STARTTLS,
-                starttls: None,
-                inject_after_starttls: false,
-            },
-        )
-        .await;
-        let (r, _) = run(ip, family, server.port, Level::Tls, &opts).await;
-        assert_outcome(&r, Outcome::StarttlsMissing);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(server.log(), vec!["EHLO PROBE.LOOPBACK.TEST", "QUIT"]);
+    let (_pki, opts) = setup(Duration::from_secs(3));
+    let script = smtp_saying(GREETING, EHLO_WITHOUT_STARTTLS, None);
+    let probed = scenario(script, Level::Tls, &opts, Outcome::StarttlsMissing, "").await;
+    let_servers_log().await;
+    for p in probed {
+        assert_eq!(p.server.log(), vec!["EHLO PROBE.LOOPBACK.TEST", "QUIT"]);
     }
 }
 
 #[tokio::test]
 async fn starttls_masked_on_the_path_is_named() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_secs(3));
-    for (ip, family) in LOOPBACKS {
-        // What an SMTP-inspecting firewall leaves of "250 STARTTLS".
-        let server = serve(
-            ip,
-            Script::Smtp {
-                greeting: GREETING,
-                ehlo: "250-mx.loopback.test\r\n250-PIPELINING\r\n250 XXXXXXXA\r\n",
-                starttls: None,
-                inject_after_starttls: false,
-            },
-        )
-        .await;
-        let (r, _) = run(ip, family, server.port, Level::Tls, &opts).await;
-        assert_outcome(&r, Outcome::StarttlsMissing);
-        assert!(
-            r.detail.contains("rewritten by a middlebox"),
-            "{}",
-            r.detail
-        );
-    }
+    let (_pki, opts) = setup(Duration::from_secs(3));
+    // What an SMTP-inspecting firewall leaves of "250 STARTTLS".
+    let masked = "250-mx.loopback.test\r\n250-PIPELINING\r\n250 XXXXXXXA\r\n";
+    let script = smtp_saying(GREETING, masked, None);
+    let outcome = Outcome::StarttlsMissing;
+    scenario(
+        script,
+        Level::Tls,
+        &opts,
+        outcome,
+        "rewritten by a middlebox",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn wrong_certificates_are_tls_failed() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_secs(3));
+    let (pki, opts) = setup(Duration::from_secs(3));
     for (ip, family) in LOOPBACKS {
         for (config, words, issuer) in [
             (pki.wrong_name.clone(), "not valid for name", CA_NAME),
@@ -671,24 +707,16 @@ async fn wrong_certificates_are_tls_failed() {
             ),
         ] {
             // STARTTLS, implicit TLS and the TLS-only control all fail the same way.
-            let starttls = serve(ip, smtp(Some(config.clone()))).await;
-            let smtps = serve(ip, Script::ImplicitTls(config.clone())).await;
-            let https = serve(ip, Script::TlsOnly(config)).await;
-            let mut opts = opts.clone();
-            opts.implicit_tls_ports = vec![smtps.port];
-            opts.tls_only_ports = vec![https.port];
-            for port in [starttls.port, smtps.port, https.port] {
-                let (r, elapsed) = run(ip, family, port, Level::Tls, &opts).await;
+            let ports = serve_tls_ports(ip, config, &opts).await;
+            for port in [ports.starttls.port, ports.smtps.port, ports.https.port] {
+                let (r, elapsed) = run(ip, family, port, Level::Tls, &ports.opts).await;
                 assert_outcome(&r, Outcome::TlsFailed);
-                assert!(r.detail.contains(words), "{words}: {}", r.detail);
+                assert_detail(&r, words);
                 // Who answered is named: an interceptor's CA shows here.
-                assert!(
-                    r.detail.contains("issued by") && r.detail.contains(issuer),
-                    "{}",
-                    r.detail
-                );
+                assert_detail(&r, "issued by");
+                assert_detail(&r, issuer);
                 assert!(r.tls.is_none());
-                assert_within(elapsed, &opts, &r);
+                assert_within(elapsed, &ports.opts, &r);
             }
         }
     }
@@ -696,36 +724,23 @@ async fn wrong_certificates_are_tls_failed() {
 
 #[tokio::test]
 async fn starttls_injection_is_refused() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_secs(3));
-    for (ip, family) in LOOPBACKS {
-        let server = serve(
-            ip,
-            Script::Smtp {
-                greeting: GREETING,
-                ehlo: EHLO_WITH_STARTTLS,
-                starttls: Some(pki.good.clone()),
-                inject_after_starttls: true,
-            },
-        )
-        .await;
-        let (r, _) = run(ip, family, server.port, Level::Tls, &opts).await;
-        assert_outcome(&r, Outcome::TlsFailed);
-        assert!(r.detail.contains("injection"), "{}", r.detail);
-    }
+    let (pki, opts) = setup(Duration::from_secs(3));
+    let script = Script::Smtp {
+        greeting: GREETING,
+        ehlo: EHLO_WITH_STARTTLS,
+        starttls: Some(pki.good.clone()),
+        inject_after_starttls: true,
+    };
+    scenario(script, Level::Tls, &opts, Outcome::TlsFailed, "injection").await;
 }
 
 #[tokio::test]
 async fn reset_after_connect_is_reset() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_secs(3));
-    for (ip, family) in LOOPBACKS {
-        let server = serve(ip, Script::Reset).await;
-        let (r, elapsed) = run(ip, family, server.port, Level::Banner, &opts).await;
-        assert_outcome(&r, Outcome::Reset);
-        assert_eq!(r.errno, Some(libc::ECONNRESET));
-        assert!(r.timings.connect_us.is_some());
-        assert!(elapsed < Duration::from_secs(1));
+    let (_pki, opts) = setup(Duration::from_secs(3));
+    for p in scenario(Script::Reset, Level::Banner, &opts, Outcome::Reset, "").await {
+        assert_eq!(p.r.errno, Some(libc::ECONNRESET));
+        assert!(p.r.timings.connect_us.is_some());
+        assert!(p.elapsed < Duration::from_secs(1));
     }
 }
 
@@ -734,56 +749,52 @@ async fn reset_after_connect_is_reset() {
 
 #[tokio::test]
 async fn junk_is_bad_banner() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_secs(2));
-    for (ip, family) in LOOPBACKS {
-        for junk in [
-            &b"HTTP/1.1 400 Bad Request\r\n\r\n"[..],
-            &b"\x16\x03\x01\x00\x05hello\n"[..],
-            &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
-        ] {
-            let junk: &'static [u8] = junk;
-            let server = serve(ip, Script::Send(junk)).await;
-            let (r, elapsed) = run(ip, family, server.port, Level::Banner, &opts).await;
-            assert_outcome(&r, Outcome::BadBanner);
-            assert!(r.detail.contains("not an SMTP reply"), "{}", r.detail);
-            assert!(r.detail.len() <= 200, "short detail: {}", r.detail);
-            assert!(elapsed < Duration::from_secs(1));
+    let (_pki, opts) = setup(Duration::from_secs(2));
+    for junk in [
+        &b"HTTP/1.1 400 Bad Request\r\n\r\n"[..],
+        &b"\x16\x03\x01\x00\x05hello\n"[..],
+        &b"SSH-2.0-OpenSSH_9.6\r\n"[..],
+    ] {
+        let junk: &'static [u8] = junk;
+        let script = Script::Send(junk);
+        let outcome = Outcome::BadBanner;
+        for p in scenario(script, Level::Banner, &opts, outcome, "not an SMTP reply").await {
+            assert!(p.r.detail.len() <= 200, "short detail: {}", p.r.detail);
+            assert!(p.elapsed < Duration::from_secs(1));
         }
     }
 }
 
 #[tokio::test]
 async fn endless_line_is_cut_off() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_secs(2));
-    for (ip, family) in LOOPBACKS {
-        let server = serve(ip, Script::EndlessLine).await;
-        let (r, elapsed) = run(ip, family, server.port, Level::Banner, &opts).await;
-        assert_outcome(&r, Outcome::BadBanner);
-        assert!(r.detail.contains("longer than"), "{}", r.detail);
-        assert!(elapsed < Duration::from_secs(1));
+    let (_pki, opts) = setup(Duration::from_secs(2));
+    let outcome = Outcome::BadBanner;
+    for p in scenario(
+        Script::EndlessLine,
+        Level::Banner,
+        &opts,
+        outcome,
+        "longer than",
+    )
+    .await
+    {
+        assert!(p.elapsed < Duration::from_secs(1));
     }
 }
 
 #[tokio::test]
 async fn greeting_one_byte_a_second_ends_at_the_deadline() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_millis(2500));
-    for (ip, family) in LOOPBACKS {
-        let server = serve(ip, Script::Slow).await;
-        let (r, elapsed) = run(ip, family, server.port, Level::Banner, &opts).await;
-        assert_outcome(&r, Outcome::NoBanner);
-        assert!(r.detail.contains("no complete greeting"), "{}", r.detail);
-        assert!(elapsed >= Duration::from_millis(2400), "{elapsed:?}");
-        assert_within(elapsed, &opts, &r);
+    let (_pki, opts) = setup(Duration::from_millis(2500));
+    let (outcome, detail) = (Outcome::NoBanner, "no complete greeting");
+    for p in scenario(Script::Slow, Level::Banner, &opts, outcome, detail).await {
+        assert!(p.elapsed >= Duration::from_millis(2400), "{:?}", p.elapsed);
+        assert_within(p.elapsed, &opts, &p.r);
     }
 }
 
 #[tokio::test]
 async fn literal_of_the_other_family_is_no_address() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_secs(1));
+    let (_pki, opts) = setup(Duration::from_secs(1));
     let (r, _) = run("127.0.0.1", Family::Ipv6, 25, Level::Tls, &opts).await;
     assert_outcome(&r, Outcome::NoAddress);
     assert!(!r.outcome.is_failure());
@@ -793,8 +804,7 @@ async fn literal_of_the_other_family_is_no_address() {
 
 #[tokio::test]
 async fn hosts_file_names_resolve_with_a_dns_phase() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_secs(2));
+    let (pki, opts) = setup(Duration::from_secs(2));
     // localhost is in /etc/hosts for IPv4 on every Debian system: no DNS query leaves the host.
     let server = serve("127.0.0.1", smtp(Some(pki.good.clone()))).await;
     let (r, _) = run("localhost", Family::Ipv4, server.port, Level::Tls, &opts).await;
@@ -805,8 +815,7 @@ async fn hosts_file_names_resolve_with_a_dns_phase() {
 
 #[tokio::test]
 async fn unusable_names_are_dns_failed_not_a_panic() {
-    let pki = pki();
-    let opts = options(&pki, Duration::from_secs(1));
+    let (_pki, opts) = setup(Duration::from_secs(1));
     let (r, elapsed) = run("bad\0name", Family::Ipv4, 25, Level::Tls, &opts).await;
     assert_outcome(&r, Outcome::DnsFailed);
     assert!(elapsed < Duration::from_secs(2));
@@ -864,13 +873,7 @@ async fn check_exits_0_when_every_probe_is_ok_and_prints_the_table() {
 async fn check_exits_1_and_names_the_layer_on_failures() {
     let pki = pki();
     let good = serve_both(smtp(Some(pki.good.clone()))).await;
-    let stripped = serve_both(Script::Smtp {
-        greeting: GREETING,
-        ehlo: EHLO_WITHOUT_STARTTLS,
-        starttls: None,
-        inject_after_starttls: false,
-    })
-    .await;
+    let stripped = serve_both(smtp_saying(GREETING, EHLO_WITHOUT_STARTTLS, None)).await;
     let silent = serve_both(Script::Silent).await;
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

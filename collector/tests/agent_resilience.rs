@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use support::fleet::{probe_target, wait_until, Agent, Collector};
-use support::{is_root, skip};
+use support::fleet::{probe_target, Agent, Collector};
+use support::{is_root, skip, wait_until, Proc};
 
 const HOST_ROOT: &str = "/";
 
@@ -299,7 +299,7 @@ fn a_full_spool_disk_is_survived_counted_told_and_recovered_from() {
         .arg(&disk)
         .stdout(Stdio::piped())
         .spawn()
-        .map(support::fleet::Proc)
+        .map(Proc)
         .expect("unshare (util-linux)");
     let mut ready = String::new();
     let stdout = keeper.0.stdout.take().unwrap();

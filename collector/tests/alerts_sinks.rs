@@ -14,6 +14,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{debian_tool, Proc};
+
 type Inbox = Arc<Mutex<Vec<(String, Value)>>>;
 
 /// A receiver that records every POST body by path; `/slow` takes 2 s to answer.
@@ -214,27 +217,6 @@ async fn bad_sink_urls_are_config_errors_naming_the_key() {
     assert!(msg.contains("bogus"), "{msg}");
 }
 
-/// Debian tools: present, or skip with a reason — unless CI is set, where missing is a failure.
-fn tool(path: &str, package: &str) -> bool {
-    if std::path::Path::new(path).exists() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{path} missing under CI: apt-get install -y {package}");
-    }
-    eprintln!("SKIP: {path} not found (apt-get install -y {package})");
-    false
-}
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn am_alerts(client: &reqwest::Client, base: &str) -> Vec<Value> {
     client
         .get(format!("{base}/api/v2/alerts"))
@@ -248,7 +230,7 @@ async fn am_alerts(client: &reqwest::Client, base: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn alertmanager_receives_and_resolves() {
-    if !tool(
+    if !debian_tool(
         "/usr/bin/prometheus-alertmanager",
         "prometheus-alertmanager",
     ) {
@@ -265,7 +247,7 @@ async fn alertmanager_receives_and_resolves() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let _am = Child(
+    let _am = Proc(
         std::process::Command::new("/usr/bin/prometheus-alertmanager")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(

@@ -4,23 +4,13 @@
 use egresswatch_collector::detector::{Detector, DetectorConfig};
 use egresswatch_collector::events::{Event, EventKind, Scope};
 use egresswatch_collector::pipeline::AgentMeta;
-use egresswatch_wire::{Family, Labels, Outcome, PhaseTimings, ProbeResult};
+use egresswatch_wire::{Family, Outcome, PhaseTimings, ProbeResult};
+
+mod support;
+use support::agent_meta;
 
 const INTERVAL: i64 = 60_000;
 const T0: i64 = 1_800_000_000_000;
-
-fn agent(id: &str, provider: &str, account: &str) -> AgentMeta {
-    AgentMeta {
-        agent_id: id.into(),
-        labels: Labels {
-            provider: provider.into(),
-            account: account.into(),
-            region: "r1".into(),
-            instance: id.into(),
-        },
-        agent_version: "test".into(),
-    }
-}
 
 fn result(seq: u64, at: i64, target: &str, port: u16, outcome: Outcome) -> ProbeResult {
     ProbeResult {
@@ -104,6 +94,57 @@ impl Fleet {
     fn policy_events(&self) -> Vec<&Event> {
         self.events.iter().map(|(_, e)| e).collect()
     }
+
+    /// Every event so far, asserting there are exactly `n` of them.
+    fn expect_events(&self, n: usize) -> Vec<&Event> {
+        let ev = self.policy_events();
+        assert_eq!(ev.len(), n, "{ev:?}");
+        ev
+    }
+
+    /// Asserts that nothing has come out.
+    fn expect_quiet(&self) {
+        assert!(
+            self.policy_events().is_empty(),
+            "{:?}",
+            self.policy_events()
+        );
+    }
+}
+
+/// A fleet of `agents` that has probed `STD` all ok for `n` rounds.
+fn settled_fleet(agents: Vec<AgentMeta>, n: usize) -> Fleet {
+    let mut f = Fleet::new(agents);
+    f.rounds(n, all_ok, STD);
+    f
+}
+
+/// What a probe finds: `outcome` where `fails(agent, target, port)` holds, ok everywhere else.
+fn failing(
+    outcome: Outcome,
+    fails: impl Fn(&str, &str, u16) -> bool + Copy,
+) -> impl Fn(&str, &str, u16) -> Outcome + Copy {
+    move |a, t, p| if fails(a, t, p) { outcome } else { Outcome::Ok }
+}
+
+/// One agent's probes of "mx" on each port and family at `now`: `outcome_of(port)` says what
+/// each finds; `seq` numbers them.
+fn probes_of_mx(
+    seq: &mut u64,
+    now: i64,
+    families: &[Family],
+    outcome_of: impl Fn(u16) -> Outcome,
+) -> Vec<ProbeResult> {
+    let mut results = Vec::new();
+    for &family in families {
+        for port in [587u16, 443] {
+            *seq += 1;
+            let mut r = result(*seq, now, "mx", port, outcome_of(port));
+            r.family = family;
+            results.push(r);
+        }
+    }
+    results
 }
 
 const STD: &[(&str, u16)] = &[("mx", 587), ("mx", 443)];
@@ -114,49 +155,33 @@ fn all_ok(_: &str, _: &str, _: u16) -> Outcome {
 
 fn fleet_two_providers() -> Vec<AgentMeta> {
     vec![
-        agent("g1", "gcp", "acct-a"),
-        agent("g2", "gcp", "acct-a"),
-        agent("g3", "gcp", "acct-b"),
-        agent("h1", "hetzner", "h-acct"),
-        agent("h2", "hetzner", "h-acct2"),
+        agent_meta("g1", "gcp", "acct-a"),
+        agent_meta("g2", "gcp", "acct-a"),
+        agent_meta("g3", "gcp", "acct-b"),
+        agent_meta("h1", "hetzner", "h-acct"),
+        agent_meta("h2", "hetzner", "h-acct2"),
     ]
 }
 
 #[test]
 fn a_single_lost_probe_raises_nothing() {
-    let mut f = Fleet::new(fleet_two_providers());
-    f.rounds(5, all_ok, STD);
+    let mut f = settled_fleet(fleet_two_providers(), 5);
     f.round(
-        |a, _, p| {
-            if a == "g1" && p == 587 {
-                Outcome::Timeout
-            } else {
-                Outcome::Ok
-            }
-        },
+        failing(Outcome::Timeout, |a, _, p| a == "g1" && p == 587),
         STD,
     );
     f.rounds(5, all_ok, STD);
-    assert!(f.policy_events().is_empty(), "{:?}", f.policy_events());
+    f.expect_quiet();
 }
 
 #[test]
 fn three_consistent_failures_of_one_agent_are_one_agent_event() {
-    let mut f = Fleet::new(fleet_two_providers());
-    f.rounds(5, all_ok, STD);
-    let closed = |a: &str, _: &str, p: u16| {
-        if a == "g1" && p == 587 {
-            Outcome::Timeout
-        } else {
-            Outcome::Ok
-        }
-    };
+    let mut f = settled_fleet(fleet_two_providers(), 5);
+    let closed = failing(Outcome::Timeout, |a, _, p| a == "g1" && p == 587);
     f.rounds(2, closed, STD);
-    assert!(f.policy_events().is_empty());
+    f.expect_quiet();
     f.rounds(6, closed, STD);
-    let ev = f.policy_events();
-    assert_eq!(ev.len(), 1, "{ev:?}");
-    let e = ev[0];
+    let e = f.expect_events(1)[0];
     assert_eq!(e.kind, EventKind::PolicyChanged);
     assert_eq!(e.scope, Scope::Agent);
     assert_eq!(e.agent.as_deref(), Some("g1"));
@@ -171,61 +196,40 @@ fn three_consistent_failures_of_one_agent_are_one_agent_event() {
 
 #[test]
 fn a_whole_account_changing_is_one_account_event_and_nothing_for_the_sibling() {
-    let mut f = Fleet::new(fleet_two_providers());
-    f.rounds(4, all_ok, STD);
+    let mut f = settled_fleet(fleet_two_providers(), 4);
     // g2's probe lands a round later than g1's: siblings still group.
     f.round(
-        |a, _, p| {
-            if a == "g1" && p == 587 {
-                Outcome::Timeout
-            } else {
-                Outcome::Ok
-            }
-        },
+        failing(Outcome::Timeout, |a, _, p| a == "g1" && p == 587),
         STD,
     );
     f.rounds(
         8,
-        |a, _, p| {
-            if (a == "g1" || a == "g2") && p == 587 {
-                Outcome::Timeout
-            } else {
-                Outcome::Ok
-            }
-        },
+        failing(Outcome::Timeout, |a, _, p| {
+            (a == "g1" || a == "g2") && p == 587
+        }),
         STD,
     );
-    let ev = f.policy_events();
-    assert_eq!(ev.len(), 1, "{ev:?}");
+    let ev = f.expect_events(1);
     assert_eq!(ev[0].scope, Scope::Account);
     assert_eq!(ev[0].provider.as_deref(), Some("gcp"));
     assert_eq!(ev[0].account.as_deref(), Some("acct-a"));
     assert_eq!(ev[0].agent, None);
     // And back open: one account event again.
     f.rounds(8, all_ok, STD);
-    let ev = f.policy_events();
-    assert_eq!(ev.len(), 2, "{ev:?}");
+    let ev = f.expect_events(2);
     assert_eq!(ev[1].scope, Scope::Account);
     assert_eq!(ev[1].to, "open");
 }
 
 #[test]
 fn every_account_of_a_provider_is_a_provider_event() {
-    let mut f = Fleet::new(fleet_two_providers());
-    f.rounds(4, all_ok, STD);
+    let mut f = settled_fleet(fleet_two_providers(), 4);
     f.rounds(
         8,
-        |a, _, p| {
-            if a.starts_with('g') && p == 587 {
-                Outcome::Refused
-            } else {
-                Outcome::Ok
-            }
-        },
+        failing(Outcome::Refused, |a, _, p| a.starts_with('g') && p == 587),
         STD,
     );
-    let ev = f.policy_events();
-    assert_eq!(ev.len(), 1, "{ev:?}");
+    let ev = f.expect_events(1);
     assert_eq!(ev[0].scope, Scope::Provider);
     assert_eq!(ev[0].provider.as_deref(), Some("gcp"));
     assert_eq!(ev[0].account, None);
@@ -234,28 +238,15 @@ fn every_account_of_a_provider_is_a_provider_event() {
 
 #[test]
 fn everyone_failing_on_one_target_is_a_destination_outage() {
-    let mut f = Fleet::new(fleet_two_providers());
-    f.rounds(4, all_ok, STD);
-    f.rounds(
-        8,
-        |_, _, p| {
-            if p == 587 {
-                Outcome::Refused
-            } else {
-                Outcome::Ok
-            }
-        },
-        STD,
-    );
-    let ev = f.policy_events();
-    assert_eq!(ev.len(), 1, "{ev:?}");
+    let mut f = settled_fleet(fleet_two_providers(), 4);
+    f.rounds(8, failing(Outcome::Refused, |_, _, p| p == 587), STD);
+    let ev = f.expect_events(1);
     assert_eq!(ev[0].kind, EventKind::DestinationOutage);
     assert_eq!(ev[0].scope, Scope::Destination);
     assert_eq!(ev[0].provider, None);
     assert!(f.det.outage_open("mx", 587, Family::Ipv4));
     f.rounds(8, all_ok, STD);
-    let ev = f.policy_events();
-    assert_eq!(ev.len(), 2, "{ev:?}");
+    let ev = f.expect_events(2);
     assert_eq!(ev[1].kind, EventKind::DestinationOutage);
     assert_eq!(ev[1].to, "open");
     assert!(!f.det.outage_open("mx", 587, Family::Ipv4));
@@ -263,40 +254,25 @@ fn everyone_failing_on_one_target_is_a_destination_outage() {
 
 #[test]
 fn one_provider_fleet_with_a_second_target_still_sees_the_destination() {
-    let agents = vec![agent("a1", "aws", "x"), agent("a2", "aws", "y")];
+    let agents = vec![agent_meta("a1", "aws", "x"), agent_meta("a2", "aws", "y")];
     let targets: &[(&str, u16)] = &[("mx", 587), ("mx2", 587), ("mx", 443)];
     let mut f = Fleet::new(agents);
     f.rounds(4, all_ok, targets);
     f.rounds(
         8,
-        |_, t, p| {
-            if t == "mx" && p == 587 {
-                Outcome::Timeout
-            } else {
-                Outcome::Ok
-            }
-        },
+        failing(Outcome::Timeout, |_, t, p| t == "mx" && p == 587),
         targets,
     );
-    let ev = f.policy_events();
-    assert_eq!(ev.len(), 1, "{ev:?}");
+    let ev = f.expect_events(1);
     assert_eq!(ev[0].kind, EventKind::DestinationOutage);
 }
 
 #[test]
 fn control_port_failing_too_means_lost_network_not_policy() {
-    let mut f = Fleet::new(fleet_two_providers());
-    f.rounds(4, all_ok, STD);
-    let down = |a: &str, _: &str, _: u16| {
-        if a == "g1" {
-            Outcome::Unreachable
-        } else {
-            Outcome::Ok
-        }
-    };
-    f.rounds(8, down, STD);
+    let mut f = settled_fleet(fleet_two_providers(), 4);
+    f.rounds(8, failing(Outcome::Unreachable, |a, _, _| a == "g1"), STD);
     f.rounds(8, all_ok, STD);
-    assert!(f.policy_events().is_empty(), "{:?}", f.policy_events());
+    f.expect_quiet();
 }
 
 #[test]
@@ -309,13 +285,9 @@ fn a_flapping_series_is_alerted_once() {
     f.rounds(12, all_ok, STD);
     for i in 0..40 {
         f.round(
-            move |a, _, p| {
-                if a == "h1" && p == 587 && (i % 4 < 2) {
-                    Outcome::Timeout
-                } else {
-                    Outcome::Ok
-                }
-            },
+            failing(Outcome::Timeout, move |a, _, p| {
+                a == "h1" && p == 587 && (i % 4 < 2)
+            }),
             STD,
         );
     }
@@ -324,13 +296,12 @@ fn a_flapping_series_is_alerted_once() {
     assert_eq!(flapping.len(), 1, "{ev:?}");
     assert_eq!(flapping[0].agent.as_deref(), Some("h1"));
     // Nothing else while it flaps (no open/blocked on every flip).
-    assert_eq!(ev.len(), 1, "{ev:?}");
+    f.expect_events(1);
 }
 
 #[test]
 fn replayed_old_results_raise_no_alert() {
-    let mut f = Fleet::new(fleet_two_providers());
-    f.rounds(4, all_ok, STD);
+    let mut f = settled_fleet(fleet_two_providers(), 4);
     let g1 = f.agents[0].clone();
     // An hour later g1's spool drains: ten old rounds in which 587 was closed.
     let now = f.now() + 3_600_000;
@@ -358,22 +329,20 @@ fn replayed_old_results_raise_no_alert() {
 
 #[test]
 fn silent_agents_and_their_return() {
-    let mut f = Fleet::new(fleet_two_providers());
-    f.rounds(2, all_ok, STD);
+    let f = settled_fleet(fleet_two_providers(), 2);
     let mut only_others = Fleet {
         agents: f.agents[1..].to_vec(),
         ..f
     };
     only_others.rounds(4, all_ok, STD);
-    let ev = only_others.policy_events();
-    assert_eq!(ev.len(), 1, "{ev:?}");
+    let ev = only_others.expect_events(1);
     assert_eq!(ev[0].kind, EventKind::AgentSilent);
     assert_eq!(ev[0].agent.as_deref(), Some("g1"));
     assert_eq!(
         (ev[0].from.as_str(), ev[0].to.as_str()),
         ("reporting", "silent")
     );
-    let g1 = agent("g1", "gcp", "acct-a");
+    let g1 = agent_meta("g1", "gcp", "acct-a");
     let back = only_others.det.agent_seen(&g1, only_others.now());
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].kind, EventKind::AgentBack);
@@ -385,20 +354,9 @@ fn silent_agents_and_their_return() {
 
 #[test]
 fn no_address_is_never_a_failure() {
-    let mut f = Fleet::new(fleet_two_providers());
-    f.rounds(4, all_ok, STD);
-    f.rounds(
-        6,
-        |_, _, p| {
-            if p == 587 {
-                Outcome::NoAddress
-            } else {
-                Outcome::Ok
-            }
-        },
-        STD,
-    );
-    assert!(f.policy_events().is_empty());
+    let mut f = settled_fleet(fleet_two_providers(), 4);
+    f.rounds(6, failing(Outcome::NoAddress, |_, _, p| p == 587), STD);
+    f.expect_quiet();
 }
 
 #[test]
@@ -487,17 +445,10 @@ fn restored_baseline_raises_nothing_and_detects_the_next_change() {
     };
     f.rounds(
         6,
-        |a, _, p| {
-            if a == "h1" && p == 587 {
-                Outcome::Timeout
-            } else {
-                Outcome::Ok
-            }
-        },
+        failing(Outcome::Timeout, |a, _, p| a == "h1" && p == 587),
         STD,
     );
-    let ev = f.policy_events();
-    assert_eq!(ev.len(), 1, "{ev:?}");
+    let ev = f.expect_events(1);
     assert_eq!(
         ev[0].scope,
         Scope::Account,
@@ -522,19 +473,14 @@ fn the_settling_wait_follows_the_probe_interval() {
             for a in &agents {
                 let closed =
                     a.agent_id.starts_with('g') && a.labels.account == "acct-a" && t >= close_at;
-                let rs: Vec<ProbeResult> = [(587, closed), (443, false)]
-                    .into_iter()
-                    .map(|(p, fail)| {
-                        seq += 1;
-                        result(
-                            seq,
-                            t,
-                            "mx",
-                            p,
-                            if fail { Outcome::Timeout } else { Outcome::Ok },
-                        )
-                    })
-                    .collect();
+                let outcome_of = |p| {
+                    if closed && p == 587 {
+                        Outcome::Timeout
+                    } else {
+                        Outcome::Ok
+                    }
+                };
+                let rs = probes_of_mx(&mut seq, t, &[Family::Ipv4], outcome_of);
                 det.observe(a, &rs, true, t);
             }
         }
@@ -557,27 +503,10 @@ fn a_provider_blocking_what_others_always_blocked_is_not_a_destination_outage() 
     // only Hetzner changed: a provider change, not an outage.
     let targets: &[(&str, u16)] = &[("mx", 25), ("mx", 443)];
     let mut f = Fleet::new(fleet_two_providers());
-    let gcp_blocks = |a: &str, _: &str, p: u16| {
-        if a.starts_with('g') && p == 25 {
-            Outcome::Timeout
-        } else {
-            Outcome::Ok
-        }
-    };
+    let gcp_blocks = failing(Outcome::Timeout, |a, _, p| a.starts_with('g') && p == 25);
     f.rounds(4, gcp_blocks, targets);
-    f.rounds(
-        8,
-        |_, _, p| {
-            if p == 25 {
-                Outcome::Timeout
-            } else {
-                Outcome::Ok
-            }
-        },
-        targets,
-    );
-    let ev = f.policy_events();
-    assert_eq!(ev.len(), 1, "{ev:?}");
+    f.rounds(8, failing(Outcome::Timeout, |_, _, p| p == 25), targets);
+    let ev = f.expect_events(1);
     assert_eq!(ev[0].kind, EventKind::PolicyChanged);
     assert_eq!(ev[0].scope, Scope::Provider);
     assert_eq!(ev[0].provider.as_deref(), Some("hetzner"));
@@ -592,22 +521,15 @@ fn both_families_changing_together_is_one_event() {
     for round in 0..10i64 {
         let now = T0 + round * INTERVAL;
         for a in &agents {
-            let mut rs = Vec::new();
-            for family in [Family::Ipv4, Family::Ipv6] {
-                for port in [587u16, 443] {
-                    seq += 1;
-                    let fail = a.labels.account == "acct-a" && port == 587 && round >= 3;
-                    let mut r = result(
-                        seq,
-                        now,
-                        "mx",
-                        port,
-                        if fail { Outcome::Timeout } else { Outcome::Ok },
-                    );
-                    r.family = family;
-                    rs.push(r);
+            let closed = a.labels.account == "acct-a" && round >= 3;
+            let outcome_of = |port| {
+                if closed && port == 587 {
+                    Outcome::Timeout
+                } else {
+                    Outcome::Ok
                 }
-            }
+            };
+            let rs = probes_of_mx(&mut seq, now, &[Family::Ipv4, Family::Ipv6], outcome_of);
             events.extend(det.observe(a, &rs, true, now));
         }
         for s in 1..=60 {
@@ -629,9 +551,9 @@ fn both_families_changing_a_few_seconds_apart_are_one_event() {
     };
     let mut det = Detector::new(config);
     let agents = [
-        agent("p1", "aws", "prod"),
-        agent("p2", "aws", "prod"),
-        agent("d1", "aws", "dev"),
+        agent_meta("p1", "aws", "prod"),
+        agent_meta("p2", "aws", "prod"),
+        agent_meta("d1", "aws", "dev"),
     ];
     let mut seq = 0u64;
     let mut events = Vec::new();
@@ -642,18 +564,14 @@ fn both_families_changing_a_few_seconds_apart_are_one_event() {
             let now = T0 + round * step + offset;
             for a in &agents {
                 let closed = blocked && a.labels.account == "prod";
-                let mut results = Vec::new();
-                for port in [587u16, 443] {
-                    seq += 1;
-                    let outcome = if closed && port == 587 {
+                let outcome_of = |port| {
+                    if closed && port == 587 {
                         Outcome::Timeout
                     } else {
                         Outcome::Ok
-                    };
-                    let mut r = result(seq, now, "mx", port, outcome);
-                    r.family = family;
-                    results.push(r);
-                }
+                    }
+                };
+                let results = probes_of_mx(&mut seq, now, &[family], outcome_of);
                 events.extend(det.observe(a, &results, true, now));
             }
             events.extend(det.tick(now));

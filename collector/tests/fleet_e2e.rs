@@ -14,7 +14,8 @@ use rand::Rng;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::fleet::{collector_bin, issue, probe_target, wait_until, work_dir, Agent, Collector};
+use support::fleet::{probe_target, work_dir, Agent, Collector};
+use support::{collector_bin, issue, wait_until};
 
 /// The spool as the test sees it: the agents here share the test's mount namespace.
 const ROOT: &str = "/";

@@ -2,95 +2,16 @@
 //! contract shapes, the token rule off loopback, the security headers, SSE delivery, and
 //! `/metrics` checked by Debian's `promtool`.
 
-use egresswatch_collector::alerts::Alerts;
-use egresswatch_collector::detector::DetectorConfig;
 use egresswatch_collector::events::now_unix_ms;
-use egresswatch_collector::http::{self, Fleet, HttpConfig, MemoryHistory, Metrics};
+use egresswatch_collector::http::{self, HttpConfig};
 use egresswatch_collector::pipeline::{AgentMeta, ResultObserver};
-use egresswatch_wire::{Family, Labels, Outcome, PhaseTimings, ProbeResult};
+use egresswatch_wire::{Family, Outcome, PhaseTimings, ProbeResult};
 use serde_json::{json, Value};
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
 
-struct Server {
-    addr: SocketAddr,
-    fleet: Arc<Fleet>,
-    history: Arc<MemoryHistory>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Server {
-    async fn start(config: HttpConfig) -> Server {
-        let history = Arc::new(MemoryHistory::default());
-        let fleet = Fleet::new(
-            DetectorConfig::default(),
-            history.clone(),
-            Alerts::none(),
-            Arc::new(Metrics::new()),
-        );
-        let bound = http::bind(&config).await.expect("bind");
-        let addr = bound.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let f = fleet.clone();
-        let task = tokio::spawn(async move {
-            bound
-                .serve(f, async move {
-                    let _ = rx.await;
-                })
-                .await
-                .expect("serve");
-        });
-        Server {
-            addr,
-            fleet,
-            history,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.addr.port(), path)
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(5), self.task)
-            .await
-            .expect("graceful shutdown within 5 s")
-            .unwrap();
-    }
-}
-
-/// Sends `request` and decodes its JSON body.
-async fn json_of<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder) -> T {
-    request.send().await.unwrap().json().await.unwrap()
-}
-
-fn loopback() -> HttpConfig {
-    HttpConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    }
-}
-
-fn agent(id: &str, provider: &str, account: &str) -> AgentMeta {
-    AgentMeta {
-        agent_id: id.into(),
-        labels: Labels {
-            provider: provider.into(),
-            account: account.into(),
-            region: "eu-1".into(),
-            instance: format!("i-{id}"),
-        },
-        agent_version: "t".into(),
-    }
-}
+mod support;
+use support::http::{json_of, loopback, read_until, text_of, Server};
+use support::{agent_meta, debian_tool, pipe_into};
 
 fn results(seq0: u64, at: i64) -> Vec<ProbeResult> {
     [
@@ -141,7 +62,7 @@ fn assert_security_headers(resp: &reqwest::Response) {
 #[tokio::test]
 async fn api_shapes_follow_the_contract() {
     let s = Server::start(loopback()).await;
-    let g1 = agent("g1", "gcp", "acct-a");
+    let g1 = agent_meta("g1", "gcp", "acct-a");
     feed(&s, &g1);
     let c = reqwest::Client::new();
 
@@ -360,19 +281,6 @@ async fn the_page_trades_the_token_for_a_session_cookie() {
     s.stop().await;
 }
 
-/// Reads SSE chunks until `needle` shows up (bounded in time).
-async fn read_until(resp: &mut reqwest::Response, buf: &mut String, needle: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !buf.contains(needle) {
-        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("no {needle:?} within 10 s; got {buf:?}"))
-            .unwrap()
-            .expect("stream ended");
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-    }
-}
-
 #[tokio::test]
 async fn sse_sends_the_matrix_then_events() {
     let s = Server::start(HttpConfig {
@@ -380,7 +288,7 @@ async fn sse_sends_the_matrix_then_events() {
         ..loopback()
     })
     .await;
-    let g1 = agent("g1", "hetzner", "h");
+    let g1 = agent_meta("g1", "hetzner", "h");
     feed(&s, &g1);
     let c = reqwest::Client::new();
     let mut resp = c.get(s.url("/api/stream")).send().await.unwrap();
@@ -408,39 +316,22 @@ async fn sse_sends_the_matrix_then_events() {
     assert!(matches!(rest, Ok(Ok(None)) | Ok(Err(_))), "{rest:?}");
 }
 
-/// Debian tools: present, or skip with a reason — unless CI is set, where missing is a failure.
-fn tool(path: &str, package: &str) -> bool {
-    if std::path::Path::new(path).exists() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{path} missing under CI: apt-get install -y {package}");
-    }
-    eprintln!("SKIP: {path} not found (apt-get install -y {package})");
-    false
-}
-
 #[tokio::test]
 async fn metrics_pass_promtool() {
-    if !tool("/usr/bin/promtool", "prometheus") {
+    if !debian_tool("/usr/bin/promtool", "prometheus") {
         return;
     }
     let s = Server::start(loopback()).await;
-    feed(&s, &agent("g1", "gcp", "a"));
-    feed(&s, &agent("a1", "aws", "b"));
-    feed(&s, &agent("w1", "we\"ird\\} 1", "b"));
+    feed(&s, &agent_meta("g1", "gcp", "a"));
+    feed(&s, &agent_meta("a1", "aws", "b"));
+    feed(&s, &agent_meta("w1", "we\"ird\\} 1", "b"));
     s.fleet.metrics().ingest.results.inc_by(6);
     s.fleet.metrics().ingest.refused("revoked");
     s.fleet.metrics().ingest.refused("bad_version");
     s.fleet.metrics().ingest.refused("revoked");
     s.fleet.tick(now_unix_ms() + 3_600_000);
     s.fleet.publish_matrix(now_unix_ms());
-    let body = reqwest::get(s.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = text_of(reqwest::Client::new().get(s.url("/metrics"))).await;
     assert!(
         body.contains("egresswatch_ingest_results_total 6"),
         "{body}"
@@ -459,21 +350,7 @@ async fn metrics_pass_promtool() {
         "label values escaped: {body}"
     );
     assert!(body.contains("egresswatch_events_total{"), "{body}");
-    let mut child = std::process::Command::new("/usr/bin/promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = pipe_into("/usr/bin/promtool", &["check", "metrics"], &body);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -498,7 +375,7 @@ async fn every_response_carries_the_security_headers() {
         ..Default::default()
     })
     .await;
-    let a = agent("h1", "gcp", "proj-a");
+    let a = agent_meta("h1", "gcp", "proj-a");
     feed(&open, &a);
     feed(&guarded, &a);
     let paths = [

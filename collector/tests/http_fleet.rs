@@ -7,27 +7,17 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use egresswatch_collector::alerts::{Alerts, SinkConfig, SinkKind};
-use egresswatch_collector::detector::DetectorConfig;
 use egresswatch_collector::events::now_unix_ms;
-use egresswatch_collector::http::{self, Fleet, HttpConfig, MemoryHistory, Metrics};
-use egresswatch_collector::pipeline::{AgentMeta, ResultObserver};
-use egresswatch_wire::{Family, Labels, Outcome, ProbeResult};
+use egresswatch_collector::http::Metrics;
+use egresswatch_collector::pipeline::ResultObserver;
+use egresswatch_wire::{Family, Outcome, ProbeResult};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-fn agent(id: &str, provider: &str, account: &str) -> AgentMeta {
-    AgentMeta {
-        agent_id: id.into(),
-        labels: Labels {
-            provider: provider.into(),
-            account: account.into(),
-            region: "r".into(),
-            instance: id.into(),
-        },
-        agent_version: "t".into(),
-    }
-}
+mod support;
+use support::agent_meta;
+use support::http::{json_of, loopback, read_until, text_of, Server};
 
 #[tokio::test]
 async fn one_account_closing_587_is_one_event_everywhere() {
@@ -53,38 +43,18 @@ async fn one_account_closing_587_is_one_event_everywhere() {
         metrics.alerts.clone(),
     )
     .unwrap();
-    let history = Arc::new(MemoryHistory::default());
-    let fleet = Fleet::new(
-        DetectorConfig::default(),
-        history.clone(),
-        alerts,
-        metrics.clone(),
-    );
-    let bound = http::bind(&HttpConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let base = format!("http://{}", bound.local_addr().unwrap());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(bound.serve(fleet.clone(), async move {
-        let _ = stop_rx.await;
-    }));
+    let server = Server::start_with(loopback(), alerts, metrics).await;
+    let (fleet, history) = (server.fleet.clone(), server.history.clone());
 
     let client = reqwest::Client::new();
-    let mut sse = client
-        .get(format!("{base}/api/stream"))
-        .send()
-        .await
-        .unwrap();
+    let mut sse = client.get(server.url("/api/stream")).send().await.unwrap();
     assert_eq!(sse.status(), 200);
 
     let agents = [
-        agent("a1", "aws", "acct-1"),
-        agent("a2", "aws", "acct-1"),
-        agent("b1", "aws", "acct-2"),
-        agent("h1", "hetzner", "h"),
+        agent_meta("a1", "aws", "acct-1"),
+        agent_meta("a2", "aws", "acct-1"),
+        agent_meta("b1", "aws", "acct-2"),
+        agent_meta("h1", "hetzner", "h"),
     ];
     // Simulated time runs ahead of the wall clock so the server's own ticks never settle
     // anything: the test drives time.
@@ -117,14 +87,7 @@ async fn one_account_closing_587_is_one_event_everywhere() {
         }
     }
 
-    let events: Vec<Value> = client
-        .get(format!("{base}/api/events"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events: Vec<Value> = json_of(client.get(server.url("/api/events"))).await;
     assert_eq!(events.len(), 1, "{events:?}");
     let e = &events[0];
     assert_eq!(e["kind"], "policy_changed");
@@ -136,15 +99,8 @@ async fn one_account_closing_587_is_one_event_everywhere() {
 
     // SSE: the event arrives as `event: event`.
     let mut buf = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !buf.contains("event: event") || !buf.contains("acct-1\",\"agent\"") {
-        let chunk = tokio::time::timeout_at(deadline, sse.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("no SSE event: {buf}"))
-            .unwrap()
-            .expect("stream open");
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    read_until(&mut sse, &mut buf, "event: event").await;
+    read_until(&mut sse, &mut buf, "acct-1\",\"agent\"").await;
 
     // Webhook: the same event object (plus its id).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -158,14 +114,7 @@ async fn one_account_closing_587_is_one_event_everywhere() {
     assert!(got["id"].is_number());
 
     // The matrix shows the account blocked, the sibling open.
-    let m: Value = client
-        .get(format!("{base}/api/matrix"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m: Value = json_of(client.get(server.url("/api/matrix"))).await;
     let aws = m["providers"]
         .as_array()
         .unwrap()
@@ -176,19 +125,11 @@ async fn one_account_closing_587_is_one_event_everywhere() {
     assert_eq!(aws["accounts"][0]["cells"]["587"]["status"], "blocked");
     assert_eq!(aws["accounts"][1]["cells"]["587"]["status"], "open");
 
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(client.get(server.url("/metrics"))).await;
     assert!(
         text.contains("egresswatch_events_total{kind=\"policy_changed\",scope=\"account\"} 1"),
         "{text}"
     );
     drop(sse);
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }

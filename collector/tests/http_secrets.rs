@@ -5,37 +5,16 @@
 
 use egresswatch_collector::sim::{self, Credentials, SimAgent};
 use egresswatch_wire::{CollectorMessage, Labels};
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_egresswatch-collector")
-}
+mod support;
+use support::{collector_bin, issue, spawn_collector, write_collector_config, Proc};
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// A collector config on loopback QUIC with `http` as the body of its `[http]` table.
 fn write_config(dir: &Path, http: &str) -> std::path::PathBuf {
-    let config = dir.join("collector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\n[quic]\nlisten = \"127.0.0.1:0\"\n[http]\n{http}\n",
-            dir.join("data")
-        ),
-    )
-    .unwrap();
-    config
+    write_collector_config(dir, "listen = \"127.0.0.1:0\"", http, "")
 }
 
 #[test]
@@ -47,7 +26,7 @@ fn an_exposed_listener_without_a_good_token_does_not_start() {
         ("listen = \"0.0.0.0:0\"\ntoken = \"short\"", "http.token"),
     ] {
         let config = write_config(tmp.path(), http);
-        let mut child = Command::new(bin())
+        let mut child = Command::new(collector_bin())
             .args(["run", "--config"])
             .arg(&config)
             .stdout(Stdio::null())
@@ -97,57 +76,15 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
         &format!("listen = \"127.0.0.1:0\"\ntoken = \"{token}\""),
     );
     let log_path = tmp.path().join("collector.log");
-    let mut child = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let collector = Proc(child);
-    let (mut quic, mut http) = (None::<SocketAddr>, None::<SocketAddr>);
-    let mut printed = String::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while (quic.is_none() || http.is_none()) && Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        printed.push_str(&line);
-        printed.push('\n');
-        let addr = |rest: &str| {
-            rest.split_whitespace()
-                .next()
-                .map(|w| w.trim_start_matches("http://").trim_end_matches('/'))
-                .and_then(|w| w.parse().ok())
-        };
-        if let Some(rest) = line.strip_prefix("QUIC:") {
-            quic = addr(rest);
-        }
-        if let Some(rest) = line.strip_prefix("HTTP:") {
-            http = addr(rest);
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let (quic, http) = (quic.expect("QUIC address"), http.expect("HTTP address"));
+    let (child, listening) = spawn_collector(&config, &log_path, Some("trace"));
+    let mut collector = Proc(child);
+    let (quic, http, printed) = (listening.quic, listening.http, listening.printed);
 
     // An agent reports over QUIC (TLS with the CA-issued certificate and key).
     let ca_dir = tmp.path().join("data/ca");
     let agents = tmp.path().join("agents");
-    let issued = Command::new(bin())
-        .args(["ca", "issue", "--dir"])
-        .arg(&ca_dir)
-        .arg("quiet-agent")
-        .arg("--out")
-        .arg(&agents)
-        .output()
-        .unwrap();
-    assert!(issued.status.success());
-    let creds = Credentials::from_files(
-        &ca_dir.join("ca.pem"),
-        &agents.join("quiet-agent.crt"),
-        &agents.join("quiet-agent.key"),
-    )
-    .unwrap();
+    let (cert, key) = issue(&ca_dir, &agents, "quiet-agent");
+    let creds = Credentials::from_files(&ca_dir.join("ca.pem"), &cert, &key).unwrap();
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let mut agent = SimAgent::connect(
         &endpoint,
@@ -204,18 +141,7 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     drop(stream);
 
     // A graceful stop, so that everything the collector would log is in the file.
-    let _ = Command::new("kill")
-        .args(["-TERM", &collector.0.id().to_string()])
-        .status();
-    let mut collector = collector;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while collector.0.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "collector did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    collector.terminate();
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
         log.contains("DEBUG") && log.contains("TRACE"),

@@ -21,7 +21,8 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::quic::{client_endpoint, collector_bin, connect, labels, now_ms, QuicCollector};
+use support::collector_bin;
+use support::quic::{client_endpoint, connect, labels, now_ms, QuicCollector};
 use time::OffsetDateTime;
 
 /// TLS alerts as QUIC carries them: CRYPTO_ERROR 0x100 + the alert number (RFC 9001 §4.8).

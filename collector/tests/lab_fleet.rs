@@ -8,7 +8,6 @@
 //! fail instead of skipping.
 
 use serde_json::Value;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SCENARIO: &str = r#"
@@ -30,7 +29,7 @@ hosts = 2
 "#;
 
 mod support;
-use support::{agent_bin, lab_up, skip_lab_test, start_collector, Lab};
+use support::{agent_bin, skip_lab_test, LabAgent, LabRun};
 
 async fn get(http: &str, path: &str) -> Value {
     let body = reqwest::get(format!("http://{http}{path}"))
@@ -92,66 +91,35 @@ async fn policy_changes_are_attributed_and_loss_is_quiet() {
     if skip_lab_test("policy_changes_are_attributed_and_loss_is_quiet") {
         return;
     }
-    // Spools must not live under /tmp (the agent refuses it).
-    let work = tempfile::Builder::new()
-        .prefix("ew-fleet")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let scenario = work.path().join("fleet.toml");
-    std::fs::write(&scenario, SCENARIO).unwrap();
-    let name = format!("fl{}", std::process::id() % 100_000);
-    let mut lab = Lab::new(&name);
-    let state = lab_up(&lab, &scenario, &work.path().join("lab"));
-    let root_ipv4 = state["root_link"]["root_ipv4"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let mut run = LabRun::up("fl", SCENARIO);
 
     // The collector, in the root namespace, on the root link.
-    let data = work.path().join("data");
-    let config = work.path().join("collector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {data:?}\n[quic]\nlisten = \"{root_ipv4}:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [detector]\nconfirm_probes = 3\nsettle_secs = 4\nsilent_after_secs = 90\nfresh_secs = 120\nreplay_after_secs = 60\n"
-        ),
-    )
-    .unwrap();
-    let collector = start_collector(&config, &work.path().join("collector.log"));
-    let (quic_port, http) = (collector.quic.port(), collector.http.clone());
-    lab.processes.push(collector.child);
+    let collector = run.start_collector(
+        "[detector]\nconfirm_probes = 3\nsettle_secs = 4\nsilent_after_secs = 90\nfresh_secs = 120\nreplay_after_secs = 60\n",
+    );
+    let (quic_port, http) = (collector.quic.port(), collector.http.to_string());
 
     // One certificate and one config per host; every agent started in its own namespace.
-    let hosts = state["hosts"].as_array().unwrap().clone();
-    let configs = work.path().join("agents");
+    let hosts = run.state["hosts"].as_array().unwrap().clone();
+    let configs = run.agents_dir();
     std::fs::create_dir_all(&configs).unwrap();
     for host in &hosts {
         let id = host["name"].as_str().unwrap();
-        let issued = Command::new(env!("CARGO_BIN_EXE_egresswatch-collector"))
-            .args(["ca", "issue", "--dir"])
-            .arg(data.join("ca"))
-            .arg(id)
-            .arg("--out")
-            .arg(&configs)
-            .output()
-            .unwrap();
-        assert!(issued.status.success());
-        let toml = format!(
-            "[collector]\naddress = \"collector.lab.test:{quic_port}\"\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\
-             [labels]\nprovider = {provider}\naccount = {account}\nregion = \"lab-1\"\ninstance = \"{id}\"\n\
-             [[targets]]\nhost = \"mx.lab.test\"\nports = [587, 2525, 443]\nlevel = \"connect\"\ninterval = \"2s\"\n\
-             [probe]\ntimeout = \"3s\"\nmin_interval_per_destination = \"1s\"\n\
-             [spool]\ndir = {spool:?}\n[identity]\nmetadata = false\n",
-            ca = data.join("ca/ca.pem"),
-            cert = configs.join(format!("{id}.crt")),
-            key = configs.join(format!("{id}.key")),
-            provider = host["provider"],
-            account = host["account"],
-            spool = work.path().join("spool").join(id),
+        let toml = run.agent_config(
+            quic_port,
+            &LabAgent {
+                id,
+                provider: host["provider"].as_str().unwrap(),
+                account: host["account"].as_str().unwrap(),
+                ports: &[587, 2525, 443],
+                interval: "2s",
+                timeout: "3s",
+                spool: &run.work.path().join("spool").join(id),
+            },
         );
         std::fs::write(configs.join(format!("{id}.toml")), toml).unwrap();
     }
+    let lab = &run.lab;
     let agent = agent_bin();
     let template = format!("{}/{{host}}.toml", configs.display());
     lab.run(&[
@@ -179,19 +147,7 @@ async fn policy_changes_are_attributed_and_loss_is_quiet() {
     .await;
 
     // (1) One account's 587 closes: one account event, nothing for its sibling.
-    lab.run(&[
-        "rule",
-        "--provider",
-        "aws",
-        "--account",
-        "prod",
-        "--port",
-        "587",
-        "--family",
-        "both",
-        "--action",
-        "drop",
-    ]);
+    lab.rule("aws", "prod", 587, "drop");
     let is_prod_587 = |e: &Value| {
         e["kind"] == "policy_changed"
             && e["port"] == 587
@@ -257,19 +213,7 @@ async fn policy_changes_are_attributed_and_loss_is_quiet() {
 
     // Back to normal, and quiet.
     lab.run(&["dest", "start", "2525"]);
-    lab.run(&[
-        "rule",
-        "--provider",
-        "aws",
-        "--account",
-        "prod",
-        "--port",
-        "587",
-        "--family",
-        "both",
-        "--action",
-        "clear",
-    ]);
+    lab.rule("aws", "prod", 587, "clear");
     let mut last = (0usize, Instant::now());
     wait_for(
         "all open again and no new event for 15 s",

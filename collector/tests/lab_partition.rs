@@ -5,12 +5,8 @@
 //!
 //! Needs root (network namespaces, nftables); skipped with a reason otherwise.
 
-use egresswatch_collector::store::{sqlite::SqliteStore, Store};
-use std::collections::BTreeSet;
-use std::fs::File;
-
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SCENARIO: &str = r#"
@@ -27,22 +23,18 @@ hosts = 1
 const PARTITION: Duration = Duration::from_secs(40);
 
 mod support;
-use support::{agent_bin, lab_up, skip_lab_test, start_collector, Lab};
+use support::{
+    agent_bin, assert_stored_exactly_once, drain, pipe_into, read_ledger, skip_lab_test,
+    wait_until, LabAgent, LabRun, Proc,
+};
 
 fn nft_in(ns: &str, script: &str) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "nft in {ns}: {script}");
+    let out = pipe_into("ip", &["netns", "exec", ns, "nft", "-f", "-"], script);
+    assert!(
+        out.status.success(),
+        "nft in {ns}: {script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 struct Agent {
@@ -57,8 +49,8 @@ impl Agent {
         std::fs::write(&self.config, base.replace("INTERVAL", interval)).unwrap();
     }
 
-    fn start(&self) -> Child {
-        let log = File::options()
+    fn start(&self) -> Proc {
+        let log = std::fs::File::options()
             .create(true)
             .append(true)
             .open(&self.log)
@@ -73,31 +65,16 @@ impl Agent {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
+            .map(Proc)
             .unwrap()
     }
 
     fn ledger(&self) -> (u64, u64) {
-        let Ok(bytes) = std::fs::read(self.spool.join("ledger")) else {
-            return (0, 0);
-        };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-            return (0, 0);
-        };
-        (
-            v["next_seq"].as_u64().unwrap_or(0),
-            v["acked_seq"].as_u64().unwrap_or(0),
-        )
+        read_ledger(&self.spool)
     }
 
     fn wait_acked(&self, at_least: u64, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.ledger().1 >= at_least {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        false
+        wait_until(within, || self.ledger().1 >= at_least)
     }
 
     fn log_text(&self) -> String {
@@ -105,82 +82,35 @@ impl Agent {
     }
 }
 
-fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("agent did not stop within 15 s of SIGTERM");
-}
-
 #[test]
 fn a_partition_longer_than_the_idle_timeout_loses_and_doubles_nothing() {
     if skip_lab_test("a_partition_longer_than_the_idle_timeout_loses_and_doubles_nothing") {
         return;
     }
-    let work = tempfile::Builder::new()
-        .prefix("ew-part")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let scenario = work.path().join("partition.toml");
-    std::fs::write(&scenario, SCENARIO).unwrap();
-    let name = format!("pt{}", std::process::id() % 100_000);
-    let mut lab = Lab::new(&name);
-    let state = lab_up(&lab, &scenario, &work.path().join("lab"));
-    let root_ipv4 = state["root_link"]["root_ipv4"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let host = state["hosts"][0]["name"].as_str().unwrap().to_string();
+    let mut run = LabRun::up("pt", SCENARIO);
+    let host = run.state["hosts"][0]["name"].as_str().unwrap().to_string();
 
     // The collector in the root namespace, on the root link.
-    let data = work.path().join("data");
-    let config = work.path().join("collector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {data:?}\n[quic]\nlisten = \"{root_ipv4}:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n"
-        ),
-    )
-    .unwrap();
-    let collector = start_collector(&config, &work.path().join("collector.log"));
-    let quic_port = collector.quic.port();
-    lab.processes.push(collector.child);
+    let quic_port = run.start_collector("").quic.port();
 
-    let agents_dir = work.path().join("agents");
-    let issued = Command::new(env!("CARGO_BIN_EXE_egresswatch-collector"))
-        .args(["ca", "issue", "--dir"])
-        .arg(data.join("ca"))
-        .arg(&host)
-        .arg("--out")
-        .arg(&agents_dir)
-        .output()
-        .unwrap();
-    assert!(issued.status.success());
     let agent = Agent {
-        netns: format!("{name}-{host}"),
-        config: agents_dir.join(format!("{host}.toml")),
-        spool: work.path().join("spool"),
-        log: work.path().join("agent.log"),
+        netns: format!("{}-{host}", run.lab.name),
+        config: run.agents_dir().join(format!("{host}.toml")),
+        spool: run.work.path().join("spool"),
+        log: run.work.path().join("agent.log"),
     };
-    let base_config = format!(
-        "[collector]\naddress = \"collector.lab.test:{quic_port}\"\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n\
-         [labels]\nprovider = \"part\"\naccount = \"acct\"\nregion = \"lab-1\"\ninstance = \"{host}\"\n\
-         [[targets]]\nhost = \"mx.lab.test\"\nports = [587]\nlevel = \"connect\"\ninterval = \"INTERVAL\"\n\
-         [probe]\ntimeout = \"2s\"\nmin_interval_per_destination = \"1s\"\n\
-         [spool]\ndir = {spool:?}\n[identity]\nmetadata = false\n",
-        ca = data.join("ca/ca.pem"),
-        cert = agents_dir.join(format!("{host}.crt")),
-        key = agents_dir.join(format!("{host}.key")),
-        spool = agent.spool,
+    // Written twice: probing every second, then (to drain) every hour.
+    let base_config = run.agent_config(
+        quic_port,
+        &LabAgent {
+            id: &host,
+            provider: "part",
+            account: "acct",
+            ports: &[587],
+            interval: "INTERVAL",
+            timeout: "2s",
+            spool: &agent.spool,
+        },
     );
     agent.write_config(&base_config, "1s");
     let mut running = agent.start();
@@ -191,7 +121,7 @@ fn a_partition_longer_than_the_idle_timeout_loses_and_doubles_nothing() {
     );
 
     // Partition: the router drops the session's UDP both ways (its own table, beside the lab's).
-    let router = format!("{name}-r");
+    let router = format!("{}-r", run.lab.name);
     nft_in(
         &router,
         &format!(
@@ -221,7 +151,7 @@ fn a_partition_longer_than_the_idle_timeout_loses_and_doubles_nothing() {
         "acks resumed {:.1} s after the partition healed",
         healed.elapsed().as_secs_f64()
     );
-    terminate(&mut running);
+    running.terminate();
     assert!(
         agent.log_text().contains("collector connection failed"),
         "the agent saw the session die; log:\n{}",
@@ -230,50 +160,18 @@ fn a_partition_longer_than_the_idle_timeout_loses_and_doubles_nothing() {
 
     // Drain: restart without probing (interval of an hour) until everything is acked.
     agent.write_config(&base_config, "1h");
-    let mut produced = None;
-    for _ in 0..4 {
-        let mut drainer = agent.start();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        std::thread::sleep(Duration::from_millis(500));
-        while Instant::now() < deadline {
-            let (next, acked) = agent.ledger();
-            if next > 0 && acked + 1 == next {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        terminate(&mut drainer);
-        let (next, acked) = agent.ledger();
-        if next > 0 && acked + 1 == next {
-            produced = Some(acked);
-            break;
-        }
-    }
-    let produced = produced.unwrap_or_else(|| {
-        panic!(
-            "the agent never drained its spool: {:?}; log:\n{}",
-            agent.ledger(),
-            agent.log_text()
-        )
-    });
-    for c in &mut lab.processes {
+    let produced = drain(|| agent.start(), || agent.ledger(), Duration::from_secs(60))
+        .unwrap_or_else(|| {
+            panic!(
+                "the agent never drained its spool: {:?}; log:\n{}",
+                agent.ledger(),
+                agent.log_text()
+            )
+        });
+    for c in &mut run.lab.processes {
         let _ = c.kill();
         let _ = c.wait();
     }
-    lab.processes.clear();
-    let store = SqliteStore::open(&data.join("egresswatch.db")).unwrap();
-    let count = store.count_results(&host).unwrap();
-    let seqs: BTreeSet<u64> = store
-        .recent_results(&host, 1_000_000)
-        .unwrap()
-        .iter()
-        .map(|r| r.seq)
-        .collect();
-    eprintln!("the agent produced {produced} results, the store holds {count}");
-    assert_eq!(count, produced, "stored results vs the agent's own count");
-    assert_eq!(
-        seqs,
-        (1..=produced).collect::<BTreeSet<u64>>(),
-        "every seq once"
-    );
+    run.lab.processes.clear();
+    assert_stored_exactly_once(&run.data(), &host, produced);
 }

@@ -6,20 +6,18 @@
 //! The agent binary is the sibling `egresswatch-agent` of the collector binary (test.sh builds
 //! every binary first; `cargo build --workspace --bins` does too).
 
+use super::{
+    assert_stored_exactly_once, drain, issue, read_ledger, spawn_collector, wait_until,
+    write_collector_config, AgentToml, Proc,
+};
 use egresswatch_collector::store::{sqlite::SqliteStore, Store};
 use egresswatch_wire::ProbeResult;
-use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-pub fn collector_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_egresswatch-collector")
-}
+use std::process::Command;
+use std::time::Duration;
 
 /// The agent binary, which must have been built.
 pub fn agent_bin() -> PathBuf {
@@ -34,61 +32,7 @@ pub fn agent_bin() -> PathBuf {
 
 /// A work directory not under /tmp (the agent refuses a spool there).
 pub fn work_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("ew-agentres-")
-        .tempdir_in("/var/tmp")
-        .unwrap()
-}
-
-/// A child process, killed and reaped on drop.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    pub fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.0.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name}");
-    }
-
-    pub fn alive(&mut self) -> bool {
-        matches!(self.0.try_wait(), Ok(None))
-    }
-
-    pub fn terminate(&mut self) {
-        self.signal("TERM");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("process did not stop within 15 s of SIGTERM");
-    }
-
-    /// CPU time (user + system) the process has used so far, from /proc.
-    pub fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap();
-        // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
-        Duration::from_millis(ticks * 10)
-    }
+    super::work_dir("ew-agentres-")
 }
 
 /// The collector on loopback with its data in `dir/data` and its log in `dir/collector.log`.
@@ -101,46 +45,12 @@ pub struct Collector {
 impl Collector {
     /// Starts it (`quic_port` 0 picks one).
     pub fn start(dir: &Path, quic_port: u16) -> Collector {
-        let config = dir.join("collector.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = {:?}\n[quic]\nlisten = \"127.0.0.1:{quic_port}\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
-                dir.join("data")
-            ),
-        )
-        .unwrap();
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(dir.join("collector.log"))
-            .unwrap();
-        let mut child = Command::new(collector_bin())
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut quic = None;
-        while quic.is_none() && Instant::now() < deadline {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(rest) = line.strip_prefix("QUIC:") {
-                        quic = rest.split_whitespace().next().and_then(|a| a.parse().ok());
-                    }
-                }
-                _ => break,
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
+        let quic = format!("listen = \"127.0.0.1:{quic_port}\"");
+        let config = write_collector_config(dir, &quic, "listen = \"127.0.0.1:0\"", "");
+        let (child, listening) = spawn_collector(&config, &dir.join("collector.log"), Some("info"));
         Collector {
             dir: dir.to_path_buf(),
-            addr: quic.expect("collector printed its QUIC address"),
+            addr: listening.quic,
             proc: Some(Proc(child)),
         }
     }
@@ -187,27 +97,8 @@ impl Collector {
 
     /// Asserts the store holds results 1..=produced of `agent`, each once.
     pub fn assert_exactly_once(&self, agent: &str, produced: u64) {
-        let count = self.store().count_results(agent).unwrap();
-        let seqs: BTreeSet<u64> = self.results(agent).iter().map(|r| r.seq).collect();
-        eprintln!("{agent}: the agent produced {produced} results, the store holds {count}");
-        assert_eq!(count, produced, "stored results vs the agent's own count");
-        assert_eq!(seqs, (1..=produced).collect(), "every seq once");
+        assert_stored_exactly_once(&self.dir.join("data"), agent, produced);
     }
-}
-
-/// Issues an agent certificate from the CA in `ca_dir`; returns (cert, key).
-pub fn issue(ca_dir: &Path, out: &Path, id: &str) -> (PathBuf, PathBuf) {
-    let status = Command::new(collector_bin())
-        .args(["ca", "issue", "--dir"])
-        .arg(ca_dir)
-        .arg(id)
-        .arg("--out")
-        .arg(out)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "ca issue {id}");
-    (out.join(format!("{id}.crt")), out.join(format!("{id}.key")))
 }
 
 /// A TCP listener on loopback that accepts and closes: a probe target. Returns its port.
@@ -285,49 +176,24 @@ impl Agent {
 
     /// The config text for `settings`.
     pub fn config_text(&self, s: &AgentSettings) -> String {
-        let ports: Vec<String> = s.ports.iter().map(u16::to_string).collect();
-        format!(
-            r#"[collector]
-address = "{collector}"
-ca = {ca:?}
-cert = {cert:?}
-key = {key:?}
-
-[labels]
-provider = "lab"
-account = "{account}"
-region = "loopback"
-instance = "{id}"
-
-[[targets]]
-host = "127.0.0.1"
-ports = [{ports}]
-level = "connect"
-interval = "{interval}"
-
-[probe]
-timeout = "1s"
-min_interval_per_destination = "1s"
-
-[spool]
-dir = {spool:?}
-
-[identity]
-metadata = false
-dmi_dir = {dmi:?}
-{extra}"#,
-            collector = self.collector,
-            ca = self.ca,
-            cert = self.cert,
-            key = self.key,
-            account = s.account,
-            id = self.id,
-            ports = ports.join(", "),
-            interval = s.interval,
-            spool = s.spool,
-            dmi = self.dir.join("no-dmi"),
-            extra = s.extra,
-        )
+        let rest = format!("dmi_dir = {:?}\n{}", self.dir.join("no-dmi"), s.extra);
+        AgentToml {
+            collector: &self.collector.to_string(),
+            ca: &self.ca,
+            cert: &self.cert,
+            key: &self.key,
+            provider: "lab",
+            account: &s.account,
+            region: "loopback",
+            instance: &self.id,
+            host: "127.0.0.1",
+            ports: &s.ports,
+            interval: &s.interval,
+            timeout: "1s",
+            spool: &s.spool,
+            rest: &rest,
+        }
+        .text()
     }
 
     /// Writes the config from `self.settings`.
@@ -371,16 +237,7 @@ dmi_dir = {dmi:?}
     /// (next_seq, acked_seq) from the ledger under `root` ("/" unless the spool is in another
     /// mount namespace).
     pub fn ledger(&self, root: &Path) -> (u64, u64) {
-        let Ok(bytes) = std::fs::read(self.spool_seen_at(root).join("ledger")) else {
-            return (0, 0);
-        };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-            return (0, 0);
-        };
-        (
-            v["next_seq"].as_u64().unwrap_or(0),
-            v["acked_seq"].as_u64().unwrap_or(0),
-        )
+        read_ledger(&self.spool_seen_at(root))
     }
 
     /// Waits for `text` in the log; false after `within`.
@@ -396,38 +253,18 @@ dmi_dir = {dmi:?}
     /// everything it spooled is acked; returns how many results it ever produced.
     pub fn drain(&mut self, root: &Path) -> u64 {
         self.settings.interval = "1h".into();
-        for _ in 0..4 {
-            let mut agent = self.start();
-            // Opening the spool writes next_seq from what is on disk; then wait for the acks.
-            std::thread::sleep(Duration::from_millis(500));
-            wait_until(Duration::from_secs(30), || {
-                let (next, acked) = self.ledger(root);
-                next > 0 && acked + 1 == next
-            });
-            agent.terminate();
-            let (next, acked) = self.ledger(root);
-            if next > 0 && acked + 1 == next {
-                return acked;
-            }
-        }
-        panic!(
-            "the agent never drained its spool: ledger {:?}; log:\n{}",
-            self.ledger(root),
-            self.log()
+        let this = &*self;
+        let produced = drain(
+            || this.start(),
+            || this.ledger(root),
+            Duration::from_secs(30),
         );
-    }
-}
-
-/// Polls `done` every 100 ms until it holds or `within` passes.
-pub fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        produced.unwrap_or_else(|| {
+            panic!(
+                "the agent never drained its spool: ledger {:?}; log:\n{}",
+                self.ledger(root),
+                self.log()
+            )
+        })
     }
 }

@@ -2,19 +2,13 @@
 //! simulated agent (`egresswatch_collector::sim`): start it with extra settings, issue agent
 //! credentials from its CA, revoke them, and read its store, its log and its `/metrics`.
 
+use super::{collector_bin, issue, spawn_collector, write_collector_config};
 use egresswatch_collector::sim::{self, Credentials, SimAgent};
 use egresswatch_collector::store::{sqlite::SqliteStore, Store};
 use egresswatch_wire::Labels;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-pub fn collector_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_egresswatch-collector")
-}
+use std::process::{Child, Command};
 
 /// A running collector, killed on drop; its data under `dir/data`, its log in `log`.
 pub struct QuicCollector {
@@ -46,51 +40,16 @@ impl QuicCollector {
         quic_extra: &str,
         http_extra: &str,
     ) -> QuicCollector {
-        let config = dir.join("collector.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = {:?}\n[quic]\nlisten = \"127.0.0.1:{quic_port}\"\n{quic_extra}\n\
-                 [http]\nlisten = \"127.0.0.1:0\"\n{http_extra}\n",
-                dir.join("data")
-            ),
-        )
-        .unwrap();
+        let quic = format!("listen = \"127.0.0.1:{quic_port}\"\n{quic_extra}");
+        let http = format!("listen = \"127.0.0.1:0\"\n{http_extra}");
+        let config = write_collector_config(dir, &quic, &http, "");
         let log = dir.join("collector.log");
-        let mut child = Command::new(collector_bin())
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info,quinn=warn,rustls=warn")
-            .stdout(Stdio::piped())
-            .stderr(
-                File::options()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let (mut quic, mut http) = (None, None);
-        while (quic.is_none() || http.is_none()) && Instant::now() < deadline {
-            let Some(Ok(line)) = lines.next() else { break };
-            let field = |prefix: &str| {
-                line.strip_prefix(prefix)
-                    .and_then(|rest| rest.split_whitespace().next())
-                    .map(|a| a.trim_start_matches("http://").trim_end_matches('/'))
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-            };
-            quic = quic.or(field("QUIC:"));
-            http = http.or(field("HTTP:"));
-        }
-        // Keep draining stdout so the collector never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let (child, listening) =
+            spawn_collector(&config, &log, Some("info,quinn=warn,rustls=warn"));
         QuicCollector {
             child,
-            quic: quic.expect("collector printed its QUIC address"),
-            http: http.expect("collector printed its HTTP address"),
+            quic: listening.quic,
+            http: listening.http,
             log,
             dir: dir.to_path_buf(),
         }
@@ -102,23 +61,8 @@ impl QuicCollector {
 
     /// Credentials for agent `id`, issued by `ca issue` from this collector's CA.
     pub fn issue(&self, id: &str) -> Credentials {
-        let out = self.dir.join("agents");
-        let status = Command::new(collector_bin())
-            .args(["ca", "issue", "--dir"])
-            .arg(self.ca_dir())
-            .arg(id)
-            .arg("--out")
-            .arg(&out)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "ca issue {id}");
-        Credentials::from_files(
-            &self.ca_dir().join("ca.pem"),
-            &out.join(format!("{id}.crt")),
-            &out.join(format!("{id}.key")),
-        )
-        .unwrap()
+        let (cert, key) = issue(&self.ca_dir(), &self.dir.join("agents"), id);
+        Credentials::from_files(&self.ca_dir().join("ca.pem"), &cert, &key).unwrap()
     }
 
     /// `ca revoke` of agent `id`.
