@@ -302,7 +302,10 @@ with open(sys.argv[1] + '/etc/egresswatch-collector/collector.toml', 'rb') as f:
     conf = tomllib.load(f)
 assert conf['data_dir'] == '/var/lib/egresswatch-collector', conf
 assert conf['quic']['listen'] == '0.0.0.0:4433' and conf['http']['listen'] == '127.0.0.1:8080', conf
+assert conf['quic']['udp_recv_buffer_bytes'] == 4194304 == conf['quic']['udp_send_buffer_bytes'], conf
 PY"
+    expect "socket buffer caps raised for the QUIC socket (applied at boot in an image)" \
+        "[ \"\$(grep -cE '^net.core.[rw]mem_max = 4194304\$' '$c/etc/sysctl.d/60-egresswatch-collector.conf')\" = 2 ]"
     expect "CA dir is 0700 egresswatch-collector" \
         "[ \"\$(chroot '$c' stat -c '%a %U' /var/lib/egresswatch-collector/ca)\" = '700 egresswatch-collector' ]"
     expect "CA key is 0600 egresswatch-collector" \
