@@ -210,9 +210,10 @@ async fn connection_memory(bin: &Path, connections: usize) -> Result<(u64, u64, 
     let (idle_rss, _) = rss_kib(collector.child.id());
     // Several client endpoints, so no single UDP socket carries all connections, each with a
     // buffer as large as the collector's: the figure is the collector's, not the bench's drops.
-    let endpoints: Vec<quinn::Endpoint> =
-        (0..8).map(|_| client_endpoint()).collect::<Result<_>>()?;
-    let drops_before = udp_receive_buffer_errors();
+    let endpoints: Vec<quinn::Endpoint> = (0..8)
+        .map(|_| sim::client_endpoint(4 << 20))
+        .collect::<Result<_>>()?;
+    let drops_before = sim::udp_receive_buffer_errors();
     let config = sim::client_config(Some(&creds), &creds.ca, sim::DEFAULT_ALPN)?;
     let started = Instant::now();
     let mut held = Vec::with_capacity(connections);
@@ -242,41 +243,8 @@ async fn connection_memory(bin: &Path, connections: usize) -> Result<(u64, u64, 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss, hwm) = rss_kib(collector.child.id());
     drop(held);
-    let dropped = udp_receive_buffer_errors().saturating_sub(drops_before);
+    let dropped = sim::udp_receive_buffer_errors().saturating_sub(drops_before);
     Ok((idle_rss, rss, hwm, setup, dropped))
-}
-
-/// A client endpoint whose socket has 4 MiB buffers (what the kernel's caps allow of it).
-fn client_endpoint() -> Result<quinn::Endpoint> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_recv_buffer_size(4 << 20)?;
-    socket.set_send_buffer_size(4 << 20)?;
-    socket.bind(&"127.0.0.1:0".parse::<SocketAddr>()?.into())?;
-    Ok(quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket.into(),
-        std::sync::Arc::new(quinn::TokioRuntime),
-    )?)
-}
-
-/// The machine's count of UDP datagrams dropped for a full receive buffer (`Udp: RcvbufErrors`
-/// in /proc/net/snmp), over every socket; 0 where the kernel does not tell.
-fn udp_receive_buffer_errors() -> u64 {
-    let Ok(snmp) = std::fs::read_to_string("/proc/net/snmp") else {
-        return 0;
-    };
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
-    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
-        return 0;
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "RcvbufErrors")
-        .and_then(|(_, value)| value.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::main]

@@ -196,3 +196,38 @@ pub fn result(seq: u64, at_unix_ms: i64) -> ProbeResult {
 
 /// The default ALPN.
 pub const DEFAULT_ALPN: &[u8] = ALPN;
+
+/// A client endpoint on 127.0.0.1 whose UDP socket asks for `buffer_bytes` of receive and send
+/// buffer. Thousands of simulated agents share a few sockets; with the kernel's ~208 KiB default
+/// the kernel drops their packets and a benchmark would measure its own loss.
+pub fn client_endpoint(buffer_bytes: usize) -> Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_recv_buffer_size(buffer_bytes)?;
+    socket.set_send_buffer_size(buffer_bytes)?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket.into(),
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
+/// The machine's count of UDP datagrams dropped for a full receive buffer (`Udp: RcvbufErrors`
+/// in /proc/net/snmp), over every socket; 0 where the kernel does not tell.
+pub fn udp_receive_buffer_errors() -> u64 {
+    let Ok(snmp) = std::fs::read_to_string("/proc/net/snmp") else {
+        return 0;
+    };
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "RcvbufErrors")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}

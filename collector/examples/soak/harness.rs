@@ -328,21 +328,6 @@ impl Drop for Life {
     }
 }
 
-/// `RcvbufErrors` of /proc/net/snmp's Udp line.
-fn udp_rcvbuf_errors() -> u64 {
-    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
-    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
-        return 0;
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "RcvbufErrors")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn free_udp_port() -> Result<u16> {
     let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
     Ok(s.local_addr()?.port())
@@ -430,7 +415,8 @@ pub fn run(opts: &Options) -> Result<Report> {
     let (tasks, endpoints) = runtime.block_on(async {
         let mut endpoints = Vec::new();
         for _ in 0..opts.endpoints.max(1) {
-            endpoints.push(quinn::Endpoint::client("127.0.0.1:0".parse()?)?);
+            // Buffers as large as the collector's: the drops counted are the collector's.
+            endpoints.push(sim::client_endpoint(8 << 20)?);
         }
         let mut tasks = tokio::task::JoinSet::new();
         // Agents start over a ramp, as a fleet does, not all in one instant.
@@ -457,7 +443,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     report.garbage_agents = opts.agents - report.honest_agents;
 
     // The production phase, with restarts.
-    let drops_before = udp_rcvbuf_errors();
+    let drops_before = sim::udp_receive_buffer_errors();
     let started = Instant::now();
     let mut next_restart = started + opts.restart_every;
     while started.elapsed() < opts.duration {
@@ -510,7 +496,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         }
         ends
     });
-    report.udp_rcvbuf_drops = udp_rcvbuf_errors().saturating_sub(drops_before);
+    report.udp_rcvbuf_drops = sim::udp_receive_buffer_errors().saturating_sub(drops_before);
     report.peak_rss_kib.push(life.peak_rss_kib());
     report.limit_lines = life.limit_lines();
     life.kill();
