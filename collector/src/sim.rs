@@ -122,6 +122,11 @@ impl SimAgent {
     pub async fn report(&mut self, results: &[ProbeResult]) -> Result<egresswatch_wire::Ack> {
         let batch = Batch::pack(results, ClockQuality::Synchronised, 0)?;
         self.send(&AgentMessage::Batch(batch)).await?;
+        self.ack().await
+    }
+
+    /// Reads the collector's next message, which must be an ack.
+    pub async fn ack(&mut self) -> Result<egresswatch_wire::Ack> {
         match self.receive().await? {
             CollectorMessage::Ack(ack) => Ok(ack),
             other => bail!("expected an ack, got {other:?}"),

@@ -85,7 +85,7 @@ async fn no_secret_reaches_the_log_even_at_trace_level() {
     let agents = tmp.path().join("agents");
     let (cert, key) = issue(&ca_dir, &agents, "quiet-agent");
     let creds = Credentials::from_files(&ca_dir.join("ca.pem"), &cert, &key).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let endpoint = support::quic::client_endpoint();
     let mut agent = SimAgent::connect(
         &endpoint,
         quic,

@@ -338,10 +338,8 @@ async fn a_replayed_batch_is_stored_as_the_sender_and_once() {
         matches!(a.receive().await.unwrap(), CollectorMessage::Welcome(w) if w.agent_id == "alice")
     );
     a.send_raw(&batch).await.unwrap();
-    match a.receive().await.unwrap() {
-        CollectorMessage::Ack(ack) => assert_eq!((ack.up_to_seq, ack.accepted), (25, 25)),
-        other => panic!("{other:?}"),
-    }
+    let ack = a.ack().await.unwrap();
+    assert_eq!((ack.up_to_seq, ack.accepted), (25, 25));
     a.finish().await;
 
     // Mallory replays both, byte for byte: the identity is her certificate, not the bytes.
@@ -354,10 +352,8 @@ async fn a_replayed_batch_is_stored_as_the_sender_and_once() {
         other => panic!("{other:?}"),
     }
     m.send_raw(&batch).await.unwrap();
-    match m.receive().await.unwrap() {
-        CollectorMessage::Ack(ack) => assert_eq!((ack.up_to_seq, ack.accepted), (25, 25)),
-        other => panic!("{other:?}"),
-    }
+    let ack = m.ack().await.unwrap();
+    assert_eq!((ack.up_to_seq, ack.accepted), (25, 25));
     m.finish().await;
 
     // Alice's own batch replayed on a new session: her high-water mark makes it duplicates.
@@ -369,12 +365,8 @@ async fn a_replayed_batch_is_stored_as_the_sender_and_once() {
     }
     for _ in 0..2 {
         a.send_raw(&batch).await.unwrap();
-        match a.receive().await.unwrap() {
-            CollectorMessage::Ack(ack) => {
-                assert_eq!((ack.up_to_seq, ack.accepted, ack.duplicates), (25, 0, 25))
-            }
-            other => panic!("{other:?}"),
-        }
+        let ack = a.ack().await.unwrap();
+        assert_eq!((ack.up_to_seq, ack.accepted, ack.duplicates), (25, 0, 25));
     }
     a.finish().await;
     drop(collector);

@@ -69,7 +69,7 @@ async fn closed_by_collector(agent: &SimAgent) -> u64 {
 async fn oversize_frames_big_batches_and_bad_labels_close_only_the_offender() {
     let tmp = tempfile::tempdir().unwrap();
     let c = start(tmp.path());
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let endpoint = support::quic::client_endpoint();
     let honest = c.issue("honest");
     let offender = c.issue("offender");
     let mut good = welcomed(&endpoint, &c, &honest).await;
@@ -103,10 +103,7 @@ async fn oversize_frames_big_batches_and_bad_labels_close_only_the_offender() {
     // Results an agent's spool had to drop are counted from its batch.
     let batch = Batch::pack(&results(1, 10), ClockQuality::Synchronised, 7).unwrap();
     good.send(&AgentMessage::Batch(batch)).await.unwrap();
-    assert!(matches!(
-        good.receive().await.unwrap(),
-        CollectorMessage::Ack(a) if a.up_to_seq == 10
-    ));
+    assert_eq!(good.ack().await.unwrap().up_to_seq, 10);
     assert_eq!(exceeded(&c, "agent_spool").await, 7);
 
     // The honest agent's session went on all along.
@@ -120,7 +117,7 @@ async fn oversize_frames_big_batches_and_bad_labels_close_only_the_offender() {
 async fn an_agent_over_its_rate_is_slowed_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let c = start(tmp.path());
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let endpoint = support::quic::client_endpoint();
     let creds = c.issue("fast");
     let mut agent = welcomed(&endpoint, &c, &creds).await;
     // 30 batches of 10 at once: 100 fit the burst, the other 200 at 100 per second.
@@ -131,10 +128,7 @@ async fn an_agent_over_its_rate_is_slowed_and_loses_nothing() {
     }
     let mut up_to = 0;
     for _ in 0..30 {
-        match agent.receive().await.unwrap() {
-            CollectorMessage::Ack(a) => up_to = a.up_to_seq,
-            other => panic!("expected an ack, got {other:?}"),
-        }
+        up_to = agent.ack().await.unwrap().up_to_seq;
     }
     let took = started.elapsed();
     assert_eq!(up_to, 300);
@@ -149,7 +143,7 @@ async fn an_agent_over_its_rate_is_slowed_and_loses_nothing() {
 async fn connections_per_source_and_streams_per_connection_are_capped() {
     let tmp = tempfile::tempdir().unwrap();
     let c = start(tmp.path());
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let endpoint = support::quic::client_endpoint();
     let mut held = Vec::new();
     for i in 0..3 {
         held.push(welcomed(&endpoint, &c, &c.issue(&format!("a{i}"))).await);

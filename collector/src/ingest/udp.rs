@@ -71,7 +71,7 @@ pub fn bind(config: &QuicConfig) -> Result<BoundSocket, CollectorError> {
     } else {
         info!(bytes = recv_buffer_bytes, "QUIC socket receive buffer");
     }
-    let drops = SocketDrops::of(&socket);
+    let drops = SocketDrops::of(&socket, addr.is_ipv6());
     Ok(BoundSocket {
         socket: socket.into(),
         recv_buffer_bytes,
@@ -104,30 +104,34 @@ fn force(socket: &socket2::Socket, option: libc::c_int, bytes: usize) {
     };
 }
 
-/// Reads the kernel's drop count for one socket from /proc/self/net/udp and udp6, where sockets
-/// are found by inode.
+/// Reads the kernel's drop count for one socket from its family's table, /proc/self/net/udp or
+/// udp6, where sockets are found by inode.
 #[derive(Debug, Clone, Copy)]
 pub struct SocketDrops {
     inode: Option<u64>,
+    table: &'static str,
 }
 
 impl SocketDrops {
-    pub fn of(socket: &impl AsRawFd) -> SocketDrops {
+    /// `ipv6`: the socket is AF_INET6 (a dual-stack `[::]` socket is listed in udp6 only).
+    pub fn of(socket: &impl AsRawFd, ipv6: bool) -> SocketDrops {
         // SAFETY: fstat fills the zeroed struct for a valid descriptor.
         let inode = unsafe {
             let mut stat: libc::stat = std::mem::zeroed();
             (libc::fstat(socket.as_raw_fd(), &mut stat) == 0).then_some(stat.st_ino)
         };
-        SocketDrops { inode }
+        let table = if ipv6 {
+            "/proc/self/net/udp6"
+        } else {
+            "/proc/self/net/udp"
+        };
+        SocketDrops { inode, table }
     }
 
     /// Packets dropped so far, or `None` where the kernel does not tell (not Linux, no /proc).
     pub fn read(&self) -> Option<u64> {
-        let inode = self.inode?;
-        ["/proc/self/net/udp", "/proc/self/net/udp6"]
-            .iter()
-            .filter_map(|path| std::fs::read_to_string(path).ok())
-            .find_map(|table| drops_in_table(&table, inode))
+        let table = std::fs::read_to_string(self.table).ok()?;
+        drops_in_table(&table, self.inode?)
     }
 }
 
@@ -170,20 +174,14 @@ mod tests {
     /// A real socket that nobody reads: the kernel's count goes up once its buffer is full.
     #[test]
     fn counts_what_the_kernel_dropped_for_a_real_socket() {
-        let Ok(receiver) = std::net::UdpSocket::bind("127.0.0.1:0") else {
-            return;
-        };
-        let drops = SocketDrops::of(&receiver);
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").expect("a loopback socket");
+        let drops = SocketDrops::of(&receiver, false);
         let Some(before) = drops.read() else {
             eprintln!("skipped: no /proc/self/net/udp here");
             return;
         };
-        let Ok(addr) = receiver.local_addr() else {
-            return;
-        };
-        let Ok(sender) = std::net::UdpSocket::bind("127.0.0.1:0") else {
-            return;
-        };
+        let addr = receiver.local_addr().expect("its address");
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("a loopback socket");
         let datagram = [0u8; 1200];
         // 4,000 × 1.2 KB is well past any default receive buffer (the kernel's default is
         // about 208 KiB, and this socket never reads).
