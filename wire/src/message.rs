@@ -136,6 +136,15 @@ wire_record! {
 }
 
 impl Batch {
+    /// This batch as a collector speaking wire minor `peer_minor` (from its welcome) can decode
+    /// it: values added in later minors are replaced by the ones it knows.
+    pub fn for_peer_minor(mut self, peer_minor: u16) -> Self {
+        for result in &mut self.results {
+            result.dns_failure = result.dns_failure.map(|k| k.for_peer(peer_minor));
+        }
+        self
+    }
+
     /// Packs results with consecutive sequence numbers into a batch.
     pub fn pack(
         results: &[ProbeResult],

@@ -156,6 +156,28 @@ coded_enum! {
         Nxdomain = (1, "nxdomain"),
         Servfail = (2, "servfail"),
         Timeout = (3, "timeout"),
+        /// The nameserver answered REFUSED (wire 1.1).
+        Refused = (4, "refused"),
+    }
+}
+
+impl DnsFailure {
+    /// The wire minor version that introduced this kind.
+    pub fn since_minor(self) -> u16 {
+        match self {
+            DnsFailure::Refused => 1,
+            _ => 0,
+        }
+    }
+
+    /// This kind as a peer speaking `peer_minor` can decode it: a kind it does not know yet is
+    /// sent as `other` (the detail still names it).
+    pub fn for_peer(self, peer_minor: u16) -> Self {
+        if self.since_minor() > peer_minor {
+            DnsFailure::Other
+        } else {
+            self
+        }
     }
 }
 
