@@ -59,7 +59,11 @@ pub async fn resolve(
         // The blocking lookup goes on in its thread; its answer is simply not waited for.
         Err(_) => return Err(silent(deadline)),
     };
-    let remaining = deadline.saturating_sub(started.elapsed());
+    let unsure = GaiFailure {
+        took: started.elapsed(),
+        ..unsure
+    };
+    let remaining = deadline.saturating_sub(unsure.took);
     let asked = ask_nameservers(host, family, remaining).await;
     Err(reading(&unsure, asked, started.elapsed()))
 }
@@ -104,6 +108,8 @@ async fn ask_nameservers(host: &str, family: Family, remaining: Duration) -> Ask
 struct GaiFailure {
     code: i32,
     text: String,
+    /// How long getaddrinfo took to fail.
+    took: Duration,
 }
 
 /// The failure read from what the nameservers said after getaddrinfo failed. Pure.
@@ -111,7 +117,7 @@ fn reading(gai: &GaiFailure, asked: Asked, elapsed: Duration) -> ResolveError {
     let failed = |kind, detail: String| ResolveError::Failed { kind, detail };
     let (servers, reply) = match asked {
         Asked::Replied { servers, reply } => (servers, reply),
-        Asked::NotAsked(why) => return reading_without_nameservers(gai, &why, elapsed),
+        Asked::NotAsked(why) => return reading_without_nameservers(gai, &why),
     };
     let said = |code: Rcode| format!("{servers} answered {}", code.name());
     match reply {
@@ -135,6 +141,17 @@ fn reading(gai: &GaiFailure, asked: Asked, elapsed: Duration) -> ResolveError {
             ),
         ),
         Reply::Negative(other) => failed(DnsFailure::Other, said(other)),
+        // glibc got something back at once (a reply, or ICMP port unreachable on its connected
+        // socket, which the second question's socket cannot see): not silence.
+        Reply::Silent if gai.took < GLIBC_MIN_TIMEOUT => failed(
+            DnsFailure::Other,
+            format!(
+                "{} after {} ms, yet {servers} did not reply to the same question within {} ms (a closed port 53, or a nameserver that answers some clients only)",
+                gai.text,
+                gai.took.as_millis(),
+                elapsed.saturating_sub(gai.took).as_millis()
+            ),
+        ),
         Reply::Silent => failed(
             DnsFailure::Timeout,
             format!(
@@ -159,10 +176,10 @@ fn reading(gai: &GaiFailure, asked: Asked, elapsed: Duration) -> ResolveError {
 }
 
 /// The best reading of getaddrinfo's code alone, when the nameservers cannot be asked.
-fn reading_without_nameservers(gai: &GaiFailure, why: &str, elapsed: Duration) -> ResolveError {
+fn reading_without_nameservers(gai: &GaiFailure, why: &str) -> ResolveError {
     let kind = match gai.code {
         libc::EAI_NONAME => DnsFailure::Nxdomain,
-        libc::EAI_AGAIN if elapsed >= GLIBC_MIN_TIMEOUT => DnsFailure::Timeout,
+        libc::EAI_AGAIN if gai.took >= GLIBC_MIN_TIMEOUT => DnsFailure::Timeout,
         _ => DnsFailure::Other,
     };
     ResolveError::Failed {
@@ -264,9 +281,11 @@ fn classify_gai_error(rc: i32) -> SystemAnswer {
         libc::EAI_NODATA | EAI_ADDRFAMILY => SystemAnswer::Known(ResolveError::NoAddress),
         // EAI_NONAME: no such name, or a name with no address at all; EAI_AGAIN: SERVFAIL or
         // silence; EAI_FAIL: REFUSED, NOTIMP or FORMERR. Only the response code can tell.
-        libc::EAI_NONAME | libc::EAI_AGAIN | libc::EAI_FAIL => {
-            SystemAnswer::Unsure(GaiFailure { code: rc, text })
-        }
+        libc::EAI_NONAME | libc::EAI_AGAIN | libc::EAI_FAIL => SystemAnswer::Unsure(GaiFailure {
+            code: rc,
+            text,
+            took: Duration::ZERO,
+        }),
         _ => SystemAnswer::Known(ResolveError::Failed {
             kind: DnsFailure::Other,
             detail: text,
@@ -340,9 +359,14 @@ mod tests {
     }
 
     fn gai(code: i32) -> GaiFailure {
+        gai_after(code, Duration::from_millis(1))
+    }
+
+    fn gai_after(code: i32, took: Duration) -> GaiFailure {
         GaiFailure {
             code,
             text: "Temporary failure in name resolution".into(),
+            took,
         }
     }
 
@@ -376,7 +400,8 @@ mod tests {
         // records from the nameserver ("no answer").
         let nodata = reading(&gai(libc::EAI_NONAME), replied(Reply::Negative(Rcode::NoError)), fast);
         assert_eq!(nodata, ResolveError::NoAddress);
-        let silent = reading(&again, replied(Reply::Silent), Duration::from_secs(2));
+        let slow_again = gai_after(libc::EAI_AGAIN, GLIBC_MIN_TIMEOUT);
+        let silent = reading(&slow_again, replied(Reply::Silent), Duration::from_secs(2));
         assert_eq!(kind(&silent), Some(DnsFailure::Timeout));
         match servfail {
             ResolveError::Failed { detail, .. } => {
@@ -397,9 +422,16 @@ mod tests {
         assert_eq!(kind(&unusable), Some(DnsFailure::Other));
         let unasked = reading(&gai(libc::EAI_AGAIN), Asked::NotAsked("no file".into()), fast);
         assert_eq!(kind(&unasked), Some(DnsFailure::Other));
+        // glibc failed at once, the second question got no reply: still not silence.
+        let quiet_second = reading(
+            &gai(libc::EAI_AGAIN),
+            replied(Reply::Silent),
+            Duration::from_secs(2),
+        );
+        assert_eq!(kind(&quiet_second), Some(DnsFailure::Other));
         // Without nameservers to ask, only an EAI_AGAIN that took glibc's timeout is silence.
         let slow = reading(
-            &gai(libc::EAI_AGAIN),
+            &gai_after(libc::EAI_AGAIN, GLIBC_MIN_TIMEOUT),
             Asked::NotAsked("no file".into()),
             GLIBC_MIN_TIMEOUT,
         );
