@@ -11,8 +11,9 @@ pub mod sentences;
 use crate::probe::PORT_HTTPS;
 use egresswatch_wire::{Outcome, ProbeResult};
 use labels::{is_are, PortLabels};
-use readings::{control_reading, icmp_sender, ControlReading, IcmpSender};
-use std::collections::BTreeSet;
+use readings::{control_reading, icmp_effect, icmp_sender, ControlReading, IcmpSender};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 /// The verdict: the first line starts "Verdict: ", the rest are indented under it.
 pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
@@ -24,8 +25,13 @@ pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
     lines.extend(dns_lines(results));
     lines.extend(timeout_line(results, &labels));
     lines.extend(icmp_lines(results, &labels));
+    lines.extend(own_firewall_lines(results, &labels));
     for sentence in sentences::SENTENCES {
-        let ports = ports_with(results, sentence.outcome, sentence.includes_control);
+        let ports: BTreeSet<u16> = results
+            .iter()
+            .filter(|r| sentences::applies(sentence, r))
+            .map(|r| r.port)
+            .collect();
         if !ports.is_empty() {
             lines.push(format!("{}: {}", labels.failing(&ports), sentence.text));
         }
@@ -144,6 +150,8 @@ fn icmp_lines(results: &[ProbeResult], labels: &PortLabels) -> Vec<String> {
             IcmpSender::Unknown => {
                 no_icmp.insert(r.port);
             }
+            // Only `local_denied` results read as this host's; they have their own lines.
+            IcmpSender::ThisHost(_) => {}
         }
     }
     let mut lines = Vec::new();
@@ -171,6 +179,36 @@ fn icmp_lines(results: &[ProbeResult], labels: &PortLabels) -> Vec<String> {
         ));
     }
     lines
+}
+
+/// Rejects this host's own firewall made (ICMP from one of its own addresses), grouped by what
+/// the rule did: the user is sent to their own output chain, not to the provider.
+fn own_firewall_lines(results: &[ProbeResult], labels: &PortLabels) -> Vec<String> {
+    let mut by_effect: BTreeMap<&str, (BTreeSet<u16>, BTreeSet<IpAddr>)> = BTreeMap::new();
+    for r in results.iter().filter(|r| r.port != PORT_HTTPS) {
+        if let (IcmpSender::ThisHost(from), Some(report)) = (icmp_sender(r), r.icmp.as_ref()) {
+            let (ports, senders) = by_effect.entry(icmp_effect(report)).or_default();
+            ports.insert(r.port);
+            senders.insert(from);
+        }
+    }
+    by_effect
+        .into_iter()
+        .map(|(effect, (ports, senders))| {
+            let senders: Vec<String> = senders.iter().map(ToString::to_string).collect();
+            let whose = if senders.len() == 1 {
+                "an address of this host"
+            } else {
+                "addresses of this host"
+            };
+            format!(
+                "{} {} rejected by this host's own firewall ({effect}: ICMP from {}, {whose}): a reject rule in this host's output chain (nftables/iptables), not the network or the provider.",
+                labels.failing(&ports),
+                is_are(&ports),
+                senders.join(", ")
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //! about the path to the destination, and who sent the ICMP error that rejected a connection.
 //! Plain functions of results, so each is tested without sockets.
 
+use crate::probe::classify::icmp_words;
 use crate::probe::PORT_HTTPS;
-use egresswatch_wire::{Outcome, ProbeResult};
+use egresswatch_wire::{IcmpReport, Outcome, ProbeResult};
 use std::net::IpAddr;
 
 /// What the 443 control says about the path to the destination.
@@ -47,9 +48,21 @@ pub fn control_reading(results: &[ProbeResult]) -> ControlReading {
     }
 }
 
-/// Who sent the ICMP error behind an `unreachable` result.
+/// What the rule that sent the ICMP error did, in words ("administratively prohibited").
+pub fn icmp_effect(report: &IcmpReport) -> &'static str {
+    let v6 = report.origin == ORIGIN_ICMP6;
+    icmp_words(v6, report.icmp_type, report.icmp_code)
+}
+
+/// The kernel's SO_EE_ORIGIN_ICMP6.
+const ORIGIN_ICMP6: u8 = 3;
+
+/// Who sent the ICMP error behind an `unreachable` or `local_denied` result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IcmpSender {
+    /// One of this host's own addresses: its own firewall's reject rule (the probe classified
+    /// it `local_denied`).
+    ThisHost(IpAddr),
     /// A hop between this host and the destination.
     Router(IpAddr),
     /// The destination's own address: its own firewall.
@@ -58,9 +71,12 @@ pub enum IcmpSender {
     Unknown,
 }
 
-/// Reads who rejected `result` from the ICMP report's sender address.
+/// Reads who rejected `result` from the ICMP report's sender address. Whether the sender is one
+/// of this host's addresses was decided when the probe ran (where the addresses are known) and
+/// made the result `local_denied`.
 pub fn icmp_sender(result: &ProbeResult) -> IcmpSender {
     match result.icmp.as_ref().and_then(|i| i.from) {
+        Some(from) if result.outcome == Outcome::LocalDenied => IcmpSender::ThisHost(from),
         Some(from) if Some(from) != result.address => IcmpSender::Router(from),
         Some(_) => IcmpSender::Destination,
         None => IcmpSender::Unknown,
@@ -70,7 +86,6 @@ pub fn icmp_sender(result: &ProbeResult) -> IcmpSender {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use egresswatch_wire::IcmpReport;
 
     fn r(port: u16, outcome: Outcome) -> ProbeResult {
         ProbeResult {
@@ -123,6 +138,16 @@ mod tests {
             IcmpSender::Destination
         );
         assert_eq!(icmp_sender(&with_icmp(None)), IcmpSender::Unknown);
+        let mut own = with_icmp(Some("198.18.0.2"));
+        own.outcome = Outcome::LocalDenied;
+        assert_eq!(
+            icmp_sender(&own),
+            IcmpSender::ThisHost("198.18.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            icmp_effect(own.icmp.as_ref().unwrap()),
+            "administratively prohibited"
+        );
         assert_eq!(
             icmp_sender(&r(25, Outcome::Unreachable)),
             IcmpSender::Unknown

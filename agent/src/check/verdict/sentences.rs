@@ -1,7 +1,8 @@
 //! The verdict's sentence for each outcome that needs no further reading: the words after
 //! "PORTS: ", as data, in the order a verdict lists them.
 
-use egresswatch_wire::Outcome;
+use crate::probe::PORT_HTTPS;
+use egresswatch_wire::{Outcome, ProbeResult};
 
 /// One outcome's sentence.
 pub struct Sentence {
@@ -53,6 +54,16 @@ pub const SENTENCES: &[Sentence] = &[
         text: "TLS fails (certificate not valid for the host, or the handshake broke): TLS intercepted on the path, or a misconfigured server (use --ca-file for a private relay).",
     },
 ];
+
+/// Whether `sentence` is the one that speaks for `result`.
+pub fn applies(sentence: &Sentence, result: &ProbeResult) -> bool {
+    // A reject by this host's own firewall with ICMP has its own reading, naming the rule's effect.
+    let own_icmp_reject = result.outcome == Outcome::LocalDenied
+        && result.icmp.as_ref().is_some_and(|i| i.from.is_some());
+    result.outcome == sentence.outcome
+        && (sentence.includes_control || result.port != PORT_HTTPS)
+        && !own_icmp_reject
+}
 
 #[cfg(test)]
 mod tests {

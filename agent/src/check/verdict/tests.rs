@@ -149,3 +149,66 @@ mod family_tests {
         assert!(v.contains("443 and 2525 over IPv4 are fine"), "{v}");
     }
 }
+
+mod own_firewall {
+    use super::super::*;
+    use egresswatch_wire::{IcmpReport, Outcome, ProbeResult};
+
+    fn local_reject(port: u16, from: &str, icmp_type: u8, icmp_code: u8) -> ProbeResult {
+        ProbeResult {
+            target: "mx.example".into(),
+            port,
+            outcome: Outcome::LocalDenied,
+            address: Some("198.18.0.25".parse().unwrap()),
+            icmp: Some(IcmpReport {
+                from: Some(from.parse().unwrap()),
+                icmp_type,
+                icmp_code,
+                origin: 2,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn icmp_from_this_host_names_its_own_firewall_and_the_rules_effect() {
+        let ok = ProbeResult {
+            port: 443,
+            address: Some("198.18.0.25".parse().unwrap()),
+            ..Default::default()
+        };
+        let v = verdict(&[
+            local_reject(25, "198.18.0.2", 3, 13),
+            local_reject(587, "198.18.0.2", 3, 3),
+            ok,
+        ])
+        .join("\n");
+        assert!(
+            v.contains("25 is rejected by this host's own firewall (administratively prohibited: ICMP from 198.18.0.2, an address of this host)"),
+            "{v}"
+        );
+        assert!(
+            v.contains("587 is rejected by this host's own firewall (port unreachable"),
+            "{v}"
+        );
+        assert!(!v.contains("router"), "{v}");
+        assert!(!v.contains("provider's edge"), "{v}");
+        assert!(!v.contains("EPERM"), "{v}");
+    }
+
+    #[test]
+    fn a_refusal_to_send_without_icmp_keeps_its_sentence() {
+        let denied = ProbeResult {
+            port: 25,
+            outcome: Outcome::LocalDenied,
+            address: Some("198.18.0.25".parse().unwrap()),
+            errno: Some(libc::EPERM),
+            ..Default::default()
+        };
+        let v = verdict(&[denied]).join("\n");
+        assert!(
+            v.contains("25: this host's own firewall refuses to send (EPERM/EACCES)"),
+            "{v}"
+        );
+    }
+}
