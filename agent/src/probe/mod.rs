@@ -10,6 +10,7 @@
 pub mod classify;
 pub mod connect;
 pub mod issuer;
+pub mod local;
 pub mod nameserver;
 pub mod resolve;
 pub mod smtp;
