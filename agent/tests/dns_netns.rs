@@ -25,8 +25,13 @@ const NS_V4: &str = "198.18.53.53";
 const NS_V6: &str = "2001:db8:53::53";
 const SILENT_NS: &str = "198.18.53.54";
 const CLOSED_NS: &str = "198.18.53.55";
-/// Where the lab's mail hosts live (never connected to: the names are what is tested).
+/// The lab's mail hosts: addresses of the server namespace where nothing listens on 25, so a
+/// connect is answered at once (refused).
 const MX_V4: &str = "198.18.53.25";
+const MX2_V4: &str = "198.18.53.26";
+const MX2_V6: &str = "2001:db8:53::26";
+const NOMX_V4: &str = "198.18.53.27";
+const NULLMX_V4: &str = "198.18.53.28";
 /// glibc as configured in every resolv.conf here: one try of one second per server.
 const RESOLV_OPTIONS: &str = "options timeout:1 attempts:1";
 const COMMAND_LIMIT: Duration = Duration::from_secs(60);
@@ -69,6 +74,11 @@ impl DnsLab {
             format!("{SILENT_NS}/24"),
             format!("{CLOSED_NS}/24"),
             format!("{NS_V6}/64"),
+            format!("{MX_V4}/24"),
+            format!("{MX2_V4}/24"),
+            format!("{MX2_V6}/64"),
+            format!("{NOMX_V4}/24"),
+            format!("{NULLMX_V4}/24"),
         ];
         let server_addrs: Vec<&str> = server_addrs.iter().map(String::as_str).collect();
         namespaces.link(
@@ -302,4 +312,91 @@ fn a_silent_nameserver_is_a_timeout_and_a_closed_one_is_not() {
     lab.use_nameserver(NS_V4).expect("resolv.conf");
     let rows = lab.check_json(&["mx1.lab.test"], &["--family", "ipv4"]);
     assert_eq!(rows[0]["address"], MX_V4, "{}", rows[0]);
+}
+
+fn exchanger_rows<'a>(rows: &'a [Value], host: &str) -> Vec<&'a Value> {
+    let found = rows_for(rows, host);
+    assert_eq!(found.len(), 2, "one row per family for {host}: {found:?}");
+    found
+}
+
+#[test]
+fn mx_probes_each_exchanger_lowest_preference_first_or_the_domain_itself() {
+    let Some(lab) = lab_or_skip(
+        "mx_probes_each_exchanger_lowest_preference_first_or_the_domain_itself",
+        "m",
+    ) else {
+        return;
+    };
+    // MX records only (no address on the domain itself): the exchangers are probed, in order.
+    let rows = lab.check_json(&["mxonly.lab.test"], &["--mx"]);
+    let hosts: Vec<&str> = rows.iter().map(|r| r["host"].as_str().unwrap()).collect();
+    assert_eq!(
+        hosts,
+        ["mx1.lab.test", "mx1.lab.test", "mx2.lab.test", "mx2.lab.test"],
+        "{rows:?}"
+    );
+    for (host, preference) in [("mx1.lab.test", 10), ("mx2.lab.test", 20)] {
+        for row in exchanger_rows(&rows, host) {
+            assert_eq!(row["mx"]["domain"], "mxonly.lab.test", "{row}");
+            assert_eq!(row["mx"]["preference"], preference, "{row}");
+            assert_eq!(row["mx"]["implicit"], false, "{row}");
+        }
+    }
+    let mx1_v4 = rows.iter().find(|r| r["host"] == "mx1.lab.test" && r["family"] == "ipv4");
+    let mx1_v4 = mx1_v4.expect("mx1 over IPv4");
+    assert_eq!(mx1_v4["address"], MX_V4, "{mx1_v4}");
+    assert_eq!(mx1_v4["outcome"], "refused", "{mx1_v4}");
+    let mx1_v6 = rows.iter().find(|r| r["host"] == "mx1.lab.test" && r["family"] == "ipv6");
+    assert_eq!(mx1_v6.expect("mx1 over IPv6")["outcome"], "no_address");
+    let mx2_v6 = rows.iter().find(|r| r["host"] == "mx2.lab.test" && r["family"] == "ipv6");
+    assert_eq!(mx2_v6.expect("mx2 over IPv6")["address"], MX2_V6);
+
+    let (_, table) = lab.check(&["mxonly.lab.test"], &["--mx"]);
+    println!("{table}");
+    assert!(
+        table.contains("mxonly.lab.test: mail goes to mx1.lab.test (MX 10), then mx2.lab.test (MX 20)."),
+        "{table}"
+    );
+    assert!(table.contains("mx1.lab.test (MX 10 of mxonly.lab.test)"), "{table}");
+    assert!(table.contains("mx2.lab.test (MX 20 of mxonly.lab.test)"), "{table}");
+
+    // No MX records: the domain's own address, as an implicit MX of preference 0.
+    let rows = lab.check_json(&["nomx.lab.test"], &["--mx"]);
+    for row in exchanger_rows(&rows, "nomx.lab.test") {
+        assert_eq!(row["mx"]["domain"], "nomx.lab.test", "{row}");
+        assert_eq!(row["mx"]["preference"], 0, "{row}");
+        assert_eq!(row["mx"]["implicit"], true, "{row}");
+    }
+    assert!(rows.iter().any(|r| r["address"] == NOMX_V4), "{rows:?}");
+    let (_, table) = lab.check(&["nomx.lab.test"], &["--mx"]);
+    assert!(
+        table.contains("nomx.lab.test has no MX records: mail goes to the domain's own address"),
+        "{table}"
+    );
+    assert!(table.contains("nomx.lab.test (no MX)"), "{table}");
+
+    // A null MX: no mail accepted, nothing probed (not even the domain's own address).
+    let rows = lab.check_json(&["nullmx.lab.test"], &["--mx"]);
+    for row in exchanger_rows(&rows, "nullmx.lab.test") {
+        assert_eq!(row["outcome"], "no_address", "{row}");
+        assert!(row["address"].is_null(), "{row}");
+        assert_eq!(row["mx"]["null_mx"], true, "{row}");
+        assert!(row["detail"].as_str().unwrap().contains("accepts no mail"), "{row}");
+    }
+    let (_, table) = lab.check(&["nullmx.lab.test"], &["--mx"]);
+    assert!(
+        table.contains("nullmx.lab.test accepts no mail: it publishes a null MX"),
+        "{table}"
+    );
+
+    // A domain that does not exist: its MX lookup fails with the nameserver's code.
+    let rows = lab.check_json(&["nosuch.lab.test"], &["--mx"]);
+    assert_dns_failed(&rows, "nosuch.lab.test", "nxdomain");
+    assert!(rows[0]["mx"]["preference"].is_null(), "{}", rows[0]);
+    let (_, table) = lab.check(&["nosuch.lab.test"], &["--mx"]);
+    assert!(
+        table.contains("nosuch.lab.test does not resolve (nxdomain): a DNS problem, not a port block."),
+        "{table}"
+    );
 }

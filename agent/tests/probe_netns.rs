@@ -7,9 +7,12 @@
 //! Needs root, iproute2, nftables and veth; skipped with a printed reason otherwise. Namespaces are
 //! named `ewp<pid>…` and removed even when the test fails.
 
+mod support;
+
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::{nft, run, set_sysctls};
 
 const ROUTER_V4: &str = "198.18.201.2";
 const DEST_V4: &str = "198.18.201.6";
@@ -34,53 +37,6 @@ impl Drop for Lab {
                 .output();
         }
     }
-}
-
-fn run(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn nft(ns: &str, rules: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(rules.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr)))
-    }
-}
-
-/// Writes `value` to each /proc/sys key inside `ns` (no dependency on procps' sysctl).
-fn set_sysctls(ns: &str, keys: &[&str], value: &str) -> Result<(), String> {
-    let script: Vec<String> = keys
-        .iter()
-        .map(|key| format!("echo {value} > /proc/sys/{key}"))
-        .collect();
-    run(&["ip", "netns", "exec", ns, "sh", "-c", &script.join(" && ")])
 }
 
 /// client (c) —veth— router (r) —veth— destination (d).

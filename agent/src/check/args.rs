@@ -42,6 +42,10 @@ pub struct CheckArgs {
     /// Print one JSON array instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Treat each HOST as a mail domain: probe its MX exchangers, lowest preference first (the
+    /// domain itself when it has no MX records).
+    #[arg(long)]
+    pub mx: bool,
 }
 
 impl CheckArgs {

@@ -22,6 +22,9 @@ pub struct JsonRow {
     pub dns_failure: Option<egresswatch_wire::DnsFailure>,
     pub icmp: Option<JsonIcmp>,
     pub tls: Option<JsonTls>,
+    /// With `--mx`: which domain's exchanger this row is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mx: Option<super::mx::JsonMx>,
 }
 
 #[derive(Debug, Serialize)]
@@ -40,7 +43,21 @@ pub struct JsonTls {
 
 /// The whole array, pretty-printed.
 pub fn render(results: &[ProbeResult]) -> Result<String, serde_json::Error> {
-    let rows: Vec<JsonRow> = results.iter().map(JsonRow::from).collect();
+    render_with_mx(results, None)
+}
+
+/// The whole array, each row with its `mx` field when `--mx` made the hosts.
+pub fn render_with_mx(
+    results: &[ProbeResult],
+    mx: Option<&super::mx::MxTargets>,
+) -> Result<String, serde_json::Error> {
+    let rows: Vec<JsonRow> = results
+        .iter()
+        .map(|r| JsonRow {
+            mx: mx.and_then(|m| m.annotation(r)),
+            ..JsonRow::from(r)
+        })
+        .collect();
     serde_json::to_string_pretty(&rows)
 }
 
@@ -75,6 +92,7 @@ impl From<&ProbeResult> for JsonRow {
                 cipher: t.cipher.clone(),
                 issuer: t.issuer.clone(),
             }),
+            mx: None,
         }
     }
 }

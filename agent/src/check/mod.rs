@@ -9,10 +9,12 @@
 //! - [`args`]: the command line and its checks before anything is probed.
 //! - [`runner`]: probes every host × port × family at once and decides the exit status.
 //! - [`table`] and [`json`]: the two renderings of the results.
+//! - [`mx`]: `--mx`, a domain's MX exchangers as the hosts to probe.
 //! - [`verdict`]: the results read as sentences naming the layer in the way.
 
 pub mod args;
 pub mod json;
+pub mod mx;
 pub mod runner;
 pub mod table;
 pub mod verdict;

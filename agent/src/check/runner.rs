@@ -32,18 +32,24 @@ pub fn main(args: CheckArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let options = args.probe_options(roots);
-    let results = runtime.block_on(run_check(
-        &args.hosts(),
-        &args.ports(),
-        &args.families(),
-        args.level,
-        &options,
-    ));
+    let (ports, families) = (args.ports(), args.families());
+    let (results, mx) = runtime.block_on(async {
+        if args.mx {
+            let mx = super::mx::targets(&args.hosts(), &ports, &families, args.level, options.dns_timeout)
+                .await;
+            let mut results = run_check(&mx.hosts, &ports, &families, args.level, &options).await;
+            results.extend(mx.unprobed.iter().cloned());
+            (results, Some(mx))
+        } else {
+            let results = run_check(&args.hosts(), &ports, &families, args.level, &options).await;
+            (results, None)
+        }
+    });
     // A name lookup that outlived its deadline still sits in a blocking thread; dropping the
     // runtime would wait for it, so leave it behind instead.
     runtime.shutdown_background();
     if args.json {
-        match json::render(&results) {
+        match json::render_with_mx(&results, mx.as_ref()) {
             Ok(text) => println!("{text}"),
             Err(e) => {
                 eprintln!("egresswatch-agent: cannot encode JSON: {e}");
@@ -51,7 +57,15 @@ pub fn main(args: CheckArgs) -> ExitCode {
             }
         }
     } else {
-        print!("{}", table::render_table(&results));
+        if let Some(mx) = &mx {
+            for note in &mx.notes {
+                println!("{note}");
+            }
+            println!();
+            print!("{}", table::render_table_labelled(&results, |r| mx.host_label(r)));
+        } else {
+            print!("{}", table::render_table(&results));
+        }
         println!();
         for line in verdict::verdict(&results) {
             println!("{line}");

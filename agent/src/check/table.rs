@@ -4,6 +4,11 @@ use egresswatch_wire::ProbeResult;
 
 /// The table for people: one row per host/port/family.
 pub fn render_table(results: &[ProbeResult]) -> String {
+    render_table_labelled(results, |r| r.target.clone())
+}
+
+/// The table with the HOST cell of each row given by `host` (e.g. an MX exchanger and its domain).
+pub fn render_table_labelled(results: &[ProbeResult], host: impl Fn(&ProbeResult) -> String) -> String {
     let header = [
         "HOST", "PORT", "FAMILY", "ADDRESS", "OUTCOME", "CONNECT", "TLS", "DETAIL",
     ];
@@ -11,7 +16,7 @@ pub fn render_table(results: &[ProbeResult]) -> String {
         .iter()
         .map(|r| {
             [
-                printable(&r.target),
+                printable(&host(r)),
                 r.port.to_string(),
                 r.family.to_string(),
                 r.address

@@ -11,6 +11,7 @@ pub mod classify;
 pub mod connect;
 pub mod issuer;
 pub mod local;
+pub mod mx;
 pub mod nameserver;
 pub mod resolve;
 pub mod smtp;
