@@ -131,7 +131,14 @@ impl DnsLab {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(15) {
             let out = run_bounded(
-                Command::new("ip").args(["netns", "exec", &self.client, "getent", "ahostsv4", "ns.lab.test"]),
+                Command::new("ip").args([
+                    "netns",
+                    "exec",
+                    &self.client,
+                    "getent",
+                    "ahostsv4",
+                    "ns.lab.test",
+                ]),
                 COMMAND_LIMIT,
             );
             if out.status.success() {
@@ -254,7 +261,10 @@ fn each_dns_failure_is_named_from_the_response_code() {
     assert_dns_failed(&rows, "host.elsewhere.test", "refused");
     for row in rows_for(&rows, "host.broken.test") {
         assert!(
-            row["detail"].as_str().unwrap().contains(&format!("{NS_V4} answered SERVFAIL")),
+            row["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{NS_V4} answered SERVFAIL")),
             "{row}"
         );
     }
@@ -279,7 +289,9 @@ fn each_dns_failure_is_named_from_the_response_code() {
         ("host.elsewhere.test", "refused"),
     ] {
         assert!(
-            table.contains(&format!("{name} does not resolve ({kind}): a DNS problem, not a port block.")),
+            table.contains(&format!(
+                "{name} does not resolve ({kind}): a DNS problem, not a port block."
+            )),
             "{table}"
         );
     }
@@ -287,8 +299,10 @@ fn each_dns_failure_is_named_from_the_response_code() {
 
 #[test]
 fn a_silent_nameserver_is_a_timeout_and_a_closed_one_is_not() {
-    let Some(lab) = lab_or_skip("a_silent_nameserver_is_a_timeout_and_a_closed_one_is_not", "t")
-    else {
+    let Some(lab) = lab_or_skip(
+        "a_silent_nameserver_is_a_timeout_and_a_closed_one_is_not",
+        "t",
+    ) else {
         return;
     };
     lab.use_nameserver(SILENT_NS).expect("resolv.conf");
@@ -306,7 +320,10 @@ fn a_silent_nameserver_is_a_timeout_and_a_closed_one_is_not() {
     let rows = lab.check_json(&["mx1.lab.test"], &["--family", "ipv4"]);
     assert_dns_failed(&rows, "mx1.lab.test", "other");
     let detail = rows[0]["detail"].as_str().unwrap();
-    assert!(detail.contains(&format!("yet {CLOSED_NS} did not reply")), "{detail}");
+    assert!(
+        detail.contains(&format!("yet {CLOSED_NS} did not reply")),
+        "{detail}"
+    );
 
     // And the lab answers through the same client when the nameserver does.
     lab.use_nameserver(NS_V4).expect("resolv.conf");
@@ -333,7 +350,12 @@ fn mx_probes_each_exchanger_lowest_preference_first_or_the_domain_itself() {
     let hosts: Vec<&str> = rows.iter().map(|r| r["host"].as_str().unwrap()).collect();
     assert_eq!(
         hosts,
-        ["mx1.lab.test", "mx1.lab.test", "mx2.lab.test", "mx2.lab.test"],
+        [
+            "mx1.lab.test",
+            "mx1.lab.test",
+            "mx2.lab.test",
+            "mx2.lab.test"
+        ],
         "{rows:?}"
     );
     for (host, preference) in [("mx1.lab.test", 10), ("mx2.lab.test", 20)] {
@@ -343,23 +365,37 @@ fn mx_probes_each_exchanger_lowest_preference_first_or_the_domain_itself() {
             assert_eq!(row["mx"]["implicit"], false, "{row}");
         }
     }
-    let mx1_v4 = rows.iter().find(|r| r["host"] == "mx1.lab.test" && r["family"] == "ipv4");
+    let mx1_v4 = rows
+        .iter()
+        .find(|r| r["host"] == "mx1.lab.test" && r["family"] == "ipv4");
     let mx1_v4 = mx1_v4.expect("mx1 over IPv4");
     assert_eq!(mx1_v4["address"], MX_V4, "{mx1_v4}");
     assert_eq!(mx1_v4["outcome"], "refused", "{mx1_v4}");
-    let mx1_v6 = rows.iter().find(|r| r["host"] == "mx1.lab.test" && r["family"] == "ipv6");
+    let mx1_v6 = rows
+        .iter()
+        .find(|r| r["host"] == "mx1.lab.test" && r["family"] == "ipv6");
     assert_eq!(mx1_v6.expect("mx1 over IPv6")["outcome"], "no_address");
-    let mx2_v6 = rows.iter().find(|r| r["host"] == "mx2.lab.test" && r["family"] == "ipv6");
+    let mx2_v6 = rows
+        .iter()
+        .find(|r| r["host"] == "mx2.lab.test" && r["family"] == "ipv6");
     assert_eq!(mx2_v6.expect("mx2 over IPv6")["address"], MX2_V6);
 
     let (_, table) = lab.check(&["mxonly.lab.test"], &["--mx"]);
     println!("{table}");
     assert!(
-        table.contains("mxonly.lab.test: mail goes to mx1.lab.test (MX 10), then mx2.lab.test (MX 20)."),
+        table.contains(
+            "mxonly.lab.test: mail goes to mx1.lab.test (MX 10), then mx2.lab.test (MX 20)."
+        ),
         "{table}"
     );
-    assert!(table.contains("mx1.lab.test (MX 10 of mxonly.lab.test)"), "{table}");
-    assert!(table.contains("mx2.lab.test (MX 20 of mxonly.lab.test)"), "{table}");
+    assert!(
+        table.contains("mx1.lab.test (MX 10 of mxonly.lab.test)"),
+        "{table}"
+    );
+    assert!(
+        table.contains("mx2.lab.test (MX 20 of mxonly.lab.test)"),
+        "{table}"
+    );
 
     // No MX records: the domain's own address, as an implicit MX of preference 0.
     let rows = lab.check_json(&["nomx.lab.test"], &["--mx"]);
@@ -382,7 +418,10 @@ fn mx_probes_each_exchanger_lowest_preference_first_or_the_domain_itself() {
         assert_eq!(row["outcome"], "no_address", "{row}");
         assert!(row["address"].is_null(), "{row}");
         assert_eq!(row["mx"]["null_mx"], true, "{row}");
-        assert!(row["detail"].as_str().unwrap().contains("accepts no mail"), "{row}");
+        assert!(
+            row["detail"].as_str().unwrap().contains("accepts no mail"),
+            "{row}"
+        );
     }
     let (_, table) = lab.check(&["nullmx.lab.test"], &["--mx"]);
     assert!(
@@ -396,7 +435,9 @@ fn mx_probes_each_exchanger_lowest_preference_first_or_the_domain_itself() {
     assert!(rows[0]["mx"]["preference"].is_null(), "{}", rows[0]);
     let (_, table) = lab.check(&["nosuch.lab.test"], &["--mx"]);
     assert!(
-        table.contains("nosuch.lab.test does not resolve (nxdomain): a DNS problem, not a port block."),
+        table.contains(
+            "nosuch.lab.test does not resolve (nxdomain): a DNS problem, not a port block."
+        ),
         "{table}"
     );
 }

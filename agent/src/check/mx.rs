@@ -129,8 +129,9 @@ impl MxTargets {
                 let text = format!("{kind}: {detail}");
                 self.unprobed
                     .extend(unprobed(Outcome::DnsFailed, Some(kind), &text));
-                self.notes
-                    .push(format!("{domain}: its MX records could not be looked up ({text})."));
+                self.notes.push(format!(
+                    "{domain}: its MX records could not be looked up ({text})."
+                ));
                 self.failed.push(domain.to_string());
             }
             Err(ResolveError::NoAddress) => {}
@@ -227,7 +228,8 @@ mod tests {
         let mut t = MxTargets::default();
         let one = Duration::from_millis(1);
         let (ports, families) = ([25], [Family::Ipv4, Family::Ipv6]);
-        let add = |t: &mut MxTargets, d: &str, r| t.add(d, r, one, &ports, &families, Level::Connect);
+        let add =
+            |t: &mut MxTargets, d: &str, r| t.add(d, r, one, &ports, &families, Level::Connect);
         add(
             &mut t,
             "lab.test",
@@ -239,12 +241,22 @@ mod tests {
         add(
             &mut t,
             "other.test",
-            Ok(MailRoute::Exchangers(vec![exchanger("other.test", "mx1.lab.test", 5, false)])),
+            Ok(MailRoute::Exchangers(vec![exchanger(
+                "other.test",
+                "mx1.lab.test",
+                5,
+                false,
+            )])),
         );
         add(
             &mut t,
             "nomx.test",
-            Ok(MailRoute::Exchangers(vec![exchanger("nomx.test", "nomx.test", 0, true)])),
+            Ok(MailRoute::Exchangers(vec![exchanger(
+                "nomx.test",
+                "nomx.test",
+                0,
+                true,
+            )])),
         );
         add(&mut t, "null.test", Ok(MailRoute::NullMx));
         add(
@@ -262,8 +274,14 @@ mod tests {
     fn each_exchanger_is_probed_once_and_labelled_with_its_domain() {
         let t = built();
         assert_eq!(t.hosts, ["mx1.lab.test", "mx2.lab.test", "nomx.test"]);
-        assert_eq!(t.host_label(&row("mx2.lab.test")), "mx2.lab.test (MX 20 of lab.test)");
-        assert_eq!(t.host_label(&row("mx1.lab.test")), "mx1.lab.test (MX 10 of lab.test)");
+        assert_eq!(
+            t.host_label(&row("mx2.lab.test")),
+            "mx2.lab.test (MX 20 of lab.test)"
+        );
+        assert_eq!(
+            t.host_label(&row("mx1.lab.test")),
+            "mx1.lab.test (MX 10 of lab.test)"
+        );
         assert_eq!(t.host_label(&row("nomx.test")), "nomx.test (no MX)");
         assert_eq!(
             t.annotation(&row("nomx.test")),
@@ -274,7 +292,10 @@ mod tests {
                 null_mx: false
             })
         );
-        assert_eq!(t.notes[0], "lab.test: mail goes to mx1.lab.test (MX 10), then mx2.lab.test (MX 20).");
+        assert_eq!(
+            t.notes[0],
+            "lab.test: mail goes to mx1.lab.test (MX 10), then mx2.lab.test (MX 20)."
+        );
         assert!(t.notes[2].contains("no MX records: mail goes to the domain's own address"));
     }
 
@@ -283,14 +304,22 @@ mod tests {
         let t = built();
         // One row per port and family for each.
         assert_eq!(t.unprobed.len(), 4);
-        let null: Vec<&ProbeResult> = t.unprobed.iter().filter(|r| r.target == "null.test").collect();
+        let null: Vec<&ProbeResult> = t
+            .unprobed
+            .iter()
+            .filter(|r| r.target == "null.test")
+            .collect();
         assert!(null.iter().all(|r| r.outcome == Outcome::NoAddress));
         assert!(null[0].detail.contains("accepts no mail"));
         assert!(t.annotation(null[0]).unwrap().null_mx);
-        let gone: Vec<&ProbeResult> = t.unprobed.iter().filter(|r| r.target == "gone.test").collect();
-        assert!(gone
+        let gone: Vec<&ProbeResult> = t
+            .unprobed
             .iter()
-            .all(|r| r.outcome == Outcome::DnsFailed && r.dns_failure == Some(DnsFailure::Nxdomain)));
+            .filter(|r| r.target == "gone.test")
+            .collect();
+        assert!(gone.iter().all(
+            |r| r.outcome == Outcome::DnsFailed && r.dns_failure == Some(DnsFailure::Nxdomain)
+        ));
         assert_eq!(t.annotation(gone[0]).unwrap().preference, None);
     }
 }

@@ -35,8 +35,14 @@ pub fn main(args: CheckArgs) -> ExitCode {
     let (ports, families) = (args.ports(), args.families());
     let (results, mx) = runtime.block_on(async {
         if args.mx {
-            let mx = super::mx::targets(&args.hosts(), &ports, &families, args.level, options.dns_timeout)
-                .await;
+            let mx = super::mx::targets(
+                &args.hosts(),
+                &ports,
+                &families,
+                args.level,
+                options.dns_timeout,
+            )
+            .await;
             let mut results = run_check(&mx.hosts, &ports, &families, args.level, &options).await;
             results.extend(mx.unprobed.iter().cloned());
             (results, Some(mx))
@@ -62,7 +68,10 @@ pub fn main(args: CheckArgs) -> ExitCode {
                 println!("{note}");
             }
             println!();
-            print!("{}", table::render_table_labelled(&results, |r| mx.host_label(r)));
+            print!(
+                "{}",
+                table::render_table_labelled(&results, |r| mx.host_label(r))
+            );
         } else {
             print!("{}", table::render_table(&results));
         }

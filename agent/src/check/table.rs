@@ -8,7 +8,10 @@ pub fn render_table(results: &[ProbeResult]) -> String {
 }
 
 /// The table with the HOST cell of each row given by `host` (e.g. an MX exchanger and its domain).
-pub fn render_table_labelled(results: &[ProbeResult], host: impl Fn(&ProbeResult) -> String) -> String {
+pub fn render_table_labelled(
+    results: &[ProbeResult],
+    host: impl Fn(&ProbeResult) -> String,
+) -> String {
     let header = [
         "HOST", "PORT", "FAMILY", "ADDRESS", "OUTCOME", "CONNECT", "TLS", "DETAIL",
     ];

@@ -5,7 +5,7 @@
 //! The MX records come from the configured nameservers ([`super::nameserver`]); the exchangers'
 //! addresses are then resolved like any other host, the system's way.
 
-use super::nameserver::{Nameservers, MxRecord, Rcode, Reply};
+use super::nameserver::{MxRecord, Nameservers, Rcode, Reply};
 use super::resolve::ResolveError;
 use egresswatch_wire::DnsFailure;
 use std::time::{Duration, Instant};
@@ -68,7 +68,10 @@ pub fn route_of(
             }]))
         }
         Reply::Negative(Rcode::NxDomain) => {
-            return Err(failed(DnsFailure::Nxdomain, format!("{}: no such domain", said(Rcode::NxDomain))))
+            return Err(failed(
+                DnsFailure::Nxdomain,
+                format!("{}: no such domain", said(Rcode::NxDomain)),
+            ))
         }
         Reply::Negative(Rcode::ServFail) => {
             return Err(failed(DnsFailure::Servfail, said(Rcode::ServFail)))
@@ -92,7 +95,11 @@ pub fn route_of(
         return Ok(MailRoute::NullMx);
     }
     // Lowest preference first; equal preferences in name order, so runs compare.
-    real.sort_by(|a, b| a.preference.cmp(&b.preference).then(a.exchange.cmp(&b.exchange)));
+    real.sort_by(|a, b| {
+        a.preference
+            .cmp(&b.preference)
+            .then(a.exchange.cmp(&b.exchange))
+    });
     real.dedup_by(|a, b| a.exchange == b.exchange);
     Ok(MailRoute::Exchangers(
         real.into_iter()
@@ -163,7 +170,10 @@ mod tests {
 
     #[test]
     fn a_null_mx_means_no_mail_unless_real_exchangers_stand_beside_it() {
-        assert_eq!(route(Reply::Answer(vec![mx(0, "")])).unwrap(), MailRoute::NullMx);
+        assert_eq!(
+            route(Reply::Answer(vec![mx(0, "")])).unwrap(),
+            MailRoute::NullMx
+        );
         let mixed = route(Reply::Answer(vec![mx(0, ""), mx(10, "mx.lab.test")])).unwrap();
         assert_eq!(hosts(&mixed), [("mx.lab.test".to_string(), 10)]);
     }
@@ -174,9 +184,18 @@ mod tests {
             Err(ResolveError::Failed { kind, .. }) => Some(kind),
             _ => None,
         };
-        assert_eq!(kind(Reply::Negative(Rcode::NxDomain)), Some(DnsFailure::Nxdomain));
-        assert_eq!(kind(Reply::Negative(Rcode::ServFail)), Some(DnsFailure::Servfail));
-        assert_eq!(kind(Reply::Negative(Rcode::Refused)), Some(DnsFailure::Refused));
+        assert_eq!(
+            kind(Reply::Negative(Rcode::NxDomain)),
+            Some(DnsFailure::Nxdomain)
+        );
+        assert_eq!(
+            kind(Reply::Negative(Rcode::ServFail)),
+            Some(DnsFailure::Servfail)
+        );
+        assert_eq!(
+            kind(Reply::Negative(Rcode::Refused)),
+            Some(DnsFailure::Refused)
+        );
         assert_eq!(kind(Reply::Silent), Some(DnsFailure::Timeout));
         assert_eq!(kind(Reply::Unusable("x".into())), Some(DnsFailure::Other));
     }

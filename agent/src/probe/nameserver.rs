@@ -183,7 +183,10 @@ fn listed(config: &ResolverConfig) -> String {
 /// and no attempt that outlives the question's deadline.
 fn options_within(mut options: ResolverOpts, deadline: Duration) -> ResolverOpts {
     options.use_hosts_file = ResolveHosts::Never;
-    options.timeout = options.timeout.min(deadline).max(Duration::from_millis(100));
+    options.timeout = options
+        .timeout
+        .min(deadline)
+        .max(Duration::from_millis(100));
     options.attempts = options.attempts.max(1);
     options
 }
@@ -225,18 +228,16 @@ mod tests {
         assert_eq!(Rcode::Refused.name(), "REFUSED");
         assert_eq!(Rcode::Other(4).name(), "NOTIMP (rcode 4)");
         assert_eq!(Rcode::Other(23).name(), "rcode 23");
-        assert_eq!(
-            Rcode::from_hickory(ResponseCode::NXDomain),
-            Rcode::NxDomain
-        );
+        assert_eq!(Rcode::from_hickory(ResponseCode::NXDomain), Rcode::NxDomain);
         assert_eq!(Rcode::from_hickory(ResponseCode::NotImp), Rcode::Other(4));
     }
 
     #[test]
     fn resolv_conf_is_read_like_glibc_reads_it() {
         let d = Duration::from_secs(2);
-        let ns = Nameservers::from_resolv_conf("nameserver 198.18.0.53\nnameserver 2001:db8::53\n", d)
-            .unwrap();
+        let ns =
+            Nameservers::from_resolv_conf("nameserver 198.18.0.53\nnameserver 2001:db8::53\n", d)
+                .unwrap();
         assert_eq!(ns.listed, "198.18.0.53, 2001:db8::53");
         // No nameserver line: glibc asks the local one.
         let ns = Nameservers::from_resolv_conf("search lab.test\n", d).unwrap();

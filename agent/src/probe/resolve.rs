@@ -390,22 +390,37 @@ mod tests {
         let again = gai(libc::EAI_AGAIN);
         let servfail = reading(&again, replied(Reply::Negative(Rcode::ServFail)), fast);
         assert_eq!(kind(&servfail), Some(DnsFailure::Servfail));
-        let refused = reading(&gai(libc::EAI_FAIL), replied(Reply::Negative(Rcode::Refused)), fast);
+        let refused = reading(
+            &gai(libc::EAI_FAIL),
+            replied(Reply::Negative(Rcode::Refused)),
+            fast,
+        );
         assert_eq!(kind(&refused), Some(DnsFailure::Refused));
-        let nx = reading(&gai(libc::EAI_NONAME), replied(Reply::Negative(Rcode::NxDomain)), fast);
+        let nx = reading(
+            &gai(libc::EAI_NONAME),
+            replied(Reply::Negative(Rcode::NxDomain)),
+            fast,
+        );
         assert_eq!(kind(&nx), Some(DnsFailure::Nxdomain));
         let notimp = reading(&again, replied(Reply::Negative(Rcode::Other(4))), fast);
         assert_eq!(kind(&notimp), Some(DnsFailure::Other));
         // A name that exists without any address: getaddrinfo's EAI_NONAME, NOERROR with no
         // records from the nameserver ("no answer").
-        let nodata = reading(&gai(libc::EAI_NONAME), replied(Reply::Negative(Rcode::NoError)), fast);
+        let nodata = reading(
+            &gai(libc::EAI_NONAME),
+            replied(Reply::Negative(Rcode::NoError)),
+            fast,
+        );
         assert_eq!(nodata, ResolveError::NoAddress);
         let slow_again = gai_after(libc::EAI_AGAIN, GLIBC_MIN_TIMEOUT);
         let silent = reading(&slow_again, replied(Reply::Silent), Duration::from_secs(2));
         assert_eq!(kind(&silent), Some(DnsFailure::Timeout));
         match servfail {
             ResolveError::Failed { detail, .. } => {
-                assert!(detail.starts_with("198.18.0.53 answered SERVFAIL"), "{detail}")
+                assert!(
+                    detail.starts_with("198.18.0.53 answered SERVFAIL"),
+                    "{detail}"
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -420,7 +435,11 @@ mod tests {
             fast,
         );
         assert_eq!(kind(&unusable), Some(DnsFailure::Other));
-        let unasked = reading(&gai(libc::EAI_AGAIN), Asked::NotAsked("no file".into()), fast);
+        let unasked = reading(
+            &gai(libc::EAI_AGAIN),
+            Asked::NotAsked("no file".into()),
+            fast,
+        );
         assert_eq!(kind(&unasked), Some(DnsFailure::Other));
         // glibc failed at once, the second question got no reply: still not silence.
         let quiet_second = reading(

@@ -167,8 +167,7 @@ impl Namespaces {
         (b, b_if, b_addrs): (&str, &str, &[&str]),
     ) -> Result<(), String> {
         run(&[
-            "ip", "link", "add", a_if, "netns", a, "type", "veth", "peer", "name", b_if, "netns",
-            b,
+            "ip", "link", "add", a_if, "netns", a, "type", "veth", "peer", "name", b_if, "netns", b,
         ])?;
         for (ns, ifname, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
             for addr in addrs {
