@@ -244,3 +244,30 @@ fn every_collector_message_round_trips() {
         assert!(m.kind().is_some());
     }
 }
+
+/// A session step (wire minor 1) crosses a batch, and a result from before it decodes without one.
+#[test]
+fn the_session_step_crosses_a_batch_and_older_results_lack_it() {
+    let mut stalled = result(7, 587, Outcome::NoBanner, Some(900));
+    stalled.step = Some(SessionStep::Ehlo);
+    stalled.detail = "EHLO got no reply before the deadline".into();
+    let batch = Batch::pack(
+        std::slice::from_ref(&stalled),
+        ClockQuality::Synchronised,
+        0,
+    )
+    .unwrap();
+    let bytes = rmp_serde::to_vec(&batch).unwrap();
+    let back: Batch = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(back.unpack().unwrap(), vec![stalled.clone()]);
+
+    // A wire 1.0 result: every field up to `detail`, no step.
+    let mut older = stalled.clone();
+    older.step = None;
+    let full = rmp_serde::to_vec(&stalled).unwrap();
+    let without = rmp_serde::to_vec(&older).unwrap();
+    assert!(without.len() < full.len());
+    let decoded: ProbeResult = rmp_serde::from_slice(&without).unwrap();
+    assert_eq!(decoded.step, None);
+    assert_eq!(decoded.outcome, Outcome::NoBanner);
+}

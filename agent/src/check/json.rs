@@ -22,6 +22,8 @@ pub struct JsonRow {
     pub dns_failure: Option<egresswatch_wire::DnsFailure>,
     pub icmp: Option<JsonIcmp>,
     pub tls: Option<JsonTls>,
+    /// The session step a failure after connect happened in (`greeting`, `ehlo`, …).
+    pub step: Option<egresswatch_wire::SessionStep>,
 }
 
 #[derive(Debug, Serialize)]
@@ -75,6 +77,7 @@ impl From<&ProbeResult> for JsonRow {
                 cipher: t.cipher.clone(),
                 issuer: t.issuer.clone(),
             }),
+            step: r.step,
         }
     }
 }
