@@ -19,7 +19,7 @@ use crate::limits::{
     MAX_BATCH_RESULTS, MAX_BATCH_SERIES, MAX_DETAIL_BYTES, MAX_HELLO_TARGETS, MAX_TARGET_BYTES,
 };
 pub use crate::outcome::ClockQuality;
-use crate::outcome::{DnsFailure, Family, Level, Outcome};
+use crate::outcome::{DnsFailure, Family, Level, Outcome, SessionStep};
 use crate::result::{IcmpReport, PhaseTimings, ProbeResult, TlsInfo};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -104,6 +104,8 @@ wire_record! {
         pub dns_failure: Option<DnsFailure>,
         pub tls: Option<TlsInfo>,
         pub detail: String,
+        /// Appended in wire minor 1: older collectors skip it, older agents leave it `None`.
+        pub step: Option<SessionStep>,
     }
     required = 3;
 }
@@ -208,6 +210,7 @@ impl Batch {
                 dns_failure: r.dns_failure,
                 tls: r.tls.clone(),
                 detail: r.detail.clone(),
+                step: r.step,
             });
         }
         Ok(Batch {
@@ -296,6 +299,7 @@ impl Batch {
                     dns_failure: c.dns_failure,
                     tls: c.tls.clone(),
                     detail: c.detail.clone(),
+                    step: c.step,
                 })
             })
             .collect()

@@ -282,3 +282,30 @@ fn a_dns_failure_kind_newer_than_the_peer_is_sent_as_other() {
     assert!(unpacked[0].detail.contains("REFUSED"));
     assert_eq!(unpacked[1].dns_failure, Some(DnsFailure::Servfail));
 }
+
+/// A session step (wire minor 1) crosses a batch, and a result from before it decodes without one.
+#[test]
+fn the_session_step_crosses_a_batch_and_older_results_lack_it() {
+    let mut stalled = result(7, 587, Outcome::NoBanner, Some(900));
+    stalled.step = Some(SessionStep::Ehlo);
+    stalled.detail = "EHLO got no reply before the deadline".into();
+    let batch = Batch::pack(
+        std::slice::from_ref(&stalled),
+        ClockQuality::Synchronised,
+        0,
+    )
+    .unwrap();
+    let bytes = rmp_serde::to_vec(&batch).unwrap();
+    let back: Batch = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(back.unpack().unwrap(), vec![stalled.clone()]);
+
+    // A wire 1.0 result: every field up to `detail`, no step.
+    let mut older = stalled.clone();
+    older.step = None;
+    let full = rmp_serde::to_vec(&stalled).unwrap();
+    let without = rmp_serde::to_vec(&older).unwrap();
+    assert!(without.len() < full.len());
+    let decoded: ProbeResult = rmp_serde::from_slice(&without).unwrap();
+    assert_eq!(decoded.step, None);
+    assert_eq!(decoded.outcome, Outcome::NoBanner);
+}

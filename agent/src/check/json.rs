@@ -22,6 +22,8 @@ pub struct JsonRow {
     pub dns_failure: Option<egresswatch_wire::DnsFailure>,
     pub icmp: Option<JsonIcmp>,
     pub tls: Option<JsonTls>,
+    /// The session step a failure after connect happened in (`greeting`, `ehlo`, …).
+    pub step: Option<egresswatch_wire::SessionStep>,
     /// With `--mx`: which domain's exchanger this row is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mx: Option<super::mx::JsonMx>,
@@ -92,6 +94,7 @@ impl From<&ProbeResult> for JsonRow {
                 cipher: t.cipher.clone(),
                 issuer: t.issuer.clone(),
             }),
+            step: r.step,
             mx: None,
         }
     }

@@ -29,7 +29,7 @@ pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
     for sentence in sentences::SENTENCES {
         let ports: BTreeSet<u16> = results
             .iter()
-            .filter(|r| sentences::applies(sentence, r))
+            .filter(|r| sentences::sentence_for(r).is_some_and(|s| std::ptr::eq(s, sentence)))
             .map(|r| r.port)
             .collect();
         if !ports.is_empty() {
