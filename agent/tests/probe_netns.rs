@@ -7,9 +7,12 @@
 //! Needs root, iproute2, nftables and veth; skipped with a printed reason otherwise. Namespaces are
 //! named `ewp<pid>…` and removed even when the test fails.
 
+mod support;
+
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use support::{nft, run, set_sysctls};
 
 const ROUTER_V4: &str = "198.18.201.2";
 const DEST_V4: &str = "198.18.201.6";
@@ -34,53 +37,6 @@ impl Drop for Lab {
                 .output();
         }
     }
-}
-
-fn run(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn nft(ns: &str, rules: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(rules.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr)))
-    }
-}
-
-/// Writes `value` to each /proc/sys key inside `ns` (no dependency on procps' sysctl).
-fn set_sysctls(ns: &str, keys: &[&str], value: &str) -> Result<(), String> {
-    let script: Vec<String> = keys
-        .iter()
-        .map(|key| format!("echo {value} > /proc/sys/{key}"))
-        .collect();
-    run(&["ip", "netns", "exec", ns, "sh", "-c", &script.join(" && ")])
 }
 
 /// client (c) —veth— router (r) —veth— destination (d).
@@ -312,4 +268,73 @@ fn drop_reset_and_icmp_rejects_are_told_apart_and_the_rejecting_hop_is_named() {
         table.contains("25 times out while 443 gets an answer (refused)"),
         "{table}"
     );
+}
+
+#[test]
+fn a_reject_rule_in_this_hosts_own_output_chain_is_local_denied_not_a_router() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIP: needs root (network namespaces, nftables)");
+        return;
+    }
+    let lab = Lab {
+        prefix: format!("ewq{}", std::process::id()),
+    };
+    if let Err(e) = build(&lab) {
+        if e.contains("Unknown device type") {
+            eprintln!("SKIP: this kernel has no veth: {e}");
+            return;
+        }
+        panic!("building the namespaces: {e}");
+    }
+    // The probing host's own firewall, as a VM's nftables would have it.
+    nft(
+        &lab.ns("c"),
+        "table inet own {
+            chain output {
+                type filter hook output priority 0; policy accept;
+                tcp dport 2526 reject with icmpx type admin-prohibited
+                tcp dport 2527 reject with icmpx type port-unreachable
+            }
+        }",
+    )
+    .expect("the client's output rules");
+    let ports = ["--port", "2526", "--port", "2527", "--port", "587"];
+    let mut args = vec!["--json"];
+    args.extend(ports);
+    let (code, stdout, _) = check(&lab, &args);
+    assert_eq!(code, Some(1), "{stdout}");
+    let rows: Vec<Value> = serde_json::from_str(&stdout).expect("a JSON array");
+    let own_v4 = "198.18.201.1";
+    let own_v6 = "2001:db8:e1:1::1";
+    for (family, own) in [("ipv4", own_v4), ("ipv6", own_v6)] {
+        for port in [2526, 2527] {
+            let local = row(&rows, port, family);
+            assert_eq!(local["outcome"], "local_denied", "{local}");
+            assert_eq!(local["icmp"]["from"], own, "this host's address: {local}");
+            let detail = local["detail"].as_str().unwrap();
+            assert!(detail.contains("(an address of this host)"), "{detail}");
+        }
+        // The router's reject keeps its reading.
+        let edge = row(&rows, 587, family);
+        assert_eq!(edge["outcome"], "unreachable", "{edge}");
+    }
+    let (code, table, _) = check(&lab, &ports);
+    println!("{table}");
+    assert_eq!(code, Some(1));
+    assert!(
+        table.contains(&format!(
+            "2526 is rejected by this host's own firewall (administratively prohibited: ICMP from {own_v4}, {own_v6}, addresses of this host): a reject rule in this host's output chain"
+        )),
+        "{table}"
+    );
+    assert!(
+        table.contains("2527 is rejected by this host's own firewall (port unreachable"),
+        "{table}"
+    );
+    assert!(
+        table.contains("587 is rejected by a router on the path"),
+        "{table}"
+    );
+    assert!(!table.contains("2526 is rejected by a router"), "{table}");
 }

@@ -30,5 +30,5 @@ pub use message::{
     Ack, AgentMessage, Batch, ClockQuality, CollectorMessage, CompactResult, Hello, Refusal,
     SeriesKey, TargetSpec, Welcome,
 };
-pub use outcome::{DnsFailure, Family, Level, Outcome};
+pub use outcome::{DnsFailure, Family, Level, Outcome, SessionStep};
 pub use result::{IcmpReport, PhaseTimings, ProbeResult};

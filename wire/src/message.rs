@@ -19,7 +19,7 @@ use crate::limits::{
     MAX_BATCH_RESULTS, MAX_BATCH_SERIES, MAX_DETAIL_BYTES, MAX_HELLO_TARGETS, MAX_TARGET_BYTES,
 };
 pub use crate::outcome::ClockQuality;
-use crate::outcome::{DnsFailure, Family, Level, Outcome};
+use crate::outcome::{DnsFailure, Family, Level, Outcome, SessionStep};
 use crate::result::{IcmpReport, PhaseTimings, ProbeResult, TlsInfo};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -104,6 +104,8 @@ wire_record! {
         pub dns_failure: Option<DnsFailure>,
         pub tls: Option<TlsInfo>,
         pub detail: String,
+        /// Appended in wire minor 1: older collectors skip it, older agents leave it `None`.
+        pub step: Option<SessionStep>,
     }
     required = 3;
 }
@@ -136,6 +138,15 @@ wire_record! {
 }
 
 impl Batch {
+    /// This batch as a collector speaking wire minor `peer_minor` (from its welcome) can decode
+    /// it: values added in later minors are replaced by the ones it knows.
+    pub fn for_peer_minor(mut self, peer_minor: u16) -> Self {
+        for result in &mut self.results {
+            result.dns_failure = result.dns_failure.map(|k| k.for_peer(peer_minor));
+        }
+        self
+    }
+
     /// Packs results with consecutive sequence numbers into a batch.
     pub fn pack(
         results: &[ProbeResult],
@@ -199,6 +210,7 @@ impl Batch {
                 dns_failure: r.dns_failure,
                 tls: r.tls.clone(),
                 detail: r.detail.clone(),
+                step: r.step,
             });
         }
         Ok(Batch {
@@ -287,6 +299,7 @@ impl Batch {
                     dns_failure: c.dns_failure,
                     tls: c.tls.clone(),
                     detail: c.detail.clone(),
+                    step: c.step,
                 })
             })
             .collect()

@@ -91,7 +91,8 @@ coded_enum! {
         Refused = (2, "refused"),
         /// ICMP unreachable / administratively prohibited (EHOSTUNREACH, ENETUNREACH).
         Unreachable = (3, "unreachable"),
-        /// The local host refused to send (EPERM, EACCES): a host firewall.
+        /// This host's own firewall stopped it: a refusal to send (EPERM, EACCES), or an ICMP
+        /// error from one of this host's own addresses (a reject rule in its output chain).
         LocalDenied = (4, "local_denied"),
         /// The name did not resolve.
         DnsFailed = (5, "dns_failed"),
@@ -99,11 +100,14 @@ coded_enum! {
         NoAddress = (6, "no_address"),
         /// The connection was reset after it was established.
         Reset = (7, "reset"),
-        /// Connected, but no SMTP greeting in time.
+        /// Connected, but the SMTP session got no reply at one of its steps — the greeting, EHLO
+        /// or STARTTLS — before the deadline, or was closed mid-step; the result's `step` says
+        /// which.
         NoBanner = (8, "no_banner"),
-        /// The greeting was not 220.
+        /// The greeting was not 220, or the server answered a step with a refusal or with text
+        /// that is not SMTP (`step` says which).
         BadBanner = (9, "bad_banner"),
-        /// EHLO did not offer STARTTLS where TLS was expected.
+        /// An EHLO reply arrived and did not offer STARTTLS where TLS was expected.
         StarttlsMissing = (10, "starttls_missing"),
         /// TLS handshake failed or the certificate is not valid for the host.
         TlsFailed = (11, "tls_failed"),
@@ -123,6 +127,25 @@ impl Outcome {
             self,
             Outcome::Timeout | Outcome::Refused | Outcome::Unreachable | Outcome::LocalDenied
         )
+    }
+}
+
+coded_enum! {
+    /// The session step a probe ended in once connected: where the greeting, a command's reply
+    /// or the TLS handshake failed. Kept beside the outcome so that, say, an EHLO left without a
+    /// reply is never read as a stripped STARTTLS. New steps are appended with new codes.
+    pub enum SessionStep {
+        /// Waiting for the server's 220 greeting.
+        #[default]
+        Greeting = (0, "greeting"),
+        /// EHLO sent, waiting for its reply.
+        Ehlo = (1, "ehlo"),
+        /// STARTTLS sent, waiting for its reply.
+        Starttls = (2, "starttls"),
+        /// The TLS handshake (after STARTTLS, on an implicit-TLS port, or on the 443 control).
+        TlsHandshake = (3, "tls_handshake"),
+        /// QUIT sent, waiting for its reply.
+        Quit = (4, "quit"),
     }
 }
 
@@ -156,6 +179,28 @@ coded_enum! {
         Nxdomain = (1, "nxdomain"),
         Servfail = (2, "servfail"),
         Timeout = (3, "timeout"),
+        /// The nameserver answered REFUSED (wire 1.1).
+        Refused = (4, "refused"),
+    }
+}
+
+impl DnsFailure {
+    /// The wire minor version that introduced this kind.
+    pub fn since_minor(self) -> u16 {
+        match self {
+            DnsFailure::Refused => 1,
+            _ => 0,
+        }
+    }
+
+    /// This kind as a peer speaking `peer_minor` can decode it: a kind it does not know yet is
+    /// sent as `other` (the detail still names it).
+    pub fn for_peer(self, peer_minor: u16) -> Self {
+        if self.since_minor() > peer_minor {
+            DnsFailure::Other
+        } else {
+            self
+        }
     }
 }
 
@@ -186,6 +231,18 @@ mod tests {
             .parse::<Outcome>()
             .unwrap_err()
             .contains("expected one of"));
+    }
+
+    #[test]
+    fn session_steps_round_trip() {
+        for step in SessionStep::ALL {
+            assert_eq!(SessionStep::from_code(step.code()), Some(*step));
+            assert_eq!(step.as_str().parse::<SessionStep>().unwrap(), *step);
+        }
+        assert_eq!(
+            serde_json::to_string(&SessionStep::Ehlo).unwrap(),
+            "\"ehlo\""
+        );
     }
 
     #[test]

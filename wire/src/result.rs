@@ -4,7 +4,7 @@
 //! This full form is what the agent spools and what the collector stores; on the wire a batch
 //! carries the compact form ([`crate::message::CompactResult`]) that shares repeated fields.
 
-use crate::outcome::{DnsFailure, Family, Level, Outcome};
+use crate::outcome::{DnsFailure, Family, Level, Outcome, SessionStep};
 use std::net::IpAddr;
 
 wire_record! {
@@ -77,6 +77,9 @@ wire_record! {
         pub tls: Option<TlsInfo>,
         /// Short human text: the greeting, the error, what was missing.
         pub detail: String,
+        /// The session step a failure after connect happened in (appended in wire minor 1;
+        /// `None` from older agents and for failures before or without a session).
+        pub step: Option<SessionStep>,
     }
     required = 7;
 }
@@ -124,6 +127,7 @@ mod tests {
             dns_failure: None,
             tls: None,
             detail: "administratively prohibited".into(),
+            step: None,
         }
     }
 

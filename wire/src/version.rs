@@ -4,7 +4,8 @@
 //! minor version counts additions that older peers safely ignore.
 
 pub const WIRE_MAJOR: u8 = 1;
-pub const WIRE_MINOR: u16 = 0;
+/// 1.1: results carry the session step a failure happened in; the `refused` DNS failure kind.
+pub const WIRE_MINOR: u16 = 1;
 
 /// ALPN of an egresswatch session over QUIC; a peer offering anything else is refused by TLS.
 pub const ALPN: &[u8] = b"egresswatch/1";

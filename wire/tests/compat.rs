@@ -244,3 +244,68 @@ fn every_collector_message_round_trips() {
         assert!(m.kind().is_some());
     }
 }
+
+/// The DNS failure codes a wire 1.0 peer can decode.
+const DNS_FAILURE_CODES_1_0: [u64; 4] = [0, 1, 2, 3];
+
+/// The `dns_failure` codes of a batch's results, read from the bytes as any MessagePack reader
+/// would see them (field 10 of each compact result).
+fn dns_failure_codes(batch: &Batch) -> Vec<u64> {
+    let bytes = rmp_serde::to_vec(batch).unwrap();
+    let value: serde_json::Value = rmp_serde::from_slice(&bytes).unwrap();
+    value[4]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.get(10).and_then(serde_json::Value::as_u64))
+        .collect()
+}
+
+#[test]
+fn a_dns_failure_kind_newer_than_the_peer_is_sent_as_other() {
+    let mut refused = result(1, 25, Outcome::DnsFailed, None);
+    refused.dns_failure = Some(DnsFailure::Refused);
+    refused.detail = "refused: 198.18.0.53 answered REFUSED".into();
+    let mut servfail = result(2, 25, Outcome::DnsFailed, None);
+    servfail.dns_failure = Some(DnsFailure::Servfail);
+    let batch = Batch::pack(&[refused, servfail], ClockQuality::Unknown, 0).unwrap();
+
+    // A 1.1 collector gets the kind itself.
+    assert_eq!(dns_failure_codes(&batch.clone().for_peer_minor(1)), [4, 2]);
+    // A 1.0 collector gets only codes it knows; the detail still names the kind.
+    let old = batch.for_peer_minor(0);
+    let codes = dns_failure_codes(&old);
+    assert_eq!(codes, [0, 2]);
+    assert!(codes.iter().all(|c| DNS_FAILURE_CODES_1_0.contains(c)));
+    let unpacked = old.unpack().unwrap();
+    assert_eq!(unpacked[0].dns_failure, Some(DnsFailure::Other));
+    assert!(unpacked[0].detail.contains("REFUSED"));
+    assert_eq!(unpacked[1].dns_failure, Some(DnsFailure::Servfail));
+}
+
+/// A session step (wire minor 1) crosses a batch, and a result from before it decodes without one.
+#[test]
+fn the_session_step_crosses_a_batch_and_older_results_lack_it() {
+    let mut stalled = result(7, 587, Outcome::NoBanner, Some(900));
+    stalled.step = Some(SessionStep::Ehlo);
+    stalled.detail = "EHLO got no reply before the deadline".into();
+    let batch = Batch::pack(
+        std::slice::from_ref(&stalled),
+        ClockQuality::Synchronised,
+        0,
+    )
+    .unwrap();
+    let bytes = rmp_serde::to_vec(&batch).unwrap();
+    let back: Batch = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(back.unpack().unwrap(), vec![stalled.clone()]);
+
+    // A wire 1.0 result: every field up to `detail`, no step.
+    let mut older = stalled.clone();
+    older.step = None;
+    let full = rmp_serde::to_vec(&stalled).unwrap();
+    let without = rmp_serde::to_vec(&older).unwrap();
+    assert!(without.len() < full.len());
+    let decoded: ProbeResult = rmp_serde::from_slice(&without).unwrap();
+    assert_eq!(decoded.step, None);
+    assert_eq!(decoded.outcome, Outcome::NoBanner);
+}

@@ -9,13 +9,21 @@ use egresswatch_wire::{IcmpReport, Outcome};
 const ORIGIN_ICMP: u8 = 2;
 const ORIGIN_ICMP6: u8 = 3;
 
-/// What a failed `connect()` means, given what the socket error queue said about it. An ICMP
-/// error from the network is `unreachable` whatever errno the kernel made of it: Linux turns
-/// ICMPv6 administratively-prohibited into EACCES and ICMP port-unreachable into ECONNREFUSED,
-/// which would otherwise read as this host's firewall or a TCP reset.
-pub fn connect_outcome(errno: i32, icmp: Option<&IcmpReport>) -> Outcome {
+/// What a failed `connect()` means, given what the socket error queue said about it and whether
+/// the ICMP error's sender is one of this host's own addresses. An ICMP error from the network is
+/// `unreachable` whatever errno the kernel made of it: Linux turns ICMPv6
+/// administratively-prohibited into EACCES and ICMP port-unreachable into ECONNREFUSED, which
+/// would otherwise read as this host's firewall or a TCP reset. An ICMP error this host sent to
+/// itself is its own firewall's reject rule: `local_denied`.
+pub fn connect_outcome(errno: i32, icmp: Option<&IcmpReport>, sent_by_this_host: bool) -> Outcome {
     match icmp {
-        Some(report) if matches!(report.origin, ORIGIN_ICMP | ORIGIN_ICMP6) => Outcome::Unreachable,
+        Some(report) if matches!(report.origin, ORIGIN_ICMP | ORIGIN_ICMP6) => {
+            if sent_by_this_host {
+                Outcome::LocalDenied
+            } else {
+                Outcome::Unreachable
+            }
+        }
         _ => connect_errno_outcome(errno),
     }
 }
@@ -105,25 +113,55 @@ mod tests {
         };
         // ICMPv6 admin-prohibited arrives as EACCES: not this host's firewall.
         assert_eq!(
-            connect_outcome(libc::EACCES, Some(&icmp(ORIGIN_ICMP6, 1, 1))),
+            connect_outcome(libc::EACCES, Some(&icmp(ORIGIN_ICMP6, 1, 1)), false),
             Outcome::Unreachable
         );
         // ICMP port unreachable arrives as ECONNREFUSED: not a TCP reset.
         assert_eq!(
-            connect_outcome(libc::ECONNREFUSED, Some(&icmp(ORIGIN_ICMP, 3, 3))),
+            connect_outcome(libc::ECONNREFUSED, Some(&icmp(ORIGIN_ICMP, 3, 3)), false),
             Outcome::Unreachable
         );
         assert_eq!(
-            connect_outcome(libc::EHOSTUNREACH, Some(&icmp(ORIGIN_ICMP, 3, 13))),
+            connect_outcome(libc::EHOSTUNREACH, Some(&icmp(ORIGIN_ICMP, 3, 13)), false),
             Outcome::Unreachable
         );
         // Without ICMP, or with a local origin, the errno decides.
-        assert_eq!(connect_outcome(libc::EACCES, None), Outcome::LocalDenied);
         assert_eq!(
-            connect_outcome(libc::EPERM, Some(&icmp(1, 0, 0))),
+            connect_outcome(libc::EACCES, None, false),
             Outcome::LocalDenied
         );
-        assert_eq!(connect_outcome(libc::ECONNREFUSED, None), Outcome::Refused);
+        assert_eq!(
+            connect_outcome(libc::EPERM, Some(&icmp(1, 0, 0)), false),
+            Outcome::LocalDenied
+        );
+        assert_eq!(
+            connect_outcome(libc::ECONNREFUSED, None, false),
+            Outcome::Refused
+        );
+    }
+
+    #[test]
+    fn icmp_this_host_sent_itself_is_its_own_firewall() {
+        let icmp = |origin, icmp_type, icmp_code| IcmpReport {
+            from: Some("198.18.201.1".parse().unwrap()),
+            icmp_type,
+            icmp_code,
+            origin,
+        };
+        // `reject with icmpx admin-prohibited` in this host's output chain, both families.
+        assert_eq!(
+            connect_outcome(libc::EHOSTUNREACH, Some(&icmp(ORIGIN_ICMP, 3, 13)), true),
+            Outcome::LocalDenied
+        );
+        assert_eq!(
+            connect_outcome(libc::EACCES, Some(&icmp(ORIGIN_ICMP6, 1, 1)), true),
+            Outcome::LocalDenied
+        );
+        // `reject with icmpx port-unreachable` arrives as ECONNREFUSED: still not a TCP reset.
+        assert_eq!(
+            connect_outcome(libc::ECONNREFUSED, Some(&icmp(ORIGIN_ICMP, 3, 3)), true),
+            Outcome::LocalDenied
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! mistaken for latency.
 
 use super::classify::{connect_outcome, icmp_words};
+use super::local::is_this_hosts_address;
 use super::resolve::sockaddr_to_ip;
 use egresswatch_wire::{IcmpReport, Outcome};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -46,7 +47,7 @@ pub async fn connect(
 ) -> Result<Connected, ConnectFailure> {
     let socket = match make_socket(addr, binding) {
         Ok(s) => s,
-        Err(e) => return Err(failure_from_io(&e, None, None, "socket setup")),
+        Err(e) => return Err(failure_from_io(addr.ip(), &e, None, None, "socket setup")),
     };
     let started = Instant::now();
     match socket.connect(&SockAddr::from(addr)) {
@@ -55,6 +56,7 @@ pub async fn connect(
         Err(e) => {
             let icmp = read_error_queue(socket.as_raw_fd(), addr.is_ipv6());
             return Err(failure_from_io(
+                addr.ip(),
                 &e,
                 icmp,
                 syn_retransmits(socket.as_raw_fd()),
@@ -65,7 +67,15 @@ pub async fn connect(
     let std_stream: std::net::TcpStream = socket.into();
     let stream = match TcpStream::from_std(std_stream) {
         Ok(s) => s,
-        Err(e) => return Err(failure_from_io(&e, None, None, "registering the socket")),
+        Err(e) => {
+            return Err(failure_from_io(
+                addr.ip(),
+                &e,
+                None,
+                None,
+                "registering the socket",
+            ))
+        }
     };
     let waited = tokio::time::timeout(deadline, stream.writable()).await;
     let fd = stream.as_raw_fd();
@@ -90,6 +100,7 @@ pub async fn connect(
             })
         }
         Ok(Err(e)) => Err(failure_from_io(
+            addr.ip(),
             &e,
             read_error_queue(fd, addr.is_ipv6()),
             syn_retransmits(fd),
@@ -101,12 +112,19 @@ pub async fn connect(
                 Ok(None) => {}
                 Ok(Some(e)) | Err(e) => {
                     let icmp = read_error_queue(fd, addr.is_ipv6());
-                    return Err(failure_from_io(&e, icmp, syn_retransmits(fd), "connect"));
+                    return Err(failure_from_io(
+                        addr.ip(),
+                        &e,
+                        icmp,
+                        syn_retransmits(fd),
+                        "connect",
+                    ));
                 }
             }
             // writable() can wake spuriously; a connected socket has a peer.
             if let Err(e) = stream.peer_addr() {
                 return Err(failure_from_io(
+                    addr.ip(),
                     &e,
                     read_error_queue(fd, addr.is_ipv6()),
                     syn_retransmits(fd),
@@ -163,14 +181,19 @@ fn enable_recverr(socket: &Socket, v6: bool) -> io::Result<()> {
 }
 
 fn failure_from_io(
+    destination: IpAddr,
     e: &io::Error,
     icmp: Option<IcmpReport>,
     syn_retransmits: Option<u8>,
     step: &str,
 ) -> ConnectFailure {
     let errno = e.raw_os_error();
+    let sent_by_this_host = icmp
+        .as_ref()
+        .and_then(|report| report.from)
+        .is_some_and(|from| from != destination && is_this_hosts_address(from));
     let outcome = errno
-        .map(|errno| connect_outcome(errno, icmp.as_ref()))
+        .map(|errno| connect_outcome(errno, icmp.as_ref(), sent_by_this_host))
         .unwrap_or(Outcome::Unreachable);
     let mut detail = format!("{step}: {}", short_io_text(e));
     if let Some(report) = &icmp {
@@ -184,6 +207,9 @@ fn failure_from_io(
         ));
         if let Some(from) = report.from {
             detail.push_str(&format!(" from {from}"));
+            if sent_by_this_host {
+                detail.push_str(" (an address of this host)");
+            }
         }
     }
     ConnectFailure {

@@ -10,6 +10,9 @@
 pub mod classify;
 pub mod connect;
 pub mod issuer;
+pub mod local;
+pub mod mx;
+pub mod nameserver;
 pub mod resolve;
 pub mod smtp;
 pub mod tls;
@@ -17,7 +20,7 @@ pub mod tls;
 use connect::Binding;
 use egresswatch_wire::result::truncate_detail;
 use egresswatch_wire::{
-    limits::MAX_DETAIL_BYTES, Family, Level, Outcome, PhaseTimings, ProbeResult,
+    limits::MAX_DETAIL_BYTES, Family, Level, Outcome, PhaseTimings, ProbeResult, SessionStep,
 };
 use resolve::ResolveError;
 use smtp::{ExchangeError, ReplyParser};
@@ -263,11 +266,13 @@ async fn handshake(
             Some((tls, negotiated))
         }
         Ok(Err(e)) => {
+            result.step = Some(SessionStep::TlsHandshake);
             tls_failure(result, &e, &client);
             None
         }
         Err(_) => {
             result.outcome = Outcome::TlsFailed;
+            result.step = Some(SessionStep::TlsHandshake);
             result.detail = format!("no TLS handshake{when} before the deadline");
             None
         }
@@ -313,7 +318,8 @@ async fn implicit_tls(
     if let Some(greeting) = greet(&mut tls, &mut parser, deadline, result).await {
         result.outcome = Outcome::Ok;
         result.detail = format!("{}; TLS {negotiated}", greeting.summary());
-        smtp::quit(&mut tls, &mut parser, deadline).await;
+        let quit = smtp::quit(&mut tls, &mut parser, deadline).await;
+        note_quit(result, quit);
     }
 }
 
@@ -332,9 +338,11 @@ async fn plain_smtp(
     if target.level == Level::Banner {
         result.outcome = Outcome::Ok;
         result.detail = greeting.summary();
-        smtp::quit(&mut stream, &mut parser, deadline).await;
+        let quit = smtp::quit(&mut stream, &mut parser, deadline).await;
+        note_quit(result, quit);
         return;
     }
+    let asked = Instant::now();
     let ehlo = match exchange(
         &mut stream,
         &mut parser,
@@ -344,16 +352,19 @@ async fn plain_smtp(
     .await
     {
         Ok(reply) => reply,
-        Err(e) => return session_failure(result, Outcome::StarttlsMissing, "EHLO", &e),
+        Err(e) => return step_failure(result, SessionStep::Ehlo, &e, asked.elapsed()),
     };
     if ehlo.code != 250 {
-        result.outcome = Outcome::StarttlsMissing;
+        // A refusal is the destination's policy; it says nothing about STARTTLS on the path.
+        result.outcome = Outcome::BadBanner;
+        result.step = Some(SessionStep::Ehlo);
         result.detail = format!("EHLO refused: {}", ehlo.summary());
         smtp::quit(&mut stream, &mut parser, deadline).await;
         return;
     }
     if !ehlo.offers("STARTTLS") {
         result.outcome = Outcome::StarttlsMissing;
+        result.step = Some(SessionStep::Ehlo);
         result.detail = match ehlo.masked_capability() {
             Some(mask) => format!(
                 "EHLO reply carries {mask:?} where STARTTLS would be: rewritten by a middlebox on the path"
@@ -366,12 +377,14 @@ async fn plain_smtp(
         smtp::quit(&mut stream, &mut parser, deadline).await;
         return;
     }
+    let asked = Instant::now();
     let go = match exchange(&mut stream, &mut parser, "STARTTLS", deadline).await {
         Ok(reply) => reply,
-        Err(e) => return session_failure(result, Outcome::TlsFailed, "STARTTLS", &e),
+        Err(e) => return step_failure(result, SessionStep::Starttls, &e, asked.elapsed()),
     };
     if go.code != 220 {
         result.outcome = Outcome::TlsFailed;
+        result.step = Some(SessionStep::Starttls);
         result.detail = format!("STARTTLS refused: {}", go.summary());
         smtp::quit(&mut stream, &mut parser, deadline).await;
         return;
@@ -380,6 +393,7 @@ async fn plain_smtp(
         // Plaintext after "220 ready to start TLS" would be read as if it came over TLS: the
         // STARTTLS command-injection pattern. Refuse to go on.
         result.outcome = Outcome::TlsFailed;
+        result.step = Some(SessionStep::Starttls);
         result.detail = "the server sent data after its STARTTLS reply (injection)".into();
         return;
     }
@@ -391,7 +405,19 @@ async fn plain_smtp(
     result.outcome = Outcome::Ok;
     result.detail = format!("{}; STARTTLS {negotiated}", greeting.summary());
     let mut parser = ReplyParser::default();
-    smtp::quit(&mut tls, &mut parser, deadline).await;
+    let quit = smtp::quit(&mut tls, &mut parser, deadline).await;
+    note_quit(result, quit);
+}
+
+/// QUIT comes after the answer is known: a server that does not answer it changes no outcome,
+/// but the detail says so.
+fn note_quit(result: &mut ProbeResult, quit: smtp::QuitEnd) {
+    let note = match quit {
+        smtp::QuitEnd::Answered => return,
+        smtp::QuitEnd::NoReply => "QUIT got no reply",
+        smtp::QuitEnd::Closed => "the server closed the connection without answering QUIT",
+    };
+    result.detail.push_str(&format!(" ({note})"));
 }
 
 /// Waits for the greeting; on failure records the outcome and returns `None`.
@@ -410,27 +436,89 @@ async fn greet<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(reply) => {
             result.timings.banner_us = Some(micros(started.elapsed()));
             result.outcome = Outcome::BadBanner;
+            result.step = Some(SessionStep::Greeting);
             result.detail = format!("greeting was {}", reply.summary());
             smtp::quit(stream, parser, deadline).await;
             None
         }
-        Err(ExchangeError::Reply(e)) => {
-            result.outcome = Outcome::BadBanner;
-            result.detail = format!("greeting: {e}");
-            None
-        }
-        Err(ExchangeError::Timeout) => {
-            result.outcome = Outcome::NoBanner;
-            result.detail = format!(
-                "connected, but no complete greeting within {} ms",
-                started.elapsed().as_millis()
-            );
-            None
-        }
         Err(e) => {
-            session_failure(result, Outcome::NoBanner, "greeting", &e);
+            step_failure(result, SessionStep::Greeting, &e, started.elapsed());
             None
         }
+    }
+}
+
+/// What a step that got no usable reply means, the same at every step: no reply before the
+/// deadline or a connection closed mid-step is `no_banner` (the session was swallowed), a reply
+/// that is not SMTP is `bad_banner`, a reset is `reset`. Never `starttls_missing` nor
+/// `tls_failed`: nothing arrived to say STARTTLS or TLS was missing.
+fn step_failure(result: &mut ProbeResult, step: SessionStep, e: &ExchangeError, waited: Duration) {
+    result.step = Some(step);
+    result.errno = match e {
+        ExchangeError::Io(io) => io.raw_os_error(),
+        _ => None,
+    };
+    let (outcome, detail) = match e {
+        ExchangeError::Timeout => (Outcome::NoBanner, step_deadline_text(step, waited)),
+        ExchangeError::Closed => (Outcome::NoBanner, step_closed_text(step)),
+        ExchangeError::Reply(reply) => {
+            (Outcome::BadBanner, format!("{}: {reply}", step_name(step)))
+        }
+        ExchangeError::Io(_) => (
+            result
+                .errno
+                .and_then(classify::session_errno_outcome)
+                .unwrap_or(Outcome::NoBanner),
+            format!("{}: {e}", step_name(step)),
+        ),
+    };
+    result.outcome = outcome;
+    result.detail = detail;
+}
+
+/// The step as a detail names it.
+fn step_name(step: SessionStep) -> &'static str {
+    match step {
+        SessionStep::Greeting => "greeting",
+        SessionStep::Ehlo => "EHLO",
+        SessionStep::Starttls => "STARTTLS",
+        SessionStep::TlsHandshake => "TLS",
+        SessionStep::Quit => "QUIT",
+    }
+}
+
+fn step_deadline_text(step: SessionStep, waited: Duration) -> String {
+    let ms = waited.as_millis();
+    match step {
+        SessionStep::Greeting => format!("connected, but no complete greeting within {ms} ms"),
+        SessionStep::Ehlo => {
+            format!("the greeting arrived, but EHLO got no reply within {ms} ms")
+        }
+        SessionStep::Starttls => {
+            format!("EHLO offered STARTTLS, but STARTTLS got no reply within {ms} ms")
+        }
+        SessionStep::TlsHandshake => format!("no TLS handshake within {ms} ms"),
+        SessionStep::Quit => format!("QUIT got no reply within {ms} ms"),
+    }
+}
+
+fn step_closed_text(step: SessionStep) -> String {
+    match step {
+        SessionStep::Greeting => {
+            "the server closed the connection before its greeting was complete".into()
+        }
+        SessionStep::Ehlo => {
+            "the greeting arrived, then the server closed the connection without answering EHLO"
+                .into()
+        }
+        SessionStep::Starttls => {
+            "EHLO offered STARTTLS, then the server closed the connection without answering STARTTLS"
+                .into()
+        }
+        SessionStep::TlsHandshake => {
+            "the server closed the connection during the TLS handshake".into()
+        }
+        SessionStep::Quit => "the server closed the connection without answering QUIT".into(),
     }
 }
 
@@ -442,19 +530,6 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<smtp::Reply, ExchangeError> {
     smtp::send(stream, command, deadline).await?;
     smtp::read_reply(stream, parser, deadline).await
-}
-
-/// Records a failed exchange: a reset is a reset wherever it happens; otherwise `fallback`.
-fn session_failure(result: &mut ProbeResult, fallback: Outcome, step: &str, e: &ExchangeError) {
-    let errno = match e {
-        ExchangeError::Io(io) => io.raw_os_error(),
-        _ => None,
-    };
-    result.errno = errno;
-    result.outcome = errno
-        .and_then(classify::session_errno_outcome)
-        .unwrap_or(fallback);
-    result.detail = format!("{step}: {e}");
 }
 
 fn tls_failure(result: &mut ProbeResult, e: &std::io::Error, client: &tls::TlsClient) {

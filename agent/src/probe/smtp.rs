@@ -228,17 +228,34 @@ pub async fn send<S: AsyncWrite + Unpin>(
     }
 }
 
+/// How QUIT ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuitEnd {
+    /// The server answered (whatever it said).
+    Answered,
+    /// No reply in the short wait, or QUIT could not be sent.
+    NoReply,
+    /// The server closed the connection without a reply.
+    Closed,
+}
+
 /// Says QUIT and closes, politely but without waiting long: the probe's answer is already known.
 pub async fn quit<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     parser: &mut ReplyParser,
     deadline: Instant,
-) {
+) -> QuitEnd {
     let soon = deadline.min(Instant::now() + Duration::from_millis(500));
-    if send(stream, "QUIT", soon).await.is_ok() {
-        let _ = read_reply(stream, parser, soon).await;
-    }
+    let end = match send(stream, "QUIT", soon).await {
+        Ok(()) => match read_reply(stream, parser, soon).await {
+            Ok(_) => QuitEnd::Answered,
+            Err(ExchangeError::Closed) => QuitEnd::Closed,
+            Err(_) => QuitEnd::NoReply,
+        },
+        Err(_) => QuitEnd::NoReply,
+    };
     let _ = tokio::time::timeout_at(soon, stream.shutdown()).await;
+    end
 }
 
 #[cfg(test)]

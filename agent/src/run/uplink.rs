@@ -316,7 +316,9 @@ async fn converse(
             let Some(last) = results.last().map(|r| r.seq) else {
                 break;
             };
-            let batch = match Batch::pack(&results, super::clock::quality(), dropped) {
+            let batch = match Batch::pack(&results, super::clock::quality(), dropped)
+                .map(|b| b.for_peer_minor(welcome.wire_minor))
+            {
                 Ok(b) => b,
                 Err(e) => {
                     break 'session Err(SessionError::Failed(format!("packing a batch: {e}")))

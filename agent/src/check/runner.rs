@@ -1,0 +1,156 @@
+//! Runs one `check`: every host × port × family probed at once, one lookup per (host, family),
+//! the results rendered, and the exit status decided.
+
+use super::args::{check_binding, CheckArgs};
+use super::{json, table, verdict};
+use crate::probe::{self, ProbeOptions, ProbeTarget, Resolution};
+use egresswatch_wire::{Family, Level, Outcome, ProbeResult};
+use std::collections::{BTreeSet, HashMap};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+pub fn main(args: CheckArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("egresswatch-agent: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let roots = match probe::tls::load_roots(args.ca_file.as_deref()) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            eprintln!("egresswatch-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(message) = check_binding(&args.source, args.interface.as_deref()) {
+        eprintln!("egresswatch-agent: {message}");
+        return ExitCode::from(2);
+    }
+    let options = args.probe_options(roots);
+    let (ports, families) = (args.ports(), args.families());
+    let (results, mx) = runtime.block_on(async {
+        if args.mx {
+            let mx = super::mx::targets(
+                &args.hosts(),
+                &ports,
+                &families,
+                args.level,
+                options.dns_timeout,
+            )
+            .await;
+            let mut results = run_check(&mx.hosts, &ports, &families, args.level, &options).await;
+            results.extend(mx.unprobed.iter().cloned());
+            (results, Some(mx))
+        } else {
+            let results = run_check(&args.hosts(), &ports, &families, args.level, &options).await;
+            (results, None)
+        }
+    });
+    // A name lookup that outlived its deadline still sits in a blocking thread; dropping the
+    // runtime would wait for it, so leave it behind instead.
+    runtime.shutdown_background();
+    if args.json {
+        match json::render_with_mx(&results, mx.as_ref()) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("egresswatch-agent: cannot encode JSON: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        if let Some(mx) = &mx {
+            for note in &mx.notes {
+                println!("{note}");
+            }
+            println!();
+            print!(
+                "{}",
+                table::render_table_labelled(&results, |r| mx.host_label(r))
+            );
+        } else {
+            print!("{}", table::render_table(&results));
+        }
+        println!();
+        for line in verdict::verdict(&results) {
+            println!("{line}");
+        }
+    }
+    ExitCode::from(exit_status(&results))
+}
+
+/// 0 when nothing failed and something was `ok`, else 1.
+pub fn exit_status(results: &[ProbeResult]) -> u8 {
+    if results.iter().all(|r| !r.outcome.is_failure())
+        && results.iter().any(|r| r.outcome == Outcome::Ok)
+    {
+        0
+    } else {
+        1
+    }
+}
+
+/// Probes every host × port × family concurrently; results in a stable order.
+pub async fn run_check(
+    hosts: &[String],
+    ports: &[u16],
+    families: &[Family],
+    level: Level,
+    options: &ProbeOptions,
+) -> Vec<ProbeResult> {
+    // One lookup per (host, family), shared by every port of it.
+    let mut lookups = tokio::task::JoinSet::new();
+    for host in hosts.iter().collect::<BTreeSet<_>>() {
+        for family in families {
+            let (host, family, options) = (host.clone(), *family, options.clone());
+            lookups.spawn(async move {
+                let resolution = probe::resolve_host(&host, family, &options).await;
+                (host, family, resolution)
+            });
+        }
+    }
+    let mut resolved: HashMap<(String, Family), Resolution> = HashMap::new();
+    while let Some(joined) = lookups.join_next().await {
+        if let Ok((host, family, resolution)) = joined {
+            resolved.insert((host, family), resolution);
+        }
+    }
+    let mut probes = tokio::task::JoinSet::new();
+    let mut index = 0usize;
+    for host in hosts {
+        for port in ports {
+            for family in families {
+                let Some(resolution) = resolved.get(&(host.clone(), *family)).cloned() else {
+                    continue;
+                };
+                let target = ProbeTarget {
+                    host: host.clone(),
+                    port: *port,
+                    family: *family,
+                    level,
+                };
+                let options = options.clone();
+                let at = index;
+                index += 1;
+                probes.spawn(async move {
+                    (
+                        at,
+                        probe::probe_resolved(&target, &resolution, &options).await,
+                    )
+                });
+            }
+        }
+    }
+    let mut out: Vec<(usize, ProbeResult)> = Vec::with_capacity(index);
+    while let Some(joined) = probes.join_next().await {
+        if let Ok(pair) = joined {
+            out.push(pair);
+        }
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
