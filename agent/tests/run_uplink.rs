@@ -106,7 +106,7 @@ fn refusing_server(
                     .unwrap();
                 let _ = send.finish();
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                connection.close(2u32.into(), b"refused");
+                connection.close(egresswatch_wire::close::REFUSED.into(), b"refused");
             });
         }
     });

@@ -5,6 +5,7 @@
 //! - [`result`]: one probe's result with its phase timings, as the agent produced it.
 //! - [`message`]: the messages of a session (hello, welcome, batch, ack, refusal).
 //! - [`frame`]: length-prefixed framing with a hard cap, encode and a sans-IO decoder.
+//! - [`close`]: the codes a side closes a connection with, and what each tells the other side.
 //! - [`labels`]: validation of the identity labels an agent claims (untrusted input).
 //! - [`limits`] and [`version`]: the numbers both sides must agree on.
 //!
@@ -14,6 +15,7 @@
 
 #[macro_use]
 pub mod record;
+pub mod close;
 pub mod error;
 pub mod frame;
 pub mod labels;

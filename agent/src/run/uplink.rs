@@ -14,6 +14,7 @@
 use super::config::CollectorConfig;
 use super::Shared;
 use crate::error::AgentError;
+use egresswatch_wire::close;
 use egresswatch_wire::frame::{body_len, decode_body};
 use egresswatch_wire::limits::{FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
 use egresswatch_wire::version::{ALPN, WIRE_MAJOR, WIRE_MINOR};
@@ -164,7 +165,7 @@ fn connection_error(e: &quinn::ConnectionError) -> SessionError {
             }
         }
         quinn::ConnectionError::ApplicationClosed(close)
-            if close.error_code == quinn::VarInt::from_u32(2) =>
+            if close.error_code == quinn::VarInt::from_u32(close::REFUSED) =>
         {
             SessionError::Rejected(String::from_utf8_lossy(&close.reason).into_owned())
         }
@@ -249,10 +250,13 @@ async fn session(
     };
     let result = converse(&connection, shared, shutdown).await;
     match &result {
-        Ok(SessionEnd::Shutdown) => connection.close(quinn::VarInt::from_u32(0), b"agent stopping"),
-        Ok(SessionEnd::Reannounce) | Err(_) => {
-            connection.close(quinn::VarInt::from_u32(0), b"agent reconnecting")
+        Ok(SessionEnd::Shutdown) => {
+            connection.close(quinn::VarInt::from_u32(close::NORMAL), b"agent stopping")
         }
+        Ok(SessionEnd::Reannounce) | Err(_) => connection.close(
+            quinn::VarInt::from_u32(close::NORMAL),
+            b"agent reconnecting",
+        ),
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     result

@@ -12,6 +12,7 @@ use super::{AbortOnDrop, IngestContext};
 use crate::ca::registry::normalise_serial;
 use crate::limits::{Limit, LimitCounters};
 use crate::pipeline::AgentMeta;
+use egresswatch_wire::close;
 use egresswatch_wire::frame::{body_len, decode_body};
 use egresswatch_wire::limits::FRAME_HEADER_BYTES;
 use egresswatch_wire::version::{WIRE_MAJOR, WIRE_MINOR};
@@ -23,10 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
-pub const CLOSE_NORMAL: quinn::VarInt = quinn::VarInt::from_u32(0);
-pub const CLOSE_PROTOCOL: quinn::VarInt = quinn::VarInt::from_u32(1);
-pub const CLOSE_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(2);
-pub const CLOSE_SHUTDOWN: quinn::VarInt = quinn::VarInt::from_u32(3);
+// The wire's close codes as quinn spells them.
+const CLOSE_NORMAL: quinn::VarInt = quinn::VarInt::from_u32(close::NORMAL);
+const CLOSE_PROTOCOL: quinn::VarInt = quinn::VarInt::from_u32(close::PROTOCOL);
+const CLOSE_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(close::REFUSED);
+const CLOSE_SHUTDOWN: quinn::VarInt = quinn::VarInt::from_u32(close::SHUTDOWN);
 
 /// How long an agent has to open its stream and say hello.
 const HELLO_DEADLINE: Duration = Duration::from_secs(10);
