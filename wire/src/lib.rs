@@ -9,6 +9,11 @@
 //! - [`labels`]: validation of the identity labels an agent claims (untrusted input).
 //! - [`limits`] and [`version`]: the numbers both sides must agree on.
 //!
+//! One exception to "nothing that moves it", behind the optional `stream` feature: `stream`, the
+//! framed stream over any tokio `AsyncRead`/`AsyncWrite` (a QUIC stream's halves), so that the
+//! agent, the collector and the test client read and write frames with one piece of code instead
+//! of one each. It adds no protocol: it runs [`FrameDecoder`] and [`encode_frame`] over the bytes.
+//!
 //! Evolution rule: records are MessagePack arrays; fields are only ever added at the end, with a
 //! default; a decoder fills missing trailing fields with their default and skips trailing fields it
 //! does not know (see [`record`]). A change that cannot follow that rule bumps [`version::WIRE_MAJOR`].
@@ -23,6 +28,8 @@ pub mod limits;
 pub mod message;
 pub mod outcome;
 pub mod result;
+#[cfg(feature = "stream")]
+pub mod stream;
 pub mod version;
 
 pub use error::WireError;

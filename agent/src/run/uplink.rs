@@ -15,10 +15,10 @@ use super::config::CollectorConfig;
 use super::Shared;
 use crate::error::AgentError;
 use egresswatch_wire::close;
-use egresswatch_wire::frame::{body_len, decode_body};
-use egresswatch_wire::limits::{FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
+use egresswatch_wire::limits::MAX_FRAME_BYTES;
+use egresswatch_wire::stream::{FrameReader, FrameWriter};
 use egresswatch_wire::version::{ALPN, WIRE_MAJOR, WIRE_MINOR};
-use egresswatch_wire::{encode_frame, AgentMessage, Batch, CollectorMessage, Hello, ProbeResult};
+use egresswatch_wire::{AgentMessage, Batch, CollectorMessage, Hello, ProbeResult, WireError};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::VecDeque;
@@ -36,6 +36,10 @@ const BATCH_RESULTS: usize = 500;
 const LINGER: Duration = Duration::from_millis(1000);
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The report stream's halves, framed.
+type Reader = FrameReader<quinn::RecvStream>;
+type Writer = FrameWriter<quinn::SendStream>;
 
 /// Why a session ended without an error.
 #[derive(Debug, PartialEq)]
@@ -173,35 +177,41 @@ fn connection_error(e: &quinn::ConnectionError) -> SessionError {
     }
 }
 
-fn read_error(e: quinn::ReadExactError) -> SessionError {
-    match e {
-        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => {
-            connection_error(&c)
-        }
-        other => SessionError::Failed(other.to_string()),
+/// Reads why the framed report stream failed; the connection's close (a refusal, a TLS alert)
+/// is read as [`connection_error`] does, wherever the stream noticed it.
+fn stream_error(e: WireError, bad_message: &str) -> SessionError {
+    let WireError::Io(io) = e else {
+        return SessionError::Failed(format!("{bad_message}: {e}"));
+    };
+    let inner = io.get_ref();
+    let lost = match (
+        inner.and_then(|i| i.downcast_ref::<quinn::ReadError>()),
+        inner.and_then(|i| i.downcast_ref::<quinn::WriteError>()),
+    ) {
+        (Some(quinn::ReadError::ConnectionLost(c)), _)
+        | (_, Some(quinn::WriteError::ConnectionLost(c))) => Some(c),
+        _ => None,
+    };
+    match lost {
+        Some(c) => connection_error(c),
+        None => SessionError::Failed(io.to_string()),
     }
 }
 
-async fn read_message(recv: &mut quinn::RecvStream) -> Result<CollectorMessage, SessionError> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    recv.read_exact(&mut header).await.map_err(read_error)?;
-    let len = body_len(header, MAX_FRAME_BYTES).map_err(|e| SessionError::Failed(e.to_string()))?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(read_error)?;
-    decode_body::<CollectorMessage>(&body)
-        .map_err(|e| SessionError::Failed(format!("bad message from the collector: {e}")))
+async fn read_message(recv: &mut Reader) -> Result<CollectorMessage, SessionError> {
+    match recv.read::<CollectorMessage>().await {
+        Ok(Some(message)) => Ok(message),
+        Ok(None) => Err(SessionError::Failed(
+            "the collector closed the stream".into(),
+        )),
+        Err(e) => Err(stream_error(e, "bad message from the collector")),
+    }
 }
 
-async fn write_message(
-    send: &mut quinn::SendStream,
-    message: &AgentMessage,
-) -> Result<(), SessionError> {
-    let frame =
-        encode_frame(message, MAX_FRAME_BYTES).map_err(|e| SessionError::Failed(e.to_string()))?;
-    send.write_all(&frame).await.map_err(|e| match e {
-        quinn::WriteError::ConnectionLost(c) => connection_error(&c),
-        other => SessionError::Failed(other.to_string()),
-    })
+async fn write_message(send: &mut Writer, message: &AgentMessage) -> Result<(), SessionError> {
+    send.send(message)
+        .await
+        .map_err(|e| stream_error(e, "encoding a message"))
 }
 
 async fn session(
@@ -269,10 +279,14 @@ async fn converse(
 ) -> Result<SessionEnd, SessionError> {
     let mut announcements = shared.announcements();
     announcements.borrow_and_update();
-    let (mut send, mut recv) = connection
+    let (send, recv) = connection
         .open_bi()
         .await
         .map_err(|e| connection_error(&e))?;
+    let (mut send, mut recv) = (
+        FrameWriter::new(send, MAX_FRAME_BYTES),
+        FrameReader::new(recv, MAX_FRAME_BYTES),
+    );
     let hello = Hello {
         wire_major: WIRE_MAJOR,
         wire_minor: WIRE_MINOR,
@@ -352,12 +366,12 @@ async fn converse(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => {
                 settle(&mut in_flight, &mut acks, shared).await;
-                let _ = send.finish();
+                let _ = send.get_mut().finish();
                 break Ok(SessionEnd::Shutdown);
             }
             _ = announcements.changed() => {
                 settle(&mut in_flight, &mut acks, shared).await;
-                let _ = send.finish();
+                let _ = send.get_mut().finish();
                 break Ok(SessionEnd::Reannounce);
             }
         }

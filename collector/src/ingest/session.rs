@@ -13,12 +13,10 @@ use crate::ca::registry::normalise_serial;
 use crate::limits::{Limit, LimitCounters};
 use crate::pipeline::AgentMeta;
 use egresswatch_wire::close;
-use egresswatch_wire::frame::{body_len, decode_body};
-use egresswatch_wire::limits::FRAME_HEADER_BYTES;
+use egresswatch_wire::stream::{FrameReader, FrameWriter};
 use egresswatch_wire::version::{WIRE_MAJOR, WIRE_MINOR};
 use egresswatch_wire::{
-    encode_frame, Ack, AgentMessage, Batch, ClockQuality, CollectorMessage, Refusal, Welcome,
-    WireError,
+    Ack, AgentMessage, Batch, ClockQuality, CollectorMessage, Refusal, Welcome, WireError,
 };
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,6 +27,10 @@ const CLOSE_NORMAL: quinn::VarInt = quinn::VarInt::from_u32(close::NORMAL);
 const CLOSE_PROTOCOL: quinn::VarInt = quinn::VarInt::from_u32(close::PROTOCOL);
 const CLOSE_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(close::REFUSED);
 const CLOSE_SHUTDOWN: quinn::VarInt = quinn::VarInt::from_u32(close::SHUTDOWN);
+
+/// The report stream's halves, framed.
+type Reader = FrameReader<quinn::RecvStream>;
+type Writer = FrameWriter<quinn::SendStream>;
 
 /// How long an agent has to open its stream and say hello.
 const HELLO_DEADLINE: Duration = Duration::from_secs(10);
@@ -167,24 +169,20 @@ fn identity(connection: &quinn::Connection) -> Result<(String, Vec<u8>), String>
 }
 
 async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestContext) -> End {
-    let (mut send, mut recv) =
-        match tokio::time::timeout(HELLO_DEADLINE, connection.accept_bi()).await {
-            Err(_) => return End::Protocol("no stream opened within 10 s".into()),
-            Ok(Err(e)) => return End::Transport(e.to_string()),
-            Ok(Ok(streams)) => streams,
-        };
+    let (send, recv) = match tokio::time::timeout(HELLO_DEADLINE, connection.accept_bi()).await {
+        Err(_) => return End::Protocol("no stream opened within 10 s".into()),
+        Ok(Err(e)) => return End::Transport(e.to_string()),
+        Ok(Ok(streams)) => streams,
+    };
+    let mut send = Writer::new(send, egresswatch_wire::limits::MAX_FRAME_BYTES);
+    let mut recv = Reader::new(recv, context.max_frame_bytes);
     // The protocol has one stream; others an agent opens are reset and counted, so they cannot
     // hold buffers (quinn caps how many may be open at once: max_streams_per_connection).
     let _extra_streams = AbortOnDrop(tokio::spawn(reset_extra_streams(
         connection.clone(),
         context.limits.clone(),
     )));
-    let first = match tokio::time::timeout(
-        HELLO_DEADLINE,
-        read_message(&mut recv, context.max_frame_bytes),
-    )
-    .await
-    {
+    let first = match tokio::time::timeout(HELLO_DEADLINE, read_message(&mut recv)).await {
         Err(_) => return End::Protocol("no hello within 10 s".into()),
         Ok(Ok(Some(m))) => m,
         Ok(Ok(None)) => return End::Clean,
@@ -269,7 +267,7 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
     }
     context.observer.agent_connected(&agent, now_unix_ms());
     loop {
-        let message = match read_message(&mut recv, context.max_frame_bytes).await {
+        let message = match read_message(&mut recv).await {
             Ok(Some(m)) => m,
             Ok(None) => return End::Clean,
             Err(e) => return e.into_end(context),
@@ -402,18 +400,28 @@ async fn handle_batch(
     })
 }
 
-async fn refuse(send: &mut quinn::SendStream, reason: &str, retry_after_s: u32) {
+async fn refuse(send: &mut Writer, reason: &str, retry_after_s: u32) {
     let refusal = CollectorMessage::Refusal(Refusal {
         reason: reason.to_string(),
         retry_after_s,
     });
     let _ = write_message(send, &refusal).await;
-    let _ = send.finish();
+    let _ = send.get_mut().finish();
 }
 
+/// Why a read off the report stream failed.
 enum ReadFailure {
     Wire(WireError),
     Transport(String),
+}
+
+impl From<WireError> for ReadFailure {
+    fn from(e: WireError) -> ReadFailure {
+        match e {
+            WireError::Io(io) => ReadFailure::Transport(transport_error(&io)),
+            other => ReadFailure::Wire(other),
+        }
+    }
 }
 
 impl ReadFailure {
@@ -435,61 +443,26 @@ impl ReadFailure {
 }
 
 /// Reads one frame and decodes it. `Ok(None)` when the agent finished its stream cleanly.
-async fn read_message(
-    recv: &mut quinn::RecvStream,
-    limit: usize,
-) -> Result<Option<AgentMessage>, ReadFailure> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    match recv.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(quinn::ReadExactError::FinishedEarly(n)) => {
-            return Err(ReadFailure::Wire(WireError::Malformed {
-                what: "frame",
-                reason: format!("stream ended inside a header ({n} bytes)"),
-            }))
-        }
-        Err(quinn::ReadExactError::ReadError(e)) => {
-            return Err(ReadFailure::Transport(read_error(e)))
-        }
-    }
-    // The cap is checked before a single body byte is buffered.
-    let len = body_len(header, limit).map_err(ReadFailure::Wire)?;
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(n)) => {
-            return Err(ReadFailure::Wire(WireError::Malformed {
-                what: "frame",
-                reason: format!("stream ended after {n} of {len} body bytes"),
-            }))
-        }
-        Err(quinn::ReadExactError::ReadError(e)) => {
-            return Err(ReadFailure::Transport(read_error(e)))
-        }
-    }
-    decode_body::<AgentMessage>(&body)
-        .map(Some)
-        .map_err(ReadFailure::Wire)
+async fn read_message(recv: &mut Reader) -> Result<Option<AgentMessage>, ReadFailure> {
+    Ok(recv.read::<AgentMessage>().await?)
 }
 
-/// A read error with its cause: quinn's "connection lost" alone does not say why.
-fn read_error(e: quinn::ReadError) -> String {
-    match e {
-        quinn::ReadError::ConnectionLost(cause) => format!("connection lost: {cause}"),
-        other => other.to_string(),
+/// A transport error with its cause: quinn's "connection lost" alone does not say why.
+fn transport_error(e: &std::io::Error) -> String {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
+    {
+        Some(quinn::ReadError::ConnectionLost(cause)) => format!("connection lost: {cause}"),
+        _ => e.to_string(),
     }
 }
 
-async fn write_message(
-    send: &mut quinn::SendStream,
-    message: &CollectorMessage,
-) -> Result<(), End> {
-    let frame = encode_frame(message, egresswatch_wire::limits::MAX_FRAME_BYTES)
-        .map_err(|e| End::Protocol(e.to_string()))?;
-    send.write_all(&frame)
-        .await
-        .map_err(|e| End::Transport(e.to_string()))
+async fn write_message(send: &mut Writer, message: &CollectorMessage) -> Result<(), End> {
+    send.send(message).await.map_err(|e| match e {
+        WireError::Io(io) => End::Transport(io.to_string()),
+        other => End::Protocol(other.to_string()),
+    })
 }
 
 /// Resets every stream an agent opens beyond its report stream, counting each.
