@@ -10,6 +10,12 @@
 //! session is ended cleanly (in-flight batches briefly awaited) and a new one says the new hello
 //! at once. A batch never spans more wall-clock time than its offsets can carry, so a clock step of
 //! months between two spooled results splits the batch instead of failing it forever.
+//!
+//! This file is the quinn shell: connecting, the hello, reading acks in a task of their own,
+//! writing batches through the wire's framed stream. What to send next, what an ack retires and
+//! how a connection's end is read are decided by the sans-IO [`window`].
+
+pub mod window;
 
 use super::config::CollectorConfig;
 use super::Shared;
@@ -18,20 +24,17 @@ use egresswatch_wire::close;
 use egresswatch_wire::limits::MAX_FRAME_BYTES;
 use egresswatch_wire::stream::{FrameReader, FrameWriter};
 use egresswatch_wire::version::{ALPN, WIRE_MAJOR, WIRE_MINOR};
-use egresswatch_wire::{AgentMessage, Batch, CollectorMessage, Hello, ProbeResult, WireError};
+use egresswatch_wire::{AgentMessage, Batch, CollectorMessage, Hello, WireError};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
+pub use window::{within_offset_span, SessionError};
+use window::{connection_error, Heard, Window, BATCH_RESULTS, WINDOW};
 
-/// Most batches sent and not yet acked.
-const WINDOW: usize = 8;
-/// Most results in one batch.
-const BATCH_RESULTS: usize = 500;
 /// How long new results wait for company before they are sent.
 const LINGER: Duration = Duration::from_millis(1000);
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -48,15 +51,6 @@ pub enum SessionEnd {
     Shutdown,
     /// Labels or targets changed: say hello again.
     Reannounce,
-}
-
-/// How a session ended.
-#[derive(Debug)]
-pub enum SessionError {
-    /// The collector will not take this agent (refusal, TLS alert): back off to the maximum.
-    Rejected(String),
-    /// Anything else: network, timeout, collector restart.
-    Failed(String),
 }
 
 /// The client side's TLS and transport settings, from the config's files.
@@ -155,26 +149,6 @@ async fn resolve(address: &str) -> Result<Vec<SocketAddr>, SessionError> {
         return Err(SessionError::Failed(format!("{address} has no address")));
     }
     Ok(addrs)
-}
-
-/// Reads why a connection ended: a TLS alert or a refusal close means "rejected".
-fn connection_error(e: &quinn::ConnectionError) -> SessionError {
-    match e {
-        quinn::ConnectionError::ConnectionClosed(close) => {
-            let code = u64::from(close.error_code);
-            if (0x100..=0x1ff).contains(&code) {
-                SessionError::Rejected(format!("TLS alert {} ({close}): is this agent's certificate issued by the collector's CA, unexpired and not revoked?", code - 0x100))
-            } else {
-                SessionError::Failed(close.to_string())
-            }
-        }
-        quinn::ConnectionError::ApplicationClosed(close)
-            if close.error_code == quinn::VarInt::from_u32(close::REFUSED) =>
-        {
-            SessionError::Rejected(String::from_utf8_lossy(&close.reason).into_owned())
-        }
-        other => SessionError::Failed(other.to_string()),
-    }
 }
 
 /// Reads why the framed report stream failed; the connection's close (a refusal, a TLS alert)
@@ -312,7 +286,7 @@ async fn converse(
     info!(agent_id = %welcome.agent_id, acked = welcome.acked_seq, collector = %welcome.collector_version, "connected to the collector");
     shared.set_uplink_state(String::new());
     shared.ack(welcome.acked_seq).await;
-    let mut next_to_send = welcome.acked_seq + 1;
+    let mut window = Window::welcomed(welcome.acked_seq);
 
     // Acks are read in their own task, so sending never waits for them.
     let (acks_tx, mut acks) =
@@ -326,11 +300,10 @@ async fn converse(
             }
         }
     });
-    let mut in_flight: VecDeque<u64> = VecDeque::new();
     let outcome = 'session: loop {
-        while in_flight.len() < WINDOW {
-            let (mut results, dropped) = shared.unacked(next_to_send, BATCH_RESULTS).await;
-            results.truncate(within_offset_span(&results));
+        while let Some(from) = window.next_batch_from() {
+            let (mut results, dropped) = shared.unacked(from, BATCH_RESULTS).await;
+            results.truncate(window.batch_len(&results));
             let Some(last) = results.last().map(|r| r.seq) else {
                 break;
             };
@@ -343,20 +316,20 @@ async fn converse(
             if let Err(e) = write_message(&mut send, &AgentMessage::Batch(batch)).await {
                 break 'session Err(e);
             }
-            in_flight.push_back(last);
-            next_to_send = last + 1;
+            window.on_sent(last);
         }
         tokio::select! {
             message = acks.recv() => match message {
-                Some(Ok(CollectorMessage::Ack(ack))) => {
-                    in_flight.pop_front();
-                    if ack.discarded > 0 {
-                        warn!(discarded = ack.discarded, reason = %ack.reason, "the collector discarded a batch");
+                Some(Ok(message)) => match window.on_message(message) {
+                    Heard::Retire { up_to_seq, discarded } => {
+                        if let Some((discarded, reason)) = discarded {
+                            warn!(discarded, reason = %reason, "the collector discarded a batch");
+                        }
+                        shared.ack(up_to_seq).await;
                     }
-                    shared.ack(ack.up_to_seq).await;
-                }
-                Some(Ok(CollectorMessage::Refusal(r))) => break Err(SessionError::Rejected(r.reason)),
-                Some(Ok(_)) => {}
+                    Heard::Rejected(reason) => break Err(SessionError::Rejected(reason)),
+                    Heard::Nothing => {}
+                },
                 Some(Err(e)) => break Err(e),
                 None => break Err(SessionError::Failed("the collector closed the stream".into())),
             },
@@ -365,12 +338,12 @@ async fn converse(
             _ = shared.new_results.notified() => tokio::time::sleep(LINGER).await,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => {
-                settle(&mut in_flight, &mut acks, shared).await;
+                settle(&mut window, &mut acks, shared).await;
                 let _ = send.get_mut().finish();
                 break Ok(SessionEnd::Shutdown);
             }
             _ = announcements.changed() => {
-                settle(&mut in_flight, &mut acks, shared).await;
+                settle(&mut window, &mut acks, shared).await;
                 let _ = send.get_mut().finish();
                 break Ok(SessionEnd::Reannounce);
             }
@@ -382,79 +355,18 @@ async fn converse(
 
 /// Lets what is in flight be acked, briefly, before a session ends; the rest waits in the spool.
 async fn settle(
-    in_flight: &mut VecDeque<u64>,
+    window: &mut Window,
     acks: &mut tokio::sync::mpsc::Receiver<Result<CollectorMessage, SessionError>>,
     shared: &Shared,
 ) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while !in_flight.is_empty() {
-        match tokio::time::timeout_at(deadline, acks.recv()).await {
-            Ok(Some(Ok(CollectorMessage::Ack(ack)))) => {
-                in_flight.pop_front();
-                shared.ack(ack.up_to_seq).await;
-            }
-            _ => break,
+    while !window.settled() {
+        let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, acks.recv()).await else {
+            break;
+        };
+        match window.on_settling(message) {
+            Some(up_to_seq) => shared.ack(up_to_seq).await,
+            None => break,
         }
-    }
-}
-
-/// How many of `results` (from the first) fit one batch, whose results are timed as `u32`
-/// milliseconds after the earliest: at least one, so a wall-clock step between two results
-/// (an NTP step, a VM clock set from 1970) splits batches instead of failing every one.
-pub fn within_offset_span(results: &[ProbeResult]) -> usize {
-    let Some(first) = results.first() else {
-        return 0;
-    };
-    let (mut low, mut high) = (first.at_unix_ms, first.at_unix_ms);
-    for (i, r) in results.iter().enumerate() {
-        low = low.min(r.at_unix_ms);
-        high = high.max(r.at_unix_ms);
-        if high.saturating_sub(low) > i64::from(u32::MAX) {
-            return i;
-        }
-    }
-    results.len()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(at_unix_ms: i64) -> ProbeResult {
-        ProbeResult {
-            at_unix_ms,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn a_clock_step_beyond_the_offsets_splits_the_batch() {
-        let now = 1_790_000_000_000;
-        let day = 86_400_000;
-        let steady = [at(now), at(now - 3_600_000), at(now + day)];
-        assert_eq!(
-            within_offset_span(&steady),
-            3,
-            "an hour back, a day on: one batch"
-        );
-        let stepped = [at(1_000), at(2_000), at(now), at(now + 1)];
-        assert_eq!(within_offset_span(&stepped), 2, "from 1970 to now: split");
-        assert_eq!(within_offset_span(&stepped[2..]), 2);
-        let back = [at(now), at(now - 60 * day)];
-        assert_eq!(within_offset_span(&back), 1, "never less than one");
-        assert_eq!(within_offset_span(&[]), 0);
-        // What fits really packs.
-        let mut seq = 1;
-        let mut packable: Vec<ProbeResult> = [at(now), at(now - 49 * day), at(now + 1)]
-            .into_iter()
-            .map(|mut r| {
-                r.seq = seq;
-                seq += 1;
-                r.target = "mx".into();
-                r
-            })
-            .collect();
-        packable.truncate(within_offset_span(&packable));
-        assert!(Batch::pack(&packable, egresswatch_wire::ClockQuality::Unknown, 0).is_ok());
     }
 }
