@@ -32,8 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
-pub use window::{within_offset_span, SessionError};
 use window::{connection_error, Heard, Window, BATCH_RESULTS, WINDOW};
+pub use window::{within_offset_span, SessionError};
 
 /// How long new results wait for company before they are sent.
 const LINGER: Duration = Duration::from_millis(1000);

@@ -9,7 +9,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use egresswatch_collector::ca::{self, Authority};
-use egresswatch_collector::sim::{self, Credentials, SimAgent};
+use egresswatch_sim::{self as sim, Credentials, SimAgent};
 use egresswatch_wire::{AgentMessage, Batch, ClockQuality, CollectorMessage, Labels};
 use rand::{Rng, RngCore};
 use rustls::pki_types::pem::PemObject;

@@ -1,5 +1,7 @@
 //! A simulated agent: the smallest real QUIC client of the session protocol, used by the
-//! collector's tests, the ingest benchmark and the soak. Not part of the product's API.
+//! collector's tests, the ingest benchmark and the soak through dev-dependencies. A workspace
+//! crate of its own (`publish = false`) so that it is never part of the shipped collector; it
+//! frames its messages with the wire's framed stream, as the agent and the collector do.
 
 use anyhow::{anyhow, bail, Context, Result};
 use egresswatch_wire::limits::MAX_FRAME_BYTES;
