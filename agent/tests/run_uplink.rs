@@ -5,10 +5,9 @@
 
 use egresswatch_agent::run::config::CollectorConfig;
 use egresswatch_agent::run::{uplink, Shared};
-use egresswatch_wire::frame::{body_len, decode_body};
-use egresswatch_wire::limits::FRAME_HEADER_BYTES;
 use egresswatch_wire::limits::MAX_FRAME_BYTES;
-use egresswatch_wire::{encode_frame, AgentMessage, CollectorMessage, Labels, Refusal};
+use egresswatch_wire::stream::{FrameReader, FrameWriter};
+use egresswatch_wire::{AgentMessage, CollectorMessage, Labels, Refusal};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::net::SocketAddr;
@@ -85,28 +84,23 @@ fn refusing_server(
                 let Ok(connection) = incoming.await else {
                     return;
                 };
-                let Ok((mut send, mut recv)) = connection.accept_bi().await else {
+                let Ok((send, recv)) = connection.accept_bi().await else {
                     return;
                 };
-                let mut header = [0u8; FRAME_HEADER_BYTES];
-                if recv.read_exact(&mut header).await.is_err() {
+                let mut recv = FrameReader::new(recv, MAX_FRAME_BYTES);
+                let mut send = FrameWriter::new(send, MAX_FRAME_BYTES);
+                let Ok(Some(hello)) = recv.read::<AgentMessage>().await else {
                     return;
-                }
-                let len = body_len(header, MAX_FRAME_BYTES).unwrap();
-                let mut body = vec![0u8; len];
-                recv.read_exact(&mut body).await.unwrap();
-                let hello = decode_body::<AgentMessage>(&body).unwrap();
+                };
                 assert!(matches!(hello, AgentMessage::Hello(_)));
                 let refusal = CollectorMessage::Refusal(Refusal {
                     reason: "agent revoked".into(),
                     retry_after_s: 0,
                 });
-                send.write_all(&encode_frame(&refusal, MAX_FRAME_BYTES).unwrap())
-                    .await
-                    .unwrap();
-                let _ = send.finish();
+                send.send(&refusal).await.unwrap();
+                let _ = send.get_mut().finish();
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                connection.close(2u32.into(), b"refused");
+                connection.close(egresswatch_wire::close::REFUSED.into(), b"refused");
             });
         }
     });

@@ -6,7 +6,7 @@
 //! Usage: `ingest_bench COLLECTOR_BINARY [CONNECTIONS...]` (see bench/ingest.sh).
 
 use anyhow::{bail, Context, Result};
-use egresswatch_collector::sim::{self, Credentials, SimAgent};
+use egresswatch_sim::{self as sim, Credentials, SimAgent};
 use egresswatch_wire::limits::MAX_FRAME_BYTES;
 use egresswatch_wire::{encode_frame, AgentMessage, Batch, ClockQuality, CollectorMessage, Labels};
 use std::io::{BufRead, BufReader};

@@ -16,8 +16,6 @@ pub mod ingest;
 pub mod limits;
 pub mod matrix;
 pub mod pipeline;
-#[doc(hidden)]
-pub mod sim;
 pub mod store;
 
 pub use error::CollectorError;

@@ -3,7 +3,7 @@
 //! appear in the collector's log (or what it prints), even with RUST_LOG=trace — everything
 //! debug shows and more, rustls and quinn included — while an agent and HTTP clients talk to it.
 
-use egresswatch_collector::sim::{self, Credentials, SimAgent};
+use egresswatch_sim::{self as sim, Credentials, SimAgent};
 use egresswatch_wire::{CollectorMessage, Labels};
 use std::path::Path;
 use std::process::{Command, Stdio};

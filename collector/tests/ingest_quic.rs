@@ -4,7 +4,7 @@
 
 mod support;
 
-use egresswatch_collector::sim::{self, Credentials, SimAgent};
+use egresswatch_sim::{self as sim, Credentials, SimAgent};
 use egresswatch_wire::{AgentMessage, CollectorMessage, Labels};
 use std::time::{Duration, Instant};
 use support::quic::{client_endpoint, connect, labels, now_ms, QuicCollector};

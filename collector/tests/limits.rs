@@ -6,7 +6,7 @@
 
 mod support;
 
-use egresswatch_collector::sim::{self, Credentials, SimAgent};
+use egresswatch_sim::{self as sim, Credentials, SimAgent};
 use egresswatch_wire::{AgentMessage, Batch, ClockQuality, CollectorMessage, Labels};
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,4 +1,5 @@
-//! The one error type of the wire crate: everything that can be wrong with bytes or labels.
+//! The one error type of the wire crate: everything that can be wrong with bytes or labels, and
+//! the transport failing under a framed stream.
 
 use thiserror::Error;
 
@@ -18,4 +19,8 @@ pub enum WireError {
     VersionMismatch { theirs: u8, ours: u8 },
     #[error("label {name}: {reason}")]
     BadLabel { name: &'static str, reason: String },
+    /// The transport under a framed stream failed (only [`crate::stream`] returns it); the
+    /// source is the transport's own error, for a caller that knows its type.
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
 }

@@ -3,8 +3,8 @@
 //! byte is buffered, and a body that decodes with bytes left over is an error, so a frame is
 //! either exactly one message or rejected.
 //!
-//! [`FrameDecoder`] is sans-IO: feed it whatever bytes arrived, take out whole frames. Async
-//! readers that prefer `read_exact` use [`body_len`] on the four header bytes instead.
+//! [`FrameDecoder`] is sans-IO: feed it whatever bytes arrived, take out whole frames. With the
+//! `stream` feature, [`crate::stream`] runs it over an async byte stream.
 
 use crate::error::WireError;
 use crate::limits::FRAME_HEADER_BYTES;
@@ -237,8 +237,61 @@ impl FrameDecoder {
         if self.buffer.len() < FRAME_HEADER_BYTES + len {
             return Ok(None);
         }
-        let body = self.buffer[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len].to_vec();
-        self.buffer.drain(..FRAME_HEADER_BYTES + len);
+        let frame_end = FRAME_HEADER_BYTES + len;
+        let body = if self.buffer.len() == frame_end {
+            // The usual case for a reader that reads no further than one frame: hand the buffer
+            // over instead of copying it, so an idle stream holds no buffer at all.
+            let mut frame = std::mem::take(&mut self.buffer);
+            frame.drain(..FRAME_HEADER_BYTES);
+            frame
+        } else {
+            let body = self.buffer[FRAME_HEADER_BYTES..frame_end].to_vec();
+            self.buffer.drain(..frame_end);
+            body
+        };
         Ok(Some(body))
+    }
+
+    /// How many more bytes the next frame needs before [`FrameDecoder::next_body`] can return
+    /// it: the rest of its header, then, once the header is in and within the cap, the rest of
+    /// its body; 0 when a whole frame is already buffered. A reader that never reads more than
+    /// this buffers no body byte of a frame whose header is over the cap.
+    pub fn wanted(&self) -> Result<usize, WireError> {
+        if self.buffer.len() < FRAME_HEADER_BYTES {
+            return Ok(FRAME_HEADER_BYTES - self.buffer.len());
+        }
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        header.copy_from_slice(&self.buffer[..FRAME_HEADER_BYTES]);
+        let len = body_len(header, self.limit)?;
+        Ok((FRAME_HEADER_BYTES + len).saturating_sub(self.buffer.len()))
+    }
+
+    /// Why a stream that ended now ended badly: `None` at a frame boundary (a clean end), else
+    /// what was cut short.
+    pub fn unfinished(&self) -> Option<WireError> {
+        let buffered = self.buffer.len();
+        if buffered == 0 {
+            return None;
+        }
+        let reason = match self.wanted() {
+            Ok(_) if buffered < FRAME_HEADER_BYTES => {
+                format!("stream ended inside a header ({buffered} bytes)")
+            }
+            Ok(wanted) => {
+                let body = buffered - FRAME_HEADER_BYTES;
+                format!("stream ended after {body} of {} body bytes", body + wanted)
+            }
+            Err(e) => return Some(e),
+        };
+        Some(WireError::Malformed {
+            what: "frame",
+            reason,
+        })
+    }
+
+    /// The buffer itself, for the framed stream that reads into it in place.
+    #[cfg(feature = "stream")]
+    pub(crate) fn buffer_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buffer
     }
 }

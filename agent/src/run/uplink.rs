@@ -10,31 +10,39 @@
 //! session is ended cleanly (in-flight batches briefly awaited) and a new one says the new hello
 //! at once. A batch never spans more wall-clock time than its offsets can carry, so a clock step of
 //! months between two spooled results splits the batch instead of failing it forever.
+//!
+//! This file is the quinn shell: connecting, the hello, reading acks in a task of their own,
+//! writing batches through the wire's framed stream. What to send next, what an ack retires and
+//! how a connection's end is read are decided by the sans-IO [`window`].
+
+pub mod window;
 
 use super::config::CollectorConfig;
 use super::Shared;
 use crate::error::AgentError;
-use egresswatch_wire::frame::{body_len, decode_body};
-use egresswatch_wire::limits::{FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
+use egresswatch_wire::close;
+use egresswatch_wire::limits::MAX_FRAME_BYTES;
+use egresswatch_wire::stream::{FrameReader, FrameWriter};
 use egresswatch_wire::version::{ALPN, WIRE_MAJOR, WIRE_MINOR};
-use egresswatch_wire::{encode_frame, AgentMessage, Batch, CollectorMessage, Hello, ProbeResult};
+use egresswatch_wire::{AgentMessage, Batch, CollectorMessage, Hello, WireError};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
+use window::{connection_error, Heard, Window, BATCH_RESULTS, WINDOW};
+pub use window::{within_offset_span, SessionError};
 
-/// Most batches sent and not yet acked.
-const WINDOW: usize = 8;
-/// Most results in one batch.
-const BATCH_RESULTS: usize = 500;
 /// How long new results wait for company before they are sent.
 const LINGER: Duration = Duration::from_millis(1000);
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The report stream's halves, framed.
+type Reader = FrameReader<quinn::RecvStream>;
+type Writer = FrameWriter<quinn::SendStream>;
 
 /// Why a session ended without an error.
 #[derive(Debug, PartialEq)]
@@ -43,15 +51,6 @@ pub enum SessionEnd {
     Shutdown,
     /// Labels or targets changed: say hello again.
     Reannounce,
-}
-
-/// How a session ended.
-#[derive(Debug)]
-pub enum SessionError {
-    /// The collector will not take this agent (refusal, TLS alert): back off to the maximum.
-    Rejected(String),
-    /// Anything else: network, timeout, collector restart.
-    Failed(String),
 }
 
 /// The client side's TLS and transport settings, from the config's files.
@@ -152,55 +151,41 @@ async fn resolve(address: &str) -> Result<Vec<SocketAddr>, SessionError> {
     Ok(addrs)
 }
 
-/// Reads why a connection ended: a TLS alert or a refusal close means "rejected".
-fn connection_error(e: &quinn::ConnectionError) -> SessionError {
-    match e {
-        quinn::ConnectionError::ConnectionClosed(close) => {
-            let code = u64::from(close.error_code);
-            if (0x100..=0x1ff).contains(&code) {
-                SessionError::Rejected(format!("TLS alert {} ({close}): is this agent's certificate issued by the collector's CA, unexpired and not revoked?", code - 0x100))
-            } else {
-                SessionError::Failed(close.to_string())
-            }
-        }
-        quinn::ConnectionError::ApplicationClosed(close)
-            if close.error_code == quinn::VarInt::from_u32(2) =>
-        {
-            SessionError::Rejected(String::from_utf8_lossy(&close.reason).into_owned())
-        }
-        other => SessionError::Failed(other.to_string()),
+/// Reads why the framed report stream failed; the connection's close (a refusal, a TLS alert)
+/// is read as [`connection_error`] does, wherever the stream noticed it.
+fn stream_error(e: WireError, bad_message: &str) -> SessionError {
+    let WireError::Io(io) = e else {
+        return SessionError::Failed(format!("{bad_message}: {e}"));
+    };
+    let inner = io.get_ref();
+    let lost = match (
+        inner.and_then(|i| i.downcast_ref::<quinn::ReadError>()),
+        inner.and_then(|i| i.downcast_ref::<quinn::WriteError>()),
+    ) {
+        (Some(quinn::ReadError::ConnectionLost(c)), _)
+        | (_, Some(quinn::WriteError::ConnectionLost(c))) => Some(c),
+        _ => None,
+    };
+    match lost {
+        Some(c) => connection_error(c),
+        None => SessionError::Failed(io.to_string()),
     }
 }
 
-fn read_error(e: quinn::ReadExactError) -> SessionError {
-    match e {
-        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => {
-            connection_error(&c)
-        }
-        other => SessionError::Failed(other.to_string()),
+async fn read_message(recv: &mut Reader) -> Result<CollectorMessage, SessionError> {
+    match recv.read::<CollectorMessage>().await {
+        Ok(Some(message)) => Ok(message),
+        Ok(None) => Err(SessionError::Failed(
+            "the collector closed the stream".into(),
+        )),
+        Err(e) => Err(stream_error(e, "bad message from the collector")),
     }
 }
 
-async fn read_message(recv: &mut quinn::RecvStream) -> Result<CollectorMessage, SessionError> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    recv.read_exact(&mut header).await.map_err(read_error)?;
-    let len = body_len(header, MAX_FRAME_BYTES).map_err(|e| SessionError::Failed(e.to_string()))?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(read_error)?;
-    decode_body::<CollectorMessage>(&body)
-        .map_err(|e| SessionError::Failed(format!("bad message from the collector: {e}")))
-}
-
-async fn write_message(
-    send: &mut quinn::SendStream,
-    message: &AgentMessage,
-) -> Result<(), SessionError> {
-    let frame =
-        encode_frame(message, MAX_FRAME_BYTES).map_err(|e| SessionError::Failed(e.to_string()))?;
-    send.write_all(&frame).await.map_err(|e| match e {
-        quinn::WriteError::ConnectionLost(c) => connection_error(&c),
-        other => SessionError::Failed(other.to_string()),
-    })
+async fn write_message(send: &mut Writer, message: &AgentMessage) -> Result<(), SessionError> {
+    send.send(message)
+        .await
+        .map_err(|e| stream_error(e, "encoding a message"))
 }
 
 async fn session(
@@ -249,10 +234,13 @@ async fn session(
     };
     let result = converse(&connection, shared, shutdown).await;
     match &result {
-        Ok(SessionEnd::Shutdown) => connection.close(quinn::VarInt::from_u32(0), b"agent stopping"),
-        Ok(SessionEnd::Reannounce) | Err(_) => {
-            connection.close(quinn::VarInt::from_u32(0), b"agent reconnecting")
+        Ok(SessionEnd::Shutdown) => {
+            connection.close(quinn::VarInt::from_u32(close::NORMAL), b"agent stopping")
         }
+        Ok(SessionEnd::Reannounce) | Err(_) => connection.close(
+            quinn::VarInt::from_u32(close::NORMAL),
+            b"agent reconnecting",
+        ),
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
     result
@@ -265,10 +253,14 @@ async fn converse(
 ) -> Result<SessionEnd, SessionError> {
     let mut announcements = shared.announcements();
     announcements.borrow_and_update();
-    let (mut send, mut recv) = connection
+    let (send, recv) = connection
         .open_bi()
         .await
         .map_err(|e| connection_error(&e))?;
+    let (mut send, mut recv) = (
+        FrameWriter::new(send, MAX_FRAME_BYTES),
+        FrameReader::new(recv, MAX_FRAME_BYTES),
+    );
     let hello = Hello {
         wire_major: WIRE_MAJOR,
         wire_minor: WIRE_MINOR,
@@ -294,7 +286,7 @@ async fn converse(
     info!(agent_id = %welcome.agent_id, acked = welcome.acked_seq, collector = %welcome.collector_version, "connected to the collector");
     shared.set_uplink_state(String::new());
     shared.ack(welcome.acked_seq).await;
-    let mut next_to_send = welcome.acked_seq + 1;
+    let mut window = Window::welcomed(welcome.acked_seq);
 
     // Acks are read in their own task, so sending never waits for them.
     let (acks_tx, mut acks) =
@@ -308,11 +300,10 @@ async fn converse(
             }
         }
     });
-    let mut in_flight: VecDeque<u64> = VecDeque::new();
     let outcome = 'session: loop {
-        while in_flight.len() < WINDOW {
-            let (mut results, dropped) = shared.unacked(next_to_send, BATCH_RESULTS).await;
-            results.truncate(within_offset_span(&results));
+        while let Some(from) = window.next_batch_from() {
+            let (mut results, dropped) = shared.unacked(from, BATCH_RESULTS).await;
+            results.truncate(window.batch_len(&results));
             let Some(last) = results.last().map(|r| r.seq) else {
                 break;
             };
@@ -327,20 +318,20 @@ async fn converse(
             if let Err(e) = write_message(&mut send, &AgentMessage::Batch(batch)).await {
                 break 'session Err(e);
             }
-            in_flight.push_back(last);
-            next_to_send = last + 1;
+            window.on_sent(last);
         }
         tokio::select! {
             message = acks.recv() => match message {
-                Some(Ok(CollectorMessage::Ack(ack))) => {
-                    in_flight.pop_front();
-                    if ack.discarded > 0 {
-                        warn!(discarded = ack.discarded, reason = %ack.reason, "the collector discarded a batch");
+                Some(Ok(message)) => match window.on_message(message) {
+                    Heard::Retire { up_to_seq, discarded } => {
+                        if let Some((discarded, reason)) = discarded {
+                            warn!(discarded, reason = %reason, "the collector discarded a batch");
+                        }
+                        shared.ack(up_to_seq).await;
                     }
-                    shared.ack(ack.up_to_seq).await;
-                }
-                Some(Ok(CollectorMessage::Refusal(r))) => break Err(SessionError::Rejected(r.reason)),
-                Some(Ok(_)) => {}
+                    Heard::Rejected(reason) => break Err(SessionError::Rejected(reason)),
+                    Heard::Nothing => {}
+                },
                 Some(Err(e)) => break Err(e),
                 None => break Err(SessionError::Failed("the collector closed the stream".into())),
             },
@@ -349,13 +340,13 @@ async fn converse(
             _ = shared.new_results.notified() => tokio::time::sleep(LINGER).await,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => {
-                settle(&mut in_flight, &mut acks, shared).await;
-                let _ = send.finish();
+                settle(&mut window, &mut acks, shared).await;
+                let _ = send.get_mut().finish();
                 break Ok(SessionEnd::Shutdown);
             }
             _ = announcements.changed() => {
-                settle(&mut in_flight, &mut acks, shared).await;
-                let _ = send.finish();
+                settle(&mut window, &mut acks, shared).await;
+                let _ = send.get_mut().finish();
                 break Ok(SessionEnd::Reannounce);
             }
         }
@@ -366,79 +357,18 @@ async fn converse(
 
 /// Lets what is in flight be acked, briefly, before a session ends; the rest waits in the spool.
 async fn settle(
-    in_flight: &mut VecDeque<u64>,
+    window: &mut Window,
     acks: &mut tokio::sync::mpsc::Receiver<Result<CollectorMessage, SessionError>>,
     shared: &Shared,
 ) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while !in_flight.is_empty() {
-        match tokio::time::timeout_at(deadline, acks.recv()).await {
-            Ok(Some(Ok(CollectorMessage::Ack(ack)))) => {
-                in_flight.pop_front();
-                shared.ack(ack.up_to_seq).await;
-            }
-            _ => break,
+    while !window.settled() {
+        let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, acks.recv()).await else {
+            break;
+        };
+        match window.on_settling(message) {
+            Some(up_to_seq) => shared.ack(up_to_seq).await,
+            None => break,
         }
-    }
-}
-
-/// How many of `results` (from the first) fit one batch, whose results are timed as `u32`
-/// milliseconds after the earliest: at least one, so a wall-clock step between two results
-/// (an NTP step, a VM clock set from 1970) splits batches instead of failing every one.
-pub fn within_offset_span(results: &[ProbeResult]) -> usize {
-    let Some(first) = results.first() else {
-        return 0;
-    };
-    let (mut low, mut high) = (first.at_unix_ms, first.at_unix_ms);
-    for (i, r) in results.iter().enumerate() {
-        low = low.min(r.at_unix_ms);
-        high = high.max(r.at_unix_ms);
-        if high.saturating_sub(low) > i64::from(u32::MAX) {
-            return i;
-        }
-    }
-    results.len()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(at_unix_ms: i64) -> ProbeResult {
-        ProbeResult {
-            at_unix_ms,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn a_clock_step_beyond_the_offsets_splits_the_batch() {
-        let now = 1_790_000_000_000;
-        let day = 86_400_000;
-        let steady = [at(now), at(now - 3_600_000), at(now + day)];
-        assert_eq!(
-            within_offset_span(&steady),
-            3,
-            "an hour back, a day on: one batch"
-        );
-        let stepped = [at(1_000), at(2_000), at(now), at(now + 1)];
-        assert_eq!(within_offset_span(&stepped), 2, "from 1970 to now: split");
-        assert_eq!(within_offset_span(&stepped[2..]), 2);
-        let back = [at(now), at(now - 60 * day)];
-        assert_eq!(within_offset_span(&back), 1, "never less than one");
-        assert_eq!(within_offset_span(&[]), 0);
-        // What fits really packs.
-        let mut seq = 1;
-        let mut packable: Vec<ProbeResult> = [at(now), at(now - 49 * day), at(now + 1)]
-            .into_iter()
-            .map(|mut r| {
-                r.seq = seq;
-                seq += 1;
-                r.target = "mx".into();
-                r
-            })
-            .collect();
-        packable.truncate(within_offset_span(&packable));
-        assert!(Batch::pack(&packable, egresswatch_wire::ClockQuality::Unknown, 0).is_ok());
     }
 }

@@ -9,7 +9,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use egresswatch_collector::ca::{self, Authority};
-use egresswatch_collector::sim::{self, Credentials, SimAgent};
+use egresswatch_sim::{self as sim, Credentials, SimAgent};
 use egresswatch_wire::{AgentMessage, Batch, ClockQuality, CollectorMessage, Labels};
 use rand::{Rng, RngCore};
 use rustls::pki_types::pem::PemObject;
@@ -719,7 +719,7 @@ async fn session(
     loop {
         catch_up(end, next_production, shared, opts);
         if !shared.producing.load(Ordering::SeqCst) && end.acked >= end.produced {
-            let _ = send.finish();
+            let _ = send.get_mut().finish();
             let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
             return Ok(());
         }
@@ -730,21 +730,11 @@ async fn session(
             let results: Vec<_> = (first..=last)
                 .map(|s| sim::result(s, base - (last - s) as i64))
                 .collect();
-            let frame = Batch::pack(&results, ClockQuality::Synchronised, 0)
-                .map_err(|e| SessionEnd::Lost(format!("packing: {e}")))
-                .and_then(|b| {
-                    egresswatch_wire::encode_frame(
-                        &AgentMessage::Batch(b),
-                        egresswatch_wire::limits::MAX_FRAME_BYTES,
-                    )
-                    .map_err(|e| SessionEnd::Lost(format!("encoding: {e}")))
-                })?;
-            send.write_all(&frame).await.map_err(|e| match e {
-                quinn::WriteError::ConnectionLost(cause) => {
-                    SessionEnd::Lost(format!("sending: connection lost: {cause}"))
-                }
-                other => SessionEnd::Lost(format!("sending: {other}")),
-            })?;
+            let batch = Batch::pack(&results, ClockQuality::Synchronised, 0)
+                .map_err(|e| SessionEnd::Lost(format!("packing: {e}")))?;
+            send.send(&AgentMessage::Batch(batch))
+                .await
+                .map_err(|e| SessionEnd::Lost(format!("sending: {}", sim::stream_error(&e))))?;
             in_flight.push_back((last, tokio::time::Instant::now()));
             sent_up_to = last;
         }

@@ -291,8 +291,10 @@ impl Ingest {
         info!(sessions = sessions.len(), "ingest stopping");
         let drain = async { while sessions.join_next().await.is_some() {} };
         let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-        self.endpoint
-            .close(session::CLOSE_SHUTDOWN, b"collector shutting down");
+        self.endpoint.close(
+            quinn::VarInt::from_u32(egresswatch_wire::close::SHUTDOWN),
+            b"collector shutting down",
+        );
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }

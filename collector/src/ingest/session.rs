@@ -2,51 +2,40 @@
 //! batches answered by acks — each ack sent only after its results are durable (see
 //! DESIGN.md and `egresswatch_wire::message` for the message flow).
 //!
+//! This is the quinn shell: it reads frames off the report stream (the wire's framed stream),
+//! hands each to the sans-IO [`protocol::Session`], and carries out what that decides — calling
+//! the store, counting, sending the welcome, refusal or ack, closing with the decided code. The
+//! rules themselves (hello checks, high-water mark, drop notes, ack figures) live in [`protocol`].
+//!
 //! Every way a session can end is named: a clean goodbye, a refusal (with the reason sent to the
 //! agent), a protocol error (bad frame, garbage: logged, connection closed with code 1), or the
 //! transport going away, or the agent's certificate being revoked while it is connected. None
 //! of them affects any other agent.
 
+pub mod protocol;
+
 use super::revocation::RevokedSerials;
 use super::{AbortOnDrop, IngestContext};
 use crate::ca::registry::normalise_serial;
 use crate::limits::{Limit, LimitCounters};
-use crate::pipeline::AgentMeta;
-use egresswatch_wire::frame::{body_len, decode_body};
-use egresswatch_wire::limits::FRAME_HEADER_BYTES;
-use egresswatch_wire::version::{WIRE_MAJOR, WIRE_MINOR};
-use egresswatch_wire::{
-    encode_frame, Ack, AgentMessage, Batch, ClockQuality, CollectorMessage, Refusal, Welcome,
-    WireError,
-};
+use egresswatch_wire::close;
+use egresswatch_wire::stream::{FrameReader, FrameWriter};
+use egresswatch_wire::{AgentMessage, CollectorMessage, Refusal, WireError};
+use protocol::{Closing, End, Exceeded, Next, Opening, Session};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
-pub const CLOSE_NORMAL: quinn::VarInt = quinn::VarInt::from_u32(0);
-pub const CLOSE_PROTOCOL: quinn::VarInt = quinn::VarInt::from_u32(1);
-pub const CLOSE_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(2);
-pub const CLOSE_SHUTDOWN: quinn::VarInt = quinn::VarInt::from_u32(3);
+// The wire's close codes as quinn spells them.
+const CLOSE_PROTOCOL: quinn::VarInt = quinn::VarInt::from_u32(close::PROTOCOL);
+const CLOSE_REFUSED: quinn::VarInt = quinn::VarInt::from_u32(close::REFUSED);
+
+/// The report stream's halves, framed.
+type Reader = FrameReader<quinn::RecvStream>;
+type Writer = FrameWriter<quinn::SendStream>;
 
 /// How long an agent has to open its stream and say hello.
 const HELLO_DEADLINE: Duration = Duration::from_secs(10);
-
-enum End {
-    /// The agent finished its stream.
-    Clean,
-    /// We refused it and told it why; `kind` names the reason in `/metrics`.
-    Refused { kind: &'static str, reason: String },
-    /// Its certificate was revoked while it was connected.
-    Revoked,
-    /// It broke the protocol.
-    Protocol(String),
-    /// It went over a limit that ends the session (counted when it happened).
-    OverLimit(String),
-    /// The connection went away under us (idle timeout, agent gone, shutdown).
-    Transport(String),
-    /// We could not store: close without acking, the agent resends later.
-    Unavailable(String),
-}
 
 fn now_unix_ms() -> i64 {
     SystemTime::now()
@@ -89,40 +78,46 @@ pub async fn run(
         end = serve(&connection, &agent_id, &context) => end,
         () = until_revoked(&serial, &mut revoked) => End::Revoked,
     };
-    match &end {
+    let reason: Vec<u8> = match &end {
         End::Clean => {
             debug!("session ended");
-            connection.close(CLOSE_NORMAL, b"bye");
+            b"bye".to_vec()
         }
         End::Refused { kind, reason } => {
             context.counters.refused(kind);
             warn!("refused: {reason}");
             // The refusal frame is on its way; give the agent a moment to read it and close.
             let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
-            connection.close(CLOSE_REFUSED, truncate(reason).as_bytes());
+            truncate(reason).into_bytes()
         }
         End::Protocol(reason) => {
             context.counters.decode_errors.inc();
             warn!("closing on protocol error: {reason}");
-            connection.close(CLOSE_PROTOCOL, truncate(reason).as_bytes());
+            truncate(reason).into_bytes()
         }
         End::Revoked => {
             // A batch being stored when this fires is stored (the blocking insert runs on);
             // only its ack is not sent.
             context.counters.refused("revoked");
             warn!("closing a live session: {REVOKED_REASON}");
-            connection.close(CLOSE_REFUSED, REVOKED_REASON.as_bytes());
+            REVOKED_REASON.as_bytes().to_vec()
         }
         End::OverLimit(reason) => {
             // Already counted and (rate-limited) logged where the limit was hit.
             debug!("closing over a limit: {reason}");
-            connection.close(CLOSE_PROTOCOL, truncate(reason).as_bytes());
+            truncate(reason).into_bytes()
         }
-        End::Transport(reason) => info!("connection ended: {reason}"),
+        End::Transport(reason) => {
+            info!("connection ended: {reason}");
+            Vec::new()
+        }
         End::Unavailable(reason) => {
             warn!("closing, results not stored: {reason}");
-            connection.close(CLOSE_SHUTDOWN, b"store unavailable, resend later");
+            b"store unavailable, resend later".to_vec()
         }
+    };
+    if let Some(code) = end.close_code() {
+        connection.close(quinn::VarInt::from_u32(code), &reason);
     }
     context
         .observer
@@ -164,330 +159,208 @@ fn identity(connection: &quinn::Connection) -> Result<(String, Vec<u8>), String>
     Ok((id, serial))
 }
 
+/// The shell around [`Session`]: reads frames, hands them to the session, and carries out
+/// what it decides (store, answer, count, close).
 async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestContext) -> End {
-    let (mut send, mut recv) =
-        match tokio::time::timeout(HELLO_DEADLINE, connection.accept_bi()).await {
-            Err(_) => return End::Protocol("no stream opened within 10 s".into()),
-            Ok(Err(e)) => return End::Transport(e.to_string()),
-            Ok(Ok(streams)) => streams,
-        };
+    let (send, recv) = match tokio::time::timeout(HELLO_DEADLINE, connection.accept_bi()).await {
+        Err(_) => return End::Protocol("no stream opened within 10 s".into()),
+        Ok(Err(e)) => return End::Transport(e.to_string()),
+        Ok(Ok(streams)) => streams,
+    };
+    let mut send = Writer::new(send, egresswatch_wire::limits::MAX_FRAME_BYTES);
+    let mut recv = Reader::new(recv, context.max_frame_bytes);
     // The protocol has one stream; others an agent opens are reset and counted, so they cannot
     // hold buffers (quinn caps how many may be open at once: max_streams_per_connection).
     let _extra_streams = AbortOnDrop(tokio::spawn(reset_extra_streams(
         connection.clone(),
         context.limits.clone(),
     )));
-    let first = match tokio::time::timeout(
-        HELLO_DEADLINE,
-        read_message(&mut recv, context.max_frame_bytes),
-    )
-    .await
-    {
+    let mut session = Session::new(agent_id, context.max_batch_results);
+    let first = match tokio::time::timeout(HELLO_DEADLINE, read_message(&mut recv)).await {
         Err(_) => return End::Protocol("no hello within 10 s".into()),
-        Ok(Ok(Some(m))) => m,
         Ok(Ok(None)) => return End::Clean,
-        Ok(Err(ReadFailure::Wire(WireError::VersionMismatch { theirs, ours }))) => {
-            let reason = format!("wire major version {theirs} is not supported; this collector speaks {ours}: upgrade the agent or the collector");
-            refuse(&mut send, &reason, 0).await;
-            return End::Refused {
-                kind: "bad_version",
-                reason,
-            };
+        Ok(Ok(Some(m))) => Ok(m),
+        Ok(Err(ReadFailure::Transport(e))) => return End::Transport(e),
+        Ok(Err(ReadFailure::Wire(e))) => Err(e),
+    };
+    let (agent, status) = match session.on_first_frame(first) {
+        Opening::Register { agent, status } => (agent, status),
+        Opening::Refuse(refusing) => {
+            count_exceeded(context, refusing.exceeded.as_ref());
+            refuse(&mut send, &refusing.reason, 0).await;
+            return refusing.end();
         }
-        Ok(Err(e)) => return e.into_end(context),
-    };
-    let hello = match first {
-        AgentMessage::Hello(h) => h,
-        other => return End::Protocol(format!("expected a hello, got {}", kind_name(&other))),
-    };
-    if hello.wire_major != WIRE_MAJOR {
-        let reason = format!(
-            "wire major version {} is not supported; this collector speaks {WIRE_MAJOR}: upgrade the agent or the collector",
-            hello.wire_major
-        );
-        refuse(&mut send, &reason, 0).await;
-        return End::Refused {
-            kind: "bad_version",
-            reason,
-        };
-    }
-    if let Err(e) = hello.check_bounds() {
-        let reason = e.to_string();
-        context
-            .limits
-            .exceeded(Limit::Hello, 1, || format!("agent {agent_id}: {reason}"));
-        refuse(&mut send, &reason, 0).await;
-        return End::Refused {
-            kind: "bad_hello",
-            reason,
-        };
-    }
-    let labels = match hello.labels.clone().validated() {
-        Ok(l) => l,
-        Err(e) => {
-            let reason = format!("invalid labels: {e}");
-            context
-                .limits
-                .exceeded(Limit::Labels, 1, || format!("agent {agent_id}: {reason}"));
-            refuse(&mut send, &reason, 0).await;
-            return End::Refused {
-                kind: "bad_labels",
-                reason,
-            };
-        }
-    };
-    let agent = AgentMeta {
-        agent_id: agent_id.to_string(),
-        labels,
-        agent_version: hello.agent_version.clone(),
+        Opening::Close(closing) => return close(context, closing),
     };
     let store = context.store.clone();
     let upsert = {
         let agent = agent.clone();
         tokio::task::spawn_blocking(move || store.upsert_agent(&agent, now_unix_ms())).await
     };
-    let mut high_water = match upsert {
+    let high_water = match upsert {
         Ok(Ok(mark)) => mark,
         Ok(Err(e)) => return End::Unavailable(e.to_string()),
         Err(e) => return End::Unavailable(e.to_string()),
     };
-    if !hello.status.is_empty() {
-        warn!(status = %hello.status, "agent reports trouble");
+    if !status.is_empty() {
+        warn!(status = %status, "agent reports trouble");
     }
     info!(version = %agent.agent_version, provider = %agent.labels.provider, account = %agent.labels.account, acked = high_water, "agent connected");
-    let welcome = CollectorMessage::Welcome(Welcome {
-        wire_major: WIRE_MAJOR,
-        wire_minor: WIRE_MINOR,
-        collector_version: env!("CARGO_PKG_VERSION").to_string(),
-        agent_id: agent_id.to_string(),
-        acked_seq: high_water,
-    });
-    if let Err(end) = write_message(&mut send, &welcome).await {
+    let welcome = session.on_registered(high_water);
+    if let Err(end) = write_message(&mut send, &CollectorMessage::Welcome(welcome)).await {
         return end;
     }
     context.observer.agent_connected(&agent, now_unix_ms());
     loop {
-        let message = match read_message(&mut recv, context.max_frame_bytes).await {
-            Ok(Some(m)) => m,
+        let frame = match read_message(&mut recv).await {
+            Ok(Some(m)) => Ok(m),
             Ok(None) => return End::Clean,
-            Err(e) => return e.into_end(context),
+            Err(ReadFailure::Transport(e)) => return End::Transport(e),
+            Err(ReadFailure::Wire(e)) => Err(e),
         };
-        match message {
-            AgentMessage::Batch(batch) => {
-                let ack = match handle_batch(&agent, batch, &mut high_water, context).await {
-                    Ok(ack) => ack,
-                    Err(end) => return end,
+        if matches!(frame, Ok(AgentMessage::Batch(_))) {
+            context.counters.batches.inc();
+        }
+        let next = session.on_frame(frame);
+        let ack = match next {
+            Next::Store {
+                count,
+                results,
+                batch,
+            } => {
+                throttle(&agent.agent_id, count, context).await;
+                let store = context.store.clone();
+                let agent_id = agent.agent_id.clone();
+                let now = now_unix_ms();
+                let clock_trusted = batch.clock_trusted;
+                let inserted = tokio::task::spawn_blocking(move || {
+                    store.insert_results(&agent_id, results, clock_trusted, now)
+                })
+                .await;
+                let (report, fresh) = match inserted {
+                    Ok(Ok(done)) => done,
+                    Ok(Err(e)) => return End::Unavailable(e.to_string()),
+                    Err(e) => return End::Unavailable(e.to_string()),
                 };
-                if let Err(end) = write_message(&mut send, &CollectorMessage::Ack(ack)).await {
-                    return end;
+                context.counters.results.inc_by(u64::from(report.accepted));
+                context
+                    .counters
+                    .duplicates
+                    .inc_by(u64::from(report.duplicates));
+                let stored = session.on_stored(batch, &report);
+                if !fresh.is_empty() {
+                    context
+                        .observer
+                        .results_stored(&agent, &fresh, clock_trusted, now);
                 }
+                if let Some(drops) = &stored.spool_drops {
+                    count_exceeded(context, Some(drops));
+                    warn!(
+                        dropped = batch.dropped_before,
+                        "the agent's spool dropped results before seq {}", batch.first_seq
+                    );
+                }
+                stored.ack
             }
-            AgentMessage::Hello(_) => {
-                return End::Protocol("a second hello on the same session".into())
+            Next::Discard { count, ack, error } => {
+                throttle(&agent.agent_id, count, context).await;
+                context.counters.decode_errors.inc();
+                warn!("discarding a batch of {count}: {error}");
+                ack
             }
             // A newer agent's message we do not know: skipped, the session goes on.
-            AgentMessage::Unknown(kind) => debug!(kind, "ignoring a message of unknown kind"),
+            Next::Ignore { kind } => {
+                debug!(kind, "ignoring a message of unknown kind");
+                continue;
+            }
+            Next::Close(closing) => return close(context, closing),
+        };
+        if let Err(end) = write_message(&mut send, &CollectorMessage::Ack(ack)).await {
+            return end;
         }
     }
 }
 
-async fn handle_batch(
-    agent: &AgentMeta,
-    batch: Batch,
-    high_water: &mut u64,
-    context: &IngestContext,
-) -> Result<Ack, End> {
-    context.counters.batches.inc();
-    let count = batch.results.len() as u32;
-    if batch.results.len() > context.max_batch_results {
-        let reason = format!(
-            "a batch of {count} results is over max_batch_results ({})",
-            context.max_batch_results
-        );
-        context.limits.exceeded(Limit::BatchResults, 1, || {
-            format!("agent {}: {reason}", agent.agent_id)
-        });
-        return Err(End::OverLimit(reason));
-    }
-    // Over its rate, an agent is slowed, not cut: this batch waits (and with it the reading of
-    // the next one, so flow control holds the agent back); its results are stored all the same.
+/// Over its rate, an agent is slowed, not cut: its batch waits (and with it the reading of the
+/// next one, so flow control holds the agent back); its results are stored all the same.
+async fn throttle(agent_id: &str, count: u32, context: &IngestContext) {
     let wait = context
         .rate
-        .take(&agent.agent_id, count, std::time::Instant::now());
+        .take(agent_id, count, std::time::Instant::now());
     if !wait.is_zero() {
         context.limits.exceeded(Limit::ResultsPerSecond, 1, || {
             format!(
-                "agent {} is over max_results_per_sec: its batch of {count} waits {} ms",
-                agent.agent_id,
+                "agent {agent_id} is over max_results_per_sec: its batch of {count} waits {} ms",
                 wait.as_millis()
             )
         });
         tokio::time::sleep(wait).await;
     }
-    let results = match batch.unpack() {
-        Ok(r) => r,
-        Err(e) => {
-            // Accepted off the wire but unusable: said so in the ack, never a silent success.
-            context.counters.decode_errors.inc();
-            warn!("discarding a batch of {count}: {e}");
-            return Ok(Ack {
-                up_to_seq: *high_water,
-                accepted: 0,
-                duplicates: 0,
-                discarded: count,
-                reason: e.to_string(),
-            });
-        }
-    };
-    let clock_trusted = batch.clock != ClockQuality::Unsynchronised;
-    let store = context.store.clone();
-    let agent_id = agent.agent_id.clone();
-    let now = now_unix_ms();
-    let inserted = tokio::task::spawn_blocking(move || {
-        store.insert_results(&agent_id, results, clock_trusted, now)
-    })
-    .await;
-    let (report, fresh) = match inserted {
-        Ok(Ok(done)) => done,
-        Ok(Err(e)) => return Err(End::Unavailable(e.to_string())),
-        Err(e) => return Err(End::Unavailable(e.to_string())),
-    };
-    context.counters.results.inc_by(u64::from(report.accepted));
-    context
-        .counters
-        .duplicates
-        .inc_by(u64::from(report.duplicates));
-    // A batch resent after a lost ack carries the same drop note: count a note once, with the
-    // batch that first stored results past it.
-    let drops_are_news = batch.first_seq > *high_water;
-    *high_water = report.high_water;
-    if !fresh.is_empty() {
-        context
-            .observer
-            .results_stored(agent, &fresh, clock_trusted, now);
-    }
-    let reason = if batch.dropped_before > 0 && drops_are_news {
-        context
-            .limits
-            .exceeded(Limit::AgentSpool, batch.dropped_before, || {
-                format!(
-                    "agent {}'s spool dropped {} results (spool.max_bytes)",
-                    agent.agent_id, batch.dropped_before
-                )
-            });
-        warn!(
-            dropped = batch.dropped_before,
-            "the agent's spool dropped results before seq {}", batch.first_seq
-        );
-        format!(
-            "noted: {} results dropped by the agent's spool before seq {}",
-            batch.dropped_before, batch.first_seq
-        )
-    } else if batch.dropped_before > 0 {
-        format!(
-            "already noted: {} results dropped by the agent's spool before seq {}",
-            batch.dropped_before, batch.first_seq
-        )
-    } else {
-        String::new()
-    };
-    Ok(Ack {
-        up_to_seq: report.high_water,
-        accepted: report.accepted,
-        duplicates: report.duplicates,
-        discarded: 0,
-        reason,
-    })
 }
 
-async fn refuse(send: &mut quinn::SendStream, reason: &str, retry_after_s: u32) {
+/// Counts (and, at the limits' pace, logs) a limit the session decided was exceeded.
+fn count_exceeded(context: &IngestContext, exceeded: Option<&Exceeded>) {
+    if let Some(e) = exceeded {
+        context
+            .limits
+            .exceeded(e.limit, e.count, || e.message.clone());
+    }
+}
+
+/// Carries out a close the session decided: what it counts first, then the end.
+fn close(context: &IngestContext, closing: Closing) -> End {
+    if closing.decode_error {
+        context.counters.decode_errors.inc();
+    }
+    count_exceeded(context, closing.exceeded.as_ref());
+    closing.end
+}
+
+async fn refuse(send: &mut Writer, reason: &str, retry_after_s: u32) {
     let refusal = CollectorMessage::Refusal(Refusal {
         reason: reason.to_string(),
         retry_after_s,
     });
     let _ = write_message(send, &refusal).await;
-    let _ = send.finish();
+    let _ = send.get_mut().finish();
 }
 
+/// Why a read off the report stream failed.
 enum ReadFailure {
     Wire(WireError),
     Transport(String),
 }
 
-impl ReadFailure {
-    fn into_end(self, context: &IngestContext) -> End {
-        match self {
-            ReadFailure::Wire(e @ WireError::FrameTooLarge { .. }) => {
-                let reason = e.to_string();
-                // Still a frame that failed to decode, as /metrics always counted it.
-                context.counters.decode_errors.inc();
-                context
-                    .limits
-                    .exceeded(Limit::FrameBytes, 1, || reason.clone());
-                End::OverLimit(reason)
-            }
-            ReadFailure::Wire(e) => End::Protocol(e.to_string()),
-            ReadFailure::Transport(e) => End::Transport(e),
+impl From<WireError> for ReadFailure {
+    fn from(e: WireError) -> ReadFailure {
+        match e {
+            WireError::Io(io) => ReadFailure::Transport(transport_error(&io)),
+            other => ReadFailure::Wire(other),
         }
     }
 }
 
 /// Reads one frame and decodes it. `Ok(None)` when the agent finished its stream cleanly.
-async fn read_message(
-    recv: &mut quinn::RecvStream,
-    limit: usize,
-) -> Result<Option<AgentMessage>, ReadFailure> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    match recv.read_exact(&mut header).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(quinn::ReadExactError::FinishedEarly(n)) => {
-            return Err(ReadFailure::Wire(WireError::Malformed {
-                what: "frame",
-                reason: format!("stream ended inside a header ({n} bytes)"),
-            }))
-        }
-        Err(quinn::ReadExactError::ReadError(e)) => {
-            return Err(ReadFailure::Transport(read_error(e)))
-        }
-    }
-    // The cap is checked before a single body byte is buffered.
-    let len = body_len(header, limit).map_err(ReadFailure::Wire)?;
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(n)) => {
-            return Err(ReadFailure::Wire(WireError::Malformed {
-                what: "frame",
-                reason: format!("stream ended after {n} of {len} body bytes"),
-            }))
-        }
-        Err(quinn::ReadExactError::ReadError(e)) => {
-            return Err(ReadFailure::Transport(read_error(e)))
-        }
-    }
-    decode_body::<AgentMessage>(&body)
-        .map(Some)
-        .map_err(ReadFailure::Wire)
+async fn read_message(recv: &mut Reader) -> Result<Option<AgentMessage>, ReadFailure> {
+    Ok(recv.read::<AgentMessage>().await?)
 }
 
-/// A read error with its cause: quinn's "connection lost" alone does not say why.
-fn read_error(e: quinn::ReadError) -> String {
-    match e {
-        quinn::ReadError::ConnectionLost(cause) => format!("connection lost: {cause}"),
-        other => other.to_string(),
+/// A transport error with its cause: quinn's "connection lost" alone does not say why.
+fn transport_error(e: &std::io::Error) -> String {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<quinn::ReadError>())
+    {
+        Some(quinn::ReadError::ConnectionLost(cause)) => format!("connection lost: {cause}"),
+        _ => e.to_string(),
     }
 }
 
-async fn write_message(
-    send: &mut quinn::SendStream,
-    message: &CollectorMessage,
-) -> Result<(), End> {
-    let frame = encode_frame(message, egresswatch_wire::limits::MAX_FRAME_BYTES)
-        .map_err(|e| End::Protocol(e.to_string()))?;
-    send.write_all(&frame)
-        .await
-        .map_err(|e| End::Transport(e.to_string()))
+async fn write_message(send: &mut Writer, message: &CollectorMessage) -> Result<(), End> {
+    send.send(message).await.map_err(|e| match e {
+        WireError::Io(io) => End::Transport(io.to_string()),
+        other => End::Protocol(other.to_string()),
+    })
 }
 
 /// Resets every stream an agent opens beyond its report stream, counting each.
@@ -498,13 +371,5 @@ async fn reset_extra_streams(connection: quinn::Connection, limits: LimitCounter
         });
         let _ = recv.stop(CLOSE_PROTOCOL);
         let _ = send.reset(CLOSE_PROTOCOL);
-    }
-}
-
-fn kind_name(message: &AgentMessage) -> &'static str {
-    match message {
-        AgentMessage::Hello(_) => "hello",
-        AgentMessage::Batch(_) => "batch",
-        AgentMessage::Unknown(_) => "an unknown message",
     }
 }

@@ -1,10 +1,10 @@
 //! The real collector binary on loopback for the tests that speak QUIC to it through the
-//! simulated agent (`egresswatch_collector::sim`): start it with extra settings, issue agent
+//! simulated agent (the `egresswatch-sim` crate): start it with extra settings, issue agent
 //! credentials from its CA, revoke them, and read its store, its log and its `/metrics`.
 
 use super::{collector_bin, issue, spawn_collector, write_collector_config};
-use egresswatch_collector::sim::{self, Credentials, SimAgent};
 use egresswatch_collector::store::{sqlite::SqliteStore, Store};
+use egresswatch_sim::{self as sim, Credentials, SimAgent};
 use egresswatch_wire::Labels;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,13 +1,15 @@
 //! A simulated agent: the smallest real QUIC client of the session protocol, used by the
-//! collector's tests, the ingest benchmark and the soak. Not part of the product's API.
+//! collector's tests, the ingest benchmark and the soak through dev-dependencies. A workspace
+//! crate of its own (`publish = false`) so that it is never part of the shipped collector; it
+//! frames its messages with the wire's framed stream, as the agent and the collector do.
 
 use anyhow::{anyhow, bail, Context, Result};
-use egresswatch_wire::frame::{body_len, decode_body};
-use egresswatch_wire::limits::{FRAME_HEADER_BYTES, MAX_FRAME_BYTES};
+use egresswatch_wire::limits::MAX_FRAME_BYTES;
+use egresswatch_wire::stream::{FrameReader, FrameWriter};
 use egresswatch_wire::version::{ALPN, WIRE_MAJOR, WIRE_MINOR};
 use egresswatch_wire::{
-    encode_frame, AgentMessage, Batch, ClockQuality, CollectorMessage, Family, Hello, Labels,
-    Level, Outcome, PhaseTimings, ProbeResult,
+    AgentMessage, Batch, ClockQuality, CollectorMessage, Family, Hello, Labels, Level, Outcome,
+    PhaseTimings, ProbeResult, WireError,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -66,11 +68,15 @@ pub fn client_config(
     Ok(config)
 }
 
+/// The report stream's halves, framed as the agent frames them.
+pub type Sender = FrameWriter<quinn::SendStream>;
+pub type Receiver = FrameReader<quinn::RecvStream>;
+
 /// One connected session.
 pub struct SimAgent {
     pub connection: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    send: Sender,
+    recv: Receiver,
 }
 
 impl SimAgent {
@@ -86,19 +92,23 @@ impl SimAgent {
         let (send, recv) = connection.open_bi().await?;
         Ok(SimAgent {
             connection,
-            send,
-            recv,
+            send: FrameWriter::new(send, MAX_FRAME_BYTES),
+            recv: FrameReader::new(recv, MAX_FRAME_BYTES),
         })
     }
 
     pub async fn send(&mut self, message: &AgentMessage) -> Result<()> {
-        let frame = encode_frame(message, MAX_FRAME_BYTES)?;
-        self.send_raw(&frame).await
+        self.send
+            .send(message)
+            .await
+            .map_err(|e| anyhow!("sending: {}", stream_error(&e)))
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.send.write_all(bytes).await?;
-        Ok(())
+        self.send
+            .send_raw(bytes)
+            .await
+            .map_err(|e| anyhow!("sending: {}", stream_error(&e)))
     }
 
     /// Reads the collector's next message.
@@ -108,7 +118,7 @@ impl SimAgent {
 
     /// The connection and its report stream's halves, for a caller that reads acks in a task
     /// of its own while it sends (as the real agent does).
-    pub fn split(self) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
+    pub fn split(self) -> (quinn::Connection, Sender, Receiver) {
         (self.connection, self.send, self.recv)
     }
 
@@ -134,33 +144,35 @@ impl SimAgent {
     }
 
     pub async fn finish(mut self) {
-        let _ = self.send.finish();
+        let _ = self.send.get_mut().finish();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.connection.closed()).await;
     }
 }
 
 /// Reads one collector message from a report stream.
-pub async fn read_message(recv: &mut quinn::RecvStream) -> Result<CollectorMessage> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    recv.read_exact(&mut header)
-        .await
-        .map_err(|e| anyhow!("reading a frame header: {}", read_error(e)))?;
-    let len = body_len(header, MAX_FRAME_BYTES)?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| anyhow!("reading a frame body: {}", read_error(e)))?;
-    Ok(decode_body(&body)?)
+pub async fn read_message(recv: &mut Receiver) -> Result<CollectorMessage> {
+    match recv.read::<CollectorMessage>().await {
+        Ok(Some(message)) => Ok(message),
+        Ok(None) => bail!("reading a frame: the collector finished the stream"),
+        Err(e) => bail!("reading a frame: {}", stream_error(&e)),
+    }
 }
 
-/// quinn's "connection lost" with its cause.
-fn read_error(e: quinn::ReadExactError) -> String {
-    match e {
-        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(cause)) => {
-            format!("connection lost: {cause}")
-        }
-        other => other.to_string(),
-    }
+/// A framed stream's error, with quinn's "connection lost" given its cause.
+pub fn stream_error(e: &WireError) -> String {
+    let WireError::Io(io) = e else {
+        return e.to_string();
+    };
+    let inner = io.get_ref();
+    let cause = match (
+        inner.and_then(|i| i.downcast_ref::<quinn::ReadError>()),
+        inner.and_then(|i| i.downcast_ref::<quinn::WriteError>()),
+    ) {
+        (Some(quinn::ReadError::ConnectionLost(c)), _)
+        | (_, Some(quinn::WriteError::ConnectionLost(c))) => c,
+        _ => return io.to_string(),
+    };
+    format!("connection lost: {cause}")
 }
 
 pub fn hello(labels: Labels) -> Hello {
