@@ -146,8 +146,8 @@ def timeline_lines() -> None:
 
 def settle_estimates(confirm_probes: int) -> tuple[int, int]:
     """Seconds until every agent has reported every port (one probe round: an interval plus the
-    probe timeout at most), and until the detector has confirmed each state (confirm_probes
-    rounds), after which a change is alerted."""
+    probe timeout, give or take the agents' start), and until the detector has confirmed each
+    state (confirm_probes rounds), after which a change is alerted."""
     first_round = PROBE_INTERVAL_S + PROBE_TIMEOUT_S
     return first_round, (confirm_probes - 1) * PROBE_INTERVAL_S + first_round
 
@@ -182,7 +182,7 @@ def wait_settled(http: str, agents: str, confirm_probes: str) -> None:
         return time.strftime("%H:%M:%S", time.localtime(time.time() + after))
 
     print(f"MATRIX {agents_n} agents probing every {PROBE_INTERVAL_S} s: every cell should be filled by "
-          f"{clock(first_round)} (one round, {first_round} s at most) and confirmed by {clock(confirmed)} "
+          f"{clock(first_round)} (one round, about {first_round} s) and confirmed by {clock(confirmed)} "
           f"({confirm} probes); changes after that are alerted", flush=True)
     deadline = started + max(120, 4 * confirmed)
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
