@@ -42,8 +42,10 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup
 cargo build --workspace --bins || exit 1
 step "rust" cargo test --workspace -- --test-threads=2
 if [ -f dashboard/package.json ] && [ -d dashboard/tests ]; then
-    if [ -d dashboard/node_modules ]; then
+    if [ -d dashboard/node_modules ] && scripts/install-deps --node-ok; then
         step "dashboard" node --test dashboard/tests/
+    elif [ -d dashboard/node_modules ]; then
+        skip dashboard "Node.js $(node --version 2>/dev/null) is too old for playwright-core; see above"
     else
         skip dashboard "no dashboard/node_modules: scripts/install-deps test runs npm ci"
     fi
