@@ -4,7 +4,7 @@
 
 use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::http::{self, HttpConfig};
-use egresswatch_collector::pipeline::{AgentMeta, ResultObserver};
+use egresswatch_collector::{fleet::ResultObserver, identity::AgentMeta};
 use egresswatch_wire::{Family, Outcome, PhaseTimings, ProbeResult};
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -1,10 +1,10 @@
 //! The routes, the bearer-token guard (header, or the page's sign-in cookie: see signin.rs), the
 //! security headers and the SSE stream.
 
-use super::fleet::{Fleet, StreamMessage};
 use super::signin::{self, Credentials};
 use super::HttpConfig;
 use crate::events::{now_unix_ms, rfc3339};
+use crate::fleet::{Fleet, StreamMessage};
 use crate::matrix::FamilyFilter;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, Request, State};

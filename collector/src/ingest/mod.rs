@@ -15,9 +15,9 @@ pub mod udp;
 
 use crate::ca::Authority;
 use crate::error::CollectorError;
+use crate::fleet::ResultObserver;
 use crate::http::IngestCounters;
 use crate::limits::{Limit, LimitCounters, PerSource, ResultRate};
-use crate::pipeline::ResultObserver;
 use crate::store::Store;
 use egresswatch_wire::limits::{MAX_BATCH_RESULTS, MAX_FRAME_BYTES};
 use serde::Deserialize;

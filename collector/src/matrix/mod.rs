@@ -6,7 +6,7 @@
 pub mod policies;
 
 use crate::events::rfc3339;
-use crate::pipeline::AgentMeta;
+use crate::identity::AgentMeta;
 use egresswatch_wire::{Family, Outcome, ProbeResult};
 use policies::{contradicts, provider_key, CellDoc, Policies};
 use serde::Serialize;
