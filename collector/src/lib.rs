@@ -17,6 +17,7 @@ pub mod identity;
 pub mod ingest;
 pub mod limits;
 pub mod matrix;
+pub mod metrics;
 #[doc(hidden)]
 pub mod sim;
 pub mod store;

@@ -5,6 +5,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::fleet::{Fleet, ResultObserver};
+use egresswatch_collector::limits::LimitCounters;
+use egresswatch_collector::metrics::Metrics;
 use egresswatch_collector::{alerts, ca, config::Config, http, ingest, store};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -173,8 +175,10 @@ async fn serve(cfg: Config) -> Result<()> {
     let db_path = cfg.data_dir.join(&cfg.store.path);
     let store = Arc::new(store::sqlite::SqliteStore::open(&db_path)?);
 
-    let metrics = Arc::new(http::Metrics::new());
-    let alerts = alerts::Alerts::start(&cfg.alerts, metrics.alerts.clone())?;
+    let metrics = Arc::new(Metrics::new());
+    let ingest_counters = ingest::IngestCounters::register(&metrics);
+    let limits = LimitCounters::register(&metrics);
+    let alerts = alerts::Alerts::start(&cfg.alerts, alerts::AlertCounters::register(&metrics))?;
     let fleet = Fleet::new(cfg.fleet(), store.clone(), alerts, metrics.clone());
     let since = now_unix_ms() - (cfg.fleet().matrix.fresh_ms);
     let baseline = {
@@ -185,7 +189,7 @@ async fn serve(cfg: Config) -> Result<()> {
     fleet.restore(&baseline, now_unix_ms());
 
     let reset_key = ingest::reset_key(&cfg.data_dir.join("quic-reset.key"))?;
-    let ingest = ingest::Ingest::bind(&cfg.quic, &authority, reset_key)?;
+    let ingest = ingest::Ingest::bind(&cfg.quic, &authority, reset_key, ingest_counters.clone())?;
     let http = http::bind(&cfg.http).await?;
     println!("data dir:  {}", cfg.data_dir.display());
     println!("fleet CA:  {} (agents trust it; issue agents with `egresswatch-collector ca issue --dir {} ID`)", ca_dir.join("ca.pem").display(), ca_dir.display());
@@ -204,10 +208,11 @@ async fn serve(cfg: Config) -> Result<()> {
         &cfg.quic,
         store.clone(),
         fleet.clone() as Arc<dyn ResultObserver>,
-        &metrics,
+        ingest_counters,
+        limits.clone(),
     ));
     let ingest_task = tokio::spawn(ingest.serve(context, stopped(stop_rx.clone())));
-    let http_task = tokio::spawn(http.serve(fleet.clone(), stopped(stop_rx.clone())));
+    let http_task = tokio::spawn(http.serve(fleet.clone(), limits, stopped(stop_rx.clone())));
     let fleet_task = tokio::spawn(fleet.clone().run(stopped(stop_rx.clone())));
     let retention = tokio::spawn(store::retention::prune_loop(
         store.clone(),

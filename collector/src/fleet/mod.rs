@@ -5,17 +5,19 @@
 //! on time alone (silence, settling, freshness) and the coalescer that publishes matrix changes.
 //! `http/` only serves what the hub holds.
 
+mod counters;
 mod observer;
 
+pub use counters::FleetCounters;
 pub use observer::{NoObserver, ResultObserver};
 
 use crate::alerts::Alerts;
 use crate::detector::{Detector, DetectorConfig};
 use crate::events::Event;
 use crate::http::history::History;
-use crate::http::metrics::Metrics;
 use crate::identity::AgentMeta;
 use crate::matrix::{FamilyFilter, Matrix, MatrixConfig, MatrixView};
+use crate::metrics::Metrics;
 use egresswatch_wire::ProbeResult;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,6 +50,7 @@ pub struct Fleet {
     history: Arc<dyn History>,
     alerts: Alerts,
     metrics: Arc<Metrics>,
+    counters: FleetCounters,
     stream: broadcast::Sender<StreamMessage>,
     matrix_dirty: AtomicBool,
     last_matrix: Mutex<String>,
@@ -73,6 +76,7 @@ impl Fleet {
             detector: Mutex::new(Detector::new(config.detector)),
             history,
             alerts,
+            counters: FleetCounters::register(&metrics),
             metrics,
             stream,
             matrix_dirty: AtomicBool::new(true),
@@ -80,6 +84,7 @@ impl Fleet {
         })
     }
 
+    /// The registry the hub's counters are in, which `/metrics` renders.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -148,7 +153,7 @@ impl Fleet {
             return;
         }
         let view = self.matrix_view(FamilyFilter::All, now_unix_ms);
-        self.metrics.set_cells(&view);
+        self.counters.set_cells(&view);
         let providers = serde_json::to_string(&view.providers).unwrap_or_default();
         {
             let mut last = lock(&self.last_matrix);
@@ -173,7 +178,7 @@ impl Fleet {
                 },
                 Err(err) => tracing::error!("serialising event: {err}"),
             }
-            self.metrics.count_event(&e);
+            self.counters.count_event(&e);
             if let Ok(json) = serde_json::to_string(&e) {
                 let _ = self.stream.send(StreamMessage::Event(Arc::new(json)));
             }

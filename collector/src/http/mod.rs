@@ -8,19 +8,18 @@
 //! and the usual security headers. SSE clients are bounded.
 
 pub mod history;
-pub mod metrics;
 mod routes;
 mod signin;
 
 use crate::error::CollectorError;
 use crate::fleet::Fleet;
+use crate::limits::LimitCounters;
 use serde::Deserialize;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use history::{History, MemoryHistory};
-pub use metrics::{IngestCounters, Metrics};
 
 /// `[http]` in the collector's config.
 #[derive(Debug, Clone, Deserialize)]
@@ -103,14 +102,16 @@ impl Bound {
             .map_err(|e| CollectorError::io("HTTP listener address", e))
     }
 
-    /// Serves until `shutdown` completes, then drains open requests.
+    /// Serves until `shutdown` completes, then drains open requests. Request bodies and stream
+    /// clients over their bounds are counted in `limits`.
     pub async fn serve(
         self,
         fleet: Arc<Fleet>,
+        limits: LimitCounters,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), CollectorError> {
         let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
-        let app = routes::router(&self.config, fleet, closing_rx);
+        let app = routes::router(&self.config, fleet, limits, closing_rx);
         // SSE streams never end by themselves: tell them to, or the drain would wait forever.
         let shutdown = async move {
             shutdown.await;
@@ -121,13 +122,4 @@ impl Bound {
             .await
             .map_err(|e| CollectorError::io("serving HTTP", e))
     }
-}
-
-/// Binds and serves: `http::serve(config, fleet, shutdown)`.
-pub async fn serve(
-    config: &HttpConfig,
-    fleet: Arc<Fleet>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), CollectorError> {
-    bind(config).await?.serve(fleet, shutdown).await
 }

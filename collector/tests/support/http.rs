@@ -5,7 +5,9 @@
 
 use egresswatch_collector::alerts::Alerts;
 use egresswatch_collector::fleet::{Fleet, FleetConfig};
-use egresswatch_collector::http::{self, HttpConfig, MemoryHistory, Metrics};
+use egresswatch_collector::http::{self, HttpConfig, MemoryHistory};
+use egresswatch_collector::limits::LimitCounters;
+use egresswatch_collector::metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +30,7 @@ impl Server {
 
     pub async fn start_with(config: HttpConfig, alerts: Alerts, metrics: Arc<Metrics>) -> Server {
         let history = Arc::new(MemoryHistory::default());
+        let limits = LimitCounters::register(&metrics);
         let fleet = Fleet::new(FleetConfig::default(), history.clone(), alerts, metrics);
         let bound = http::bind(&config).await.expect("bind");
         let addr = bound.local_addr().unwrap();
@@ -39,7 +42,7 @@ impl Server {
                 let _ = hub_stopped.await;
             }));
             bound
-                .serve(f, async move {
+                .serve(f, limits, async move {
                     let _ = rx.await;
                 })
                 .await
