@@ -180,13 +180,7 @@ async fn serve(cfg: Config) -> Result<()> {
     let limits = LimitCounters::register(&metrics);
     let alerts = alerts::Alerts::start(&cfg.alerts, alerts::AlertCounters::register(&metrics))?;
     let fleet = Fleet::new(cfg.fleet(), store.clone(), alerts, metrics.clone());
-    let since = now_unix_ms() - (cfg.fleet().matrix.fresh_ms);
-    let baseline = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store::Store::latest_per_series(store.as_ref(), since))
-            .await??
-    };
-    fleet.restore(&baseline, now_unix_ms());
+    fleet.restore_from_store(now_unix_ms()).await?;
 
     let reset_key = ingest::reset_key(&cfg.data_dir.join("quic-reset.key"))?;
     let ingest = ingest::Ingest::bind(&cfg.quic, &authority, reset_key, ingest_counters.clone())?;
