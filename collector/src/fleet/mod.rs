@@ -15,7 +15,7 @@ use crate::alerts::Alerts;
 use crate::detector::{Detector, DetectorConfig};
 use crate::error::CollectorError;
 use crate::events::Event;
-use crate::identity::AgentMeta;
+use crate::identity::{measured_at, AgentMeta};
 use crate::matrix::{FamilyFilter, Matrix, MatrixConfig, MatrixView};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -228,12 +228,11 @@ impl ResultObserver for Fleet {
             let mut m = lock(&self.matrix);
             m.agent_seen(agent, now_unix_ms);
             for r in results {
-                let at = if clock_trusted {
-                    r.at_unix_ms.min(now_unix_ms)
-                } else {
-                    now_unix_ms
-                };
-                m.record(&agent.agent_id, r, at);
+                m.record(
+                    &agent.agent_id,
+                    r,
+                    measured_at(r, clock_trusted, now_unix_ms),
+                );
             }
         }
         let events = lock(&self.detector).observe(agent, results, clock_trusted, now_unix_ms);
