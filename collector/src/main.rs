@@ -7,7 +7,7 @@ use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::fleet::{Fleet, ResultObserver};
 use egresswatch_collector::limits::LimitCounters;
 use egresswatch_collector::metrics::Metrics;
-use egresswatch_collector::{alerts, ca, config::Config, http, ingest, store};
+use egresswatch_collector::{alerts, ca, config::Config, http, ingest, ready, store};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -188,11 +188,15 @@ async fn serve(cfg: Config) -> Result<()> {
     println!("data dir:  {}", cfg.data_dir.display());
     println!("fleet CA:  {} (agents trust it; issue agents with `egresswatch-collector ca issue --dir {} ID`)", ca_dir.join("ca.pem").display(), ca_dir.display());
     println!("database:  {}", db_path.display());
-    println!("QUIC:      {} (agents report here)", ingest.local_addr()?);
-    println!(
-        "HTTP:      http://{}/ (matrix page, /api/matrix, /metrics)",
-        http.local_addr()?
-    );
+    let (quic_addr, http_addr) = (ingest.local_addr()?, http.local_addr()?);
+    println!("QUIC:      {quic_addr} (agents report here)");
+    println!("HTTP:      http://{http_addr}/ (matrix page, /api/matrix, /metrics)");
+    ready::Ready {
+        pid: std::process::id(),
+        quic: quic_addr,
+        http: http_addr,
+    }
+    .write(&cfg.data_dir)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -35,8 +35,9 @@ pub struct DetectorConfig {
     /// A result that arrives more than this after it was measured is a replay (spool drained
     /// after an outage): it updates state and history but raises no alert.
     pub replay_after_secs: u64,
-    /// Matrix freshness: older results make a cell `unknown`.
-    pub fresh_secs: u64,
+    /// Deprecated: the matrix's freshness, now `[matrix] fresh_secs`; still read when that is
+    /// not set (with a warning).
+    pub fresh_secs: Option<u64>,
     /// Probes in the flapping window (Nagios uses 21).
     pub flap_window: usize,
     /// State-change percentage above which a series starts flapping.
@@ -58,7 +59,7 @@ impl Default for DetectorConfig {
             settle_secs: 60,
             silent_after_secs: 180,
             replay_after_secs: 300,
-            fresh_secs: 300,
+            fresh_secs: None,
             flap_window: 21,
             flap_high_pct: 50.0,
             flap_low_pct: 25.0,

@@ -9,11 +9,20 @@ use crate::events::rfc3339;
 use crate::identity::{AgentMeta, KnownAgent, SeriesKey};
 use egresswatch_wire::{Family, Outcome, ProbeResult};
 use policies::{contradicts, CellDoc, Policies};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The ports shown first, in this order (443 last: the control column).
 pub const DEFAULT_PORTS: [u16; 5] = [25, 465, 587, 2525, 443];
+
+/// `[matrix]` in the collector's config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatrixSettings {
+    /// Freshness: older results make a cell `unknown` (300 when neither this nor the deprecated
+    /// `[detector] fresh_secs` is set).
+    pub fresh_secs: Option<u64>,
+}
 
 /// How the matrix judges age.
 #[derive(Debug, Clone)]
