@@ -51,7 +51,9 @@ pub fn event(agent: &str, at: i64) -> Event {
     }
 }
 
-pub fn check(store: &dyn Store) {
+/// Agent `a1`'s results 1..=10 on port 25, then a replay of 8..=12 on 587 that overlaps them:
+/// only 11 and 12 are new.
+pub fn store_overlapping_batches(store: &dyn Store) {
     assert_eq!(store.upsert_agent(&meta("a1"), 1).unwrap(), 0);
     let (r, fresh) = store
         .insert_results(
@@ -81,6 +83,10 @@ pub fn check(store: &dyn Store) {
         fresh.iter().map(|r| r.seq).collect::<Vec<_>>(),
         vec![11, 12]
     );
+}
+
+pub fn check(store: &dyn Store) {
+    store_overlapping_batches(store);
     // The mark is the agent's: a hello learns it, another agent's replay does not touch it.
     assert_eq!(store.upsert_agent(&meta("a1"), 7).unwrap(), 12);
     store.upsert_agent(&meta("a2"), 7).unwrap();

@@ -491,32 +491,7 @@ mod tests {
         let path = dir.path().join("db.sqlite");
         {
             let store = SqliteStore::open(&path).unwrap();
-            assert_eq!(store.upsert_agent(&meta("a1"), 1).unwrap(), 0);
-            let (r, fresh) = store
-                .insert_results(
-                    "a1",
-                    (1..=10).map(|s| result(s, 25, s as i64)).collect(),
-                    true,
-                    5,
-                )
-                .unwrap();
-            assert_eq!(
-                (r.accepted, r.duplicates, r.high_water, fresh.len()),
-                (10, 0, 10, 10)
-            );
-            // A replay overlapping the stored range: only the new ones count.
-            let (r, fresh) = store
-                .insert_results(
-                    "a1",
-                    (8..=12).map(|s| result(s, 587, s as i64)).collect(),
-                    true,
-                    6,
-                )
-                .unwrap();
-            assert_eq!(
-                (r.accepted, r.duplicates, r.high_water, fresh.len()),
-                (2, 3, 12, 2)
-            );
+            contract::store_overlapping_batches(&store);
         }
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.upsert_agent(&meta("a1"), 7).unwrap(), 12);
