@@ -17,7 +17,7 @@
 //! [[alerts.match]]
 //! ports = [587]
 //! scopes = ["account", "provider"]   # agent | account | provider | destination
-//! to = ["blocked", "open"]           # open | blocked | flapping | silent | reporting
+//! to = ["blocked", "open"]           # open | blocked | flapping | unknown | silent | reporting
 //! ```
 //!
 //! Without `[[alerts.match]]` a sink gets the default rule: any change on 465 or 587, and any
