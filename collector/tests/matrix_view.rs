@@ -2,8 +2,8 @@
 //! families kept apart, `no_address` excluded, provider aliases, documented policies and
 //! mismatches, and the exact `/api/matrix` JSON shape.
 
+use egresswatch_collector::identity::AgentMeta;
 use egresswatch_collector::matrix::{FamilyFilter, Matrix, MatrixConfig, Status};
-use egresswatch_collector::pipeline::AgentMeta;
 use egresswatch_wire::{Family, Labels, Outcome, PhaseTimings, ProbeResult};
 
 const T0: i64 = 1_800_000_000_000;

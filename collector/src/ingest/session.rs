@@ -17,13 +17,14 @@ pub mod protocol;
 use super::revocation::RevokedSerials;
 use super::{AbortOnDrop, IngestContext};
 use crate::ca::registry::normalise_serial;
+use crate::events::now_unix_ms;
 use crate::limits::{Limit, LimitCounters};
 use egresswatch_wire::close;
 use egresswatch_wire::stream::{FrameReader, FrameWriter};
 use egresswatch_wire::{AgentMessage, CollectorMessage, Refusal, WireError};
 use protocol::{Closing, End, Exceeded, Next, Opening, Session};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tracing::{debug, info, warn};
 
 // The wire's close codes as quinn spells them.
@@ -36,13 +37,6 @@ type Writer = FrameWriter<quinn::SendStream>;
 
 /// How long an agent has to open its stream and say hello.
 const HELLO_DEADLINE: Duration = Duration::from_secs(10);
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// What a session closes with when the agent's certificate is revoked; the agent logs it as
 /// "rejected by the collector: …".

@@ -7,7 +7,7 @@
 //! here and unit-tested without a socket.
 
 use crate::limits::Limit;
-use crate::pipeline::AgentMeta;
+use crate::identity::AgentMeta;
 use crate::store::InsertReport;
 use egresswatch_wire::close;
 use egresswatch_wire::version::{WIRE_MAJOR, WIRE_MINOR};

@@ -1,16 +1,26 @@
-//! The live fleet: the shell that wires the pure core to the world. It observes what ingest
-//! stored (feeding the matrix and the detector), stores the events through [`History`], counts
-//! them, pushes them to SSE clients and hands them to the alert sinks. [`Fleet::tick`] is called
-//! every second for what depends on time alone (silence, settling, freshness).
+//! The fleet hub: what happens to results once they are stored. It observes what ingest stored
+//! ([`ResultObserver`]), feeds the matrix and the detector, records the events they raise through
+//! the store, counts them, broadcasts them and the matrix to SSE clients and hands the events to
+//! the alert sinks. [`Fleet::run`] is its background loop: the one-second tick for what depends
+//! on time alone (silence, settling, freshness) and the coalescer that publishes matrix changes.
+//! `http/` only serves what the hub holds.
 
-use super::history::History;
-use super::metrics::Metrics;
+mod counters;
+mod observer;
+
+pub use counters::FleetCounters;
+pub use observer::{NoObserver, ResultObserver};
+
 use crate::alerts::Alerts;
 use crate::detector::{Detector, DetectorConfig};
+use crate::error::CollectorError;
 use crate::events::Event;
+use crate::identity::{measured_at, AgentMeta};
 use crate::matrix::{FamilyFilter, Matrix, MatrixConfig, MatrixView};
-use crate::pipeline::{AgentMeta, ResultObserver};
+use crate::metrics::Metrics;
+use crate::store::Store;
 use egresswatch_wire::ProbeResult;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
@@ -28,14 +38,24 @@ pub enum StreamMessage {
 /// matrix).
 const STREAM_CAPACITY: usize = 256;
 
+/// What the hub's two state machines are configured with.
+#[derive(Debug, Clone, Default)]
+pub struct FleetConfig {
+    pub detector: DetectorConfig,
+    pub matrix: MatrixConfig,
+}
+
 pub struct Fleet {
     matrix: Mutex<Matrix>,
     detector: Mutex<Detector>,
-    history: Arc<dyn History>,
+    store: Arc<dyn Store>,
     alerts: Alerts,
     metrics: Arc<Metrics>,
+    counters: FleetCounters,
     stream: broadcast::Sender<StreamMessage>,
     matrix_dirty: AtomicBool,
+    /// How old a result may be and still count in the matrix.
+    fresh_ms: i64,
     last_matrix: Mutex<String>,
 }
 
@@ -48,21 +68,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Fleet {
     pub fn new(
-        config: DetectorConfig,
-        history: Arc<dyn History>,
+        config: FleetConfig,
+        store: Arc<dyn Store>,
         alerts: Alerts,
         metrics: Arc<Metrics>,
     ) -> Arc<Fleet> {
-        let matrix = Matrix::new(MatrixConfig {
-            fresh_ms: (config.fresh_secs as i64).saturating_mul(1000),
-            silent_after_ms: (config.silent_after_secs as i64).saturating_mul(1000),
-        });
         let (stream, _) = broadcast::channel(STREAM_CAPACITY);
         Arc::new(Fleet {
-            matrix: Mutex::new(matrix),
-            detector: Mutex::new(Detector::new(config)),
-            history,
+            fresh_ms: config.matrix.fresh_ms,
+            matrix: Mutex::new(Matrix::new(config.matrix)),
+            detector: Mutex::new(Detector::new(config.detector)),
+            store,
             alerts,
+            counters: FleetCounters::register(&metrics),
             metrics,
             stream,
             matrix_dirty: AtomicBool::new(true),
@@ -70,24 +88,14 @@ impl Fleet {
         })
     }
 
-    /// Everything from the config: a metrics registry, the alert sinks (started on the current
-    /// tokio runtime) and the fleet. Ingest takes `fleet.metrics().ingest.clone()` to count.
-    pub fn from_config(
-        detector: DetectorConfig,
-        sinks: &[crate::alerts::SinkConfig],
-        history: Arc<dyn History>,
-    ) -> Result<Arc<Fleet>, crate::error::CollectorError> {
-        let metrics = Arc::new(Metrics::new());
-        let alerts = Alerts::start(sinks, metrics.alerts.clone())?;
-        Ok(Fleet::new(detector, history, alerts, metrics))
-    }
-
+    /// The registry the hub's counters are in, which `/metrics` renders.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    pub fn history(&self) -> &Arc<dyn History> {
-        &self.history
+    /// The store the hub records events in, which the HTTP API reads.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<StreamMessage> {
@@ -105,6 +113,18 @@ impl Fleet {
             .unwrap_or_else(|_| "{}".into())
     }
 
+    /// At startup: the store's latest result per series still fresh for the matrix becomes what
+    /// the matrix shows and the detector's baseline (see [`Fleet::restore`]).
+    pub async fn restore_from_store(&self, now_unix_ms: i64) -> Result<(), CollectorError> {
+        let since = now_unix_ms - self.fresh_ms;
+        let store = self.store.clone();
+        let latest = tokio::task::spawn_blocking(move || store.latest_per_series(since))
+            .await
+            .map_err(|e| CollectorError::store("reading the latest results", e))??;
+        self.restore(&latest, now_unix_ms);
+        Ok(())
+    }
+
     /// At startup, from the store's latest result per series (`Store::latest_per_series`): the
     /// matrix shows what was known and the detector takes it as its baseline, raising nothing.
     pub fn restore(&self, latest: &[(AgentMeta, ProbeResult)], now_unix_ms: i64) {
@@ -116,6 +136,24 @@ impl Fleet {
             d.restore(agent, result, now_unix_ms);
         }
         self.matrix_dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Ticks the fleet every second and publishes matrix changes at most four times a second,
+    /// until `shutdown` completes.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        use tokio::time::{interval, Duration, MissedTickBehavior};
+        let mut tick = interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut publish = interval(Duration::from_millis(250));
+        publish.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.tick(crate::events::now_unix_ms()),
+                _ = publish.tick() => self.publish_matrix(crate::events::now_unix_ms()),
+                _ = &mut shutdown => return,
+            }
+        }
     }
 
     /// Once a second: silence and settled changes; and the matrix is re-judged (freshness).
@@ -132,7 +170,7 @@ impl Fleet {
             return;
         }
         let view = self.matrix_view(FamilyFilter::All, now_unix_ms);
-        self.metrics.set_cells(&view);
+        self.counters.set_cells(&view);
         let providers = serde_json::to_string(&view.providers).unwrap_or_default();
         {
             let mut last = lock(&self.last_matrix);
@@ -147,18 +185,23 @@ impl Fleet {
         }
     }
 
+    /// Records each event (the store numbers it), counts it, broadcasts the stored JSON and
+    /// hands the numbered event to the alert sinks.
     fn emit(&self, events: Vec<Event>) {
         for mut e in events {
             tracing::info!(event = %e.summary(), "event");
-            match serde_json::to_string(&e) {
-                Ok(json) => match self.history.append_event(e.at_unix_ms, &json) {
-                    Ok(id) => e.id = Some(id),
-                    Err(err) => tracing::error!("storing event: {err}"),
-                },
-                Err(err) => tracing::error!("serialising event: {err}"),
-            }
-            self.metrics.count_event(&e);
-            if let Ok(json) = serde_json::to_string(&e) {
+            let json = match self.store.append_event(&e) {
+                Ok(stored) => {
+                    e.id = Some(stored.id);
+                    Some(stored.json)
+                }
+                Err(err) => {
+                    tracing::error!("storing event: {err}");
+                    serde_json::to_string(&e).ok()
+                }
+            };
+            self.counters.count_event(&e);
+            if let Some(json) = json {
                 let _ = self.stream.send(StreamMessage::Event(Arc::new(json)));
             }
             self.alerts.enqueue(&e);
@@ -185,12 +228,11 @@ impl ResultObserver for Fleet {
             let mut m = lock(&self.matrix);
             m.agent_seen(agent, now_unix_ms);
             for r in results {
-                let at = if clock_trusted {
-                    r.at_unix_ms.min(now_unix_ms)
-                } else {
-                    now_unix_ms
-                };
-                m.record(&agent.agent_id, r, at);
+                m.record(
+                    &agent.agent_id,
+                    r,
+                    measured_at(r, clock_trusted, now_unix_ms),
+                );
             }
         }
         let events = lock(&self.detector).observe(agent, results, clock_trusted, now_unix_ms);
