@@ -188,14 +188,7 @@ fn a_family_blocked_is_partial_with_the_family_named_at_every_level() {
         assert_eq!(c25.outcome, Some("timeout"), "{level}");
         let c587 = &cells["587"];
         assert_eq!(c587.status, Status::Open, "{level}");
-        assert_eq!(
-            c587.families,
-            Some(FamilyStatuses {
-                ipv4: Status::Open,
-                ipv6: Status::Open
-            }),
-            "{level}"
-        );
+        assert_eq!(c587.families, None, "{level}: both families say open");
     }
     assert_eq!((p.cells["25"].ok, p.cells["25"].failed), (0, 3));
     assert_eq!(p.cells["587"].p50_connect_ms, Some(2.0));
@@ -269,13 +262,18 @@ fn one_agent_open_in_each_family_differently_is_partial() {
     let c = &m.view(FamilyFilter::All, T0).providers[0].cells["587"];
     assert_eq!(c.status, Status::Partial);
     assert_eq!((c.ok, c.failed), (0, 2));
+    // Each family is partial too, so the families agree and the cell names none.
+    assert_eq!(c.families, None);
+    // Each agent's own row names its blocked family.
+    let agents = &m.view(FamilyFilter::All, T0).providers[0].accounts[0].regions[0].agent_list;
     assert_eq!(
-        c.families,
+        agents[0].cells["587"].families,
         Some(FamilyStatuses {
-            ipv4: Status::Partial,
-            ipv6: Status::Partial
+            ipv4: Status::Open,
+            ipv6: Status::Blocked
         })
     );
+    assert_eq!(agents[1].cells["587"].status, Status::Partial);
 }
 
 #[test]
@@ -366,6 +364,8 @@ fn json_has_the_contract_shape() {
         assert!(agent_row.get(k).is_some(), "{k}");
     }
     assert_eq!(agent_row["cells"]["587"]["families"]["ipv4"], "open");
+    // Where both families say the same (here: nothing), the cell has no `families`.
+    assert!(p["cells"]["25"].get("families").is_none());
     // A per-family view keeps its cells as they were: no `families`.
     let v4 = serde_json::to_value(m.view(FamilyFilter::Ipv4, T0)).unwrap();
     assert!(v4["providers"][0]["cells"]["587"].get("families").is_none());

@@ -142,7 +142,8 @@ pub struct Cell {
     pub p50_connect_ms: Option<f64>,
     /// Since when this status holds (as first seen by this collector), RFC 3339.
     pub since: Option<String>,
-    /// Each family's own status; in the both-families view only (`None` in a per-family view).
+    /// Each family's own status, in the both-families view where the families differ (`None`
+    /// where both say `status`, and in a per-family view).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub families: Option<FamilyStatuses>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -506,13 +507,16 @@ impl Matrix {
             let (ok, failed) = per_family.get(&f).copied().unwrap_or_default();
             Status::of_counts(ok, failed)
         };
-        let families = (family == FamilyFilter::All).then(|| FamilyStatuses {
-            ipv4: status_of(Family::Ipv4),
-            ipv6: status_of(Family::Ipv6),
-        });
-        let status = match families {
-            Some(f) => f.combined(),
-            None => Status::of_counts(ok, failed),
+        let (status, families) = if family == FamilyFilter::All {
+            let each = FamilyStatuses {
+                ipv4: status_of(Family::Ipv4),
+                ipv6: status_of(Family::Ipv6),
+            };
+            // Where the families agree they both say `status`: the matrix is pushed whole on
+            // every change, so the cell says nothing more.
+            (each.combined(), (each.ipv4 != each.ipv6).then_some(each))
+        } else {
+            (Status::of_counts(ok, failed), None)
         };
         Cell {
             status,
