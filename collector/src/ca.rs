@@ -7,6 +7,7 @@
 //! `index.json` records every issued certificate and `crl.pem` lists the revoked ones
 //! ([`registry`]).
 
+pub mod listing;
 pub mod registry;
 
 use crate::error::CollectorError;

@@ -31,6 +31,18 @@ impl Default for Config {
 }
 
 impl Config {
+    /// What the fleet hub's matrix and detector run with.
+    pub fn fleet(&self) -> crate::fleet::FleetConfig {
+        crate::fleet::FleetConfig {
+            detector: self.detector.clone(),
+            matrix: crate::matrix::MatrixConfig {
+                fresh_ms: secs_ms(self.detector.fresh_secs),
+                silent_after_ms: secs_ms(self.detector.silent_after_secs),
+                control_port: self.detector.control_port,
+            },
+        }
+    }
+
     /// Parses a config file's text. Errors name the key and the line (toml's messages do).
     pub fn parse(text: &str) -> Result<Config, crate::error::CollectorError> {
         toml::from_str(text).map_err(|e| crate::error::CollectorError::Config {
@@ -38,6 +50,10 @@ impl Config {
             reason: e.to_string(),
         })
     }
+}
+
+fn secs_ms(secs: u64) -> i64 {
+    (secs as i64).saturating_mul(1000)
 }
 
 #[cfg(test)]

@@ -11,11 +11,13 @@ pub mod config;
 pub mod detector;
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod http;
+pub mod identity;
 pub mod ingest;
 pub mod limits;
 pub mod matrix;
-pub mod pipeline;
+pub mod metrics;
 #[doc(hidden)]
 pub mod sim;
 pub mod store;

@@ -5,6 +5,7 @@
 //!
 //! The limits themselves, their settings and defaults are listed in README ("Limits").
 
+use crate::metrics::{Labels, Metrics};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::collections::HashMap;
@@ -88,8 +89,6 @@ impl Limit {
     }
 }
 
-type Labels = Vec<(String, String)>;
-
 /// The counters behind `egresswatch_limit_exceeded_total` and the log throttle. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct LimitCounters {
@@ -129,6 +128,17 @@ fn labels(limit: Limit) -> Labels {
 }
 
 impl LimitCounters {
+    /// New counters, registered in `metrics`.
+    pub fn register(metrics: &Metrics) -> LimitCounters {
+        let c = LimitCounters::default();
+        metrics.register(
+            "egresswatch_limit_exceeded",
+            "Times a configured or wire limit was exceeded, per limit",
+            c.family.clone(),
+        );
+        c
+    }
+
     /// Counts `n` hits of `limit` and logs `detail` unless this limit was logged recently.
     /// Returns whether it logged.
     pub fn exceeded(&self, limit: Limit, n: u64, detail: impl FnOnce() -> String) -> bool {

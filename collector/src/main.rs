@@ -3,11 +3,14 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use egresswatch_collector::{ca, config::Config, http, ingest, pipeline::ResultObserver, store};
+use egresswatch_collector::events::now_unix_ms;
+use egresswatch_collector::fleet::{Fleet, ResultObserver};
+use egresswatch_collector::limits::LimitCounters;
+use egresswatch_collector::metrics::Metrics;
+use egresswatch_collector::{alerts, ca, config::Config, http, ingest, store};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -128,7 +131,9 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from),
         Command::Ca {
             command: CaCommand::List { dir },
-        } => list_certificates(&dir),
+        } => ca::listing::list(&dir, time::OffsetDateTime::now_utc().unix_timestamp())
+            .map(|listing| print!("{listing}"))
+            .map_err(anyhow::Error::from),
         Command::Run { config } => load_config(config.as_deref()).and_then(run),
     };
     match outcome {
@@ -140,46 +145,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// `ca list`: one line per issued certificate, oldest first.
-fn list_certificates(dir: &Path) -> Result<()> {
-    if !ca::exists(dir) {
-        anyhow::bail!("{} holds no CA (ca.pem and ca.key)", dir.display());
-    }
-    let index = ca::registry::read_index(dir)?;
-    let date = |unix: i64| {
-        time::OffsetDateTime::from_unix_timestamp(unix)
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_else(|| unix.to_string())
-    };
-    println!(
-        "{:<32} {:<34} {:<22} status",
-        "agent", "serial", "not after"
-    );
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    for c in &index.certificates {
-        let status = match c.revoked_at {
-            Some(at) if c.reason.is_empty() => format!("revoked {}", date(at)),
-            Some(at) => format!("revoked {} ({})", date(at), c.reason),
-            None if c.not_after < now => "expired".to_string(),
-            None => "valid".to_string(),
-        };
-        println!(
-            "{:<32} {:<34} {:<22} {status}",
-            c.agent_id,
-            c.serial,
-            date(c.not_after)
-        );
-    }
-    if index.certificates.is_empty() {
-        println!("(no certificates on record; certificates issued before index.json existed are not listed)");
-    }
-    Ok(())
-}
-
 fn load_config(path: Option<&Path>) -> Result<Config> {
     let Some(path) = path else {
         return Ok(Config::default());
@@ -187,13 +152,6 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Config::parse(&text).map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn run(cfg: Config) -> Result<()> {
@@ -217,8 +175,12 @@ async fn serve(cfg: Config) -> Result<()> {
     let db_path = cfg.data_dir.join(&cfg.store.path);
     let store = Arc::new(store::sqlite::SqliteStore::open(&db_path)?);
 
-    let fleet = http::Fleet::from_config(cfg.detector.clone(), &cfg.alerts, store.clone())?;
-    let since = now_unix_ms() - (cfg.detector.fresh_secs as i64).saturating_mul(1000);
+    let metrics = Arc::new(Metrics::new());
+    let ingest_counters = ingest::IngestCounters::register(&metrics);
+    let limits = LimitCounters::register(&metrics);
+    let alerts = alerts::Alerts::start(&cfg.alerts, alerts::AlertCounters::register(&metrics))?;
+    let fleet = Fleet::new(cfg.fleet(), store.clone(), alerts, metrics.clone());
+    let since = now_unix_ms() - (cfg.fleet().matrix.fresh_ms);
     let baseline = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store::Store::latest_per_series(store.as_ref(), since))
@@ -227,7 +189,7 @@ async fn serve(cfg: Config) -> Result<()> {
     fleet.restore(&baseline, now_unix_ms());
 
     let reset_key = ingest::reset_key(&cfg.data_dir.join("quic-reset.key"))?;
-    let ingest = ingest::Ingest::bind(&cfg.quic, &authority, reset_key)?;
+    let ingest = ingest::Ingest::bind(&cfg.quic, &authority, reset_key, ingest_counters.clone())?;
     let http = http::bind(&cfg.http).await?;
     println!("data dir:  {}", cfg.data_dir.display());
     println!("fleet CA:  {} (agents trust it; issue agents with `egresswatch-collector ca issue --dir {} ID`)", ca_dir.join("ca.pem").display(), ca_dir.display());
@@ -246,14 +208,16 @@ async fn serve(cfg: Config) -> Result<()> {
         &cfg.quic,
         store.clone(),
         fleet.clone() as Arc<dyn ResultObserver>,
-        fleet.metrics(),
+        ingest_counters,
+        limits.clone(),
     ));
     let ingest_task = tokio::spawn(ingest.serve(context, stopped(stop_rx.clone())));
-    let http_task = tokio::spawn(http.serve(fleet.clone(), stopped(stop_rx.clone())));
-    let retention = tokio::spawn(prune_loop(
+    let http_task = tokio::spawn(http.serve(fleet.clone(), limits, stopped(stop_rx.clone())));
+    let fleet_task = tokio::spawn(fleet.clone().run(stopped(stop_rx.clone())));
+    let retention = tokio::spawn(store::retention::prune_loop(
         store.clone(),
         cfg.store.retention_days,
-        stop_rx.clone(),
+        stopped(stop_rx.clone()),
     ));
 
     shutdown_signal().await;
@@ -265,35 +229,13 @@ async fn serve(cfg: Config) -> Result<()> {
         Err(e) => error!("http task: {e}"),
         Ok(Ok(())) => {}
     }
+    let _ = fleet_task.await;
     retention.abort();
     tokio::task::spawn_blocking(move || store.close())
         .await
         .ok();
     info!("stopped");
     Ok(())
-}
-
-async fn prune_loop(
-    store: Arc<store::sqlite::SqliteStore>,
-    retention_days: u32,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    if retention_days == 0 {
-        return;
-    }
-    loop {
-        let before = now_unix_ms() - i64::from(retention_days) * 86_400_000;
-        let s = store.clone();
-        match tokio::task::spawn_blocking(move || store::Store::prune(s.as_ref(), before)).await {
-            Ok(Ok(n)) if n > 0 => info!(deleted = n, "retention: pruned old results"),
-            Ok(Err(e)) => error!("retention: {e}"),
-            _ => {}
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    }
 }
 
 async fn shutdown_signal() {

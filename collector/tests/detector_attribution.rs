@@ -4,7 +4,7 @@
 
 use egresswatch_collector::detector::{Detector, DetectorConfig};
 use egresswatch_collector::events::{Event, EventKind, Scope};
-use egresswatch_collector::pipeline::AgentMeta;
+use egresswatch_collector::identity::AgentMeta;
 use egresswatch_wire::{Family, Outcome, PhaseTimings, ProbeResult};
 
 mod support;

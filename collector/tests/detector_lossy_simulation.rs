@@ -8,7 +8,7 @@
 
 use egresswatch_collector::detector::{Detector, DetectorConfig};
 use egresswatch_collector::events::{Event, Scope};
-use egresswatch_collector::pipeline::AgentMeta;
+use egresswatch_collector::identity::AgentMeta;
 use egresswatch_wire::{Family, Labels, Outcome, ProbeResult};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -4,7 +4,8 @@
 
 use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::http::{self, HttpConfig};
-use egresswatch_collector::pipeline::{AgentMeta, ResultObserver};
+use egresswatch_collector::ingest::IngestCounters;
+use egresswatch_collector::{fleet::ResultObserver, identity::AgentMeta};
 use egresswatch_wire::{Family, Outcome, PhaseTimings, ProbeResult};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -325,10 +326,11 @@ async fn metrics_pass_promtool() {
     feed(&s, &agent_meta("g1", "gcp", "a"));
     feed(&s, &agent_meta("a1", "aws", "b"));
     feed(&s, &agent_meta("w1", "we\"ird\\} 1", "b"));
-    s.fleet.metrics().ingest.results.inc_by(6);
-    s.fleet.metrics().ingest.refused("revoked");
-    s.fleet.metrics().ingest.refused("bad_version");
-    s.fleet.metrics().ingest.refused("revoked");
+    let ingest = IngestCounters::register(s.fleet.metrics());
+    ingest.results.inc_by(6);
+    ingest.refused("revoked");
+    ingest.refused("bad_version");
+    ingest.refused("revoked");
     s.fleet.tick(now_unix_ms() + 3_600_000);
     s.fleet.publish_matrix(now_unix_ms());
     let body = text_of(reqwest::Client::new().get(s.url("/metrics"))).await;

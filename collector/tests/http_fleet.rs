@@ -6,10 +6,10 @@
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use egresswatch_collector::alerts::{Alerts, SinkConfig, SinkKind};
+use egresswatch_collector::alerts::{AlertCounters, Alerts, SinkConfig, SinkKind};
 use egresswatch_collector::events::now_unix_ms;
-use egresswatch_collector::http::Metrics;
-use egresswatch_collector::pipeline::ResultObserver;
+use egresswatch_collector::fleet::ResultObserver;
+use egresswatch_collector::metrics::Metrics;
 use egresswatch_wire::{Family, Outcome, ProbeResult};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -40,7 +40,7 @@ async fn one_account_closing_587_is_one_event_everywhere() {
             url: format!("http://{hook_addr}/hook"),
             ..Default::default()
         }],
-        metrics.alerts.clone(),
+        AlertCounters::register(&metrics),
     )
     .unwrap();
     let server = Server::start_with(loopback(), alerts, metrics).await;

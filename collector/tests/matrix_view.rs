@@ -3,8 +3,8 @@
 //! mismatches, the both-families view that never shows `open` where a family is blocked, and
 //! the exact `/api/matrix` JSON shape.
 
+use egresswatch_collector::identity::AgentMeta;
 use egresswatch_collector::matrix::{FamilyFilter, FamilyStatuses, Matrix, MatrixConfig, Status};
-use egresswatch_collector::pipeline::AgentMeta;
 use egresswatch_wire::{Family, Labels, Outcome, PhaseTimings, ProbeResult};
 
 const T0: i64 = 1_800_000_000_000;
@@ -281,6 +281,7 @@ fn stale_results_turn_unknown_and_silence_shows() {
     let mut m = Matrix::new(MatrixConfig {
         fresh_ms: 60_000,
         silent_after_ms: 120_000,
+        ..MatrixConfig::default()
     });
     let a = agent("a", "aws", "x", "r");
     feed(&mut m, &a, &[res(25, Family::Ipv4, Outcome::Timeout, None)]);
@@ -374,6 +375,13 @@ fn json_has_the_contract_shape() {
 
 #[test]
 fn the_control_port_follows_the_detector() {
-    let mut m = Matrix::new(MatrixConfig::default()).with_control_port(8443);
+    let mut m = Matrix::new(MatrixConfig {
+        control_port: 8443,
+        ..MatrixConfig::default()
+    });
     assert_eq!(m.view(FamilyFilter::All, T0).control_port, 8443);
+    // The collector's config gives the matrix the detector's control port.
+    let config =
+        egresswatch_collector::config::Config::parse("[detector]\ncontrol_port = 8443\n").unwrap();
+    assert_eq!(config.fleet().matrix.control_port, 8443);
 }

@@ -6,6 +6,7 @@
 use super::{format, Dedupe, Rule, SinkConfig, SinkKind};
 use crate::error::CollectorError;
 use crate::events::{now_unix_ms, Event};
+use crate::metrics::{label, Labels, Metrics};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde_json::Value;
@@ -13,16 +14,39 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Per-sink delivery counters (label `sink`), registered by the metrics module.
+/// Per-sink delivery counters (label `sink`).
 #[derive(Clone, Default, Debug)]
 pub struct AlertCounters {
-    pub sent: Family<Vec<(String, String)>, Counter>,
-    pub failed: Family<Vec<(String, String)>, Counter>,
-    pub dropped: Family<Vec<(String, String)>, Counter>,
+    pub sent: Family<Labels, Counter>,
+    pub failed: Family<Labels, Counter>,
+    pub dropped: Family<Labels, Counter>,
 }
 
-fn sink_label(name: &str) -> Vec<(String, String)> {
-    vec![("sink".to_string(), crate::http::metrics::label_value(name))]
+impl AlertCounters {
+    /// New counters, registered in `metrics`.
+    pub fn register(metrics: &Metrics) -> AlertCounters {
+        let c = AlertCounters::default();
+        metrics.register(
+            "egresswatch_alerts_sent",
+            "Alerts delivered per sink",
+            c.sent.clone(),
+        );
+        metrics.register(
+            "egresswatch_alert_failures",
+            "Alerts that failed after every retry, per sink",
+            c.failed.clone(),
+        );
+        metrics.register(
+            "egresswatch_alerts_dropped",
+            "Alerts dropped because the sink's queue was full",
+            c.dropped.clone(),
+        );
+        c
+    }
+}
+
+fn sink_label(name: &str) -> Labels {
+    label("sink", name)
 }
 
 struct SinkHandle {

@@ -13,8 +13,8 @@ mod attribution;
 mod series;
 
 use crate::events::{rfc3339, Event, EventKind, Scope};
+use crate::identity::AgentMeta;
 use crate::matrix::policies::provider_key;
-use crate::pipeline::AgentMeta;
 use egresswatch_wire::{Family, Outcome, ProbeResult};
 use serde::Deserialize;
 pub use series::PortState;

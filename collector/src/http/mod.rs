@@ -1,25 +1,25 @@
 //! HTTP: the dashboard page, the JSON API, the SSE stream and `/metrics` (see
-//! README "HTTP API" and DESIGN.md for the contract). A thin shell over [`fleet::Fleet`].
+//! README "HTTP API" and DESIGN.md for the contract). It only serves: the matrix, the events and
+//! the stream come from the fleet hub ([`crate::fleet::Fleet`]), whose background loop runs on
+//! its own.
 //!
 //! Safe by default: binds 127.0.0.1:8080; bound anywhere else it refuses to start without a
 //! bearer token, which then guards `/api/*` and `/metrics`. Every response carries a strict CSP
 //! and the usual security headers. SSE clients are bounded.
 
-pub mod fleet;
 pub mod history;
-pub mod metrics;
 mod routes;
 mod signin;
 
 use crate::error::CollectorError;
+use crate::fleet::Fleet;
+use crate::limits::LimitCounters;
 use serde::Deserialize;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use fleet::{Fleet, StreamMessage};
 pub use history::{History, MemoryHistory};
-pub use metrics::{IngestCounters, Metrics};
 
 /// `[http]` in the collector's config.
 #[derive(Debug, Clone, Deserialize)]
@@ -102,53 +102,24 @@ impl Bound {
             .map_err(|e| CollectorError::io("HTTP listener address", e))
     }
 
-    /// Serves until `shutdown` completes, then drains open requests. Also runs the fleet's
-    /// one-second tick and the SSE matrix coalescer for as long as it serves.
+    /// Serves until `shutdown` completes, then drains open requests. Request bodies and stream
+    /// clients over their bounds are counted in `limits`.
     pub async fn serve(
         self,
         fleet: Arc<Fleet>,
+        limits: LimitCounters,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), CollectorError> {
         let (closing_tx, closing_rx) = tokio::sync::watch::channel(false);
-        let app = routes::router(&self.config, fleet.clone(), closing_rx);
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let background = tokio::spawn(background(fleet, stop_rx));
+        let app = routes::router(&self.config, fleet, limits, closing_rx);
         // SSE streams never end by themselves: tell them to, or the drain would wait forever.
         let shutdown = async move {
             shutdown.await;
             let _ = closing_tx.send(true);
         };
-        let result = axum::serve(self.listener, app)
+        axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await
-            .map_err(|e| CollectorError::io("serving HTTP", e));
-        let _ = stop_tx.send(true);
-        let _ = background.await;
-        result
-    }
-}
-
-/// Binds and serves: `http::serve(config, fleet, shutdown)`.
-pub async fn serve(
-    config: &HttpConfig,
-    fleet: Arc<Fleet>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), CollectorError> {
-    bind(config).await?.serve(fleet, shutdown).await
-}
-
-/// Ticks the fleet every second and publishes matrix changes at most four times a second.
-async fn background(fleet: Arc<Fleet>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    use tokio::time::{interval, Duration, MissedTickBehavior};
-    let mut tick = interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut publish = interval(Duration::from_millis(250));
-    publish.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => fleet.tick(crate::events::now_unix_ms()),
-            _ = publish.tick() => fleet.publish_matrix(crate::events::now_unix_ms()),
-            _ = stop.changed() => return,
-        }
+            .map_err(|e| CollectorError::io("serving HTTP", e))
     }
 }

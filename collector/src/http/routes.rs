@@ -1,10 +1,11 @@
 //! The routes, the bearer-token guard (header, or the page's sign-in cookie: see signin.rs), the
 //! security headers and the SSE stream.
 
-use super::fleet::{Fleet, StreamMessage};
 use super::signin::{self, Credentials};
 use super::HttpConfig;
 use crate::events::{now_unix_ms, rfc3339};
+use crate::fleet::{Fleet, StreamMessage};
+use crate::limits::LimitCounters;
 use crate::matrix::FamilyFilter;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, Request, State};
@@ -15,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::convert::Infallible;
@@ -36,7 +38,10 @@ struct AppState {
     /// Present when `http.token` is set: then `/api/*` and `/metrics` need it.
     credentials: Option<Arc<Credentials>>,
     sse_clients: Arc<AtomicUsize>,
+    /// `egresswatch_sse_clients`: the stream clients connected.
+    sse_gauge: Gauge,
     max_sse_clients: usize,
+    limits: LimitCounters,
     max_body_bytes: usize,
     /// Becomes true when the server shuts down: SSE streams end so the drain can finish.
     closing: tokio::sync::watch::Receiver<bool>,
@@ -45,8 +50,15 @@ struct AppState {
 pub fn router(
     config: &HttpConfig,
     fleet: Arc<Fleet>,
+    limits: LimitCounters,
     closing: tokio::sync::watch::Receiver<bool>,
 ) -> Router {
+    let sse_gauge = Gauge::default();
+    fleet.metrics().register(
+        "egresswatch_sse_clients",
+        "Connected /api/stream clients",
+        sse_gauge.clone(),
+    );
     let state = AppState {
         fleet,
         credentials: config
@@ -56,6 +68,8 @@ pub fn router(
             .filter(|t| !t.is_empty())
             .map(|t| Arc::new(Credentials::new(t))),
         sse_clients: Arc::new(AtomicUsize::new(0)),
+        sse_gauge,
+        limits,
         max_sse_clients: config.max_sse_clients.max(1),
         max_body_bytes: config.max_body_bytes,
         closing,
@@ -199,8 +213,6 @@ async fn limit_body(State(state): State<AppState>, req: Request, next: Next) -> 
         if len > state.max_body_bytes as u64 {
             let path = req.uri().path().to_string();
             state
-                .fleet
-                .metrics()
                 .limits
                 .exceeded(crate::limits::Limit::HttpBodyBytes, 1, || {
                     format!(
@@ -332,7 +344,7 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
 /// Releases an SSE slot when the client's stream is dropped.
 struct SlotGuard {
     clients: Arc<AtomicUsize>,
-    gauge: prometheus_client::metrics::gauge::Gauge,
+    gauge: Gauge,
 }
 
 impl Drop for SlotGuard {
@@ -346,14 +358,12 @@ async fn stream_handler(State(state): State<AppState>) -> Response {
     let taken = state.sse_clients.fetch_add(1, Ordering::AcqRel);
     let guard = SlotGuard {
         clients: state.sse_clients.clone(),
-        gauge: state.fleet.metrics().sse_clients.clone(),
+        gauge: state.sse_gauge.clone(),
     };
-    state.fleet.metrics().sse_clients.inc();
+    state.sse_gauge.inc();
     if taken >= state.max_sse_clients {
         drop(guard);
         state
-            .fleet
-            .metrics()
             .limits
             .exceeded(crate::limits::Limit::SseClients, 1, || {
                 format!(

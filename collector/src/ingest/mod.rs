@@ -8,6 +8,7 @@
 //! one connection, never the listener. The CA's revocation list is checked at the handshake and
 //! followed while running ([`revocation`]): a revoked agent is refused and its live sessions end.
 
+pub mod counters;
 pub mod revocation;
 pub mod session;
 pub mod tls;
@@ -15,10 +16,10 @@ pub mod udp;
 
 use crate::ca::Authority;
 use crate::error::CollectorError;
-use crate::http::IngestCounters;
+use crate::fleet::ResultObserver;
 use crate::limits::{Limit, LimitCounters, PerSource, ResultRate};
-use crate::pipeline::ResultObserver;
 use crate::store::Store;
+pub use counters::IngestCounters;
 use egresswatch_wire::limits::{MAX_BATCH_RESULTS, MAX_FRAME_BYTES};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -105,13 +106,14 @@ impl IngestContext {
         config: &QuicConfig,
         store: Arc<dyn Store>,
         observer: Arc<dyn ResultObserver>,
-        metrics: &crate::http::Metrics,
+        counters: IngestCounters,
+        limits: LimitCounters,
     ) -> IngestContext {
         IngestContext {
             store,
             observer,
-            counters: metrics.ingest.clone(),
-            limits: metrics.limits.clone(),
+            counters,
+            limits,
             max_frame_bytes: config.max_frame_bytes.clamp(1, MAX_FRAME_BYTES),
             max_batch_results: config.max_batch_results.clamp(1, MAX_BATCH_RESULTS),
             rate: ResultRate::new(
@@ -136,13 +138,15 @@ pub struct Ingest {
 
 impl Ingest {
     /// Binds the UDP socket and sets up mutual TLS with the fleet CA and its revocation list.
-    /// `reset_key` (see [`reset_key`]) signs stateless resets.
+    /// `reset_key` (see [`reset_key`]) signs stateless resets; refused certificates are counted
+    /// in `counters` from the first handshake.
     pub fn bind(
         config: &QuicConfig,
         authority: &Authority,
         reset_key: ring::hmac::Key,
+        counters: IngestCounters,
     ) -> Result<Ingest, CollectorError> {
-        let tls = Arc::new(tls::TlsMaterial::new(config, authority)?);
+        let tls = Arc::new(tls::TlsMaterial::new(config, authority, counters)?);
         let crl = revocation::CrlWatch::open(authority.dir())?;
         let server_config = tls.server_config(crl.current().map(|l| &l.der))?;
         let bound = udp::bind(config)?;
@@ -187,7 +191,6 @@ impl Ingest {
         context: Arc<IngestContext>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        self.tls.count_refusals_in(context.counters.clone());
         context
             .counters
             .udp_receive_buffer_bytes

@@ -10,8 +10,8 @@
 use super::revocation::RevokedSerials;
 use super::{AbortOnDrop, IngestContext};
 use crate::ca::registry::normalise_serial;
+use crate::identity::AgentMeta;
 use crate::limits::{Limit, LimitCounters};
-use crate::pipeline::AgentMeta;
 use egresswatch_wire::frame::{body_len, decode_body};
 use egresswatch_wire::limits::FRAME_HEADER_BYTES;
 use egresswatch_wire::version::{WIRE_MAJOR, WIRE_MINOR};

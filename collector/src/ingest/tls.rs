@@ -4,15 +4,15 @@
 //! it in `/metrics`. The configuration is rebuilt whenever the revocation list changes; the
 //! collector's own certificate is made once and kept.
 
+use super::IngestCounters;
 use super::QuicConfig;
 use crate::ca::Authority;
 use crate::error::CollectorError;
-use crate::http::IngestCounters;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything a server configuration is made of, kept to rebuild it with a new CRL.
@@ -21,27 +21,26 @@ pub struct TlsMaterial {
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
     transport: Arc<quinn::TransportConfig>,
-    /// Set once the ingest runs (`Ingest::serve`); a handshake before that is not counted.
-    counters: Arc<OnceLock<IngestCounters>>,
+    /// Where refused client certificates are counted, in every configuration built from this
+    /// material.
+    counters: IngestCounters,
 }
 
 impl TlsMaterial {
     /// Issues the collector's certificate and sets up the transport limits.
-    pub fn new(config: &QuicConfig, authority: &Authority) -> Result<TlsMaterial, CollectorError> {
+    pub fn new(
+        config: &QuicConfig,
+        authority: &Authority,
+        counters: IngestCounters,
+    ) -> Result<TlsMaterial, CollectorError> {
         let (cert, key) = authority.issue_server(&config.server_names)?;
         Ok(TlsMaterial {
             ca: authority.cert_der()?,
             cert,
             key,
             transport: Arc::new(transport_config(config)?),
-            counters: Arc::new(OnceLock::new()),
+            counters,
         })
-    }
-
-    /// Where refused client certificates are counted from now on, in every configuration built
-    /// from this material (including ones already in use). The first call wins.
-    pub fn count_refusals_in(&self, counters: IngestCounters) {
-        let _ = self.counters.set(counters);
     }
 
     /// A server configuration that refuses the certificates `crl` lists.
@@ -168,7 +167,7 @@ fn require_client_auth_eku(end_entity: &CertificateDer<'_>) -> Result<(), rustls
 #[derive(Debug)]
 struct CountingVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    counters: Arc<OnceLock<IngestCounters>>,
+    counters: IngestCounters,
 }
 
 impl ClientCertVerifier for CountingVerifier {
@@ -194,9 +193,7 @@ impl ClientCertVerifier for CountingVerifier {
             .verify_client_cert(end_entity, intermediates, now)
             .and_then(|verified| require_client_auth_eku(end_entity).map(|()| verified))
             .inspect_err(|e| {
-                if let Some(counters) = self.counters.get() {
-                    counters.refused(refusal_reason(e));
-                }
+                self.counters.refused(refusal_reason(e));
             })
     }
 

@@ -8,7 +8,7 @@
 pub mod policies;
 
 use crate::events::rfc3339;
-use crate::pipeline::AgentMeta;
+use crate::identity::AgentMeta;
 use egresswatch_wire::{Family, Outcome, ProbeResult};
 use policies::{contradicts, provider_key, CellDoc, Policies};
 use serde::Serialize;
@@ -20,13 +20,15 @@ pub const DEFAULT_PORTS: [u16; 5] = [25, 465, 587, 2525, 443];
 /// The control port unless told otherwise: its failure means the agent's network, not a policy.
 pub const DEFAULT_CONTROL_PORT: u16 = 443;
 
-/// How the matrix judges age.
+/// How the matrix judges age, and which column is the control.
 #[derive(Debug, Clone)]
 pub struct MatrixConfig {
     /// A result older than this no longer counts (its cell turns `unknown`).
     pub fresh_ms: i64,
     /// An agent not heard from for this long is shown as silent.
     pub silent_after_ms: i64,
+    /// The port the view names as its control column (the detector's `control_port`).
+    pub control_port: u16,
 }
 
 impl Default for MatrixConfig {
@@ -34,6 +36,7 @@ impl Default for MatrixConfig {
         MatrixConfig {
             fresh_ms: 300_000,
             silent_after_ms: 180_000,
+            control_port: DEFAULT_CONTROL_PORT,
         }
     }
 }
@@ -232,7 +235,6 @@ pub struct Matrix {
     ports: BTreeSet<u16>,
     /// Last status seen per cell path and since when: "since" in the view.
     since: HashMap<String, (Status, i64)>,
-    control_port: u16,
 }
 
 /// What one agent's fresh series in one family say about one port.
@@ -253,14 +255,7 @@ impl Matrix {
             series: BTreeMap::new(),
             ports: BTreeSet::new(),
             since: HashMap::new(),
-            control_port: DEFAULT_CONTROL_PORT,
         }
-    }
-
-    /// The port the view marks as the control column (the detector's `control_port`).
-    pub fn with_control_port(mut self, port: u16) -> Self {
-        self.control_port = port;
-        self
     }
 
     pub fn config(&self) -> &MatrixConfig {
@@ -416,7 +411,7 @@ impl Matrix {
         }
         MatrixView {
             ports,
-            control_port: self.control_port,
+            control_port: self.config.control_port,
             family,
             generated_at: rfc3339(now_unix_ms),
             providers,

@@ -6,10 +6,11 @@
 //! are durable, and it is where exactly-once is decided: each agent has a high-water mark (the
 //! highest sequence stored), and a result at or below it is a duplicate, counted and dropped.
 
+pub mod retention;
 pub mod sqlite;
 
 use crate::error::CollectorError;
-use crate::pipeline::AgentMeta;
+use crate::identity::AgentMeta;
 use egresswatch_wire::ProbeResult;
 use serde::Deserialize;
 use std::path::PathBuf;

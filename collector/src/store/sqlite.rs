@@ -12,7 +12,7 @@
 
 use super::{InsertReport, Store};
 use crate::error::CollectorError;
-use crate::pipeline::AgentMeta;
+use crate::identity::AgentMeta;
 use egresswatch_wire::{Labels, ProbeResult};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;

@@ -1,10 +1,13 @@
 //! The collector's HTTP shell in-process for the HTTP tests: a real axum server on loopback
-//! serving a `Fleet` that the test feeds directly (no QUIC), stopped gracefully, and the client
+//! serving a `Fleet` (its background loop running beside it) that the test feeds directly (no
+//! QUIC), stopped gracefully, and the client
 //! side those tests share — JSON and text bodies, reading an SSE stream up to a needle.
 
 use egresswatch_collector::alerts::Alerts;
-use egresswatch_collector::detector::DetectorConfig;
-use egresswatch_collector::http::{self, Fleet, HttpConfig, MemoryHistory, Metrics};
+use egresswatch_collector::fleet::{Fleet, FleetConfig};
+use egresswatch_collector::http::{self, HttpConfig, MemoryHistory};
+use egresswatch_collector::limits::LimitCounters;
+use egresswatch_collector::metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,18 +30,25 @@ impl Server {
 
     pub async fn start_with(config: HttpConfig, alerts: Alerts, metrics: Arc<Metrics>) -> Server {
         let history = Arc::new(MemoryHistory::default());
-        let fleet = Fleet::new(DetectorConfig::default(), history.clone(), alerts, metrics);
+        let limits = LimitCounters::register(&metrics);
+        let fleet = Fleet::new(FleetConfig::default(), history.clone(), alerts, metrics);
         let bound = http::bind(&config).await.expect("bind");
         let addr = bound.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let f = fleet.clone();
+        let (f, hub) = (fleet.clone(), fleet.clone());
         let task = tokio::spawn(async move {
+            let (stop_hub, hub_stopped) = oneshot::channel::<()>();
+            let hub = tokio::spawn(hub.run(async move {
+                let _ = hub_stopped.await;
+            }));
             bound
-                .serve(f, async move {
+                .serve(f, limits, async move {
                     let _ = rx.await;
                 })
                 .await
                 .expect("serve");
+            let _ = stop_hub.send(());
+            hub.await.expect("the fleet's loop ends");
         });
         Server {
             addr,

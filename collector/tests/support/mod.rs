@@ -12,7 +12,7 @@ pub mod fleet;
 pub mod http;
 pub mod quic;
 
-use egresswatch_collector::pipeline::AgentMeta;
+use egresswatch_collector::identity::AgentMeta;
 use egresswatch_wire::Labels;
 use std::collections::BTreeSet;
 use std::fs::File;

@@ -1,16 +1,25 @@
-//! The live fleet: the shell that wires the pure core to the world. It observes what ingest
-//! stored (feeding the matrix and the detector), stores the events through [`History`], counts
-//! them, pushes them to SSE clients and hands them to the alert sinks. [`Fleet::tick`] is called
-//! every second for what depends on time alone (silence, settling, freshness).
+//! The fleet hub: what happens to results once they are stored. It observes what ingest stored
+//! ([`ResultObserver`]), feeds the matrix and the detector, records the events they raise through
+//! the store, counts them, broadcasts them and the matrix to SSE clients and hands the events to
+//! the alert sinks. [`Fleet::run`] is its background loop: the one-second tick for what depends
+//! on time alone (silence, settling, freshness) and the coalescer that publishes matrix changes.
+//! `http/` only serves what the hub holds.
 
-use super::history::History;
-use super::metrics::Metrics;
+mod counters;
+mod observer;
+
+pub use counters::FleetCounters;
+pub use observer::{NoObserver, ResultObserver};
+
 use crate::alerts::Alerts;
 use crate::detector::{Detector, DetectorConfig};
 use crate::events::Event;
+use crate::http::history::History;
+use crate::identity::AgentMeta;
 use crate::matrix::{FamilyFilter, Matrix, MatrixConfig, MatrixView};
-use crate::pipeline::{AgentMeta, ResultObserver};
+use crate::metrics::Metrics;
 use egresswatch_wire::ProbeResult;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
@@ -28,12 +37,20 @@ pub enum StreamMessage {
 /// matrix).
 const STREAM_CAPACITY: usize = 256;
 
+/// What the hub's two state machines are configured with.
+#[derive(Debug, Clone, Default)]
+pub struct FleetConfig {
+    pub detector: DetectorConfig,
+    pub matrix: MatrixConfig,
+}
+
 pub struct Fleet {
     matrix: Mutex<Matrix>,
     detector: Mutex<Detector>,
     history: Arc<dyn History>,
     alerts: Alerts,
     metrics: Arc<Metrics>,
+    counters: FleetCounters,
     stream: broadcast::Sender<StreamMessage>,
     matrix_dirty: AtomicBool,
     last_matrix: Mutex<String>,
@@ -48,21 +65,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Fleet {
     pub fn new(
-        config: DetectorConfig,
+        config: FleetConfig,
         history: Arc<dyn History>,
         alerts: Alerts,
         metrics: Arc<Metrics>,
     ) -> Arc<Fleet> {
-        let matrix = Matrix::new(MatrixConfig {
-            fresh_ms: (config.fresh_secs as i64).saturating_mul(1000),
-            silent_after_ms: (config.silent_after_secs as i64).saturating_mul(1000),
-        });
         let (stream, _) = broadcast::channel(STREAM_CAPACITY);
         Arc::new(Fleet {
-            matrix: Mutex::new(matrix),
-            detector: Mutex::new(Detector::new(config)),
+            matrix: Mutex::new(Matrix::new(config.matrix)),
+            detector: Mutex::new(Detector::new(config.detector)),
             history,
             alerts,
+            counters: FleetCounters::register(&metrics),
             metrics,
             stream,
             matrix_dirty: AtomicBool::new(true),
@@ -70,18 +84,7 @@ impl Fleet {
         })
     }
 
-    /// Everything from the config: a metrics registry, the alert sinks (started on the current
-    /// tokio runtime) and the fleet. Ingest takes `fleet.metrics().ingest.clone()` to count.
-    pub fn from_config(
-        detector: DetectorConfig,
-        sinks: &[crate::alerts::SinkConfig],
-        history: Arc<dyn History>,
-    ) -> Result<Arc<Fleet>, crate::error::CollectorError> {
-        let metrics = Arc::new(Metrics::new());
-        let alerts = Alerts::start(sinks, metrics.alerts.clone())?;
-        Ok(Fleet::new(detector, history, alerts, metrics))
-    }
-
+    /// The registry the hub's counters are in, which `/metrics` renders.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -118,6 +121,24 @@ impl Fleet {
         self.matrix_dirty.store(true, Ordering::Relaxed);
     }
 
+    /// Ticks the fleet every second and publishes matrix changes at most four times a second,
+    /// until `shutdown` completes.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        use tokio::time::{interval, Duration, MissedTickBehavior};
+        let mut tick = interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut publish = interval(Duration::from_millis(250));
+        publish.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.tick(crate::events::now_unix_ms()),
+                _ = publish.tick() => self.publish_matrix(crate::events::now_unix_ms()),
+                _ = &mut shutdown => return,
+            }
+        }
+    }
+
     /// Once a second: silence and settled changes; and the matrix is re-judged (freshness).
     pub fn tick(&self, now_unix_ms: i64) {
         let events = lock(&self.detector).tick(now_unix_ms);
@@ -132,7 +153,7 @@ impl Fleet {
             return;
         }
         let view = self.matrix_view(FamilyFilter::All, now_unix_ms);
-        self.metrics.set_cells(&view);
+        self.counters.set_cells(&view);
         let providers = serde_json::to_string(&view.providers).unwrap_or_default();
         {
             let mut last = lock(&self.last_matrix);
@@ -157,7 +178,7 @@ impl Fleet {
                 },
                 Err(err) => tracing::error!("serialising event: {err}"),
             }
-            self.metrics.count_event(&e);
+            self.counters.count_event(&e);
             if let Ok(json) = serde_json::to_string(&e) {
                 let _ = self.stream.send(StreamMessage::Event(Arc::new(json)));
             }

@@ -1,15 +1,8 @@
-//! The seam between ingest and everything that reacts to results. Ingest calls these hooks only
-//! after the results are durably stored, so an observer never sees a result that could be lost.
+//! The seam between ingest and the fleet hub. Ingest calls these hooks only after the results
+//! are durably stored, so an observer never sees a result that could be lost.
 
-use egresswatch_wire::{Labels, ProbeResult};
-
-/// Who sent results: the identity from the certificate and the labels from its hello.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentMeta {
-    pub agent_id: String,
-    pub labels: Labels,
-    pub agent_version: String,
-}
+use crate::identity::AgentMeta;
+use egresswatch_wire::ProbeResult;
 
 /// Reacts to what ingest stored. Implementations must be quick and never block: anything slow
 /// (alert delivery) goes to a queue of its own.

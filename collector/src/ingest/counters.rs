@@ -1,0 +1,86 @@
+//! The ingest's counters in `/metrics`: sessions, refusals (in total and by reason), batches,
+//! results stored and dropped as duplicates, decode errors and the QUIC socket's granted receive
+//! buffer. Registered by [`IngestCounters::register`] before the listener is bound, so the
+//! certificate verifier counts from the first handshake.
+
+use crate::metrics::{Labels, Metrics};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+/// Counters the QUIC ingest increments. Cheap to clone (shared atomics).
+#[derive(Clone, Debug, Default)]
+pub struct IngestCounters {
+    /// Sessions accepted (hello welcomed).
+    pub sessions: Counter,
+    /// Sessions refused (bad certificate, version, labels...).
+    pub refusals: Counter,
+    /// Batches received.
+    pub batches: Counter,
+    /// Results newly stored.
+    pub results: Counter,
+    /// Results received again and dropped as duplicates.
+    pub duplicates: Counter,
+    /// Frames that failed to decode (the connection was closed).
+    pub decode_errors: Counter,
+    /// Refusals by reason (`revoked`, `expired`, `bad_version`, ...); see [`IngestCounters::refused`].
+    pub refusal_reasons: Family<Labels, Counter>,
+    /// The QUIC socket's receive buffer as the kernel granted it (bytes).
+    pub udp_receive_buffer_bytes: Gauge,
+}
+
+impl IngestCounters {
+    /// New counters, registered in `metrics`.
+    pub fn register(metrics: &Metrics) -> IngestCounters {
+        let c = IngestCounters::default();
+        metrics.register(
+            "egresswatch_ingest_sessions",
+            "Agent sessions welcomed",
+            c.sessions.clone(),
+        );
+        metrics.register(
+            "egresswatch_ingest_refusals",
+            "Agent sessions refused",
+            c.refusals.clone(),
+        );
+        metrics.register(
+            "egresswatch_ingest_refusals_by_reason",
+            "Agents and connections refused, by reason",
+            c.refusal_reasons.clone(),
+        );
+        metrics.register(
+            "egresswatch_ingest_udp_receive_buffer_bytes",
+            "The QUIC socket's receive buffer as the kernel granted it",
+            c.udp_receive_buffer_bytes.clone(),
+        );
+        metrics.register(
+            "egresswatch_ingest_batches",
+            "Result batches received",
+            c.batches.clone(),
+        );
+        metrics.register(
+            "egresswatch_ingest_results",
+            "Probe results newly stored",
+            c.results.clone(),
+        );
+        metrics.register(
+            "egresswatch_ingest_duplicates",
+            "Probe results received again and dropped",
+            c.duplicates.clone(),
+        );
+        metrics.register(
+            "egresswatch_ingest_decode_errors",
+            "Frames that failed to decode",
+            c.decode_errors.clone(),
+        );
+        c
+    }
+
+    /// Counts one refused agent or connection, in the total and under its reason.
+    pub fn refused(&self, reason: &str) {
+        self.refusals.inc();
+        self.refusal_reasons
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .inc();
+    }
+}
