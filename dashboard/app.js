@@ -114,6 +114,8 @@ function cellSignature(c, held) {
 function familyNote(c) {
   const f = c.families;
   if (!f || typeof f !== 'object' || c.status !== 'partial' || f.ipv4 === f.ipv6) return '';
+  // A family without fresh results is no evidence: the other family's partial is its own.
+  if (f.ipv4 === 'unknown' || f.ipv6 === 'unknown') return '';
   const parts = [];
   for (const fam of ['ipv4', 'ipv6']) {
     if (f[fam] === 'blocked') parts.push(`${FAMILY_WORD[fam]} blocked`);

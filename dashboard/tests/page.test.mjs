@@ -240,6 +240,15 @@ test('a port blocked over one family only is partial and names the family, at ev
     }
   }
   await page.screenshot({ path: path.join(SHOTS, 'partial-family.png'), fullPage: true });
+  // Partial within IPv4 while IPv6 has no results: nothing to say about a family.
+  const changed = smallFixture('all');
+  changed.providers[1].cells['2525'] = { ...cell('partial', 2, 1), families: { ipv4: 'partial', ipv6: 'unknown' }, doc: null, doc_mismatch: false };
+  await page.waitForFunction(() => document.getElementById('live').dataset.state === 'live');
+  server.push('matrix', changed);
+  const hz2525 = cellOf(providerRow(page, 'hetzner'), 2525);
+  await page.waitForFunction(() => [...document.querySelectorAll('#matrix-body tr.lvl-0')].some((r) => r.querySelector('.label')?.textContent === 'hetzner' && r.querySelector('td[data-port="2525"]')?.dataset.status === 'partial'));
+  assert.equal(await hz2525.locator('.fam-note').count(), 0);
+  assert.equal(await hz2525.locator('.cell-main').getAttribute('title'), 'IPv4: partial · IPv6: unknown');
   // A one-family view shows that family's own status, and no family note.
   await page.locator('input[name="family"][value="ipv4"]').check();
   await page.waitForFunction(() => [...document.querySelectorAll('#matrix-body tr.lvl-0')].some((r) => r.querySelector('.label')?.textContent === 'vultr' && r.querySelector('td[data-port="25"]')?.dataset.status === 'blocked'));
