@@ -12,6 +12,7 @@ pub struct Config {
     pub quic: crate::ingest::QuicConfig,
     pub store: crate::store::StoreConfig,
     pub http: crate::http::HttpConfig,
+    pub matrix: crate::matrix::MatrixSettings,
     pub detector: crate::detector::DetectorConfig,
     /// Alert sinks, each `[[alerts]]` table one sink.
     pub alerts: Vec<crate::alerts::SinkConfig>,
@@ -24,6 +25,7 @@ impl Default for Config {
             quic: Default::default(),
             store: Default::default(),
             http: Default::default(),
+            matrix: Default::default(),
             detector: Default::default(),
             alerts: Vec::new(),
         }
@@ -31,12 +33,21 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The matrix's freshness in seconds: `[matrix] fresh_secs`, else the deprecated
+    /// `[detector] fresh_secs`, else 300.
+    pub fn fresh_secs(&self) -> u64 {
+        self.matrix
+            .fresh_secs
+            .or(self.detector.fresh_secs)
+            .unwrap_or(DEFAULT_FRESH_SECS)
+    }
+
     /// What the fleet hub's matrix and detector run with.
     pub fn fleet(&self) -> crate::fleet::FleetConfig {
         crate::fleet::FleetConfig {
             detector: self.detector.clone(),
             matrix: crate::matrix::MatrixConfig {
-                fresh_ms: secs_ms(self.detector.fresh_secs),
+                fresh_ms: secs_ms(self.fresh_secs()),
                 silent_after_ms: secs_ms(self.detector.silent_after_secs),
                 control_port: self.detector.control_port,
             },
@@ -44,13 +55,36 @@ impl Config {
     }
 
     /// Parses a config file's text. Errors name the key and the line (toml's messages do).
+    /// A deprecated key still read is logged as a warning.
     pub fn parse(text: &str) -> Result<Config, crate::error::CollectorError> {
-        toml::from_str(text).map_err(|e| crate::error::CollectorError::Config {
-            path: "config".into(),
-            reason: e.to_string(),
+        let config: Config =
+            toml::from_str(text).map_err(|e| crate::error::CollectorError::Config {
+                path: "config".into(),
+                reason: e.to_string(),
+            })?;
+        if let Some(warning) = config.deprecation() {
+            tracing::warn!("{warning}");
+        }
+        Ok(config)
+    }
+
+    /// What to tell the operator about deprecated keys in use, if any.
+    pub fn deprecation(&self) -> Option<String> {
+        let old = self.detector.fresh_secs?;
+        Some(match self.matrix.fresh_secs {
+            None => format!(
+                "config: [detector] fresh_secs is deprecated, move it to [matrix] fresh_secs \
+                 (read as {old} for now)"
+            ),
+            Some(new) => format!(
+                "config: [detector] fresh_secs is deprecated and ignored: [matrix] fresh_secs \
+                 ({new}) is set"
+            ),
         })
     }
 }
+
+const DEFAULT_FRESH_SECS: u64 = 300;
 
 fn secs_ms(secs: u64) -> i64 {
     (secs as i64).saturating_mul(1000)
@@ -99,6 +133,23 @@ mod tests {
             example.detector.confirm_probes,
             defaults.detector.confirm_probes
         );
+        assert_eq!(example.fresh_secs(), defaults.fresh_secs());
+        assert!(example.deprecation().is_none());
+    }
+
+    #[test]
+    fn fresh_secs_moved_to_matrix_and_the_old_key_still_works() {
+        let fresh = |text: &str| Config::parse(text).unwrap().fleet().matrix.fresh_ms;
+        assert_eq!(fresh(""), 300_000);
+        assert_eq!(fresh("[matrix]\nfresh_secs = 60\n"), 60_000);
+        assert_eq!(fresh("[detector]\nfresh_secs = 120\n"), 120_000);
+        assert_eq!(
+            fresh("[matrix]\nfresh_secs = 60\n[detector]\nfresh_secs = 120\n"),
+            60_000
+        );
+        let old = Config::parse("[detector]\nfresh_secs = 120\n").unwrap();
+        assert!(old.deprecation().unwrap().contains("[matrix] fresh_secs"));
+        assert!(Config::parse("").unwrap().deprecation().is_none());
     }
 
     #[test]

@@ -12,8 +12,12 @@ pub enum CollectorError {
         #[source]
         source: std::io::Error,
     },
-    #[error("store: {0}")]
-    Store(String),
+    #[error("store: {context}: {source}")]
+    Store {
+        context: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("certificate authority: {0}")]
     Ca(String),
     #[error("TLS setup: {0}")]
@@ -27,6 +31,17 @@ impl CollectorError {
         CollectorError::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// A store failure: what it was doing, and why (an error, or a message where none exists).
+    pub fn store(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        CollectorError::Store {
+            context: context.into(),
+            source: source.into(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod limits;
 pub mod matrix;
 pub mod metrics;
+pub mod ready;
 #[doc(hidden)]
 pub mod sim;
 pub mod store;

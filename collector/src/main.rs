@@ -7,7 +7,7 @@ use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::fleet::{Fleet, ResultObserver};
 use egresswatch_collector::limits::LimitCounters;
 use egresswatch_collector::metrics::Metrics;
-use egresswatch_collector::{alerts, ca, config::Config, http, ingest, store};
+use egresswatch_collector::{alerts, ca, config::Config, http, ingest, ready, store};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -180,13 +180,7 @@ async fn serve(cfg: Config) -> Result<()> {
     let limits = LimitCounters::register(&metrics);
     let alerts = alerts::Alerts::start(&cfg.alerts, alerts::AlertCounters::register(&metrics))?;
     let fleet = Fleet::new(cfg.fleet(), store.clone(), alerts, metrics.clone());
-    let since = now_unix_ms() - (cfg.fleet().matrix.fresh_ms);
-    let baseline = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store::Store::latest_per_series(store.as_ref(), since))
-            .await??
-    };
-    fleet.restore(&baseline, now_unix_ms());
+    fleet.restore_from_store(now_unix_ms()).await?;
 
     let reset_key = ingest::reset_key(&cfg.data_dir.join("quic-reset.key"))?;
     let ingest = ingest::Ingest::bind(&cfg.quic, &authority, reset_key, ingest_counters.clone())?;
@@ -194,11 +188,15 @@ async fn serve(cfg: Config) -> Result<()> {
     println!("data dir:  {}", cfg.data_dir.display());
     println!("fleet CA:  {} (agents trust it; issue agents with `egresswatch-collector ca issue --dir {} ID`)", ca_dir.join("ca.pem").display(), ca_dir.display());
     println!("database:  {}", db_path.display());
-    println!("QUIC:      {} (agents report here)", ingest.local_addr()?);
-    println!(
-        "HTTP:      http://{}/ (matrix page, /api/matrix, /metrics)",
-        http.local_addr()?
-    );
+    let (quic_addr, http_addr) = (ingest.local_addr()?, http.local_addr()?);
+    println!("QUIC:      {quic_addr} (agents report here)");
+    println!("HTTP:      http://{http_addr}/ (matrix page, /api/matrix, /metrics)");
+    ready::Ready {
+        pid: std::process::id(),
+        quic: quic_addr,
+        http: http_addr,
+    }
+    .write(&cfg.data_dir)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

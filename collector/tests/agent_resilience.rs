@@ -9,23 +9,17 @@
 
 mod support;
 
+use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::store::Store;
 use egresswatch_wire::{Family, Outcome};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use support::fleet::{probe_target, Agent, Collector};
 use support::{is_root, skip, wait_until, Proc};
 
 const HOST_ROOT: &str = "/";
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// The number after `key` in `line` (`not_kept=12`, `before seq 40`).
 fn number_after(line: &str, key: &str) -> Option<u64> {

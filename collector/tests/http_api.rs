@@ -5,6 +5,7 @@
 use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::http::{self, HttpConfig};
 use egresswatch_collector::ingest::IngestCounters;
+use egresswatch_collector::store::Store;
 use egresswatch_collector::{fleet::ResultObserver, identity::AgentMeta};
 use egresswatch_wire::{Family, Outcome, PhaseTimings, ProbeResult};
 use serde_json::{json, Value};
@@ -43,10 +44,13 @@ fn results(seq0: u64, at: i64) -> Vec<ProbeResult> {
 
 fn feed(s: &Server, a: &AgentMeta) {
     let now = now_unix_ms();
-    let r = results(1, now);
-    s.history.push_results(&a.agent_id, &r);
+    s.store.upsert_agent(a, now).unwrap();
     s.fleet.agent_connected(a, now);
-    s.fleet.results_stored(a, &r, true, now);
+    let (_, stored) = s
+        .store
+        .insert_results(&a.agent_id, results(1, now), true, now)
+        .unwrap();
+    s.fleet.results_stored(a, &stored, true, now);
 }
 
 fn assert_security_headers(resp: &reqwest::Response) {

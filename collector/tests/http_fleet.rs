@@ -10,6 +10,7 @@ use egresswatch_collector::alerts::{AlertCounters, Alerts, SinkConfig, SinkKind}
 use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::fleet::ResultObserver;
 use egresswatch_collector::metrics::Metrics;
+use egresswatch_collector::store::Store;
 use egresswatch_wire::{Family, Outcome, ProbeResult};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -44,7 +45,7 @@ async fn one_account_closing_587_is_one_event_everywhere() {
     )
     .unwrap();
     let server = Server::start_with(loopback(), alerts, metrics).await;
-    let (fleet, history) = (server.fleet.clone(), server.history.clone());
+    let (fleet, store) = (server.fleet.clone(), server.store.clone());
 
     let client = reqwest::Client::new();
     let mut sse = client.get(server.url("/api/stream")).send().await.unwrap();
@@ -79,8 +80,10 @@ async fn one_account_closing_587_is_one_event_everywhere() {
                     }
                 })
                 .collect();
-            history.push_results(&a.agent_id, &results);
-            fleet.results_stored(a, &results, true, now);
+            let (_, stored) = store
+                .insert_results(&a.agent_id, results, true, now)
+                .unwrap();
+            fleet.results_stored(a, &stored, true, now);
         }
         for s in 1..=60 {
             fleet.tick(now + s * 1000);
@@ -102,7 +105,7 @@ async fn one_account_closing_587_is_one_event_everywhere() {
     read_until(&mut sse, &mut buf, "event: event").await;
     read_until(&mut sse, &mut buf, "acct-1\",\"agent\"").await;
 
-    // Webhook: the same event object (plus its id).
+    // Webhook: the same event object, with its id.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while inbox.lock().unwrap().is_empty() {
         assert!(std::time::Instant::now() < deadline, "webhook got nothing");
@@ -112,6 +115,8 @@ async fn one_account_closing_587_is_one_event_everywhere() {
     assert_eq!(got["scope"], "account");
     assert_eq!(got["account"], "acct-1");
     assert!(got["id"].is_number());
+    // ...which `/api/events` serves too: one shape everywhere.
+    assert_eq!(got["id"], e["id"]);
 
     // The matrix shows the account blocked, the sibling open.
     let m: Value = json_of(client.get(server.url("/api/matrix"))).await;

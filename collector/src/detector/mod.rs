@@ -13,8 +13,8 @@ mod attribution;
 mod series;
 
 use crate::events::{rfc3339, Event, EventKind, Scope};
-use crate::identity::AgentMeta;
-use crate::matrix::policies::provider_key;
+pub use crate::identity::SeriesKey;
+use crate::identity::{measured_at, AgentMeta, KnownAgent};
 use egresswatch_wire::{Family, Outcome, ProbeResult};
 use serde::Deserialize;
 pub use series::PortState;
@@ -35,8 +35,9 @@ pub struct DetectorConfig {
     /// A result that arrives more than this after it was measured is a replay (spool drained
     /// after an outage): it updates state and history but raises no alert.
     pub replay_after_secs: u64,
-    /// Matrix freshness: older results make a cell `unknown`.
-    pub fresh_secs: u64,
+    /// Deprecated: the matrix's freshness, now `[matrix] fresh_secs`; still read when that is
+    /// not set (with a warning).
+    pub fresh_secs: Option<u64>,
     /// Probes in the flapping window (Nagios uses 21).
     pub flap_window: usize,
     /// State-change percentage above which a series starts flapping.
@@ -58,7 +59,7 @@ impl Default for DetectorConfig {
             settle_secs: 60,
             silent_after_secs: 180,
             replay_after_secs: 300,
-            fresh_secs: 300,
+            fresh_secs: None,
             flap_window: 21,
             flap_high_pct: 50.0,
             flap_low_pct: 25.0,
@@ -69,25 +70,10 @@ impl Default for DetectorConfig {
     }
 }
 
-/// One series' identity.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SeriesKey {
-    pub agent: String,
-    pub target: String,
-    pub port: u16,
-    pub family: Family,
-}
-
 /// (target, port, family): what a destination outage or a group change is about.
 type PathKey = (String, u16, Family);
 
-#[derive(Debug, Clone)]
-struct AgentInfo {
-    provider: String,
-    account: String,
-    last_seen_ms: i64,
-    silent: bool,
-}
+type AgentInfo = KnownAgent;
 
 #[derive(Debug, Clone)]
 struct Pending {
@@ -132,20 +118,16 @@ impl Detector {
 
     /// The agent said hello or sent results: it is alive. Returns `agent_back` if it was silent.
     pub fn agent_seen(&mut self, agent: &AgentMeta, now_unix_ms: i64) -> Vec<Event> {
-        let provider = provider_key(&agent.labels.provider);
-        let account = label_or_unlabelled(&agent.labels.account);
         let info = self
             .agents
             .entry(agent.agent_id.clone())
-            .or_insert_with(|| AgentInfo {
-                provider: provider.clone(),
-                account: account.clone(),
-                last_seen_ms: now_unix_ms,
-                silent: false,
-            });
-        info.provider = provider;
-        info.account = account;
-        info.last_seen_ms = info.last_seen_ms.max(now_unix_ms);
+            .or_insert_with(|| KnownAgent::new(agent, now_unix_ms));
+        // Labels follow the latest hello; last-seen only moves forward.
+        *info = KnownAgent {
+            last_seen_ms: info.last_seen_ms.max(now_unix_ms),
+            silent: info.silent,
+            ..KnownAgent::new(agent, now_unix_ms)
+        };
         if info.silent {
             info.silent = false;
             let info = info.clone();
@@ -169,17 +151,14 @@ impl Detector {
         if result.outcome == Outcome::NoAddress {
             return;
         }
-        let key = SeriesKey {
-            agent: agent.agent_id.clone(),
-            target: result.target.clone(),
-            port: result.port,
-            family: result.family,
-        };
-        self.series.entry(key).or_default().restore(
-            PortState::of(result.outcome),
-            result.outcome,
-            result.at_unix_ms,
-        );
+        self.series
+            .entry(SeriesKey::of(&agent.agent_id, result))
+            .or_default()
+            .restore(
+                PortState::of(result.outcome),
+                result.outcome,
+                result.at_unix_ms,
+            );
     }
 
     /// Feeds newly stored results. Returns the events that cannot wait for settling (an agent
@@ -199,19 +178,9 @@ impl Detector {
             if r.outcome == Outcome::NoAddress {
                 continue;
             }
-            let at = if clock_trusted {
-                // A clock ahead of ours must not make later, honest results look "old".
-                r.at_unix_ms.min(now_unix_ms)
-            } else {
-                now_unix_ms
-            };
+            let at = measured_at(r, clock_trusted, now_unix_ms);
             let live = now_unix_ms - at <= secs_ms(self.config.replay_after_secs);
-            let key = SeriesKey {
-                agent: agent.agent_id.clone(),
-                target: r.target.clone(),
-                port: r.port,
-                family: r.family,
-            };
+            let key = SeriesKey::of(&agent.agent_id, r);
             let is_control = r.port == self.config.control_port;
             let control_failing = !is_control && self.control_failing(&key.agent, key.family);
             let series = self.series.entry(key.clone()).or_default();
@@ -410,13 +379,4 @@ impl Detector {
 
 fn secs_ms(secs: u64) -> i64 {
     i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX)
-}
-
-fn label_or_unlabelled(label: &str) -> String {
-    let t = label.trim();
-    if t.is_empty() {
-        "unlabelled".to_string()
-    } else {
-        t.to_string()
-    }
 }

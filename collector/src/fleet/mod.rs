@@ -13,11 +13,12 @@ pub use observer::{NoObserver, ResultObserver};
 
 use crate::alerts::Alerts;
 use crate::detector::{Detector, DetectorConfig};
+use crate::error::CollectorError;
 use crate::events::Event;
-use crate::http::history::History;
-use crate::identity::AgentMeta;
+use crate::identity::{measured_at, AgentMeta};
 use crate::matrix::{FamilyFilter, Matrix, MatrixConfig, MatrixView};
 use crate::metrics::Metrics;
+use crate::store::Store;
 use egresswatch_wire::ProbeResult;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,12 +48,14 @@ pub struct FleetConfig {
 pub struct Fleet {
     matrix: Mutex<Matrix>,
     detector: Mutex<Detector>,
-    history: Arc<dyn History>,
+    store: Arc<dyn Store>,
     alerts: Alerts,
     metrics: Arc<Metrics>,
     counters: FleetCounters,
     stream: broadcast::Sender<StreamMessage>,
     matrix_dirty: AtomicBool,
+    /// How old a result may be and still count in the matrix.
+    fresh_ms: i64,
     last_matrix: Mutex<String>,
 }
 
@@ -66,15 +69,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Fleet {
     pub fn new(
         config: FleetConfig,
-        history: Arc<dyn History>,
+        store: Arc<dyn Store>,
         alerts: Alerts,
         metrics: Arc<Metrics>,
     ) -> Arc<Fleet> {
         let (stream, _) = broadcast::channel(STREAM_CAPACITY);
         Arc::new(Fleet {
+            fresh_ms: config.matrix.fresh_ms,
             matrix: Mutex::new(Matrix::new(config.matrix)),
             detector: Mutex::new(Detector::new(config.detector)),
-            history,
+            store,
             alerts,
             counters: FleetCounters::register(&metrics),
             metrics,
@@ -89,8 +93,9 @@ impl Fleet {
         &self.metrics
     }
 
-    pub fn history(&self) -> &Arc<dyn History> {
-        &self.history
+    /// The store the hub records events in, which the HTTP API reads.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<StreamMessage> {
@@ -106,6 +111,18 @@ impl Fleet {
     pub fn matrix_json(&self, now_unix_ms: i64) -> String {
         serde_json::to_string(&self.matrix_view(FamilyFilter::All, now_unix_ms))
             .unwrap_or_else(|_| "{}".into())
+    }
+
+    /// At startup: the store's latest result per series still fresh for the matrix becomes what
+    /// the matrix shows and the detector's baseline (see [`Fleet::restore`]).
+    pub async fn restore_from_store(&self, now_unix_ms: i64) -> Result<(), CollectorError> {
+        let since = now_unix_ms - self.fresh_ms;
+        let store = self.store.clone();
+        let latest = tokio::task::spawn_blocking(move || store.latest_per_series(since))
+            .await
+            .map_err(|e| CollectorError::store("reading the latest results", e))??;
+        self.restore(&latest, now_unix_ms);
+        Ok(())
     }
 
     /// At startup, from the store's latest result per series (`Store::latest_per_series`): the
@@ -168,18 +185,23 @@ impl Fleet {
         }
     }
 
+    /// Records each event (the store numbers it), counts it, broadcasts the stored JSON and
+    /// hands the numbered event to the alert sinks.
     fn emit(&self, events: Vec<Event>) {
         for mut e in events {
             tracing::info!(event = %e.summary(), "event");
-            match serde_json::to_string(&e) {
-                Ok(json) => match self.history.append_event(e.at_unix_ms, &json) {
-                    Ok(id) => e.id = Some(id),
-                    Err(err) => tracing::error!("storing event: {err}"),
-                },
-                Err(err) => tracing::error!("serialising event: {err}"),
-            }
+            let json = match self.store.append_event(&e) {
+                Ok(stored) => {
+                    e.id = Some(stored.id);
+                    Some(stored.json)
+                }
+                Err(err) => {
+                    tracing::error!("storing event: {err}");
+                    serde_json::to_string(&e).ok()
+                }
+            };
             self.counters.count_event(&e);
-            if let Ok(json) = serde_json::to_string(&e) {
+            if let Some(json) = json {
                 let _ = self.stream.send(StreamMessage::Event(Arc::new(json)));
             }
             self.alerts.enqueue(&e);
@@ -206,12 +228,11 @@ impl ResultObserver for Fleet {
             let mut m = lock(&self.matrix);
             m.agent_seen(agent, now_unix_ms);
             for r in results {
-                let at = if clock_trusted {
-                    r.at_unix_ms.min(now_unix_ms)
-                } else {
-                    now_unix_ms
-                };
-                m.record(&agent.agent_id, r, at);
+                m.record(
+                    &agent.agent_id,
+                    r,
+                    measured_at(r, clock_trusted, now_unix_ms),
+                );
             }
         }
         let events = lock(&self.detector).observe(agent, results, clock_trusted, now_unix_ms);

@@ -7,7 +7,6 @@
 //! bearer token, which then guards `/api/*` and `/metrics`. Every response carries a strict CSP
 //! and the usual security headers. SSE clients are bounded.
 
-pub mod history;
 mod routes;
 mod signin;
 
@@ -18,8 +17,6 @@ use serde::Deserialize;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-pub use history::{History, MemoryHistory};
 
 /// `[http]` in the collector's config.
 #[derive(Debug, Clone, Deserialize)]

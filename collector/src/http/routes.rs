@@ -243,18 +243,16 @@ struct LimitQuery {
     limit: Option<usize>,
 }
 
+/// `GET /api/events`: the stored JSON as it is, in one array (nothing parsed again).
 async fn events(State(state): State<AppState>, Query(q): Query<LimitQuery>) -> Response {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let history = state.fleet.history().clone();
-    let stored = tokio::task::spawn_blocking(move || history.events(limit)).await;
-    match stored {
-        Ok(Ok(list)) => {
-            let values: Vec<Value> = list
-                .iter()
-                .filter_map(|j| serde_json::from_str(j).ok())
-                .collect();
-            Json(values).into_response()
-        }
+    let store = state.fleet.store().clone();
+    match tokio::task::spawn_blocking(move || store.events(limit)).await {
+        Ok(Ok(list)) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            format!("[{}]", list.join(",")),
+        )
+            .into_response(),
         Ok(Err(e)) => {
             tracing::error!("reading events: {e}");
             error(StatusCode::INTERNAL_SERVER_ERROR, "could not read events")
@@ -275,9 +273,8 @@ async fn agent_results(
         return error(StatusCode::BAD_REQUEST, &e.to_string());
     }
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let history = state.fleet.history().clone();
-    let stored =
-        tokio::task::spawn_blocking(move || history.recent_results(&agent_id, limit)).await;
+    let store = state.fleet.store().clone();
+    let stored = tokio::task::spawn_blocking(move || store.recent_results(&agent_id, limit)).await;
     let results = match stored {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {

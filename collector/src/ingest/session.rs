@@ -10,6 +10,7 @@
 use super::revocation::RevokedSerials;
 use super::{AbortOnDrop, IngestContext};
 use crate::ca::registry::normalise_serial;
+use crate::events::now_unix_ms;
 use crate::identity::AgentMeta;
 use crate::limits::{Limit, LimitCounters};
 use egresswatch_wire::frame::{body_len, decode_body};
@@ -20,7 +21,7 @@ use egresswatch_wire::{
     WireError,
 };
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tracing::{debug, info, warn};
 
 pub const CLOSE_NORMAL: quinn::VarInt = quinn::VarInt::from_u32(0);
@@ -46,13 +47,6 @@ enum End {
     Transport(String),
     /// We could not store: close without acking, the agent resends later.
     Unavailable(String),
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// What a session closes with when the agent's certificate is revoked; the agent logs it as

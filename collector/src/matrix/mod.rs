@@ -8,10 +8,10 @@
 pub mod policies;
 
 use crate::events::rfc3339;
-use crate::identity::AgentMeta;
+use crate::identity::{AgentMeta, KnownAgent, SeriesKey};
 use egresswatch_wire::{Family, Outcome, ProbeResult};
-use policies::{contradicts, provider_key, CellDoc, Policies};
-use serde::Serialize;
+use policies::{contradicts, CellDoc, Policies};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The ports shown first, in this order (443 last: the control column).
@@ -19,6 +19,15 @@ pub const DEFAULT_PORTS: [u16; 5] = [25, 465, 587, 2525, 443];
 
 /// The control port unless told otherwise: its failure means the agent's network, not a policy.
 pub const DEFAULT_CONTROL_PORT: u16 = 443;
+
+/// `[matrix]` in the collector's config.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatrixSettings {
+    /// Freshness: older results make a cell `unknown` (300 when neither this nor the deprecated
+    /// `[detector] fresh_secs` is set).
+    pub fresh_secs: Option<u64>,
+}
 
 /// How the matrix judges age, and which column is the control.
 #[derive(Debug, Clone)]
@@ -202,14 +211,6 @@ pub struct MatrixView {
     pub providers: Vec<ProviderRow>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct SeriesKey {
-    agent: String,
-    target: String,
-    port: u16,
-    family: Family,
-}
-
 #[derive(Debug, Clone)]
 struct Latest {
     at_ms: i64,
@@ -217,20 +218,11 @@ struct Latest {
     connect_ms: Option<f64>,
 }
 
-#[derive(Debug, Clone)]
-struct AgentEntry {
-    provider: String,
-    account: String,
-    region: String,
-    instance: String,
-    last_seen_ms: i64,
-}
-
 /// The live matrix.
 #[derive(Debug)]
 pub struct Matrix {
     config: MatrixConfig,
-    agents: BTreeMap<String, AgentEntry>,
+    agents: BTreeMap<String, KnownAgent>,
     series: BTreeMap<SeriesKey, Latest>,
     ports: BTreeSet<u16>,
     /// Last status seen per cell path and since when: "since" in the view.
@@ -264,26 +256,15 @@ impl Matrix {
 
     /// The agent said something (hello or results): labels and last-seen are refreshed.
     pub fn agent_seen(&mut self, agent: &AgentMeta, now_unix_ms: i64) {
-        let entry = AgentEntry {
-            provider: provider_key(&agent.labels.provider),
-            account: non_empty(&agent.labels.account),
-            region: non_empty(&agent.labels.region),
-            instance: agent.labels.instance.clone(),
-            last_seen_ms: now_unix_ms,
-        };
-        self.agents.insert(agent.agent_id.clone(), entry);
+        self.agents
+            .insert(agent.agent_id.clone(), KnownAgent::new(agent, now_unix_ms));
     }
 
     /// Records one result; `at_ms` is the time to judge freshness by (the agent's timestamp, or
     /// the receive time when its clock is not trusted). Older results than the one held are
     /// history only and do not replace it.
     pub fn record(&mut self, agent_id: &str, result: &ProbeResult, at_ms: i64) {
-        let key = SeriesKey {
-            agent: agent_id.to_string(),
-            target: result.target.clone(),
-            port: result.port,
-            family: result.family,
-        };
+        let key = SeriesKey::of(agent_id, result);
         if let Some(held) = self.series.get(&key) {
             if held.at_ms > at_ms {
                 return;
@@ -524,14 +505,6 @@ impl Matrix {
             doc: None,
             doc_mismatch: None,
         }
-    }
-}
-
-fn non_empty(label: &str) -> String {
-    if label.trim().is_empty() {
-        "unlabelled".to_string()
-    } else {
-        label.trim().to_string()
     }
 }
 

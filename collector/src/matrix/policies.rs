@@ -125,12 +125,7 @@ pub fn provider_key(label: &str) -> String {
     if let Some(p) = Policies::embedded().find(label) {
         return p.id.clone();
     }
-    let t = label.trim();
-    if t.is_empty() {
-        "unlabelled".to_string()
-    } else {
-        t.to_string()
-    }
+    crate::identity::label_or_unlabelled(label)
 }
 
 /// Whether what we see contradicts what the provider documents. Only definite statements can be

@@ -1,15 +1,22 @@
 //! Durable storage of what agents report: agents, results, events.
 //!
-//! [`Store`] is the seam: SQLite ([`sqlite::SqliteStore`]) is the embedded default, and a
-//! PostgreSQL implementation can follow for fleets that outgrow one machine. Every method blocks
+//! [`Store`] is the seam every writer and reader goes through (ingest, the fleet hub, the HTTP
+//! API): SQLite ([`sqlite::SqliteStore`]) is the embedded default, [`memory::MemoryStore`] a second
+//! implementation for tests, and a PostgreSQL one can follow for fleets that outgrow one machine.
+//! Old results are pruned by [`retention`]. Every method blocks
 //! (call it from `spawn_blocking` in async code). `insert_results` returns only once the results
 //! are durable, and it is where exactly-once is decided: each agent has a high-water mark (the
 //! highest sequence stored), and a result at or below it is a duplicate, counted and dropped.
 
+pub mod memory;
 pub mod retention;
 pub mod sqlite;
 
+#[cfg(test)]
+mod contract;
+
 use crate::error::CollectorError;
+use crate::events::Event;
 use crate::identity::AgentMeta;
 use egresswatch_wire::ProbeResult;
 use serde::Deserialize;
@@ -45,6 +52,25 @@ pub struct InsertReport {
     pub high_water: u64,
 }
 
+/// An event as the store recorded it: the id it was given and its JSON, `id` included, which is
+/// what `/api/events`, the stream and the webhooks serve.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub id: i64,
+    pub json: String,
+}
+
+impl StoredEvent {
+    /// `event` numbered `id`, serialised once.
+    pub fn new(id: i64, event: &Event) -> Result<StoredEvent, CollectorError> {
+        let mut numbered = event.clone();
+        numbered.id = Some(id);
+        let json = serde_json::to_string(&numbered)
+            .map_err(|e| CollectorError::store("serialising an event", e))?;
+        Ok(StoredEvent { id, json })
+    }
+}
+
 pub trait Store: Send + Sync + 'static {
     /// Records an agent's hello (labels, version, last seen) and returns its high-water mark.
     fn upsert_agent(&self, agent: &AgentMeta, now_unix_ms: i64) -> Result<u64, CollectorError>;
@@ -72,26 +98,10 @@ pub trait Store: Send + Sync + 'static {
     fn agents(&self) -> Result<Vec<(AgentMeta, i64)>, CollectorError>;
     /// Count of stored results of one agent (tests and the soak check exactly-once with it).
     fn count_results(&self, agent_id: &str) -> Result<u64, CollectorError>;
-    fn append_event(&self, at_unix_ms: i64, json: &str) -> Result<i64, CollectorError>;
-    /// Events' JSON, newest first.
+    /// Stores one event under a new id and returns it as stored.
+    fn append_event(&self, event: &Event) -> Result<StoredEvent, CollectorError>;
+    /// Stored events' JSON (each with its `id`), newest first.
     fn events(&self, limit: usize) -> Result<Vec<String>, CollectorError>;
     /// Deletes results measured before `before_unix_ms`; returns how many.
     fn prune(&self, before_unix_ms: i64) -> Result<usize, CollectorError>;
-}
-
-/// The HTTP layer reads history through its own small trait; the store answers it.
-impl crate::http::History for sqlite::SqliteStore {
-    fn recent_results(
-        &self,
-        agent_id: &str,
-        limit: usize,
-    ) -> Result<Vec<ProbeResult>, CollectorError> {
-        Store::recent_results(self, agent_id, limit)
-    }
-    fn append_event(&self, at_unix_ms: i64, json: &str) -> Result<i64, CollectorError> {
-        Store::append_event(self, at_unix_ms, json)
-    }
-    fn events(&self, limit: usize) -> Result<Vec<String>, CollectorError> {
-        Store::events(self, limit)
-    }
 }

@@ -10,8 +10,9 @@
 //! a `latest` table keeps the freshest result per series so the live matrix rebuilds at start
 //! without scanning history.
 
-use super::{InsertReport, Store};
+use super::{InsertReport, Store, StoredEvent};
 use crate::error::CollectorError;
+use crate::events::Event;
 use crate::identity::AgentMeta;
 use egresswatch_wire::{Labels, ProbeResult};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -24,8 +25,8 @@ use std::thread;
 /// Most insert requests folded into one transaction.
 const MAX_GROUP: usize = 256;
 
-fn db_err(context: &str, e: impl std::fmt::Display) -> CollectorError {
-    CollectorError::Store(format!("{context}: {e}"))
+fn db_err(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> CollectorError {
+    CollectorError::store(context, e)
 }
 
 type Reply = mpsc::SyncSender<Result<(InsertReport, Vec<ProbeResult>), CollectorError>>;
@@ -81,6 +82,9 @@ CREATE TABLE IF NOT EXISTS latest (
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL, json TEXT NOT NULL
 );
+-- Events stored before their JSON carried the id get it, so every event is served one way.
+UPDATE events SET json = json_set(json, '$.id', id)
+    WHERE json <> '' AND json_valid(json) AND json_extract(json, '$.id') IS NULL;
 ";
 
 impl SqliteStore {
@@ -145,10 +149,12 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<InsertRequest>) {
                 // The transaction rolled back: nothing of the group is stored, every sender hears
                 // so (its agent resends), and cached marks are reloaded from the database.
                 high_water.clear();
+                let cause = std::sync::Arc::new(e);
                 for request in group {
-                    let _ = request
-                        .reply
-                        .send(Err(CollectorError::Store(e.to_string())));
+                    let _ = request.reply.send(Err(CollectorError::store(
+                        "storing a group of results",
+                        cause.clone(),
+                    )));
                 }
             }
         }
@@ -328,13 +334,11 @@ impl Store for SqliteStore {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let sender = sender.ok_or_else(|| CollectorError::Store("the store is closed".into()))?;
-        sender
-            .send(request)
-            .map_err(|_| CollectorError::Store("the store writer has stopped".into()))?;
-        answer
-            .recv()
-            .map_err(|_| CollectorError::Store("the store writer has stopped".into()))?
+        let sender = sender
+            .ok_or_else(|| CollectorError::store("inserting results", "the store is closed"))?;
+        let stopped = || CollectorError::store("inserting results", "the store writer has stopped");
+        sender.send(request).map_err(|_| stopped())?;
+        answer.recv().map_err(|_| stopped())?
     }
 
     fn latest_per_series(
@@ -410,14 +414,26 @@ impl Store for SqliteStore {
         Ok(n as u64)
     }
 
-    fn append_event(&self, at_unix_ms: i64, json: &str) -> Result<i64, CollectorError> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO events (at_ms, json) VALUES (?1, ?2)",
-            params![at_unix_ms, json],
+    fn append_event(&self, event: &Event) -> Result<StoredEvent, CollectorError> {
+        let mut conn = self.conn();
+        // The id is the row's, and the stored JSON carries it: one transaction numbers the row
+        // and then writes the event with its number.
+        let tx = conn
+            .transaction()
+            .map_err(|e| db_err("storing an event", e))?;
+        tx.execute(
+            "INSERT INTO events (at_ms, json) VALUES (?1, '')",
+            params![event.at_unix_ms],
         )
         .map_err(|e| db_err("storing an event", e))?;
-        Ok(conn.last_insert_rowid())
+        let stored = StoredEvent::new(tx.last_insert_rowid(), event)?;
+        tx.execute(
+            "UPDATE events SET json = ?2 WHERE id = ?1",
+            params![stored.id, stored.json],
+        )
+        .map_err(|e| db_err("storing an event", e))?;
+        tx.commit().map_err(|e| db_err("storing an event", e))?;
+        Ok(stored)
     }
 
     fn events(&self, limit: usize) -> Result<Vec<String>, CollectorError> {
@@ -441,30 +457,32 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::contract::{self, event, meta, result};
     use super::*;
-    use egresswatch_wire::{Family, Outcome};
 
-    fn result(seq: u64, port: u16, at: i64) -> ProbeResult {
-        ProbeResult {
-            seq,
-            at_unix_ms: at,
-            target: "mx".into(),
-            port,
-            family: Family::Ipv4,
-            outcome: Outcome::Ok,
-            ..Default::default()
-        }
+    #[test]
+    fn keeps_the_store_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::check(&SqliteStore::open(&dir.path().join("db.sqlite")).unwrap());
     }
 
-    fn meta(id: &str) -> AgentMeta {
-        AgentMeta {
-            agent_id: id.into(),
-            labels: Labels {
-                provider: "aws".into(),
-                ..Default::default()
-            },
-            agent_version: "t".into(),
-        }
+    #[test]
+    fn events_stored_before_they_carried_their_id_are_given_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        drop(SqliteStore::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO events (at_ms, json) VALUES (1, '{\"kind\":\"agent_silent\"}')",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            store.events(10).unwrap(),
+            vec!["{\"kind\":\"agent_silent\",\"id\":1}".to_string()]
+        );
     }
 
     #[test]
@@ -517,10 +535,10 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![12, 11, 10]
         );
-        let id = store.append_event(1, "{\"kind\":\"x\"}").unwrap();
-        store.append_event(2, "{\"kind\":\"y\"}").unwrap();
-        assert!(id > 0);
-        assert_eq!(store.events(10).unwrap()[0], "{\"kind\":\"y\"}");
+        let first = store.append_event(&event("x", 1)).unwrap();
+        let second = store.append_event(&event("y", 2)).unwrap();
+        assert!(first.id > 0);
+        assert_eq!(store.events(10).unwrap()[0], second.json);
         assert_eq!(store.prune(5).unwrap(), 4);
         assert_eq!(store.agents().unwrap().len(), 1);
     }

@@ -1,13 +1,14 @@
 //! The collector's HTTP shell in-process for the HTTP tests: a real axum server on loopback
-//! serving a `Fleet` (its background loop running beside it) that the test feeds directly (no
-//! QUIC), stopped gracefully, and the client
+//! serving a `Fleet` (its background loop running beside it) over an in-memory store, which
+//! the test feeds directly as ingest would (no QUIC), stopped gracefully, and the client
 //! side those tests share — JSON and text bodies, reading an SSE stream up to a needle.
 
 use egresswatch_collector::alerts::Alerts;
 use egresswatch_collector::fleet::{Fleet, FleetConfig};
-use egresswatch_collector::http::{self, HttpConfig, MemoryHistory};
+use egresswatch_collector::http::{self, HttpConfig};
 use egresswatch_collector::limits::LimitCounters;
 use egresswatch_collector::metrics::Metrics;
+use egresswatch_collector::store::memory::MemoryStore;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use tokio::sync::oneshot;
 pub struct Server {
     pub addr: SocketAddr,
     pub fleet: Arc<Fleet>,
-    pub history: Arc<MemoryHistory>,
+    pub store: Arc<MemoryStore>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -29,9 +30,9 @@ impl Server {
     }
 
     pub async fn start_with(config: HttpConfig, alerts: Alerts, metrics: Arc<Metrics>) -> Server {
-        let history = Arc::new(MemoryHistory::default());
+        let store = Arc::new(MemoryStore::new());
         let limits = LimitCounters::register(&metrics);
-        let fleet = Fleet::new(FleetConfig::default(), history.clone(), alerts, metrics);
+        let fleet = Fleet::new(FleetConfig::default(), store.clone(), alerts, metrics);
         let bound = http::bind(&config).await.expect("bind");
         let addr = bound.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -53,7 +54,7 @@ impl Server {
         Server {
             addr,
             fleet,
-            history,
+            store,
             stop: Some(tx),
             task,
         }

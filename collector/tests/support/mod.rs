@@ -1,5 +1,5 @@
 //! What the collector's tests share: where the repository, the lab and the built binaries are;
-//! starting the collector binary (its config, its printed addresses) and killing what a test
+//! starting the collector binary (its config, the addresses its `ready.json` names) and killing what a test
 //! started; agent certificates, spool ledgers and the store's exactly-once check; whether this
 //! machine can run the namespace lab, a lab brought up for one test, and a guard that tears it
 //! down even when an assertion fails. `fleet` (real agents on loopback), `quic` (simulated
@@ -16,7 +16,6 @@ use egresswatch_collector::identity::AgentMeta;
 use egresswatch_wire::Labels;
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -294,65 +293,63 @@ pub fn write_collector_config(dir: &Path, quic: &str, http: &str, rest: &str) ->
     config
 }
 
-/// What a collector printed at start: its listeners' addresses and the lines themselves.
+/// Where a started collector listens (from its `ready.json`) and what it printed up to then.
 pub struct Listening {
     /// The QUIC listener's `ip:port`.
     pub quic: SocketAddr,
     /// The HTTP listener's `ip:port`.
     pub http: SocketAddr,
-    /// Every line it printed up to both addresses.
+    /// Every line it printed on stdout by the time it was ready.
     pub printed: String,
 }
 
-/// Starts `egresswatch-collector run --config CONFIG` with its stderr appended to `log` (and
-/// `RUST_LOG` set when given), and reads the `QUIC:` and `HTTP:` lines it prints at start, so
-/// configs can listen on port 0. Its stdout is drained from then on so it never blocks on a full
-/// pipe. Panics with the log if it exits, or prints no addresses within 20 s.
+/// Starts `egresswatch-collector run --config CONFIG` with its stderr appended to `log`, its
+/// stdout to `log` with the extension `stdout` (and `RUST_LOG` set when given), and waits for
+/// the `ready.json` it writes in its data dir once both listeners are bound, so configs can
+/// listen on port 0. Panics with the log if it exits, or is not ready within 20 s.
 pub fn spawn_collector(config: &Path, log: &Path, rust_log: Option<&str>) -> (Child, Listening) {
+    use egresswatch_collector::{config::Config, ready::Ready};
+    let text = std::fs::read_to_string(config).expect("collector config");
+    let data_dir = Config::parse(&text)
+        .expect("collector config parses")
+        .data_dir;
+    let _ = std::fs::remove_file(data_dir.join(egresswatch_collector::ready::READY_FILE));
     let mut command = Command::new(collector_bin());
     command.args(["run", "--config"]).arg(config);
     if let Some(filter) = rust_log {
         command.env("RUST_LOG", filter);
     }
-    let log_file = File::options()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("collector log");
+    let append = |path: &Path| {
+        File::options()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("collector output file")
+    };
+    let stdout = log.with_extension("stdout");
     let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(log_file)
+        .stdout(append(&stdout))
+        .stderr(append(log))
         .spawn()
         .expect("collector starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let (mut quic, mut http) = (None, None);
-    let mut printed = String::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while (quic.is_none() || http.is_none()) && Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        printed.push_str(&line);
-        printed.push('\n');
-        let field = |prefix: &str| {
-            line.strip_prefix(prefix)
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(|a| a.trim_start_matches("http://").trim_end_matches('/'))
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-        };
-        quic = quic.or(field("QUIC:"));
-        http = http.or(field("HTTP:"));
-    }
-    let (Some(quic), Some(http)) = (quic, http) else {
+    let pid = child.id();
+    let mut ready = None;
+    let started = wait_until(Duration::from_secs(20), || {
+        ready = Ready::read(&data_dir).filter(|r| r.pid == pid);
+        ready.is_some() || !matches!(child.try_wait(), Ok(None))
+    });
+    let printed = std::fs::read_to_string(&stdout).unwrap_or_default();
+    let Some(ready) = ready.filter(|_| started) else {
         let _ = child.kill();
         let _ = child.wait();
         panic!(
-            "the collector printed no addresses; it printed:\n{printed}\nlog:\n{}",
+            "the collector did not become ready; it printed:\n{printed}\nlog:\n{}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
     };
-    std::thread::spawn(move || for _ in lines {});
     let listening = Listening {
-        quic,
-        http,
+        quic: ready.quic,
+        http: ready.http,
         printed,
     };
     (child, listening)
