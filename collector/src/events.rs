@@ -50,6 +50,45 @@ impl Scope {
     }
 }
 
+/// A state an event changes from or to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Open,
+    Blocked,
+    Flapping,
+    /// Before a series had a confirmed state (a series flapping from its start).
+    Unknown,
+    /// An agent heard from.
+    Reporting,
+    /// An agent unheard of for longer than the grace.
+    Silent,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Open => "open",
+            State::Blocked => "blocked",
+            State::Flapping => "flapping",
+            State::Unknown => "unknown",
+            State::Reporting => "reporting",
+            State::Silent => "silent",
+        }
+    }
+
+    /// Whether a change to this state starts a problem (an alert fires) rather than ends one.
+    pub fn is_problem(self) -> bool {
+        matches!(self, State::Blocked | State::Silent | State::Flapping)
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One event, serialised exactly as `/api/events` serves it. Fields that do not apply to the
 /// scope (the agent of a provider-wide change, the port of a silent agent) are `null`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,10 +100,10 @@ pub struct Event {
     pub agent: Option<String>,
     pub target: Option<String>,
     pub port: Option<u16>,
-    /// The state before: `open`, `blocked`, `flapping`, `reporting`, `silent`.
-    pub from: String,
+    /// The state before.
+    pub from: State,
     /// The state after.
-    pub to: String,
+    pub to: State,
     /// RFC 3339, UTC.
     pub at: String,
     /// The one family that changed (`ipv4`, `ipv6`); `null` when both changed together, and
@@ -182,8 +221,8 @@ mod tests {
             agent: None,
             target: Some("mx.example".into()),
             port: Some(587),
-            from: "open".into(),
-            to: "blocked".into(),
+            from: State::Open,
+            to: State::Blocked,
             at: rfc3339(0),
             family: Some(Family::Ipv4),
             id: None,
@@ -200,6 +239,20 @@ mod tests {
         assert_eq!(v["scope"], "account");
         assert_eq!(v["agent"], serde_json::Value::Null);
         assert_eq!(v["family"], "ipv4");
+        assert_eq!(
+            (v["from"].as_str(), v["to"].as_str()),
+            (Some("open"), Some("blocked"))
+        );
+        for state in [
+            State::Open,
+            State::Blocked,
+            State::Flapping,
+            State::Unknown,
+            State::Reporting,
+            State::Silent,
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
         assert_eq!(
             e.summary(),
             "policy_changed account gcp/a mx.example:587 open → blocked over IPv4 only"

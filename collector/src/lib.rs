@@ -1,9 +1,13 @@
 //! egresswatch-collector as a library; the binary is a thin shell over it.
 //!
 //! Data flows one way: [`ingest`] (QUIC sessions, mTLS identity) → [`store`] (durable, deduped)
-//! → [`pipeline`] observers → [`matrix`] (live aggregation) and [`detector`] (confirmed changes,
-//! attributed to a layer) → [`alerts`] (sinks). [`http`] serves the dashboard, the API, the SSE
-//! stream and metrics. [`ca`] is the fleet's certificate authority. [`config`] ties them together.
+//! → the [`fleet`] hub, which feeds [`matrix`] (live aggregation) and [`detector`] (confirmed
+//! changes, attributed to a layer), records their [`events`] through the store and hands them to
+//! [`alerts`] (sinks). [`identity`] is the agent and series identity they all share. [`http`] only
+//! serves what the hub and the store hold: the dashboard, the API, the SSE stream and the
+//! [`metrics`] registry every module registers its own counters in. [`limits`] names every bound,
+//! [`ca`] is the fleet's certificate authority, [`ready`] tells scripts where a started collector
+//! listens, and [`config`] ties them together.
 
 pub mod alerts;
 pub mod ca;

@@ -30,7 +30,7 @@ fn number_after(line: &str, key: &str) -> Option<u64> {
 
 #[test]
 fn sighup_reloads_targets_and_labels_keeps_the_spool_and_rejects_a_bad_config() {
-    let tmp = support::fleet::work_dir();
+    let tmp = support::work_dir("ew-agentres-");
     let root = Path::new(HOST_ROOT);
     let mut collector = Collector::start(tmp.path(), 0);
     let (old_port, new_port) = (probe_target(), probe_target());
@@ -156,7 +156,7 @@ fn wall_clock_steps_neither_burst_nor_stall_nor_disorder_the_results() {
         );
         return;
     };
-    let tmp = support::fleet::work_dir();
+    let tmp = support::work_dir("ew-agentres-");
     let root = Path::new(HOST_ROOT);
     let collector = Collector::start(tmp.path(), 0);
     let port = probe_target();
@@ -273,7 +273,7 @@ fn a_full_spool_disk_is_survived_counted_told_and_recovered_from() {
         skip(TEST, "needs root for a tmpfs in a private mount namespace");
         return;
     }
-    let tmp = support::fleet::work_dir();
+    let tmp = support::work_dir("ew-agentres-");
     let mut collector = Collector::start(tmp.path(), 0);
     let ports: Vec<u16> = (0..10).map(|_| probe_target()).collect();
     let mut agent = Agent::new(tmp.path(), "res-disk", &collector, ports);

@@ -7,7 +7,9 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use egresswatch_collector::alerts::{AlertCounters, Alerts, SinkConfig, SinkKind};
-use egresswatch_collector::events::{now_unix_ms, rfc3339, Event, EventKind, Scope};
+use egresswatch_collector::events::{
+    now_unix_ms, rfc3339, Event, EventKind, Scope, State as EventState,
+};
 use egresswatch_wire::Family;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -44,6 +46,11 @@ async fn receiver() -> (SocketAddr, Inbox) {
     (addr, inbox)
 }
 
+/// A state by its name in the event JSON.
+fn state(name: &str) -> EventState {
+    serde_json::from_value(serde_json::Value::String(name.into())).unwrap()
+}
+
 fn event(port: u16, scope: Scope, from: &str, to: &str) -> Event {
     let now = now_unix_ms();
     Event {
@@ -54,8 +61,8 @@ fn event(port: u16, scope: Scope, from: &str, to: &str) -> Event {
         agent: (scope == Scope::Agent).then(|| "g1".to_string()),
         target: Some("mx.lab".into()),
         port: Some(port),
-        from: from.into(),
-        to: to.into(),
+        from: state(from),
+        to: state(to),
         at: rfc3339(now),
         family: Some(Family::Ipv4),
         id: None,

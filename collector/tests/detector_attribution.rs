@@ -3,7 +3,7 @@
 //! — driven with a fake clock.
 
 use egresswatch_collector::detector::{Detector, DetectorConfig};
-use egresswatch_collector::events::{Event, EventKind, Scope};
+use egresswatch_collector::events::{Event, EventKind, Scope, State};
 use egresswatch_collector::identity::AgentMeta;
 use egresswatch_wire::{Family, Outcome, PhaseTimings, ProbeResult};
 
@@ -219,7 +219,7 @@ fn a_whole_account_changing_is_one_account_event_and_nothing_for_the_sibling() {
     f.rounds(8, all_ok, STD);
     let ev = f.expect_events(2);
     assert_eq!(ev[1].scope, Scope::Account);
-    assert_eq!(ev[1].to, "open");
+    assert_eq!(ev[1].to, State::Open);
 }
 
 #[test]
@@ -249,7 +249,7 @@ fn everyone_failing_on_one_target_is_a_destination_outage() {
     f.rounds(8, all_ok, STD);
     let ev = f.expect_events(2);
     assert_eq!(ev[1].kind, EventKind::DestinationOutage);
-    assert_eq!(ev[1].to, "open");
+    assert_eq!(ev[1].to, State::Open);
     assert!(!f.det.outage_open("mx", 587, Family::Ipv4));
 }
 
@@ -293,7 +293,7 @@ fn a_flapping_series_is_alerted_once() {
         );
     }
     let ev = f.policy_events();
-    let flapping: Vec<_> = ev.iter().filter(|e| e.to == "flapping").collect();
+    let flapping: Vec<_> = ev.iter().filter(|e| e.to == State::Flapping).collect();
     assert_eq!(flapping.len(), 1, "{ev:?}");
     assert_eq!(flapping[0].agent.as_deref(), Some("h1"));
     // Nothing else while it flaps (no open/blocked on every flip).
@@ -409,8 +409,8 @@ to = ["blocked", "open"]
         agent: None,
         target: Some("mx".into()),
         port: Some(587),
-        from: "open".into(),
-        to: "blocked".into(),
+        from: State::Open,
+        to: State::Blocked,
         at: String::new(),
         family: None,
         id: None,

@@ -14,8 +14,8 @@ use rand::Rng;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::fleet::{probe_target, work_dir, Agent, Collector};
-use support::{collector_bin, issue, wait_until};
+use support::fleet::{probe_target, Agent, Collector};
+use support::{collector_bin, issue, wait_until, work_dir};
 
 /// The spool as the test sees it: the agents here share the test's mount namespace.
 const ROOT: &str = "/";
@@ -26,7 +26,7 @@ fn stored_count(collector: &Collector, agent: &str) -> u64 {
 
 #[test]
 fn collector_sigkilled_and_restarted_loses_and_doubles_nothing() {
-    let tmp = work_dir();
+    let tmp = work_dir("ew-fleet-");
     let root = Path::new(ROOT);
     let mut collector = Collector::start(tmp.path(), 0);
     let mut agent_setup = Agent::new(tmp.path(), "e2e-a", &collector, vec![probe_target()]);
@@ -57,7 +57,7 @@ fn collector_sigkilled_and_restarted_loses_and_doubles_nothing() {
 
 #[test]
 fn agent_sigkilled_in_a_loop_always_restarts_and_loses_nothing_written() {
-    let tmp = work_dir();
+    let tmp = work_dir("ew-fleet-");
     let root = Path::new(ROOT);
     let collector = Collector::start(tmp.path(), 0);
     let mut agent_setup = Agent::new(tmp.path(), "e2e-b", &collector, vec![probe_target()]);
@@ -85,7 +85,7 @@ fn agent_sigkilled_in_a_loop_always_restarts_and_loses_nothing_written() {
 
 #[test]
 fn a_certificate_from_another_ca_is_rejected_without_a_tight_loop() {
-    let tmp = work_dir();
+    let tmp = work_dir("ew-fleet-");
     let root = Path::new(ROOT);
     let collector = Collector::start(tmp.path(), 0);
     let target = probe_target();
@@ -137,7 +137,7 @@ fn a_certificate_from_another_ca_is_rejected_without_a_tight_loop() {
 
 #[test]
 fn a_revoked_agent_is_cut_off_mid_session_and_told_why() {
-    let tmp = work_dir();
+    let tmp = work_dir("ew-fleet-");
     let root = Path::new(ROOT);
     let collector = Collector::start(tmp.path(), 0);
     let target = probe_target();
@@ -198,7 +198,7 @@ fn a_revoked_agent_is_cut_off_mid_session_and_told_why() {
 
 #[test]
 fn an_unusable_spool_is_an_error_in_the_log_and_the_hello_not_a_crash() {
-    let tmp = work_dir();
+    let tmp = work_dir("ew-fleet-");
     let collector = Collector::start(tmp.path(), 0);
     let mut agent_setup = Agent::new(tmp.path(), "e2e-nospool", &collector, vec![probe_target()]);
     // The spool's parent is a regular file: the directory can never be made.

@@ -2,15 +2,16 @@
 //! Alertmanager v2 alerts (firing on a change to `blocked`/`silent`/`flapping`, resolved with
 //! `endsAt` on the way back).
 
-use crate::events::{rfc3339, Event, EventKind};
+use crate::events::{rfc3339, Event, EventKind, State};
 use serde_json::{json, Map, Value};
 
 /// Slack incoming-webhook body. Label-derived text is escaped for Slack's mrkdwn (`&`, `<`, `>`),
 /// so a provider called `<!channel>` cannot ping anyone.
 pub fn slack(e: &Event) -> Value {
-    let icon = match e.to.as_str() {
-        "blocked" | "silent" | "flapping" => ":red_circle:",
-        _ => ":large_green_circle:",
+    let icon = if e.to.is_problem() {
+        ":red_circle:"
+    } else {
+        ":large_green_circle:"
     };
     json!({ "text": format!("{icon} egresswatch: {}", slack_escape(&e.summary())) })
 }
@@ -23,7 +24,7 @@ fn slack_escape(text: &str) -> String {
 
 /// Whether an event starts a problem (fires) or ends one (resolves), for Alertmanager.
 pub fn fires(e: &Event) -> bool {
-    matches!(e.to.as_str(), "blocked" | "silent" | "flapping")
+    e.to.is_problem()
 }
 
 /// The Alertmanager alert name of an event: a resolve must carry the same labels as its firing
@@ -32,7 +33,7 @@ fn alert_name(e: &Event) -> &'static str {
     match e.kind {
         EventKind::DestinationOutage => "EgresswatchDestinationOutage",
         EventKind::AgentSilent | EventKind::AgentBack => "EgresswatchAgentSilent",
-        EventKind::PolicyChanged if e.to == "flapping" || e.from == "flapping" => {
+        EventKind::PolicyChanged if e.to == State::Flapping || e.from == State::Flapping => {
             "EgresswatchFlapping"
         }
         EventKind::PolicyChanged => "EgresswatchPortBlocked",

@@ -29,7 +29,7 @@ pub mod format;
 pub mod rule;
 pub mod sink;
 
-use crate::events::Event;
+use crate::events::{Event, State};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -145,7 +145,7 @@ impl SinkConfig {
 /// scope, who, path — and the same destination state), so a re-raised event is not re-sent.
 #[derive(Debug, Default)]
 pub struct Dedupe {
-    last_to: Mutex<HashMap<String, String>>,
+    last_to: Mutex<HashMap<String, State>>,
 }
 
 impl Dedupe {
@@ -162,7 +162,7 @@ impl Dedupe {
         if map.get(&key) == Some(&e.to) {
             return false;
         }
-        map.insert(key, e.to.clone());
+        map.insert(key, e.to);
         true
     }
 }

@@ -2,7 +2,7 @@
 //! narrows by ports, kinds, scopes and transitions (`from`/`to` states); an absent field admits
 //! everything.
 
-use crate::events::{Event, EventKind, Scope};
+use crate::events::{Event, EventKind, Scope, State};
 use serde::Deserialize;
 
 /// One `[[alerts.match]]` table.
@@ -12,10 +12,10 @@ pub struct Match {
     pub ports: Option<Vec<u16>>,
     pub kinds: Option<Vec<EventKind>>,
     pub scopes: Option<Vec<Scope>>,
-    /// States changed from (`open`, `blocked`, `flapping`, `reporting`, `silent`).
-    pub from: Option<Vec<String>>,
+    /// States changed from (`open`, `blocked`, `flapping`, `unknown`, `reporting`, `silent`).
+    pub from: Option<Vec<State>>,
     /// States changed to.
-    pub to: Option<Vec<String>>,
+    pub to: Option<Vec<State>>,
 }
 
 impl Match {

@@ -5,6 +5,7 @@
 
 use super::series::PortState;
 use super::{Detector, PathKey, Pending, SeriesKey};
+use crate::events::State;
 use crate::events::{rfc3339, Event, EventKind, Scope};
 use egresswatch_wire::Outcome;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -93,8 +94,8 @@ impl Detector {
                 Scope::Destination,
                 (None, None, None),
                 &path,
-                from.as_str(),
-                to.as_str(),
+                from.into(),
+                to.into(),
                 outcome,
                 now,
             ));
@@ -107,8 +108,8 @@ impl Detector {
                 Scope::Destination,
                 (None, None, None),
                 &path,
-                from.as_str(),
-                to.as_str(),
+                from.into(),
+                to.into(),
                 None,
                 now,
             ));
@@ -139,8 +140,8 @@ impl Detector {
                     Scope::Provider,
                     (Some(provider.clone()), None, None),
                     &path,
-                    from.as_str(),
-                    to.as_str(),
+                    from.into(),
+                    to.into(),
                     outcome.clone(),
                     now,
                 ));
@@ -165,8 +166,8 @@ impl Detector {
                         Scope::Account,
                         (Some(provider.clone()), Some(account.clone()), None),
                         &path,
-                        from.as_str(),
-                        to.as_str(),
+                        from.into(),
+                        to.into(),
                         outcome.clone(),
                         now,
                     ));
@@ -189,8 +190,8 @@ impl Detector {
                             Some(m.key.agent.clone()),
                         ),
                         &path,
-                        m.from.as_str(),
-                        to.as_str(),
+                        m.from.into(),
+                        to.into(),
                         one_outcome,
                         now,
                     ));
@@ -271,8 +272,8 @@ impl Detector {
         scope: Scope,
         who: (Option<String>, Option<String>, Option<String>),
         path: &PathKey,
-        from: &str,
-        to: &str,
+        from: State,
+        to: State,
         outcome: Option<String>,
         now: i64,
     ) -> Event {
@@ -284,8 +285,8 @@ impl Detector {
             agent: who.2,
             target: Some(path.0.clone()),
             port: Some(path.1),
-            from: from.to_string(),
-            to: to.to_string(),
+            from,
+            to,
             at: rfc3339(now),
             family: Some(path.2),
             id: None,

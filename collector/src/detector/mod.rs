@@ -12,7 +12,7 @@
 mod attribution;
 mod series;
 
-use crate::events::{rfc3339, Event, EventKind, Scope};
+use crate::events::{rfc3339, Event, EventKind, Scope, State};
 pub use crate::identity::SeriesKey;
 use crate::identity::{measured_at, AgentMeta, KnownAgent};
 use egresswatch_wire::{Family, Outcome, ProbeResult};
@@ -135,8 +135,8 @@ impl Detector {
                 EventKind::AgentBack,
                 &agent.agent_id,
                 &info,
-                "silent",
-                "reporting",
+                State::Silent,
+                State::Reporting,
                 now_unix_ms,
             )];
         }
@@ -215,8 +215,8 @@ impl Detector {
                         events.push(self.series_event(
                             &key,
                             &info,
-                            from.map_or("unknown", PortState::as_str),
-                            "flapping",
+                            from.map_or(State::Unknown, State::from),
+                            State::Flapping,
                             None,
                             now_unix_ms,
                         ));
@@ -227,8 +227,8 @@ impl Detector {
                         events.push(self.series_event(
                             &key,
                             &info,
-                            "flapping",
-                            to.as_str(),
+                            State::Flapping,
+                            to.into(),
                             None,
                             now_unix_ms,
                         ));
@@ -257,8 +257,8 @@ impl Detector {
                 EventKind::AgentSilent,
                 &id,
                 &info,
-                "reporting",
-                "silent",
+                State::Reporting,
+                State::Silent,
                 now_unix_ms,
             ));
         }
@@ -328,8 +328,8 @@ impl Detector {
         &self,
         key: &SeriesKey,
         info: &AgentInfo,
-        from: &str,
-        to: &str,
+        from: State,
+        to: State,
         outcome: Option<String>,
         now: i64,
     ) -> Event {
@@ -354,8 +354,8 @@ impl Detector {
         kind: EventKind,
         agent: &str,
         info: &AgentInfo,
-        from: &str,
-        to: &str,
+        from: State,
+        to: State,
         now: i64,
     ) -> Event {
         Event {
@@ -366,8 +366,8 @@ impl Detector {
             agent: Some(agent.to_string()),
             target: None,
             port: None,
-            from: from.to_string(),
-            to: to.to_string(),
+            from,
+            to,
             at: rfc3339(now),
             family: None,
             id: None,

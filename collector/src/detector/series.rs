@@ -31,6 +31,15 @@ impl PortState {
     }
 }
 
+impl From<PortState> for crate::events::State {
+    fn from(state: PortState) -> Self {
+        match state {
+            PortState::Open => crate::events::State::Open,
+            PortState::Blocked => crate::events::State::Blocked,
+        }
+    }
+}
+
 /// What one observation did to the series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {

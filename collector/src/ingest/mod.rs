@@ -7,6 +7,7 @@
 //! Each connection runs in [`session`] in its own task and tracing span; bad bytes close that
 //! one connection, never the listener. The CA's revocation list is checked at the handshake and
 //! followed while running ([`revocation`]): a revoked agent is refused and its live sessions end.
+//! Ingest owns its counters ([`counters`]), registered before the listener is bound.
 
 pub mod counters;
 pub mod revocation;

@@ -4,7 +4,7 @@
 //! stored and served with their id, and pruning by measurement time.
 
 use super::Store;
-use crate::events::{rfc3339, Event, EventKind, Scope};
+use crate::events::{rfc3339, Event, EventKind, Scope, State};
 use crate::identity::AgentMeta;
 use egresswatch_wire::{Family, Labels, Outcome, ProbeResult};
 
@@ -41,8 +41,8 @@ pub fn event(agent: &str, at: i64) -> Event {
         agent: Some(agent.into()),
         target: None,
         port: None,
-        from: "reporting".into(),
-        to: "silent".into(),
+        from: State::Reporting,
+        to: State::Silent,
         at: rfc3339(at),
         family: None,
         id: None,

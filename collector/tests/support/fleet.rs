@@ -19,22 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// The agent binary, which must have been built.
-pub fn agent_bin() -> PathBuf {
-    let bin = super::agent_bin();
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` (test.sh does) before this test",
-        bin.display()
-    );
-    bin
-}
-
-/// A work directory not under /tmp (the agent refuses a spool there).
-pub fn work_dir() -> tempfile::TempDir {
-    super::work_dir("ew-agentres-")
-}
-
 /// The collector on loopback with its data in `dir/data` and its log in `dir/collector.log`.
 pub struct Collector {
     pub dir: PathBuf,
@@ -203,6 +187,12 @@ impl Agent {
 
     /// Writes the config and starts the agent, without RUST_LOG (the config's log level rules).
     pub fn start(&self) -> Proc {
+        let agent_bin = super::agent_bin();
+        assert!(
+            agent_bin.exists(),
+            "{} is missing: run `cargo build --workspace --bins` (test.sh does) before this test",
+            agent_bin.display()
+        );
         self.write_config();
         let log = File::options()
             .create(true)
@@ -212,10 +202,10 @@ impl Agent {
         let mut command = match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(agent_bin());
+                c.args(args).arg(&agent_bin);
                 c
             }
-            None => Command::new(agent_bin()),
+            None => Command::new(&agent_bin),
         };
         command
             .args(["run", "--config"])
