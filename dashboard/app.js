@@ -10,14 +10,16 @@ const STATUS = {
   partial: { sym: '◐', word: 'partial' },
   unknown: { sym: '?', word: 'unknown' },
 };
-const CONTROL_PORT = '443';
+const FAMILY_WORD = { ipv4: 'IPv4', ipv6: 'IPv6' };
 const STALE_AFTER_MS = 30_000;
 const HIGHLIGHT_MS = 8_000;
 const EVENT_LIMIT = 200;
 
 const state = {
   family: 'all',
-  ports: ['25', '465', '587', '2525', '443'],
+  // Both come from /api/matrix: its `ports`, and its `control_port` (the column set apart).
+  ports: [],
+  controlPort: null,
   matrix: null,
   expanded: new Set(), // row keys
   rows: new Map(), // key -> row record
@@ -35,14 +37,6 @@ function el(tag, className, text) {
   if (className) e.className = className;
   if (text !== undefined && text !== null) e.textContent = String(text);
   return e;
-}
-
-function mark(name) {
-  try {
-    performance.mark(name);
-  } catch {
-    /* marks are best effort */
-  }
 }
 
 // ---------- formatting ----------
@@ -94,11 +88,12 @@ function renderHead() {
   const head = $('matrix-head');
   while (head.children.length > 1) head.lastChild.remove();
   for (const port of state.ports) {
-    const th = el('th', port === CONTROL_PORT ? 'port control' : 'port');
+    const control = port === state.controlPort;
+    const th = el('th', control ? 'port control' : 'port');
     th.scope = 'col';
     th.dataset.port = port;
     th.append(el('span', 'port-num', port));
-    if (port === CONTROL_PORT) th.append(el('span', 'port-note', 'control'));
+    if (control) th.append(el('span', 'port-note', 'control'));
     head.append(th);
   }
 }
@@ -109,8 +104,29 @@ function cellSignature(c, held) {
   if (!c) return 'none';
   return [
     c.status, c.ok, c.failed, c.outcome, c.p50_connect_ms, c.since, held,
+    c.families ? JSON.stringify(c.families) : '',
     c.doc_mismatch, c.doc ? JSON.stringify(c.doc) : '',
   ].join('|');
+}
+
+// In the both-families view a cell is partial where the families disagree: name the families
+// that are not open ("IPv4 blocked"), so a block over one family is never hidden by the other.
+function familyNote(c) {
+  const f = c.families;
+  if (!f || typeof f !== 'object' || c.status !== 'partial' || f.ipv4 === f.ipv6) return '';
+  // A family without fresh results is no evidence: the other family's partial is its own.
+  if (f.ipv4 === 'unknown' || f.ipv6 === 'unknown') return '';
+  const parts = [];
+  for (const fam of ['ipv4', 'ipv6']) {
+    if (f[fam] === 'blocked') parts.push(`${FAMILY_WORD[fam]} blocked`);
+    else if (f[fam] === 'partial') parts.push(`${FAMILY_WORD[fam]} partly blocked`);
+  }
+  return parts.join(', ');
+}
+
+function familiesTitle(f) {
+  if (!f || typeof f !== 'object') return '';
+  return ['ipv4', 'ipv6'].map((fam) => `${FAMILY_WORD[fam]}: ${String(f[fam] ?? 'unknown')}`).join(' · ');
 }
 
 function buildDoc(doc) {
@@ -162,6 +178,9 @@ function fillCell(td, c, now) {
   }
   const line = el('div', 'cell-main');
   line.append(el('span', 'sym', STATUS[status].sym), ' ', el('span', 'word', STATUS[status].word));
+  const note = familyNote(c);
+  if (note) line.append(' ', el('span', 'fam-note', `— ${note}`));
+  if (c.families) line.title = familiesTitle(c.families);
   td.append(line);
   const total = (c.ok ?? 0) + (c.failed ?? 0);
   const meta = el('div', 'cell-meta');
@@ -208,7 +227,7 @@ function makeRow(key, level, label, sub, expandable) {
   tr.append(th);
   const cells = new Map();
   for (const port of state.ports) {
-    const td = el('td', port === CONTROL_PORT ? 'control' : '');
+    const td = el('td', port === state.controlPort ? 'control' : '');
     td.dataset.port = port;
     tr.append(td);
     cells.set(port, td);
@@ -281,7 +300,6 @@ function visibleRows(now) {
 }
 
 function render() {
-  const t0 = performance.now();
   const now = Date.now();
   const body = $('matrix-body');
   const wanted = visibleRows(now);
@@ -303,7 +321,6 @@ function render() {
     }
   }
   $('matrix-empty').hidden = wanted.length > 0;
-  return performance.now() - t0;
 }
 
 function toggle(key) {
@@ -387,32 +404,24 @@ async function loadProbes(agentId) {
 
 // ---------- matrix data ----------
 
-// Each render is recorded in window.__ew.renders (JS time, time since the data arrived, and
-// time until the next frame was painted) for the benchmark and for curious people.
-function setMatrix(m, source, receivedAt = performance.now()) {
+// The columns are the matrix's own `ports`, the control port last and set apart.
+function setMatrix(m) {
   if (!m || typeof m !== 'object') return;
   if (Array.isArray(m.ports) && m.ports.length) {
-    const ports = m.ports.map(String).filter((p) => p !== CONTROL_PORT);
-    if (m.ports.map(String).includes(CONTROL_PORT)) ports.push(CONTROL_PORT);
-    if (ports.join(',') !== state.ports.join(',')) {
+    const all = m.ports.map(String);
+    const control = Number.isInteger(m.control_port) && all.includes(String(m.control_port)) ? String(m.control_port) : null;
+    const ports = all.filter((p) => p !== control);
+    if (control) ports.push(control);
+    if (ports.join(',') !== state.ports.join(',') || control !== state.controlPort) {
       state.ports = ports;
+      state.controlPort = control;
       for (const rec of state.rows.values()) rec.tr.remove();
       state.rows.clear();
       renderHead();
     }
   }
   state.matrix = m;
-  mark(`matrix-${source}-start`);
-  const ms = render();
-  mark(`matrix-${source}-end`);
-  window.__ew = window.__ew || { renders: [] };
-  const rec = { source, render_ms: ms, total_ms: performance.now() - receivedAt, painted_ms: null, end_at: performance.now() };
-  window.__ew.renders.push(rec);
-  if (window.__ew.renders.length > 100) window.__ew.renders.shift();
-  requestAnimationFrame(() => setTimeout(() => {
-    rec.painted_ms = performance.now() - receivedAt;
-    rec.painted_since_nav_ms = performance.now();
-  }, 0));
+  render();
 }
 
 async function fetchMatrix() {
@@ -423,12 +432,11 @@ async function fetchMatrix() {
   return resp.json();
 }
 
-async function refreshMatrix(source) {
+async function refreshMatrix() {
   const family = state.family;
-  const asked = performance.now();
-  state.fetchedAt = asked;
+  state.fetchedAt = performance.now();
   const m = await fetchMatrix();
-  if (family === state.family) setMatrix(m, source, asked);
+  if (family === state.family) setMatrix(m);
   fresh();
 }
 
@@ -449,8 +457,9 @@ function eventItem(e) {
   if (who) body.append(el('span', 'who', who), ' ');
   if (e.target) body.append(el('span', 'target', e.target), ' ');
   if (e.port !== null && e.port !== undefined) body.append(el('span', 'port', `:${e.port}`), ' ');
-  if (e.family) body.append(el('span', 'fam', e.family), ' ');
   body.append(el('span', `from st-word-${e.from}`, e.from), ' → ', el('span', `to st-word-${e.to}`, e.to));
+  // Only one family changed (null: both did, or the event is about no family).
+  if (e.family) body.append(' ', el('span', 'fam', `over ${FAMILY_WORD[e.family] ?? String(e.family)} only`));
   if (e.outcome) body.append(' ', el('span', 'outcome', `(${e.outcome})`));
   li.append(head, body);
   if (e.provider || e.port !== null && e.port !== undefined) {
@@ -549,7 +558,7 @@ async function watchdog() {
   if (!checking && state.connected) {
     checking = true;
     try {
-      await refreshMatrix('check');
+      await refreshMatrix();
       return;
     } catch {
       /* fall through: stale */
@@ -582,18 +591,17 @@ function connect() {
     state.connected = true;
     fresh();
     if (state.family === 'all') {
-      const receivedAt = performance.now();
       let m;
       try {
         m = JSON.parse(msg.data);
       } catch {
         return;
       }
-      setMatrix(m, state.matrix ? 'sse' : 'initial', receivedAt);
+      setMatrix(m);
     } else if (!first || performance.now() - state.fetchedAt > 1000) {
       // The stream's matrix covers both families: ask for ours (unless the stream's opening
       // snapshot arrives just after we fetched it).
-      refreshMatrix(state.matrix ? 'sse' : 'initial').catch(() => {});
+      refreshMatrix().catch(() => {});
     }
   });
   es.addEventListener('event', (msg) => {
@@ -612,7 +620,6 @@ function connect() {
 // ---------- start ----------
 
 function start() {
-  mark('app-start');
   renderHead();
   const params = new URLSearchParams(location.search);
   const fam = params.get('family');
@@ -626,12 +633,12 @@ function start() {
       if (state.family === 'all') u.searchParams.delete('family');
       else u.searchParams.set('family', state.family);
       history.replaceState(null, '', u);
-      refreshMatrix('family').catch(() => setLive('stale', 'could not load the matrix'));
+      refreshMatrix().catch(() => setLive('stale', 'could not load the matrix'));
     });
   }
   // The stream opens with the whole matrix (both families): with "both" selected that first
   // message is the first render, and the matrix is fetched only if the stream is slow to come.
-  const initialFetch = () => refreshMatrix('initial').catch(() => setLive('reconnecting', 'could not load the matrix; retrying…'));
+  const initialFetch = () => refreshMatrix().catch(() => setLive('reconnecting', 'could not load the matrix; retrying…'));
   if (state.family === 'all') {
     setTimeout(() => {
       if (!state.matrix) initialFetch();

@@ -49,6 +49,7 @@ impl Config {
             matrix: crate::matrix::MatrixConfig {
                 fresh_ms: secs_ms(self.fresh_secs()),
                 silent_after_ms: secs_ms(self.detector.silent_after_secs),
+                control_port: self.detector.control_port,
             },
         }
     }

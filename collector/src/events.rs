@@ -106,7 +106,9 @@ pub struct Event {
     pub to: State,
     /// RFC 3339, UTC.
     pub at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The one family that changed (`ipv4`, `ipv6`); `null` when both changed together, and
+    /// for an agent going silent or coming back.
+    #[serde(default)]
     pub family: Option<Family>,
     /// Set once the event is stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -120,7 +122,8 @@ pub struct Event {
 }
 
 impl Event {
-    /// A short human line: "policy_changed account gcp/acct-a 587 open → blocked".
+    /// A short human line: "policy_changed account gcp/acct-a mx:587 open → blocked over IPv4
+    /// only (timeout)"; without the family when both changed.
     pub fn summary(&self) -> String {
         let mut who = Vec::new();
         for p in [&self.provider, &self.account, &self.agent]
@@ -140,14 +143,22 @@ impl Event {
         if let Some(p) = self.port {
             text.push_str(&format!(":{p}"));
         }
-        if let Some(f) = self.family {
-            text.push_str(&format!(" {f}"));
-        }
         text.push_str(&format!(" {} → {}", self.from, self.to));
+        if let Some(f) = self.family {
+            text.push_str(&format!(" over {} only", family_word(f)));
+        }
         if let Some(o) = &self.outcome {
             text.push_str(&format!(" ({o})"));
         }
         text
+    }
+}
+
+/// How a family is written for people.
+pub fn family_word(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => "IPv4",
+        Family::Ipv6 => "IPv6",
     }
 }
 
@@ -242,5 +253,28 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
         }
+        assert_eq!(
+            e.summary(),
+            "policy_changed account gcp/a mx.example:587 open → blocked over IPv4 only"
+        );
+        // Both families together: `family` is there, and null; the line names no family.
+        let both = Event {
+            family: None,
+            outcome: Some("timeout".into()),
+            ..e
+        };
+        let v = serde_json::to_value(&both).unwrap();
+        assert_eq!(v.get("family"), Some(&serde_json::Value::Null));
+        assert_eq!(
+            both.summary(),
+            "policy_changed account gcp/a mx.example:587 open → blocked (timeout)"
+        );
+        // Events stored before the field existed still read.
+        let old: Event = serde_json::from_str(
+            r#"{"kind":"agent_silent","scope":"agent","provider":"p","account":"a","agent":"g",
+                "target":null,"port":null,"from":"reporting","to":"silent","at":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.family, None);
     }
 }

@@ -1,5 +1,6 @@
 //! The detector as a pure state machine: hysteresis, attribution to agent / account / provider /
-//! destination, the control port, flapping, replays and silence — driven with a fake clock.
+//! destination, the control port, flapping, replays and silence, and the family an event names
+//! — driven with a fake clock.
 
 use egresswatch_collector::detector::{Detector, DetectorConfig};
 use egresswatch_collector::events::{Event, EventKind, Scope, State};
@@ -536,6 +537,93 @@ fn both_families_changing_together_is_one_event() {
             events.extend(det.tick(now + s * 1000));
         }
     }
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].scope, Scope::Account);
+    assert_eq!(events[0].family, None);
+    let json = serde_json::to_value(&events[0]).unwrap();
+    assert_eq!(json.get("family"), Some(&serde_json::Value::Null));
+    assert!(
+        !events[0].summary().contains("only"),
+        "{}",
+        events[0].summary()
+    );
+}
+
+/// Ten rounds of every agent probing "mx" on 587 and 443 over both families, 587 timing out
+/// from round 3 on where `closed(agent, account, family)` holds. Returns every event.
+fn dual_stack_rounds(
+    agents: &[AgentMeta],
+    closed: impl Fn(&str, &str, Family) -> bool,
+) -> Vec<Event> {
+    let mut det = Detector::new(DetectorConfig::default());
+    let mut seq = 0;
+    let mut events = Vec::new();
+    for round in 0..10i64 {
+        let now = T0 + round * INTERVAL;
+        for a in agents {
+            for family in [Family::Ipv4, Family::Ipv6] {
+                let shut = round >= 3 && closed(&a.agent_id, &a.labels.account, family);
+                let outcome_of = |port| {
+                    if shut && port == 587 {
+                        Outcome::Timeout
+                    } else {
+                        Outcome::Ok
+                    }
+                };
+                let rs = probes_of_mx(&mut seq, now, &[family], outcome_of);
+                events.extend(det.observe(a, &rs, true, now));
+            }
+        }
+        for s in 1..=60 {
+            events.extend(det.tick(now + s * 1000));
+        }
+    }
+    events
+}
+
+#[test]
+fn an_account_closing_over_ipv4_only_is_an_event_that_names_ipv4() {
+    let events = dual_stack_rounds(&fleet_two_providers(), |_, account, family| {
+        account == "acct-a" && family == Family::Ipv4
+    });
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e.scope, Scope::Account);
+    assert_eq!(e.account.as_deref(), Some("acct-a"));
+    assert_eq!(e.family, Some(Family::Ipv4));
+    assert_eq!(serde_json::to_value(e).unwrap()["family"], "ipv4");
+    assert!(
+        e.summary().contains("open → blocked over IPv4 only"),
+        "{}",
+        e.summary()
+    );
+}
+
+#[test]
+fn a_provider_closing_over_ipv4_only_names_ipv4() {
+    let events = dual_stack_rounds(&fleet_two_providers(), |agent, _, family| {
+        agent.starts_with('g') && family == Family::Ipv4
+    });
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].scope, Scope::Provider);
+    assert_eq!(events[0].provider.as_deref(), Some("gcp"));
+    assert_eq!(events[0].family, Some(Family::Ipv4));
+}
+
+#[test]
+fn one_agent_closing_over_ipv6_only_names_ipv6() {
+    let events = dual_stack_rounds(&fleet_two_providers(), |agent, _, family| {
+        agent == "g1" && family == Family::Ipv6
+    });
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].scope, Scope::Agent);
+    assert_eq!(events[0].agent.as_deref(), Some("g1"));
+    assert_eq!(events[0].family, Some(Family::Ipv6));
+}
+
+#[test]
+fn an_account_closing_over_both_families_names_none() {
+    let events = dual_stack_rounds(&fleet_two_providers(), |_, account, _| account == "acct-a");
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].scope, Scope::Account);
     assert_eq!(events[0].family, None);

@@ -1,9 +1,10 @@
 //! The matrix as a pure state machine: statuses, counts, dominant outcome, p50, freshness,
 //! families kept apart, `no_address` excluded, provider aliases, documented policies and
-//! mismatches, and the exact `/api/matrix` JSON shape.
+//! mismatches, the both-families view that never shows `open` where a family is blocked, and
+//! the exact `/api/matrix` JSON shape.
 
 use egresswatch_collector::identity::AgentMeta;
-use egresswatch_collector::matrix::{FamilyFilter, Matrix, MatrixConfig, Status};
+use egresswatch_collector::matrix::{FamilyFilter, FamilyStatuses, Matrix, MatrixConfig, Status};
 use egresswatch_wire::{Family, Labels, Outcome, PhaseTimings, ProbeResult};
 
 const T0: i64 = 1_800_000_000_000;
@@ -144,11 +145,143 @@ fn families_apart_and_no_address_excluded() {
     assert_eq!(v6.providers[0].cells["2525"].failed, 0);
 }
 
+/// A provider whose agents all time out on 25 over IPv4 but connect over IPv6, in two accounts.
+fn provider_blocked_over_ipv4_only() -> Matrix {
+    let mut m = Matrix::new(MatrixConfig::default());
+    for (id, account) in [("a1", "prod"), ("a2", "prod"), ("a3", "dev")] {
+        feed(
+            &mut m,
+            &agent(id, "aws", account, "eu"),
+            &[
+                res(25, Family::Ipv4, Outcome::Timeout, None),
+                res(25, Family::Ipv6, Outcome::Ok, Some(2_000)),
+                res(587, Family::Ipv4, Outcome::Ok, Some(1_000)),
+                res(587, Family::Ipv6, Outcome::Ok, Some(3_000)),
+            ],
+        );
+    }
+    m
+}
+
+#[test]
+fn a_family_blocked_is_partial_with_the_family_named_at_every_level() {
+    let mut m = provider_blocked_over_ipv4_only();
+    let v = m.view(FamilyFilter::All, T0);
+    let ipv4_blocked = Some(FamilyStatuses {
+        ipv4: Status::Blocked,
+        ipv6: Status::Open,
+    });
+    let p = &v.providers[0];
+    let levels = [
+        ("provider", &p.cells),
+        ("account prod", &p.accounts[1].cells),
+        ("account dev", &p.accounts[0].cells),
+        ("region", &p.accounts[1].regions[0].cells),
+        ("agent", &p.accounts[1].regions[0].agent_list[0].cells),
+    ];
+    for (level, cells) in levels {
+        let c25 = &cells["25"];
+        assert_eq!(c25.status, Status::Partial, "{level}: never open");
+        assert_eq!(c25.families, ipv4_blocked, "{level}");
+        // No agent is open in every family, so none counts as open.
+        assert_eq!(c25.ok, 0, "{level}");
+        assert_eq!(c25.outcome, Some("timeout"), "{level}");
+        let c587 = &cells["587"];
+        assert_eq!(c587.status, Status::Open, "{level}");
+        assert_eq!(c587.families, None, "{level}: both families say open");
+    }
+    assert_eq!((p.cells["25"].ok, p.cells["25"].failed), (0, 3));
+    assert_eq!(p.cells["587"].p50_connect_ms, Some(2.0));
+    // AWS documents 25 as blocked: a partial cell contradicts nothing.
+    assert_eq!(p.cells["25"].doc_mismatch, Some(false));
+
+    // The per-family views are what they were, and carry no `families`.
+    let v4 = m.view(FamilyFilter::Ipv4, T0);
+    let v6 = m.view(FamilyFilter::Ipv6, T0);
+    assert_eq!(v4.providers[0].cells["25"].status, Status::Blocked);
+    assert_eq!(
+        (
+            v4.providers[0].cells["25"].ok,
+            v4.providers[0].cells["25"].failed
+        ),
+        (0, 3)
+    );
+    assert_eq!(v6.providers[0].cells["25"].status, Status::Open);
+    assert_eq!(v4.providers[0].cells["25"].families, None);
+    assert_eq!(v6.providers[0].accounts[0].cells["25"].families, None);
+}
+
+#[test]
+fn a_family_without_results_is_no_evidence_in_the_both_families_view() {
+    let mut m = Matrix::new(MatrixConfig::default());
+    let h = agent("h", "hetzner", "a", "fsn");
+    feed(
+        &mut m,
+        &h,
+        &[
+            res(587, Family::Ipv4, Outcome::Ok, Some(1_000)),
+            res(587, Family::Ipv6, Outcome::NoAddress, None),
+            res(465, Family::Ipv4, Outcome::Refused, None),
+        ],
+    );
+    let v = m.view(FamilyFilter::All, T0);
+    let cells = &v.providers[0].cells;
+    assert_eq!(cells["587"].status, Status::Open);
+    assert_eq!(
+        cells["587"].families,
+        Some(FamilyStatuses {
+            ipv4: Status::Open,
+            ipv6: Status::Unknown
+        })
+    );
+    assert_eq!(cells["465"].status, Status::Blocked);
+    assert_eq!(cells["2525"].status, Status::Unknown);
+}
+
+#[test]
+fn one_agent_open_in_each_family_differently_is_partial() {
+    // One agent reaches 587 over IPv4 only, the other over IPv6 only: each family is partial,
+    // and so is the cell; neither agent is open in every family.
+    let mut m = Matrix::new(MatrixConfig::default());
+    feed(
+        &mut m,
+        &agent("x", "vultr", "a", "r"),
+        &[
+            res(587, Family::Ipv4, Outcome::Ok, Some(1_000)),
+            res(587, Family::Ipv6, Outcome::Unreachable, None),
+        ],
+    );
+    feed(
+        &mut m,
+        &agent("y", "vultr", "a", "r"),
+        &[
+            res(587, Family::Ipv4, Outcome::Refused, None),
+            res(587, Family::Ipv6, Outcome::Ok, Some(1_000)),
+        ],
+    );
+    let c = &m.view(FamilyFilter::All, T0).providers[0].cells["587"];
+    assert_eq!(c.status, Status::Partial);
+    assert_eq!((c.ok, c.failed), (0, 2));
+    // Each family is partial too, so the families agree and the cell names none.
+    assert_eq!(c.families, None);
+    // Each agent's own row names its blocked family.
+    let agents = &m.view(FamilyFilter::All, T0).providers[0].accounts[0].regions[0].agent_list;
+    assert_eq!(
+        agents[0].cells["587"].families,
+        Some(FamilyStatuses {
+            ipv4: Status::Open,
+            ipv6: Status::Blocked
+        })
+    );
+    assert_eq!(agents[1].cells["587"].status, Status::Partial);
+}
+
 #[test]
 fn stale_results_turn_unknown_and_silence_shows() {
     let mut m = Matrix::new(MatrixConfig {
         fresh_ms: 60_000,
         silent_after_ms: 120_000,
+        ..MatrixConfig::default()
     });
     let a = agent("a", "aws", "x", "r");
     feed(&mut m, &a, &[res(25, Family::Ipv4, Outcome::Timeout, None)]);
@@ -193,6 +326,7 @@ fn json_has_the_contract_shape() {
     );
     let v = serde_json::to_value(m.view(FamilyFilter::All, T0)).unwrap();
     assert_eq!(v["family"], "all");
+    assert_eq!(v["control_port"], 443);
     assert!(v["generated_at"].as_str().unwrap().ends_with('Z'));
     let p = &v["providers"][0];
     assert_eq!(
@@ -207,11 +341,16 @@ fn json_has_the_contract_shape() {
         "outcome",
         "p50_connect_ms",
         "since",
+        "families",
         "doc",
         "doc_mismatch",
     ] {
         assert!(cell.get(k).is_some(), "provider cell lacks {k}: {cell}");
     }
+    assert_eq!(
+        cell["families"],
+        serde_json::json!({ "ipv4": "open", "ipv6": "unknown" })
+    );
     let acc = &p["accounts"][0];
     assert!(acc["cells"]["587"].get("doc").is_none());
     let agent_row = &acc["regions"][0]["agent_list"][0];
@@ -225,4 +364,24 @@ fn json_has_the_contract_shape() {
     ] {
         assert!(agent_row.get(k).is_some(), "{k}");
     }
+    assert_eq!(agent_row["cells"]["587"]["families"]["ipv4"], "open");
+    // Where both families say the same (here: nothing), the cell has no `families`.
+    assert!(p["cells"]["25"].get("families").is_none());
+    // A per-family view keeps its cells as they were: no `families`.
+    let v4 = serde_json::to_value(m.view(FamilyFilter::Ipv4, T0)).unwrap();
+    assert!(v4["providers"][0]["cells"]["587"].get("families").is_none());
+    assert_eq!(v4["control_port"], 443);
+}
+
+#[test]
+fn the_control_port_follows_the_detector() {
+    let mut m = Matrix::new(MatrixConfig {
+        control_port: 8443,
+        ..MatrixConfig::default()
+    });
+    assert_eq!(m.view(FamilyFilter::All, T0).control_port, 8443);
+    // The collector's config gives the matrix the detector's control port.
+    let config =
+        egresswatch_collector::config::Config::parse("[detector]\ncontrol_port = 8443\n").unwrap();
+    assert_eq!(config.fleet().matrix.control_port, 8443);
 }

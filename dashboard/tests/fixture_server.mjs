@@ -15,6 +15,7 @@ export const CSP =
 
 export const HOSTILE = '<img src=x onerror=alert(1)>';
 export const PORTS = [25, 465, 587, 2525, 443];
+export const CONTROL_PORT = 443;
 
 const T0 = Date.parse('2026-11-22T12:00:00Z');
 const iso = (ms) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
@@ -29,6 +30,20 @@ export function cell(status, ok, failed, extra = {}) {
     since: status === 'unknown' ? null : iso(T0),
     ...extra,
   };
+}
+
+/**
+ * The cells as the collector serves them in one family's view: in the both-families view
+ * (`all`) a cell whose families differ has `families` (`split`, per port: { 25: { ipv4, ipv6 } });
+ * the others say the same in both families and carry none.
+ */
+function inView(family, cells, split = {}) {
+  if (family !== 'all') return cells;
+  const out = {};
+  for (const [port, c] of Object.entries(cells)) {
+    out[port] = split[port] ? { ...c, families: split[port] } : c;
+  }
+  return out;
 }
 
 function doc(policy, summary) {
@@ -57,27 +72,41 @@ function withDoc(cells, docs) {
 export function smallFixture(family = 'all') {
   const both = family === 'all';
   const gcpAgents = both ? 12 : 6;
-  const gcpCells = {
+  const gcpCells = inView(family, {
     25: cell('blocked', 0, gcpAgents),
     465: cell('open', gcpAgents, 0),
     587: cell('partial', gcpAgents - 1, 1),
     2525: cell('open', gcpAgents, 0),
     443: cell('open', gcpAgents, 0),
-  };
-  const agentCells = {
+  });
+  const agentCells = inView(family, {
     25: cell('blocked', 0, 1),
     465: cell('open', 1, 0),
     587: cell('open', 1, 0),
     2525: cell('open', 1, 0),
     443: cell('open', 1, 0),
-  };
-  const hetznerCells = {
+  });
+  const hetznerCells = inView(family, {
     25: cell('open', 3, 0),
     465: cell('blocked', 0, 3),
     587: cell('open', 3, 0),
     2525: cell('unknown', 0, 0),
     443: cell('open', 3, 0),
-  };
+  });
+  // vultr's agents time out on 25 over IPv4 and connect over IPv6: blocked in the IPv4 view,
+  // open in the IPv6 view, and in the both-families view partial with IPv4 named (no agent
+  // is open in every family).
+  const vultrCells = (n) => inView(
+    family,
+    {
+      25: family === 'ipv4' ? cell('blocked', 0, n) : family === 'ipv6' ? cell('open', n, 0) : { ...cell('partial', 0, n), outcome: 'timeout' },
+      465: cell('open', n, 0),
+      587: cell('open', n, 0),
+      2525: cell('open', n, 0),
+      443: cell('open', n, 0),
+    },
+    { 25: { ipv4: 'blocked', ipv6: 'open' } },
+  );
   const agent = (id, instance, region, silent = false) => ({
     agent: id,
     instance,
@@ -88,6 +117,7 @@ export function smallFixture(family = 'all') {
   });
   return {
     ports: PORTS,
+    control_port: CONTROL_PORT,
     family,
     generated_at: iso(T0 + 3600_000),
     providers: [
@@ -127,6 +157,26 @@ export function smallFixture(family = 'all') {
                 agents: 1,
                 cells: hetznerCells,
                 agent_list: [agent('hz-1', HOSTILE, 'fsn1')],
+              },
+            ],
+          },
+        ],
+      },
+      {
+        provider: 'vultr',
+        agents: 2,
+        cells: withDoc(vultrCells(2), {}),
+        accounts: [
+          {
+            account: 'v-acct',
+            agents: 2,
+            cells: vultrCells(2),
+            regions: [
+              {
+                region: 'ams',
+                agents: 2,
+                cells: vultrCells(2),
+                agent_list: ['v-1', 'v-2'].map((id) => ({ ...agent(id, `vm-${id}`, 'ams'), cells: vultrCells(1) })),
               },
             ],
           },
@@ -212,7 +262,7 @@ export function bigFixture({ providers = 50, accountsPer = 10, agentsPer = 10, f
       accounts,
     });
   }
-  return { ports: PORTS, family: 'all', generated_at: iso(T0), providers: list };
+  return { ports: PORTS, control_port: CONTROL_PORT, family: 'all', generated_at: iso(T0), providers: list };
 }
 
 /**

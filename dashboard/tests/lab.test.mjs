@@ -1,10 +1,11 @@
 // The page against the real collector fed by real agents in the namespace lab (lab/demo with
 // the shortened scenario): cell statuses and counts, the drill-down, a policy flip in the lab
-// appearing on the open page without reload, and a hostile label (set on one agent) rendered as
-// text. Needs root and the built binaries (`cargo build --workspace --bins`); skipped otherwise.
+// appearing on the open page without reload, a port dropped over IPv4 only shown as partial
+// with IPv4 named (and its event naming IPv4), and a hostile label (set on one agent) rendered
+// as text. Needs root and the built binaries (`cargo build --workspace --bins`); skipped otherwise.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -35,7 +36,7 @@ async function until(what, limitMs, check) {
   }
 }
 
-test('the page on the real collector: counts, drill-down, a lab policy flip live, a hostile label as text', { skip: skipReason(), timeout: 240_000 }, async () => {
+test('the page on the real collector: counts, drill-down, a lab policy flip live, an IPv4-only drop as partial, a hostile label as text', { skip: skipReason(), timeout: 240_000 }, async () => {
   const port = 21000 + (process.pid % 20000);
   const name = `db${process.pid % 100000}`;
   const demo = spawn(path.join(REPO, 'lab/demo'), [
@@ -90,6 +91,19 @@ test('the page on the real collector: counts, drill-down, a lab policy flip live
     assert.equal(await accountRow('acct-b').locator('td[data-port="587"]').getAttribute('data-status'), 'open');
     assert.equal(await providerRow('aws').locator('td[data-port="587"]').getAttribute('data-status'), 'partial');
     await until('the event in the timeline', 30_000, async () => (await page.locator('#events').textContent()).includes('acct-a'));
+
+    // GCP's edge starts dropping 2525 over IPv4 only: the both-families cell is partial and
+    // names IPv4 (it never stays open because IPv6 still connects), and the event names IPv4.
+    // Set after the timeline's first step: `egresslab play` rewrites the rules from the state it
+    // read at its start, so a rule set live before a step would be undone by it.
+    const gcp2525 = providerRow('gcp').locator('td[data-port="2525"]');
+    assert.equal(await gcp2525.getAttribute('data-status'), 'open');
+    execFileSync(path.join(REPO, 'lab/egresslab'), ['rule', '--name', name, '--provider', 'gcp', '--port', '2525', '--family', 'ipv4', '--action', 'drop'], { stdio: 'pipe' });
+    await until('gcp 2525 partial with IPv4 named', 60_000, async () =>
+      (await gcp2525.getAttribute('data-status').catch(() => null)) === 'partial'
+      && /partial — IPv4 blocked/.test(await gcp2525.locator('.cell-main').textContent().catch(() => '')));
+    await until('the IPv4-only event in the timeline', 60_000, async () =>
+      /shop-prod mx\.lab\.test :2525 open → blocked over IPv4 only/.test(await page.locator('#events').textContent()));
     mkdirSync(path.join(HERE, 'screenshots'), { recursive: true });
     await page.screenshot({ path: path.join(HERE, 'screenshots', 'lab.png'), fullPage: true });
     console.log(`# acct-a 587 shown blocked ${(waited / 1000).toFixed(1)} s after the page started waiting`);

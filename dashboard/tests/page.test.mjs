@@ -217,6 +217,88 @@ test('live: a pushed matrix change and event appear without reload and highlight
   await context.close();
 });
 
+test('a port blocked over one family only is partial and names the family, at every level', { skip: needsFixture() }, async () => {
+  const { page, context, problems, dialogs } = await open();
+  const vultr = providerRow(page, 'vultr');
+  const c25 = cellOf(vultr, 25);
+  assert.equal(await c25.getAttribute('data-status'), 'partial');
+  assert.match(await c25.locator('.cell-main').textContent(), /◐\s*partial — IPv4 blocked/);
+  assert.equal(await c25.locator('.cell-main').getAttribute('title'), 'IPv4: blocked · IPv6: open');
+  assert.equal(await c25.locator('.count').textContent(), '0/2');
+  // Where the families agree there is nothing to name.
+  assert.equal(await cellOf(vultr, 587).locator('.fam-note').count(), 0);
+  assert.equal(await cellOf(providerRow(page, 'gcp'), 587).locator('.fam-note').count(), 0);
+  // Account, region and agent rows say it too.
+  await vultr.locator('button.expander').click();
+  await page.locator('#matrix-body tr.lvl-1 button.expander').click();
+  await page.locator('#matrix-body tr.lvl-2 button.expander').click();
+  for (const level of [1, 2, 3]) {
+    const cells = page.locator(`#matrix-body tr.lvl-${level} td[data-port="25"]`);
+    assert.ok((await cells.count()) >= 1, `level ${level}`);
+    for (const text of await cells.locator('.cell-main').allTextContents()) {
+      assert.match(text, /partial — IPv4 blocked/, `level ${level}`);
+    }
+  }
+  await page.screenshot({ path: path.join(SHOTS, 'partial-family.png'), fullPage: true });
+  // Partial within IPv4 while IPv6 has no results: nothing to say about a family.
+  const changed = smallFixture('all');
+  changed.providers[1].cells['2525'] = { ...cell('partial', 2, 1), families: { ipv4: 'partial', ipv6: 'unknown' }, doc: null, doc_mismatch: false };
+  await page.waitForFunction(() => document.getElementById('live').dataset.state === 'live');
+  server.push('matrix', changed);
+  const hz2525 = cellOf(providerRow(page, 'hetzner'), 2525);
+  await page.waitForFunction(() => [...document.querySelectorAll('#matrix-body tr.lvl-0')].some((r) => r.querySelector('.label')?.textContent === 'hetzner' && r.querySelector('td[data-port="2525"]')?.dataset.status === 'partial'));
+  assert.equal(await hz2525.locator('.fam-note').count(), 0);
+  assert.equal(await hz2525.locator('.cell-main').getAttribute('title'), 'IPv4: partial · IPv6: unknown');
+  // A one-family view shows that family's own status, and no family note.
+  await page.locator('input[name="family"][value="ipv4"]').check();
+  await page.waitForFunction(() => [...document.querySelectorAll('#matrix-body tr.lvl-0')].some((r) => r.querySelector('.label')?.textContent === 'vultr' && r.querySelector('td[data-port="25"]')?.dataset.status === 'blocked'));
+  assert.equal(await cellOf(providerRow(page, 'vultr'), 25).locator('.fam-note').count(), 0);
+  await page.locator('input[name="family"][value="ipv6"]').check();
+  await page.waitForFunction(() => [...document.querySelectorAll('#matrix-body tr.lvl-0')].some((r) => r.querySelector('.label')?.textContent === 'vultr' && r.querySelector('td[data-port="25"]')?.dataset.status === 'open'));
+  // An event about one family says which; one about both says none.
+  server.push('event', {
+    kind: 'policy_changed', scope: 'provider', provider: 'vultr', account: null, agent: null,
+    target: 'mx.lab.test', port: 25, from: 'open', to: 'blocked', at: '2026-11-22T13:40:00Z', family: 'ipv4', outcome: 'timeout',
+  });
+  await page.waitForFunction(() => document.querySelector('#events li')?.textContent.includes('vultr'));
+  assert.match(await page.locator('#events li').first().textContent(), /open → blocked over IPv4 only \(timeout\)/);
+  server.push('event', {
+    kind: 'policy_changed', scope: 'provider', provider: 'vultr', account: null, agent: null,
+    target: 'mx.lab.test', port: 587, from: 'open', to: 'blocked', at: '2026-11-22T13:41:00Z', family: null, outcome: 'timeout',
+  });
+  await page.waitForFunction(() => document.querySelector('#events li')?.textContent.includes(':587'));
+  assert.equal(await page.locator('#events li').first().locator('.fam').count(), 0);
+  await assertClean(page, problems, dialogs);
+  await context.close();
+});
+
+test('the columns and the control column come from /api/matrix', { skip: needsFixture() }, async () => {
+  const m = smallFixture('all');
+  m.ports = [25, 587, 8443, 2526];
+  m.control_port = 8443;
+  const own = await startFixtureServer({ matrix: () => m });
+  try {
+    const { page, context, problems, dialogs } = await open(own.url + '/');
+    const head = await page.locator('#matrix-head th.port').allTextContents();
+    assert.deepEqual(head, ['25', '587', '2526', '8443control'], 'the control column last');
+    assert.equal(await page.locator('#matrix-head th.port.control').getAttribute('data-port'), '8443');
+    assert.deepEqual(await page.locator('#matrix-body tr.lvl-0').first().locator('td').evaluateAll((tds) => tds.map((t) => t.dataset.port)), ['25', '587', '2526', '8443']);
+    assert.equal(await page.locator('#matrix-body tr.lvl-0 td.control').count(), 3, 'one control cell per provider');
+    // A matrix without a control port sets no column apart.
+    delete m.control_port;
+    own.push('matrix', m);
+    await page.waitForFunction(() => document.querySelectorAll('#matrix-head th.port.control').length === 0);
+    assert.deepEqual(await page.locator('#matrix-head th.port').allTextContents(), ['25', '587', '8443', '2526']);
+    // The shipped page keeps no measuring hooks of its own.
+    assert.equal(await page.evaluate(() => typeof window.__ew), 'undefined');
+    assert.equal(await page.evaluate(() => performance.getEntriesByType('mark').length), 0);
+    await assertClean(page, problems, dialogs);
+    await context.close();
+  } finally {
+    await own.close();
+  }
+});
+
 test('real collector: the page loads, every cell has a status, the stream is live', { skip: skipNoBrowser() || (REAL ? false : 'set EGRESSWATCH_URL to run against a collector') }, async () => {
   const { page, context, problems, dialogs } = await open();
   await page.waitForFunction(() => document.getElementById('live').dataset.state === 'live', null, { timeout: 10000 });

@@ -296,7 +296,7 @@ impl Detector {
     }
 }
 
-/// The same change seen over IPv4 and IPv6 at once is one event (without `family`); a change
+/// The same change seen over IPv4 and IPv6 at once is one event (`family` null); a change
 /// in one family only keeps its family.
 pub(super) fn merge_families(events: Vec<Event>) -> Vec<Event> {
     let mut out: Vec<Event> = Vec::with_capacity(events.len());

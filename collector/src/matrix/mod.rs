@@ -1,6 +1,8 @@
 //! The live provider × port policy matrix: the freshest result per (agent, target, port,
 //! family), rolled up by provider, account, region and agent into cells that say `open`,
-//! `blocked`, `partial` or `unknown`. A plain state machine: results and the clock go in, the
+//! `blocked`, `partial` or `unknown`. The families are judged apart and then combined, so the
+//! both-families view never shows `open` where one family is blocked: such a cell is `partial`
+//! and its `families` say which. A plain state machine: results and the clock go in, the
 //! `/api/matrix` view comes out; no I/O, no wall clock.
 
 pub mod policies;
@@ -15,6 +17,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 /// The ports shown first, in this order (443 last: the control column).
 pub const DEFAULT_PORTS: [u16; 5] = [25, 465, 587, 2525, 443];
 
+/// The control port unless told otherwise: its failure means the agent's network, not a policy.
+pub const DEFAULT_CONTROL_PORT: u16 = 443;
+
 /// `[matrix]` in the collector's config.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -24,13 +29,15 @@ pub struct MatrixSettings {
     pub fresh_secs: Option<u64>,
 }
 
-/// How the matrix judges age.
+/// How the matrix judges age, and which column is the control.
 #[derive(Debug, Clone)]
 pub struct MatrixConfig {
     /// A result older than this no longer counts (its cell turns `unknown`).
     pub fresh_ms: i64,
     /// An agent not heard from for this long is shown as silent.
     pub silent_after_ms: i64,
+    /// The port the view names as its control column (the detector's `control_port`).
+    pub control_port: u16,
 }
 
 impl Default for MatrixConfig {
@@ -38,6 +45,7 @@ impl Default for MatrixConfig {
         MatrixConfig {
             fresh_ms: 300_000,
             silent_after_ms: 180_000,
+            control_port: DEFAULT_CONTROL_PORT,
         }
     }
 }
@@ -70,6 +78,15 @@ impl FamilyFilter {
             FamilyFilter::Ipv6 => f == Family::Ipv6,
         }
     }
+
+    /// The families this view judges, each on its own.
+    fn families(self) -> &'static [Family] {
+        match self {
+            FamilyFilter::All => &[Family::Ipv4, Family::Ipv6],
+            FamilyFilter::Ipv4 => &[Family::Ipv4],
+            FamilyFilter::Ipv6 => &[Family::Ipv6],
+        }
+    }
 }
 
 /// One cell's status.
@@ -91,21 +108,56 @@ impl Status {
             Status::Unknown => "unknown",
         }
     }
+
+    /// The status of a group from how many of its agents are open and how many failed.
+    fn of_counts(ok: u32, failed: u32) -> Status {
+        match (ok, failed) {
+            (0, 0) => Status::Unknown,
+            (_, 0) => Status::Open,
+            (0, _) => Status::Blocked,
+            _ => Status::Partial,
+        }
+    }
+}
+
+/// Each family's own status for one cell of the both-families view: what `?family=ipv4` and
+/// `?family=ipv6` show for the same agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FamilyStatuses {
+    pub ipv4: Status,
+    pub ipv6: Status,
+}
+
+impl FamilyStatuses {
+    /// The both-families status: `open` or `blocked` only when every family with fresh results
+    /// says so, `unknown` when none has any, `partial` otherwise (one family blocked while the
+    /// other is open is the difference the families are kept apart to show).
+    pub fn combined(self) -> Status {
+        match (self.ipv4, self.ipv6) {
+            (Status::Unknown, other) | (other, Status::Unknown) => other,
+            (a, b) if a == b => a,
+            _ => Status::Partial,
+        }
+    }
 }
 
 /// One cell of `/api/matrix`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Cell {
     pub status: Status,
-    /// Agents whose path is open.
+    /// Agents whose path is open (in every family they have fresh results in).
     pub ok: u32,
-    /// Agents whose path failed.
+    /// Agents whose path failed (in at least one family).
     pub failed: u32,
     /// The most common outcome among the agents (`null` when unknown).
     pub outcome: Option<&'static str>,
     pub p50_connect_ms: Option<f64>,
     /// Since when this status holds (as first seen by this collector), RFC 3339.
     pub since: Option<String>,
+    /// Each family's own status, in the both-families view where the families differ (`None`
+    /// where both say `status`, and in a per-family view).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub families: Option<FamilyStatuses>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub doc: Option<Option<CellDoc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -152,6 +204,8 @@ pub struct ProviderRow {
 #[derive(Debug, Clone, Serialize)]
 pub struct MatrixView {
     pub ports: Vec<u16>,
+    /// The control column among `ports` (the page sets it apart).
+    pub control_port: u16,
     pub family: FamilyFilter,
     pub generated_at: String,
     pub providers: Vec<ProviderRow>,
@@ -175,11 +229,15 @@ pub struct Matrix {
     since: HashMap<String, (Status, i64)>,
 }
 
-/// What one agent's fresh series say about one port.
-struct AgentVerdict {
+/// What one agent's fresh series in one family say about one port.
+struct FamilyVerdict {
     ok: bool,
     outcome: Outcome,
+    connects: Vec<f64>,
 }
+
+/// Per (agent, port, family): the verdict of that family's fresh series.
+type Verdicts = HashMap<(String, u16, Family), FamilyVerdict>;
 
 impl Matrix {
     pub fn new(config: MatrixConfig) -> Self {
@@ -250,7 +308,7 @@ impl Matrix {
         let mut cells_for = |path: String, agents: &[&str], doc_provider: Option<&str>| -> Cells {
             let mut cells = Cells::new();
             for &port in &ports {
-                let mut cell = Self::cell(agents, port, &verdicts);
+                let mut cell = Self::cell(agents, port, family, &verdicts);
                 let key = format!("{family:?}|{path}|{port}");
                 let since = match self.since.get(&key) {
                     Some((s, at)) if *s == cell.status => *at,
@@ -334,22 +392,20 @@ impl Matrix {
         }
         MatrixView {
             ports,
+            control_port: self.config.control_port,
             family,
             generated_at: rfc3339(now_unix_ms),
             providers,
         }
     }
 
-    /// Per (agent, port): what the agent's fresh series in the admitted families say. An agent
-    /// is open on a port when any of its targets answers (one dead destination does not close
-    /// a port); failed when every fresh target fails. `no_address` is no evidence either way.
-    fn verdicts(
-        &self,
-        family: FamilyFilter,
-        now: i64,
-        ports: &[u16],
-    ) -> HashMap<(String, u16), (AgentVerdict, Vec<f64>)> {
-        let mut grouped: HashMap<(String, u16), Vec<&Latest>> = HashMap::new();
+    /// Per (agent, port, family): what the agent's fresh series in that family say. An agent
+    /// is open on a port in a family when any of its targets answers there (one dead
+    /// destination does not close a port); failed when every fresh target fails. The families
+    /// are never pooled here: an answer over IPv6 says nothing about IPv4. `no_address` is no
+    /// evidence either way.
+    fn verdicts(&self, family: FamilyFilter, now: i64, ports: &[u16]) -> Verdicts {
+        let mut grouped: HashMap<(String, u16, Family), Vec<&Latest>> = HashMap::new();
         for (k, l) in &self.series {
             if !family.admits(k.family)
                 || !ports.contains(&k.port)
@@ -359,7 +415,7 @@ impl Matrix {
                 continue;
             }
             grouped
-                .entry((k.agent.clone(), k.port))
+                .entry((k.agent.clone(), k.port, k.family))
                 .or_default()
                 .push(l);
         }
@@ -373,35 +429,70 @@ impl Matrix {
                     mode(latest.iter().map(|l| l.outcome)).unwrap_or(Outcome::Timeout)
                 };
                 let connects = latest.iter().filter_map(|l| l.connect_ms).collect();
-                (key, (AgentVerdict { ok, outcome }, connects))
+                (
+                    key,
+                    FamilyVerdict {
+                        ok,
+                        outcome,
+                        connects,
+                    },
+                )
             })
             .collect()
     }
 
-    fn cell(
-        agents: &[&str],
-        port: u16,
-        verdicts: &HashMap<(String, u16), (AgentVerdict, Vec<f64>)>,
-    ) -> Cell {
+    /// One cell over a group of agents. Each family is counted on its own; an agent counts as
+    /// open when it is open in every family it has fresh results in, and its outcome is then
+    /// `ok`, else the most common outcome of its failing families.
+    fn cell(agents: &[&str], port: u16, family: FamilyFilter, verdicts: &Verdicts) -> Cell {
         let (mut ok, mut failed) = (0u32, 0u32);
+        let mut per_family: BTreeMap<Family, (u32, u32)> = BTreeMap::new();
         let mut outcomes = Vec::new();
         let mut connects = Vec::new();
         for &agent in agents {
-            if let Some((v, c)) = verdicts.get(&(agent.to_string(), port)) {
-                if v.ok {
-                    ok += 1;
-                } else {
-                    failed += 1;
-                }
-                outcomes.push(v.outcome);
-                connects.extend_from_slice(c);
+            let seen: Vec<&FamilyVerdict> = family
+                .families()
+                .iter()
+                .filter_map(|&f| {
+                    let v = verdicts.get(&(agent.to_string(), port, f))?;
+                    let counts = per_family.entry(f).or_default();
+                    if v.ok {
+                        counts.0 += 1;
+                    } else {
+                        counts.1 += 1;
+                    }
+                    Some(v)
+                })
+                .collect();
+            if seen.is_empty() {
+                continue;
+            }
+            if seen.iter().all(|v| v.ok) {
+                ok += 1;
+                outcomes.push(Outcome::Ok);
+            } else {
+                failed += 1;
+                let failing = seen.iter().filter(|v| !v.ok).map(|v| v.outcome);
+                outcomes.extend(mode(failing));
+            }
+            for v in seen {
+                connects.extend_from_slice(&v.connects);
             }
         }
-        let status = match (ok, failed) {
-            (0, 0) => Status::Unknown,
-            (_, 0) => Status::Open,
-            (0, _) => Status::Blocked,
-            _ => Status::Partial,
+        let status_of = |f: Family| {
+            let (ok, failed) = per_family.get(&f).copied().unwrap_or_default();
+            Status::of_counts(ok, failed)
+        };
+        let (status, families) = if family == FamilyFilter::All {
+            let each = FamilyStatuses {
+                ipv4: status_of(Family::Ipv4),
+                ipv6: status_of(Family::Ipv6),
+            };
+            // Where the families agree they both say `status`: the matrix is pushed whole on
+            // every change, so the cell says nothing more.
+            (each.combined(), (each.ipv4 != each.ipv6).then_some(each))
+        } else {
+            (Status::of_counts(ok, failed), None)
         };
         Cell {
             status,
@@ -410,6 +501,7 @@ impl Matrix {
             outcome: mode(outcomes.into_iter()).map(|o| o.as_str()),
             p50_connect_ms: median(&mut connects),
             since: None,
+            families,
             doc: None,
             doc_mismatch: None,
         }
@@ -438,4 +530,27 @@ fn median(values: &mut [f64]) -> Option<f64> {
         (values[n / 2 - 1] + values[n / 2]) / 2.0
     };
     Some((m * 1000.0).round() / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FamilyStatuses, Status};
+    use Status::{Blocked as B, Open as O, Partial as P, Unknown as U};
+
+    #[test]
+    fn both_families_are_open_or_blocked_only_when_each_family_is() {
+        let both = |ipv4, ipv6| FamilyStatuses { ipv4, ipv6 }.combined();
+        assert_eq!(both(O, O), O);
+        assert_eq!(both(B, B), B);
+        assert_eq!(both(P, P), P);
+        assert_eq!(both(U, U), U);
+        // A family with no fresh results is no evidence either way.
+        assert_eq!(both(O, U), O);
+        assert_eq!(both(U, B), B);
+        // The families disagree: never open, never blocked.
+        assert_eq!(both(B, O), P);
+        assert_eq!(both(O, B), P);
+        assert_eq!(both(P, O), P);
+        assert_eq!(both(B, P), P);
+    }
 }
