@@ -6,8 +6,8 @@
 //! (hello checks, the high-water mark, counting a drop note once, the ack's figures) is decided
 //! here and unit-tested without a socket.
 
-use crate::limits::Limit;
 use crate::identity::AgentMeta;
+use crate::limits::Limit;
 use crate::store::InsertReport;
 use egresswatch_wire::close;
 use egresswatch_wire::version::{WIRE_MAJOR, WIRE_MINOR};
