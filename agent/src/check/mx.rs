@@ -7,10 +7,11 @@
 //! HOST column in the table), and [`MxTargets::notes`] says in words where the mail goes.
 
 use crate::probe::mx::{self, Exchanger, MailRoute};
+use crate::probe::now_unix_ms;
 use crate::probe::resolve::ResolveError;
 use egresswatch_wire::{Family, Level, Outcome, PhaseTimings, ProbeResult};
 use serde::Serialize;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// What `--mx` turned the domains into.
 #[derive(Debug, Default)]
@@ -193,13 +194,6 @@ fn note(domain: &str, exchangers: &[Exchanger]) -> String {
             format!("{domain}: mail goes to {}.", listed.join(", then "))
         }
     }
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

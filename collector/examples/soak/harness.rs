@@ -350,12 +350,7 @@ fn is_garbage(i: usize) -> bool {
     i % GARBAGE_ONE_IN == GARBAGE_ONE_IN - 1
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use egresswatch_collector::events::now_unix_ms as now_ms;
 
 /// Runs the soak and checks the store; the caller prints and asserts the report.
 pub fn run(opts: &Options) -> Result<Report> {
