@@ -8,11 +8,14 @@
 //! running. Missing `nft`/`postfix`/`openssl`/`ip`/`python3` skip them too, except under CI
 //! (`CI=true`), where a missing tool fails: CI must install what the tests need.
 
+mod support;
+
 use serde_json::Value;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+use support::{on_path, run_bounded, runnable};
 
 /// The agent under test: this package's binary, or another build named by `EGRESSWATCH_AGENT`
 /// (to try a branch's binary against the lab without rebuilding the tests).
@@ -29,59 +32,18 @@ fn egresslab() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab/egresslab")
 }
 
+/// The tools the lab needs (tool, Debian package).
+const LAB_TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nft", "nftables"),
+    ("postfix", "postfix"),
+    ("openssl", "openssl"),
+    ("python3", "python3"),
+];
+
 /// Whether the lab can run here; prints the reason when it cannot.
 fn lab_runnable(test: &str) -> bool {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("{test}: SKIPPED: needs root (network namespaces, nftables, Postfix)");
-        return false;
-    }
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    let missing: Vec<&str> = ["ip", "nft", "postfix", "openssl", "python3"]
-        .into_iter()
-        .filter(|tool| !on_path(tool))
-        .collect();
-    if !missing.is_empty() {
-        let why = format!(
-            "missing {} (apt-get install -y iproute2 nftables postfix openssl python3)",
-            missing.join(", ")
-        );
-        assert!(!in_ci, "{test}: {why}; CI must install them");
-        eprintln!("{test}: SKIPPED: {why}");
-        return false;
-    }
-    true
-}
-
-fn on_path(tool: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .any(|dir| dir.join(tool).is_file())
-}
-
-/// Runs a command to completion within `limit`, killing it past that.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    let started = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("wait_with_output");
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("wait_with_output");
-            panic!(
-                "{cmd:?} still running after {limit:?}; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    runnable(test, LAB_TOOLS)
 }
 
 /// A lab that is up; `Drop` tears it down, also when an assertion fails.

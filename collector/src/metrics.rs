@@ -52,6 +52,14 @@ impl Metrics {
             .register(name, help, metric);
     }
 
+    /// A new metric (counter, gauge or labelled family) registered as `name` with its help
+    /// text; the returned handle shares its values with the registered one.
+    pub fn registered<M: Metric + Clone + Default>(&self, name: &str, help: &str) -> M {
+        let metric = M::default();
+        self.register(name, help, metric.clone());
+        metric
+    }
+
     /// The Prometheus text format 0.0.4 (for scrapers and tools that do not ask for
     /// OpenMetrics, promtool among them): counters' HELP/TYPE name the `_total` series and
     /// there is no `# EOF`.

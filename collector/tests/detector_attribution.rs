@@ -148,6 +148,18 @@ fn probes_of_mx(
     results
 }
 
+/// What a probe of "mx" finds while its agent's 587 is `closed` or not: 587 times out when
+/// closed; everything else is ok.
+fn closing_587(closed: bool) -> impl Fn(u16) -> Outcome {
+    move |port| {
+        if closed && port == 587 {
+            Outcome::Timeout
+        } else {
+            Outcome::Ok
+        }
+    }
+}
+
 const STD: &[(&str, u16)] = &[("mx", 587), ("mx", 443)];
 
 fn all_ok(_: &str, _: &str, _: u16) -> Outcome {
@@ -474,14 +486,7 @@ fn the_settling_wait_follows_the_probe_interval() {
             for a in &agents {
                 let closed =
                     a.agent_id.starts_with('g') && a.labels.account == "acct-a" && t >= close_at;
-                let outcome_of = |p| {
-                    if closed && p == 587 {
-                        Outcome::Timeout
-                    } else {
-                        Outcome::Ok
-                    }
-                };
-                let rs = probes_of_mx(&mut seq, t, &[Family::Ipv4], outcome_of);
+                let rs = probes_of_mx(&mut seq, t, &[Family::Ipv4], closing_587(closed));
                 det.observe(a, &rs, true, t);
             }
         }
@@ -523,14 +528,12 @@ fn both_families_changing_together_is_one_event() {
         let now = T0 + round * INTERVAL;
         for a in &agents {
             let closed = a.labels.account == "acct-a" && round >= 3;
-            let outcome_of = |port| {
-                if closed && port == 587 {
-                    Outcome::Timeout
-                } else {
-                    Outcome::Ok
-                }
-            };
-            let rs = probes_of_mx(&mut seq, now, &[Family::Ipv4, Family::Ipv6], outcome_of);
+            let rs = probes_of_mx(
+                &mut seq,
+                now,
+                &[Family::Ipv4, Family::Ipv6],
+                closing_587(closed),
+            );
             events.extend(det.observe(a, &rs, true, now));
         }
         for s in 1..=60 {
@@ -563,14 +566,7 @@ fn dual_stack_rounds(
         for a in agents {
             for family in [Family::Ipv4, Family::Ipv6] {
                 let shut = round >= 3 && closed(&a.agent_id, &a.labels.account, family);
-                let outcome_of = |port| {
-                    if shut && port == 587 {
-                        Outcome::Timeout
-                    } else {
-                        Outcome::Ok
-                    }
-                };
-                let rs = probes_of_mx(&mut seq, now, &[family], outcome_of);
+                let rs = probes_of_mx(&mut seq, now, &[family], closing_587(shut));
                 events.extend(det.observe(a, &rs, true, now));
             }
         }
@@ -652,14 +648,7 @@ fn both_families_changing_a_few_seconds_apart_are_one_event() {
             let now = T0 + round * step + offset;
             for a in &agents {
                 let closed = blocked && a.labels.account == "prod";
-                let outcome_of = |port| {
-                    if closed && port == 587 {
-                        Outcome::Timeout
-                    } else {
-                        Outcome::Ok
-                    }
-                };
-                let results = probes_of_mx(&mut seq, now, &[family], outcome_of);
+                let results = probes_of_mx(&mut seq, now, &[family], closing_587(closed));
                 events.extend(det.observe(a, &results, true, now));
             }
             events.extend(det.tick(now));

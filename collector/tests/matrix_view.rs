@@ -45,6 +45,13 @@ fn feed(m: &mut Matrix, a: &AgentMeta, results: &[ProbeResult]) {
     }
 }
 
+/// A matrix with the default configuration that has seen `a` and its `results`.
+fn matrix_fed(a: &AgentMeta, results: &[ProbeResult]) -> Matrix {
+    let mut m = Matrix::new(MatrixConfig::default());
+    feed(&mut m, a, results);
+    m
+}
+
 #[test]
 fn rolls_up_by_provider_account_region_agent() {
     let mut m = Matrix::new(MatrixConfig::default());
@@ -112,11 +119,8 @@ fn rolls_up_by_provider_account_region_agent() {
 
 #[test]
 fn documented_block_seen_open_is_a_mismatch() {
-    let mut m = Matrix::new(MatrixConfig::default());
-    let g = agent("g", "gcp", "a", "eu");
-    feed(
-        &mut m,
-        &g,
+    let mut m = matrix_fed(
+        &agent("g", "gcp", "a", "eu"),
         &[res(25, Family::Ipv4, Outcome::Ok, Some(5_000))],
     );
     let v = m.view(FamilyFilter::All, T0);
@@ -125,11 +129,8 @@ fn documented_block_seen_open_is_a_mismatch() {
 
 #[test]
 fn families_apart_and_no_address_excluded() {
-    let mut m = Matrix::new(MatrixConfig::default());
-    let h = agent("h", "hetzner", "a", "fsn");
-    feed(
-        &mut m,
-        &h,
+    let mut m = matrix_fed(
+        &agent("h", "hetzner", "a", "fsn"),
         &[
             res(587, Family::Ipv4, Outcome::Ok, Some(1_000)),
             res(587, Family::Ipv6, Outcome::Unreachable, None),
@@ -213,11 +214,8 @@ fn a_family_blocked_is_partial_with_the_family_named_at_every_level() {
 
 #[test]
 fn a_family_without_results_is_no_evidence_in_the_both_families_view() {
-    let mut m = Matrix::new(MatrixConfig::default());
-    let h = agent("h", "hetzner", "a", "fsn");
-    feed(
-        &mut m,
-        &h,
+    let mut m = matrix_fed(
+        &agent("h", "hetzner", "a", "fsn"),
         &[
             res(587, Family::Ipv4, Outcome::Ok, Some(1_000)),
             res(587, Family::Ipv6, Outcome::NoAddress, None),
@@ -296,9 +294,10 @@ fn stale_results_turn_unknown_and_silence_shows() {
 
 #[test]
 fn since_holds_while_the_status_holds() {
-    let mut m = Matrix::new(MatrixConfig::default());
-    let a = agent("a", "aws", "x", "r");
-    feed(&mut m, &a, &[res(25, Family::Ipv4, Outcome::Timeout, None)]);
+    let mut m = matrix_fed(
+        &agent("a", "aws", "x", "r"),
+        &[res(25, Family::Ipv4, Outcome::Timeout, None)],
+    );
     let first = m.view(FamilyFilter::All, T0 + 1_000).providers[0].cells["25"]
         .since
         .clone();
@@ -317,11 +316,8 @@ fn since_holds_while_the_status_holds() {
 
 #[test]
 fn json_has_the_contract_shape() {
-    let mut m = Matrix::new(MatrixConfig::default());
-    let a = agent("a", "<b>aws</b>", "x", "r");
-    feed(
-        &mut m,
-        &a,
+    let mut m = matrix_fed(
+        &agent("a", "<b>aws</b>", "x", "r"),
         &[res(587, Family::Ipv4, Outcome::Ok, Some(1000))],
     );
     let v = serde_json::to_value(m.view(FamilyFilter::All, T0)).unwrap();

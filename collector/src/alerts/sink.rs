@@ -25,23 +25,17 @@ pub struct AlertCounters {
 impl AlertCounters {
     /// New counters, registered in `metrics`.
     pub fn register(metrics: &Metrics) -> AlertCounters {
-        let c = AlertCounters::default();
-        metrics.register(
-            "egresswatch_alerts_sent",
-            "Alerts delivered per sink",
-            c.sent.clone(),
-        );
-        metrics.register(
-            "egresswatch_alert_failures",
-            "Alerts that failed after every retry, per sink",
-            c.failed.clone(),
-        );
-        metrics.register(
-            "egresswatch_alerts_dropped",
-            "Alerts dropped because the sink's queue was full",
-            c.dropped.clone(),
-        );
-        c
+        AlertCounters {
+            sent: metrics.registered("egresswatch_alerts_sent", "Alerts delivered per sink"),
+            failed: metrics.registered(
+                "egresswatch_alert_failures",
+                "Alerts that failed after every retry, per sink",
+            ),
+            dropped: metrics.registered(
+                "egresswatch_alerts_dropped",
+                "Alerts dropped because the sink's queue was full",
+            ),
+        }
     }
 }
 

@@ -20,23 +20,17 @@ pub struct FleetCounters {
 impl FleetCounters {
     /// New counters, registered in `metrics`.
     pub fn register(metrics: &Metrics) -> FleetCounters {
-        let c = FleetCounters::default();
-        metrics.register(
-            "egresswatch_cell_status",
-            "Provider x port matrix: 1 for the cell's current status",
-            c.cell_status.clone(),
-        );
-        metrics.register(
-            "egresswatch_cell_agents",
-            "Provider x port matrix: agents whose path is ok or failed",
-            c.cell_agents.clone(),
-        );
-        metrics.register(
-            "egresswatch_events",
-            "Events raised by the detector",
-            c.events.clone(),
-        );
-        c
+        FleetCounters {
+            cell_status: metrics.registered(
+                "egresswatch_cell_status",
+                "Provider x port matrix: 1 for the cell's current status",
+            ),
+            cell_agents: metrics.registered(
+                "egresswatch_cell_agents",
+                "Provider x port matrix: agents whose path is ok or failed",
+            ),
+            events: metrics.registered("egresswatch_events", "Events raised by the detector"),
+        }
     }
 
     pub fn count_event(&self, e: &Event) {

@@ -32,48 +32,28 @@ pub struct IngestCounters {
 impl IngestCounters {
     /// New counters, registered in `metrics`.
     pub fn register(metrics: &Metrics) -> IngestCounters {
-        let c = IngestCounters::default();
-        metrics.register(
-            "egresswatch_ingest_sessions",
-            "Agent sessions welcomed",
-            c.sessions.clone(),
-        );
-        metrics.register(
-            "egresswatch_ingest_refusals",
-            "Agent sessions refused",
-            c.refusals.clone(),
-        );
-        metrics.register(
-            "egresswatch_ingest_refusals_by_reason",
-            "Agents and connections refused, by reason",
-            c.refusal_reasons.clone(),
-        );
-        metrics.register(
-            "egresswatch_ingest_udp_receive_buffer_bytes",
-            "The QUIC socket's receive buffer as the kernel granted it",
-            c.udp_receive_buffer_bytes.clone(),
-        );
-        metrics.register(
-            "egresswatch_ingest_batches",
-            "Result batches received",
-            c.batches.clone(),
-        );
-        metrics.register(
-            "egresswatch_ingest_results",
-            "Probe results newly stored",
-            c.results.clone(),
-        );
-        metrics.register(
-            "egresswatch_ingest_duplicates",
-            "Probe results received again and dropped",
-            c.duplicates.clone(),
-        );
-        metrics.register(
-            "egresswatch_ingest_decode_errors",
-            "Frames that failed to decode",
-            c.decode_errors.clone(),
-        );
-        c
+        IngestCounters {
+            sessions: metrics.registered("egresswatch_ingest_sessions", "Agent sessions welcomed"),
+            refusals: metrics.registered("egresswatch_ingest_refusals", "Agent sessions refused"),
+            refusal_reasons: metrics.registered(
+                "egresswatch_ingest_refusals_by_reason",
+                "Agents and connections refused, by reason",
+            ),
+            udp_receive_buffer_bytes: metrics.registered(
+                "egresswatch_ingest_udp_receive_buffer_bytes",
+                "The QUIC socket's receive buffer as the kernel granted it",
+            ),
+            batches: metrics.registered("egresswatch_ingest_batches", "Result batches received"),
+            results: metrics.registered("egresswatch_ingest_results", "Probe results newly stored"),
+            duplicates: metrics.registered(
+                "egresswatch_ingest_duplicates",
+                "Probe results received again and dropped",
+            ),
+            decode_errors: metrics.registered(
+                "egresswatch_ingest_decode_errors",
+                "Frames that failed to decode",
+            ),
+        }
     }
 
     /// Counts one refused agent or connection, in the total and under its reason.

@@ -51,6 +51,16 @@ pub fn event(agent: &str, at: i64) -> Event {
     }
 }
 
+/// The seqs of `agent`'s `limit` latest results, in the order the store serves them.
+pub fn recent_seqs(store: &dyn Store, agent: &str, limit: usize) -> Vec<u64> {
+    store
+        .recent_results(agent, limit)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq)
+        .collect()
+}
+
 /// Agent `a1`'s results 1..=10 on port 25, then a replay of 8..=12 on 587 that overlaps them:
 /// only 11 and 12 are new.
 pub fn store_overlapping_batches(store: &dyn Store) {
@@ -109,15 +119,7 @@ pub fn check(store: &dyn Store) {
         .windows(2)
         .all(|w| w[0].1.at_unix_ms <= w[1].1.at_unix_ms));
     assert_eq!(store.latest_per_series(11).unwrap().len(), 1);
-    assert_eq!(
-        store
-            .recent_results("a1", 3)
-            .unwrap()
-            .iter()
-            .map(|r| r.seq)
-            .collect::<Vec<_>>(),
-        vec![12, 11, 10]
-    );
+    assert_eq!(recent_seqs(store, "a1", 3), vec![12, 11, 10]);
 
     let first = store.append_event(&event("a1", 1)).unwrap();
     let second = store.append_event(&event("a2", 2)).unwrap();
