@@ -910,6 +910,18 @@ async fn check_exits_1_and_names_the_layer_on_failures() {
 }
 
 #[tokio::test]
+async fn check_exits_1_when_a_name_has_no_address_in_any_family_probed() {
+    // An IPv4 literal asked over IPv6 only: nothing to probe, which is a failure of the host.
+    let out = check(strings(&["127.0.0.1", "--family", "ipv6", "--port", "25"])).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("Verdict: 127.0.0.1 has no IPv6 address: nothing could be probed"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
 async fn check_binds_to_the_source_address_and_interface_given() {
     let server = serve("127.0.0.1", Script::Silent).await;
     let port = server.port.to_string();
