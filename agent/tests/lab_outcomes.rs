@@ -211,6 +211,21 @@ impl Verdicts {
         }
     }
 
+    /// The session step named in the result, and words its detail must carry.
+    fn expect_step(&mut self, rows: &[Value], port: u16, step: &str, words: &str) {
+        for family in ["ipv4", "ipv6"] {
+            if let Some(row) = self.row(rows, port, family) {
+                let detail = row["detail"].as_str().unwrap_or("");
+                if row["step"] != step || !detail.contains(words) {
+                    self.failures.push(format!(
+                        "port {port} {family}: expected step {step} and {words:?}, got step {} ({detail})",
+                        row["step"]
+                    ));
+                }
+            }
+        }
+    }
+
     fn assert_none(self) {
         assert!(
             self.failures.is_empty(),
@@ -244,6 +259,14 @@ fn every_outcome_over_ipv4_and_ipv6() {
     v.expect_both("open-1", &rows, 2554, "bad_banner");
     v.expect_both("open-1", &rows, 2500, "no_banner");
     v.expect_both("open-1", &rows, 2465, "tls_failed");
+    v.expect_step(&rows, 2500, "greeting", "no complete greeting");
+    v.expect_step(&rows, 2526, "ehlo", "does not offer STARTTLS");
+    v.expect_step(
+        &rows,
+        2465,
+        "tls_handshake",
+        "the certificate is for wrong.lab.test, not for mx.lab.test",
+    );
 
     // Same server and certificate, but the certificate does not name this host.
     let rows = lab.check("open-1", "badcert.lab.test", &[25, 465, 443]);

@@ -699,10 +699,14 @@ async fn wrong_certificates_are_tls_failed() {
     let (pki, opts) = setup(Duration::from_secs(3));
     for (ip, family) in LOOPBACKS {
         for (config, words, issuer) in [
-            (pki.wrong_name.clone(), "not valid for name", CA_NAME),
+            (
+                pki.wrong_name.clone(),
+                "the certificate is for other.example, not for",
+                CA_NAME,
+            ),
             (
                 pki.unknown_ca.clone(),
-                "UnknownIssuer",
+                "the certificate is self-signed",
                 "rcgen self signed cert",
             ),
         ] {
@@ -903,6 +907,18 @@ async fn check_exits_1_and_names_the_layer_on_failures() {
     ] {
         assert!(stdout.contains(words), "{words}: {stdout}");
     }
+}
+
+#[tokio::test]
+async fn check_exits_1_when_a_name_has_no_address_in_any_family_probed() {
+    // An IPv4 literal asked over IPv6 only: nothing to probe, which is a failure of the host.
+    let out = check(strings(&["127.0.0.1", "--family", "ipv6", "--port", "25"])).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("Verdict: 127.0.0.1 has no IPv6 address: nothing could be probed"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! A new option is one field in [`CheckArgs`]; what it means for the probes is applied in
 //! [`CheckArgs::probe_options`] or in the runner.
 
+use crate::probe::smtp::quoted;
 use crate::probe::ProbeOptions;
 use egresswatch_wire::{Family, Level};
 use std::collections::BTreeSet;
@@ -94,7 +95,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("invalid duration {text:?} (e.g. 5s, 500ms)"))?;
+        .map_err(|_| format!("invalid duration {} (e.g. 5s, 500ms)", quoted(text)))?;
     let seconds = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,
@@ -102,12 +103,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         _ => {
             return Err(format!(
-                "invalid duration unit in {text:?} (use ms, s, m or h)"
+                "invalid duration unit in {} (use ms, s, m or h)",
+                quoted(text)
             ))
         }
     };
     if !(seconds > 0.0 && seconds <= 86_400.0) {
-        return Err(format!("duration {text:?} out of range"));
+        return Err(format!("duration {} out of range", quoted(text)));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -137,7 +139,10 @@ pub fn check_binding(sources: &[std::net::IpAddr], interface: Option<&str>) -> R
     if let Some(name) = interface {
         let valid = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
         if !valid || !std::path::Path::new("/sys/class/net").join(name).exists() {
-            return Err(format!("--interface {name:?}: no such network interface"));
+            return Err(format!(
+                "--interface {}: no such network interface",
+                quoted(name)
+            ));
         }
     }
     Ok(())

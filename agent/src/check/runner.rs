@@ -83,10 +83,13 @@ pub fn main(args: CheckArgs) -> ExitCode {
     ExitCode::from(exit_status(&results))
 }
 
-/// 0 when nothing failed and something was `ok`, else 1.
+/// 0 when nothing failed, something was `ok` and every host had an address in some family
+/// probed, else 1. A family without an address is no failure while another family of the host
+/// has one; a name with no address at all is.
 pub fn exit_status(results: &[ProbeResult]) -> u8 {
     if results.iter().all(|r| !r.outcome.is_failure())
         && results.iter().any(|r| r.outcome == Outcome::Ok)
+        && verdict::readings::hosts_without_any_address(results).is_empty()
     {
         0
     } else {
@@ -153,4 +156,42 @@ pub async fn run_check(
     }
     out.sort_by_key(|(i, _)| *i);
     out.into_iter().map(|(_, r)| r).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(host: &str, family: Family, outcome: Outcome) -> ProbeResult {
+        ProbeResult {
+            target: host.into(),
+            family,
+            outcome,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn exit_status_of_names_without_addresses() {
+        use Family::{Ipv4, Ipv6};
+        use Outcome::{NoAddress, Ok};
+        // One family without an address: not a failure while the other has one.
+        assert_eq!(exit_status(&[r("a", Ipv4, Ok), r("a", Ipv6, NoAddress)]), 0);
+        // No address in any family: a failure of that host, even beside a fine one.
+        assert_eq!(
+            exit_status(&[r("a", Ipv4, NoAddress), r("a", Ipv6, NoAddress)]),
+            1
+        );
+        assert_eq!(
+            exit_status(&[
+                r("a", Ipv4, Ok),
+                r("b", Ipv4, NoAddress),
+                r("b", Ipv6, NoAddress)
+            ]),
+            1
+        );
+        // Only one family asked, and the name has none there.
+        assert_eq!(exit_status(&[r("a", Ipv6, NoAddress)]), 1);
+        assert_eq!(exit_status(&[r("a", Ipv4, Outcome::Timeout)]), 1);
+    }
 }

@@ -1,6 +1,7 @@
-//! The issuer of the server's leaf certificate as short text ("O=Let's Encrypt, CN=R3"), read with
-//! a tiny DER walker instead of a full X.509 parser: the agent must stay small, and the issuer is
-//! all a person needs to tell a real CA from an intercepting middlebox's.
+//! The issuer and subject of the server's leaf certificate as short text ("O=Let's Encrypt,
+//! CN=R3"), read with a tiny DER walker instead of a full X.509 parser: the agent must stay small,
+//! and the issuer is all a person needs to tell a real CA from an intercepting middlebox's (the
+//! subject only tells a self-signed certificate).
 //!
 //! Pure and defensive: any malformed input gives `None`, never a panic; the text is bounded and
 //! free of control characters because it is shown in terminals and dashboards.
@@ -16,6 +17,23 @@ const TAG_VERSION: u8 = 0xA0;
 
 /// The issuer distinguished name of a DER certificate, attributes in certificate order.
 pub fn issuer_text(cert_der: &[u8]) -> Option<String> {
+    let (issuer, _) = issuer_and_rest(cert_der)?;
+    let text = name_text(issuer)?;
+    (!text.is_empty()).then_some(text)
+}
+
+/// The subject distinguished name, as [`issuer_text`] gives the issuer's. A certificate whose
+/// subject is its issuer is self-signed.
+pub fn subject_text(cert_der: &[u8]) -> Option<String> {
+    let (_, rest) = issuer_and_rest(cert_der)?;
+    let (_, rest) = expect(rest, TAG_SEQUENCE)?; // validity
+    let (subject, _) = expect(rest, TAG_SEQUENCE)?;
+    let text = name_text(subject)?;
+    (!text.is_empty()).then_some(text)
+}
+
+/// The issuer name's content and what follows it in the to-be-signed certificate.
+fn issuer_and_rest(cert_der: &[u8]) -> Option<(&[u8], &[u8])> {
     let (cert, _) = expect(cert_der, TAG_SEQUENCE)?;
     let (tbs, _) = expect(cert, TAG_SEQUENCE)?;
     let mut rest = tbs;
@@ -25,9 +43,7 @@ pub fn issuer_text(cert_der: &[u8]) -> Option<String> {
     }
     let (_, rest) = expect(rest, TAG_INTEGER)?; // serial number
     let (_, rest) = expect(rest, TAG_SEQUENCE)?; // signature algorithm
-    let (name, _) = expect(rest, TAG_SEQUENCE)?;
-    let text = name_text(name)?;
-    (!text.is_empty()).then_some(text)
+    expect(rest, TAG_SEQUENCE)
 }
 
 fn name_text(mut name: &[u8]) -> Option<String> {
@@ -151,6 +167,22 @@ mod tests {
             issuer_text(&der).as_deref(),
             Some("C=CZ, O=Lab CA Ltd, CN=Lab Root R1")
         );
+    }
+
+    #[test]
+    fn reads_the_subject_and_tells_a_self_signed_certificate() {
+        let der = cert_issued_by(&[(rcgen::DnType::CommonName, "Lab Root R1")]);
+        let subject = subject_text(&der).unwrap();
+        assert_ne!(Some(subject), issuer_text(&der));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["mx.lab.test".to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "mx.lab.test");
+        let own = params.self_signed(&key).unwrap().der().to_vec();
+        assert_eq!(subject_text(&own).as_deref(), Some("CN=mx.lab.test"));
+        assert_eq!(subject_text(&own), issuer_text(&own));
     }
 
     #[test]

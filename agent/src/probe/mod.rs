@@ -16,6 +16,7 @@ pub mod nameserver;
 pub mod resolve;
 pub mod smtp;
 pub mod tls;
+pub mod tls_failure;
 
 use connect::Binding;
 use egresswatch_wire::result::truncate_detail;
@@ -27,6 +28,8 @@ use smtp::{ExchangeError, ReplyParser};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tls::Recorded;
+use tls_failure::TlsPlace;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
@@ -246,16 +249,16 @@ fn tls_config(options: &ProbeOptions, result: &mut ProbeResult) -> Option<tls::T
 
 /// The TLS handshake every TLS-speaking session shares, under the probe's deadline. Records the
 /// handshake's time and certificate facts; on failure records the outcome and returns `None`.
-/// On success also returns "version cipher" for the detail line. `when` names the step for the
-/// deadline message ("" or " after STARTTLS").
+/// On success also returns "version cipher" for the detail line. `place` says where the
+/// handshake is attempted, for the wording of its failures.
 async fn handshake(
     target: &ProbeTarget,
     options: &ProbeOptions,
     stream: tokio::net::TcpStream,
     deadline: Instant,
-    when: &str,
+    place: TlsPlace,
     result: &mut ProbeResult,
-) -> Option<(TlsStream<tokio::net::TcpStream>, String)> {
+) -> Option<(TlsStream<Recorded<tokio::net::TcpStream>>, String)> {
     let client = tls_config(options, result)?;
     let started = Instant::now();
     match tokio::time::timeout_at(deadline, tls::handshake(&client, &target.host, stream)).await {
@@ -265,14 +268,18 @@ async fn handshake(
             result.tls = Some(info);
             Some((tls, negotiated))
         }
-        Ok(Err(e)) => {
+        Ok(Err(failure)) => {
             result.step = Some(SessionStep::TlsHandshake);
-            tls_failure(result, &e, &client);
+            tls_failure(result, &failure, &client, place);
             None
         }
         Err(_) => {
             result.outcome = Outcome::TlsFailed;
             result.step = Some(SessionStep::TlsHandshake);
+            let when = match place {
+                TlsPlace::AfterStarttls => " after STARTTLS",
+                TlsPlace::ImplicitTls | TlsPlace::TlsOnly => "",
+            };
             result.detail = format!("no TLS handshake{when} before the deadline");
             None
         }
@@ -288,7 +295,7 @@ async fn tls_only(
     result: &mut ProbeResult,
 ) {
     let Some((mut tls, negotiated)) =
-        handshake(target, options, stream, deadline, "", result).await
+        handshake(target, options, stream, deadline, TlsPlace::TlsOnly, result).await
     else {
         return;
     };
@@ -309,8 +316,15 @@ async fn implicit_tls(
     deadline: Instant,
     result: &mut ProbeResult,
 ) {
-    let Some((mut tls, negotiated)) =
-        handshake(target, options, stream, deadline, "", result).await
+    let Some((mut tls, negotiated)) = handshake(
+        target,
+        options,
+        stream,
+        deadline,
+        TlsPlace::ImplicitTls,
+        result,
+    )
+    .await
     else {
         return;
     };
@@ -367,7 +381,8 @@ async fn plain_smtp(
         result.step = Some(SessionStep::Ehlo);
         result.detail = match ehlo.masked_capability() {
             Some(mask) => format!(
-                "EHLO reply carries {mask:?} where STARTTLS would be: rewritten by a middlebox on the path"
+                "EHLO reply carries {} where STARTTLS would be: rewritten by a middlebox on the path",
+                smtp::quoted(mask)
             ),
             None => format!(
                 "EHLO reply does not offer STARTTLS ({} lines); stripped on the path, or not offered",
@@ -397,8 +412,15 @@ async fn plain_smtp(
         result.detail = "the server sent data after its STARTTLS reply (injection)".into();
         return;
     }
-    let Some((mut tls, negotiated)) =
-        handshake(target, options, stream, deadline, " after STARTTLS", result).await
+    let Some((mut tls, negotiated)) = handshake(
+        target,
+        options,
+        stream,
+        deadline,
+        TlsPlace::AfterStarttls,
+        result,
+    )
+    .await
     else {
         return;
     };
@@ -532,14 +554,24 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     smtp::read_reply(stream, parser, deadline).await
 }
 
-fn tls_failure(result: &mut ProbeResult, e: &std::io::Error, client: &tls::TlsClient) {
+fn tls_failure(
+    result: &mut ProbeResult,
+    failure: &tls::HandshakeFailure,
+    client: &tls::TlsClient,
+    place: TlsPlace,
+) {
+    let e = &failure.error;
     result.errno = e.raw_os_error();
     result.outcome = result
         .errno
         .and_then(classify::session_errno_outcome)
         .unwrap_or(Outcome::TlsFailed);
-    result.detail = format!("TLS: {}", connect::short_io_text(e));
-    if let Some(issuer) = client.presented_issuer() {
+    let presented = client.presented();
+    result.detail = format!(
+        "TLS: {}",
+        tls_failure::describe(e, presented.as_ref(), &failure.first_bytes, place)
+    );
+    if let Some(issuer) = presented.and_then(|p| p.issuer) {
         result
             .detail
             .push_str(&format!(" (presented certificate issued by {issuer})"));

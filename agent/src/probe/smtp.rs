@@ -86,12 +86,22 @@ impl fmt::Display for ReplyError {
                 f,
                 "reply larger than {MAX_REPLY_BYTES} bytes or {MAX_REPLY_LINES} lines"
             ),
-            ReplyError::NotSmtp(excerpt) => write!(f, "not an SMTP reply: {excerpt:?}"),
+            ReplyError::NotSmtp(excerpt) => write!(f, "not an SMTP reply: {}", quoted(excerpt)),
             ReplyError::MixedCodes { first, then } => {
                 write!(f, "reply mixes codes {first} and {then}")
             }
         }
     }
+}
+
+/// Text from the network (or a user) in double quotes for a detail or a message, control
+/// characters shown as '?', so a reader sees what was sent without a terminal acting on it.
+pub fn quoted(text: &str) -> String {
+    let inner: String = text
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    format!("\"{inner}\"")
 }
 
 /// Accumulates bytes and yields whole replies.
@@ -389,6 +399,12 @@ mod tests {
             }
         }
         assert_eq!(result, Err(ReplyError::ReplyTooLarge));
+    }
+
+    #[test]
+    fn junk_is_quoted_without_escapes() {
+        let e = parse_all(&[b"\x16\x03\x01 hello\r\n"]).unwrap_err();
+        assert_eq!(e.to_string(), "not an SMTP reply: \"??? hello\"");
     }
 
     #[test]

@@ -10,8 +10,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -51,11 +53,34 @@ pub struct TlsClient {
     verifier: Arc<RecordingVerifier>,
 }
 
+/// What the server presented, whether or not it verified.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Presented {
+    /// The leaf's issuer: when a handshake fails, this names who answered (an intercepting
+    /// middlebox's CA, say).
+    pub issuer: Option<String>,
+    /// The leaf's subject; equal to the issuer when the certificate is self-signed.
+    pub subject: Option<String>,
+    /// How many certificates the server sent beside its own.
+    pub intermediates: usize,
+}
+
+impl Presented {
+    /// Whether the leaf names itself as its issuer.
+    pub fn self_signed(&self) -> bool {
+        self.issuer.is_some() && self.issuer == self.subject
+    }
+}
+
 impl TlsClient {
-    /// The issuer of the certificate the server presented, whether or not it verified: when a
-    /// handshake fails, this names who answered (an intercepting middlebox's CA, say).
+    /// The issuer of the certificate the server presented, whether or not it verified.
     pub fn presented_issuer(&self) -> Option<String> {
-        self.verifier.presented_issuer.lock().ok()?.clone()
+        self.presented()?.issuer
+    }
+
+    /// What the server presented, once its certificate arrived.
+    pub fn presented(&self) -> Option<Presented> {
+        self.verifier.presented.lock().ok()?.clone()
     }
 }
 
@@ -68,7 +93,7 @@ pub fn client_config(roots: Arc<RootCertStore>) -> Result<TlsClient, AgentError>
         .map_err(|e| AgentError::Tls(e.to_string()))?;
     let verifier = Arc::new(RecordingVerifier {
         inner,
-        presented_issuer: Mutex::new(None),
+        presented: Mutex::new(None),
     });
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -85,7 +110,7 @@ pub fn client_config(roots: Arc<RootCertStore>) -> Result<TlsClient, AgentError>
 #[derive(Debug)]
 struct RecordingVerifier {
     inner: Arc<WebPkiServerVerifier>,
-    presented_issuer: Mutex<Option<String>>,
+    presented: Mutex<Option<Presented>>,
 }
 
 impl ServerCertVerifier for RecordingVerifier {
@@ -97,8 +122,12 @@ impl ServerCertVerifier for RecordingVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut slot) = self.presented_issuer.lock() {
-            *slot = super::issuer::issuer_text(end_entity);
+        if let Ok(mut slot) = self.presented.lock() {
+            *slot = Some(Presented {
+                issuer: super::issuer::issuer_text(end_entity),
+                subject: super::issuer::subject_text(end_entity),
+                intermediates: intermediates.len(),
+            });
         }
         self.inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
@@ -127,34 +156,109 @@ impl ServerCertVerifier for RecordingVerifier {
     }
 }
 
+/// How many of the first bytes the server sent are kept, to say what answered when it was not
+/// TLS ("220 mx ESMTP" on an implicit-TLS port).
+pub const FIRST_BYTES_KEPT: usize = 64;
+
+/// A stream that keeps a copy of the first bytes read from it.
+pub struct Recorded<S> {
+    inner: S,
+    first: Vec<u8>,
+}
+
+impl<S> Recorded<S> {
+    pub fn new(inner: S) -> Self {
+        Recorded {
+            inner,
+            first: Vec::new(),
+        }
+    }
+
+    /// The first bytes the peer sent (at most [`FIRST_BYTES_KEPT`]).
+    pub fn first_bytes(&self) -> &[u8] {
+        &self.first
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Recorded<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let room = FIRST_BYTES_KEPT.saturating_sub(this.first.len());
+            let new = &buf.filled()[before..];
+            this.first.extend_from_slice(&new[..new.len().min(room)]);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Recorded<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// A handshake that failed, with the first bytes the server sent.
+#[derive(Debug)]
+pub struct HandshakeFailure {
+    pub error: std::io::Error,
+    pub first_bytes: Vec<u8>,
+}
+
 /// Runs a TLS handshake over `stream`, verifying the server for `host`.
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     client: &TlsClient,
     host: &str,
     stream: S,
-) -> Result<(TlsStream<S>, TlsInfo), std::io::Error> {
+) -> Result<(TlsStream<Recorded<S>>, TlsInfo), HandshakeFailure> {
     let name = host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let server_name = ServerName::try_from(name).map_err(|e| {
-        std::io::Error::new(
+    let server_name = ServerName::try_from(name).map_err(|e| HandshakeFailure {
+        error: std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("not a valid TLS server name: {e}"),
-        )
+        ),
+        first_bytes: Vec::new(),
     })?;
     let tls = TlsConnector::from(client.config.clone())
-        .connect(server_name, stream)
-        .await?;
+        .connect(server_name, Recorded::new(stream))
+        .into_fallible()
+        .await
+        .map_err(|(error, stream)| HandshakeFailure {
+            error,
+            first_bytes: stream.first_bytes().to_vec(),
+        })?;
     let (_, session) = tls.get_ref();
     let info = TlsInfo {
         version: session
             .protocol_version()
-            .map(|v| format!("{v:?}").replace('_', "."))
+            .and_then(|v| v.as_str())
+            .map(|v| v.replace('_', "."))
             .unwrap_or_default(),
         cipher: session
             .negotiated_cipher_suite()
-            .map(|s| format!("{:?}", s.suite()))
+            .and_then(|s| s.suite().as_str())
+            .map(str::to_string)
             .unwrap_or_default(),
         issuer: session
             .peer_certificates()

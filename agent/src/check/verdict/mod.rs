@@ -9,9 +9,12 @@ pub mod readings;
 pub mod sentences;
 
 use crate::probe::PORT_HTTPS;
-use egresswatch_wire::{Outcome, ProbeResult};
+use egresswatch_wire::{Family, Outcome, ProbeResult};
 use labels::{is_are, PortLabels};
-use readings::{control_reading, icmp_effect, icmp_sender, ControlReading, IcmpSender};
+use readings::{
+    control_reading, hosts_without_any_address, icmp_effect, icmp_sender, ControlReading,
+    IcmpSender,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -23,6 +26,7 @@ pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
     let labels = PortLabels::new(results);
     let mut lines = Vec::new();
     lines.extend(dns_lines(results));
+    lines.extend(no_address_lines(results));
     lines.extend(timeout_line(results, &labels));
     lines.extend(icmp_lines(results, &labels));
     lines.extend(own_firewall_lines(results, &labels));
@@ -50,9 +54,13 @@ pub fn verdict(results: &[ProbeResult]) -> Vec<String> {
     } else if !ok.is_empty() {
         lines.push(format!("{} {} fine.", labels.fine(&ok), is_are(&ok)));
     }
+    let without_any: Vec<&str> = hosts_without_any_address(results)
+        .into_iter()
+        .map(|(host, _)| host)
+        .collect();
     let no_address = results
         .iter()
-        .filter(|r| r.outcome == Outcome::NoAddress)
+        .filter(|r| r.outcome == Outcome::NoAddress && !without_any.contains(&r.target.as_str()))
         .count();
     if no_address > 0 {
         lines.push(format!(
@@ -91,6 +99,23 @@ fn dns_lines(results: &[ProbeResult]) -> Vec<String> {
                 "{host} does not resolve ({}): a DNS problem, not a port block.",
                 kind.map(|k| k.to_string())
                     .unwrap_or_else(|| "unknown".into())
+            )
+        })
+        .collect()
+}
+
+/// One line per host with no address in any family probed: nothing could be probed there.
+fn no_address_lines(results: &[ProbeResult]) -> Vec<String> {
+    hosts_without_any_address(results)
+        .into_iter()
+        .map(|(host, families)| {
+            let which = match families.as_slice() {
+                [Family::Ipv4] => "no IPv4 address",
+                [Family::Ipv6] => "no IPv6 address",
+                _ => "no address, neither IPv4 nor IPv6",
+            };
+            format!(
+                "{host} has {which}: nothing could be probed (a fact of the name's DNS records, not a port block)."
             )
         })
         .collect()

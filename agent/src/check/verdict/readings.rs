@@ -4,7 +4,7 @@
 
 use crate::probe::classify::icmp_words;
 use crate::probe::PORT_HTTPS;
-use egresswatch_wire::{IcmpReport, Outcome, ProbeResult};
+use egresswatch_wire::{Family, IcmpReport, Outcome, ProbeResult};
 use std::net::IpAddr;
 
 /// What the 443 control says about the path to the destination.
@@ -56,6 +56,30 @@ pub fn icmp_effect(report: &IcmpReport) -> &'static str {
 
 /// The kernel's SO_EE_ORIGIN_ICMP6.
 const ORIGIN_ICMP6: u8 = 3;
+
+/// The hosts that had no address in any family probed, each with the families that were asked
+/// (in host order of first appearance). A family without an address is no failure while another
+/// has one; a name with no address at all leaves nothing to probe, and that is a failure of the
+/// host.
+pub fn hosts_without_any_address(results: &[ProbeResult]) -> Vec<(&str, Vec<Family>)> {
+    let mut hosts: Vec<&str> = Vec::new();
+    for r in results {
+        if !hosts.contains(&r.target.as_str()) {
+            hosts.push(&r.target);
+        }
+    }
+    hosts
+        .into_iter()
+        .filter_map(|host| {
+            let of_host = || results.iter().filter(move |r| r.target == host);
+            let none = of_host().all(|r| r.outcome == Outcome::NoAddress);
+            let mut families: Vec<Family> = of_host().map(|r| r.family).collect();
+            families.sort();
+            families.dedup();
+            none.then_some((host, families))
+        })
+        .collect()
+}
 
 /// Who sent the ICMP error behind an `unreachable` or `local_denied` result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +139,32 @@ mod tests {
         );
         assert_eq!(read(&[]), NotProbed);
         assert_eq!(control_reading(&[r(25, Outcome::Ok)]), NotProbed);
+    }
+
+    #[test]
+    fn a_host_without_any_address_is_named_with_the_families_asked() {
+        let no = |host: &str, family| ProbeResult {
+            target: host.into(),
+            family,
+            outcome: Outcome::NoAddress,
+            ..Default::default()
+        };
+        let ok = |host: &str, family| ProbeResult {
+            target: host.into(),
+            family,
+            ..Default::default()
+        };
+        let results = [
+            ok("v4only", Family::Ipv4),
+            no("v4only", Family::Ipv6),
+            no("nothing", Family::Ipv4),
+            no("nothing", Family::Ipv6),
+        ];
+        assert_eq!(
+            hosts_without_any_address(&results),
+            vec![("nothing", vec![Family::Ipv4, Family::Ipv6])]
+        );
+        assert!(hosts_without_any_address(&results[..2]).is_empty());
     }
 
     #[test]

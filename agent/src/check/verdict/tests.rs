@@ -212,3 +212,48 @@ mod own_firewall {
         );
     }
 }
+
+mod names_without_addresses {
+    use super::super::*;
+    use egresswatch_wire::{Family, Outcome, ProbeResult};
+
+    fn r(host: &str, family: Family, outcome: Outcome) -> ProbeResult {
+        ProbeResult {
+            target: host.into(),
+            port: 25,
+            family,
+            outcome,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_name_with_no_address_at_all_is_said_to_be_the_failure() {
+        let v = verdict(&[
+            r("gone.example", Family::Ipv4, Outcome::NoAddress),
+            r("gone.example", Family::Ipv6, Outcome::NoAddress),
+        ])
+        .join("\n");
+        assert!(
+            v.starts_with("Verdict: gone.example has no address, neither IPv4 nor IPv6: nothing could be probed"),
+            "{v}"
+        );
+        assert!(!v.contains("not a failure"), "{v}");
+    }
+
+    #[test]
+    fn a_family_without_an_address_beside_one_with_is_not_a_failure() {
+        let v = verdict(&[
+            r("v4only.example", Family::Ipv4, Outcome::Ok),
+            r("v4only.example", Family::Ipv6, Outcome::NoAddress),
+        ])
+        .join("\n");
+        assert!(v.contains("25 answers: outbound SMTP is open"), "{v}");
+        assert!(
+            v.contains("1 probe(s) had no address in their family (not a failure)"),
+            "{v}"
+        );
+        let v = verdict(&[r("v4only.example", Family::Ipv6, Outcome::NoAddress)]).join("\n");
+        assert!(v.contains("v4only.example has no IPv6 address"), "{v}");
+    }
+}
