@@ -8,7 +8,9 @@
 
 use crate::error::WireError;
 use crate::limits::FRAME_HEADER_BYTES;
-use crate::message::{kind, Ack, AgentMessage, Batch, CollectorMessage, Hello, Refusal, Welcome};
+use crate::message::{
+    kind, Ack, AgentMessage, Batch, CollectorMessage, Hello, ProbeRequest, Refusal, Welcome,
+};
 use crate::version::WIRE_MAJOR;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -86,6 +88,7 @@ impl WireMessage for CollectorMessage {
             CollectorMessage::Welcome(_) => Some(kind::WELCOME),
             CollectorMessage::Ack(_) => Some(kind::ACK),
             CollectorMessage::Refusal(_) => Some(kind::REFUSAL),
+            CollectorMessage::ProbeRequest(_) => Some(kind::PROBE_REQUEST),
             CollectorMessage::Unknown(_) => None,
         }
     }
@@ -94,6 +97,7 @@ impl WireMessage for CollectorMessage {
             CollectorMessage::Welcome(m) => encode_record("welcome", m, out),
             CollectorMessage::Ack(m) => encode_record("ack", m, out),
             CollectorMessage::Refusal(m) => encode_record("refusal", m, out),
+            CollectorMessage::ProbeRequest(m) => encode_record("probe request", m, out),
             CollectorMessage::Unknown(k) => Err(WireError::Encode {
                 what: "message",
                 reason: format!("unknown kind {k}"),
@@ -112,6 +116,11 @@ impl WireMessage for CollectorMessage {
             kind::REFUSAL => Some(CollectorMessage::Refusal(decode_record::<Refusal>(
                 "refusal", de,
             )?)),
+            kind::PROBE_REQUEST => {
+                Some(CollectorMessage::ProbeRequest(
+                    decode_record::<ProbeRequest>("probe request", de)?,
+                ))
+            }
             _ => None,
         })
     }

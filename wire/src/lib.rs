@@ -3,7 +3,7 @@
 //!
 //! - [`outcome`]: the outcome taxonomy every probe ends in, with the probe level and address family.
 //! - [`result`]: one probe's result with its phase timings, as the agent produced it.
-//! - [`message`]: the messages of a session (hello, welcome, batch, ack, refusal).
+//! - [`message`]: the messages of a session (hello, welcome, batch, ack, refusal, probe request).
 //! - [`frame`]: length-prefixed framing with a hard cap, encode and a sans-IO decoder.
 //! - [`close`]: the codes a side closes a connection with, and what each tells the other side.
 //! - [`labels`]: validation of the identity labels an agent claims (untrusted input).
@@ -36,8 +36,8 @@ pub use error::WireError;
 pub use frame::{encode_frame, FrameDecoder};
 pub use labels::Labels;
 pub use message::{
-    Ack, AgentMessage, Batch, ClockQuality, CollectorMessage, CompactResult, Hello, Refusal,
-    SeriesKey, TargetSpec, Welcome,
+    Ack, AgentMessage, Batch, ClockQuality, CollectorMessage, CompactResult, Hello, ProbeRequest,
+    Refusal, SeriesKey, TargetSpec, Welcome,
 };
-pub use outcome::{DnsFailure, Family, Level, Outcome, SessionStep};
+pub use outcome::{DnsFailure, Family, Level, Outcome, ProbeCause, SessionStep};
 pub use result::{IcmpReport, PhaseTimings, ProbeResult};

@@ -7,7 +7,13 @@
 //!                                     ◀── or Refusal (reason; e.g. wrong major version)
 //!   Batch  (first_seq, results…)      ──▶
 //!                                     ◀── Ack (cumulative up_to_seq, counts, reason)
+//!                                     ◀── ProbeRequest (1.2: probe this target/port now)
+//!   Batch  (… results with cause = requested, request_id) ──▶
 //! ```
+//!
+//! A probe request is only ever sent to an agent whose hello has `wire_minor >= 2` and
+//! `accepts_probe_requests`; an agent answers it with ordinary results in its ordinary stream, or
+//! not at all (unknown target, over its own budget): the collector never waits on an answer.
 //!
 //! A batch numbers its results implicitly: result `i` has sequence `first_seq + i`. Repeated
 //! fields (target, port, family, level, address) live once per batch in the series table, which is
@@ -19,7 +25,7 @@ use crate::limits::{
     MAX_BATCH_RESULTS, MAX_BATCH_SERIES, MAX_DETAIL_BYTES, MAX_HELLO_TARGETS, MAX_TARGET_BYTES,
 };
 pub use crate::outcome::ClockQuality;
-use crate::outcome::{DnsFailure, Family, Level, Outcome, SessionStep};
+use crate::outcome::{DnsFailure, Family, Level, Outcome, ProbeCause, SessionStep};
 use crate::result::{IcmpReport, PhaseTimings, ProbeResult, TlsInfo};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -46,6 +52,9 @@ wire_record! {
         pub clock: ClockQuality,
         /// The agent's own trouble worth showing centrally (e.g. "spool: disk full"); empty if none.
         pub status: String,
+        /// Appended in wire minor 2: the agent answers [`ProbeRequest`]s (its operator may turn
+        /// that off). `false` from older agents, which are never sent one.
+        pub accepts_probe_requests: bool,
     }
     required = 4;
 }
@@ -106,6 +115,10 @@ wire_record! {
         pub detail: String,
         /// Appended in wire minor 1: older collectors skip it, older agents leave it `None`.
         pub step: Option<SessionStep>,
+        /// Appended in wire minor 2: why the probe ran.
+        pub cause: ProbeCause,
+        /// Appended in wire minor 2: the request a `requested` probe answers.
+        pub request_id: Option<u64>,
     }
     required = 3;
 }
@@ -135,6 +148,22 @@ wire_record! {
         pub reason: String,
     }
     required = 4;
+}
+
+wire_record! {
+    /// The collector asking an agent to probe one of its own configured targets now (wire 1.2),
+    /// because another agent's result suggests a change. The agent probes on fresh sockets and
+    /// sends the result marked `requested` with this `request_id`; it ignores a request for a
+    /// target/port it does not probe itself, and one over its own per-minute budget.
+    pub struct ProbeRequest {
+        pub request_id: u64,
+        pub target: String,
+        pub port: u16,
+        pub family: Family,
+        /// How long the answer is still useful; after that the agent does not bother.
+        pub deadline_ms: u32,
+    }
+    required = 5;
 }
 
 impl Batch {
@@ -211,6 +240,8 @@ impl Batch {
                 tls: r.tls.clone(),
                 detail: r.detail.clone(),
                 step: r.step,
+                cause: r.cause,
+                request_id: r.request_id,
             });
         }
         Ok(Batch {
@@ -300,6 +331,8 @@ impl Batch {
                     tls: c.tls.clone(),
                     detail: c.detail.clone(),
                     step: c.step,
+                    cause: c.cause,
+                    request_id: c.request_id,
                 })
             })
             .collect()
@@ -361,6 +394,8 @@ pub enum CollectorMessage {
     Welcome(Welcome),
     Ack(Ack),
     Refusal(Refusal),
+    /// Wire 1.2.
+    ProbeRequest(ProbeRequest),
     Unknown(u8),
 }
 
@@ -370,4 +405,5 @@ pub(crate) mod kind {
     pub const WELCOME: u8 = 1;
     pub const ACK: u8 = 2;
     pub const REFUSAL: u8 = 3;
+    pub const PROBE_REQUEST: u8 = 4;
 }

@@ -172,6 +172,20 @@ coded_enum! {
 }
 
 coded_enum! {
+    /// Why a probe ran (wire 1.2). Confirmation and requested probes are the evidence on demand
+    /// that settles a suspected change in seconds instead of waiting for the schedule.
+    pub enum ProbeCause {
+        /// The agent's own schedule.
+        #[default]
+        Scheduled = (0, "scheduled"),
+        /// The agent re-probing a series whose outcome departed from its settled state.
+        Confirmation = (1, "confirmation"),
+        /// The collector asked for it (a [`crate::message::ProbeRequest`]).
+        Requested = (2, "requested"),
+    }
+}
+
+coded_enum! {
     /// Why a name did not resolve, kept beside `dns_failed`.
     pub enum DnsFailure {
         #[default]

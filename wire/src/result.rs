@@ -4,7 +4,7 @@
 //! This full form is what the agent spools and what the collector stores; on the wire a batch
 //! carries the compact form ([`crate::message::CompactResult`]) that shares repeated fields.
 
-use crate::outcome::{DnsFailure, Family, Level, Outcome, SessionStep};
+use crate::outcome::{DnsFailure, Family, Level, Outcome, ProbeCause, SessionStep};
 use std::net::IpAddr;
 
 wire_record! {
@@ -80,6 +80,10 @@ wire_record! {
         /// The session step a failure after connect happened in (appended in wire minor 1;
         /// `None` from older agents and for failures before or without a session).
         pub step: Option<SessionStep>,
+        /// Why the probe ran (appended in wire minor 2; `scheduled` from older agents).
+        pub cause: ProbeCause,
+        /// The collector's request this probe answers, for `cause == requested`.
+        pub request_id: Option<u64>,
     }
     required = 7;
 }
@@ -128,6 +132,8 @@ mod tests {
             tls: None,
             detail: "administratively prohibited".into(),
             step: None,
+            cause: Default::default(),
+            request_id: None,
         }
     }
 

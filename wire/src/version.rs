@@ -5,7 +5,9 @@
 
 pub const WIRE_MAJOR: u8 = 1;
 /// 1.1: results carry the session step a failure happened in; the `refused` DNS failure kind.
-pub const WIRE_MINOR: u16 = 1;
+/// 1.2: results say why they ran (scheduled, confirmation, requested); hellos say whether the
+/// agent answers probe requests; the collector's `ProbeRequest`.
+pub const WIRE_MINOR: u16 = 2;
 
 /// ALPN of an egresswatch session over QUIC; a peer offering anything else is refused by TLS.
 pub const ALPN: &[u8] = b"egresswatch/1";

@@ -238,6 +238,13 @@ fn every_collector_message_round_trips() {
             reason: "wire major 2 not supported".into(),
             retry_after_s: 0,
         }),
+        CollectorMessage::ProbeRequest(ProbeRequest {
+            request_id: 77,
+            target: "smtp.example.net".into(),
+            port: 587,
+            family: Family::Ipv6,
+            deadline_ms: 6_000,
+        }),
     ] {
         let frame = encode_frame(&m, MAX_FRAME_BYTES).unwrap();
         assert_eq!(decode_body::<CollectorMessage>(&frame[4..]).unwrap(), m);
@@ -308,4 +315,44 @@ fn the_session_step_crosses_a_batch_and_older_results_lack_it() {
     let decoded: ProbeResult = rmp_serde::from_slice(&without).unwrap();
     assert_eq!(decoded.step, None);
     assert_eq!(decoded.outcome, Outcome::NoBanner);
+}
+
+/// Wire minor 2: a result says why it ran and which request it answers; a scheduled result costs
+/// no byte more than before, and an older collector skips the new fields.
+#[test]
+fn the_probe_cause_crosses_a_batch_and_scheduled_results_cost_nothing() {
+    let scheduled = result(1, 587, Outcome::Timeout, None);
+    let mut requested = result(2, 587, Outcome::Timeout, None);
+    requested.cause = ProbeCause::Requested;
+    requested.request_id = Some(41);
+    let mut confirming = result(3, 587, Outcome::Timeout, None);
+    confirming.cause = ProbeCause::Confirmation;
+    let all = [scheduled.clone(), requested.clone(), confirming.clone()];
+    let batch = Batch::pack(&all, ClockQuality::Synchronised, 0).unwrap();
+    let back: Batch = rmp_serde::from_slice(&rmp_serde::to_vec(&batch).unwrap()).unwrap();
+    assert_eq!(back.unpack().unwrap(), all.to_vec());
+
+    // The trailing defaults are trimmed: a scheduled result is as long as a 1.1 one.
+    let mut as_1_1 = scheduled.clone();
+    as_1_1.step = None;
+    assert_eq!(
+        rmp_serde::to_vec(&scheduled).unwrap(),
+        rmp_serde::to_vec(&as_1_1).unwrap()
+    );
+    // A 1.1 hello decodes with `accepts_probe_requests` off, so no request is ever sent to it.
+    #[derive(Serialize)]
+    struct HelloV11(u8, u16, String, Labels, Vec<TargetSpec>, ClockQuality, String);
+    let old = rmp_serde::to_vec(&HelloV11(
+        1,
+        1,
+        "0.1.0".into(),
+        Labels::default(),
+        Vec::new(),
+        ClockQuality::Unknown,
+        String::new(),
+    ))
+    .unwrap();
+    let hello: Hello = rmp_serde::from_slice(&old).unwrap();
+    assert!(!hello.accepts_probe_requests);
+    assert_eq!(hello.wire_minor, 1);
 }

@@ -269,6 +269,7 @@ async fn converse(
         targets: shared.targets(),
         clock: super::clock::quality(),
         status: shared.status(),
+        accepts_probe_requests: false,
     };
     write_message(&mut send, &AgentMessage::Hello(hello)).await?;
     let welcome = match tokio::time::timeout(Duration::from_secs(15), read_message(&mut recv)).await

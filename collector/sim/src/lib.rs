@@ -184,6 +184,7 @@ pub fn hello(labels: Labels) -> Hello {
         targets: Vec::new(),
         clock: ClockQuality::Synchronised,
         status: String::new(),
+        accepts_probe_requests: false,
     }
 }
 

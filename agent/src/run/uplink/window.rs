@@ -84,7 +84,10 @@ impl Window {
                 }
             }
             CollectorMessage::Refusal(r) => Heard::Rejected(r.reason),
-            CollectorMessage::Welcome(_) | CollectorMessage::Unknown(_) => Heard::Nothing,
+            // The agent does not yet say it answers probe requests, so none should come.
+            CollectorMessage::Welcome(_)
+            | CollectorMessage::ProbeRequest(_)
+            | CollectorMessage::Unknown(_) => Heard::Nothing,
         }
     }
 

@@ -420,6 +420,7 @@ mod tests {
             targets: Vec::new(),
             clock: ClockQuality::Synchronised,
             status: String::new(),
+            accepts_probe_requests: false,
         }
     }
 
