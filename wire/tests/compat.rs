@@ -341,7 +341,15 @@ fn the_probe_cause_crosses_a_batch_and_scheduled_results_cost_nothing() {
     );
     // A 1.1 hello decodes with `accepts_probe_requests` off, so no request is ever sent to it.
     #[derive(Serialize)]
-    struct HelloV11(u8, u16, String, Labels, Vec<TargetSpec>, ClockQuality, String);
+    struct HelloV11(
+        u8,
+        u16,
+        String,
+        Labels,
+        Vec<TargetSpec>,
+        ClockQuality,
+        String,
+    );
     let old = rmp_serde::to_vec(&HelloV11(
         1,
         1,

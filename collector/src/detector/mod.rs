@@ -11,6 +11,7 @@
 
 mod attribution;
 mod series;
+mod suspicion;
 
 use crate::events::{rfc3339, Event, EventKind, Scope, State};
 pub use crate::identity::SeriesKey;
@@ -20,6 +21,7 @@ use serde::Deserialize;
 pub use series::PortState;
 use series::{Series, Step};
 use std::collections::{BTreeMap, BTreeSet};
+pub use suspicion::Suspicion;
 
 /// `[detector]` in the collector's config.
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +96,8 @@ pub struct Detector {
     series: BTreeMap<SeriesKey, Series>,
     pending: Vec<Pending>,
     outages: BTreeSet<PathKey>,
+    /// Series that asked for evidence since the hub last took them.
+    suspicions: Vec<Suspicion>,
 }
 
 impl Detector {
@@ -104,6 +108,7 @@ impl Detector {
             series: BTreeMap::new(),
             pending: Vec::new(),
             outages: BTreeSet::new(),
+            suspicions: Vec::new(),
         }
     }
 
@@ -184,6 +189,19 @@ impl Detector {
             let is_control = r.port == self.config.control_port;
             let control_failing = !is_control && self.control_failing(&key.agent, key.family);
             let series = self.series.entry(key.clone()).or_default();
+            let seen = PortState::of(r.outcome);
+            if let Some(settled) = series.confirmed() {
+                if live && !is_control && settled != seen && series.last() == Some(settled) {
+                    self.suspicions.push(Suspicion {
+                        key: key.clone(),
+                        provider: info.provider.clone(),
+                        account: info.account.clone(),
+                        settled,
+                        seen,
+                        at_unix_ms: at,
+                    });
+                }
+            }
             let step = series.observe(
                 PortState::of(r.outcome),
                 r.outcome,
@@ -237,6 +255,11 @@ impl Detector {
             }
         }
         events
+    }
+
+    /// The series that asked for evidence since the last call (see [`Suspicion`]), oldest first.
+    pub fn take_suspicions(&mut self) -> Vec<Suspicion> {
+        std::mem::take(&mut self.suspicions)
     }
 
     /// Called about every second: silence, and attribution of settled changes.

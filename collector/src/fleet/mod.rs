@@ -235,8 +235,14 @@ impl ResultObserver for Fleet {
                 );
             }
         }
-        let events = lock(&self.detector).observe(agent, results, clock_trusted, now_unix_ms);
+        let (events, suspicions) = {
+            let mut detector = lock(&self.detector);
+            let events = detector.observe(agent, results, clock_trusted, now_unix_ms);
+            (events, detector.take_suspicions())
+        };
         self.emit(events);
+        // Evidence on demand: the fan-out (its own issue step) asks other agents to probe now.
+        let _ = suspicions;
         self.matrix_dirty.store(true, Ordering::Relaxed);
     }
 
