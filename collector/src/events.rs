@@ -1,7 +1,7 @@
 //! The events the detector raises, in the exact shape of the `/api/events` contract (DESIGN.md),
 //! and the small clock helpers (RFC 3339 from Unix milliseconds) every JSON output shares.
 
-use egresswatch_wire::Family;
+use egresswatch_wire::{Family, ProbeCause};
 use serde::{Deserialize, Serialize};
 
 /// What happened.
@@ -119,6 +119,34 @@ pub struct Event {
     /// When it happened, Unix milliseconds (not serialised: `at` is the contract).
     #[serde(skip)]
     pub at_unix_ms: i64,
+    /// When the evidence for a change began (the first departing probe), RFC 3339 UTC; absent
+    /// for agent events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// The agents whose results decided the change, each with what it saw.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub witnesses: Vec<Witness>,
+    /// The id of the silence that matched when the event was raised: the event is recorded and
+    /// shown, but no sink notifies anyone of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silenced_by: Option<String>,
+}
+
+/// One agent's evidence behind an event: its latest result on the changed path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Witness {
+    pub agent: String,
+    pub family: Family,
+    /// The outcome name (`timeout`, `refused`, `ok`, ...).
+    pub outcome: String,
+    /// Who sent the ICMP error, when one came back: a provider's edge and the destination's own
+    /// firewall differ here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_from: Option<String>,
+    /// Why that probe ran: `scheduled`, `confirmation` or `requested`.
+    pub cause: ProbeCause,
+    /// When it was measured, RFC 3339 UTC.
+    pub at: String,
 }
 
 impl Event {
@@ -228,6 +256,9 @@ mod tests {
             id: None,
             outcome: None,
             at_unix_ms: 0,
+            since: None,
+            witnesses: Vec::new(),
+            silenced_by: None,
         };
         let v = serde_json::to_value(&e).unwrap();
         for k in [

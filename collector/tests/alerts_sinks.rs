@@ -68,6 +68,9 @@ fn event(port: u16, scope: Scope, from: &str, to: &str) -> Event {
         id: None,
         outcome: (to == "blocked").then(|| "timeout".to_string()),
         at_unix_ms: now,
+        since: None,
+        witnesses: Vec::new(),
+        silenced_by: None,
     }
 }
 

@@ -428,6 +428,9 @@ to = ["blocked", "open"]
         id: None,
         outcome: None,
         at_unix_ms: 0,
+        since: None,
+        witnesses: Vec::new(),
+        silenced_by: None,
     };
     assert!(rule.admits(&e));
     e.scope = Scope::Agent;

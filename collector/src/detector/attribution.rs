@@ -292,6 +292,9 @@ impl Detector {
             id: None,
             outcome,
             at_unix_ms: now,
+            since: None,
+            witnesses: Vec::new(),
+            silenced_by: None,
         }
     }
 }

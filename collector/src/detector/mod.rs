@@ -396,6 +396,9 @@ impl Detector {
             id: None,
             outcome: None,
             at_unix_ms: now,
+            since: None,
+            witnesses: Vec::new(),
+            silenced_by: None,
         }
     }
 }

@@ -48,6 +48,9 @@ pub fn event(agent: &str, at: i64) -> Event {
         id: None,
         outcome: None,
         at_unix_ms: at,
+        since: None,
+        witnesses: Vec::new(),
+        silenced_by: None,
     }
 }
 
