@@ -279,6 +279,7 @@ export async function startFixtureServer(data = {}) {
     '/': ['index.html', 'text/html; charset=utf-8'],
     '/style.css': ['style.css', 'text/css; charset=utf-8'],
     '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
+    '/silences.js': ['silences.js', 'text/javascript; charset=utf-8'],
   };
   const clients = new Set();
   const headers = (type) => ({
