@@ -29,23 +29,30 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
-/// Why a request from a browser on another site is refused, if it is.
+/// Why a request from a browser on another site is refused, if it is. `Sec-Fetch-Site` decides
+/// where the browser sends it (every current one does); else an `Origin` must name this host as
+/// the client addressed it (`X-Forwarded-Host` behind a proxy, else `Host`). Clients that are not
+/// browsers send neither and are judged by the token alone.
 fn cross_site(headers: &HeaderMap) -> Option<String> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(site) = get("sec-fetch-site") {
-        if !matches!(site, "same-origin" | "none") {
-            return Some(format!("refused: a {site} request may not change silences"));
+        if matches!(site, "same-origin" | "none") {
+            return None;
         }
+        return Some(format!("refused: a {site} request may not change silences"));
     }
-    if let (Some(origin), Some(host)) = (get("origin"), get("host")) {
-        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-        if origin_host.trim_end_matches('/') != host {
-            return Some(format!(
-                "refused: origin {origin} is not this collector ({host})"
-            ));
-        }
+    let origin = get("origin")?;
+    let host = get("x-forwarded-host").or(get("host"))?;
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    if origin_host
+        .trim_end_matches('/')
+        .eq_ignore_ascii_case(host.trim())
+    {
+        return None;
     }
-    None
+    Some(format!(
+        "refused: origin {origin} is not this collector ({host})"
+    ))
 }
 
 /// How many cells of the current matrix (one agent, one port) the silence covers.
@@ -180,4 +187,48 @@ async fn end(
     tracing::info!(id = %silence.id, "silence ended");
     book.put(silence.clone());
     Json(view(&state, &silence, now)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cross_site;
+    use axum::http::HeaderMap;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_same_site_browsers_and_non_browsers_may_change_silences() {
+        assert_eq!(cross_site(&headers(&[("host", "127.0.0.1:8080")])), None);
+        assert_eq!(
+            cross_site(&headers(&[("sec-fetch-site", "same-origin")])),
+            None
+        );
+        assert!(cross_site(&headers(&[("sec-fetch-site", "cross-site")])).is_some());
+        assert!(cross_site(&headers(&[("sec-fetch-site", "same-site")])).is_some());
+        let own = [
+            ("origin", "http://127.0.0.1:8080"),
+            ("host", "127.0.0.1:8080"),
+        ];
+        assert_eq!(cross_site(&headers(&own)), None);
+        let evil = [
+            ("origin", "https://evil.example"),
+            ("host", "127.0.0.1:8080"),
+        ];
+        assert!(cross_site(&headers(&evil))
+            .unwrap()
+            .contains("evil.example"));
+        // Behind a TLS proxy that rewrites Host, the forwarded host is what the browser used.
+        let proxied = [
+            ("origin", "https://watch.example.net"),
+            ("host", "127.0.0.1:8080"),
+            ("x-forwarded-host", "watch.example.net"),
+        ];
+        assert_eq!(cross_site(&headers(&proxied)), None);
+    }
 }
