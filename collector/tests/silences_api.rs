@@ -1,7 +1,8 @@
 //! `/api/silences` on the real collector binary over loopback HTTP: what a silence request must
 //! say and the clear 400s when it does not, the guard on the mutating routes (token, same-site
 //! JSON only), ending one while keeping its record, a `[[silence]]` planned window from the
-//! config, and every stored silence still there after the collector restarts.
+//! config, every stored silence still there after the collector restarts, and how many of the
+//! current matrix cells a silence covers (the HTTP shell in-process, fed as ingest would).
 
 mod support;
 use egresswatch_collector::events::{now_unix_ms, rfc3339};
@@ -211,4 +212,64 @@ async fn silences_are_validated_guarded_ended_and_survive_a_restart() {
     let still = list(&c, &base, "").await;
     assert!(ids(&still).contains(&everything["id"].as_str().unwrap()));
     assert!(!ids(&still).contains(&id.as_str()));
+}
+
+fn results_on(ports: &[u16], at: i64) -> Vec<egresswatch_wire::ProbeResult> {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| egresswatch_wire::ProbeResult {
+            seq: 1 + i as u64,
+            at_unix_ms: at,
+            target: "mx.lab".into(),
+            port,
+            family: egresswatch_wire::Family::Ipv4,
+            outcome: egresswatch_wire::Outcome::Ok,
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_silence_reports_how_many_current_cells_it_covers() {
+    use egresswatch_collector::fleet::ResultObserver;
+    use egresswatch_collector::store::Store;
+    let s = support::http::Server::start(support::http::loopback()).await;
+    let now = now_unix_ms();
+    for (id, account) in [("g1", "acct-a"), ("g2", "acct-b")] {
+        let meta = support::agent_meta(id, "gcp", account);
+        s.store.upsert_agent(&meta, now).unwrap();
+        let (_, stored) = s
+            .store
+            .insert_results(id, results_on(&[25, 587], now), true, now)
+            .unwrap();
+        s.fleet.results_stored(&meta, &stored, true, now);
+    }
+    let c = reqwest::Client::new();
+    let cells = |matcher: Value| {
+        let c = c.clone();
+        let url = s.url("/api/silences");
+        async move {
+            let made: Value = c
+                .post(url)
+                .json(&json!({"matcher": matcher, "ends_at": in_hours(1),
+                              "reason": "count", "created_by": "test"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            made["matching_cells"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(cells(json!({"provider": "GCP", "port": 25})).await, 2);
+    assert_eq!(cells(json!({"account": "acct-a", "port": 587})).await, 1);
+    assert_eq!(
+        cells(json!({"agent": "g2", "port": 465})).await,
+        1,
+        "a column without results yet"
+    );
+    assert_eq!(cells(json!({"provider": "aws"})).await, 0);
+    s.stop().await;
 }
