@@ -461,6 +461,7 @@ function eventItem(e) {
   // Only one family changed (null: both did, or the event is about no family).
   if (e.family) body.append(' ', el('span', 'fam', `over ${FAMILY_WORD[e.family] ?? String(e.family)} only`));
   if (e.outcome) body.append(' ', el('span', 'outcome', `(${e.outcome})`));
+  if (e.silenced_by) body.append(' ', el('span', 'silenced', `silenced (${e.silenced_by}): no alert sent`));
   li.append(head, body);
   if (e.provider || e.port !== null && e.port !== undefined) {
     const b = el('button', 'goto', 'show cells');

@@ -16,6 +16,8 @@ pub struct Config {
     pub detector: crate::detector::DetectorConfig,
     /// Alert sinks, each `[[alerts]]` table one sink.
     pub alerts: Vec<crate::alerts::SinkConfig>,
+    /// Planned silences, each `[[silence]]` table one window (see `crate::silences`).
+    pub silence: Vec<crate::silences::SilenceConfig>,
 }
 
 impl Default for Config {
@@ -28,6 +30,7 @@ impl Default for Config {
             matrix: Default::default(),
             detector: Default::default(),
             alerts: Vec::new(),
+            silence: Vec::new(),
         }
     }
 }
@@ -52,6 +55,24 @@ impl Config {
                 control_port: self.detector.control_port,
             },
         }
+    }
+
+    /// The `[[silence]]` windows as silences; an error names the table.
+    pub fn silences(
+        &self,
+        now_unix_ms: i64,
+    ) -> Result<Vec<crate::silences::Silence>, crate::error::CollectorError> {
+        self.silence
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.silence(i, now_unix_ms)
+                    .map_err(|reason| crate::error::CollectorError::Config {
+                        path: format!("silence[{i}]"),
+                        reason,
+                    })
+            })
+            .collect()
     }
 
     /// Parses a config file's text. Errors name the key and the line (toml's messages do).
@@ -150,6 +171,38 @@ mod tests {
         let old = Config::parse("[detector]\nfresh_secs = 120\n").unwrap();
         assert!(old.deprecation().unwrap().contains("[matrix] fresh_secs"));
         assert!(Config::parse("").unwrap().deprecation().is_none());
+    }
+
+    #[test]
+    fn silence_tables_and_the_public_url_are_read() {
+        let c = Config::parse(
+            "[http]\npublic_url = \"https://watch.example/\"\n\n[[silence]]\nprovider = \"gcp\"\n\
+             starts_at = \"2026-12-24T00:00:00Z\"\nends_at = \"2026-12-27T00:00:00Z\"\n\
+             reason = \"freeze\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.http.public_url.as_deref(), Some("https://watch.example/"));
+        let s = c.silences(0).unwrap();
+        assert_eq!(s[0].matcher.provider.as_deref(), Some("gcp"));
+        let bad =
+            Config::parse("[[silence]]\nends_at = \"2026-12-27T00:00:00Z\"\nreason = \"x\"\n")
+                .unwrap()
+                .silences(0)
+                .unwrap_err()
+                .to_string();
+        assert!(
+            bad.contains("silence[0]") && bad.contains("silence every alert"),
+            "{bad}"
+        );
+        let http = crate::http::HttpConfig {
+            public_url: Some("watch.example".into()),
+            ..Default::default()
+        };
+        assert!(http
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("public_url"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod limits;
 pub mod matrix;
 pub mod metrics;
 pub mod ready;
+pub mod silences;
 pub mod store;
 
 pub use error::CollectorError;

@@ -178,7 +178,16 @@ async fn serve(cfg: Config) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let ingest_counters = ingest::IngestCounters::register(&metrics);
     let limits = LimitCounters::register(&metrics);
-    let alerts = alerts::Alerts::start(&cfg.alerts, alerts::AlertCounters::register(&metrics))?;
+    let mut silences = cfg.silences(now_unix_ms())?;
+    silences.extend(store::silences::SilenceStore::silences(store.as_ref())?);
+    let alerts = alerts::Alerts::start(&cfg.alerts, alerts::AlertCounters::register(&metrics))?
+        .with_silences(Arc::new(egresswatch_collector::silences::SilenceBook::new(
+            silences,
+        )))
+        .with_links(alerts::Links {
+            public_url: cfg.http.public_url.clone(),
+        })
+        .with_agents(store.clone());
     let fleet = Fleet::new(cfg.fleet(), store.clone(), alerts, metrics.clone());
     fleet.restore_from_store(now_unix_ms()).await?;
 

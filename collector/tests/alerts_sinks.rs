@@ -6,11 +6,18 @@
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use egresswatch_collector::alerts::{AlertCounters, Alerts, SinkConfig, SinkKind};
-use egresswatch_collector::events::{
-    now_unix_ms, rfc3339, Event, EventKind, Scope, State as EventState,
+use egresswatch_collector::alerts::{
+    AlertCounters, Alerts, Links, SilentAgents, SinkConfig, SinkKind,
 };
-use egresswatch_wire::Family;
+use egresswatch_collector::events::{
+    now_unix_ms, rfc3339, Event, EventKind, Scope, State as EventState, Witness,
+};
+use egresswatch_collector::fleet::{Fleet, FleetConfig};
+use egresswatch_collector::metrics::Metrics;
+use egresswatch_collector::silences::{NewSilence, Origin, SilenceBook};
+use egresswatch_collector::store::memory::MemoryStore;
+use egresswatch_collector::store::Store;
+use egresswatch_wire::{Family, ProbeCause};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -114,10 +121,22 @@ async fn webhook_and_slack_get_their_formats_and_the_default_rule_applies() {
         ],
         counters.clone(),
     )
-    .unwrap();
+    .unwrap()
+    .with_links(Links {
+        public_url: Some("https://watch.example".into()),
+    });
     // Default rule: port 25 for one account is not news; 587 is; any provider-wide change is.
     alerts.enqueue(&event(25, Scope::Account, "open", "blocked"));
-    let e587 = event(587, Scope::Account, "open", "blocked");
+    let mut e587 = event(587, Scope::Account, "open", "blocked");
+    e587.since = Some(rfc3339(e587.at_unix_ms - 90_000));
+    e587.witnesses = vec![Witness {
+        agent: "g1".into(),
+        family: Family::Ipv4,
+        outcome: "timeout".into(),
+        icmp_from: Some("198.18.0.1".into()),
+        cause: ProbeCause::Confirmation,
+        at: rfc3339(e587.at_unix_ms - 30_000),
+    }];
     alerts.enqueue(&e587);
     alerts.enqueue(&e587); // deduplicated
     alerts.enqueue(&event(25, Scope::Provider, "blocked", "open"));
@@ -131,8 +150,19 @@ async fn webhook_and_slack_get_their_formats_and_the_default_rule_applies() {
         .map(|(_, v)| v)
         .collect();
     assert_eq!(hooks.len(), 2);
-    assert_eq!(hooks[0], &serde_json::to_value(&e587).unwrap());
+    // The event as /api/events serves it, plus what a person needs to act on it.
+    let as_served = serde_json::to_value(&e587).unwrap();
+    for (k, v) in as_served.as_object().unwrap() {
+        assert_eq!(&hooks[0][k], v, "{k}");
+    }
     assert_eq!(hooks[0]["kind"], "policy_changed");
+    assert_eq!(hooks[0]["since"], e587.since.clone().unwrap());
+    assert_eq!(hooks[0]["witnesses"][0]["icmp_from"], "198.18.0.1");
+    assert!(hooks[0]["documented"]["source"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://"));
+    assert_eq!(hooks[0]["page"], "https://watch.example/");
     assert_eq!(hooks[0]["port"], 587);
     let slack: Vec<&Value> = got
         .iter()
@@ -148,6 +178,20 @@ async fn webhook_and_slack_get_their_formats_and_the_default_rule_applies() {
     assert!(
         text.contains("acct-&lt;a&gt;"),
         "labels escaped for Slack: {text}"
+    );
+    assert!(
+        text.contains(&format!("Since {}", e587.since.clone().unwrap())),
+        "{text}"
+    );
+    assert!(
+        text.contains("Seen by g1 (IPv4, timeout, ICMP from 198.18.0.1, confirmation probe)"),
+        "{text}"
+    );
+    assert!(text.contains("Documented for 587:"), "{text}");
+    assert!(text.contains("|source>)"), "{text}");
+    assert!(
+        text.contains("<https://watch.example/|Open the matrix>"),
+        "{text}"
     );
     wait_for("webhook deliveries counted", || {
         counter(&counters, "sent", "webhook-test") == 2
@@ -285,11 +329,10 @@ async fn alertmanager_receives_and_resolves() {
     }
 
     let counters = AlertCounters::default();
-    let alerts = Alerts::start(
-        &[sink(SinkKind::Alertmanager, base.clone())],
-        counters.clone(),
-    )
-    .unwrap();
+    let mut am = sink(SinkKind::Alertmanager, base.clone());
+    am.resend_secs = 1;
+    let alerts = Alerts::start(&[am], counters.clone()).unwrap();
+    // Blocked over IPv4 only: the alert is labelled family=ipv4.
     alerts.enqueue(&event(587, Scope::Account, "open", "blocked"));
     let mut found = None;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -305,14 +348,18 @@ async fn alertmanager_receives_and_resolves() {
     assert_eq!(a["labels"]["port"], "587");
     assert_eq!(a["labels"]["scope"], "account");
     assert_eq!(a["labels"]["account"], "acct-<a>");
+    assert_eq!(a["labels"]["family"], "ipv4");
     assert_eq!(a["status"]["state"], "active");
     assert!(a["annotations"]["summary"]
         .as_str()
         .unwrap()
         .contains("open → blocked"));
 
-    // The port opens again: the same alert is resolved (endsAt), so it leaves the active list.
-    alerts.enqueue(&event(587, Scope::Account, "blocked", "open"));
+    // The port opens again over both families at once (the event has no family): the IPv4
+    // alert is resolved all the same (endsAt), so it leaves the active list.
+    let mut reopened = event(587, Scope::Account, "blocked", "open");
+    reopened.family = None;
+    alerts.enqueue(&reopened);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let still = am_alerts(&client, &base)
@@ -326,9 +373,170 @@ async fn alertmanager_receives_and_resolves() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Alertmanager may apply the resolve before our worker has read its answer.
-    wait_for("two deliveries counted", || {
-        counter(&counters, "sent", "alertmanager-test") == 2
+    wait_for("the resolve delivered", || {
+        counter(&counters, "sent", "alertmanager-test") >= 2
     })
     .await;
+    // Nothing is left to re-send: past a re-send period the alert has not come back.
+    let sent = counter(&counters, "sent", "alertmanager-test");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        counter(&counters, "sent", "alertmanager-test"),
+        sent,
+        "re-sent after the resolve"
+    );
+    let back = am_alerts(&client, &base)
+        .await
+        .into_iter()
+        .any(|a| a["labels"]["alertname"] == "EgresswatchPortBlocked");
+    assert!(!back, "the resolved alert came back");
     assert_eq!(counter(&counters, "failed", "alertmanager-test"), 0);
+}
+
+fn hook_bodies(inbox: &Inbox, path: &str) -> Vec<Value> {
+    inbox
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(p, _)| p == path)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_resolve_says_how_long_and_a_flapping_series_sends_one_notice() {
+    let (addr, inbox) = receiver().await;
+    let alerts = Alerts::start(
+        &[
+            sink(SinkKind::Webhook, format!("http://{addr}/hook")),
+            sink(SinkKind::Slack, format!("http://{addr}/slack")),
+        ],
+        AlertCounters::default(),
+    )
+    .unwrap();
+    let mut blocked = event(587, Scope::Account, "open", "blocked");
+    blocked.at_unix_ms -= 3_900_000;
+    blocked.at = rfc3339(blocked.at_unix_ms);
+    alerts.enqueue(&blocked);
+    alerts.enqueue(&event(587, Scope::Account, "blocked", "open"));
+    // One agent's series on 465 swings in and out of flapping ten times.
+    let mut swings = Vec::new();
+    for _ in 0..10 {
+        swings.push(event(465, Scope::Agent, "open", "flapping"));
+        swings.push(event(465, Scope::Agent, "flapping", "open"));
+    }
+    for e in &swings {
+        alerts.enqueue(e);
+    }
+    wait_for("6 deliveries", || inbox.lock().unwrap().len() >= 6).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hooks = hook_bodies(&inbox, "/hook");
+    assert_eq!(hooks.len(), 4, "{hooks:?}");
+    assert_eq!(hooks[1]["lasted_secs"], 3900);
+    assert_eq!(hooks[1]["lasted"], "1h 5m");
+    let flaps: Vec<&Value> = hooks.iter().filter(|h| h["port"] == 465).collect();
+    assert_eq!(flaps.len(), 2, "one notice and its end: {flaps:?}");
+    assert_eq!(flaps[0]["notice"], "flapping");
+    assert_eq!(flaps[1]["from"], "flapping");
+    let slack = hook_bodies(&inbox, "/slack");
+    assert_eq!(slack.len(), 4);
+    let resolve = slack[1]["text"].as_str().unwrap();
+    assert!(resolve.contains("Lasted 1h 5m"), "{resolve}");
+    assert!(slack[2]["text"].as_str().unwrap().contains("is flapping"));
+}
+
+#[tokio::test]
+async fn a_silenced_event_is_recorded_and_shown_but_reaches_no_sink() {
+    let (addr, inbox) = receiver().await;
+    let store = Arc::new(MemoryStore::new());
+    let now = now_unix_ms();
+    let silence: NewSilence = serde_json::from_value(serde_json::json!({
+        "matcher": {"account": "acct-q"},
+        "ends_at": rfc3339(now + 3_600_000),
+        "reason": "being rebuilt",
+        "created_by": "ops",
+    }))
+    .unwrap();
+    let silence = silence
+        .validate("s-test".into(), Origin::Api, now - 10_000)
+        .unwrap();
+    let book = Arc::new(SilenceBook::new(vec![silence]));
+    let counters = AlertCounters::default();
+    let mut each = sink(SinkKind::Webhook, format!("http://{addr}/hook"));
+    each.silent_agents = SilentAgents::Each;
+    let alerts = Alerts::start(&[each], counters.clone())
+        .unwrap()
+        .with_silences(book)
+        .with_agents(store.clone());
+    let fleet = Fleet::new(
+        FleetConfig::default(),
+        store.clone(),
+        alerts,
+        Arc::new(Metrics::new()),
+    );
+    let mut stream = fleet.subscribe();
+    let meta = |id: &str, account: &str| egresswatch_collector::identity::AgentMeta {
+        agent_id: id.into(),
+        labels: egresswatch_wire::Labels {
+            provider: "gcp".into(),
+            account: account.into(),
+            region: "r1".into(),
+            instance: id.into(),
+        },
+        agent_version: "test".into(),
+    };
+    for (id, account) in [("quiet-1", "acct-q"), ("loud-1", "acct-l")] {
+        store.upsert_agent(&meta(id, account), now).unwrap();
+        egresswatch_collector::fleet::ResultObserver::agent_connected(
+            fleet.as_ref(),
+            &meta(id, account),
+            now,
+        );
+    }
+    // Both agents fall silent, each the last of its account.
+    let grace = egresswatch_collector::detector::DetectorConfig::default().silent_after_secs as i64;
+    fleet.tick(now + grace * 1000 + 5_000);
+    wait_for("the loud agent and its account delivered", || {
+        inbox.lock().unwrap().len() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hooks = hook_bodies(&inbox, "/hook");
+    assert_eq!(hooks.len(), 2, "{hooks:?}");
+    assert!(hooks.iter().all(|h| h["account"] == "acct-l"), "{hooks:?}");
+    assert!(hooks
+        .iter()
+        .any(|h| h["scope"] == "account" && h["to"] == "silent"));
+    // Recorded, and served by /api/events and the stream, with the silence named.
+    let stored: Vec<Value> = store
+        .events(10)
+        .unwrap()
+        .iter()
+        .map(|j| serde_json::from_str(j).unwrap())
+        .collect();
+    let quiet = stored.iter().find(|e| e["agent"] == "quiet-1").unwrap();
+    assert_eq!(quiet["silenced_by"], "s-test");
+    assert!(stored
+        .iter()
+        .find(|e| e["agent"] == "loud-1")
+        .unwrap()
+        .get("silenced_by")
+        .is_none());
+    let mut streamed = Vec::new();
+    while let Ok(m) = stream.try_recv() {
+        if let egresswatch_collector::fleet::StreamMessage::Event(json) = m {
+            streamed.push(json.to_string());
+        }
+    }
+    assert!(
+        streamed
+            .iter()
+            .any(|j| j.contains("\"silenced_by\":\"s-test\"")),
+        "{streamed:?}"
+    );
+    let silenced = counters
+        .silenced
+        .get_or_create(&vec![("sink".to_string(), "webhook-test".to_string())])
+        .get();
+    assert!(silenced >= 1);
 }

@@ -274,11 +274,13 @@ export async function startFixtureServer(data = {}) {
     matrix: data.matrix ?? smallFixture,
     events: data.events ?? smallEvents,
     results: data.results ?? smallResults,
+    silencesUpstream: data.silencesUpstream ?? null,
   };
   const files = {
     '/': ['index.html', 'text/html; charset=utf-8'],
     '/style.css': ['style.css', 'text/css; charset=utf-8'],
     '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
+    '/silences.js': ['silences.js', 'text/javascript; charset=utf-8'],
   };
   const clients = new Set();
   const headers = (type) => ({
@@ -314,6 +316,17 @@ export async function startFixtureServer(data = {}) {
         res.write(`event: matrix\ndata: ${JSON.stringify(d.matrix('all'))}\n\n`);
         clients.add(res);
         req.on('close', () => clients.delete(res));
+      } else if (url.pathname === '/api/silences' || url.pathname.startsWith('/api/silences/')) {
+        // Silences are the real collector's when `silencesUpstream` names one; else none.
+        if (!d.silencesUpstream) return json(res, req.method === 'GET' ? 200 : 404, req.method === 'GET' ? [] : { error: 'no silences here' });
+        const chunks = [];
+        for await (const c of req) chunks.push(c);
+        const up = await fetch(d.silencesUpstream + url.pathname + url.search, {
+          method: req.method,
+          headers: req.headers['content-type'] ? { 'content-type': req.headers['content-type'] } : {},
+          body: chunks.length ? Buffer.concat(chunks) : undefined,
+        });
+        json(res, up.status, await up.text());
       } else if (url.pathname === '/session') {
         // As the collector answers with no http.token configured.
         json(res, 200, { token_required: false, signed_in: true });

@@ -21,11 +21,19 @@
 //! ```
 //!
 //! Without `[[alerts.match]]` a sink gets the default rule: any change on 465 or 587, and any
-//! port opening or closing for a whole provider. Alertmanager alerts fire on a change to
-//! `blocked`/`silent`/`flapping` and resolve (`endsAt`) on the change back; firing alerts are
-//! re-sent every `resend_secs` so Alertmanager does not time them out.
+//! port opening or closing for a whole provider. Whole accounts going silent are news too
+//! (`silent_agents = "accounts"`, the default; `"each"` adds every single agent, `"off"` none):
+//! see [`roster`]. Alertmanager alerts fire on a change to `blocked`/`silent`/`flapping` and
+//! resolve (`endsAt`) on the change back, ending every firing alert of the subject in the
+//! families the resolve names ([`firing`]); firing alerts are re-sent every `resend_secs` so
+//! Alertmanager does not time them out. A flapping series gets one notice ([`gate`]). An event a
+//! silence covers ([`crate::silences`]) reaches no sink — except that an Alertmanager sink still
+//! ends what it has firing, so a silence never leaves an alert stuck.
 
+pub mod firing;
 pub mod format;
+pub mod gate;
+pub mod roster;
 pub mod rule;
 pub mod sink;
 
@@ -34,7 +42,8 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub use rule::{Match, Rule};
+pub use format::Links;
+pub use rule::{Match, Rule, SilentAgents};
 pub use sink::{AlertCounters, Alerts};
 
 /// The wire format of a sink.
@@ -90,6 +99,13 @@ pub struct SinkConfig {
     /// Alertmanager: how often firing alerts are re-sent so they do not time out.
     #[serde(default = "default_resend_secs")]
     pub resend_secs: u64,
+    /// Which agents going silent this sink hears of: `accounts` (an account with no agent left
+    /// reporting), `each` (every agent too) or `off`.
+    #[serde(default)]
+    pub silent_agents: SilentAgents,
+    /// A series that starts flapping again within this long of its last swing is not news again.
+    #[serde(default = "default_flap_hold_secs")]
+    pub flap_hold_secs: u64,
 }
 
 fn default_timeout_secs() -> u64 {
@@ -107,6 +123,9 @@ fn default_queue() -> usize {
 fn default_resend_secs() -> u64 {
     60
 }
+fn default_flap_hold_secs() -> u64 {
+    3600
+}
 
 impl Default for SinkConfig {
     fn default() -> Self {
@@ -120,6 +139,8 @@ impl Default for SinkConfig {
             backoff_ms: default_backoff_ms(),
             queue: default_queue(),
             resend_secs: default_resend_secs(),
+            silent_agents: SilentAgents::default(),
+            flap_hold_secs: default_flap_hold_secs(),
         }
     }
 }
@@ -134,10 +155,11 @@ impl SinkConfig {
     }
 
     pub fn rule(&self) -> Rule {
-        match &self.matches {
+        let rule = match &self.matches {
             Some(m) => Rule::new(m.clone()),
             None => Rule::default(),
-        }
+        };
+        rule.with_silent_agents(self.silent_agents)
     }
 }
 

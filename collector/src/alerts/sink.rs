@@ -1,16 +1,23 @@
 //! Delivery: one task and one bounded queue per sink. [`Alerts::enqueue`] never waits — it
 //! applies the sink's rule and dedupe and `try_send`s; a full queue drops the event and counts
 //! it. Each worker retries with exponential backoff, logs and counts what finally fails, and for
-//! Alertmanager re-sends firing alerts periodically so they do not time out there.
+//! Alertmanager re-sends firing alerts periodically so they do not time out there. Silences,
+//! the flapping gate and account silence are decided here, at enqueue, by the pure parts
+//! ([`crate::silences`], [`super::gate`], [`super::roster`]).
 
-use super::{format, Dedupe, Rule, SinkConfig, SinkKind};
+use super::firing::Firing;
+use super::gate::{Gate, Notice};
+use super::roster::{account_key, Roster};
+use super::{format, Dedupe, Links, Rule, SinkConfig, SinkKind};
 use crate::error::CollectorError;
-use crate::events::{now_unix_ms, Event};
+use crate::events::{now_unix_ms, Event, EventKind, Scope};
 use crate::metrics::{label, Labels, Metrics};
+use crate::silences::SilenceBook;
+use crate::store::Store;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -20,6 +27,8 @@ pub struct AlertCounters {
     pub sent: Family<Labels, Counter>,
     pub failed: Family<Labels, Counter>,
     pub dropped: Family<Labels, Counter>,
+    /// Events a silence kept from the sink.
+    pub silenced: Family<Labels, Counter>,
 }
 
 impl AlertCounters {
@@ -35,6 +44,10 @@ impl AlertCounters {
                 "egresswatch_alerts_dropped",
                 "Alerts dropped because the sink's queue was full",
             ),
+            silenced: metrics.registered(
+                "egresswatch_alerts_silenced",
+                "Events a silence kept from the sink",
+            ),
         }
     }
 }
@@ -45,15 +58,26 @@ fn sink_label(name: &str) -> Labels {
 
 struct SinkHandle {
     name: String,
+    kind: SinkKind,
     rule: Rule,
     dedupe: Dedupe,
-    tx: mpsc::Sender<Event>,
+    gate: Mutex<Gate>,
+    tx: mpsc::Sender<Notice>,
 }
 
 /// The dispatcher: hand it events, it routes them to the sinks' queues.
 pub struct Alerts {
     sinks: Vec<SinkHandle>,
     counters: AlertCounters,
+    silences: Arc<SilenceBook>,
+    /// Where account silence learns an account's agents; without it no account goes silent.
+    agents: Option<Arc<dyn Store>>,
+    roster: Mutex<Roster>,
+    links: Arc<Mutex<Links>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Alerts {
@@ -63,6 +87,7 @@ impl Alerts {
         counters: AlertCounters,
     ) -> Result<Alerts, CollectorError> {
         let mut sinks = Vec::new();
+        let links: Arc<Mutex<Links>> = Arc::default();
         for (i, cfg) in configs.iter().enumerate() {
             let url = reqwest::Url::parse(&cfg.url).map_err(|e| CollectorError::Config {
                 path: format!("alerts[{i}].url"),
@@ -94,7 +119,7 @@ impl Alerts {
                 }
                 _ => url,
             };
-            let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+            let (tx, rx) = mpsc::channel::<Notice>(cfg.queue.max(1));
             let name = cfg.display_name();
             let worker = Worker {
                 name: name.clone(),
@@ -105,21 +130,32 @@ impl Alerts {
                 backoff: Duration::from_millis(cfg.backoff_ms.max(1)),
                 resend: Duration::from_secs(cfg.resend_secs.max(1)),
                 counters: counters.clone(),
+                links: links.clone(),
             };
             // Touch the counters so every sink shows up in /metrics from the start.
             let _ = counters.sent.get_or_create(&sink_label(&name));
             let _ = counters.failed.get_or_create(&sink_label(&name));
             let _ = counters.dropped.get_or_create(&sink_label(&name));
+            let _ = counters.silenced.get_or_create(&sink_label(&name));
             let span = tracing::info_span!("alert_sink", sink = %name, kind = cfg.kind.as_str());
             tokio::spawn(tracing::Instrument::instrument(worker.run(rx), span));
             sinks.push(SinkHandle {
                 name,
+                kind: cfg.kind,
                 rule: cfg.rule(),
                 dedupe: Dedupe::default(),
+                gate: Mutex::new(Gate::new((cfg.flap_hold_secs as i64).saturating_mul(1000))),
                 tx,
             });
         }
-        Ok(Alerts { sinks, counters })
+        Ok(Alerts {
+            sinks,
+            counters,
+            silences: Arc::default(),
+            agents: None,
+            roster: Mutex::default(),
+            links,
+        })
     }
 
     /// A dispatcher with no sinks.
@@ -127,16 +163,95 @@ impl Alerts {
         Alerts {
             sinks: Vec::new(),
             counters: AlertCounters::default(),
+            silences: Arc::default(),
+            agents: None,
+            roster: Mutex::default(),
+            links: Arc::default(),
         }
     }
 
-    /// Routes one event to every sink whose rule admits it. Never waits.
+    /// Silences to honour (the API changes the same book).
+    pub fn with_silences(mut self, silences: Arc<SilenceBook>) -> Alerts {
+        self.silences = silences;
+        self
+    }
+
+    /// Where bodies link to (`http.public_url`).
+    pub fn with_links(self, links: Links) -> Alerts {
+        *lock(&self.links) = links;
+        self
+    }
+
+    /// The store whose agents list tells when a whole account has gone silent.
+    pub fn with_agents(mut self, store: Arc<dyn Store>) -> Alerts {
+        self.agents = Some(store);
+        self
+    }
+
+    pub fn silences(&self) -> &Arc<SilenceBook> {
+        &self.silences
+    }
+
+    /// The silence covering `e` when it happened, for `Event::silenced_by`.
+    pub fn silenced_by(&self, e: &Event) -> Option<String> {
+        self.silences.silenced_by(e, e.at_unix_ms)
+    }
+
+    /// Routes one event to every sink whose rule admits it, and the account-scope silence it
+    /// completes, if any. Never waits on a sink (an agent going silent reads the agents list).
     pub fn enqueue(&self, event: &Event) {
+        self.route(event);
+        if let Some(mut account) = self.account_event(event) {
+            account.silenced_by = self.silenced_by(&account);
+            tracing::info!(event = %account.summary(), "event");
+            self.route(&account);
+        }
+    }
+
+    fn account_event(&self, e: &Event) -> Option<Event> {
+        if !matches!(e.kind, EventKind::AgentSilent | EventKind::AgentBack)
+            || e.scope != Scope::Agent
+            || !self.sinks.iter().any(|s| s.rule.wants_silent_accounts())
+        {
+            return None;
+        }
+        let store = self.agents.as_ref()?;
+        let wanted = account_key(e.provider.as_deref()?, e.account.as_deref()?);
+        let agents: Vec<String> = match store.agents() {
+            Ok(list) => list
+                .into_iter()
+                .filter(|(m, _)| account_key(&m.labels.provider, &m.labels.account) == wanted)
+                .map(|(m, _)| m.agent_id)
+                .collect(),
+            Err(err) => {
+                tracing::warn!("reading agents for account silence: {err}");
+                return None;
+            }
+        };
+        lock(&self.roster).observe(e, &agents)
+    }
+
+    fn route(&self, event: &Event) {
         for sink in &self.sinks {
-            if !sink.rule.admits(event) || !sink.dedupe.admit(event) {
+            if !sink.rule.admits(event) {
                 continue;
             }
-            if let Err(e) = sink.tx.try_send(event.clone()) {
+            // A silenced resolve still ends what Alertmanager has firing.
+            let ends_firing = sink.kind == SinkKind::Alertmanager && !format::fires(event);
+            if event.silenced_by.is_some() && !ends_firing {
+                self.counters
+                    .silenced
+                    .get_or_create(&sink_label(&sink.name))
+                    .inc();
+                continue;
+            }
+            if !sink.dedupe.admit(event) {
+                continue;
+            }
+            let Some(notice) = lock(&sink.gate).pass(event) else {
+                continue;
+            };
+            if let Err(e) = sink.tx.try_send(notice) {
                 self.counters
                     .dropped
                     .get_or_create(&sink_label(&sink.name))
@@ -156,37 +271,36 @@ struct Worker {
     backoff: Duration,
     resend: Duration,
     counters: AlertCounters,
+    links: Arc<Mutex<Links>>,
 }
 
 impl Worker {
-    async fn run(self, mut rx: mpsc::Receiver<Event>) {
-        // Alertmanager: firing alerts by identity, re-sent so they stay firing.
-        let mut firing: HashMap<String, Value> = HashMap::new();
+    async fn run(self, mut rx: mpsc::Receiver<Notice>) {
+        // Alertmanager: firing alerts, re-sent so they stay firing.
+        let mut firing = Firing::default();
         let mut resend = tokio::time::interval(self.resend);
         resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resend.tick().await;
         loop {
             tokio::select! {
                 received = rx.recv() => {
-                    let Some(event) = received else { break };
+                    let Some(notice) = received else { break };
+                    let links = lock(&self.links).clone();
                     let body = match self.kind {
-                        SinkKind::Webhook => format::webhook(&event),
-                        SinkKind::Slack => format::slack(&event),
+                        SinkKind::Webhook => format::webhook(&notice, &links),
+                        SinkKind::Slack => format::slack(&notice, &links),
                         SinkKind::Alertmanager => {
-                            let alert = format::alertmanager(&event, now_unix_ms());
-                            let id = Value::Object(format::alert_labels(&event)).to_string();
-                            if format::fires(&event) {
-                                firing.insert(id, alert.clone());
-                            } else {
-                                firing.remove(&id);
+                            let alerts = firing.apply(&notice, &links, now_unix_ms());
+                            if alerts.is_empty() {
+                                continue;
                             }
-                            Value::Array(vec![alert])
+                            Value::Array(alerts)
                         }
                     };
                     self.deliver(&body).await;
                 }
                 _ = resend.tick(), if self.kind == SinkKind::Alertmanager && !firing.is_empty() => {
-                    let body = Value::Array(firing.values().cloned().collect());
+                    let body = Value::Array(firing.all());
                     self.deliver(&body).await;
                 }
             }

@@ -93,6 +93,11 @@ impl Fleet {
         &self.metrics
     }
 
+    /// The alert sinks, and the silences they honour (which the HTTP API changes).
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
+    }
+
     /// The store the hub records events in, which the HTTP API reads.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
@@ -189,6 +194,7 @@ impl Fleet {
     /// hands the numbered event to the alert sinks.
     fn emit(&self, events: Vec<Event>) {
         for mut e in events {
+            e.silenced_by = self.alerts.silenced_by(&e);
             tracing::info!(event = %e.summary(), "event");
             let json = match self.store.append_event(&e) {
                 Ok(stored) => {

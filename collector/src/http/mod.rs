@@ -9,6 +9,7 @@
 
 mod routes;
 mod signin;
+mod silences;
 
 use crate::error::CollectorError;
 use crate::fleet::Fleet;
@@ -30,6 +31,9 @@ pub struct HttpConfig {
     pub max_sse_clients: usize,
     /// Largest request body accepted, bytes (the API only reads; bodies get 413 above this).
     pub max_body_bytes: usize,
+    /// Where people open the matrix page (`https://watch.example.net/`): alerts link to it.
+    /// Unset, alerts carry no link.
+    pub public_url: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -39,6 +43,7 @@ impl Default for HttpConfig {
             token: None,
             max_sse_clients: 64,
             max_body_bytes: 64 * 1024,
+            public_url: None,
         }
     }
 }
@@ -61,6 +66,16 @@ impl HttpConfig {
                     self.listen
                 ),
             });
+        }
+        if let Some(url) = &self.public_url {
+            let scheme_ok =
+                reqwest::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !scheme_ok {
+                return Err(CollectorError::Config {
+                    path: "http.public_url".into(),
+                    reason: format!("{url:?} is not an http:// or https:// URL"),
+                });
+            }
         }
         if let Some(t) = token {
             if t.len() < 16 {

@@ -29,12 +29,13 @@ use tower_http::set_header::SetResponseHeaderLayer;
 const INDEX_HTML: &str = include_str!("../../../dashboard/index.html");
 const STYLE_CSS: &str = include_str!("../../../dashboard/style.css");
 const APP_JS: &str = include_str!("../../../dashboard/app.js");
+const SILENCES_JS: &str = include_str!("../../../dashboard/silences.js");
 
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 #[derive(Clone)]
-struct AppState {
-    fleet: Arc<Fleet>,
+pub(super) struct AppState {
+    pub(super) fleet: Arc<Fleet>,
     /// Present when `http.token` is set: then `/api/*` and `/metrics` need it.
     credentials: Option<Arc<Credentials>>,
     sse_clients: Arc<AtomicUsize>,
@@ -87,6 +88,10 @@ pub fn router(
             "/app.js",
             get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }),
         )
+        .route(
+            "/silences.js",
+            get(|| async { asset(SILENCES_JS, "text/javascript; charset=utf-8") }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/session",
@@ -96,6 +101,7 @@ pub fn router(
         .route("/api/events", get(events))
         .route("/api/agents/{agent_id}/results", get(agent_results))
         .route("/api/stream", get(stream_handler))
+        .merge(super::silences::routes())
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page") })
         // A body no handler reads still must not be buffered: declared lengths over the cap are

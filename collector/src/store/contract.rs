@@ -99,6 +99,7 @@ pub fn store_overlapping_batches(store: &dyn Store) {
 }
 
 pub fn check(store: &dyn Store) {
+    super::silences::check(store);
     store_overlapping_batches(store);
     // The mark is the agent's: a hello learns it, another agent's replay does not touch it.
     assert_eq!(store.upsert_agent(&meta("a1"), 7).unwrap(), 12);

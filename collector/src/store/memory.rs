@@ -15,6 +15,8 @@ use std::sync::{Mutex, MutexGuard};
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    /// (id, stored record) of each silence: see silences_memory.rs.
+    silences: Mutex<Vec<(String, String)>>,
 }
 
 #[derive(Debug, Default)]
@@ -34,6 +36,12 @@ struct Inner {
 impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    pub(super) fn silence_records(&self) -> MutexGuard<'_, Vec<(String, String)>> {
+        self.silences
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {

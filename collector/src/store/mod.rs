@@ -10,6 +10,9 @@
 
 pub mod memory;
 pub mod retention;
+pub mod silences;
+mod silences_memory;
+mod silences_sqlite;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -71,7 +74,7 @@ impl StoredEvent {
     }
 }
 
-pub trait Store: Send + Sync + 'static {
+pub trait Store: silences::SilenceStore + Send + Sync + 'static {
     /// Records an agent's hello (labels, version, last seen) and returns its high-water mark.
     fn upsert_agent(&self, agent: &AgentMeta, now_unix_ms: i64) -> Result<u64, CollectorError>;
     /// Stores results (ascending seq) durably, dropping duplicates. Returns the new results

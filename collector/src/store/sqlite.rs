@@ -92,6 +92,8 @@ impl SqliteStore {
         let conn = open(path)?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| db_err("creating the schema", e))?;
+        conn.execute_batch(super::silences_sqlite::SCHEMA)
+            .map_err(|e| db_err("creating the silences table", e))?;
         let writer_conn = open(path)?;
         let (tx, rx) = mpsc::sync_channel::<InsertRequest>(1024);
         let handle = thread::Builder::new()
@@ -105,7 +107,7 @@ impl SqliteStore {
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 

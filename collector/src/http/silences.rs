@@ -1,0 +1,234 @@
+//! `/api/silences`: list, create and end silences (see [`crate::silences`] for what they do).
+//!
+//! The mutating routes are guarded like the rest of `/api/*` (the bearer token, or the page's
+//! sign-in cookie, when `http.token` is set) and are also refused when they come from another
+//! site: a `POST` must be `application/json` (a cross-site form cannot send that without a
+//! preflight this server never answers), and a browser's `Sec-Fetch-Site` or `Origin` naming
+//! another site is turned away, which matters most on a loopback collector without a token.
+
+use super::routes::AppState;
+use crate::events::now_unix_ms;
+use crate::matrix::FamilyFilter;
+use crate::silences::{new_id, NewSilence, Origin, Silence};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/silences", get(list).post(create))
+        .route("/api/silences/{id}", delete(end))
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// Why a request from a browser on another site is refused, if it is. `Sec-Fetch-Site` decides
+/// where the browser sends it (every current one does); else an `Origin` must name this host as
+/// the client addressed it (`X-Forwarded-Host` behind a proxy, else `Host`). Clients that are not
+/// browsers send neither and are judged by the token alone.
+fn cross_site(headers: &HeaderMap) -> Option<String> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = get("sec-fetch-site") {
+        if matches!(site, "same-origin" | "none") {
+            return None;
+        }
+        return Some(format!("refused: a {site} request may not change silences"));
+    }
+    let origin = get("origin")?;
+    let host = get("x-forwarded-host").or(get("host"))?;
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    if origin_host
+        .trim_end_matches('/')
+        .eq_ignore_ascii_case(host.trim())
+    {
+        return None;
+    }
+    Some(format!(
+        "refused: origin {origin} is not this collector ({host})"
+    ))
+}
+
+/// How many cells of the current matrix (one agent, one port) the silence covers.
+fn matching_cells(state: &AppState, silence: &Silence, now: i64) -> usize {
+    let view = state.fleet.matrix_view(FamilyFilter::All, now);
+    let mut n = 0;
+    for p in &view.providers {
+        for a in &p.accounts {
+            for r in &a.regions {
+                for agent in &r.agent_list {
+                    n += agent
+                        .cells
+                        .keys()
+                        .filter_map(|port| port.parse::<u16>().ok())
+                        .filter(|port| {
+                            silence.all
+                                || silence.matcher.matches_cell(
+                                    &p.provider,
+                                    &a.account,
+                                    &agent.agent,
+                                    *port,
+                                )
+                        })
+                        .count();
+                }
+            }
+        }
+    }
+    n
+}
+
+fn view(state: &AppState, s: &Silence, now: i64) -> Value {
+    s.view(now, matching_cells(state, s, now))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    all: Option<String>,
+}
+
+/// `GET /api/silences`: active and planned ones; `?all=1` with those over, newest first.
+async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Response {
+    let expired = matches!(q.all.as_deref(), Some("1" | "true" | "yes"));
+    let now = now_unix_ms();
+    let book = state.fleet.alerts().silences();
+    let list: Vec<Value> = book
+        .list(expired, now)
+        .iter()
+        .map(|s| view(&state, s, now))
+        .collect();
+    Json(list).into_response()
+}
+
+async fn store_silence(state: &AppState, silence: &Silence) -> Result<(), Response> {
+    let store = state.fleet.store().clone();
+    let record = silence.clone();
+    match tokio::task::spawn_blocking(move || store.put_silence(&record)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::error!("storing a silence: {e}");
+            Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not store the silence",
+            ))
+        }
+        Err(e) => {
+            tracing::error!("storing a silence: {e}");
+            Err(error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not store the silence",
+            ))
+        }
+    }
+}
+
+/// `POST /api/silences`: validates, stores durably, then honours it.
+async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(why) = cross_site(&headers) {
+        return error(StatusCode::FORBIDDEN, &why);
+    }
+    let json_body = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if !json_body {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the silence as Content-Type: application/json",
+        );
+    }
+    let request: NewSilence = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad silence: {e}")),
+    };
+    let now = now_unix_ms();
+    let silence = match request.validate(new_id(), Origin::Api, now) {
+        Ok(s) => s,
+        Err(why) => return error(StatusCode::BAD_REQUEST, &why),
+    };
+    if let Err(resp) = store_silence(&state, &silence).await {
+        return resp;
+    }
+    tracing::info!(id = %silence.id, by = %silence.created_by, reason = %silence.reason, "silence created");
+    state.fleet.alerts().silences().put(silence.clone());
+    (StatusCode::CREATED, Json(view(&state, &silence, now))).into_response()
+}
+
+/// `DELETE /api/silences/{id}`: ends it now; the record stays (`?all=1` lists it).
+async fn end(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(why) = cross_site(&headers) {
+        return error(StatusCode::FORBIDDEN, &why);
+    }
+    let book = state.fleet.alerts().silences();
+    let Some(mut silence) = book.get(&id) else {
+        return error(StatusCode::NOT_FOUND, "no such silence");
+    };
+    if silence.origin == Origin::Config {
+        return error(
+            StatusCode::CONFLICT,
+            "this silence is a [[silence]] table in the collector's config: remove it there",
+        );
+    }
+    let now = now_unix_ms();
+    silence.end(now);
+    if let Err(resp) = store_silence(&state, &silence).await {
+        return resp;
+    }
+    tracing::info!(id = %silence.id, "silence ended");
+    book.put(silence.clone());
+    Json(view(&state, &silence, now)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cross_site;
+    use axum::http::HeaderMap;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_same_site_browsers_and_non_browsers_may_change_silences() {
+        assert_eq!(cross_site(&headers(&[("host", "127.0.0.1:8080")])), None);
+        assert_eq!(
+            cross_site(&headers(&[("sec-fetch-site", "same-origin")])),
+            None
+        );
+        assert!(cross_site(&headers(&[("sec-fetch-site", "cross-site")])).is_some());
+        assert!(cross_site(&headers(&[("sec-fetch-site", "same-site")])).is_some());
+        let own = [
+            ("origin", "http://127.0.0.1:8080"),
+            ("host", "127.0.0.1:8080"),
+        ];
+        assert_eq!(cross_site(&headers(&own)), None);
+        let evil = [
+            ("origin", "https://evil.example"),
+            ("host", "127.0.0.1:8080"),
+        ];
+        assert!(cross_site(&headers(&evil))
+            .unwrap()
+            .contains("evil.example"));
+        // Behind a TLS proxy that rewrites Host, the forwarded host is what the browser used.
+        let proxied = [
+            ("origin", "https://watch.example.net"),
+            ("host", "127.0.0.1:8080"),
+            ("x-forwarded-host", "watch.example.net"),
+        ];
+        assert_eq!(cross_site(&headers(&proxied)), None);
+    }
+}
