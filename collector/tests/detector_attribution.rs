@@ -374,13 +374,17 @@ fn no_address_is_never_a_failure() {
 
 #[test]
 fn detector_config_parses_and_rejects_unknown_keys() {
-    let c: DetectorConfig = toml::from_str("confirm_probes = 4\nsettle_secs = 30\n").unwrap();
-    assert_eq!(c.confirm_probes, 4);
+    let c: DetectorConfig = toml::from_str("false_alarm_rate = 1e-6\nsettle_secs = 30\n").unwrap();
+    assert_eq!(c.false_alarm_rate, 1e-6);
     assert_eq!(c.settle_secs, 30);
     assert_eq!(
         c.silent_after_secs,
         DetectorConfig::default().silent_after_secs
     );
+    // The fixed count it replaced still parses in old configs, and says it is ignored.
+    let old: DetectorConfig = toml::from_str("confirm_probes = 4\n").unwrap();
+    assert!(old.deprecation().unwrap().contains("confirm_probes"));
+    assert!(DetectorConfig::default().deprecation().is_none());
     let err = toml::from_str::<DetectorConfig>("confirm_probe = 4\n")
         .unwrap_err()
         .to_string();
