@@ -92,6 +92,8 @@ pub struct Episode {
     pub since_ms: i64,
     /// The latest departing result.
     pub witness: Seen,
+    /// The most the evidence reached: a test that came near a decision is no background.
+    peak: f64,
     /// Confirmations still counted before the next scheduled or requested result.
     confirmations_left: u32,
     /// The scheduled results of the test, failed or not: background if the test ends unchanged.
@@ -220,14 +222,40 @@ impl Series {
         if seen.outcome.is_failure() {
             self.last_failure = Some(seen.outcome);
         }
-        if scheduled {
-            if let Some(step) = self.flapping_step(state, config) {
-                return step;
-            }
-        }
         if self.flapping {
+            if scheduled {
+                let from = self.confirmed;
+                if let Some(step) = self.flapping_step(state, from, config) {
+                    return step;
+                }
+            }
             return Step::None;
         }
+        let before = self.confirmed;
+        let step = self.test(seen, config, control_failing);
+        if scheduled {
+            // The flapping window holds what the test leaned to at each scheduled probe, not
+            // the raw result: a lost probe the background explains is no state change.
+            let leaning = match (step, &self.episode, self.confirmed) {
+                (Step::Confirmed { to, .. }, _, _) => to,
+                (_, Some(e), _) if e.evidence >= config.upper_bound() / 2.0 => e.to,
+                (_, _, Some(settled)) => settled,
+                (_, _, None) => state,
+            };
+            if let Some(flap) = self.flapping_step(leaning, before, config) {
+                if matches!(flap, Step::FlappingStarted { .. }) {
+                    self.confirmed = before;
+                }
+                return flap;
+            }
+        }
+        step
+    }
+
+    /// The sequential test proper, on a series that is not flapping.
+    fn test(&mut self, seen: Seen, config: &DetectorConfig, control_failing: bool) -> Step {
+        let state = seen.state;
+        let scheduled = seen.cause == ProbeCause::Scheduled;
         let Some(settled) = self.confirmed else {
             return self.baseline(&seen, config);
         };
@@ -250,6 +278,7 @@ impl Series {
             let episode = Episode {
                 to: settled.other(),
                 evidence: self.llr(settled, &seen, config),
+                peak: 0.0,
                 since_ms: seen.at_ms,
                 witness: seen.clone(),
                 confirmations_left: config.confirmations_counted,
@@ -283,10 +312,15 @@ impl Series {
         config: &DetectorConfig,
         step: Step,
     ) -> Step {
+        let mut episode = episode;
+        episode.peak = episode.peak.max(episode.evidence);
         if episode.evidence <= 0.0 {
-            // The path looks as it did: the test's scheduled results were its background.
+            // The path looks as it did: the test's scheduled results were its background,
+            // unless they came near a decision (what flaps must not become background).
             // (Only an open path's background is learned, where departing means failing.)
-            self.fold_background(settled, &episode.scheduled, config);
+            if episode.peak < config.upper_bound() / 2.0 {
+                self.fold_background(settled, &episode.scheduled, config);
+            }
             return Step::None;
         }
         self.episode = Some(episode);
@@ -370,7 +404,12 @@ impl Series {
         Step::None
     }
 
-    fn flapping_step(&mut self, state: PortState, config: &DetectorConfig) -> Option<Step> {
+    fn flapping_step(
+        &mut self,
+        state: PortState,
+        from: Option<PortState>,
+        config: &DetectorConfig,
+    ) -> Option<Step> {
         let window = config.flap_window.max(3);
         self.history.push_back(state);
         while self.history.len() > window {
@@ -380,9 +419,7 @@ impl Series {
         if !self.flapping && pct >= config.flap_high_pct {
             self.flapping = true;
             self.episode = None;
-            return Some(Step::FlappingStarted {
-                from: self.confirmed,
-            });
+            return Some(Step::FlappingStarted { from });
         }
         if self.flapping && pct < config.flap_low_pct {
             self.flapping = false;
@@ -403,6 +440,7 @@ impl Series {
             self.episode = Some(Episode {
                 to,
                 evidence: config.upper_bound(),
+                peak: config.upper_bound(),
                 since_ms: d.since_ms,
                 witness: d.witness,
                 confirmations_left: config.confirmations_counted,
@@ -655,11 +693,21 @@ mod tests {
     }
 
     #[test]
+    fn isolated_lost_probes_are_no_flapping() {
+        let mut s = Series::default();
+        let mut states = vec![O; 10];
+        for i in 0..60 {
+            states.push(if i % 2 == 0 { B } else { O });
+        }
+        assert!(feed(&mut s, &states, 0).is_empty());
+    }
+
+    #[test]
     fn alternating_flaps_once() {
         let mut s = Series::default();
         let mut states = vec![O; 10];
-        for i in 0..30 {
-            states.push(if i % 2 == 0 { B } else { O });
+        for i in 0..40 {
+            states.push(if i % 4 < 2 { B } else { O });
         }
         let steps = feed(&mut s, &states, 0);
         assert_eq!(steps, vec![Step::FlappingStarted { from: Some(O) }]);
