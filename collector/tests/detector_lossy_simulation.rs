@@ -59,6 +59,9 @@ fn truth(agent: &AgentMeta, port: u16, at: i64, close_at: Option<i64>) -> bool {
     true
 }
 
+/// A probe due: (at, order, agent, port, cause 0 scheduled / 1 confirmation / 2 requested).
+type Due = (i64, u64, usize, u16, u8);
+
 #[derive(Default)]
 struct Run {
     /// Every event with the time it was raised.
@@ -80,8 +83,7 @@ fn run(q: f64, rounds: i64, close_at: Option<i64>, seed: u64) -> Run {
         .collect();
     // Each agent's previous scheduled or requested state per port: what it re-probes on.
     let mut previous: BTreeMap<(usize, u16), bool> = BTreeMap::new();
-    // (at, order, agent, port, cause): probes due, oldest first.
-    let mut due: BinaryHeap<Reverse<(i64, u64, usize, u16, u8)>> = BinaryHeap::new();
+    let mut due: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
     let mut order = 0u64;
     let mut seq = 0u64;
     let mut out = Run::default();
