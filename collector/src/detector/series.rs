@@ -10,6 +10,9 @@ use super::DetectorConfig;
 use egresswatch_wire::{Outcome, ProbeCause};
 use std::collections::VecDeque;
 
+/// The most scheduled results one test keeps for the background rate.
+const MAX_TEST_SCHEDULED: usize = 256;
+
 /// What one probe says about a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PortState {
@@ -295,7 +298,8 @@ impl Series {
         } else {
             episode.confirmations_left = config.confirmations_counted;
         }
-        if scheduled {
+        // A test is bounded in memory however long it stays undecided.
+        if scheduled && episode.scheduled.len() < MAX_TEST_SCHEDULED {
             episode.scheduled.push(departing);
         }
         episode.evidence += self.llr(settled, &seen, config);
