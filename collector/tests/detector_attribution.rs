@@ -834,3 +834,31 @@ fn a_failing_control_of_the_same_round_means_no_smtp_evidence() {
     }
     assert!(f.det.take_suspicions().iter().all(|s| s.key.agent != "g1"));
 }
+
+#[test]
+fn fast_answers_never_turn_a_destination_outage_into_a_policy_change() {
+    let mut f = settled_fleet(fleet_two_providers(), 4);
+    let t = f.now() + 10_000;
+    // mx:587 goes down for everyone: g1's departure, quick failing answers from g2, g3 and h1
+    // with their re-probes; h2 only reports on its schedule, half a minute later.
+    let mut results = vec![(0, 0, 587, Down, Sched)];
+    for (i, off) in [(1usize, 2_000i64), (2, 2_500), (3, 3_000)] {
+        results.push((i, off, 587, Down, Req));
+        results.push((i, off + 3_000, 587, Down, Conf));
+        results.push((i, off + 6_000, 587, Down, Conf));
+    }
+    results.push((0, 3_000, 587, Down, Conf));
+    results.push((0, 6_000, 587, Down, Conf));
+    results.push((4, 30_000, 587, Down, Sched));
+    results.push((4, 33_000, 587, Down, Conf));
+    results.push((4, 36_000, 587, Down, Conf));
+    let events = on_demand(&mut f, t, &results, 60_000);
+    assert!(
+        events.iter().all(|e| e.kind != EventKind::PolicyChanged),
+        "{events:#?}"
+    );
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0].kind, EventKind::DestinationOutage);
+    assert_eq!(events[0].since.as_deref(), Some(rfc3339(t).as_str()));
+    assert!(f.det.outage_open("mx", 587, Family::Ipv4));
+}
