@@ -3,7 +3,7 @@
 //! — driven with a fake clock.
 
 use egresswatch_collector::detector::{Detector, DetectorConfig};
-use egresswatch_collector::events::{Event, EventKind, Scope, State};
+use egresswatch_collector::events::{rfc3339, Event, EventKind, Scope, State};
 use egresswatch_collector::identity::AgentMeta;
 use egresswatch_wire::{Family, Outcome, PhaseTimings, ProbeResult};
 
@@ -374,13 +374,17 @@ fn no_address_is_never_a_failure() {
 
 #[test]
 fn detector_config_parses_and_rejects_unknown_keys() {
-    let c: DetectorConfig = toml::from_str("confirm_probes = 4\nsettle_secs = 30\n").unwrap();
-    assert_eq!(c.confirm_probes, 4);
+    let c: DetectorConfig = toml::from_str("false_alarm_rate = 1e-6\nsettle_secs = 30\n").unwrap();
+    assert_eq!(c.false_alarm_rate, 1e-6);
     assert_eq!(c.settle_secs, 30);
     assert_eq!(
         c.silent_after_secs,
         DetectorConfig::default().silent_after_secs
     );
+    // The fixed count it replaced still parses in old configs, and says it is ignored.
+    let old: DetectorConfig = toml::from_str("confirm_probes = 4\n").unwrap();
+    assert!(old.deprecation().unwrap().contains("confirm_probes"));
+    assert!(DetectorConfig::default().deprecation().is_none());
     let err = toml::from_str::<DetectorConfig>("confirm_probe = 4\n")
         .unwrap_err()
         .to_string();
@@ -667,4 +671,194 @@ fn both_families_changing_a_few_seconds_apart_are_one_event() {
     assert_eq!(changes.len(), 1, "{changes:#?}");
     assert_eq!(changes[0].scope, Scope::Account);
     assert_eq!(changes[0].family, None);
+}
+
+/// One result of "mx" at `at`, with why it ran and, for a failure, the ICMP error's sender.
+fn evidence(seq: u64, at: i64, port: u16, outcome: Outcome, cause: ProbeCause) -> ProbeResult {
+    let mut r = result(seq, at, "mx", port, outcome);
+    r.cause = cause;
+    if outcome.is_failure() {
+        r.icmp = Some(IcmpReport {
+            from: Some("198.18.0.1".parse().unwrap()),
+            icmp_type: 3,
+            icmp_code: 13,
+            origin: 2,
+        });
+    }
+    r
+}
+
+/// Feeds `(agent index, offset from t, port, outcome, cause)` at their times and ticks every
+/// second up to `t + until_ms`; returns the events.
+fn on_demand(
+    f: &mut Fleet,
+    t: i64,
+    results: &[(usize, i64, u16, Outcome, ProbeCause)],
+    until_ms: i64,
+) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut pending: Vec<_> = results.to_vec();
+    pending.sort_by_key(|r| r.1);
+    let mut next = 0;
+    for s in 0..=until_ms / 1000 {
+        let now = t + s * 1000;
+        while next < pending.len() && t + pending[next].1 <= now {
+            let (i, off, port, outcome, cause) = pending[next];
+            f.seq += 1;
+            let a = f.agents[i].clone();
+            let r = evidence(f.seq, t + off, port, outcome, cause);
+            events.extend(f.det.observe(&a, &[r], true, now));
+            next += 1;
+        }
+        events.extend(f.det.tick(now));
+    }
+    events
+}
+
+use egresswatch_wire::{IcmpReport, ProbeCause};
+use Outcome::{Ok as Up, Timeout as Down};
+use ProbeCause::{Confirmation as Conf, Requested as Req, Scheduled as Sched};
+
+#[test]
+fn an_account_change_is_decided_in_seconds_by_confirmations_and_requested_answers() {
+    let mut f = settled_fleet(fleet_two_providers(), 4);
+    f.det.take_suspicions();
+    let t = f.now() + 10_000;
+    // g1's scheduled 587 fails; it re-probes; the collector asks g2 (same account), g3 (the
+    // provider's other account) and h1 (elsewhere).
+    let events = on_demand(
+        &mut f,
+        t,
+        &[
+            (0, 0, 587, Down, Sched),
+            (1, 2_000, 587, Down, Req),
+            (2, 2_500, 587, Up, Req),
+            (3, 3_000, 587, Up, Req),
+            (0, 3_000, 587, Down, Conf),
+            (1, 5_000, 587, Down, Conf),
+            (0, 6_000, 587, Down, Conf),
+            (1, 8_000, 587, Down, Conf),
+        ],
+        20_000,
+    );
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let e = &events[0];
+    assert_eq!(e.scope, Scope::Account);
+    assert_eq!(e.account.as_deref(), Some("acct-a"));
+    assert_eq!(e.since.as_deref(), Some(rfc3339(t).as_str()));
+    let named: Vec<&str> = e.witnesses.iter().map(|w| w.agent.as_str()).collect();
+    assert_eq!(named, ["g1", "g2"]);
+    for w in &e.witnesses {
+        assert_eq!(w.outcome, "timeout");
+        assert_eq!(w.icmp_from.as_deref(), Some("198.18.0.1"));
+        assert_eq!(w.family, Family::Ipv4);
+    }
+    // Once per departure: g1's and g2's re-probes raised no more suspicions; the requested
+    // answers that departed (g2's) one each.
+    let suspects: Vec<String> = f
+        .det
+        .take_suspicions()
+        .into_iter()
+        .map(|s| s.key.agent)
+        .collect();
+    assert_eq!(suspects, ["g1", "g2"]);
+}
+
+#[test]
+fn an_agent_flooding_confirmations_cannot_decide_its_account_or_provider() {
+    let mut f = settled_fleet(fleet_two_providers(), 4);
+    let t = f.now() + 10_000;
+    let mut flood = vec![(0, 0, 587, Down, Sched)];
+    for i in 0..50 {
+        flood.push((0, 1_000 + i * 200, 587, Down, Conf));
+    }
+    let events = on_demand(&mut f, t, &flood, 40_000);
+    assert!(events.is_empty(), "{events:#?}");
+}
+
+#[test]
+fn a_late_answer_after_the_decision_changes_nothing() {
+    let mut f = settled_fleet(fleet_two_providers(), 4);
+    let t = f.now() + 10_000;
+    let decided = on_demand(
+        &mut f,
+        t,
+        &[
+            (0, 0, 587, Down, Sched),
+            (1, 2_000, 587, Down, Req),
+            (0, 3_000, 587, Down, Conf),
+            (1, 5_000, 587, Down, Conf),
+            (0, 6_000, 587, Down, Conf),
+            (1, 8_000, 587, Down, Conf),
+            (2, 2_500, 587, Up, Req),
+            (3, 3_000, 587, Up, Req),
+        ],
+        20_000,
+    );
+    assert_eq!(decided.len(), 1, "{decided:#?}");
+    // g2 answers a request again, late: measured before its latest result (ignored), and one
+    // measured after that agrees with the decision.
+    let g2 = f.agents[1].clone();
+    let late = [
+        evidence(900, t + 1_000, 587, Up, Req),
+        evidence(901, t + 21_000, 587, Down, Req),
+    ];
+    let mut events = f.det.observe(&g2, &late, true, t + 22_000);
+    for s in 0..60 {
+        events.extend(f.det.tick(t + 22_000 + s * 1000));
+    }
+    assert!(events.is_empty(), "{events:#?}");
+}
+
+#[test]
+fn a_failing_control_of_the_same_round_means_no_smtp_evidence() {
+    let mut f = settled_fleet(fleet_two_providers(), 4);
+    // g1's network goes: 587 listed before the control in its batch, and its re-probes too.
+    for _ in 0..6 {
+        let t = f.now() + 10_000;
+        let g1 = f.agents[0].clone();
+        f.seq += 3;
+        let batch = [
+            evidence(f.seq, t, 587, Down, Sched),
+            evidence(f.seq + 1, t, 443, Down, Sched),
+        ];
+        let mut events = f.det.observe(&g1, &batch, true, t);
+        let conf = [evidence(f.seq + 2, t + 3_000, 587, Down, Conf)];
+        events.extend(f.det.observe(&g1, &conf, true, t + 3_000));
+        for s in 0..50 {
+            events.extend(f.det.tick(t + s * 1000));
+        }
+        events.retain(|e| e.kind != EventKind::AgentSilent);
+        assert!(events.is_empty(), "{events:#?}");
+        f.round += 1;
+    }
+    assert!(f.det.take_suspicions().iter().all(|s| s.key.agent != "g1"));
+}
+
+#[test]
+fn fast_answers_never_turn_a_destination_outage_into_a_policy_change() {
+    let mut f = settled_fleet(fleet_two_providers(), 4);
+    let t = f.now() + 10_000;
+    // mx:587 goes down for everyone: g1's departure, quick failing answers from g2, g3 and h1
+    // with their re-probes; h2 only reports on its schedule, half a minute later.
+    let mut results = vec![(0, 0, 587, Down, Sched)];
+    for (i, off) in [(1usize, 2_000i64), (2, 2_500), (3, 3_000)] {
+        results.push((i, off, 587, Down, Req));
+        results.push((i, off + 3_000, 587, Down, Conf));
+        results.push((i, off + 6_000, 587, Down, Conf));
+    }
+    results.push((0, 3_000, 587, Down, Conf));
+    results.push((0, 6_000, 587, Down, Conf));
+    results.push((4, 30_000, 587, Down, Sched));
+    results.push((4, 33_000, 587, Down, Conf));
+    results.push((4, 36_000, 587, Down, Conf));
+    let events = on_demand(&mut f, t, &results, 60_000);
+    assert!(
+        events.iter().all(|e| e.kind != EventKind::PolicyChanged),
+        "{events:#?}"
+    );
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0].kind, EventKind::DestinationOutage);
+    assert_eq!(events[0].since.as_deref(), Some(rfc3339(t).as_str()));
+    assert!(f.det.outage_open("mx", 587, Family::Ipv4));
 }

@@ -173,6 +173,18 @@ async fn policy_changes_are_attributed_and_loss_is_quiet() {
         "exactly one event for aws/prod 587: {events:#}"
     );
     assert_eq!(prod[0]["scope"], "account", "{:#}", prod[0]);
+    // The event names its evidence: when it began, and the prod agents that saw it.
+    let prod_agents: std::collections::BTreeSet<&str> = hosts
+        .iter()
+        .filter(|h| h["provider"] == "aws" && h["account"] == "prod")
+        .filter_map(|h| h["name"].as_str())
+        .collect();
+    let witnesses: std::collections::BTreeSet<&str> = prod[0]["witnesses"]
+        .as_array()
+        .map(|w| w.iter().filter_map(|w| w["agent"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(witnesses, prod_agents, "{:#}", prod[0]);
+    assert!(prod[0]["since"].is_string(), "{:#}", prod[0]);
     assert!(
         events_matching(&events, |e| e["account"] == "dev"
             || e["scope"] == "provider")
@@ -209,6 +221,13 @@ async fn policy_changes_are_attributed_and_loss_is_quiet() {
             && e["port"] == 2525)
         .is_empty(),
         "a destination outage was reported as a policy change: {events:#}"
+    );
+    assert!(
+        events_matching(&events, |e| e["kind"] == "destination_outage"
+            && e["port"] == 2525)
+        .iter()
+        .all(|e| e["scope"] == "destination"),
+        "{events:#}"
     );
 
     // Back to normal, and quiet.

@@ -6,7 +6,7 @@
 use super::series::PortState;
 use super::{Detector, PathKey, Pending, SeriesKey};
 use crate::events::State;
-use crate::events::{rfc3339, Event, EventKind, Scope};
+use crate::events::{rfc3339, Event, EventKind, Scope, Witness};
 use egresswatch_wire::Outcome;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -45,7 +45,7 @@ impl Detector {
                     "control port fails too: the agent lost its network, not an SMTP policy"
                 );
                 if let Some(s) = self.series.get_mut(&m.key) {
-                    s.revert(m.from, self.config.confirm_probes);
+                    s.revert(m.from, &self.config);
                 }
                 continue;
             }
@@ -88,30 +88,38 @@ impl Detector {
         if to == PortState::Blocked && all_changed && self.looks_like_destination(&path, &universe)
         {
             self.outages.insert(path.clone());
+            let evidence = self.evidence(universe.iter().filter(|u| u.3).map(|u| &u.0));
             self.force(universe.iter().map(|u| &u.0), to);
-            events.push(self.event(
-                EventKind::DestinationOutage,
-                Scope::Destination,
-                (None, None, None),
-                &path,
-                from.into(),
-                to.into(),
-                outcome,
-                now,
+            events.push(self.with_evidence(
+                evidence,
+                self.event(
+                    EventKind::DestinationOutage,
+                    Scope::Destination,
+                    (None, None, None),
+                    &path,
+                    from.into(),
+                    to.into(),
+                    outcome,
+                    now,
+                ),
             ));
             return events;
         }
         if to == PortState::Open && self.outages.remove(&path) {
+            let evidence = self.evidence(universe.iter().filter(|u| u.3).map(|u| &u.0));
             self.force(universe.iter().filter(|u| u.3).map(|u| &u.0), to);
-            events.push(self.event(
-                EventKind::DestinationOutage,
-                Scope::Destination,
-                (None, None, None),
-                &path,
-                from.into(),
-                to.into(),
-                None,
-                now,
+            events.push(self.with_evidence(
+                evidence,
+                self.event(
+                    EventKind::DestinationOutage,
+                    Scope::Destination,
+                    (None, None, None),
+                    &path,
+                    from.into(),
+                    to.into(),
+                    None,
+                    now,
+                ),
             ));
             return events;
         }
@@ -134,16 +142,20 @@ impl Detector {
             if by_account.len() >= self.config.min_accounts_for_provider
                 && by_account.keys().all(|a| account_changed(a))
             {
+                let evidence = self.evidence(in_provider.iter().filter(|u| u.3).map(|u| &u.0));
                 self.force(in_provider.iter().map(|u| &u.0), to);
-                events.push(self.event(
-                    EventKind::PolicyChanged,
-                    Scope::Provider,
-                    (Some(provider.clone()), None, None),
-                    &path,
-                    from.into(),
-                    to.into(),
-                    outcome.clone(),
-                    now,
+                events.push(self.with_evidence(
+                    evidence,
+                    self.event(
+                        EventKind::PolicyChanged,
+                        Scope::Provider,
+                        (Some(provider.clone()), None, None),
+                        &path,
+                        from.into(),
+                        to.into(),
+                        outcome.clone(),
+                        now,
+                    ),
                 ));
                 continue;
             }
@@ -160,16 +172,20 @@ impl Detector {
                         .get(account.as_str())
                         .map(|v| v.iter().map(|u| u.0.clone()).collect())
                         .unwrap_or_default();
+                    let evidence = self.evidence(keys.iter());
                     self.force(keys.iter(), to);
-                    events.push(self.event(
-                        EventKind::PolicyChanged,
-                        Scope::Account,
-                        (Some(provider.clone()), Some(account.clone()), None),
-                        &path,
-                        from.into(),
-                        to.into(),
-                        outcome.clone(),
-                        now,
+                    events.push(self.with_evidence(
+                        evidence,
+                        self.event(
+                            EventKind::PolicyChanged,
+                            Scope::Account,
+                            (Some(provider.clone()), Some(account.clone()), None),
+                            &path,
+                            from.into(),
+                            to.into(),
+                            outcome.clone(),
+                            now,
+                        ),
                     ));
                     continue;
                 }
@@ -181,19 +197,23 @@ impl Detector {
                         continue;
                     }
                     let one_outcome = self.dominant_outcome(std::iter::once(&m.key), to);
-                    events.push(self.event(
-                        EventKind::PolicyChanged,
-                        Scope::Agent,
-                        (
-                            Some(provider.clone()),
-                            Some(account.clone()),
-                            Some(m.key.agent.clone()),
+                    let evidence = self.evidence(std::iter::once(&m.key));
+                    events.push(self.with_evidence(
+                        evidence,
+                        self.event(
+                            EventKind::PolicyChanged,
+                            Scope::Agent,
+                            (
+                                Some(provider.clone()),
+                                Some(account.clone()),
+                                Some(m.key.agent.clone()),
+                            ),
+                            &path,
+                            m.from.into(),
+                            to.into(),
+                            one_outcome,
+                            now,
                         ),
-                        &path,
-                        m.from.into(),
-                        to.into(),
-                        one_outcome,
-                        now,
                     ));
                 }
             }
@@ -243,6 +263,20 @@ impl Detector {
         }
         self.pending
             .retain(|p| !(keys.contains(&p.key) && p.to == to));
+    }
+
+    /// When the evidence for a change began and who saw it, among `keys`.
+    fn evidence<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a SeriesKey> + Clone,
+    ) -> (Option<String>, Vec<Witness>) {
+        (self.since(keys.clone()), self.witnesses(keys))
+    }
+
+    fn with_evidence(&self, evidence: (Option<String>, Vec<Witness>), mut event: Event) -> Event {
+        event.since = evidence.0;
+        event.witnesses = evidence.1;
+        event
     }
 
     fn dominant_outcome<'a>(
@@ -319,7 +353,17 @@ pub(super) fn merge_families(events: Vec<Event>) -> Vec<Event> {
                 && o.to == e.to
         });
         match twin {
-            Some(o) => o.family = None,
+            Some(o) => {
+                o.family = None;
+                // RFC 3339 UTC strings of one format order as their times do.
+                o.since = match (o.since.take(), e.since) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                o.witnesses.extend(e.witnesses);
+                o.witnesses
+                    .sort_by(|a, b| (&a.agent, a.family).cmp(&(&b.agent, b.family)));
+            }
             None => out.push(e),
         }
     }

@@ -1,25 +1,28 @@
 //! Change detection that names the layer. A plain state machine: results and the clock go in,
 //! [`Event`]s come out; no I/O, no wall clock, no sleeping.
 //!
-//! Per series (agent, target, port, family) a new state is confirmed only after N consistent
-//! probes (hysteresis, [`series`]). Confirmed changes wait a short settling window so that
-//! siblings' confirmations can be seen together, then are attributed using every series at once:
-//! the agent's 443 control failing too means its network went away (no SMTP event); every agent
-//! failing on one target/port (across providers, or while other targets still answer) is the
-//! destination; all agents of an account together is the account; all accounts of a provider is
-//! the provider; otherwise the agent.
+//! Per series (agent, target, port, family) a sequential test weighs each live result as
+//! evidence for a change against the series' own background failure rate ([`series`]); results
+//! the agent re-probed (`confirmation`) and results the collector asked other agents for
+//! (`requested`) are evidence too, so a change is decided in seconds when they agree. A whole
+//! account's series on one path decide together on their summed evidence. Decided changes wait
+//! until the siblings' answers are in (or one probe interval at most), then are attributed using
+//! every series at once: the agent's 443 control failing too means its network went away (no
+//! SMTP event); every agent failing on one target/port (across providers, or while other targets
+//! still answer) is the destination; all agents of an account together is the account; all
+//! accounts of a provider is the provider; otherwise the agent.
 
 mod attribution;
 mod series;
 mod suspicion;
 
-use crate::events::{rfc3339, Event, EventKind, Scope, State};
+use crate::events::{rfc3339, Event, EventKind, Scope, State, Witness};
 pub use crate::identity::SeriesKey;
 use crate::identity::{measured_at, AgentMeta, KnownAgent};
 use egresswatch_wire::{Family, Outcome, ProbeResult};
 use serde::Deserialize;
 pub use series::PortState;
-use series::{Series, Step};
+use series::{Seen, Series, Step};
 use std::collections::{BTreeMap, BTreeSet};
 pub use suspicion::Suspicion;
 
@@ -27,10 +30,27 @@ pub use suspicion::Suspicion;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectorConfig {
-    /// Consistent probes needed before a series' new state is confirmed.
-    pub confirm_probes: u32,
-    /// The longest a confirmed change waits for its siblings before it is attributed; the wait
-    /// is one probe interval of the series (as observed) when that is shorter.
+    /// Deprecated: the fixed count of consistent probes, replaced by the sequential test
+    /// (`false_alarm_rate`); still parsed, with a warning, and ignored.
+    pub confirm_probes: Option<u32>,
+    /// The chance that one test on a path that did not change ends in a change (Wald's α).
+    pub false_alarm_rate: f64,
+    /// The chance that a test on a path that changed misses it (Wald's β).
+    pub missed_change_rate: f64,
+    /// The least background failure rate a series is assumed to have, however quiet it was.
+    pub background_floor: f64,
+    /// The weight of one scheduled result in the learned background rate (an EWMA).
+    pub background_weight: f64,
+    /// The chance that a blocked path answers a probe anyway.
+    pub blocked_answer_rate: f64,
+    /// The extra chance that an agent's quick re-probe fails with the blip that failed the
+    /// probe before it (confirmations are seconds apart, not independent).
+    pub confirmation_carryover: f64,
+    /// Confirmations counted after each scheduled or requested result; more are ignored.
+    pub confirmations_counted: u32,
+    /// The longest a decided change waits for its siblings' answers before it is attributed;
+    /// the wait is one probe interval of the series (as observed) when that is shorter, and
+    /// ends as soon as the answers are in.
     pub settle_secs: u64,
     /// An agent unheard of for this long is `agent_silent`.
     pub silent_after_secs: u64,
@@ -40,7 +60,7 @@ pub struct DetectorConfig {
     /// Deprecated: the matrix's freshness, now `[matrix] fresh_secs`; still read when that is
     /// not set (with a warning).
     pub fresh_secs: Option<u64>,
-    /// Probes in the flapping window (Nagios uses 21).
+    /// Scheduled probes in the flapping window (Nagios uses 21).
     pub flap_window: usize,
     /// State-change percentage above which a series starts flapping.
     pub flap_high_pct: f64,
@@ -57,7 +77,14 @@ pub struct DetectorConfig {
 impl Default for DetectorConfig {
     fn default() -> Self {
         DetectorConfig {
-            confirm_probes: 3,
+            confirm_probes: None,
+            false_alarm_rate: 1e-5,
+            missed_change_rate: 0.01,
+            background_floor: 0.02,
+            background_weight: 0.01,
+            blocked_answer_rate: 0.01,
+            confirmation_carryover: 0.2,
+            confirmations_counted: 2,
             settle_secs: 60,
             silent_after_secs: 180,
             replay_after_secs: 300,
@@ -72,6 +99,27 @@ impl Default for DetectorConfig {
     }
 }
 
+impl DetectorConfig {
+    /// Wald's upper threshold: the evidence (natural log of the likelihood ratio) at which a
+    /// test decides that the path changed.
+    pub fn upper_bound(&self) -> f64 {
+        let alpha = self.false_alarm_rate.clamp(1e-15, 0.5);
+        let beta = self.missed_change_rate.clamp(0.0, 0.5);
+        ((1.0 - beta) / alpha).ln()
+    }
+
+    /// What to tell the operator about deprecated detector keys in use, if any.
+    pub fn deprecation(&self) -> Option<String> {
+        self.confirm_probes.map(|n| {
+            format!(
+                "config: [detector] confirm_probes = {n} is deprecated and ignored: changes are \
+                 decided by a sequential test, tuned by false_alarm_rate ({})",
+                self.false_alarm_rate
+            )
+        })
+    }
+}
+
 /// (target, port, family): what a destination outage or a group change is about.
 type PathKey = (String, u16, Family);
 
@@ -83,9 +131,11 @@ struct Pending {
     from: PortState,
     to: PortState,
     confirmed_at_ms: i64,
-    /// How long this change waits for its siblings: about one probe interval of its series,
-    /// capped by `settle_secs`.
+    /// How long this change waits for its siblings at most: about one probe interval of its
+    /// series, capped by `settle_secs`.
     settle_ms: i64,
+    /// The first departing result's time.
+    since_ms: i64,
 }
 
 /// The detector.
@@ -102,6 +152,9 @@ pub struct Detector {
 
 impl Detector {
     pub fn new(config: DetectorConfig) -> Self {
+        if let Some(warning) = config.deprecation() {
+            tracing::warn!("{warning}");
+        }
         Detector {
             config,
             agents: BTreeMap::new(),
@@ -167,7 +220,7 @@ impl Detector {
     }
 
     /// Feeds newly stored results. Returns the events that cannot wait for settling (an agent
-    /// coming back, a series starting to flap); confirmed changes come out of [`Detector::tick`].
+    /// coming back, a series starting to flap); decided changes come out of [`Detector::tick`].
     pub fn observe(
         &mut self,
         agent: &AgentMeta,
@@ -179,57 +232,62 @@ impl Detector {
         let Some(info) = self.agents.get(&agent.agent_id).cloned() else {
             return events;
         };
-        for r in results {
+        // The control results of a batch first: an SMTP result is no evidence when the same
+        // round's control probe failed too.
+        let control_port = self.config.control_port;
+        let ordered = results
+            .iter()
+            .filter(|r| r.port == control_port)
+            .chain(results.iter().filter(|r| r.port != control_port));
+        for r in ordered {
             if r.outcome == Outcome::NoAddress {
                 continue;
             }
             let at = measured_at(r, clock_trusted, now_unix_ms);
             let live = now_unix_ms - at <= secs_ms(self.config.replay_after_secs);
             let key = SeriesKey::of(&agent.agent_id, r);
-            let is_control = r.port == self.config.control_port;
+            let is_control = r.port == control_port;
             let control_failing = !is_control && self.control_failing(&key.agent, key.family);
+            let seen = Seen {
+                state: PortState::of(r.outcome),
+                outcome: r.outcome,
+                icmp_from: r.icmp.as_ref().and_then(|i| i.from).map(|a| a.to_string()),
+                cause: r.cause,
+                at_ms: at,
+            };
             let series = self.series.entry(key.clone()).or_default();
-            let seen = PortState::of(r.outcome);
-            if let Some(settled) = series.confirmed() {
-                if live && !is_control && settled != seen && series.last() == Some(settled) {
-                    self.suspicions.push(Suspicion {
-                        key: key.clone(),
-                        provider: info.provider.clone(),
-                        account: info.account.clone(),
-                        settled,
-                        seen,
-                        at_unix_ms: at,
-                    });
-                }
-            }
-            let step = series.observe(
-                PortState::of(r.outcome),
-                r.outcome,
-                at,
-                &self.config,
-                control_failing,
-            );
+            let settled = series.confirmed();
+            let step = series.observe(seen, &self.config, control_failing);
+            let watched = live && !is_control;
             match step {
                 Step::None => {}
+                Step::Departed | Step::Evidence => {
+                    if step == Step::Departed && watched {
+                        if let Some(settled) = settled {
+                            // Once per departure: the hub asks the siblings once, and their
+                            // answers are evidence of their own series.
+                            self.suspicions.push(Suspicion {
+                                key: key.clone(),
+                                provider: info.provider.clone(),
+                                account: info.account.clone(),
+                                settled,
+                                seen: settled.other(),
+                                at_unix_ms: at,
+                            });
+                        }
+                    }
+                    if watched {
+                        self.decide_account(&key, &info, now_unix_ms);
+                    }
+                }
                 Step::Confirmed { from, to } => {
-                    let cap = secs_ms(self.config.settle_secs);
-                    let settle_ms = series
-                        .interval_ms()
-                        .map_or(cap, |i| i.clamp(1_000, cap.max(1_000)));
-                    if live && !is_control {
-                        self.pending.retain(|p| p.key != key);
-                        self.pending.push(Pending {
-                            key,
-                            from,
-                            to,
-                            confirmed_at_ms: now_unix_ms,
-                            settle_ms,
-                        });
+                    if watched {
+                        self.push_pending(&key, from, to, now_unix_ms);
                     }
                 }
                 Step::FlappingStarted { from } => {
                     self.pending.retain(|p| p.key != key);
-                    if live && !is_control {
+                    if watched {
                         events.push(self.series_event(
                             &key,
                             &info,
@@ -241,7 +299,7 @@ impl Detector {
                     }
                 }
                 Step::FlappingStopped { to } => {
-                    if live && !is_control {
+                    if watched {
                         events.push(self.series_event(
                             &key,
                             &info,
@@ -255,6 +313,79 @@ impl Detector {
             }
         }
         events
+    }
+
+    /// A decided change waits for its siblings: at most about one probe interval.
+    fn push_pending(&mut self, key: &SeriesKey, from: PortState, to: PortState, now: i64) {
+        let Some(series) = self.series.get(key) else {
+            return;
+        };
+        let cap = secs_ms(self.config.settle_secs);
+        let settle_ms = series
+            .interval_ms()
+            .map_or(cap, |i| i.clamp(1_000, cap.max(1_000)));
+        let since_ms = series.departure().map_or(now, |(since, _)| since);
+        self.pending.retain(|p| p.key != *key);
+        self.pending.push(Pending {
+            key: key.clone(),
+            from,
+            to,
+            confirmed_at_ms: now,
+            settle_ms,
+            since_ms,
+        });
+    }
+
+    /// The account's series on one path decide together: when every one of them is testing
+    /// for the same change (or has decided it) and their evidence summed crosses the bound.
+    /// Each series' own test already stops one agent's confirmations from weighing more than
+    /// they should, so one agent alone cannot decide for an account of several.
+    fn decide_account(&mut self, key: &SeriesKey, info: &AgentInfo, now: i64) {
+        let Some(to) = self.series.get(key).and_then(|s| s.episode()).map(|e| e.to) else {
+            return;
+        };
+        let from = to.other();
+        let siblings: Vec<SeriesKey> = self
+            .series
+            .iter()
+            .filter(|(k, s)| {
+                k.target == key.target
+                    && k.port == key.port
+                    && k.family == key.family
+                    && s.last().is_some()
+            })
+            .filter(|(k, _)| {
+                self.agents.get(&k.agent).is_some_and(|a| {
+                    !a.silent && a.provider == info.provider && a.account == info.account
+                })
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if siblings.len() < 2 {
+            return;
+        }
+        let mut total = 0.0;
+        for k in &siblings {
+            let Some(s) = self.series.get(k) else {
+                return;
+            };
+            match s.episode() {
+                Some(e) if e.to == to && s.confirmed() == Some(from) => total += e.evidence,
+                None if s.confirmed() == Some(to) && self.pending.iter().any(|p| p.key == *k) => {
+                    total += self.config.upper_bound();
+                }
+                _ => return,
+            }
+        }
+        if total < self.config.upper_bound() {
+            return;
+        }
+        for k in siblings {
+            let step = self.series.get_mut(&k).and_then(|s| s.decide());
+            if let Some(Step::Confirmed { from, to }) = step {
+                self.push_pending(&k, from, to, now);
+            }
+        }
     }
 
     /// The series that asked for evidence since the last call (see [`Suspicion`]), oldest first.
@@ -287,21 +418,26 @@ impl Detector {
         }
         // A change is attributed once every pending change of its (target, port, new state) is
         // settled, over both families together: the same account closing 587 over IPv4 and IPv6
-        // a second apart is one event, not two.
-        let mut clusters: Vec<(String, u16, PortState, i64)> = Vec::new();
+        // a second apart is one event, not two. Settled means its siblings' answers are in, or
+        // its wait is over.
+        let mut clusters: Vec<(String, u16, PortState, i64, bool)> = Vec::new();
         for p in &self.pending {
             let deadline = p.confirmed_at_ms + p.settle_ms;
+            let answered = self.answers_in(p);
             match clusters
                 .iter_mut()
                 .find(|c| c.0 == p.key.target && c.1 == p.key.port && c.2 == p.to)
             {
-                Some(c) => c.3 = c.3.max(deadline),
-                None => clusters.push((p.key.target.clone(), p.key.port, p.to, deadline)),
+                Some(c) => {
+                    c.3 = c.3.max(deadline);
+                    c.4 &= answered;
+                }
+                None => clusters.push((p.key.target.clone(), p.key.port, p.to, deadline, answered)),
             }
         }
-        clusters.retain(|c| c.3 <= now_unix_ms);
+        clusters.retain(|c| c.4 || c.3 <= now_unix_ms);
         clusters.sort_by_key(|c| c.3);
-        for (target, port, to, _) in clusters {
+        for (target, port, to, _, _) in clusters {
             for family in [Family::Ipv4, Family::Ipv6] {
                 let path: PathKey = (target.clone(), port, family);
                 let (members, rest): (Vec<Pending>, Vec<Pending>) =
@@ -320,6 +456,88 @@ impl Detector {
             }
         }
         attribution::merge_families(events)
+    }
+
+    /// Whether enough answers are in to attribute a decided change before its wait is over:
+    /// every account of its provider on the path either answered since the departure with the
+    /// old state (it did not change) or answered in full, the other providers likewise taken
+    /// together, and the same agents' series in the other family are not still testing for the
+    /// same change (both families together are one event).
+    fn answers_in(&self, p: &Pending) -> bool {
+        let Some(own) = self.agents.get(&p.key.agent) else {
+            return false;
+        };
+        let other_family = match p.key.family {
+            Family::Ipv4 => Family::Ipv6,
+            Family::Ipv6 => Family::Ipv4,
+        };
+        let twin = SeriesKey {
+            family: other_family,
+            ..p.key.clone()
+        };
+        if self
+            .series
+            .get(&twin)
+            .and_then(|s| s.episode())
+            .is_some_and(|e| e.to == p.to)
+        {
+            return false;
+        }
+        // (answered since, any answered with the old state, count) per group.
+        let mut accounts: BTreeMap<&str, (usize, bool, usize)> = BTreeMap::new();
+        let mut elsewhere = (0usize, false, 0usize);
+        for (k, s) in &self.series {
+            if k.target != p.key.target || k.port != p.key.port || k.family != p.key.family {
+                continue;
+            }
+            let Some(a) = self.agents.get(&k.agent).filter(|a| !a.silent) else {
+                continue;
+            };
+            let Some(last) = s.last() else {
+                continue;
+            };
+            let group = if a.provider == own.provider {
+                accounts.entry(a.account.as_str()).or_default()
+            } else {
+                &mut elsewhere
+            };
+            group.2 += 1;
+            if s.last_at_ms() >= p.since_ms {
+                group.0 += 1;
+                if last != p.to {
+                    group.1 = true;
+                }
+            }
+        }
+        let known = |g: &(usize, bool, usize)| g.1 || g.0 == g.2;
+        accounts.values().all(known) && known(&elsewhere)
+    }
+
+    /// The evidence behind a change, for its event: one witness per series among `keys` that
+    /// departed (its latest departing result).
+    fn witnesses<'a>(&self, keys: impl Iterator<Item = &'a SeriesKey>) -> Vec<Witness> {
+        let mut out: Vec<Witness> = keys
+            .filter_map(|k| {
+                let (_, seen) = self.series.get(k)?.departure()?;
+                Some(Witness {
+                    agent: k.agent.clone(),
+                    family: k.family,
+                    outcome: seen.outcome.as_str().to_string(),
+                    icmp_from: seen.icmp_from.clone(),
+                    cause: seen.cause,
+                    at: rfc3339(seen.at_ms),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.agent, a.family).cmp(&(&b.agent, b.family)));
+        out
+    }
+
+    /// The first departing probe's time among `keys`.
+    fn since<'a>(&self, keys: impl Iterator<Item = &'a SeriesKey>) -> Option<String> {
+        keys.filter_map(|k| self.series.get(k)?.departure().map(|(since, _)| since))
+            .min()
+            .map(rfc3339)
     }
 
     /// Whether every control-port series of the agent in this family currently fails.

@@ -1,7 +1,9 @@
 //! The detector's call for evidence now. When a live result departs from its series' settled
 //! state, waiting for the schedule to confirm it costs intervals; instead the detector names the
-//! series as suspect, the hub asks other agents that probe the same destination to probe it at
-//! once (`crate::fanout`), and their answers come back as ordinary results marked `requested`.
+//! series as suspect — once per departure, when its sequential test starts (a scheduled or
+//! requested result; never a confirmation, nor while the agent's control port fails) — the hub
+//! asks other agents that probe the same destination to probe it at once (`crate::fanout`), and
+//! their answers come back as ordinary results marked `requested`.
 //! The agent that saw the departure re-probes by itself (`confirmation` results), so it is not
 //! asked.
 
