@@ -260,3 +260,36 @@ test('API errors: a 400 and a 500 show their message, never a blank view', { ski
   assert.deepEqual([...hosts], [new URL(server.url).host]);
   await context.close();
 });
+
+test('real collector: the assets are served with the CSP, and a cell\'s history shows data or the API\'s message', {
+  skip: !existsSync(CHROMIUM) ? 'no chromium' : process.env.EGRESSWATCH_URL ? false : 'set EGRESSWATCH_URL to run against a collector',
+}, async () => {
+  const base = process.env.EGRESSWATCH_URL.replace(/\/$/, '');
+  for (const [file, type] of [['/history.js', 'text/javascript'], ['/vendor/uPlot.iife.min.js', 'text/javascript'], ['/vendor/uPlot.min.css', 'text/css']]) {
+    const r = await fetch(base + file);
+    assert.equal(r.status, 200, file);
+    assert.match(r.headers.get('content-type'), new RegExp(`^${type}`), file);
+    assert.match(r.headers.get('content-security-policy'), /script-src 'self'; style-src 'self'/, file);
+  }
+  const own = await chromium.launch(LAUNCH);
+  try {
+    const page = await own.newPage();
+    const hosts = new Set();
+    page.on('request', (r) => hosts.add(new URL(r.url()).host));
+    await page.goto(base + '/');
+    await page.waitForFunction(() => document.querySelector('#matrix-body button.hist-open') || !document.getElementById('matrix-empty').hidden
+      || document.getElementById('live').dataset.state === 'live', null, { timeout: 20_000 });
+    await page.waitForTimeout(500);
+    if (await page.locator('#matrix-body button.hist-open').count()) {
+      await page.locator('#matrix-body button.hist-open').first().click();
+      await waitReady(page);
+      const timeline = page.locator('dialog#history .hist-section.timeline');
+      assert.ok(await timeline.locator('.hist-strip, [role="alert"]').count() >= 1, 'a strip or the API\'s message');
+    }
+    assert.deepEqual(await page.evaluate(() => [...document.scripts].map((x) => x.src.replace(location.origin, ''))), ['/vendor/uPlot.iife.min.js', '/app.js']);
+    assert.equal(await page.evaluate(() => typeof window.uPlot), 'function', 'the vendored uPlot loaded');
+    assert.deepEqual([...hosts], [new URL(base).host]);
+  } finally {
+    await own.close();
+  }
+});
