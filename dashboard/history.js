@@ -320,9 +320,15 @@ function renderTimeline(box, grid, events, range) {
   box.append(details);
 }
 
-function cssVar(name, fallback) {
-  const v = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
-  return v || fallback;
+// The chart's colours live in style.css; read once (getComputedStyle forces a style pass).
+let palette = null;
+function chartPalette() {
+  if (!palette) {
+    const css = getComputedStyle(document.documentElement);
+    const get = (name, fallback) => css.getPropertyValue(name).trim() || fallback;
+    palette = { p50: get('--hist-p50', '#1d4ed8'), p95: get('--hist-p95', '#b45309'), event: get('--hist-event', '#4a2a7a') };
+  }
+  return palette;
 }
 
 function destroyChart() {
@@ -357,7 +363,7 @@ function renderChart(box, grid, events, timeline) {
   // Each bucket's figures sit at its middle, on the same axis as the strip.
   const xs = grid.map((b) => (b.start + b.end) / 2000);
   const eventTimes = events.map((e) => parseTime(e.at) / 1000);
-  const eventColour = cssVar('--hist-event', '#4a2a7a');
+  const colours = chartPalette();
   const opts = {
     width: Math.max(200, plot.clientWidth || box.clientWidth || 300),
     height: 180,
@@ -366,8 +372,8 @@ function renderChart(box, grid, events, timeline) {
     cursor: { y: false },
     series: [
       {},
-      { label: 'p50 connect', stroke: cssVar('--hist-p50', '#1d4ed8'), width: 2, value: (u, v) => fmtMs(v) },
-      { label: 'p95 connect', stroke: cssVar('--hist-p95', '#b45309'), width: 2, dash: [6, 4], value: (u, v) => fmtMs(v) },
+      { label: 'p50 connect', stroke: colours.p50, width: 2, value: (u, v) => fmtMs(v) },
+      { label: 'p95 connect', stroke: colours.p95, width: 2, dash: [6, 4], value: (u, v) => fmtMs(v) },
     ],
     axes: [{}, { label: 'ms', size: 50 }],
     hooks: {
@@ -377,7 +383,7 @@ function renderChart(box, grid, events, timeline) {
         // The events, as dashed lines at their time.
         const { ctx } = u;
         ctx.save();
-        ctx.strokeStyle = eventColour;
+        ctx.strokeStyle = colours.event;
         ctx.lineWidth = Math.max(1, devicePixelRatio);
         ctx.setLineDash([4, 4]);
         for (const t of eventTimes) {
