@@ -12,12 +12,17 @@
 //             and paint included, but also whatever wait headless chromium puts before a frame)
 //   frame   — Chrome's long-animation-frame entry (LoAF, frames over 50 ms only) holding the
 //             render: its duration and its style+layout part; "-" when the frame took < 50 ms
+// Then the history view of one cell, opened over that matrix and switched to 7 d and 90 d:
+//   render  — from the last of its three API answers parsed (Response.json, wrapped from outside)
+//             to the view saying it is ready (strip, chart, events, policy, intervals built)
+//   total   — from the click to ready, the three requests to the local fixture server included
+//   painted — from the click to the first task after the next animation frame
 // Usage: node bench/dashboard.mjs            (env: RUNS=5 CHROMIUM=/usr/bin/chromium)
 // Needs: `cd dashboard && npm ci` (playwright-core) and `apt-get install -y chromium`.
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startFixtureServer, bigFixture, smallEvents } from '../dashboard/tests/fixture_server.mjs';
+import { startFixtureServer, bigFixture, smallEvents, smallIntervals } from '../dashboard/tests/fixture_server.mjs';
 import { LAUNCH } from '../dashboard/tests/chromium.mjs';
 
 /**
@@ -76,11 +81,65 @@ const flipped = bigFixture({ ...SHAPE, flip: 7 });
 const bytes = JSON.stringify(base).length;
 let current = base;
 
+// The history view's intervals: the API's default limit (200) of them.
+const INTERVALS = 200;
+function manyIntervals(q) {
+  const [status, body] = smallIntervals(q);
+  if (status !== 200) return [status, body];
+  const to = Date.now();
+  const intervals = [];
+  for (let i = 0; i < INTERVALS; i++) {
+    const last = to - i * 3600_000;
+    intervals.push({ ...body.intervals[0], agent: `agent-0-0-${i % 10}`, status: i % 3 ? 'open' : 'blocked',
+      outcome: i % 3 ? 'ok' : 'timeout', first_seen: new Date(last - 3000_000).toISOString(), last_seen: new Date(last).toISOString() });
+  }
+  return [200, { intervals }];
+}
+
 const server = await startFixtureServer({
   matrix: () => current,
   events: smallEvents,
   results: () => [],
+  intervals: manyIntervals,
 });
+
+/** Opens the history of provider-00's 587 (or switches its range) and times it from outside. */
+function historyTimed(page, range) {
+  return page.evaluate(async (rangeId) => {
+    const d = document.getElementById('history');
+    let lastParsed = null;
+    const json = Response.prototype.json;
+    Response.prototype.json = function (...args) {
+      return json.apply(this, args).finally(() => { lastParsed = performance.now(); });
+    };
+    try {
+      const ready = new Promise((resolve) => {
+        const ob = new MutationObserver(() => {
+          if (d.dataset.state === 'ready' || d.dataset.state === 'error') {
+            ob.disconnect();
+            resolve(performance.now());
+          }
+        });
+        ob.observe(d, { attributes: true, attributeFilter: ['data-state'] });
+      });
+      const t0 = performance.now();
+      if (!d.open) document.querySelector('#matrix-body tr.lvl-0 td[data-port="587"] button.hist-open').click();
+      else d.querySelector(`button.hist-range[data-range="${rangeId}"]`).click();
+      const readyAt = await ready;
+      await new Promise((r) => requestAnimationFrame(() => setTimeout(r, 0)));
+      const painted = performance.now() - t0;
+      await new Promise((r) => setTimeout(r, 200)); // let the LoAF observer report the frame
+      const f = window.__loaf.find((e) => e.start <= readyAt && readyAt <= e.end);
+      return {
+        render_ms: readyAt - lastParsed, total_ms: readyAt - t0, painted_ms: painted,
+        frame_ms: f ? f.end - f.start : null, style_layout_ms: f && f.style ? f.end - f.style : null, state: d.dataset.state,
+        buckets: d.querySelectorAll('.hist-bucket').length, rows: d.querySelectorAll('.hist-intervals tbody tr').length,
+      };
+    } finally {
+      Response.prototype.json = json;
+    }
+  }, range);
+}
 const browser = await chromium.launch(LAUNCH);
 
 async function lastRender(page, source, count) {
@@ -102,7 +161,7 @@ async function lastRender(page, source, count) {
   }, [source, count]);
 }
 
-const rows = { first: [], update: [], expandedUpdate: [] };
+const rows = { first: [], update: [], expandedUpdate: [], history24h: [], history7d: [], history90d: [] };
 try {
   for (let run = 0; run < RUNS; run++) {
     current = base;
@@ -138,6 +197,12 @@ try {
     server.push('matrix', base);
     const r = await lastRender(page, 'sse', sseBefore + 2);
     rows.expandedUpdate.push({ ...r, visible });
+
+    for (const [range, list] of [['24h', rows.history24h], ['7d', rows.history7d], ['90d', rows.history90d]]) {
+      const h = await historyTimed(page, range);
+      if (h.state !== 'ready') throw new Error(`history view ${range}: ${h.state}`);
+      list.push(h);
+    }
     if (errors.length) throw new Error(`page errors: ${errors.join('; ')}`);
     await context.close();
   }
@@ -158,6 +223,8 @@ for (const [name, list, goal] of [
   ['first render (stream → rows)', rows.first, '< 300 (painted)'],
   ['SSE update, collapsed', rows.update, '< 50 (painted)'],
   [`SSE update, 1 provider open (${rows.expandedUpdate[0]?.visible} rows)`, rows.expandedUpdate, ''],
+  ...[['24h', rows.history24h], ['7d', rows.history7d], ['90d', rows.history90d]].map(([range, list]) => [
+    `history ${range} (${list[0]?.buckets} buckets, ${list[0]?.rows} intervals)`, list, '']),
 ]) {
   const stat = (xs) => {
     const known = xs.filter((x) => x !== null);

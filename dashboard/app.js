@@ -4,6 +4,8 @@
 // textContent / createElement only, never as HTML. Rows are keyed and updated in place: provider
 // rows are built first, account/region/agent rows only when their parent is expanded.
 
+import { initHistory, historyButton } from './history.js';
+
 const STATUS = {
   open: { sym: '✓', word: 'open' },
   blocked: { sym: '✕', word: 'blocked' },
@@ -163,7 +165,7 @@ function buildDoc(doc) {
   return d;
 }
 
-function fillCell(td, c, now) {
+function fillCell(td, c, now, history) {
   const held = c ? fmtHeld(c.since, now) : '';
   const sig = cellSignature(c, held);
   if (td.dataset.sig === sig) return;
@@ -202,6 +204,7 @@ function fillCell(td, c, now) {
     td.append(m);
   }
   if (c.doc) td.append(buildDoc(c.doc));
+  if (history) td.append(historyButton({ ...history, port: Number(td.dataset.port) }));
 }
 
 // ---------- rows ----------
@@ -250,7 +253,7 @@ function updateRow(rec, data, sub, now) {
     }
   }
   const cells = data.cells || {};
-  for (const [port, td] of rec.cells) fillCell(td, cells[port], now);
+  for (const [port, td] of rec.cells) fillCell(td, cells[port], now, rec.history);
 }
 
 function getRow(key, level, label, sub, expandable) {
@@ -269,12 +272,14 @@ function visibleRows(now) {
   for (const p of m.providers || []) {
     const pk = keyOf.provider(p.provider);
     const pr = getRow(pk, 0, p.provider, '', true);
+    pr.history ??= { provider: p.provider };
     updateRow(pr, p, agentsWord(p.agents), now);
     out.push(pr);
     if (!state.expanded.has(pk)) continue;
     for (const a of p.accounts || []) {
       const ak = keyOf.account(p.provider, a.account);
       const ar = getRow(ak, 1, a.account, '', true);
+      ar.history ??= { provider: p.provider, account: a.account };
       updateRow(ar, a, `account · ${agentsWord(a.agents)}`, now);
       out.push(ar);
       if (!state.expanded.has(ak)) continue;
@@ -287,6 +292,7 @@ function visibleRows(now) {
         for (const g of r.agent_list || []) {
           const gk = keyOf.agent(g.agent);
           const gr = getRow(gk, 3, g.agent, '', true);
+          gr.history ??= { provider: p.provider, account: a.account, agent: g.agent };
           const seen = g.silent ? `silent · last seen ${fmtHeld(g.last_seen, now)} ago` : `seen ${fmtHeld(g.last_seen, now)} ago`;
           updateRow(gr, g, `${g.instance ? g.instance + ' · ' : ''}${seen}`, now);
           gr.tr.classList.toggle('silent', !!g.silent);
@@ -620,8 +626,15 @@ function connect() {
 
 // ---------- start ----------
 
+// The documented policy of a provider at a port, for the history view.
+function docFor(provider, port) {
+  const p = (state.matrix?.providers || []).find((x) => x.provider === provider);
+  return p?.cells?.[String(port)]?.doc ?? null;
+}
+
 function start() {
   renderHead();
+  initHistory({ docFor, family: () => (state.family === 'all' ? null : state.family), signedOut });
   const params = new URLSearchParams(location.search);
   const fam = params.get('family');
   if (fam === 'ipv4' || fam === 'ipv6' || fam === 'all') state.family = fam;

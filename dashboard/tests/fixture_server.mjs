@@ -265,9 +265,142 @@ export function bigFixture({ providers = 50, accountsPer = 10, agentsPer = 10, f
   return { ports: PORTS, control_port: CONTROL_PORT, family: 'all', generated_at: iso(T0), providers: list };
 }
 
+// ---------- history (shapes of /api/history and /api/intervals, as agreed for the collector) ----------
+
+const HISTORY_KEYS = ['provider', 'account', 'agent', 'target', 'port', 'family', 'from', 'to', 'step', 'format'];
+const INTERVALS_KEYS = ['provider', 'account', 'agent', 'target', 'port', 'family', 'from', 'to', 'limit', 'format'];
+const HOUR = 3600_000;
+
+function parseWhen(name, v, fallback) {
+  if (v === null) return [fallback, null];
+  const t = /^\d+$/.test(v) ? Number(v) : Date.parse(v);
+  if (!Number.isFinite(t)) return [null, `${name}: not RFC 3339 or Unix milliseconds: ${v}`];
+  return [t, null];
+}
+
+/** The selection and range of a history or intervals query, or [status, { error }] as the API answers. */
+export function parseHistoryQuery(q, keys, now = Date.now()) {
+  for (const k of q.keys()) if (!keys.includes(k)) return [400, { error: `unknown parameter ${k}` }];
+  if (!q.get('provider') && !q.get('agent')) return [400, { error: 'provider: needed (or agent)' }];
+  const [to, e1] = parseWhen('to', q.get('to'), now);
+  if (e1) return [400, { error: e1 }];
+  const [from, e2] = parseWhen('from', q.get('from'), to - 24 * HOUR);
+  if (e2) return [400, { error: e2 }];
+  if (to <= from) return [400, { error: 'to: must be after from' }];
+  if (to - from > 400 * 24 * HOUR) return [400, { error: 'from: the range is over 400 days' }];
+  const port = q.get('port') === null ? null : Number(q.get('port'));
+  if (port !== null && !(Number.isInteger(port) && port >= 1 && port <= 65535)) return [400, { error: 'port: 1..65535' }];
+  const family = q.get('family');
+  if (family !== null && family !== 'ipv4' && family !== 'ipv6') return [400, { error: 'family: ipv4 or ipv6' }];
+  const sel = {
+    provider: q.get('provider'), account: q.get('account'), agent: q.get('agent'),
+    target: q.get('target'), port, family,
+  };
+  return [200, { sel, from, to }];
+}
+
+/**
+ * The fixture's one closed span: gcp's 587, seen by agent gcp-a-1, timed out from 10 h to 4 h
+ * before the current hour began. Everything else was open; hetzner's 25, documented blocked,
+ * has been open for 3 days (observation disagrees with the docs).
+ */
+export function closedSpan(now = Date.now()) {
+  const hour = Math.floor(now / HOUR) * HOUR;
+  return { start: hour - 10 * HOUR, end: hour - 4 * HOUR };
+}
+
+const isClosing = (sel) => sel.provider === 'gcp' && sel.port === 587 && (!sel.agent || sel.agent === 'gcp-a-1') && sel.family !== 'ipv6';
+
+export function smallHistory(q, now = Date.now()) {
+  const [status, parsed] = parseHistoryQuery(q, HISTORY_KEYS, now);
+  if (status !== 200) return [status, parsed];
+  const { sel, from, to } = parsed;
+  const stepText = q.get('step');
+  let step = to - from > 20 * 24 * HOUR ? 24 * HOUR : HOUR;
+  if (stepText !== null) {
+    const m = /^(\d+)(h|d)?$/.exec(stepText);
+    if (!m) return [400, { error: `step: not 1h, 1d or seconds: ${stepText}` }];
+    step = Number(m[1]) * (m[2] === 'h' ? HOUR : m[2] === 'd' ? 24 * HOUR : 1000);
+    if (!(step > 0)) return [400, { error: 'step: must be positive' }];
+  }
+  if ((to - from) / step > 1000) return [400, { error: 'step: more than 1000 buckets' }];
+  const span = closedSpan(now);
+  const buckets = [];
+  for (let t = Math.floor(from / step) * step; t < to; t += step) {
+    const closed = isClosing(sel) && t < span.end && t + step > span.start;
+    const fullyClosed = closed && t >= span.start && t + step <= span.end;
+    const probes = step / 60_000;
+    const failed = closed ? (fullyClosed ? probes : Math.round(probes * (Math.min(t + step, span.end) - Math.max(t, span.start)) / step)) : 0;
+    const ok = probes - failed;
+    buckets.push({
+      start: iso(t),
+      status: failed === 0 ? 'open' : ok === 0 ? 'blocked' : 'partial',
+      probes, ok, failed,
+      outcomes: failed ? (ok ? { ok, timeout: failed } : { timeout: failed }) : { ok },
+      p50_connect_ms: ok ? 12 + ((t / HOUR) % 5) : null,
+      p95_connect_ms: ok ? 30 + ((t / HOUR) % 7) : null,
+    });
+  }
+  return [200, {
+    from: iso(from), to: iso(to), step_secs: step / 1000,
+    selector: { provider: sel.provider, account: sel.account, agent: sel.agent, target: sel.target, port: sel.port, family: sel.family },
+    buckets,
+  }];
+}
+
+export function smallIntervals(q, now = Date.now()) {
+  const [status, parsed] = parseHistoryQuery(q, INTERVALS_KEYS, now);
+  if (status !== 200) return [status, parsed];
+  const { sel, from, to } = parsed;
+  const limit = q.get('limit') === null ? 200 : Number(q.get('limit'));
+  if (!(Number.isInteger(limit) && limit >= 1 && limit <= 1000)) return [400, { error: 'limit: 1..1000' }];
+  const span = closedSpan(now);
+  const agent = sel.agent ?? (sel.provider === 'hetzner' ? 'hz-1' : sel.provider === 'vultr' ? 'v-1' : 'gcp-a-1');
+  const base = {
+    agent, provider: sel.provider, account: sel.account ?? (sel.provider === 'gcp' ? 'acct-a' : 'v-acct'),
+    target: 'mx.lab.test', port: sel.port ?? 587, family: sel.family ?? 'ipv4',
+  };
+  const open = (first, last) => ({
+    ...base, outcome: 'ok', status: 'open', first_seen: iso(first), last_seen: iso(last),
+    probes: Math.round((last - first) / 60_000) + 1, p50_connect_ms: 12.4, p95_connect_ms: 30.1,
+  });
+  let list;
+  if (isClosing(sel)) {
+    list = [
+      open(span.end, now),
+      { ...base, outcome: 'timeout', status: 'blocked', first_seen: iso(span.start), last_seen: iso(span.end - 60_000),
+        probes: 360, p50_connect_ms: null, p95_connect_ms: null },
+      open(now - 30 * 24 * HOUR, span.start - 60_000),
+    ];
+  } else if (sel.provider === 'hetzner' && sel.port === 25) {
+    list = [open(now - 3 * 24 * HOUR, now)];
+  } else {
+    list = [open(now - 30 * 24 * HOUR, now)];
+  }
+  const inRange = list.filter((iv) => Date.parse(iv.last_seen) >= from && Date.parse(iv.first_seen) < to).slice(0, limit);
+  return [200, { intervals: inRange }];
+}
+
+/** Events on the current time axis: gcp's 587 closing and opening again (see closedSpan). */
+export function historyEvents(now = Date.now()) {
+  const span = closedSpan(now);
+  return [
+    {
+      kind: 'policy_changed', scope: 'agent', provider: 'gcp', account: 'acct-a', agent: 'gcp-a-1', target: 'mx.lab.test',
+      port: 587, from: 'blocked', to: 'open', at: iso(span.end + 60_000), family: null, id: 11,
+    },
+    {
+      kind: 'policy_changed', scope: 'agent', provider: 'gcp', account: 'acct-a', agent: 'gcp-a-1', target: 'mx.lab.test',
+      port: 587, from: 'open', to: 'blocked', at: iso(span.start + 5 * 60_000), family: null, id: 10, outcome: 'timeout',
+    },
+    ...smallEvents(),
+  ];
+}
+
 /**
  * Starts the server on 127.0.0.1 (a free port). `data` holds `matrix(family)`, `events()`,
- * `results(agentId)`; replace them at any time. Returns { url, push(type, obj), close(), data }.
+ * `results(agentId)`, `history(searchParams)` and `intervals(searchParams)` (these two return
+ * [status, body]); replace them at any time. Returns { url, push(type, obj), close(), data }.
  */
 export async function startFixtureServer(data = {}) {
   const d = {
@@ -275,13 +408,19 @@ export async function startFixtureServer(data = {}) {
     events: data.events ?? smallEvents,
     results: data.results ?? smallResults,
     silencesUpstream: data.silencesUpstream ?? null,
+    history: data.history ?? smallHistory,
+    intervals: data.intervals ?? smallIntervals,
   };
   const files = {
     '/': ['index.html', 'text/html; charset=utf-8'],
     '/style.css': ['style.css', 'text/css; charset=utf-8'],
     '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
     '/silences.js': ['silences.js', 'text/javascript; charset=utf-8'],
+    '/history.js': ['history.js', 'text/javascript; charset=utf-8'],
+    '/vendor/uPlot.iife.min.js': ['vendor/uPlot.iife.min.js', 'text/javascript; charset=utf-8'],
+    '/vendor/uPlot.min.css': ['vendor/uPlot.min.css', 'text/css; charset=utf-8'],
   };
+  const requests = [];
   const clients = new Set();
   const headers = (type) => ({
     'content-type': type,
@@ -296,6 +435,7 @@ export async function startFixtureServer(data = {}) {
   };
   const server = http.createServer(async (req, res) => {
     const url = new URL(req.url, 'http://x');
+    requests.push(url.pathname + url.search);
     try {
       if (files[url.pathname]) {
         const [name, type] = files[url.pathname];
@@ -311,6 +451,9 @@ export async function startFixtureServer(data = {}) {
       } else if (url.pathname.startsWith('/api/agents/') && url.pathname.endsWith('/results')) {
         const id = decodeURIComponent(url.pathname.slice('/api/agents/'.length, -'/results'.length));
         json(res, 200, d.results(id));
+      } else if (url.pathname === '/api/history' || url.pathname === '/api/intervals') {
+        const [status, body] = await (url.pathname === '/api/history' ? d.history : d.intervals)(url.searchParams);
+        json(res, status, body);
       } else if (url.pathname === '/api/stream') {
         res.writeHead(200, { ...headers('text/event-stream'), 'cache-control': 'no-cache', connection: 'keep-alive' });
         res.write(`event: matrix\ndata: ${JSON.stringify(d.matrix('all'))}\n\n`);
@@ -345,6 +488,8 @@ export async function startFixtureServer(data = {}) {
   return {
     url: `http://127.0.0.1:${port}`,
     data: d,
+    /** Every path and query asked for, in order. */
+    requests,
     clientCount: () => clients.size,
     /** Sends one SSE message (`matrix` or `event`) to every connected page. */
     push(type, obj) {

@@ -30,6 +30,10 @@ const INDEX_HTML: &str = include_str!("../../../dashboard/index.html");
 const STYLE_CSS: &str = include_str!("../../../dashboard/style.css");
 const APP_JS: &str = include_str!("../../../dashboard/app.js");
 const SILENCES_JS: &str = include_str!("../../../dashboard/silences.js");
+const HISTORY_JS: &str = include_str!("../../../dashboard/history.js");
+// uPlot as pinned in dashboard/package-lock.json (scripts/vendor-dashboard --check proves it).
+const UPLOT_JS: &str = include_str!("../../../dashboard/vendor/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../../../dashboard/vendor/uPlot.min.css");
 
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
@@ -91,6 +95,18 @@ pub fn router(
         .route(
             "/silences.js",
             get(|| async { asset(SILENCES_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/history.js",
+            get(|| async { asset(HISTORY_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/vendor/uPlot.iife.min.js",
+            get(|| async { asset(UPLOT_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/vendor/uPlot.min.css",
+            get(|| async { asset(UPLOT_CSS, "text/css; charset=utf-8") }),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route(
