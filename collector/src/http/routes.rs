@@ -33,8 +33,8 @@ const APP_JS: &str = include_str!("../../../dashboard/app.js");
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 #[derive(Clone)]
-struct AppState {
-    fleet: Arc<Fleet>,
+pub(super) struct AppState {
+    pub(super) fleet: Arc<Fleet>,
     /// Present when `http.token` is set: then `/api/*` and `/metrics` need it.
     credentials: Option<Arc<Credentials>>,
     sse_clients: Arc<AtomicUsize>,
@@ -95,6 +95,8 @@ pub fn router(
         .route("/api/matrix", get(matrix))
         .route("/api/events", get(events))
         .route("/api/agents/{agent_id}/results", get(agent_results))
+        .route("/api/history", get(super::history::history))
+        .route("/api/intervals", get(super::history::intervals))
         .route("/api/stream", get(stream_handler))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page") })
@@ -122,7 +124,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
+pub(super) fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
