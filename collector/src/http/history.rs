@@ -21,9 +21,8 @@ fn accepts_csv(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("text/csv"))
 }
 
-fn pairs(q: Pairs) -> Result<Vec<(String, String)>, Response> {
-    q.map(|Query(p)| p)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("query: {e}")))
+fn pairs(q: Pairs) -> Result<Vec<(String, String)>, String> {
+    q.map(|Query(p)| p).map_err(|e| format!("query: {e}"))
 }
 
 fn csv(body: String) -> Response {
@@ -45,7 +44,7 @@ pub(super) async fn history(
 ) -> Response {
     let pairs = match pairs(q) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let request: HistoryRequest =
         match query::parse_history(&pairs, accepts_csv(&headers), now_unix_ms()) {
@@ -79,7 +78,7 @@ pub(super) async fn intervals(
 ) -> Response {
     let pairs = match pairs(q) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let request: IntervalsRequest =
         match query::parse_intervals(&pairs, accepts_csv(&headers), now_unix_ms()) {
