@@ -86,6 +86,9 @@ impl Config {
         if let Some(warning) = config.deprecation() {
             tracing::warn!("{warning}");
         }
+        if let Some(warning) = config.store.deprecation() {
+            tracing::warn!("{warning}");
+        }
         Ok(config)
     }
 
@@ -128,7 +131,12 @@ mod tests {
         let defaults = Config::default();
         assert_eq!(example.quic.listen, defaults.quic.listen);
         assert_eq!(example.http.listen, defaults.http.listen);
-        assert_eq!(example.store.retention_days, defaults.store.retention_days);
+        assert_eq!(example.store.raw_hours(), defaults.store.raw_hours());
+        assert_eq!(
+            example.store.history_retention_days,
+            defaults.store.history_retention_days
+        );
+        assert_eq!(example.store.deprecation(), None);
         let (e, d) = (&example.quic, &defaults.quic);
         assert_eq!(
             (

@@ -16,6 +16,7 @@ pub mod detector;
 pub mod error;
 pub mod events;
 pub mod fleet;
+pub mod history;
 pub mod http;
 pub mod identity;
 pub mod ingest;

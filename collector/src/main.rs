@@ -223,7 +223,7 @@ async fn serve(cfg: Config) -> Result<()> {
     let fleet_task = tokio::spawn(fleet.clone().run(stopped(stop_rx.clone())));
     let retention = tokio::spawn(store::retention::prune_loop(
         store.clone(),
-        cfg.store.retention_days,
+        store::retention::RetentionPolicy::of(&cfg.store),
         stopped(stop_rx.clone()),
     ));
 

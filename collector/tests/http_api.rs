@@ -343,6 +343,15 @@ async fn metrics_pass_promtool() {
         "{body}"
     );
     assert!(body.contains("egresswatch_cell_status{"), "{body}");
+    // Cells per provider/account, port and family, status as a state set.
+    assert!(
+        body.contains(r#"egresswatch_cell_status{provider="gcp",account="a",port="25",family="ipv4",status="blocked"} 1"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"egresswatch_cell_agents{provider="gcp",account="a",port="587",family="ipv4",state="ok"} 1"#),
+        "{body}"
+    );
     assert!(
         body.contains("egresswatch_ingest_refusals_by_reason_total{reason=\"revoked\"} 2"),
         "{body}"

@@ -6,6 +6,7 @@
 //! `http/` only serves what the hub holds.
 
 mod counters;
+pub mod gauges;
 mod observer;
 
 pub use counters::FleetCounters;
@@ -52,6 +53,7 @@ pub struct Fleet {
     alerts: Alerts,
     metrics: Arc<Metrics>,
     counters: FleetCounters,
+    cells: gauges::CellGauges,
     stream: broadcast::Sender<StreamMessage>,
     matrix_dirty: AtomicBool,
     /// How old a result may be and still count in the matrix.
@@ -81,6 +83,7 @@ impl Fleet {
             store,
             alerts,
             counters: FleetCounters::register(&metrics),
+            cells: gauges::CellGauges::register(&metrics),
             metrics,
             stream,
             matrix_dirty: AtomicBool::new(true),
@@ -175,7 +178,12 @@ impl Fleet {
             return;
         }
         let view = self.matrix_view(FamilyFilter::All, now_unix_ms);
-        self.counters.set_cells(&view);
+        let ipv4 = self.matrix_view(FamilyFilter::Ipv4, now_unix_ms);
+        let ipv6 = self.matrix_view(FamilyFilter::Ipv6, now_unix_ms);
+        self.cells.set(&gauges::cell_samples(
+            &[("ipv4", &ipv4), ("ipv6", &ipv6)],
+            gauges::MAX_ACCOUNTS,
+        ));
         let providers = serde_json::to_string(&view.providers).unwrap_or_default();
         {
             let mut last = lock(&self.last_matrix);

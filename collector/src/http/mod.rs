@@ -7,6 +7,7 @@
 //! bearer token, which then guards `/api/*` and `/metrics`. Every response carries a strict CSP
 //! and the usual security headers. SSE clients are bounded.
 
+mod history;
 mod routes;
 mod signin;
 mod silences;

@@ -116,6 +116,8 @@ pub fn router(
         .route("/api/matrix", get(matrix))
         .route("/api/events", get(events))
         .route("/api/agents/{agent_id}/results", get(agent_results))
+        .route("/api/history", get(super::history::history))
+        .route("/api/intervals", get(super::history::intervals))
         .route("/api/stream", get(stream_handler))
         .merge(super::silences::routes())
         .route("/metrics", get(metrics))
@@ -144,7 +146,7 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
+pub(super) fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 

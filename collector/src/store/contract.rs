@@ -1,10 +1,12 @@
 //! What every [`Store`] must do, checked the same way for each implementation: exactly-once by
 //! the agent's high-water mark (a replay overlapping the stored range stores only what is new),
 //! the freshest result per series, an agent's results newest first, events numbered as they are
-//! stored and served with their id, and pruning by measurement time.
+//! stored and served with their id, and pruning by measurement time; and the long-kept tiers
+//! (intervals, hourly rollups) derived from replayed streams, read back and pruned.
 
 use super::Store;
 use crate::events::{rfc3339, Event, EventKind, Scope, State};
+use crate::history::{Rollup, Selector, SeriesInterval, Tier};
 use crate::identity::AgentMeta;
 use egresswatch_wire::{Family, Labels, Outcome, ProbeResult};
 
@@ -144,5 +146,298 @@ pub fn check(store: &dyn Store) {
             .map(|(m, _)| m.agent_id.as_str())
             .collect::<Vec<_>>(),
         vec!["a1", "a2"]
+    );
+}
+
+// ---- The long-kept tiers ----
+
+/// 2026-11-30T00:00:00Z: the replayed streams start on an hour.
+pub const T0: i64 = 1_795_996_800_000;
+const MIN: i64 = 60_000;
+/// Far enough after every stream that no agent clock is ahead of the collector's.
+const LATER: i64 = T0 + 10 * 86_400_000;
+
+fn labelled(id: &str, provider: &str, account: &str) -> AgentMeta {
+    AgentMeta {
+        agent_id: id.into(),
+        labels: Labels {
+            provider: provider.into(),
+            account: account.into(),
+            ..Default::default()
+        },
+        agent_version: "t".into(),
+    }
+}
+
+fn probe(seq: u64, at: i64, port: u16, family: Family, outcome: Outcome) -> ProbeResult {
+    let mut r = result(seq, port, at);
+    r.family = family;
+    r.outcome = outcome;
+    if !outcome.is_failure() && outcome != Outcome::NoAddress {
+        r.timings.connect_us = Some(10_000);
+    }
+    r
+}
+
+/// g1's port-587 IPv4 stream over three hours: 60 ok, 30 timeout, 90 ok, one a minute.
+fn g1_stream() -> Vec<ProbeResult> {
+    (1..=180u64)
+        .map(|s| {
+            let outcome = if (61..=90).contains(&s) {
+                Outcome::Timeout
+            } else {
+                Outcome::Ok
+            };
+            probe(s, T0 + (s as i64 - 1) * MIN, 587, Family::Ipv4, outcome)
+        })
+        .collect()
+}
+
+/// Sends `results` in batches of `size`, each batch twice (an ack lost): the second is all
+/// duplicates.
+fn send(store: &dyn Store, agent: &str, results: &[ProbeResult], size: usize) {
+    for batch in results.chunks(size) {
+        let (first, _) = store
+            .insert_results(agent, batch.to_vec(), true, LATER)
+            .unwrap();
+        let (again, fresh) = store
+            .insert_results(agent, batch.to_vec(), true, LATER)
+            .unwrap();
+        assert_eq!((again.accepted, fresh.len()), (0, 0));
+        assert_eq!(first.accepted as usize, batch.len());
+    }
+}
+
+fn sel(provider: &str) -> Selector {
+    Selector {
+        provider: Some(provider.into()),
+        ..Default::default()
+    }
+}
+
+fn runs(intervals: &[SeriesInterval]) -> Vec<(Outcome, u64, i64, i64)> {
+    intervals
+        .iter()
+        .map(|i| {
+            (
+                i.interval.outcome,
+                i.interval.probes,
+                (i.interval.first_ms - T0) / MIN,
+                (i.interval.last_ms - T0) / MIN,
+            )
+        })
+        .collect()
+}
+
+fn counts(hours: &[(i64, Rollup)]) -> Vec<(i64, u64, u64, u64)> {
+    hours
+        .iter()
+        .map(|(h, r)| (h - T0 / 3_600_000, r.probes(), r.ok(), r.failed()))
+        .collect()
+}
+
+/// Replayed streams through `insert_results`, then the tiers read back and pruned: duplicates
+/// (every batch twice), a spool arriving after a partition (g2's three hours after g1's), a
+/// clock stepped back (g3), `no_address` (g1's IPv6), and retention of each tier in bounded
+/// batches.
+pub fn check_history(store: &dyn Store) {
+    for (id, account) in [("g1", "acct-a"), ("g2", "acct-a"), ("g3", "acct-b")] {
+        store
+            .upsert_agent(&labelled(id, "gcp", account), T0)
+            .unwrap();
+    }
+    // g1 live: its IPv4 stream interleaved with an IPv6 stream that has no address.
+    let mut g1 = g1_stream();
+    g1.extend((181..=240u64).map(|s| {
+        probe(
+            s,
+            T0 + (s as i64 - 181) * MIN,
+            587,
+            Family::Ipv6,
+            Outcome::NoAddress,
+        )
+    }));
+    g1.sort_by_key(|r| r.seq);
+    send(store, "g1", &g1, 25);
+    // g2 was cut off: its three hours of timeouts arrive afterwards, in one replay.
+    let g2: Vec<_> = (1..=180u64)
+        .map(|s| {
+            probe(
+                s,
+                T0 + (s as i64 - 1) * MIN + 7,
+                587,
+                Family::Ipv4,
+                Outcome::Timeout,
+            )
+        })
+        .collect();
+    send(store, "g2", &g2, 500);
+    // g3's clock steps back two hours after its 30th probe: all ok.
+    let g3: Vec<_> = (1..=60u64)
+        .map(|s| {
+            let minute = if s <= 30 {
+                120 + s as i64 - 1
+            } else {
+                s as i64 - 1
+            };
+            probe(s, T0 + minute * MIN, 25, Family::Ipv4, Outcome::Ok)
+        })
+        .collect();
+    send(store, "g3", &g3, 7);
+    assert_eq!(store.count_results("g1").unwrap(), 240);
+
+    let far = T0 + 86_400_000;
+    let g1_v4 = Selector {
+        agent: Some("g1".into()),
+        port: Some(587),
+        family: Some(Family::Ipv4),
+        ..sel("gcp")
+    };
+    let intervals = store.intervals(&g1_v4, T0, far, 100).unwrap();
+    assert_eq!(
+        runs(&intervals),
+        vec![
+            (Outcome::Ok, 90, 90, 179),
+            (Outcome::Timeout, 30, 60, 89),
+            (Outcome::Ok, 60, 0, 59)
+        ]
+    );
+    assert_eq!(intervals[0].provider, "gcp");
+    assert_eq!(intervals[0].account, "acct-a");
+    assert!(intervals[0].interval.connect.quantile_ms(0.5).is_some());
+    assert_eq!(intervals[1].interval.connect.quantile_ms(0.5), None);
+    assert_eq!(store.intervals(&g1_v4, T0, far, 1).unwrap().len(), 1);
+    // Only the intervals that held within the range.
+    assert_eq!(
+        runs(
+            &store
+                .intervals(&g1_v4, T0 + 65 * MIN, T0 + 70 * MIN, 100)
+                .unwrap()
+        ),
+        vec![(Outcome::Timeout, 30, 60, 89)]
+    );
+    let g1_v6 = Selector {
+        family: Some(Family::Ipv6),
+        ..g1_v4.clone()
+    };
+    assert_eq!(
+        runs(&store.intervals(&g1_v6, T0, far, 100).unwrap()),
+        vec![(Outcome::NoAddress, 60, 0, 59)]
+    );
+    let g3 = Selector {
+        agent: Some("g3".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        runs(&store.intervals(&g3, T0, far, 100).unwrap()),
+        vec![(Outcome::Ok, 60, 30, 149)],
+        "a clock stepped back is one interval reaching back, not a change"
+    );
+
+    // The cell acct-a x 587 / IPv4: g1 and g2 together, g2's late replay included.
+    let cell = Selector {
+        account: Some("acct-a".into()),
+        port: Some(587),
+        family: Some(Family::Ipv4),
+        ..sel("gcp")
+    };
+    let hours = store.history_hours(&cell, T0, T0 + 3 * 3_600_000).unwrap();
+    assert_eq!(
+        counts(&hours),
+        vec![(0, 120, 60, 60), (1, 120, 30, 90), (2, 120, 60, 60)]
+    );
+    let p50 = hours[0].1.connect.quantile_ms(0.5).unwrap();
+    assert!((9.5..=10.5).contains(&p50), "{p50}");
+    // The whole provider: no_address counted in probes only; g3's stepped probes in the hour
+    // its clock said.
+    assert_eq!(
+        counts(
+            &store
+                .history_hours(&sel("gcp"), T0, T0 + 3 * 3_600_000)
+                .unwrap()
+        ),
+        vec![(0, 210, 90, 60), (1, 120, 30, 90), (2, 150, 90, 60)]
+    );
+    assert!(store
+        .history_hours(&sel("aws"), T0, far)
+        .unwrap()
+        .is_empty());
+    // One agent's series, from the per-series tier.
+    assert_eq!(
+        counts(&store.history_hours(&g1_v4, T0, far).unwrap()),
+        vec![(0, 60, 60, 0), (1, 60, 30, 30), (2, 60, 60, 0)]
+    );
+    // A range inside an hour still gets the whole hour.
+    assert_eq!(
+        counts(
+            &store
+                .history_hours(&g1_v4, T0 + 61 * MIN, T0 + 62 * MIN)
+                .unwrap()
+        ),
+        vec![(1, 60, 30, 30)]
+    );
+
+    // Retention, tier by tier, in bounded batches.
+    let cutoff = T0 + 60 * MIN;
+    let drain = |tier: Tier, max: usize| -> Vec<usize> {
+        let mut rounds = Vec::new();
+        loop {
+            let n = store.prune_tier(tier, cutoff, max).unwrap();
+            rounds.push(n);
+            if n < max {
+                return rounds;
+            }
+        }
+    };
+    // g1's first ok interval and its IPv6 one ended before the cutoff.
+    assert_eq!(drain(Tier::Intervals, 1), vec![1, 1, 0]);
+    assert_eq!(store.intervals(&g1_v4, T0, far, 100).unwrap().len(), 2);
+    // Hour 0: series rows of g1 (two), g2, g3; cell rows acct-a 587 v4 and v6, acct-b 25.
+    assert_eq!(drain(Tier::Hourly, 5), vec![5, 2]);
+    assert_eq!(
+        counts(&store.history_hours(&g1_v4, T0, far).unwrap())[0].0,
+        1
+    );
+    assert_eq!(
+        counts(&store.history_hours(&sel("gcp"), T0, far).unwrap())[0],
+        (1, 120, 30, 90)
+    );
+    // Raw: g1 120, g2 60, g3 30 were measured before the cutoff.
+    assert_eq!(drain(Tier::Raw, 100), vec![100, 100, 10]);
+    assert_eq!(store.count_results("g1").unwrap(), 120);
+}
+
+/// g1's stream up to seq 75 (the timeout interval still open).
+pub fn replay_first_half(store: &dyn Store) {
+    store
+        .upsert_agent(&labelled("g1", "gcp", "acct-a"), T0)
+        .unwrap();
+    send(store, "g1", &g1_stream()[..75], 30);
+}
+
+/// The rest of g1's stream, after the store was reopened: the stored open interval goes on.
+pub fn replay_second_half_and_check(store: &dyn Store) {
+    assert_eq!(
+        store
+            .upsert_agent(&labelled("g1", "gcp", "acct-a"), T0)
+            .unwrap(),
+        75
+    );
+    // The agent replays from before the mark: only what is new is folded in.
+    let (report, _) = store
+        .insert_results("g1", g1_stream()[50..].to_vec(), true, LATER)
+        .unwrap();
+    assert_eq!((report.accepted, report.duplicates), (105, 25));
+    let all = Selector {
+        agent: Some("g1".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        runs(&store.intervals(&all, T0, LATER, 100).unwrap()),
+        vec![
+            (Outcome::Ok, 90, 90, 179),
+            (Outcome::Timeout, 30, 60, 89),
+            (Outcome::Ok, 60, 0, 59)
+        ]
     );
 }

@@ -3,10 +3,17 @@
 //! [`Store`] is the seam every writer and reader goes through (ingest, the fleet hub, the HTTP
 //! API): SQLite ([`sqlite::SqliteStore`]) is the embedded default, [`memory::MemoryStore`] a second
 //! implementation for tests, and a PostgreSQL one can follow for fleets that outgrow one machine.
-//! Old results are pruned by [`retention`]. Every method blocks
+//! Old rows are pruned by [`retention`], each tier on its own clock. Every method blocks
 //! (call it from `spawn_blocking` in async code). `insert_results` returns only once the results
 //! are durable, and it is where exactly-once is decided: each agent has a high-water mark (the
 //! highest sequence stored), and a result at or below it is a duplicate, counted and dropped.
+//!
+//! Three tiers: raw results for a short window (what drill-down and replay need), and two kept
+//! long — per-series state intervals and hourly rollups per series and per cell — derived by
+//! [`crate::history`] in the same transaction that stores the new results, so each result counts
+//! once in every tier and an ack still means all of it is durable. The long tiers are plain
+//! tables of integers, text and small blobs (see [`sqlite`]), so a PostgreSQL store can hold the
+//! same rows.
 
 pub mod memory;
 pub mod retention;
@@ -14,12 +21,14 @@ pub mod silences;
 mod silences_memory;
 mod silences_sqlite;
 pub mod sqlite;
+mod sqlite_history;
 
 #[cfg(test)]
 mod contract;
 
 use crate::error::CollectorError;
 use crate::events::Event;
+use crate::history::{Rollup, Selector, SeriesInterval, Tier};
 use crate::identity::AgentMeta;
 use egresswatch_wire::ProbeResult;
 use serde::Deserialize;
@@ -31,16 +40,54 @@ use std::path::PathBuf;
 pub struct StoreConfig {
     /// SQLite database file; relative paths are under `data_dir`.
     pub path: PathBuf,
-    /// Results older than this many days are deleted (0 keeps everything).
-    pub retention_days: u32,
+    /// Raw results older than this many hours are deleted (0 keeps them all). Default 48.
+    pub raw_retention_hours: Option<u32>,
+    /// Deprecated: the raw window in days, read when `raw_retention_hours` is not set.
+    pub retention_days: Option<u32>,
+    /// State intervals and hourly rollups older than this many days are deleted (0 keeps them).
+    pub history_retention_days: u32,
 }
+
+/// The raw window when nothing is configured.
+pub const DEFAULT_RAW_RETENTION_HOURS: u32 = 48;
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             path: PathBuf::from("egresswatch.db"),
-            retention_days: 30,
+            raw_retention_hours: None,
+            retention_days: None,
+            history_retention_days: 400,
         }
+    }
+}
+
+impl StoreConfig {
+    /// How long raw results are kept, hours (0: for ever): `raw_retention_hours`, else the
+    /// older `retention_days` × 24, else 48.
+    pub fn raw_hours(&self) -> u32 {
+        match (self.raw_retention_hours, self.retention_days) {
+            (Some(h), _) => h,
+            (None, Some(d)) => d.saturating_mul(24),
+            (None, None) => DEFAULT_RAW_RETENTION_HOURS,
+        }
+    }
+
+    /// What to tell the operator about `retention_days`, if it is set.
+    pub fn deprecation(&self) -> Option<String> {
+        let days = self.retention_days?;
+        Some(match self.raw_retention_hours {
+            None => format!(
+                "config: [store] retention_days is deprecated: it is now the raw results' window,                  read as raw_retention_hours = {} (state intervals and hourly rollups are kept                  history_retention_days = {})",
+                self.raw_hours(),
+                self.history_retention_days
+            ),
+            Some(h) if u64::from(h) != u64::from(days) * 24 => format!(
+                "config: [store] retention_days = {days} is ignored: raw_retention_hours = {h}                  is set (remove retention_days)"
+            ),
+            Some(_) => "config: [store] retention_days is deprecated and says the same as                         raw_retention_hours: remove it"
+                .to_string(),
+        })
     }
 }
 
@@ -107,4 +154,31 @@ pub trait Store: silences::SilenceStore + Send + Sync + 'static {
     fn events(&self, limit: usize) -> Result<Vec<String>, CollectorError>;
     /// Deletes results measured before `before_unix_ms`; returns how many.
     fn prune(&self, before_unix_ms: i64) -> Result<usize, CollectorError>;
+    /// Deletes at most `max_rows` rows of `tier` older than `before_unix_ms` (raw results by
+    /// measurement time, intervals by when they last held, rollups by their hour's end); returns
+    /// how many. Retention calls it until it returns less than `max_rows`.
+    fn prune_tier(
+        &self,
+        tier: Tier,
+        before_unix_ms: i64,
+        max_rows: usize,
+    ) -> Result<usize, CollectorError>;
+    /// The hourly rollups of the series or cells `selector` names, from the hour `from_ms`
+    /// falls in to before `to_ms`, merged per hour: (Unix hour, rollup), ascending. Served from
+    /// the cell rollups unless the selector names an agent or a target.
+    fn history_hours(
+        &self,
+        selector: &Selector,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, Rollup)>, CollectorError>;
+    /// State intervals of the series `selector` names that held at some time in
+    /// `from_ms..to_ms`, newest (latest `last_seen`) first, at most `limit`.
+    fn intervals(
+        &self,
+        selector: &Selector,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<SeriesInterval>, CollectorError>;
 }

@@ -8,11 +8,14 @@
 //!
 //! Results are stored as their lossless MessagePack record plus the few columns queries need;
 //! a `latest` table keeps the freshest result per series so the live matrix rebuilds at start
-//! without scanning history.
+//! without scanning history. The long-kept tiers (intervals, hourly rollups) are in
+//! [`super::sqlite_history`], written in the same transaction as the results they come from.
 
+use super::sqlite_history::{self, HistoryCache};
 use super::{InsertReport, Store, StoredEvent};
 use crate::error::CollectorError;
 use crate::events::Event;
+use crate::history::{Derived, Rollup, Selector, SeriesInterval, Tier};
 use crate::identity::AgentMeta;
 use egresswatch_wire::{Labels, ProbeResult};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -94,6 +97,8 @@ impl SqliteStore {
             .map_err(|e| db_err("creating the schema", e))?;
         conn.execute_batch(super::silences_sqlite::SCHEMA)
             .map_err(|e| db_err("creating the silences table", e))?;
+        conn.execute_batch(sqlite_history::SCHEMA)
+            .map_err(|e| db_err("creating the history schema", e))?;
         let writer_conn = open(path)?;
         let (tx, rx) = mpsc::sync_channel::<InsertRequest>(1024);
         let handle = thread::Builder::new()
@@ -133,6 +138,7 @@ impl Drop for SqliteStore {
 
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<InsertRequest>) {
     let mut high_water: HashMap<String, u64> = HashMap::new();
+    let mut history = HistoryCache::default();
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -141,7 +147,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<InsertRequest>) {
                 Err(_) => break,
             }
         }
-        match commit_group(&mut conn, &mut high_water, &group) {
+        match commit_group(&mut conn, &mut high_water, &mut history, &group) {
             Ok(outcomes) => {
                 for (request, outcome) in group.into_iter().zip(outcomes) {
                     let _ = request.reply.send(Ok(outcome));
@@ -151,6 +157,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<InsertRequest>) {
                 // The transaction rolled back: nothing of the group is stored, every sender hears
                 // so (its agent resends), and cached marks are reloaded from the database.
                 high_water.clear();
+                history.clear();
                 let cause = std::sync::Arc::new(e);
                 for request in group {
                     let _ = request.reply.send(Err(CollectorError::store(
@@ -166,6 +173,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<InsertRequest>) {
 fn commit_group(
     conn: &mut Connection,
     high_water: &mut HashMap<String, u64>,
+    history: &mut HistoryCache,
     group: &[InsertRequest],
 ) -> Result<Vec<(InsertReport, Vec<ProbeResult>)>, CollectorError> {
     // IMMEDIATE: take the write lock up front; a deferred transaction that upgrades later can
@@ -175,6 +183,8 @@ fn commit_group(
         .map_err(|e| db_err("begin", e))?;
     let mut outcomes = Vec::with_capacity(group.len());
     let mut marks: HashMap<String, u64> = HashMap::new();
+    // What the group's new results add to the long-kept tiers, written before the commit.
+    let mut derived = Derived::default();
     {
         let mut insert = tx
             .prepare_cached(
@@ -268,9 +278,29 @@ fn commit_group(
                 .map_err(|e| db_err("updating the high-water mark", e))?;
             }
             marks.insert(agent.to_string(), report.high_water);
+            if !fresh.is_empty() {
+                let (provider, account) = tx
+                    .query_row(
+                        "SELECT provider, account FROM agents WHERE id = ?1",
+                        [agent],
+                        |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+                    )
+                    .optional()
+                    .map_err(|e| db_err("reading the agent's labels", e))?
+                    .unwrap_or_default();
+                derived.add(
+                    agent,
+                    &provider,
+                    &account,
+                    &fresh,
+                    request.clock_trusted,
+                    request.now_unix_ms,
+                );
+            }
             outcomes.push((report, fresh));
         }
     }
+    sqlite_history::apply(&tx, history, &derived)?;
     tx.commit().map_err(|e| db_err("commit", e))?;
     high_water.extend(marks);
     Ok(outcomes)
@@ -455,6 +485,34 @@ impl Store for SqliteStore {
         conn.execute("DELETE FROM results WHERE at_ms < ?1", [before_unix_ms])
             .map_err(|e| db_err("pruning results", e))
     }
+
+    fn prune_tier(
+        &self,
+        tier: Tier,
+        before_unix_ms: i64,
+        max_rows: usize,
+    ) -> Result<usize, CollectorError> {
+        sqlite_history::prune_tier(&self.conn(), tier, before_unix_ms, max_rows)
+    }
+
+    fn history_hours(
+        &self,
+        selector: &Selector,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, Rollup)>, CollectorError> {
+        sqlite_history::history_hours(&self.conn(), selector, from_ms, to_ms)
+    }
+
+    fn intervals(
+        &self,
+        selector: &Selector,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<SeriesInterval>, CollectorError> {
+        sqlite_history::intervals(&self.conn(), selector, from_ms, to_ms, limit)
+    }
 }
 
 #[cfg(test)]
@@ -466,6 +524,24 @@ mod tests {
     fn keeps_the_store_contract() {
         let dir = tempfile::tempdir().unwrap();
         contract::check(&SqliteStore::open(&dir.path().join("db.sqlite")).unwrap());
+    }
+
+    #[test]
+    fn keeps_the_history_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::check_history(&SqliteStore::open(&dir.path().join("db.sqlite")).unwrap());
+    }
+
+    #[test]
+    fn history_survives_reopen_and_goes_on_from_the_stored_open_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            contract::replay_first_half(&store);
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        contract::replay_second_half_and_check(&store);
     }
 
     #[test]

@@ -1,0 +1,109 @@
+//! `GET /api/history` and `GET /api/intervals`: the history of a cell, an agent or a series,
+//! served from the store's long-kept tiers (hourly rollups, state intervals), never by scanning
+//! raw results. The parameters are parsed and bounded in [`crate::history::query`]; this shell
+//! only reads the store and writes JSON or CSV.
+
+use super::routes::{error, AppState};
+use crate::events::now_unix_ms;
+use crate::history::query::{self, HistoryRequest, IntervalsRequest};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+type Pairs = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+fn accepts_csv(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/csv"))
+}
+
+fn pairs(q: Pairs) -> Result<Vec<(String, String)>, String> {
+    q.map(|Query(p)| p).map_err(|e| format!("query: {e}"))
+}
+
+fn csv(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response()
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Response {
+    tracing::error!("reading {what}: {e}");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        &format!("could not read {what}"),
+    )
+}
+
+pub(super) async fn history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Pairs,
+) -> Response {
+    let pairs = match pairs(q) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let request: HistoryRequest =
+        match query::parse_history(&pairs, accepts_csv(&headers), now_unix_ms()) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
+    let store = state.fleet.store().clone();
+    let (selector, from, to) = (
+        request.selector.clone(),
+        request.first_bucket_ms(),
+        request.end_ms(),
+    );
+    let hours =
+        match tokio::task::spawn_blocking(move || store.history_hours(&selector, from, to)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => return unavailable("history", e),
+            Err(e) => return unavailable("history", e),
+        };
+    let buckets = query::bucketize(&request, &hours);
+    if request.csv {
+        csv(query::history_csv(&buckets))
+    } else {
+        Json(query::history_json(&request, &buckets)).into_response()
+    }
+}
+
+pub(super) async fn intervals(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Pairs,
+) -> Response {
+    let pairs = match pairs(q) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let request: IntervalsRequest =
+        match query::parse_intervals(&pairs, accepts_csv(&headers), now_unix_ms()) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
+    let store = state.fleet.store().clone();
+    let (selector, from, to, limit) = (
+        request.selector.clone(),
+        request.from_ms,
+        request.to_ms,
+        request.limit,
+    );
+    let list = match tokio::task::spawn_blocking(move || {
+        store.intervals(&selector, from, to, limit)
+    })
+    .await
+    {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => return unavailable("intervals", e),
+        Err(e) => return unavailable("intervals", e),
+    };
+    if request.csv {
+        csv(query::intervals_csv(&list))
+    } else {
+        Json(query::intervals_json(&list)).into_response()
+    }
+}
