@@ -15,6 +15,7 @@ pub mod config;
 pub mod detector;
 pub mod error;
 pub mod events;
+pub mod fanout;
 pub mod fleet;
 pub mod http;
 pub mod identity;
