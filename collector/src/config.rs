@@ -14,6 +14,8 @@ pub struct Config {
     pub http: crate::http::HttpConfig,
     pub matrix: crate::matrix::MatrixSettings,
     pub detector: crate::detector::DetectorConfig,
+    /// Evidence on demand: asking other agents to probe a suspect destination now.
+    pub fanout: crate::fanout::FanoutConfig,
     /// Alert sinks, each `[[alerts]]` table one sink.
     pub alerts: Vec<crate::alerts::SinkConfig>,
     /// Planned silences, each `[[silence]]` table one window (see `crate::silences`).
@@ -29,6 +31,7 @@ impl Default for Config {
             http: Default::default(),
             matrix: Default::default(),
             detector: Default::default(),
+            fanout: Default::default(),
             alerts: Vec::new(),
             silence: Vec::new(),
         }
@@ -54,6 +57,7 @@ impl Config {
                 silent_after_ms: secs_ms(self.detector.silent_after_secs),
                 control_port: self.detector.control_port,
             },
+            fanout: self.fanout.clone(),
         }
     }
 
@@ -162,6 +166,7 @@ mod tests {
             example.detector.confirm_probes,
             defaults.detector.confirm_probes
         );
+        assert_eq!(example.fanout, defaults.fanout);
         assert_eq!(example.fresh_secs(), defaults.fresh_secs());
         assert!(example.deprecation().is_none());
     }
@@ -211,6 +216,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("public_url"));
+    }
+
+    #[test]
+    fn the_fanout_section_is_read_and_defaults_to_on() {
+        assert_eq!(
+            Config::parse("").unwrap().fleet().fanout,
+            crate::fanout::FanoutConfig::default()
+        );
+        assert!(crate::fanout::FanoutConfig::default().enabled);
+        let c = Config::parse(
+            "[fanout]\nenabled = false\nper_agent_per_minute = 2\ndeadline_secs = 30\n",
+        )
+        .unwrap();
+        let f = c.fleet().fanout;
+        assert_eq!(
+            (f.enabled, f.per_agent_per_minute, f.deadline_ms()),
+            (false, 2, 30_000)
+        );
+        let err = Config::parse("[fanout]\nenabeld = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("enabeld"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Data flows one way: [`ingest`] (QUIC sessions, mTLS identity) → [`store`] (durable, deduped)
 //! → the [`fleet`] hub, which feeds [`matrix`] (live aggregation) and [`detector`] (confirmed
 //! changes, attributed to a layer), records their [`events`] through the store and hands them to
-//! [`alerts`] (sinks). [`identity`] is the agent and series identity they all share. [`http`] only
+//! [`alerts`] (sinks); on a suspected change [`fanout`] asks other agents, over their ingest
+//! sessions, to probe it now. [`identity`] is the agent and series identity they all share. [`http`] only
 //! serves what the hub and the store hold: the dashboard, the API, the SSE stream and the
 //! [`metrics`] registry every module registers its own counters in. [`limits`] names every bound,
 //! [`ca`] is the fleet's certificate authority, [`ready`] tells scripts where a started collector
@@ -15,6 +16,7 @@ pub mod config;
 pub mod detector;
 pub mod error;
 pub mod events;
+pub mod fanout;
 pub mod fleet;
 pub mod history;
 pub mod http;

@@ -218,6 +218,7 @@ async fn serve(cfg: Config) -> Result<()> {
         ingest_counters,
         limits.clone(),
     ));
+    fleet.fanout().connect(context.sessions.clone());
     let ingest_task = tokio::spawn(ingest.serve(context, stopped(stop_rx.clone())));
     let http_task = tokio::spawn(http.serve(fleet.clone(), limits, stopped(stop_rx.clone())));
     let fleet_task = tokio::spawn(fleet.clone().run(stopped(stop_rx.clone())));

@@ -1,7 +1,10 @@
 //! A simulated agent: the smallest real QUIC client of the session protocol, used by the
 //! collector's tests, the ingest benchmark and the soak through dev-dependencies. A workspace
 //! crate of its own (`publish = false`) so that it is never part of the shipped collector; it
-//! frames its messages with the wire's framed stream, as the agent and the collector do.
+//! frames its messages with the wire's framed stream, as the agent and the collector do. Like the
+//! real agent it reads the collector's probe requests on the report stream between acks, keeps
+//! them for the test to take ([`SimAgent::next_request`]) and can answer one with a `requested`
+//! result ([`SimAgent::answer`]).
 
 use anyhow::{anyhow, bail, Context, Result};
 use egresswatch_wire::limits::MAX_FRAME_BYTES;
@@ -9,10 +12,11 @@ use egresswatch_wire::stream::{FrameReader, FrameWriter};
 use egresswatch_wire::version::{ALPN, WIRE_MAJOR, WIRE_MINOR};
 use egresswatch_wire::{
     AgentMessage, Batch, ClockQuality, CollectorMessage, Family, Hello, Labels, Level, Outcome,
-    PhaseTimings, ProbeResult, WireError,
+    PhaseTimings, ProbeCause, ProbeRequest, ProbeResult, TargetSpec, WireError,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -77,6 +81,8 @@ pub struct SimAgent {
     pub connection: quinn::Connection,
     send: Sender,
     recv: Receiver,
+    /// Probe requests read while waiting for an ack, oldest first.
+    requests: VecDeque<ProbeRequest>,
 }
 
 impl SimAgent {
@@ -94,6 +100,7 @@ impl SimAgent {
             connection,
             send: FrameWriter::new(send, MAX_FRAME_BYTES),
             recv: FrameReader::new(recv, MAX_FRAME_BYTES),
+            requests: VecDeque::new(),
         })
     }
 
@@ -124,7 +131,12 @@ impl SimAgent {
 
     /// Hello, and the collector's answer (welcome or refusal).
     pub async fn hello(&mut self, labels: Labels) -> Result<CollectorMessage> {
-        self.send(&AgentMessage::Hello(hello(labels))).await?;
+        self.hello_with(hello(labels)).await
+    }
+
+    /// This hello, and the collector's answer (welcome or refusal).
+    pub async fn hello_with(&mut self, hello: Hello) -> Result<CollectorMessage> {
+        self.send(&AgentMessage::Hello(hello)).await?;
         self.receive().await
     }
 
@@ -135,12 +147,43 @@ impl SimAgent {
         self.ack().await
     }
 
-    /// Reads the collector's next message, which must be an ack.
+    /// Reads the collector's next ack; probe requests that come before it are kept for
+    /// [`SimAgent::next_request`].
     pub async fn ack(&mut self) -> Result<egresswatch_wire::Ack> {
-        match self.receive().await? {
-            CollectorMessage::Ack(ack) => Ok(ack),
-            other => bail!("expected an ack, got {other:?}"),
+        loop {
+            match self.receive().await? {
+                CollectorMessage::Ack(ack) => return Ok(ack),
+                CollectorMessage::ProbeRequest(request) => self.requests.push_back(request),
+                other => bail!("expected an ack, got {other:?}"),
+            }
         }
+    }
+
+    /// The next probe request, read while waiting for an ack or within `within`; `None` if
+    /// none came. Anything else the collector says meanwhile is an error.
+    pub async fn next_request(&mut self, within: Duration) -> Result<Option<ProbeRequest>> {
+        if let Some(request) = self.requests.pop_front() {
+            return Ok(Some(request));
+        }
+        match tokio::time::timeout(within, self.receive()).await {
+            Err(_) => Ok(None),
+            Ok(Ok(CollectorMessage::ProbeRequest(request))) => Ok(Some(request)),
+            Ok(Ok(other)) => bail!("expected a probe request, got {other:?}"),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    /// Answers `request` as the agent would: one result of it marked `requested`, with
+    /// sequence number `seq` and `outcome`, in a batch of its own; returns the batch's ack.
+    pub async fn answer(
+        &mut self,
+        seq: u64,
+        request: &ProbeRequest,
+        outcome: Outcome,
+        at_unix_ms: i64,
+    ) -> Result<egresswatch_wire::Ack> {
+        self.report(&[requested_result(seq, request, outcome, at_unix_ms)])
+            .await
     }
 
     pub async fn finish(mut self) {
@@ -185,6 +228,66 @@ pub fn hello(labels: Labels) -> Hello {
         clock: ClockQuality::Synchronised,
         status: String::new(),
         accepts_probe_requests: false,
+    }
+}
+
+/// A hello that announces probing `targets` (host and ports, at connect level) and says whether
+/// the agent takes probe requests, as an agent of wire minor `wire_minor` would.
+pub fn hello_probing(
+    labels: Labels,
+    targets: &[(&str, &[u16])],
+    wire_minor: u16,
+    accepts_probe_requests: bool,
+) -> Hello {
+    Hello {
+        wire_minor,
+        targets: targets
+            .iter()
+            .map(|(host, ports)| TargetSpec {
+                host: host.to_string(),
+                ports: ports.to_vec(),
+                level: Level::Connect,
+                interval_s: 60,
+            })
+            .collect(),
+        accepts_probe_requests,
+        ..hello(labels)
+    }
+}
+
+/// A result of `target`:`port` over IPv4 with `outcome`, as the schedule probes it.
+pub fn result_of(
+    seq: u64,
+    target: &str,
+    port: u16,
+    outcome: Outcome,
+    at_unix_ms: i64,
+) -> ProbeResult {
+    ProbeResult {
+        seq,
+        at_unix_ms,
+        target: target.into(),
+        port,
+        family: Family::Ipv4,
+        level: Level::Connect,
+        outcome,
+        address: Some("198.19.0.25".parse().expect("literal")),
+        ..Default::default()
+    }
+}
+
+/// The answer to `request`: its destination probed, marked `requested` with its id.
+pub fn requested_result(
+    seq: u64,
+    request: &ProbeRequest,
+    outcome: Outcome,
+    at_unix_ms: i64,
+) -> ProbeResult {
+    ProbeResult {
+        family: request.family,
+        cause: ProbeCause::Requested,
+        request_id: Some(request.request_id),
+        ..result_of(seq, &request.target, request.port, outcome, at_unix_ms)
     }
 }
 

@@ -16,6 +16,7 @@ use crate::alerts::Alerts;
 use crate::detector::{Detector, DetectorConfig};
 use crate::error::CollectorError;
 use crate::events::Event;
+use crate::fanout::{Fanout, FanoutConfig};
 use crate::identity::{measured_at, AgentMeta};
 use crate::matrix::{FamilyFilter, Matrix, MatrixConfig, MatrixView};
 use crate::metrics::Metrics;
@@ -44,11 +45,14 @@ const STREAM_CAPACITY: usize = 256;
 pub struct FleetConfig {
     pub detector: DetectorConfig,
     pub matrix: MatrixConfig,
+    pub fanout: FanoutConfig,
 }
 
 pub struct Fleet {
     matrix: Mutex<Matrix>,
     detector: Mutex<Detector>,
+    /// Asks other agents for evidence when the detector suspects a change.
+    fanout: Fanout,
     store: Arc<dyn Store>,
     alerts: Alerts,
     metrics: Arc<Metrics>,
@@ -80,6 +84,7 @@ impl Fleet {
             fresh_ms: config.matrix.fresh_ms,
             matrix: Mutex::new(Matrix::new(config.matrix)),
             detector: Mutex::new(Detector::new(config.detector)),
+            fanout: Fanout::new(config.fanout, &metrics, crate::events::now_unix_ms()),
             store,
             alerts,
             counters: FleetCounters::register(&metrics),
@@ -99,6 +104,11 @@ impl Fleet {
     /// The alert sinks, and the silences they honour (which the HTTP API changes).
     pub fn alerts(&self) -> &Alerts {
         &self.alerts
+    }
+
+    /// The fan-out, which ingest's live sessions are connected to ([`Fanout::connect`]).
+    pub fn fanout(&self) -> &Fanout {
+        &self.fanout
     }
 
     /// The store the hub records events in, which the HTTP API reads.
@@ -255,8 +265,11 @@ impl ResultObserver for Fleet {
             (events, detector.take_suspicions())
         };
         self.emit(events);
-        // Evidence on demand: the fan-out (its own issue step) asks other agents to probe now.
-        let _ = suspicions;
+        // Evidence on demand: other agents are asked to probe the suspect destination now, and
+        // their answers among these results are counted.
+        self.fanout
+            .on_results(&agent.agent_id, results, now_unix_ms);
+        self.fanout.on_suspicions(&suspicions, now_unix_ms);
         self.matrix_dirty.store(true, Ordering::Relaxed);
     }
 

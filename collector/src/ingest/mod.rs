@@ -7,9 +7,11 @@
 //! Each connection runs in [`session`] in its own task and tracing span; bad bytes close that
 //! one connection, never the listener. The CA's revocation list is checked at the handshake and
 //! followed while running ([`revocation`]): a revoked agent is refused and its live sessions end.
-//! Ingest owns its counters ([`counters`]), registered before the listener is bound.
+//! Ingest owns its counters ([`counters`]), registered before the listener is bound, and the
+//! registry of live sessions the fan-out sends probe requests through ([`registry`]).
 
 pub mod counters;
+pub mod registry;
 pub mod revocation;
 pub mod session;
 pub mod tls;
@@ -99,6 +101,8 @@ pub struct IngestContext {
     pub max_frame_bytes: usize,
     pub max_batch_results: usize,
     pub rate: ResultRate,
+    /// The live sessions, which the fan-out sends probe requests through.
+    pub sessions: Arc<registry::SessionRegistry>,
 }
 
 impl IngestContext {
@@ -122,6 +126,7 @@ impl IngestContext {
                 config.results_burst,
                 config.max_connections.saturating_mul(2),
             ),
+            sessions: Arc::new(registry::SessionRegistry::default()),
         }
     }
 }

@@ -177,8 +177,12 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
         Ok(Err(ReadFailure::Transport(e))) => return End::Transport(e),
         Ok(Err(ReadFailure::Wire(e))) => Err(e),
     };
-    let (agent, status) = match session.on_first_frame(first) {
-        Opening::Register { agent, status } => (agent, status),
+    let (agent, status, reachable) = match session.on_first_frame(first) {
+        Opening::Register {
+            agent,
+            status,
+            reachable,
+        } => (agent, status, reachable),
         Opening::Refuse(refusing) => {
             count_exceeded(context, refusing.exceeded.as_ref());
             refuse(&mut send, &refusing.reason, 0).await;
@@ -204,9 +208,26 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
     if let Err(end) = write_message(&mut send, &CollectorMessage::Welcome(welcome)).await {
         return end;
     }
+    // From here the fan-out may queue probe requests for this agent; the entry goes with the
+    // session, however it ends.
+    let (_registration, mut requests) = context.sessions.register(reachable);
     context.observer.agent_connected(&agent, now_unix_ms());
     loop {
-        let frame = match read_message(&mut recv).await {
+        // A request queued while we wait for the agent's next frame is written at once; one
+        // queued while a batch is being stored waits for the ack. Reading a frame is cancel-safe
+        // (the frame reader keeps what it has read), so the request never costs a byte.
+        let read = tokio::select! {
+            biased;
+            Some(request) = requests.recv() => {
+                debug!(request_id = request.request_id, target = %request.target, port = request.port, "asking for a probe");
+                if let Err(end) = write_message(&mut send, &CollectorMessage::ProbeRequest(request)).await {
+                    return end;
+                }
+                continue;
+            }
+            read = read_message(&mut recv) => read,
+        };
+        let frame = match read {
             Ok(Some(m)) => Ok(m),
             Ok(None) => return End::Clean,
             Err(ReadFailure::Transport(e)) => return End::Transport(e),

@@ -6,6 +6,7 @@
 //! (hello checks, the high-water mark, counting a drop note once, the ack's figures) is decided
 //! here and unit-tested without a socket.
 
+use crate::fanout::ConnectedAgent;
 use crate::identity::AgentMeta;
 use crate::limits::Limit;
 use crate::store::InsertReport;
@@ -101,8 +102,14 @@ impl Refusing {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Opening {
     /// A valid hello: register the agent with the store, then [`Session::on_registered`] with
-    /// the high-water mark the store has for it. `status` is the agent's own trouble, to log.
-    Register { agent: AgentMeta, status: String },
+    /// the high-water mark the store has for it. `status` is the agent's own trouble, to log;
+    /// `reachable` is what the fan-out needs to know of it (what it probes, whether it takes
+    /// probe requests).
+    Register {
+        agent: AgentMeta,
+        status: String,
+        reachable: ConnectedAgent,
+    },
     /// Send this refusal and end.
     Refuse(Refusing),
     /// End without an answer.
@@ -220,6 +227,7 @@ impl Session {
         };
         self.state = State::Registering(agent.clone());
         Opening::Register {
+            reachable: ConnectedAgent::from_hello(&agent, hello),
             agent,
             status: hello.status.clone(),
         }
@@ -479,7 +487,7 @@ mod tests {
         h.status = "spool: disk full".into();
         h.labels.provider = "  aws ".into();
         match session.on_first_frame(Ok(AgentMessage::Hello(h))) {
-            Opening::Register { agent, status } => {
+            Opening::Register { agent, status, .. } => {
                 assert_eq!(agent.agent_id, "agent-7");
                 assert_eq!(agent.agent_version, "1.2.3");
                 assert_eq!(agent.labels, labels().validated().expect("valid"));
@@ -492,6 +500,35 @@ mod tests {
         assert_eq!(welcome.acked_seq, 41);
         assert_eq!(welcome.wire_major, WIRE_MAJOR);
         assert_eq!(session.high_water(), 41);
+    }
+
+    #[test]
+    fn the_hello_says_what_the_fan_out_may_ask_of_the_agent() {
+        let mut h = hello();
+        h.labels.provider = " AWS ".into();
+        h.wire_minor = 1;
+        h.targets = vec![TargetSpec {
+            host: "mx.lab.test".into(),
+            ports: vec![25, 587],
+            level: Level::Connect,
+            interval_s: 60,
+        }];
+        let reachable =
+            match Session::new("agent-7", 4096).on_first_frame(Ok(AgentMessage::Hello(h))) {
+                Opening::Register { reachable, .. } => reachable,
+                other => panic!("expected a registration, got {other:?}"),
+            };
+        assert_eq!(reachable.agent_id, "agent-7");
+        assert_eq!(
+            (reachable.provider.as_str(), reachable.account.as_str()),
+            ("aws", "acct")
+        );
+        assert_eq!(
+            (reachable.wire_minor, reachable.accepts_probe_requests),
+            (1, false)
+        );
+        assert!(reachable.probes("mx.lab.test", 587));
+        assert!(!reachable.probes("mx.lab.test", 465));
     }
 
     #[test]
