@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# The agent's CPU per probe, counted in instructions by callgrind (stable on a noisy machine):
+# `egresswatch-agent run` (release-agent build) under valgrind probes a STARTTLS SMTP server on
+# loopback (a small Python server, certificate from a CA made here, verified by the agent) at
+# level tls every second, spools every result and streams it to a collector on loopback, until
+# RESULTS results are acked; then it is stopped (SIGTERM) and the instructions of the whole run,
+# startup included, are divided by the results stored. Prints the figures and the top functions.
+#
+# Usage: bench/agent_cpu.sh        env: RESULTS=200  PORTS="2525 587"  AGENT=path  COLLECTOR=path
+#                                       KEEP_WORK=0
+# Needs valgrind, python3, openssl. Traffic stays on 127.0.0.1.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+RESULTS=${RESULTS:-200}
+PORTS=${PORTS:-2525 587}
+KEEP_WORK=${KEEP_WORK:-0}
+for tool in valgrind callgrind_annotate python3 openssl; do
+    command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
+done
+TARGET_DIR=$(realpath "${CARGO_TARGET_DIR:-target}")
+if [ -z "${AGENT:-}" ]; then
+    cargo build --quiet --profile release-agent -p egresswatch-agent
+    AGENT="$TARGET_DIR/release-agent/egresswatch-agent"
+fi
+if [ -z "${COLLECTOR:-}" ]; then
+    cargo build --quiet -p egresswatch-collector --bin egresswatch-collector
+    COLLECTOR="$TARGET_DIR/debug/egresswatch-collector"
+fi
+
+WORK=$(mktemp -d /var/tmp/egresswatch-agent-cpu.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ "$KEEP_WORK" = 1 ]; then echo "work directory kept: $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The SMTP server's certificate, from a CA the agent is given as probe.ca_file.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=egresswatch bench CA" -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$WORK/smtp.key" -out "$WORK/smtp.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$WORK/ext"
+openssl x509 -req -in "$WORK/smtp.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
+    -CAcreateserial -days 2 -extfile "$WORK/ext" -out "$WORK/smtp.pem" 2>/dev/null
+
+cat > "$WORK/smtp.py" <<'PY'
+# A STARTTLS SMTP server for the benchmark: greeting, EHLO offering STARTTLS, TLS, EHLO, QUIT.
+import socket, ssl, sys, threading
+cert, key, port_file = sys.argv[1], sys.argv[2], sys.argv[3]
+ports = [int(p) for p in sys.argv[4:]]
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+
+def serve(conn):
+    try:
+        conn.settimeout(10)
+        f = conn.makefile("rb")
+        conn.sendall(b"220 bench ESMTP\r\n")
+        tls = False
+        while True:
+            line = f.readline()
+            if not line:
+                return
+            verb = line[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                conn.sendall(b"250-bench\r\n250 STARTTLS\r\n" if not tls else b"250 bench\r\n")
+            elif verb == b"STAR":
+                conn.sendall(b"220 go ahead\r\n")
+                conn = context.wrap_socket(conn, server_side=True)
+                f = conn.makefile("rb")
+                tls = True
+            elif verb == b"QUIT":
+                conn.sendall(b"221 bye\r\n")
+                return
+            else:
+                conn.sendall(b"502 no\r\n")
+    except (OSError, ssl.SSLError):
+        pass
+    finally:
+        conn.close()
+
+def listen(port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(64)
+    while True:
+        conn, _ = s.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+bound = []
+for port in ports:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); bound.append(s.getsockname()[1]); s.close()
+for port in bound:
+    threading.Thread(target=listen, args=(port,), daemon=True).start()
+open(port_file, "w").write(" ".join(map(str, bound)))
+threading.Event().wait()
+PY
+python3 "$WORK/smtp.py" "$WORK/smtp.pem" "$WORK/smtp.key" "$WORK/smtp.ports" $PORTS &
+PIDS+=($!)
+for _ in $(seq 50); do [ -s "$WORK/smtp.ports" ] && break; sleep 0.1; done
+SMTP_PORTS=$(tr ' ' ',' < "$WORK/smtp.ports")
+
+QUIC_PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$WORK/collector.toml" <<TOML
+data_dir = "$WORK/data"
+[quic]
+listen = "127.0.0.1:$QUIC_PORT"
+[http]
+listen = "127.0.0.1:0"
+TOML
+"$COLLECTOR" run --config "$WORK/collector.toml" > "$WORK/collector.out" 2> "$WORK/collector.log" &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q '^HTTP:' "$WORK/collector.out" 2>/dev/null && break; sleep 0.1; done
+"$COLLECTOR" ca issue --dir "$WORK/data/ca" bench-agent --out "$WORK" > /dev/null
+
+cat > "$WORK/agent.toml" <<TOML
+[collector]
+address = "127.0.0.1:$QUIC_PORT"
+ca = "$WORK/data/ca/ca.pem"
+cert = "$WORK/bench-agent.crt"
+key = "$WORK/bench-agent.key"
+[labels]
+provider = "bench"
+account = "bench"
+region = "loopback"
+instance = "cpu"
+[identity]
+metadata = false
+[[targets]]
+host = "127.0.0.1"
+ports = [$SMTP_PORTS]
+level = "tls"
+interval = "1s"
+[probe]
+timeout = "5s"
+min_interval_per_destination = "1s"
+ca_file = "$WORK/ca.pem"
+[spool]
+dir = "$WORK/spool"
+[log]
+level = "warn"
+TOML
+
+valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
+    "$AGENT" run --config "$WORK/agent.toml" 2> "$WORK/agent.log" &
+AGENT_PID=$!
+PIDS+=("$AGENT_PID")
+DB="$WORK/data/egresswatch.db"
+stored() {
+    [ -f "$DB" ] || { echo 0; return; }
+    python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from results").fetchone()[0])' "$DB" 2>/dev/null || echo 0
+}
+# Bounded: at most 20 minutes under valgrind.
+for _ in $(seq 1200); do
+    [ "$(stored)" -ge "$RESULTS" ] && break
+    kill -0 "$AGENT_PID" 2>/dev/null || { echo "the agent stopped:" >&2; cat "$WORK/agent.log" >&2; exit 1; }
+    sleep 1
+done
+kill -TERM "$AGENT_PID"
+wait "$AGENT_PID" || true
+sleep 2
+python3 - "$DB" > "$WORK/counts" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+total = db.execute("select count(*) from results").fetchone()[0]
+ok = db.execute("select count(*) from results where outcome = 0").fetchone()[0]
+print(total, ok)
+PY
+read -r TOTAL OK < "$WORK/counts"
+callgrind_annotate "$WORK/callgrind.out" > "$WORK/annotate.txt" 2>/dev/null
+IR=$(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }' "$WORK/annotate.txt")
+echo "command: RESULTS=$RESULTS PORTS=\"$PORTS\" bench/agent_cpu.sh  (agent: $AGENT)"
+echo "results stored: $TOTAL ($OK ok over TLS, the rest no_address: IPv6 of an IPv4 literal)"
+echo "instructions, whole run: $IR"
+awk -v ir="$IR" -v t="$TOTAL" -v ok="$OK" 'BEGIN {
+    printf "instructions per result: %.0f\n", ir / t;
+    if (ok > 0) printf "instructions per TLS probe (all cost charged to the ok ones): %.0f\n", ir / ok }'
+echo "top functions (self cost; names need a build with symbols, e.g. CARGO_PROFILE_RELEASE_AGENT_STRIP=false):"
+sed -n '/file:function/,$p' "$WORK/annotate.txt" | head -25
