@@ -3,16 +3,19 @@
 # `egresswatch-agent run` (release-agent build) under valgrind probes a STARTTLS SMTP server on
 # loopback (a small Python server, certificate from a CA made here, verified by the agent) at
 # level tls every second, spools every result and streams it to a collector on loopback, until
-# RESULTS results are acked; then it is stopped (SIGTERM) and the instructions of the whole run,
-# startup included, are divided by the results stored. Prints the figures and the top functions.
+# the collector stored a number of results; then it is stopped (SIGTERM). Two such runs, SHORT
+# and LONG results, and the difference of their instruction counts over the difference of their
+# results is the cost of one more result, startup (trust roots, identity, QUIC) taken out.
+# Prints the figures and the top functions of the long run.
 #
-# Usage: bench/agent_cpu.sh        env: RESULTS=200  PORTS="2525 587"  AGENT=path  COLLECTOR=path
-#                                       KEEP_WORK=0
+# Usage: bench/agent_cpu.sh   env: SHORT=100 LONG=300  PORTS="2525 587"  AGENT=path  COLLECTOR=path
+#                                  KEEP_WORK=0
 # Needs valgrind, python3, openssl. Traffic stays on 127.0.0.1.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-RESULTS=${RESULTS:-200}
+SHORT=${SHORT:-100}
+LONG=${LONG:-300}
 PORTS=${PORTS:-2525 587}
 KEEP_WORK=${KEEP_WORK:-0}
 for tool in valgrind callgrind_annotate python3 openssl; do
@@ -105,25 +108,31 @@ PIDS+=($!)
 for _ in $(seq 50); do [ -s "$WORK/smtp.ports" ] && break; sleep 0.1; done
 SMTP_PORTS=$(tr ' ' ',' < "$WORK/smtp.ports")
 
-QUIC_PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$WORK/collector.toml" <<TOML
-data_dir = "$WORK/data"
+# measure RUN RESULTS: a fresh collector and spool, the agent under callgrind until RESULTS are
+# stored; writes "instructions results ok" to $WORK/RUN.counts.
+measure() {
+    local run=$1 want=$2 run_dir="$WORK/$1"
+    mkdir -p "$run_dir"
+    local QUIC_PORT
+    QUIC_PORT=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    cat > "$run_dir/collector.toml" <<TOML
+data_dir = "$run_dir/data"
 [quic]
 listen = "127.0.0.1:$QUIC_PORT"
 [http]
 listen = "127.0.0.1:0"
 TOML
-"$COLLECTOR" run --config "$WORK/collector.toml" > "$WORK/collector.out" 2> "$WORK/collector.log" &
-PIDS+=($!)
-for _ in $(seq 100); do grep -q '^HTTP:' "$WORK/collector.out" 2>/dev/null && break; sleep 0.1; done
-"$COLLECTOR" ca issue --dir "$WORK/data/ca" bench-agent --out "$WORK" > /dev/null
-
-cat > "$WORK/agent.toml" <<TOML
+    "$COLLECTOR" run --config "$run_dir/collector.toml" > "$run_dir/collector.out" 2> "$run_dir/collector.log" &
+    local collector_pid=$!
+    PIDS+=("$collector_pid")
+    for _ in $(seq 100); do grep -q '^HTTP:' "$run_dir/collector.out" 2>/dev/null && break; sleep 0.1; done
+    "$COLLECTOR" ca issue --dir "$run_dir/data/ca" bench-agent --out "$run_dir" > /dev/null
+    cat > "$run_dir/agent.toml" <<TOML
 [collector]
 address = "127.0.0.1:$QUIC_PORT"
-ca = "$WORK/data/ca/ca.pem"
-cert = "$WORK/bench-agent.crt"
-key = "$WORK/bench-agent.key"
+ca = "$run_dir/data/ca/ca.pem"
+cert = "$run_dir/bench-agent.crt"
+key = "$run_dir/bench-agent.key"
 [labels]
 provider = "bench"
 account = "bench"
@@ -141,44 +150,53 @@ timeout = "5s"
 min_interval_per_destination = "1s"
 ca_file = "$WORK/ca.pem"
 [spool]
-dir = "$WORK/spool"
+dir = "$run_dir/spool"
 [log]
 level = "warn"
 TOML
-
-valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
-    "$AGENT" run --config "$WORK/agent.toml" 2> "$WORK/agent.log" &
-AGENT_PID=$!
-PIDS+=("$AGENT_PID")
-DB="$WORK/data/egresswatch.db"
-stored() {
-    [ -f "$DB" ] || { echo 0; return; }
-    python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from results").fetchone()[0])' "$DB" 2>/dev/null || echo 0
-}
-# Bounded: at most 20 minutes under valgrind.
-for _ in $(seq 1200); do
-    [ "$(stored)" -ge "$RESULTS" ] && break
-    kill -0 "$AGENT_PID" 2>/dev/null || { echo "the agent stopped:" >&2; cat "$WORK/agent.log" >&2; exit 1; }
+    valgrind --tool=callgrind --callgrind-out-file="$run_dir/callgrind.out" \
+        "$AGENT" run --config "$run_dir/agent.toml" 2> "$run_dir/agent.log" &
+    local agent_pid=$!
+    PIDS+=("$agent_pid")
+    local db="$run_dir/data/egresswatch.db"
+    # Bounded: at most 20 minutes under valgrind.
+    for _ in $(seq 1200); do
+        [ "$(stored "$db")" -ge "$want" ] && break
+        kill -0 "$agent_pid" 2>/dev/null || { echo "the agent stopped:" >&2; cat "$run_dir/agent.log" >&2; exit 1; }
+        sleep 1
+    done
+    kill -TERM "$agent_pid"
+    wait "$agent_pid" || true
     sleep 1
-done
-kill -TERM "$AGENT_PID"
-wait "$AGENT_PID" || true
-sleep 2
-python3 - "$DB" > "$WORK/counts" <<'PY'
+    kill "$collector_pid" 2>/dev/null || true
+    wait "$collector_pid" 2>/dev/null || true
+    callgrind_annotate "$run_dir/callgrind.out" > "$run_dir/annotate.txt" 2>/dev/null
+    local ir
+    ir=$(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }' "$run_dir/annotate.txt")
+    python3 - "$db" "$ir" > "$WORK/$run.counts" <<'PY'
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
 total = db.execute("select count(*) from results").fetchone()[0]
 ok = db.execute("select count(*) from results where outcome = 0").fetchone()[0]
-print(total, ok)
+print(sys.argv[2], total, ok)
 PY
-read -r TOTAL OK < "$WORK/counts"
-callgrind_annotate "$WORK/callgrind.out" > "$WORK/annotate.txt" 2>/dev/null
-IR=$(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }' "$WORK/annotate.txt")
-echo "command: RESULTS=$RESULTS PORTS=\"$PORTS\" bench/agent_cpu.sh  (agent: $AGENT)"
-echo "results stored: $TOTAL ($OK ok over TLS, the rest no_address: IPv6 of an IPv4 literal)"
-echo "instructions, whole run: $IR"
-awk -v ir="$IR" -v t="$TOTAL" -v ok="$OK" 'BEGIN {
-    printf "instructions per result: %.0f\n", ir / t;
-    if (ok > 0) printf "instructions per TLS probe (all cost charged to the ok ones): %.0f\n", ir / ok }'
-echo "top functions (self cost; names need a build with symbols, e.g. CARGO_PROFILE_RELEASE_AGENT_STRIP=false):"
-sed -n '/file:function/,$p' "$WORK/annotate.txt" | head -25
+}
+stored() {
+    [ -f "$1" ] || { echo 0; return; }
+    python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("select count(*) from results").fetchone()[0])' "$1" 2>/dev/null || echo 0
+}
+
+measure short "$SHORT"
+measure long "$LONG"
+read -r IR_S TOTAL_S OK_S < "$WORK/short.counts"
+read -r IR_L TOTAL_L OK_L < "$WORK/long.counts"
+echo "command: SHORT=$SHORT LONG=$LONG PORTS=\"$PORTS\" bench/agent_cpu.sh  (agent: $AGENT)"
+echo "short run: $IR_S instructions, $TOTAL_S results ($OK_S ok over TLS)"
+echo "long run:  $IR_L instructions, $TOTAL_L results ($OK_L ok over TLS)"
+echo "(the results that are not ok are no_address: the IPv6 series of an IPv4 literal)"
+awk -v a="$IR_S" -v b="$IR_L" -v ta="$TOTAL_S" -v tb="$TOTAL_L" -v oa="$OK_S" -v ob="$OK_L" 'BEGIN {
+    printf "instructions per result, startup included (long run): %.0f\n", b / tb;
+    printf "instructions per extra result (long - short): %.0f\n", (b - a) / (tb - ta);
+    if (ob > oa) printf "instructions per extra TLS probe, the no_address results charged to them: %.0f\n", (b - a) / (ob - oa) }'
+echo "top functions of the long run (self cost; names need symbols: CARGO_PROFILE_RELEASE_AGENT_STRIP=false):"
+sed -n '/file:function/,$p' "$WORK/long/annotate.txt" | head -30
