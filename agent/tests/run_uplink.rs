@@ -1,13 +1,23 @@
 //! The uplink against a real QUIC server started inside the test (quinn + rustls, certificates
 //! made here with rcgen): a Refusal and a TLS rejection of the agent's certificate both end as
 //! "rejected by the collector: …" in the state the agent reports, and neither makes it retry in
-//! a tight loop.
+//! a tight loop. And evidence on demand through the whole agent (schedule, spool, uplink) against
+//! a welcoming stand-in that asks for probes: a series that closes is confirmed by re-probes sent
+//! at once, a request for a configured series is answered with a `requested` result and one for
+//! anything else is not.
 
-use egresswatch_agent::run::config::CollectorConfig;
+use egresswatch_agent::probe::ProbeOptions;
+use egresswatch_agent::run::config::{CollectorConfig, TargetConfig};
+use egresswatch_agent::run::evidence::EvidenceSettings;
+use egresswatch_agent::run::schedule::{self, Plan};
+use egresswatch_agent::run::spool::Spool;
 use egresswatch_agent::run::{uplink, Shared};
 use egresswatch_wire::limits::MAX_FRAME_BYTES;
 use egresswatch_wire::stream::{FrameReader, FrameWriter};
-use egresswatch_wire::{AgentMessage, CollectorMessage, Labels, Refusal};
+use egresswatch_wire::{
+    Ack, AgentMessage, CollectorMessage, Family, Labels, Level, Outcome, ProbeCause, ProbeRequest,
+    ProbeResult, Refusal, Welcome,
+};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::net::SocketAddr;
@@ -43,13 +53,9 @@ fn issue(ca: &Ca, name: &str, client: bool) -> (rcgen::Certificate, KeyPair) {
     (cert, key)
 }
 
-/// A collector stand-in: trusts `client_ca` for agents, presents a certificate from `server_ca`.
-/// Each connection: read the hello, answer with a Refusal. Returns its address and a counter of
-/// connections it accepted.
-fn refusing_server(
-    server_ca: &Ca,
-    client_ca: &Ca,
-) -> (quinn::Endpoint, SocketAddr, Arc<AtomicUsize>) {
+/// A collector stand-in's endpoint: trusts `client_ca` for agents, presents a certificate from
+/// `server_ca`.
+fn server_endpoint(server_ca: &Ca, client_ca: &Ca) -> quinn::Endpoint {
     let (cert, key) = issue(server_ca, "egresswatch-collector", false);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -72,7 +78,16 @@ fn refusing_server(
     tls.alpn_protocols = vec![egresswatch_wire::version::ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
     let server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+/// Each connection: read the hello, answer with a Refusal. Returns its address and a counter of
+/// connections it accepted.
+fn refusing_server(
+    server_ca: &Ca,
+    client_ca: &Ca,
+) -> (quinn::Endpoint, SocketAddr, Arc<AtomicUsize>) {
+    let endpoint = server_endpoint(server_ca, client_ca);
     let addr = endpoint.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let counter = accepted.clone();
@@ -121,6 +136,7 @@ fn collector_config(dir: &Path, addr: SocketAddr, trust: &Ca, agent_ca: &Ca) -> 
         ca: write_pem(dir, "ca.pem", trust.cert.pem()),
         cert: write_pem(dir, "agent.crt", cert.pem()),
         key: write_pem(dir, "agent.key", key.serialize_pem()),
+        linger: Duration::from_secs(30),
     }
 }
 
@@ -196,4 +212,205 @@ async fn an_unreachable_collector_is_retried_not_called_a_rejection() {
         !state.contains("rejected"),
         "an absent collector is not a rejection: {state:?}"
     );
+}
+
+/// Welcomes each connection, sends `requests` right after the welcome, acks every batch and
+/// hands its results (and whether the hello accepts requests) to the test.
+fn requesting_server(
+    ca: &Ca,
+    requests: Vec<ProbeRequest>,
+) -> (
+    quinn::Endpoint,
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Result<ProbeResult, bool>>,
+) {
+    let endpoint = server_endpoint(ca, ca);
+    let addr = endpoint.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let ep = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = ep.accept().await {
+            let (tx, requests) = (tx.clone(), requests.clone());
+            tokio::spawn(async move {
+                let Ok(connection) = incoming.await else {
+                    return;
+                };
+                let Ok((send, recv)) = connection.accept_bi().await else {
+                    return;
+                };
+                let mut recv = FrameReader::new(recv, MAX_FRAME_BYTES);
+                let mut send = FrameWriter::new(send, MAX_FRAME_BYTES);
+                let Ok(Some(AgentMessage::Hello(hello))) = recv.read::<AgentMessage>().await else {
+                    return;
+                };
+                let _ = tx.send(Err(hello.accepts_probe_requests));
+                let welcome = CollectorMessage::Welcome(Welcome {
+                    wire_major: egresswatch_wire::version::WIRE_MAJOR,
+                    wire_minor: egresswatch_wire::version::WIRE_MINOR,
+                    collector_version: "stand-in".into(),
+                    agent_id: "agent-7".into(),
+                    acked_seq: 0,
+                });
+                send.send(&welcome).await.unwrap();
+                for request in requests {
+                    send.send(&CollectorMessage::ProbeRequest(request))
+                        .await
+                        .unwrap();
+                }
+                while let Ok(Some(AgentMessage::Batch(batch))) = recv.read::<AgentMessage>().await {
+                    let results = batch.unpack().unwrap();
+                    let up_to_seq = results.last().map(|r| r.seq).unwrap_or(0);
+                    for r in results {
+                        let _ = tx.send(Ok(r));
+                    }
+                    let ack = CollectorMessage::Ack(Ack {
+                        up_to_seq,
+                        accepted: 1,
+                        duplicates: 0,
+                        discarded: 0,
+                        reason: String::new(),
+                    });
+                    if send.send(&ack).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (endpoint, addr, rx)
+}
+
+/// A loopback port that accepts until the returned task is aborted; then it refuses.
+async fn closable_port() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_series_is_confirmed_at_once_and_only_configured_requests_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = new_ca("fleet");
+    let (steady_port, _steady) = closable_port().await;
+    let (closing_port, closing) = closable_port().await;
+    let request = |request_id, target: &str, port| ProbeRequest {
+        request_id,
+        target: target.into(),
+        port,
+        family: Family::Ipv4,
+        deadline_ms: 10_000,
+    };
+    let requests = vec![
+        request(1, "127.0.0.1", steady_port),
+        request(2, "mx.unconfigured.test", 25),
+        request(3, "127.0.0.1", 9),
+    ];
+    let (_endpoint, addr, mut heard) = requesting_server(&ca, requests);
+    let mut config = collector_config(dir.path(), addr, &ca, &ca);
+    // Far longer than the test: what arrives came because it was news or requested.
+    config.linger = Duration::from_secs(120);
+
+    let spool = Spool::open(&dir.path().join("spool"), 1 << 20).unwrap();
+    let shared = Arc::new(Shared::new(
+        Labels::default(),
+        Vec::new(),
+        Some(spool),
+        String::new(),
+    ));
+    let plan = Plan {
+        targets: vec![TargetConfig {
+            host: "127.0.0.1".into(),
+            ports: vec![steady_port, closing_port],
+            level: Level::Connect,
+            interval: Duration::from_secs(1),
+        }],
+        options: ProbeOptions::new(
+            Duration::from_secs(2),
+            Arc::new(rustls::RootCertStore::empty()),
+        ),
+        floor: Duration::ZERO,
+        concurrency: 4,
+        evidence: EvidenceSettings {
+            confirm_probes: 2,
+            confirm_spacing: Duration::from_millis(200),
+            ..Default::default()
+        },
+    };
+    let (_plans_tx, plans) = tokio::sync::watch::channel(plan);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let schedule = tokio::spawn(schedule::run(plans, shared.clone(), stop.clone()));
+    let uplink = tokio::spawn(uplink::run(config, shared.clone(), stop));
+
+    let mut results: Vec<ProbeResult> = Vec::new();
+    let mut accepts = None;
+    let mut closed = false;
+    let started = Instant::now();
+    let done = |results: &[ProbeResult]| {
+        let confirmed = results
+            .iter()
+            .filter(|r| {
+                r.port == closing_port
+                    && r.cause == ProbeCause::Confirmation
+                    && r.outcome == Outcome::Refused
+            })
+            .count();
+        let answered = results.iter().any(|r| r.request_id == Some(1));
+        confirmed >= 2 && answered
+    };
+    while !done(&results) && started.elapsed() < Duration::from_secs(30) {
+        // Close the port once its series has settled open (news is sent at once, so the
+        // answer to request 1 or the first results show up without waiting for the linger).
+        if !closed && started.elapsed() > Duration::from_millis(2500) {
+            closing.abort();
+            closed = true;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), heard.recv()).await {
+            Ok(Some(Ok(result))) => results.push(result),
+            Ok(Some(Err(hello_accepts))) => accepts = Some(hello_accepts),
+            Ok(None) => break,
+            Err(_) => {}
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), schedule).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), uplink).await;
+
+    assert_eq!(accepts, Some(true), "the hello says requests are answered");
+    let answer = results
+        .iter()
+        .find(|r| r.request_id == Some(1))
+        .unwrap_or_else(|| panic!("request 1 answered: {results:#?}"));
+    assert_eq!(answer.cause, ProbeCause::Requested);
+    assert_eq!(
+        (answer.port, answer.family, answer.level, answer.outcome),
+        (steady_port, Family::Ipv4, Level::Connect, Outcome::Ok)
+    );
+    assert!(
+        results
+            .iter()
+            .all(|r| r.request_id.is_none() || r.request_id == Some(1)),
+        "requests for an unconfigured target or port are not answered: {results:#?}"
+    );
+    let confirmations: Vec<&ProbeResult> = results
+        .iter()
+        .filter(|r| r.cause == ProbeCause::Confirmation)
+        .collect();
+    assert!(
+        confirmations.len() >= 2
+            && confirmations
+                .iter()
+                .all(|r| r.port == closing_port && r.outcome == Outcome::Refused),
+        "confirmations of the closed port only: {confirmations:#?}"
+    );
+    // The departure itself was a scheduled result that came before its confirmations.
+    let first_confirmation = confirmations[0].seq;
+    assert!(results.iter().any(|r| r.port == closing_port
+        && r.cause == ProbeCause::Scheduled
+        && r.outcome == Outcome::Refused
+        && r.seq < first_confirmation));
 }

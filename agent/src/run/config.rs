@@ -65,7 +65,21 @@ pub struct CollectorConfig {
     /// This agent's certificate and key, issued by `egresswatch-collector ca issue`.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// How long a result that is no news (its series' state unchanged) may wait for company
+    /// before it is sent; news, confirmations and answers to requests go at once.
+    #[serde(default = "default_linger", deserialize_with = "duration")]
+    pub linger: Duration,
 }
+
+/// At the default 60 s interval a result waits at most half an interval, so each batch carries
+/// about half of every series' results, and the collector's newest result of a series is never
+/// older than interval + linger (90 s), well inside the matrix's 180 s before it calls it stale.
+fn default_linger() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Longest linger accepted: beyond it the collector's matrix would call healthy series stale.
+pub const MAX_LINGER: Duration = Duration::from_secs(120);
 
 fn default_server_name() -> String {
     "egresswatch-collector".into()
@@ -106,6 +120,18 @@ pub struct ProbeConfig {
     pub interface: Option<String>,
     /// Extra trust roots (PEM) for TLS probes of private relays.
     pub ca_file: Option<PathBuf>,
+    /// Probes on fresh sockets after a scheduled result departs from its series' settled state;
+    /// 0 turns confirmations off.
+    pub confirm_probes: u32,
+    /// Between confirmation probes; unset: 5 s, raised to `min_interval_per_destination`.
+    #[serde(deserialize_with = "optional_duration")]
+    pub confirm_spacing: Option<Duration>,
+    /// Most confirmation probes to one destination host in any minute.
+    pub confirm_per_destination_per_minute: u32,
+    /// Answer the collector's probe requests (for targets and ports configured here only).
+    pub answer_probe_requests: bool,
+    /// Most requested probes in any minute.
+    pub requests_per_minute: u32,
 }
 
 impl Default for ProbeConfig {
@@ -117,6 +143,11 @@ impl Default for ProbeConfig {
             source: Vec::new(),
             interface: None,
             ca_file: None,
+            confirm_probes: 2,
+            confirm_spacing: None,
+            confirm_per_destination_per_minute: 6,
+            answer_probe_requests: true,
+            requests_per_minute: 10,
         }
     }
 }
@@ -163,6 +194,15 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
 }
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// Spacing of confirmation probes when the config does not say (before the politeness floor).
+const DEFAULT_CONFIRM_SPACING: Duration = Duration::from_secs(5);
+/// Most confirmation probes after one departure.
+pub const MAX_CONFIRM_PROBES: u32 = 10;
 
 /// Widely used submission endpoints, probed when no target is configured, politely.
 pub const BUILTIN_TARGETS: &[&str] = &[
@@ -222,6 +262,37 @@ impl AgentConfig {
                 )));
             }
         }
+        let p = &self.probe;
+        if p.confirm_probes > MAX_CONFIRM_PROBES {
+            return Err(bad(format!(
+                "probe.confirm_probes must be 0 (off) to {MAX_CONFIRM_PROBES}, not {}",
+                p.confirm_probes
+            )));
+        }
+        if let Some(spacing) = p.confirm_spacing {
+            if spacing < p.min_interval_per_destination {
+                return Err(bad(format!(
+                    "probe.confirm_spacing ({spacing:?}) must not be below probe.min_interval_per_destination ({:?}): confirmations keep the same politeness as the schedule",
+                    p.min_interval_per_destination
+                )));
+            }
+        }
+        if p.confirm_probes > 0 && p.confirm_per_destination_per_minute == 0 {
+            return Err(bad(
+                "probe.confirm_per_destination_per_minute must be at least 1 (set probe.confirm_probes = 0 to turn confirmations off)".into(),
+            ));
+        }
+        if p.answer_probe_requests && p.requests_per_minute == 0 {
+            return Err(bad(
+                "probe.requests_per_minute must be at least 1 (set probe.answer_probe_requests = false to turn requests off)".into(),
+            ));
+        }
+        if self.collector.linger > MAX_LINGER {
+            return Err(bad(format!(
+                "collector.linger must be at most {}s: the collector calls a series stale after 180 s",
+                MAX_LINGER.as_secs()
+            )));
+        }
         if self.probe.concurrency == 0 {
             return Err(bad("probe.concurrency must be at least 1".into()));
         }
@@ -253,6 +324,7 @@ impl AgentConfig {
             ("collector.ca", a.ca != b.ca),
             ("collector.cert", a.cert != b.cert),
             ("collector.key", a.key != b.key),
+            ("collector.linger", a.linger != b.linger),
             ("spool.dir", self.spool.dir != new.spool.dir),
         ]
         .into_iter()
@@ -267,6 +339,21 @@ impl AgentConfig {
         applied.collector = self.collector.clone();
         applied.spool.dir = self.spool.dir.clone();
         applied
+    }
+
+    /// What the confirmation and request decisions follow.
+    pub fn evidence(&self) -> crate::run::evidence::EvidenceSettings {
+        let p = &self.probe;
+        crate::run::evidence::EvidenceSettings {
+            confirm_probes: p.confirm_probes,
+            confirm_spacing: p
+                .confirm_spacing
+                .unwrap_or(DEFAULT_CONFIRM_SPACING)
+                .max(p.min_interval_per_destination),
+            confirm_per_destination_per_minute: p.confirm_per_destination_per_minute,
+            answer_probe_requests: p.answer_probe_requests,
+            requests_per_minute: p.requests_per_minute,
+        }
     }
 
     /// The targets to probe: the configured ones, or the built-in list at a polite interval.
@@ -358,6 +445,55 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("log.level"), "{err}");
+    }
+
+    #[test]
+    fn evidence_settings_default_to_the_floor_and_reject_what_would_be_rude() {
+        let c = AgentConfig::parse(MINIMAL, Path::new("a.toml")).unwrap();
+        let e = c.evidence();
+        assert_eq!(e.confirm_probes, 2);
+        assert_eq!(
+            e.confirm_spacing,
+            Duration::from_secs(10),
+            "5 s raised to the 10 s floor"
+        );
+        assert!(e.answer_probe_requests);
+        assert_eq!(e.requests_per_minute, 10);
+        assert_eq!(c.collector.linger, Duration::from_secs(30));
+        let low_floor = format!("{MINIMAL}[probe]\nmin_interval_per_destination = \"1s\"\n");
+        let c = AgentConfig::parse(&low_floor, Path::new("a.toml")).unwrap();
+        assert_eq!(c.evidence().confirm_spacing, Duration::from_secs(5));
+        let off = format!("{MINIMAL}[probe]\nconfirm_probes = 0\nconfirm_per_destination_per_minute = 0\nanswer_probe_requests = false\nrequests_per_minute = 0\n");
+        let c = AgentConfig::parse(&off, Path::new("a.toml")).unwrap();
+        assert_eq!(c.evidence().confirm_probes, 0);
+        assert!(!c.evidence().answer_probe_requests);
+        for (text, names) in [
+            (
+                "[probe]\nconfirm_spacing = \"2s\"\n",
+                "probe.confirm_spacing",
+            ),
+            ("[probe]\nconfirm_probes = 50\n", "probe.confirm_probes"),
+            (
+                "[probe]\nconfirm_per_destination_per_minute = 0\n",
+                "confirm_probes = 0",
+            ),
+            (
+                "[probe]\nrequests_per_minute = 0\n",
+                "answer_probe_requests = false",
+            ),
+        ] {
+            let err = AgentConfig::parse(&format!("{MINIMAL}{text}"), Path::new("a.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(names), "{err}");
+        }
+        let err = AgentConfig::parse(
+            &MINIMAL.replace("[collector]\n", "[collector]\nlinger = \"10m\"\n"),
+            Path::new("a.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("collector.linger"), "{err}");
     }
 
     #[test]

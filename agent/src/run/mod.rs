@@ -10,6 +10,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod evidence;
 pub mod identity;
 pub mod logging;
 pub mod schedule;
@@ -19,7 +20,7 @@ pub mod uplink;
 use crate::error::AgentError;
 use crate::probe::{self, ProbeOptions};
 use config::{AgentConfig, TargetConfig};
-use egresswatch_wire::{Labels, ProbeResult, TargetSpec};
+use egresswatch_wire::{Labels, ProbeRequest, ProbeResult, TargetSpec};
 use logging::LogControl;
 use schedule::Plan;
 use spool::Spool;
@@ -27,8 +28,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{error, info, warn};
+
+/// Probe requests waiting for the schedule; more are dropped (the collector never waits on one).
+const PROBE_REQUESTS_QUEUED: usize = 64;
 
 /// While results cannot be spooled, the error is logged at most this often.
 const SPOOL_TROUBLE_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -45,6 +49,15 @@ pub struct RunArgs {
 struct Announcement {
     labels: Labels,
     targets: Vec<TargetSpec>,
+    accepts_probe_requests: bool,
+}
+
+/// What the spool holds for the uplink: the newest sequence number written, and the newest
+/// one that is news (sent at once rather than left to linger).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Spooled {
+    pub newest_seq: u64,
+    pub urgent_up_to: u64,
 }
 
 /// Results the spool could not keep, and when that was last logged.
@@ -68,6 +81,10 @@ pub struct Shared {
     spool_trouble: Mutex<SpoolTrouble>,
     uplink_state: Mutex<String>,
     pub new_results: Notify,
+    spooled: Mutex<Spooled>,
+    probe_requests: mpsc::Sender<ProbeRequest>,
+    probe_requests_rx: Mutex<Option<mpsc::Receiver<ProbeRequest>>>,
+    probe_requests_dropped: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -81,8 +98,17 @@ impl Shared {
         spool: Option<Spool>,
         trouble: String,
     ) -> Shared {
+        let newest_seq = spool
+            .as_ref()
+            .map(|s| s.ledger().next_seq.saturating_sub(1))
+            .unwrap_or(0);
+        let (probe_requests, probe_requests_rx) = mpsc::channel(PROBE_REQUESTS_QUEUED);
         Shared {
-            announcement: Mutex::new(Announcement { labels, targets }),
+            announcement: Mutex::new(Announcement {
+                labels,
+                targets,
+                accepts_probe_requests: true,
+            }),
             announced: watch::channel(0).0,
             spool: Arc::new(Mutex::new(spool)),
             spool_trouble: Mutex::new(SpoolTrouble {
@@ -91,7 +117,50 @@ impl Shared {
             }),
             uplink_state: Mutex::new(String::new()),
             new_results: Notify::new(),
+            spooled: Mutex::new(Spooled {
+                newest_seq,
+                urgent_up_to: 0,
+            }),
+            probe_requests,
+            probe_requests_rx: Mutex::new(Some(probe_requests_rx)),
+            probe_requests_dropped: Default::default(),
         }
+    }
+
+    /// Whether the hello says this agent answers probe requests.
+    pub fn accepts_probe_requests(&self) -> bool {
+        lock(&self.announcement).accepts_probe_requests
+    }
+
+    /// Sets what the hello says about probe requests; a change says hello again.
+    pub fn set_accepts_probe_requests(&self, accepts: bool) {
+        let mut current = lock(&self.announcement);
+        if current.accepts_probe_requests != accepts {
+            current.accepts_probe_requests = accepts;
+            drop(current);
+            self.announced.send_modify(|generation| *generation += 1);
+        }
+    }
+
+    /// Hands a probe request from the collector to the schedule; one that finds the queue full
+    /// is dropped and counted.
+    pub fn request_probe(&self, request: ProbeRequest) {
+        if let Err(e) = self.probe_requests.try_send(request) {
+            let dropped = 1 + self
+                .probe_requests_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(dropped, "probe request not queued: {e}");
+        }
+    }
+
+    /// The schedule's end of [`Shared::request_probe`] (taken once).
+    pub fn take_probe_requests(&self) -> Option<mpsc::Receiver<ProbeRequest>> {
+        lock(&self.probe_requests_rx).take()
+    }
+
+    /// What the spool holds for the uplink.
+    pub fn spooled(&self) -> Spooled {
+        *lock(&self.spooled)
     }
 
     pub fn labels(&self) -> Labels {
@@ -104,8 +173,12 @@ impl Shared {
 
     /// Replaces labels and targets (a reload); a change makes the uplink say hello again.
     pub fn announce(&self, labels: Labels, targets: Vec<TargetSpec>) {
-        let new = Announcement { labels, targets };
         let mut current = lock(&self.announcement);
+        let new = Announcement {
+            labels,
+            targets,
+            accepts_probe_requests: current.accepts_probe_requests,
+        };
         if *current != new {
             *current = new;
             drop(current);
@@ -142,8 +215,9 @@ impl Shared {
     /// Spools one result (numbering it) and wakes the uplink. A spool that cannot write (a full
     /// disk, say) costs that result, never the agent: it is counted, the collector is told (the
     /// hello's status, and the count in the next batch), the error is logged once and then at
-    /// most once a minute, and writing resumes by itself when there is room again.
-    pub async fn record(&self, result: ProbeResult) {
+    /// most once a minute, and writing resumes by itself when there is room again. An `urgent`
+    /// result (news) is sent at once; the rest may linger for company.
+    pub async fn record(&self, result: ProbeResult, urgent: bool) {
         let spool = self.spool.clone();
         let written = tokio::task::spawn_blocking(move || match lock(&spool).as_mut() {
             Some(s) => s.append(result).map(Some),
@@ -151,7 +225,14 @@ impl Shared {
         })
         .await;
         match written {
-            Ok(Ok(Some(_))) => {
+            Ok(Ok(Some(seq))) => {
+                {
+                    let mut spooled = lock(&self.spooled);
+                    spooled.newest_seq = spooled.newest_seq.max(seq);
+                    if urgent {
+                        spooled.urgent_up_to = spooled.urgent_up_to.max(seq);
+                    }
+                }
                 let mut trouble = lock(&self.spool_trouble);
                 if !trouble.status.is_empty() {
                     if trouble.spell_logged {
@@ -277,6 +358,7 @@ fn plan_of(config: &AgentConfig, options: ProbeOptions) -> Plan {
         options,
         floor: config.probe.min_interval_per_destination,
         concurrency: config.probe.concurrency,
+        evidence: config.evidence(),
     }
 }
 
@@ -339,6 +421,7 @@ pub async fn run(
     }
     let plan = plan_of(&config, options);
     let shared = Arc::new(Shared::new(labels, specs_of(&plan.targets), spool, trouble));
+    shared.set_accepts_probe_requests(running_accepts(&config));
     let (plan_tx, plan_rx) = watch::channel(plan);
     let (stop_tx, stop_rx) = watch::channel(false);
     let uplink = tokio::spawn(uplink::run(
@@ -397,10 +480,15 @@ async fn reload(
     let plan = plan_of(&applied, options);
     let labels = resolve_labels(&applied).await;
     shared.announce(labels, specs_of(&plan.targets));
+    shared.set_accepts_probe_requests(running_accepts(&applied));
     let series: usize = plan.targets.iter().map(|t| t.ports.len() * 2).sum();
     plan_tx.send_replace(plan);
     info!(targets = applied.targets.len(), series, "config reloaded");
     Some(applied)
+}
+
+fn running_accepts(config: &AgentConfig) -> bool {
+    config.probe.answer_probe_requests
 }
 
 async fn shutdown_signal() {

@@ -10,17 +10,26 @@
 //! family, level and interval are unchanged keeps its rhythm; a removed one stops; a new one
 //! starts (spread over its first interval, like at startup). Probe options and the cap on probes
 //! in flight apply to every series from its next probe on.
+//!
+//! Evidence on demand runs here too, as [`super::evidence`] decides: a scheduled result that
+//! departs from its series' settled state is followed by a few confirmation probes at short
+//! spacing before the series returns to its rhythm, and the collector's probe requests (handed
+//! over by the uplink) are probed at once when they name a configured series and fit the budget.
+//! Both use fresh sockets and the same cap on probes in flight; their results go to the spool
+//! like any other, so they are kept while the collector is unreachable.
 
 use super::config::TargetConfig;
+use super::evidence::{Configured, Evidence, EvidenceSettings, RequestVerdict};
 use super::Shared;
 use crate::probe::{self, ProbeOptions, ProbeTarget};
-use egresswatch_wire::{Family, Level};
+use egresswatch_wire::{Family, Level, ProbeCause, ProbeRequest};
 use rand::Rng;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::AbortHandle;
+use tracing::debug;
 
 /// What to probe and how; replaced whole on a reload.
 #[derive(Clone)]
@@ -30,6 +39,25 @@ pub struct Plan {
     /// Politeness: no series of a destination probes more often than this.
     pub floor: Duration,
     pub concurrency: usize,
+    /// Confirmations and probe requests.
+    pub evidence: EvidenceSettings,
+}
+
+type SharedEvidence = Arc<Mutex<Evidence>>;
+
+fn lock(evidence: &SharedEvidence) -> std::sync::MutexGuard<'_, Evidence> {
+    evidence.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn configured_of(plan: &Plan) -> Vec<Configured> {
+    plan.targets
+        .iter()
+        .map(|t| Configured {
+            host: t.host.clone(),
+            ports: t.ports.clone(),
+            level: t.level,
+        })
+        .collect()
 }
 
 /// What every series reads before each probe.
@@ -82,8 +110,12 @@ pub async fn run(
         options: first.options.clone(),
         permits: Arc::new(Semaphore::new(concurrency)),
     });
+    let evidence: SharedEvidence = Arc::new(Mutex::new(Evidence::new(first.evidence.clone())));
+    let mut requests = shared.take_probe_requests();
     let mut series = tokio::task::JoinSet::new();
+    let mut answers = tokio::task::JoinSet::new();
     let mut running: HashMap<SeriesKey, AbortHandle> = HashMap::new();
+    let mut configured = configured_of(&first);
     let mut plan = first;
     loop {
         let wanted = series_of(&plan);
@@ -98,7 +130,12 @@ pub async fn run(
             if running.contains_key(&key) {
                 continue;
             }
-            let handle = series.spawn(probe_series(key.clone(), settings.clone(), shared.clone()));
+            let handle = series.spawn(probe_series(
+                key.clone(),
+                settings.clone(),
+                shared.clone(),
+                evidence.clone(),
+            ));
             running.insert(key, handle);
         }
         tokio::select! {
@@ -107,6 +144,8 @@ pub async fn run(
                     break;
                 }
                 plan = plans.borrow_and_update().clone();
+                configured = configured_of(&plan);
+                lock(&evidence).set_settings(plan.evidence.clone());
                 // A new cap is a new semaphore: probes in flight finish on the old one.
                 let permits = if plan.concurrency.max(1) == concurrency {
                     settings.borrow().permits.clone()
@@ -116,15 +155,107 @@ pub async fn run(
                 };
                 let _ = settings_tx.send(Settings { options: plan.options.clone(), permits });
             }
+            Some(request) = recv_request(&mut requests) => {
+                let now = tokio::time::Instant::now().into_std();
+                let verdict = lock(&evidence).on_request(&request, &configured, now);
+                match verdict {
+                    RequestVerdict::Probe { request_id, target, port, family, level, deadline } => {
+                        let target = ProbeTarget { host: target, port, family, level };
+                        answers.spawn(answer_request(
+                            target,
+                            request_id,
+                            tokio::time::Instant::from_std(deadline),
+                            settings.clone(),
+                            shared.clone(),
+                            evidence.clone(),
+                        ));
+                    }
+                    RequestVerdict::Drop(reason) => {
+                        let dropped = lock(&evidence).requests_dropped;
+                        debug!(request_id = request.request_id, target = %request.target, port = request.port, dropped, "probe request not answered: {reason}");
+                    }
+                }
+            }
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
         // Reap what was aborted, so the set does not grow over many reloads.
         while series.try_join_next().is_some() {}
+        while answers.try_join_next().is_some() {}
     }
     series.abort_all();
+    answers.abort_all();
 }
 
-async fn probe_series(key: SeriesKey, settings: watch::Receiver<Settings>, shared: Arc<Shared>) {
+/// The next probe request, or never when the uplink cannot send any (no channel).
+async fn recv_request(
+    requests: &mut Option<tokio::sync::mpsc::Receiver<ProbeRequest>>,
+) -> Option<ProbeRequest> {
+    match requests {
+        Some(rx) => match rx.recv().await {
+            Some(request) => Some(request),
+            None => {
+                *requests = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// One requested probe: on a fresh socket now, unless the cap on probes in flight holds it past
+/// the request's deadline (then the answer would be of no use).
+async fn answer_request(
+    target: ProbeTarget,
+    request_id: u64,
+    deadline: tokio::time::Instant,
+    settings: watch::Receiver<Settings>,
+    shared: Arc<Shared>,
+    evidence: SharedEvidence,
+) {
+    let Settings { options, permits } = settings.borrow().clone();
+    let mut result = {
+        let Ok(_permit) = permits.acquire().await else {
+            return;
+        };
+        if tokio::time::Instant::now() >= deadline {
+            lock(&evidence).requests_dropped += 1;
+            debug!(
+                request_id,
+                "probe request not answered: its deadline passed while waiting to probe"
+            );
+            return;
+        }
+        probe::probe(&target, &options).await
+    };
+    result.cause = ProbeCause::Requested;
+    result.request_id = Some(request_id);
+    let now = tokio::time::Instant::now().into_std();
+    lock(&evidence).on_result(&result, now);
+    shared.record(result, true).await;
+}
+
+/// Marks a series' confirmation run over however it ends, aborted by a reload included.
+struct ConfirmationRun<'a> {
+    evidence: &'a SharedEvidence,
+    target: &'a ProbeTarget,
+}
+
+impl Drop for ConfirmationRun<'_> {
+    fn drop(&mut self) {
+        lock(self.evidence).confirmations_done(
+            &self.target.host,
+            self.target.port,
+            self.target.family,
+        );
+    }
+}
+
+async fn probe_series(
+    key: SeriesKey,
+    settings: watch::Receiver<Settings>,
+    shared: Arc<Shared>,
+    evidence: SharedEvidence,
+) {
     let target = ProbeTarget {
         host: key.host,
         port: key.port,
@@ -148,7 +279,29 @@ async fn probe_series(key: SeriesKey, settings: watch::Receiver<Settings>, share
             };
             probe::probe(&target, &options).await
         };
-        shared.record(result).await;
+        let judged = lock(&evidence).on_result(&result, started.into_std());
+        shared
+            .record(result, judged.urgent(ProbeCause::Scheduled))
+            .await;
+        if judged.confirmations > 0 {
+            let _run = ConfirmationRun {
+                evidence: &evidence,
+                target: &target,
+            };
+            for _ in 0..judged.confirmations {
+                tokio::time::sleep(judged.spacing).await;
+                let Settings { options, permits } = settings.borrow().clone();
+                let mut result = {
+                    let Ok(_permit) = permits.acquire().await else {
+                        return;
+                    };
+                    probe::probe(&target, &options).await
+                };
+                result.cause = ProbeCause::Confirmation;
+                lock(&evidence).on_result(&result, tokio::time::Instant::now().into_std());
+                shared.record(result, true).await;
+            }
+        }
         let next = interval.mul_f64(rand::thread_rng().gen_range(0.9..1.1));
         tokio::time::sleep_until(started + next).await;
     }
@@ -195,6 +348,7 @@ mod tests {
             options: ProbeOptions::new(timeout, Arc::new(rustls::RootCertStore::empty())),
             floor: Duration::ZERO,
             concurrency: 4,
+            evidence: EvidenceSettings::default(),
         };
         let (_plans_tx, plans) = watch::channel(plan);
         let (stop_tx, stop) = watch::channel(false);

@@ -17,6 +17,11 @@
 //! write that fails half-way is cut back so the segment stays readable, results that could not be
 //! written are counted and reported like evicted ones (`dropped_before` of the batch that starts
 //! right after them), and while appends fail even the active segment is deleted once acked.
+//!
+//! Reading back is from memory in the steady state: the newest unacked results written by this
+//! process are also kept in a small ring ([`RECENT_RESULTS`]), so sending a batch does not re-read
+//! and decode the whole active segment (acked records included) each time. Only a backlog older
+//! than the ring (after a restart, or a long partition) is read from disk.
 
 use crate::error::AgentError;
 use egresswatch_wire::ProbeResult;
@@ -33,6 +38,9 @@ const MIN_SEGMENT_BYTES: u64 = 8 * 1024;
 /// Largest record accepted when reading back (a result is far smaller).
 const MAX_RECORD_BYTES: u32 = 64 * 1024;
 const LEDGER: &str = "ledger";
+/// Unacked results kept in memory besides the disk, newest last: several batches' worth at any
+/// steady rate, a few hundred KiB at most.
+pub const RECENT_RESULTS: usize = 1024;
 /// Free space appends leave on the spool's filesystem. Without it a spool that filled the disk
 /// to the last byte could not rewrite its ledger, so it could never record the ack that would
 /// empty it.
@@ -74,6 +82,8 @@ pub struct Spool {
     refused_since_last_append: u64,
     /// The last append failed: free space wherever an ack allows, the active segment included.
     appends_failing: bool,
+    /// The newest results written by this process and not yet acked or evicted, consecutive.
+    recent: std::collections::VecDeque<ProbeResult>,
     pub recovery: Recovery,
 }
 
@@ -111,6 +121,7 @@ impl Spool {
             drop_notes: BTreeMap::new(),
             refused_since_last_append: 0,
             appends_failing: false,
+            recent: std::collections::VecDeque::new(),
             recovery: Recovery::default(),
         };
         let count = names.len();
@@ -182,6 +193,13 @@ impl Spool {
             self.appends_failing = true;
             return Err(e);
         }
+        if self.recent.back().is_some_and(|r| r.seq + 1 != seq) {
+            self.recent.clear();
+        }
+        if self.recent.len() >= RECENT_RESULTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(result);
         if self.refused_since_last_append > 0 {
             *self.drop_notes.entry(seq).or_default() +=
                 std::mem::take(&mut self.refused_since_last_append);
@@ -273,6 +291,24 @@ impl Spool {
     pub fn unacked(&self, from_seq: u64, max: usize) -> (Vec<ProbeResult>, u64) {
         let from = from_seq.max(self.ledger.acked_seq + 1);
         let notes = &self.drop_notes;
+        if from >= self.ledger.next_seq || max == 0 {
+            return (Vec::new(), 0);
+        }
+        if let Some(first) = self.recent.front().map(|r| r.seq).filter(|&f| f <= from) {
+            let mut out: Vec<ProbeResult> = Vec::new();
+            for r in self.recent.iter().skip((from - first) as usize).take(max) {
+                if !out.is_empty() && notes.contains_key(&r.seq) {
+                    break;
+                }
+                out.push(r.clone());
+            }
+            let dropped = out
+                .first()
+                .and_then(|r| notes.get(&r.seq))
+                .copied()
+                .unwrap_or(0);
+            return (out, dropped);
+        }
         let mut out: Vec<ProbeResult> = Vec::new();
         let mut complete = false;
         for seg in self.segments.iter().filter(|s| s.last_seq >= from) {
@@ -318,6 +354,9 @@ impl Spool {
         self.write_ledger()?;
         let acked = self.ledger.acked_seq;
         self.drop_notes.retain(|&seq, _| seq > acked);
+        while self.recent.front().is_some_and(|r| r.seq <= acked) {
+            self.recent.pop_front();
+        }
         self.forget_acked()
     }
 
@@ -363,6 +402,13 @@ impl Spool {
             }
             if carried > 0 {
                 *self.drop_notes.entry(oldest.last_seq + 1).or_default() += carried;
+            }
+            while self
+                .recent
+                .front()
+                .is_some_and(|r| r.seq <= oldest.last_seq)
+            {
+                self.recent.pop_front();
             }
             fs::remove_file(&oldest.path)
                 .map_err(io(format!("removing {}", oldest.path.display())))?;
@@ -507,6 +553,33 @@ mod tests {
         assert_eq!(batch.first().map(|r| r.seq), Some(5));
         assert_eq!(batch.len(), 6);
         assert_eq!(s.append(result(587)).unwrap(), 11);
+    }
+
+    #[test]
+    fn reading_from_memory_gives_what_the_disk_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        // A small cap, so the oldest segments are evicted and drop notes appear.
+        let mut s = Spool::open(dir.path(), 64 * 1024).unwrap();
+        for i in 0..3000u32 {
+            s.append(result(25 + (i % 7) as u16)).unwrap();
+        }
+        s.ack(2990).unwrap();
+        s.append(result(25)).unwrap();
+        let first_kept = s.segments.first().unwrap().first_seq;
+        assert!(first_kept > 1, "something was evicted");
+        let from_disk = Spool::open(dir.path(), 64 * 1024).unwrap();
+        assert!(from_disk.recent.is_empty());
+        for from in [0, 1, first_kept, 2985, 2991, 2995, 3001, 3002] {
+            for max in [1, 3, 500] {
+                assert_eq!(
+                    s.unacked(from, max),
+                    from_disk.unacked(from, max),
+                    "from {from}, max {max}"
+                );
+            }
+        }
+        assert_eq!(s.unacked(2991, 500).0.len(), 11);
+        assert!(s.unacked(3002, 500).0.is_empty());
     }
 
     #[test]

@@ -29,14 +29,12 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 use window::{connection_error, Heard, Window, BATCH_RESULTS, WINDOW};
 pub use window::{within_offset_span, SessionError};
 
-/// How long new results wait for company before they are sent.
-const LINGER: Duration = Duration::from_millis(1000);
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -232,7 +230,7 @@ async fn session(
     let Some((endpoint, connection)) = established else {
         return Err(last_error);
     };
-    let result = converse(&connection, shared, shutdown).await;
+    let result = converse(&connection, shared, shutdown, config.linger).await;
     match &result {
         Ok(SessionEnd::Shutdown) => {
             connection.close(quinn::VarInt::from_u32(close::NORMAL), b"agent stopping")
@@ -250,6 +248,7 @@ async fn converse(
     connection: &quinn::Connection,
     shared: &Arc<Shared>,
     shutdown: &mut watch::Receiver<bool>,
+    linger: Duration,
 ) -> Result<SessionEnd, SessionError> {
     let mut announcements = shared.announcements();
     announcements.borrow_and_update();
@@ -269,7 +268,7 @@ async fn converse(
         targets: shared.targets(),
         clock: super::clock::quality(),
         status: shared.status(),
-        accepts_probe_requests: false,
+        accepts_probe_requests: shared.accepts_probe_requests(),
     };
     write_message(&mut send, &AgentMessage::Hello(hello)).await?;
     let welcome = match tokio::time::timeout(Duration::from_secs(15), read_message(&mut recv)).await
@@ -287,7 +286,7 @@ async fn converse(
     info!(agent_id = %welcome.agent_id, acked = welcome.acked_seq, collector = %welcome.collector_version, "connected to the collector");
     shared.set_uplink_state(String::new());
     shared.ack(welcome.acked_seq).await;
-    let mut window = Window::welcomed(welcome.acked_seq);
+    let mut window = Window::welcomed(welcome.acked_seq, shared.spooled().newest_seq, linger);
 
     // Acks are read in their own task, so sending never waits for them.
     let (acks_tx, mut acks) =
@@ -301,25 +300,9 @@ async fn converse(
             }
         }
     });
-    let outcome = 'session: loop {
-        while let Some(from) = window.next_batch_from() {
-            let (mut results, dropped) = shared.unacked(from, BATCH_RESULTS).await;
-            results.truncate(window.batch_len(&results));
-            let Some(last) = results.last().map(|r| r.seq) else {
-                break;
-            };
-            let batch = match Batch::pack(&results, super::clock::quality(), dropped)
-                .map(|b| b.for_peer_minor(welcome.wire_minor))
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    break 'session Err(SessionError::Failed(format!("packing a batch: {e}")))
-                }
-            };
-            if let Err(e) = write_message(&mut send, &AgentMessage::Batch(batch)).await {
-                break 'session Err(e);
-            }
-            window.on_sent(last);
+    let outcome = loop {
+        if let Err(e) = send_due(&mut window, &mut send, shared, welcome.wire_minor).await {
+            break Err(e);
         }
         tokio::select! {
             message = acks.recv() => match message {
@@ -331,21 +314,29 @@ async fn converse(
                         shared.ack(up_to_seq).await;
                     }
                     Heard::Rejected(reason) => break Err(SessionError::Rejected(reason)),
+                    Heard::ProbeRequest(request) => shared.request_probe(request),
                     Heard::Nothing => {}
                 },
                 Some(Err(e)) => break Err(e),
                 None => break Err(SessionError::Failed("the collector closed the stream".into())),
             },
-            // Batch by time as well as size: let results gather briefly, so a steady trickle
-            // travels as a few larger batches (the series table is paid once per batch).
-            _ = shared.new_results.notified() => tokio::time::sleep(LINGER).await,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            // The window says when lingering results are due; news wakes the loop at once.
+            _ = shared.new_results.notified() => {}
+            _ = sleep_until_due(window.due_at()) => {}
             _ = shutdown.changed() => {
+                window.flush();
+                if let Err(e) = send_due(&mut window, &mut send, shared, welcome.wire_minor).await {
+                    break Err(e);
+                }
                 settle(&mut window, &mut acks, shared).await;
                 let _ = send.get_mut().finish();
                 break Ok(SessionEnd::Shutdown);
             }
             _ = announcements.changed() => {
+                window.flush();
+                if let Err(e) = send_due(&mut window, &mut send, shared, welcome.wire_minor).await {
+                    break Err(e);
+                }
                 settle(&mut window, &mut acks, shared).await;
                 let _ = send.get_mut().finish();
                 break Ok(SessionEnd::Reannounce);
@@ -354,6 +345,40 @@ async fn converse(
     };
     reader.abort();
     outcome
+}
+
+/// Sleeps until `due`, or forever when nothing lingers.
+async fn sleep_until_due(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends every batch the window says is due and has room for (a flushing window: everything,
+/// so a stop or a reconnect never holds results back by a linger).
+async fn send_due(
+    window: &mut Window,
+    send: &mut Writer,
+    shared: &Shared,
+    peer_minor: u16,
+) -> Result<(), SessionError> {
+    let spooled = shared.spooled();
+    window.on_spooled(spooled.newest_seq, spooled.urgent_up_to, Instant::now());
+    while let Some(from) = window.next_batch_from(Instant::now()) {
+        let (mut results, dropped) = shared.unacked(from, BATCH_RESULTS).await;
+        results.truncate(window.batch_len(&results));
+        let Some(last) = results.last().map(|r| r.seq) else {
+            window.on_nothing_to_send();
+            break;
+        };
+        let batch = Batch::pack(&results, super::clock::quality(), dropped)
+            .map(|b| b.for_peer_minor(peer_minor))
+            .map_err(|e| SessionError::Failed(format!("packing a batch: {e}")))?;
+        write_message(send, &AgentMessage::Batch(batch)).await?;
+        window.on_sent(last);
+    }
+    Ok(())
 }
 
 /// Lets what is in flight be acked, briefly, before a session ends; the rest waits in the spool.

@@ -5,9 +5,17 @@
 //! [`connection_error`] reads why a connection ended (a refusal or TLS alert means "rejected":
 //! back off to the slowest pace). The shell reads the spool, moves the bytes and waits; every
 //! rule is here and unit-tested without a socket.
+//!
+//! When to send is decided here too. News (a result departing from its series' settled state,
+//! every confirmation and every answer to a request) goes at once; a result that is no news
+//! lingers until it has waited [`Window::linger`] (or a full batch has gathered), so the steady
+//! trickle of unchanged results rides in a few full batches and the collector's commit and the
+//! series table are paid per batch, not per result. What was spooled before the session began is
+//! a backlog and goes at once, and an ending session flushes everything.
 
-use egresswatch_wire::{close, CollectorMessage, ProbeResult};
+use egresswatch_wire::{close, CollectorMessage, ProbeRequest, ProbeResult};
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 /// Most batches sent and not yet acked.
 pub const WINDOW: usize = 8;
@@ -34,6 +42,8 @@ pub enum Heard {
     },
     /// The collector refuses this agent: the session ends as [`SessionError::Rejected`].
     Rejected(String),
+    /// The collector asks for a probe: for the schedule to judge and perhaps probe.
+    ProbeRequest(ProbeRequest),
     /// Nothing the window acts on (a newer collector's message, a stray welcome).
     Nothing,
 }
@@ -44,21 +54,75 @@ pub struct Window {
     next_to_send: u64,
     /// The last sequence number of each batch sent and not yet acked, oldest first.
     in_flight: VecDeque<u64>,
+    /// How long a result that is no news may wait for company.
+    pub linger: Duration,
+    /// The newest result spooled, and the newest that is news or backlog (due at once).
+    newest: u64,
+    due_up_to: u64,
+    /// Since when the oldest unsent result that is no news has waited.
+    waiting_since: Option<Instant>,
+    /// The session is ending: send everything.
+    flushing: bool,
 }
 
 impl Window {
     /// The window of a session the collector welcomed with everything up to `acked_seq` stored:
     /// sending resumes right after it (the spool is told to forget up to it, as by an ack).
-    pub fn welcomed(acked_seq: u64) -> Window {
+    /// Everything spooled up to `newest_seq` before the session began is due at once.
+    pub fn welcomed(acked_seq: u64, newest_seq: u64, linger: Duration) -> Window {
         Window {
             next_to_send: acked_seq + 1,
             in_flight: VecDeque::new(),
+            linger,
+            newest: newest_seq,
+            due_up_to: newest_seq,
+            waiting_since: None,
+            flushing: false,
         }
     }
 
-    /// Where the next batch starts, if the window has room for one.
-    pub fn next_batch_from(&self) -> Option<u64> {
-        (self.in_flight.len() < WINDOW).then_some(self.next_to_send)
+    /// The spool now holds results up to `newest_seq`, those up to `urgent_up_to` being news.
+    pub fn on_spooled(&mut self, newest_seq: u64, urgent_up_to: u64, now: Instant) {
+        if newest_seq > self.newest {
+            self.newest = newest_seq;
+            if self.waiting_since.is_none() {
+                self.waiting_since = Some(now);
+            }
+        }
+        self.due_up_to = self.due_up_to.max(urgent_up_to.min(self.newest));
+    }
+
+    /// The session ends: whatever is spooled is due now.
+    pub fn flush(&mut self) {
+        self.flushing = true;
+    }
+
+    /// Whether something unsent is due at `now`.
+    pub fn due(&self, now: Instant) -> bool {
+        if self.next_to_send > self.newest {
+            return false;
+        }
+        let unsent = self.newest - self.next_to_send + 1;
+        self.flushing
+            || self.due_up_to >= self.next_to_send
+            || unsent >= BATCH_RESULTS as u64
+            || self
+                .waiting_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= self.linger)
+    }
+
+    /// When lingering results become due, if any wait and the window has room to send them
+    /// (a full window waits for an ack, never for a timer that has already passed).
+    pub fn due_at(&self) -> Option<Instant> {
+        if self.next_to_send > self.newest || self.in_flight.len() >= WINDOW {
+            return None;
+        }
+        self.waiting_since.map(|since| since + self.linger)
+    }
+
+    /// Where the next batch starts, if the window has room for one and something is due.
+    pub fn next_batch_from(&self, now: Instant) -> Option<u64> {
+        (self.in_flight.len() < WINDOW && self.due(now)).then_some(self.next_to_send)
     }
 
     /// How many of the spooled `results` (read from [`Window::next_batch_from`]) go into the
@@ -67,10 +131,23 @@ impl Window {
         within_offset_span(results).min(BATCH_RESULTS)
     }
 
-    /// A batch ending at `last_seq` was sent.
+    /// A batch ending at `last_seq` was sent. Whatever is left unsent keeps its due time: what
+    /// did not fit this batch is as due as it was.
     pub fn on_sent(&mut self, last_seq: u64) {
         self.in_flight.push_back(last_seq);
         self.next_to_send = last_seq + 1;
+        if self.next_to_send > self.newest {
+            // The spool may hold more than this window was told (read while sending).
+            self.newest = last_seq;
+            self.waiting_since = None;
+        }
+    }
+
+    /// The spool had nothing from where the next batch starts (all acked, or evicted): nothing
+    /// is waiting any more.
+    pub fn on_nothing_to_send(&mut self) {
+        self.newest = self.newest.min(self.next_to_send.saturating_sub(1));
+        self.waiting_since = None;
     }
 
     /// A message from the collector while the session runs.
@@ -84,10 +161,8 @@ impl Window {
                 }
             }
             CollectorMessage::Refusal(r) => Heard::Rejected(r.reason),
-            // The agent does not yet say it answers probe requests, so none should come.
-            CollectorMessage::Welcome(_)
-            | CollectorMessage::ProbeRequest(_)
-            | CollectorMessage::Unknown(_) => Heard::Nothing,
+            CollectorMessage::ProbeRequest(request) => Heard::ProbeRequest(request),
+            CollectorMessage::Welcome(_) | CollectorMessage::Unknown(_) => Heard::Nothing,
         }
     }
 
@@ -153,6 +228,13 @@ mod tests {
     use super::*;
     use egresswatch_wire::{Ack, Batch, Refusal, Welcome};
 
+    const LINGER: Duration = Duration::from_secs(30);
+
+    /// A window with a long backlog: everything is due.
+    fn backlog(acked_seq: u64) -> Window {
+        Window::welcomed(acked_seq, 10_000, LINGER)
+    }
+
     fn at(at_unix_ms: i64) -> ProbeResult {
         ProbeResult {
             at_unix_ms,
@@ -203,21 +285,26 @@ mod tests {
 
     #[test]
     fn sending_resumes_after_what_the_welcome_says_is_stored() {
-        assert_eq!(Window::welcomed(0).next_batch_from(), Some(1));
-        let window = Window::welcomed(41);
-        assert_eq!(window.next_batch_from(), Some(42));
+        assert_eq!(backlog(0).next_batch_from(Instant::now()), Some(1));
+        let window = backlog(41);
+        assert_eq!(window.next_batch_from(Instant::now()), Some(42));
         assert!(window.settled());
     }
 
     #[test]
     fn the_window_fills_to_its_size_and_an_ack_frees_one_place() {
-        let mut window = Window::welcomed(0);
+        let mut window = backlog(0);
         for i in 0..WINDOW as u64 {
-            let from = window.next_batch_from().expect("room");
+            let from = window.next_batch_from(Instant::now()).expect("room");
             assert_eq!(from, i * 10 + 1);
             window.on_sent(from + 9);
         }
-        assert_eq!(window.next_batch_from(), None, "{WINDOW} in flight: full");
+        assert_eq!(
+            window.next_batch_from(Instant::now()),
+            None,
+            "{WINDOW} in flight: full"
+        );
+        assert_eq!(window.due_at(), None, "a full window waits for an ack");
         assert_eq!(
             window.on_message(ack(10, 0, "")),
             Heard::Retire {
@@ -226,7 +313,7 @@ mod tests {
             }
         );
         assert_eq!(
-            window.next_batch_from(),
+            window.next_batch_from(Instant::now()),
             Some(WINDOW as u64 * 10 + 1),
             "the next batch follows the last one sent, not the ack"
         );
@@ -235,7 +322,7 @@ mod tests {
 
     #[test]
     fn an_ack_retires_up_to_its_cumulative_mark_and_says_what_was_discarded() {
-        let mut window = Window::welcomed(0);
+        let mut window = backlog(0);
         window.on_sent(5);
         window.on_sent(9);
         assert_eq!(
@@ -252,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_refusal_rejects_and_other_messages_change_nothing() {
-        let mut window = Window::welcomed(3);
+        let mut window = backlog(3);
         window.on_sent(7);
         let refusal = CollectorMessage::Refusal(Refusal {
             reason: "agent revoked".into(),
@@ -275,12 +362,12 @@ mod tests {
             Heard::Nothing
         );
         assert!(!window.settled());
-        assert_eq!(window.next_batch_from(), Some(8));
+        assert_eq!(window.next_batch_from(Instant::now()), Some(8));
     }
 
     #[test]
     fn settling_takes_acks_and_stops_at_anything_else() {
-        let mut window = Window::welcomed(0);
+        let mut window = backlog(0);
         window.on_sent(2);
         window.on_sent(4);
         assert_eq!(window.on_settling(ack(2, 0, "")), Some(2));
@@ -292,7 +379,7 @@ mod tests {
 
     #[test]
     fn a_batch_takes_at_most_its_size_and_what_its_offsets_can_time() {
-        let window = Window::welcomed(0);
+        let window = backlog(0);
         let now = 1_790_000_000_000;
         let many: Vec<_> = (0..BATCH_RESULTS as i64 + 20)
             .map(|i| at(now + i))
@@ -334,5 +421,93 @@ mod tests {
             connection_error(&quinn::ConnectionError::TimedOut),
             SessionError::Failed(_)
         ));
+    }
+
+    #[test]
+    fn news_goes_at_once_and_the_rest_lingers_until_its_time() {
+        let t0 = Instant::now();
+        let mut window = Window::welcomed(4, 4, LINGER);
+        assert_eq!(window.next_batch_from(t0), None, "nothing spooled");
+        window.on_spooled(5, 0, t0);
+        window.on_spooled(6, 0, t0 + Duration::from_secs(10));
+        assert_eq!(window.next_batch_from(t0 + Duration::from_secs(29)), None);
+        assert_eq!(
+            window.due_at(),
+            Some(t0 + LINGER),
+            "the oldest sets the time"
+        );
+        assert_eq!(window.next_batch_from(t0 + LINGER), Some(5));
+        window.on_sent(6);
+        assert_eq!(window.due_at(), None);
+        // News: due at once, and carries what lingered before it.
+        window.on_spooled(7, 0, t0 + LINGER);
+        window.on_spooled(8, 8, t0 + LINGER + Duration::from_secs(1));
+        assert_eq!(
+            window.next_batch_from(t0 + LINGER + Duration::from_secs(1)),
+            Some(7)
+        );
+        window.on_sent(8);
+        // After the news is sent, no news lingers again.
+        window.on_spooled(9, 8, t0 + Duration::from_secs(40));
+        assert_eq!(window.next_batch_from(t0 + Duration::from_secs(41)), None);
+    }
+
+    #[test]
+    fn a_backlog_a_full_batch_and_a_flush_are_due_at_once() {
+        let t0 = Instant::now();
+        let window = Window::welcomed(10, 15, LINGER);
+        assert_eq!(
+            window.next_batch_from(t0),
+            Some(11),
+            "spooled before the session"
+        );
+        let mut window = Window::welcomed(0, 0, LINGER);
+        window.on_spooled(BATCH_RESULTS as u64 - 1, 0, t0);
+        assert_eq!(window.next_batch_from(t0), None);
+        window.on_spooled(BATCH_RESULTS as u64, 0, t0);
+        assert_eq!(
+            window.next_batch_from(t0),
+            Some(1),
+            "a full batch waits no more"
+        );
+        let mut window = Window::welcomed(0, 0, LINGER);
+        window.on_spooled(3, 0, t0);
+        window.flush();
+        assert_eq!(
+            window.next_batch_from(t0),
+            Some(1),
+            "an ending session flushes"
+        );
+    }
+
+    #[test]
+    fn what_did_not_fit_stays_due_and_an_empty_spool_stops_waiting() {
+        let t0 = Instant::now();
+        let mut window = Window::welcomed(0, 0, LINGER);
+        window.on_spooled(9, 9, t0);
+        window.on_sent(4);
+        assert_eq!(window.next_batch_from(t0), Some(5), "the rest of the news");
+        let mut window = Window::welcomed(0, 0, LINGER);
+        window.on_spooled(3, 0, t0);
+        window.on_nothing_to_send();
+        assert_eq!(window.next_batch_from(t0 + LINGER), None);
+        assert_eq!(window.due_at(), None);
+    }
+
+    #[test]
+    fn a_probe_request_is_handed_on() {
+        let mut window = backlog(0);
+        let request = ProbeRequest {
+            request_id: 3,
+            target: "mx.lab.test".into(),
+            port: 587,
+            family: egresswatch_wire::Family::Ipv4,
+            deadline_ms: 5000,
+        };
+        assert_eq!(
+            window.on_message(CollectorMessage::ProbeRequest(request.clone())),
+            Heard::ProbeRequest(request)
+        );
+        assert!(window.settled());
     }
 }
