@@ -17,6 +17,7 @@ pub mod resolve;
 pub mod smtp;
 pub mod tls;
 pub mod tls_failure;
+pub mod verified;
 
 use connect::Binding;
 use egresswatch_wire::result::truncate_detail;
@@ -63,6 +64,8 @@ pub struct ProbeOptions {
     pub interface: Option<String>,
     /// Trust roots for TLS verification.
     pub tls_roots: Arc<rustls::RootCertStore>,
+    /// Chains verified a moment ago, shared by every probe made with these options.
+    pub verified_chains: Arc<verified::VerifiedChains>,
     /// Name sent in EHLO.
     pub ehlo_name: String,
     /// Ports spoken to with implicit TLS, the greeting inside it (default: 465).
@@ -90,6 +93,7 @@ impl ProbeOptions {
             source_v6: None,
             interface: None,
             tls_roots,
+            verified_chains: Arc::default(),
             ehlo_name: default_ehlo_name(),
             implicit_tls_ports: vec![PORT_SMTPS],
             tls_only_ports: vec![PORT_HTTPS],
@@ -237,7 +241,7 @@ async fn probe_address(
 }
 
 fn tls_config(options: &ProbeOptions, result: &mut ProbeResult) -> Option<tls::TlsClient> {
-    match tls::client_config(options.tls_roots.clone()) {
+    match tls::client_config(options.tls_roots.clone(), options.verified_chains.clone()) {
         Ok(c) => Some(c),
         Err(e) => {
             result.outcome = Outcome::TlsFailed;

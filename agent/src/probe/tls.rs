@@ -2,6 +2,7 @@
 //! file, and a handshake that reports what was negotiated. A certificate that does not verify for
 //! the name asked is `tls_failed` — on a path that should be clean, that is interception.
 
+use super::verified::VerifiedChains;
 use crate::error::AgentError;
 use egresswatch_wire::result::TlsInfo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -85,14 +86,19 @@ impl TlsClient {
 }
 
 /// A client trusting `roots`, with the ring provider and safe defaults. Verification is the
-/// standard WebPKI one; the wrapper only remembers the presented leaf's issuer.
-pub fn client_config(roots: Arc<RootCertStore>) -> Result<TlsClient, AgentError> {
+/// standard WebPKI one; the wrapper remembers the presented leaf's issuer, and skips walking a
+/// chain that `recent` saw verify a moment ago (see [`VerifiedChains`]).
+pub fn client_config(
+    roots: Arc<RootCertStore>,
+    recent: Arc<VerifiedChains>,
+) -> Result<TlsClient, AgentError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let inner = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(|e| AgentError::Tls(e.to_string()))?;
     let verifier = Arc::new(RecordingVerifier {
         inner,
+        recent,
         presented: Mutex::new(None),
     });
     let config = ClientConfig::builder_with_provider(provider)
@@ -110,6 +116,7 @@ pub fn client_config(roots: Arc<RootCertStore>) -> Result<TlsClient, AgentError>
 #[derive(Debug)]
 struct RecordingVerifier {
     inner: Arc<WebPkiServerVerifier>,
+    recent: Arc<VerifiedChains>,
     presented: Mutex<Option<Presented>>,
 }
 
@@ -129,8 +136,22 @@ impl ServerCertVerifier for RecordingVerifier {
                 intermediates: intermediates.len(),
             });
         }
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        let name = server_name.to_str();
+        if self
+            .recent
+            .recently_verified(&name, end_entity, intermediates, now)
+        {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        self.recent.verified(&name, end_entity, intermediates, now);
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
