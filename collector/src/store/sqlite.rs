@@ -204,12 +204,11 @@ fn commit_group(
             let mark = match marks.get(agent).or_else(|| high_water.get(agent)) {
                 Some(m) => *m,
                 None => tx
-                    .query_row(
-                        "SELECT high_water FROM agents WHERE id = ?1",
-                        [agent],
-                        |row| row.get::<_, i64>(0),
-                    )
-                    .optional()
+                    .prepare_cached("SELECT high_water FROM agents WHERE id = ?1")
+                    .and_then(|mut read| {
+                        read.query_row([agent], |row| row.get::<_, i64>(0))
+                            .optional()
+                    })
                     .map_err(|e| db_err("reading the high-water mark", e))?
                     .map(|v| v as u64)
                     .unwrap_or(0),
@@ -219,6 +218,8 @@ fn commit_group(
                 ..Default::default()
             };
             let mut fresh = Vec::new();
+            // Each fresh result's record, encoded once for both `results` and `latest`.
+            let mut records: Vec<Vec<u8>> = Vec::new();
             // Freshest result per series of this request, for the `latest` table.
             let mut newest: HashMap<(&str, u16, u8), usize> = HashMap::new();
             for result in &request.results {
@@ -253,11 +254,11 @@ fn commit_group(
                     fresh.len(),
                 );
                 fresh.push(result.clone());
+                records.push(record);
             }
             for ((target, port, family), index) in newest {
                 let result = &fresh[index];
-                let record =
-                    rmp_serde::to_vec(result).map_err(|e| db_err("encoding a result", e))?;
+                let record = &records[index];
                 latest
                     .execute(params![
                         agent,
@@ -271,21 +272,26 @@ fn commit_group(
                     .map_err(|e| db_err("updating latest", e))?;
             }
             if report.high_water > mark {
-                tx.execute(
+                // Cached: parsing this statement again at every commit cost about a tenth of
+                // the collector's instructions per result at small batches (callgrind).
+                tx.prepare_cached(
                     "UPDATE agents SET high_water = ?2, last_seen_ms = MAX(last_seen_ms, ?3) WHERE id = ?1",
-                    params![agent, report.high_water as i64, request.now_unix_ms],
                 )
+                .and_then(|mut update| {
+                    update.execute(params![agent, report.high_water as i64, request.now_unix_ms])
+                })
                 .map_err(|e| db_err("updating the high-water mark", e))?;
             }
             marks.insert(agent.to_string(), report.high_water);
             if !fresh.is_empty() {
                 let (provider, account) = tx
-                    .query_row(
-                        "SELECT provider, account FROM agents WHERE id = ?1",
-                        [agent],
-                        |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
-                    )
-                    .optional()
+                    .prepare_cached("SELECT provider, account FROM agents WHERE id = ?1")
+                    .and_then(|mut read| {
+                        read.query_row([agent], |row| {
+                            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                        })
+                        .optional()
+                    })
                     .map_err(|e| db_err("reading the agent's labels", e))?
                     .unwrap_or_default();
                 derived.add(
