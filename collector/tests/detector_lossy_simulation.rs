@@ -25,7 +25,7 @@ const INTERVAL_MS: i64 = 60_000;
 const T0: i64 = 1_800_000_000_000;
 const PORTS: [u16; 5] = [443, 25, 465, 587, 2525];
 /// When an agent's two confirmations run after the result that departed.
-const CONFIRMATION_DELAYS_MS: [i64; 2] = [3_000, 6_000];
+const CONFIRMATION_DELAYS_MS: [i64; 2] = [10_000, 20_000];
 
 fn fleet() -> Vec<AgentMeta> {
     let mut agents = Vec::new();
@@ -206,17 +206,26 @@ fn per_thousand(extra: u64, scheduled: u64) -> f64 {
 fn lossy_run_false_alarms_and_detection_delay() {
     let rounds = 2_000;
     let config = DetectorConfig::default();
+    // Another seed shows the figures are not one seed's luck: EGRESSWATCH_SIM_SEED=3.
+    let seed = std::env::var("EGRESSWATCH_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7u64);
     println!(
         "fleet: 12 agents (3 providers x 2 accounts x 2), 5 ports, interval 60 s; \
-         false_alarm_rate {}, background floor {}, 2 confirmations 3 s and 6 s after a departure, \
-         requests to the account's other agents + 1 in the provider + 1 elsewhere, answered in 1-5 s",
-        config.false_alarm_rate, config.background_floor
+         false_alarm_rate {}, background floor {}, 2 confirmations {} s and {} s after a departure \
+         (the agent's default spacing: its per-destination floor), requests to the account's other \
+         agents + 1 in the provider + 1 elsewhere, answered in 1-5 s; seed {seed}",
+        config.false_alarm_rate,
+        config.background_floor,
+        CONFIRMATION_DELAYS_MS[0] / 1000,
+        CONFIRMATION_DELAYS_MS[1] / 1000,
     );
     println!("| probe failure q | rounds | series | agent | account | provider | destination | confirmations per 1000 scheduled | requested per 1000 scheduled |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let mut quiet = BTreeMap::new();
     for q in [0.01, 0.05, 0.10] {
-        let r = run(q, rounds, None, 7);
+        let r = run(q, rounds, None, seed);
         let counts = by_scope(&r.events);
         println!(
             "| {q} | {rounds} | 60 | {} | {} | {} | {} | {} | {} |",
@@ -244,7 +253,7 @@ fn lossy_run_false_alarms_and_detection_delay() {
 
     // A real change: hetzner-a's 587 closes at a random moment of a round, 25 times. Each time
     // one account event naming both of its agents, nothing for a sibling, and its delay.
-    let mut rng = StdRng::seed_from_u64(11);
+    let mut rng = StdRng::seed_from_u64(seed + 4);
     for q in [0.01, 0.05] {
         let mut delays = Vec::new();
         let (mut confirmations, mut requested, mut scheduled) = (0, 0, 0);

@@ -78,7 +78,7 @@ impl Default for DetectorConfig {
     fn default() -> Self {
         DetectorConfig {
             confirm_probes: None,
-            false_alarm_rate: 1e-5,
+            false_alarm_rate: 1e-7,
             missed_change_rate: 0.01,
             background_floor: 0.02,
             background_weight: 0.01,
