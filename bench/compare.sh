@@ -17,7 +17,7 @@
 # prometheus-blackbox-exporter, curl (Debian).
 # Usage: sudo bench/compare.sh
 #   env: INTERVAL=10 (s, both tools)  PROBE_TIMEOUT=5 (s)  WARMUP=40 (s)  STEADY=300 (s window)
-#        ALERT_WAIT=300 (s)  PROM_FOR=1m  AM_GROUP_WAIT=30s  INGEST_CONNECTIONS="1000 10000"
+#        ALERT_WAIT=300 (s)  LOSSY=120 (s of LOSS=5 % packet loss before the flip)  PROM_FOR=1m  AM_GROUP_WAIT=30s  INGEST_CONNECTIONS="1000 10000"
 #        RESULTS=bench/RESULTS.md  KEEP_WORK=0
 set -euo pipefail
 
@@ -28,13 +28,15 @@ PROBE_TIMEOUT=${PROBE_TIMEOUT:-5}
 WARMUP=${WARMUP:-40}
 STEADY=${STEADY:-300}
 ALERT_WAIT=${ALERT_WAIT:-300}
+LOSSY=${LOSSY:-120}
+LOSS=${LOSS:-5}
 PROM_FOR=${PROM_FOR:-1m}
 AM_GROUP_WAIT=${AM_GROUP_WAIT:-30s}
 INGEST_CONNECTIONS=${INGEST_CONNECTIONS:-1000 10000}
 RESULTS=${RESULTS:-bench/RESULTS.md}
 KEEP_WORK=${KEEP_WORK:-0}
 COMMAND="sudo INTERVAL=$INTERVAL PROBE_TIMEOUT=$PROBE_TIMEOUT WARMUP=$WARMUP STEADY=$STEADY \
-PROM_FOR=$PROM_FOR AM_GROUP_WAIT=$AM_GROUP_WAIT INGEST_CONNECTIONS=\"$INGEST_CONNECTIONS\" bench/compare.sh"
+LOSSY=$LOSSY LOSS=$LOSS PROM_FOR=$PROM_FOR AM_GROUP_WAIT=$AM_GROUP_WAIT INGEST_CONNECTIONS=\"$INGEST_CONNECTIONS\" bench/compare.sh"
 
 if [ "$(id -u)" != 0 ]; then
     echo "bench/compare.sh needs root: it builds network namespaces and nftables rules (run it with sudo)." >&2
@@ -333,6 +335,17 @@ for family in ipv4 ipv6; do
     done
 done
 in_ns bb-1 python3 "$PY" probe-bodies http://127.0.0.1:9115 "$WORK/probe_bodies.json" "${BODY_ARGS[@]}"
+
+say "lossy window: ${LOSS} % packet loss on every link for ${LOSSY} s; counting false alerts"
+LOSSY_FROM_MS=$(python3 -c 'import time; print(int(time.time() * 1000))')
+"$LAB" loss --name "$NAME" "$LOSS" >/dev/null
+sleep "$LOSSY"
+"$LAB" loss --name "$NAME" 0 >/dev/null
+# Alerts already on their way when the loss ends still count: one probe timeout and a settle.
+sleep $((PROBE_TIMEOUT + INTERVAL + 5))
+LOSSY_TO_MS=$(python3 -c 'import time; print(int(time.time() * 1000))')
+LOSSY_COUNTS=$(python3 "$PY" count-alerts "$LOSSY_FROM_MS" "$LOSSY_TO_MS" "$WORK/ew-alerts.jsonl" "$WORK/bb-alerts.jsonl")
+meta lossy "$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d.update(secs=int(sys.argv[2]), percent=float(sys.argv[3])); print(json.dumps(d))' "$LOSSY_COUNTS" "$LOSSY" "$LOSS")"
 
 say "policy flip: cloud/acct 587 -> drop; waiting for both alerts (at most ${ALERT_WAIT} s)"
 FLIP_MS=$(python3 -c 'import time; print(int(time.time() * 1000))')
