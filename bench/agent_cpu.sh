@@ -219,4 +219,5 @@ awk -v a="$IR_S" -v b="$IR_L" -v ta="$TOTAL_S" -v tb="$TOTAL_L" -v oa="$OK_S" -v
     printf "instructions per extra result (long - short): %.0f\n", (b - a) / (tb - ta);
     if (ob > oa) printf "instructions per extra TLS probe, the no_address results charged to them: %.0f\n", (b - a) / (ob - oa) }'
 echo "top functions of the long run (self cost; names need symbols: CARGO_PROFILE_RELEASE_AGENT_STRIP=false):"
-sed -n '/file:function/,$p' "$WORK/long/annotate.txt" | head -30
+# head closes the pipe early: not a failure of the bench.
+sed -n '/file:function/,$p' "$WORK/long/annotate.txt" | head -30 || true
