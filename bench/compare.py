@@ -478,6 +478,14 @@ def report(work: str, results_md: str, command: str) -> None:
     info_row("the other half (collector; Prometheus): binary size", meta["collector_size"],
              meta["prometheus_size"])
 
+    tsdb = meta.get("tsdb")
+    if isinstance(tsdb, dict) and float(tsdb.get("samples") or 0) > 0:
+        per_sample = tsdb["snapshot_bytes"] / float(tsdb["samples"])
+        per_probe = per_sample * float(tsdb["samples_per_probe"])
+        info_row("Prometheus TSDB bytes per blackbox probe (snapshot bytes / samples appended x "
+                 "samples per probe)", "see bench/history.sh",
+                 f"{per_probe:.1f} ({per_sample:.2f} per sample x {float(tsdb['samples_per_probe']):.1f} samples)")
+
     alerts = load(os.path.join(work, "alerts.json"))
 
     def delay(key):

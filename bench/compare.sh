@@ -272,8 +272,9 @@ bg_in_ns bb-1 prometheus-alertmanager --config.file "$WORK/alertmanager.yml" \
     --storage.path "$WORK/am" --web.listen-address 127.0.0.1:9093 --cluster.listen-address= \
     > "$WORK/alertmanager.log" 2>&1 &
 PIDS+=($!)
+# The admin API only for the TSDB snapshot that measures its bytes per probe (loopback in bb-1).
 bg_in_ns bb-1 prometheus --config.file "$WORK/prometheus.yml" --storage.tsdb.path "$WORK/prom" \
-    --web.listen-address 127.0.0.1:9090 > "$WORK/prometheus.log" 2>&1 &
+    --web.enable-admin-api --web.listen-address 127.0.0.1:9090 > "$WORK/prometheus.log" 2>&1 &
 PROMETHEUS_PID=$!
 PIDS+=("$PROMETHEUS_PID")
 sleep 2
@@ -325,6 +326,22 @@ meta agent_probes "$(count_agent all)"
 meta agent_ok "$(count_agent ok)"
 meta blackbox_probes "$(prom "sum(count_over_time(probe_success{job=\"smtp\"}[${WINDOW_S}s]))")"
 meta blackbox_ok "$(prom "sum(sum_over_time(probe_success{job=\"smtp\"}[${WINDOW_S}s]))")"
+
+# Prometheus' storage per probe: a TSDB snapshot (the head written out as a compacted block:
+# chunks, index, tombstones) over every sample appended since start, and the samples one probe
+# adds (what the /probe scrape returned plus the 5 series Prometheus adds to every scrape).
+SNAPSHOT=$(in_ns bb-1 curl -sf -XPOST http://127.0.0.1:9090/api/v1/admin/tsdb/snapshot \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["name"])' || true)
+if [ -n "$SNAPSHOT" ] && [ -d "$WORK/prom/snapshots/$SNAPSHOT" ]; then
+    SNAP_BYTES=$(du -sb "$WORK/prom/snapshots/$SNAPSHOT" | cut -f1)
+    # Prometheus does not scrape itself here: its own counter, read from its /metrics.
+    SAMPLES=$(in_ns bb-1 curl -sf http://127.0.0.1:9090/metrics \
+        | awk '/^prometheus_tsdb_head_samples_appended_total/ { n += $NF } END { printf "%.0f", n }')
+    PER_PROBE=$(prom "avg(avg_over_time(scrape_samples_scraped{job=\"smtp\"}[${WINDOW_S}s])) + 5")
+    meta tsdb "{\"snapshot_bytes\": $SNAP_BYTES, \"samples\": $SAMPLES, \"samples_per_probe\": $PER_PROBE}"
+else
+    echo "warning: no TSDB snapshot; its bytes per probe are left out" >&2
+fi
 
 say "scrape bodies: /probe of each target, plain and gzip"
 BODY_ARGS=()
