@@ -136,6 +136,7 @@ fn collector_config(dir: &Path, addr: SocketAddr, trust: &Ca, agent_ca: &Ca) -> 
         ca: write_pem(dir, "ca.pem", trust.cert.pem()),
         cert: write_pem(dir, "agent.crt", cert.pem()),
         key: write_pem(dir, "agent.key", key.serialize_pem()),
+        linger_setting: None,
         linger: Duration::from_secs(30),
     }
 }

@@ -65,17 +65,27 @@ pub struct CollectorConfig {
     /// This agent's certificate and key, issued by `egresswatch-collector ca issue`.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// `linger` as configured; unset, it follows the targets' intervals ([`default_linger`]).
+    #[serde(default, rename = "linger", deserialize_with = "optional_duration")]
+    pub linger_setting: Option<Duration>,
     /// How long a result that is no news (its series' state unchanged) may wait for company
-    /// before it is sent; news, confirmations and answers to requests go at once.
-    #[serde(default = "default_linger", deserialize_with = "duration")]
+    /// before it is sent; news, confirmations and answers to requests go at once. Resolved from
+    /// `linger_setting` when the configuration is read.
+    #[serde(skip)]
     pub linger: Duration,
 }
 
-/// At the default 60 s interval a result waits at most half an interval, so each batch carries
-/// about half of every series' results, and the collector's newest result of a series is never
-/// older than interval + linger (90 s), well inside the matrix's 180 s before it calls it stale.
-fn default_linger() -> Duration {
-    Duration::from_secs(30)
+/// Half the shortest probe interval, at most 30 s: at the default 60 s interval each batch
+/// carries about half of every series' results, and the collector's newest result of a series
+/// is never older than interval + linger (90 s), well inside the matrix's 180 s before it calls
+/// it stale; an agent probing every few seconds still reports every few seconds.
+pub fn default_linger(targets: &[TargetConfig]) -> Duration {
+    let shortest = targets
+        .iter()
+        .map(|t| t.interval)
+        .min()
+        .unwrap_or(Duration::from_secs(60));
+    (shortest / 2).min(Duration::from_secs(30))
 }
 
 /// Longest linger accepted: beyond it the collector's matrix would call healthy series stale.
@@ -287,6 +297,10 @@ impl AgentConfig {
                 "probe.requests_per_minute must be at least 1 (set probe.answer_probe_requests = false to turn requests off)".into(),
             ));
         }
+        self.collector.linger = self
+            .collector
+            .linger_setting
+            .unwrap_or_else(|| default_linger(&self.effective_targets()));
         if self.collector.linger > MAX_LINGER {
             return Err(bad(format!(
                 "collector.linger must be at most {}s: the collector calls a series stale after 180 s",
@@ -324,7 +338,7 @@ impl AgentConfig {
             ("collector.ca", a.ca != b.ca),
             ("collector.cert", a.cert != b.cert),
             ("collector.key", a.key != b.key),
-            ("collector.linger", a.linger != b.linger),
+            ("collector.linger", a.linger_setting != b.linger_setting),
             ("spool.dir", self.spool.dir != new.spool.dir),
         ]
         .into_iter()
@@ -459,7 +473,16 @@ mod tests {
         );
         assert!(e.answer_probe_requests);
         assert_eq!(e.requests_per_minute, 10);
+        // The built-in targets every 5 minutes: the 30 s cap; a target every 4 s: 2 s.
         assert_eq!(c.collector.linger, Duration::from_secs(30));
+        let fast = format!(
+            "{MINIMAL}[[targets]]\nhost = \"mx.lab.test\"\nports = [587]\ninterval = \"4s\"\n"
+        );
+        let c = AgentConfig::parse(&fast, Path::new("a.toml")).unwrap();
+        assert_eq!(c.collector.linger, Duration::from_secs(2));
+        let set = fast.replace("[collector]\n", "[collector]\nlinger = \"20s\"\n");
+        let c = AgentConfig::parse(&set, Path::new("a.toml")).unwrap();
+        assert_eq!(c.collector.linger, Duration::from_secs(20));
         let low_floor = format!("{MINIMAL}[probe]\nmin_interval_per_destination = \"1s\"\n");
         let c = AgentConfig::parse(&low_floor, Path::new("a.toml")).unwrap();
         assert_eq!(c.evidence().confirm_spacing, Duration::from_secs(5));
