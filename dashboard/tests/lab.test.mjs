@@ -52,7 +52,7 @@ test('the page on the real collector: counts, drill-down, a lab policy flip live
   ], {
     cwd: REPO,
     // The tail keeps the collector up after the reopening, while the history view is read.
-    env: { ...process.env, EGRESSWATCH_DEMO_TAIL: '30', EGRESSWATCH_DEMO_LABELS: JSON.stringify({ 'aws-acct-b-1': { region: HOSTILE } }) },
+    env: { ...process.env, EGRESSWATCH_DEMO_TAIL: '20', EGRESSWATCH_DEMO_LABELS: JSON.stringify({ 'aws-acct-b-1': { region: HOSTILE } }) },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let output = '';
@@ -144,9 +144,11 @@ test('the page on the real collector: counts, drill-down, a lab policy flip live
     const closedSpanOver = (ivs) => {
       const blocked = ivs.filter((iv) => iv.status === 'blocked');
       return blocked.length > 0 && blocked.every((b) => ivs.some((o) =>
-        seriesOf(o) === seriesOf(b) && o.status === 'open' && Date.parse(o.first_seen) > Date.parse(b.last_seen)));
+        seriesOf(o) === seriesOf(b) && o.status === 'open' && Date.parse(o.first_seen) >= Date.parse(b.last_seen)));
     };
-    await until('every blocked acct-a 587 series followed by an open interval', 15_000, async () => closedSpanOver(await intervalsOverHttp()));
+    let seen = [];
+    await until('every blocked acct-a 587 series followed by an open interval', 15_000, async () => closedSpanOver(seen = await intervalsOverHttp()))
+      .catch((e) => { throw new Error(`${e.message}: ${JSON.stringify(seen)}`); });
 
     // The cell's history, opened from the page at its default 24 h range.
     const hist = page.locator('dialog#history');
@@ -203,7 +205,10 @@ test('the page on the real collector: counts, drill-down, a lab policy flip live
     await context.close();
   } finally {
     await browser.close();
-    const code = await Promise.race([exited, sleep(150_000).then(() => 'timeout')]);
+    // A cleared timer: a pending one would keep the test's process alive to its end.
+    let bound;
+    const code = await Promise.race([exited, new Promise((resolve) => { bound = setTimeout(() => resolve('timeout'), 150_000); })]);
+    clearTimeout(bound);
     if (code === 'timeout') demo.kill('SIGTERM');
     assert.equal(code, 0, `lab/demo failed:\n${output}`);
   }
