@@ -483,6 +483,15 @@ function renderPolicy(box, doc, intervals) {
   box.append(v);
 }
 
+/** A table cell with the time to the minute, and to the millisecond in its `datetime`. */
+function timeCell(ms) {
+  const td = el('td', 'nowrap');
+  const t = el('time', null, fmtTime(ms));
+  if (Number.isFinite(ms)) t.dateTime = new Date(ms).toISOString();
+  td.append(t);
+  return td;
+}
+
 function renderIntervals(box, intervals, sel) {
   box.replaceChildren();
   if (!intervals.length) {
@@ -509,7 +518,7 @@ function renderIntervals(box, intervals, sel) {
     const st = el('td');
     st.append(statusWord(iv.status));
     tr.append(
-      el('td', 'nowrap', fmtTime(first)), el('td', 'nowrap', fmtTime(last)), el('td', 'nowrap', fmtDuration(last - first)),
+      timeCell(first), timeCell(last), el('td', 'nowrap', fmtDuration(last - first)),
       st, el('td', null, iv.outcome ?? '—'), el('td', null, iv.agent ?? '—'), el('td', null, iv.target ?? '—'),
       el('td', null, FAMILY_WORD[iv.family] ?? iv.family ?? '—'), el('td', 'num', iv.probes ?? '—'),
       el('td', 'num', fmtMs(iv.p50_connect_ms)), el('td', 'num', fmtMs(iv.p95_connect_ms)),
