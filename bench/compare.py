@@ -648,7 +648,7 @@ def main() -> None:
     elif cmd == "outcomes":
         outcomes(*rest)
     elif cmd == "count-alerts":
-        count_alerts(*args[:4])
+        count_alerts(*rest[:4])
     elif cmd == "wait-alerts":
         wait_alerts(*rest)
     elif cmd == "meta":
