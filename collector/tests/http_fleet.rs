@@ -61,10 +61,12 @@ async fn one_account_closing_587_is_one_event_everywhere() {
     // anything: the test drives time.
     let t0 = now_unix_ms() + 1_000;
     let mut seq = 0;
-    for round in 0..10i64 {
+    // Five open rounds settle every series (the detector's baseline test decides at its bound),
+    // then acct-1's 587 closes.
+    for round in 0..12i64 {
         let now = t0 + round * 60_000;
         for a in &agents {
-            let closed = a.labels.account == "acct-1" && round >= 3;
+            let closed = a.labels.account == "acct-1" && round >= 5;
             let results: Vec<ProbeResult> = [(587u16, closed), (443, false)]
                 .into_iter()
                 .map(|(port, fail)| {
