@@ -4,7 +4,7 @@
 // textContent / createElement only, never as HTML. Rows are keyed and updated in place: provider
 // rows are built first, account/region/agent rows only when their parent is expanded.
 
-import { initHistory, historyButton } from './history.js';
+import { el, initHistory, historyButton, sourceLine } from './history.js';
 
 const STATUS = {
   open: { sym: '✓', word: 'open' },
@@ -34,12 +34,6 @@ const state = {
 
 const $ = (id) => document.getElementById(id);
 
-function el(tag, className, text) {
-  const e = document.createElement(tag);
-  if (className) e.className = className;
-  if (text !== undefined && text !== null) e.textContent = String(text);
-  return e;
-}
 
 // ---------- formatting ----------
 
@@ -148,20 +142,7 @@ function buildDoc(doc) {
   const bodyEl = el('div', 'doc-body');
   bodyEl.append(dl);
   d.append(bodyEl);
-  if (doc.source) {
-    const p = el('p', 'doc-source');
-    // Only http(s) links are made clickable; anything else stays text.
-    if (/^https?:\/\//i.test(doc.source)) {
-      const a = el('a', null, doc.source);
-      a.href = doc.source;
-      a.rel = 'noopener noreferrer';
-      a.target = '_blank';
-      p.append('source: ', a);
-    } else {
-      p.textContent = `source: ${doc.source}`;
-    }
-    bodyEl.append(p);
-  }
+  if (doc.source) bodyEl.append(sourceLine(doc.source, 'doc-source'));
   return d;
 }
 

@@ -38,11 +38,26 @@ const view = {
   context: null,
 };
 
-function el(tag, className, text) {
+export function el(tag, className, text) {
   const e = document.createElement(tag);
   if (className) e.className = className;
   if (text !== undefined && text !== null) e.textContent = String(text);
   return e;
+}
+
+/** "source: …" for a documented policy; only http(s) sources become links, the rest stay text. */
+export function sourceLine(source, className) {
+  const p = el('p', className);
+  if (/^https?:\/\//i.test(source)) {
+    const a = el('a', null, source);
+    a.href = source;
+    a.rel = 'noopener noreferrer';
+    a.target = '_blank';
+    p.append('source: ', a);
+  } else {
+    p.textContent = `source: ${source}`;
+  }
+  return p;
 }
 
 function statusOf(s) {
@@ -451,19 +466,7 @@ function renderPolicy(box, doc, intervals) {
   p.append('Documented: ', el('strong', null, doc.policy));
   if (doc.summary) p.append(` — ${doc.summary}`);
   box.append(p);
-  if (doc.source) {
-    const src = el('p', 'hist-muted hist-source');
-    if (/^https?:\/\//i.test(doc.source)) {
-      const a = el('a', null, doc.source);
-      a.href = doc.source;
-      a.rel = 'noopener noreferrer';
-      a.target = '_blank';
-      src.append('source: ', a);
-    } else {
-      src.textContent = `source: ${doc.source}`;
-    }
-    box.append(src);
-  }
+  if (doc.source) box.append(sourceLine(doc.source, 'hist-muted hist-source'));
   const v = el('p', 'hist-verdict');
   if (!intervals) {
     v.textContent = 'the intervals did not load: whether observation agrees is not known';
