@@ -17,6 +17,7 @@
 
 pub mod memory;
 pub mod retention;
+pub mod shared;
 pub mod silences;
 mod silences_memory;
 mod silences_sqlite;
@@ -35,11 +36,37 @@ use serde::Deserialize;
 use std::path::PathBuf;
 
 /// `[store]` in the collector's config.
+/// Which engine holds the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// One collector, one file (`path`).
+    #[default]
+    Sqlite,
+    /// Any number of collectors on one PostgreSQL database (`url`).
+    Postgres,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    pub kind: StoreKind,
     /// SQLite database file; relative paths are under `data_dir`.
     pub path: PathBuf,
+    /// PostgreSQL: `postgres://USER@HOST:PORT/DB` (key=value form too); `sslmode=require` or
+    /// `verify-full` in it turns TLS on. No password in it: see `password_file`.
+    pub url: Option<String>,
+    /// PostgreSQL: a file holding the password (its first line), readable by the collector only.
+    pub password_file: Option<PathBuf>,
+    /// PostgreSQL: PEM CA certificates the server's certificate must chain to (TLS); without
+    /// it, the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PostgreSQL: most connections this collector opens to the database, besides the leader's
+    /// lock and the notification listener. Default 8.
+    pub pool_size: u32,
+    /// PostgreSQL: how long to wait for a connection (connecting, or a free one from the pool)
+    /// before a write fails and the agent keeps the results spooled. Default 5.
+    pub connect_timeout_secs: u64,
     /// Raw results older than this many hours are deleted (0 keeps them all). Default 48.
     pub raw_retention_hours: Option<u32>,
     /// Deprecated: the raw window in days, read when `raw_retention_hours` is not set.
@@ -54,7 +81,13 @@ pub const DEFAULT_RAW_RETENTION_HOURS: u32 = 48;
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
+            kind: StoreKind::Sqlite,
             path: PathBuf::from("egresswatch.db"),
+            url: None,
+            password_file: None,
+            ca_file: None,
+            pool_size: 8,
+            connect_timeout_secs: 5,
             raw_retention_hours: None,
             retention_days: None,
             history_retention_days: 400,
