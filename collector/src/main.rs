@@ -7,6 +7,7 @@ use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::fleet::{Fleet, ResultObserver};
 use egresswatch_collector::limits::LimitCounters;
 use egresswatch_collector::metrics::Metrics;
+use egresswatch_collector::cluster::{self, ClusterCounters};
 use egresswatch_collector::{alerts, ca, config::Config, http, ingest, ready, store};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -172,8 +173,8 @@ async fn serve(cfg: Config) -> Result<()> {
         println!("made a new fleet CA in {}", ca_dir.display());
     }
     let authority = ca::Authority::load(&ca_dir)?;
-    let db_path = cfg.data_dir.join(&cfg.store.path);
-    let store = Arc::new(store::sqlite::SqliteStore::open(&db_path)?);
+    let opened = open_store(&cfg)?;
+    let store: Arc<dyn store::Store> = opened.store();
 
     let metrics = Arc::new(Metrics::new());
     let ingest_counters = ingest::IngestCounters::register(&metrics);
@@ -190,13 +191,17 @@ async fn serve(cfg: Config) -> Result<()> {
         .with_agents(store.clone());
     let fleet = Fleet::new(cfg.fleet(), store.clone(), alerts, metrics.clone());
     fleet.restore_from_store(now_unix_ms()).await?;
+    let cluster_counters = match &opened {
+        OpenedStore::Postgres(_) => Some(ClusterCounters::register(&metrics)),
+        OpenedStore::Sqlite(_) => None,
+    };
 
     let reset_key = ingest::reset_key(&cfg.data_dir.join("quic-reset.key"))?;
     let ingest = ingest::Ingest::bind(&cfg.quic, &authority, reset_key, ingest_counters.clone())?;
     let http = http::bind(&cfg.http).await?;
     println!("data dir:  {}", cfg.data_dir.display());
     println!("fleet CA:  {} (agents trust it; issue agents with `egresswatch-collector ca issue --dir {} ID`)", ca_dir.join("ca.pem").display(), ca_dir.display());
-    println!("database:  {}", db_path.display());
+    println!("database:  {}", opened.describe(&cfg));
     let (quic_addr, http_addr) = (ingest.local_addr()?, http.local_addr()?);
     println!("QUIC:      {quic_addr} (agents report here)");
     println!("HTTP:      http://{http_addr}/ (matrix page, /api/matrix, /metrics)");
@@ -222,6 +227,20 @@ async fn serve(cfg: Config) -> Result<()> {
     let ingest_task = tokio::spawn(ingest.serve(context, stopped(stop_rx.clone())));
     let http_task = tokio::spawn(http.serve(fleet.clone(), limits, stopped(stop_rx.clone())));
     let fleet_task = tokio::spawn(fleet.clone().run(stopped(stop_rx.clone())));
+    // Several collectors on one database: follow the fleet's feed, and lead when the lock is free.
+    let follower = match (&opened, cluster_counters) {
+        (OpenedStore::Postgres(pg), Some(counters)) => Some(cluster::start(
+            fleet.clone(),
+            pg.clone(),
+            &cfg.cluster,
+            cluster::Endpoints {
+                quic: quic_addr.to_string(),
+                http: http_addr.to_string(),
+            },
+            counters,
+        )?),
+        _ => None,
+    };
     let retention = tokio::spawn(store::retention::prune_loop(
         store.clone(),
         store::retention::RetentionPolicy::of(&cfg.store),
@@ -238,12 +257,63 @@ async fn serve(cfg: Config) -> Result<()> {
         Ok(Ok(())) => {}
     }
     let _ = fleet_task.await;
+    if let Some(follower) = follower {
+        // Gives up the lead at once, so another collector takes it without waiting for a
+        // timeout.
+        let _ = tokio::task::spawn_blocking(move || follower.stop()).await;
+    }
     retention.abort();
-    tokio::task::spawn_blocking(move || store.close())
+    tokio::task::spawn_blocking(move || opened.close())
         .await
         .ok();
     info!("stopped");
     Ok(())
+}
+
+/// The store the config names, opened (and for PostgreSQL, migrated).
+enum OpenedStore {
+    Sqlite(Arc<store::sqlite::SqliteStore>),
+    Postgres(Arc<store::postgres::PostgresStore>),
+}
+
+fn open_store(cfg: &Config) -> Result<OpenedStore> {
+    Ok(match cfg.store.kind {
+        store::StoreKind::Sqlite => {
+            let path = cfg.data_dir.join(&cfg.store.path);
+            OpenedStore::Sqlite(Arc::new(store::sqlite::SqliteStore::open(&path)?))
+        }
+        store::StoreKind::Postgres => {
+            OpenedStore::Postgres(Arc::new(store::postgres::PostgresStore::open(&cfg.store)?))
+        }
+    })
+}
+
+impl OpenedStore {
+    fn store(&self) -> Arc<dyn store::Store> {
+        match self {
+            OpenedStore::Sqlite(s) => s.clone(),
+            OpenedStore::Postgres(p) => p.clone(),
+        }
+    }
+
+    fn describe(&self, cfg: &Config) -> String {
+        match self {
+            OpenedStore::Sqlite(_) => cfg.data_dir.join(&cfg.store.path).display().to_string(),
+            OpenedStore::Postgres(_) => format!(
+                "PostgreSQL {} (shared: this collector is {:?})",
+                cfg.store.url.as_deref().unwrap_or(""),
+                cfg.cluster.id()
+            ),
+        }
+    }
+
+    /// Finishes pending writes (graceful shutdown).
+    fn close(&self) {
+        match self {
+            OpenedStore::Sqlite(s) => s.close(),
+            OpenedStore::Postgres(p) => p.close(),
+        }
+    }
 }
 
 async fn shutdown_signal() {
