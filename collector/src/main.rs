@@ -223,15 +223,16 @@ async fn serve(cfg: Config) -> Result<()> {
         ingest_counters,
         limits.clone(),
     ));
-    fleet.fanout().connect(context.sessions.clone());
-    let ingest_task = tokio::spawn(ingest.serve(context, stopped(stop_rx.clone())));
-    let http_task = tokio::spawn(http.serve(fleet.clone(), limits, stopped(stop_rx.clone())));
-    let fleet_task = tokio::spawn(fleet.clone().run(stopped(stop_rx.clone())));
-    // Several collectors on one database: follow the fleet's feed, and lead when the lock is free.
+    if matches!(opened, OpenedStore::Sqlite(_)) {
+        fleet.fanout().connect(context.sessions.clone());
+    }
+    // Several collectors on one database: follow the fleet's feed, and lead when the lock is
+    // free. Shared mode is on before ingest takes its first result.
     let follower = match (&opened, cluster_counters) {
         (OpenedStore::Postgres(pg), Some(counters)) => Some(cluster::start(
             fleet.clone(),
             pg.clone(),
+            context.sessions.clone(),
             &cfg.cluster,
             cluster::Endpoints {
                 quic: quic_addr.to_string(),
@@ -241,6 +242,9 @@ async fn serve(cfg: Config) -> Result<()> {
         )?),
         _ => None,
     };
+    let ingest_task = tokio::spawn(ingest.serve(context, stopped(stop_rx.clone())));
+    let http_task = tokio::spawn(http.serve(fleet.clone(), limits, stopped(stop_rx.clone())));
+    let fleet_task = tokio::spawn(fleet.clone().run(stopped(stop_rx.clone())));
     let retention = tokio::spawn(store::retention::prune_loop(
         store.clone(),
         store::retention::RetentionPolicy::of(&cfg.store),

@@ -7,7 +7,7 @@
 //! and not a task. A failed call marks the store unavailable (the page says so) and the round
 //! starts again; nothing it reads is lost, because the cursor only moves past what it handed on.
 
-use super::{ClusterConfig, ClusterCounters, Endpoints};
+use super::{ClusterConfig, ClusterCounters, ClusterSessions, Endpoints};
 use crate::error::CollectorError;
 use crate::events::{now_unix_ms, rfc3339};
 use crate::fleet::{Fleet, Shared};
@@ -40,6 +40,7 @@ impl Follower {
     pub(super) fn start(
         fleet: Arc<Fleet>,
         shared: Arc<Shared>,
+        sessions: Arc<ClusterSessions>,
         config: ClusterConfig,
         id: String,
         endpoints: Endpoints,
@@ -50,6 +51,7 @@ impl Follower {
         let mut round = Round {
             fleet,
             shared,
+            sessions,
             config,
             id,
             endpoints,
@@ -100,6 +102,7 @@ impl Follower {
 struct Round {
     fleet: Arc<Fleet>,
     shared: Arc<Shared>,
+    sessions: Arc<ClusterSessions>,
     config: ClusterConfig,
     id: String,
     endpoints: Endpoints,
@@ -163,6 +166,15 @@ impl Round {
         };
         if news.contains(&News::Silences) {
             self.reload_silences()?;
+        }
+        for item in &news {
+            if let News::ProbeRequest {
+                agent,
+                request_json,
+            } = item
+            {
+                self.sessions.relay(agent, request_json);
+            }
         }
         self.read_feed()?;
         self.forward_events()?;
@@ -284,6 +296,10 @@ impl Round {
         let fresh_ms = (self.config.heartbeat_secs.max(1) as i64) * 5_000;
         let alive = store.collectors(now, fresh_ms)?;
         self.counters.collectors.set(alive.len() as i64);
+        store.publish_sessions(&self.id, &self.sessions.local_json())?;
+        if self.fleet.leads() {
+            self.sessions.set_remote(&self.id, &store.sessions(now, fresh_ms)?);
+        }
         Ok(())
     }
 }

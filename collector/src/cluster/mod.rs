@@ -23,11 +23,14 @@
 mod counters;
 mod follow;
 mod outbox;
+mod sessions;
 
 pub use counters::ClusterCounters;
 pub use follow::Follower;
+pub use sessions::ClusterSessions;
 
 use crate::fleet::Fleet;
+use crate::ingest::registry::SessionRegistry;
 use crate::store::shared::SharedStore;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -75,19 +78,24 @@ pub struct Endpoints {
     pub http: String,
 }
 
-/// Puts `fleet` in shared mode over `store` and starts the follower thread and the outbox task.
-/// Returns the follower, whose [`Follower::stop`] gives up the lead and ends both.
+/// Puts `fleet` in shared mode over `store`, connects its fan-out to every collector's sessions
+/// (this one's are `local`), and starts the follower thread and the outbox task. Returns the
+/// follower, whose [`Follower::stop`] gives up the lead and ends both.
 pub fn start(
     fleet: Arc<Fleet>,
     store: Arc<dyn SharedStore>,
+    local: Arc<SessionRegistry>,
     config: &ClusterConfig,
     endpoints: Endpoints,
     counters: ClusterCounters,
 ) -> Result<Follower, crate::CollectorError> {
     let shared = fleet.share(store);
+    let sessions = Arc::new(ClusterSessions::new(local, shared.clone()));
+    fleet.fanout().connect(sessions.clone());
     let follower = follow::Follower::start(
         fleet.clone(),
         shared.clone(),
+        sessions,
         config.clone(),
         config.id(),
         endpoints,

@@ -179,4 +179,12 @@ pub trait SharedStore: Store {
         -> Result<Vec<CollectorRow>, CollectorError>;
     /// A cheap round trip: is the database reachable now?
     fn ping(&self) -> Result<(), CollectorError>;
+    /// Replaces what this collector says of its live agent sessions (a JSON list the cluster
+    /// layer writes and reads back; the store keeps it as text beside the heartbeat).
+    fn publish_sessions(&self, collector_id: &str, sessions_json: &str)
+        -> Result<(), CollectorError>;
+    /// Every collector's published sessions, of collectors seen within `fresh_ms`:
+    /// (collector id, its JSON).
+    fn sessions(&self, now_unix_ms: i64, fresh_ms: i64)
+        -> Result<Vec<(String, String)>, CollectorError>;
 }
