@@ -16,6 +16,7 @@
 //! same rows.
 
 pub mod memory;
+pub mod postgres;
 pub mod retention;
 pub mod shared;
 pub mod silences;
