@@ -15,7 +15,7 @@ use crate::error::CollectorError;
 use postgres::Client;
 
 /// The schema this binary writes and reads.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Serialises migrations across collectors (`pg_advisory_xact_lock`).
 const MIGRATION_LOCK: i64 = 0x6567_7773_0001;
@@ -100,8 +100,14 @@ CREATE TABLE cell_hourly (
 CREATE INDEX cell_hourly_hour ON cell_hourly (hour);
 ";
 
+/// Version 2: each collector publishes its live agent sessions beside its heartbeat, so the
+/// leader's fan-out can ask agents connected elsewhere.
+const V2: &str = "
+ALTER TABLE collectors ADD COLUMN sessions TEXT NOT NULL DEFAULT '[]';
+";
+
 /// Each version and the statements that take the schema to it from the one before.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
 
 fn db_err(context: &str, e: postgres::Error) -> CollectorError {
     CollectorError::store(context, e)

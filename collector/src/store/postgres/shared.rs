@@ -241,6 +241,44 @@ impl SharedStore for PostgresStore {
             .map_err(|e| db_err("pinging PostgreSQL", e))?;
         Ok(())
     }
+
+    fn publish_sessions(
+        &self,
+        collector_id: &str,
+        sessions_json: &str,
+    ) -> Result<(), CollectorError> {
+        self.client()?
+            .execute(
+                "UPDATE collectors SET sessions = $2 WHERE id = $1",
+                &[&collector_id, &sessions_json],
+            )
+            .map_err(|e| db_err("publishing the live sessions", e))?;
+        Ok(())
+    }
+
+    fn sessions(
+        &self,
+        now_unix_ms: i64,
+        fresh_ms: i64,
+    ) -> Result<Vec<(String, String)>, CollectorError> {
+        let rows = self
+            .client()?
+            .query(
+                "SELECT id, sessions FROM collectors WHERE last_seen_ms >= $1 ORDER BY id",
+                &[&(now_unix_ms - fresh_ms)],
+            )
+            .map_err(|e| db_err("reading the published sessions", e))?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0)
+                        .map_err(|e| db_err("reading the published sessions", e))?,
+                    row.try_get(1)
+                        .map_err(|e| db_err("reading the published sessions", e))?,
+                ))
+            })
+            .collect()
+    }
 }
 
 /// The leader's lock: a session of its own that took `pg_try_advisory_lock`. Every write the
