@@ -156,14 +156,28 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 }
 
 fn run(cfg: Config) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    // Opened, read and finally closed outside the runtime: the PostgreSQL client blocks, and
+    // blocking is only allowed off the runtime's threads. The last handle is this one, so the
+    // connections are also dropped here, after every task is gone.
+    let opened = open_store(&cfg)?;
+    let stored_silences = store::silences::SilenceStore::silences(opened.store().as_ref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(cfg))
+    let served = runtime.block_on(serve(cfg, opened.clone(), stored_silences));
+    drop(runtime);
+    opened.close();
+    served
 }
 
-async fn serve(cfg: Config) -> Result<()> {
+async fn serve(
+    cfg: Config,
+    opened: OpenedStore,
+    stored_silences: Vec<egresswatch_collector::silences::Silence>,
+) -> Result<()> {
     cfg.http.validate()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
@@ -173,14 +187,13 @@ async fn serve(cfg: Config) -> Result<()> {
         println!("made a new fleet CA in {}", ca_dir.display());
     }
     let authority = ca::Authority::load(&ca_dir)?;
-    let opened = open_store(&cfg)?;
     let store: Arc<dyn store::Store> = opened.store();
 
     let metrics = Arc::new(Metrics::new());
     let ingest_counters = ingest::IngestCounters::register(&metrics);
     let limits = LimitCounters::register(&metrics);
     let mut silences = cfg.silences(now_unix_ms())?;
-    silences.extend(store::silences::SilenceStore::silences(store.as_ref())?);
+    silences.extend(stored_silences);
     let alerts = alerts::Alerts::start(&cfg.alerts, alerts::AlertCounters::register(&metrics))?
         .with_silences(Arc::new(egresswatch_collector::silences::SilenceBook::new(
             silences,
@@ -267,14 +280,12 @@ async fn serve(cfg: Config) -> Result<()> {
         let _ = tokio::task::spawn_blocking(move || follower.stop()).await;
     }
     retention.abort();
-    tokio::task::spawn_blocking(move || opened.close())
-        .await
-        .ok();
     info!("stopped");
     Ok(())
 }
 
 /// The store the config names, opened (and for PostgreSQL, migrated).
+#[derive(Clone)]
 enum OpenedStore {
     Sqlite(Arc<store::sqlite::SqliteStore>),
     Postgres(Arc<store::postgres::PostgresStore>),

@@ -250,7 +250,7 @@ impl Link {
 async fn run_agent(plan: AgentPlan) {
     let mut link = Link {
         endpoint: client_endpoint(1 << 20).unwrap(),
-        config: client_config(Some(&plan.creds), &plan.creds.ca, egresswatch_wire::ALPN).unwrap(),
+        config: client_config(Some(&plan.creds), &plan.creds.ca, egresswatch_sim::DEFAULT_ALPN).unwrap(),
         index: plan.first,
         session: None,
         pending: Vec::new(),
@@ -502,7 +502,7 @@ async fn an_agent_moved_mid_stream_and_a_replay_to_two_collectors_are_stored_onc
     let (crt, key) = issue(&ca, &certs, "mover");
     let creds = Credentials::from_files(&ca.join("ca.pem"), &crt, &key).unwrap();
     let endpoint = client_endpoint(1 << 20).unwrap();
-    let config = client_config(Some(&creds), &creds.ca, egresswatch_wire::ALPN).unwrap();
+    let config = client_config(Some(&creds), &creds.ca, egresswatch_sim::DEFAULT_ALPN).unwrap();
     let labels = Labels {
         provider: "aws".into(),
         account: "prod".into(),
@@ -542,7 +542,8 @@ async fn an_agent_moved_mid_stream_and_a_replay_to_two_collectors_are_stored_onc
     nodes[0] = Node::start(tmp.path(), "c1", &pg, None, None);
     let mut c = SimAgent::connect(&endpoint, nodes[0].at.quic, config.clone()).await.unwrap();
     assert!(matches!(c.hello(labels.clone()).await.unwrap(), CollectorMessage::Welcome(_)));
-    let (x, y) = tokio::join!(b.report(&batch(100, 200)), c.report(&batch(100, 200)));
+    let replay = batch(100, 200);
+    let (x, y) = tokio::join!(b.report(&replay), c.report(&replay));
     assert_eq!(x.unwrap().up_to_seq, 200);
     assert_eq!(y.unwrap().up_to_seq, 200);
     assert_stored_once(&nodes[1], &[("mover".into(), 200)]).await;
