@@ -58,9 +58,11 @@ fn tls_mode(url: &str) -> Result<(String, Tls), CollectorError> {
         "disable" | "allow" => (Tls::Off, "disable"),
         "prefer" => (Tls::Prefer, "prefer"),
         "require" | "verify-ca" | "verify-full" => (Tls::Require, "require"),
-        other => return Err(config_err(format!(
+        other => {
+            return Err(config_err(format!(
             "url: sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
-        ))),
+        )))
+        }
     };
     let rewritten = format!("{}{written}{}", &url[..value_start], &url[value_end..]);
     Ok((rewritten, mode))

@@ -622,3 +622,64 @@ fn retention_drops_whole_day_partitions_and_old_rows_of_the_default() {
         .unwrap();
     assert_eq!(r.duplicates, 1);
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it: (CA PEM, chain PEM, key PEM).
+fn server_certificate() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn sslmode_verify_full_speaks_tls_to_a_server_the_ca_file_vouches_for() {
+    let (ca, chain, key) = server_certificate();
+    let cluster = match PgCluster::start_with_tls(&chain, &key) {
+        Ok(c) => c,
+        Err(e) => {
+            unavailable(e);
+            return;
+        }
+    };
+    let url = database(&cluster, "tls");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let in_tls = |store: &PostgresStore| -> bool {
+        store
+            .client()
+            .unwrap()
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let tls = StoreConfig {
+        ca_file: Some(ca_file.clone()),
+        ..config(&format!("{url}?sslmode=verify-full"))
+    };
+    let store = PostgresStore::open(&tls).unwrap();
+    assert!(in_tls(&store));
+    store.upsert_agent(&meta("a1"), 1).unwrap();
+    store
+        .insert_results("a1", vec![result(1, 25, 1)], true, 2)
+        .unwrap();
+    let mut listener = store.listen().unwrap();
+    assert!(store.try_lead("c1").unwrap().is_some());
+    assert!(listener.wait(Duration::from_millis(10)).unwrap().is_empty());
+    // No sslmode: plain TCP.
+    assert!(!in_tls(&PostgresStore::open(&config(&url)).unwrap()));
+    // A certificate no configured root vouches for is refused.
+    let (other_ca, _, _) = server_certificate();
+    std::fs::write(&ca_file, other_ca).unwrap();
+    let refused = PostgresStore::open(&tls).err().unwrap().to_string();
+    assert!(refused.contains("connecting to PostgreSQL"), "{refused}");
+}
