@@ -80,6 +80,16 @@ fn keeps_the_store_contract() {
         return;
     };
     contract::check(&store);
+    let setting = |name: &str| -> String {
+        store
+            .client()
+            .unwrap()
+            .query_one(&format!("SHOW {name}"), &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(setting("idle_in_transaction_session_timeout"), "1min");
+    assert_eq!(setting("lock_timeout"), "30s");
 }
 
 #[test]
