@@ -693,3 +693,53 @@ fn sslmode_verify_full_speaks_tls_to_a_server_the_ca_file_vouches_for() {
     let refused = PostgresStore::open(&tls).err().unwrap().to_string();
     assert!(refused.contains("connecting to PostgreSQL"), "{refused}");
 }
+
+#[test]
+fn writers_on_two_collectors_add_to_shared_cells_without_deadlocks() {
+    let Some((_c, url, first)) = fresh_store("shared_cells") else {
+        return;
+    };
+    let stores = [
+        Arc::new(first),
+        Arc::new(PostgresStore::open(&config(&url)).unwrap()),
+    ];
+    // Sixteen agents of one account, eight on each collector, each batch adding to six cells
+    // (three ports, two hours) that every other writer adds to as well.
+    let threads: Vec<_> = (0..16)
+        .map(|a| {
+            let store = stores[a % 2].clone();
+            std::thread::spawn(move || {
+                let id = format!("agent-{a:02}");
+                store.upsert_agent(&meta(&id), 0).unwrap();
+                for batch in 0..10u64 {
+                    let rs: Vec<_> = (1..=12u64)
+                        .map(|n| {
+                            let seq = batch * 12 + n;
+                            let port = [25, 465, 587][(seq % 3) as usize];
+                            result(seq, port, (seq % 2) as i64 * 3_600_000 + seq as i64)
+                        })
+                        .collect();
+                    let (r, _) = store.insert_results(&id, rs.clone(), true, 1).unwrap();
+                    assert_eq!(r.accepted, 12);
+                    let (again, _) = store.insert_results(&id, rs, true, 1).unwrap();
+                    assert_eq!(again.accepted, 0);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let hours = stores[0]
+        .history_hours(&Default::default(), 0, 2 * 3_600_000)
+        .unwrap();
+    assert_eq!(hours.iter().map(|(_, r)| r.probes()).sum::<u64>(), 16 * 120);
+    let deadlocks: i64 = raw(&url)
+        .query_one(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(deadlocks, 0);
+}
