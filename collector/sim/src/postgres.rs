@@ -22,6 +22,8 @@ pub struct PgCluster {
     port: u16,
     /// The uid and gid the server tools run as when this process is root.
     run_as: Option<(u32, u32)>,
+    /// Server settings beyond the port and the socket, `-c` each.
+    settings: Vec<String>,
     running: bool,
 }
 
@@ -29,6 +31,34 @@ impl PgCluster {
     /// Initialises and starts a new cluster. `Err` says why it could not (the tools missing,
     /// initdb or the start failing, with their output).
     pub fn start() -> Result<PgCluster, String> {
+        PgCluster::init()?.first_start()
+    }
+
+    /// Like [`PgCluster::start`], serving TLS with this certificate chain and key (PEM): every
+    /// TCP session may then use TLS, none has to.
+    pub fn start_with_tls(cert_pem: &str, key_pem: &str) -> Result<PgCluster, String> {
+        let mut cluster = PgCluster::init()?;
+        let data = cluster.data_dir();
+        for (name, contents) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, contents).map_err(|e| format!("writing {name}: {e}"))?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(|e| format!("restricting {name}: {e}"))?;
+            if let Some((uid, gid)) = cluster.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(|e| format!("handing {name} to postgres: {e}"))?;
+            }
+        }
+        cluster.settings.extend([
+            "ssl=on".to_string(),
+            "ssl_cert_file=server.crt".to_string(),
+            "ssl_key_file=server.key".to_string(),
+        ]);
+        cluster.first_start()
+    }
+
+    /// A new cluster's directory, initialised, not started.
+    fn init() -> Result<PgCluster, String> {
         let bin = find_bin()?;
         let run_as = if unsafe { libc::geteuid() } == 0 {
             Some(user_ids("postgres")?)
@@ -47,11 +77,12 @@ impl PgCluster {
                     .map_err(|e| format!("handing {} to postgres: {e}", path.display()))?;
             }
         }
-        let mut cluster = PgCluster {
+        let cluster = PgCluster {
             dir: Some(dir),
             bin,
             port: 0,
             run_as,
+            settings: Vec::new(),
             running: false,
         };
         let data = cluster.data_dir();
@@ -66,12 +97,16 @@ impl PgCluster {
             .output()
             .map_err(|e| format!("running initdb: {e}"))?;
         check("initdb", &out)?;
+        Ok(cluster)
+    }
+
+    fn first_start(mut self) -> Result<PgCluster, String> {
         // A free port now; the server takes it a moment later (and keeps it across restarts).
         let mut last = String::new();
         for _ in 0..3 {
-            cluster.port = free_port()?;
-            match cluster.start_again() {
-                Ok(()) => return Ok(cluster),
+            self.port = free_port()?;
+            match self.start_again() {
+                Ok(()) => return Ok(self),
                 Err(e) => last = e,
             }
         }
@@ -114,11 +149,15 @@ impl PgCluster {
     /// Starts the stopped server again: same data, same port.
     pub fn start_again(&mut self) -> Result<(), String> {
         let base = self.base().to_path_buf();
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200",
             self.port,
             base.join("sock").display()
         );
+        for setting in &self.settings {
+            options.push_str(" -c ");
+            options.push_str(setting);
+        }
         let out = self
             .tool("pg_ctl")
             .arg("-w")

@@ -23,6 +23,11 @@ pub(super) type PooledClient = r2d2::PooledConnection<Manager>;
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Keepalives on idle sessions (the listener's, the leader's) notice a peer that is gone.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Server settings of every session: a collector that vanished in the middle of a transaction
+/// (its host lost) does not keep the agents' rows it locked for longer than a minute, and a
+/// write waiting behind such locks fails after half a minute instead of hanging (its agent
+/// resends).
+const SESSION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=60s -c lock_timeout=30s";
 
 fn config_err(reason: impl Into<String>) -> CollectorError {
     CollectorError::Config {
@@ -58,9 +63,11 @@ fn tls_mode(url: &str) -> Result<(String, Tls), CollectorError> {
         "disable" | "allow" => (Tls::Off, "disable"),
         "prefer" => (Tls::Prefer, "prefer"),
         "require" | "verify-ca" | "verify-full" => (Tls::Require, "require"),
-        other => return Err(config_err(format!(
+        other => {
+            return Err(config_err(format!(
             "url: sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
-        ))),
+        )))
+        }
     };
     let rewritten = format!("{}{written}{}", &url[..value_start], &url[value_end..]);
     Ok((rewritten, mode))
@@ -172,6 +179,11 @@ impl Connector {
             .tcp_user_timeout(TCP_USER_TIMEOUT)
             .keepalives(true)
             .keepalives_idle(KEEPALIVE_IDLE);
+        let options = match config.get_options() {
+            Some(own) => format!("{own} {SESSION_OPTIONS}"),
+            None => SESSION_OPTIONS.to_string(),
+        };
+        config.options(&options);
         if config.get_application_name().is_none() {
             config.application_name("egresswatch-collector");
         }

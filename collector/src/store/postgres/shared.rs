@@ -62,34 +62,29 @@ fn stored_event(row: &Row) -> Result<StoredEvent, CollectorError> {
 
 impl SharedStore for PostgresStore {
     fn feed_head(&self) -> Result<FeedCursor, CollectorError> {
-        // Every transaction older than the oldest running one is behind this; a transaction
-        // committed just now but younger than a running one is read again from here (at least
-        // once rather than never).
-        let xmin: i64 = self
-            .client()?
-            .query_one(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-                &[],
-            )
-            .and_then(|row| row.try_get(0))
-            .map_err(|e| db_err("reading the feed's head", e))?;
+        // Every transaction older than the oldest of this database's running writers is behind
+        // this; one committed just now but younger than a running one is read again from here
+        // (at least once rather than never).
+        let mut client = self.client()?;
+        let frontier = feed_frontier(&mut client)?;
         Ok(FeedCursor {
-            xact: xmin - 1,
+            xact: frontier - 1,
             row: i64::MAX,
         })
     }
 
     fn feed_after(&self, cursor: &FeedCursor, limit: usize) -> Result<FeedBatch, CollectorError> {
-        let rows = self
-            .client()?
+        let mut client = self.client()?;
+        let frontier = feed_frontier(&mut client)?;
+        let rows = client
             .query(
                 &format!(
                     "SELECT {FEED_COLUMNS} FROM results r JOIN agents a ON a.id = r.agent
                      WHERE (r.xact, r.id) > ($1::bigint::text::xid8, $2::bigint)
-                       AND r.xact < pg_snapshot_xmin(pg_current_snapshot())
+                       AND r.xact < $4::bigint::text::xid8
                      ORDER BY r.xact, r.id LIMIT $3"
                 ),
-                &[&cursor.xact.max(0), &cursor.row, &(limit as i64)],
+                &[&cursor.xact.max(0), &cursor.row, &(limit as i64), &frontier],
             )
             .map_err(|e| db_err("reading the feed", e))?;
         let mut batch = FeedBatch {
@@ -278,6 +273,49 @@ impl SharedStore for PostgresStore {
                 ))
             })
             .collect()
+    }
+}
+
+/// The transaction id below which every transaction that can write this database has ended: the
+/// feed reads only rows of transactions older than it, so a row that commits late is never
+/// skipped. Only this database's running transactions count (`pg_stat_activity`): a long
+/// transaction elsewhere on the server (another application, a dump of another database) holds
+/// nothing back, where the server-wide `pg_snapshot_xmin` would stall the feed behind it. The
+/// order matters: the next id is read first, then the running ones; a writer that starts in
+/// between gets an id at or above the first, so it is behind the frontier either way.
+fn feed_frontier(client: &mut postgres::Client) -> Result<i64, CollectorError> {
+    let next: i64 = client
+        .query_one(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint",
+            &[],
+        )
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| db_err("reading the feed's frontier", e))?;
+    let running = client
+        .query(
+            "SELECT backend_xid::text::bigint FROM pg_stat_activity
+             WHERE datname = current_database() AND backend_xid IS NOT NULL",
+            &[],
+        )
+        .map_err(|e| db_err("reading the running transactions", e))?;
+    let mut frontier = next;
+    for row in &running {
+        let xid: i64 = row
+            .try_get(0)
+            .map_err(|e| db_err("reading the running transactions", e))?;
+        frontier = frontier.min(widen_xid(xid, next));
+    }
+    Ok(frontier)
+}
+
+/// A 32-bit transaction id as the 64-bit one it is, given a 64-bit id known to be later: same
+/// epoch when its low half is not past the later one's, else the epoch before.
+fn widen_xid(xid: i64, later: i64) -> i64 {
+    let (epoch, low) = (later >> 32, later & 0xffff_ffff);
+    if xid <= low {
+        (epoch << 32) | xid
+    } else {
+        ((epoch - 1) << 32) | xid
     }
 }
 
@@ -513,6 +551,19 @@ impl Listener for PgListener {
             self.take(payload, &mut news);
         }
         Ok(news)
+    }
+}
+
+#[cfg(test)]
+mod widen_tests {
+    use super::widen_xid;
+
+    #[test]
+    fn a_32_bit_xid_widens_into_the_epoch_of_a_later_id_or_the_one_before() {
+        let later = (3i64 << 32) | 1_000;
+        assert_eq!(widen_xid(900, later), (3 << 32) | 900);
+        assert_eq!(widen_xid(1_000, later), (3 << 32) | 1_000);
+        assert_eq!(widen_xid(4_000_000_000, later), (2 << 32) | 4_000_000_000);
     }
 }
 

@@ -80,6 +80,16 @@ fn keeps_the_store_contract() {
         return;
     };
     contract::check(&store);
+    let setting = |name: &str| -> String {
+        store
+            .client()
+            .unwrap()
+            .query_one(&format!("SHOW {name}"), &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(setting("idle_in_transaction_session_timeout"), "1min");
+    assert_eq!(setting("lock_timeout"), "30s");
 }
 
 #[test]
@@ -199,7 +209,7 @@ fn migrations_run_once_when_collectors_start_together() {
         .query_one("SELECT COUNT(*) FROM schema_version", &[])
         .unwrap()
         .get(0);
-    assert_eq!(versions, 1);
+    assert_eq!(versions, i64::from(schema::SCHEMA_VERSION));
 }
 
 #[test]
@@ -266,6 +276,28 @@ fn two_collectors_store_an_agents_overlapping_replays_once() {
         probes, total,
         "each result counted once in the cell rollups"
     );
+}
+
+#[test]
+fn a_long_transaction_in_another_database_holds_the_feed_back_not_at_all() {
+    let Some((cluster, _url, store)) = fresh_store("feed_elsewhere") else {
+        return;
+    };
+    let head = store.feed_head().unwrap();
+    // Another application on the same server, in the middle of a long write.
+    let other = database(&cluster, "feed_elsewhere_other");
+    let mut elsewhere = raw(&other);
+    elsewhere
+        .batch_execute("CREATE TABLE busy (n INT)")
+        .unwrap();
+    let mut tx = elsewhere.transaction().unwrap();
+    tx.execute("INSERT INTO busy VALUES (1)", &[]).unwrap();
+    store
+        .insert_results("a1", vec![result(1, 25, 6)], true, 8)
+        .unwrap();
+    let read = store.feed_after(&head, 100).unwrap();
+    assert_eq!(read.items.len(), 1, "the feed goes on beside it");
+    tx.rollback().unwrap();
 }
 
 #[test]
@@ -621,4 +653,115 @@ fn retention_drops_whole_day_partitions_and_old_rows_of_the_default() {
         )
         .unwrap();
     assert_eq!(r.duplicates, 1);
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it: (CA PEM, chain PEM, key PEM).
+fn server_certificate() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn sslmode_verify_full_speaks_tls_to_a_server_the_ca_file_vouches_for() {
+    let (ca, chain, key) = server_certificate();
+    let cluster = match PgCluster::start_with_tls(&chain, &key) {
+        Ok(c) => c,
+        Err(e) => {
+            unavailable(e);
+            return;
+        }
+    };
+    let url = database(&cluster, "tls");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let in_tls = |store: &PostgresStore| -> bool {
+        store
+            .client()
+            .unwrap()
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let tls = StoreConfig {
+        ca_file: Some(ca_file.clone()),
+        ..config(&format!("{url}?sslmode=verify-full"))
+    };
+    let store = PostgresStore::open(&tls).unwrap();
+    assert!(in_tls(&store));
+    store.upsert_agent(&meta("a1"), 1).unwrap();
+    store
+        .insert_results("a1", vec![result(1, 25, 1)], true, 2)
+        .unwrap();
+    let mut listener = store.listen().unwrap();
+    assert!(store.try_lead("c1").unwrap().is_some());
+    assert!(listener.wait(Duration::from_millis(10)).unwrap().is_empty());
+    // No sslmode: plain TCP.
+    assert!(!in_tls(&PostgresStore::open(&config(&url)).unwrap()));
+    // A certificate no configured root vouches for is refused.
+    let (other_ca, _, _) = server_certificate();
+    std::fs::write(&ca_file, other_ca).unwrap();
+    let refused = PostgresStore::open(&tls).err().unwrap().to_string();
+    assert!(refused.contains("connecting to PostgreSQL"), "{refused}");
+}
+
+#[test]
+fn writers_on_two_collectors_add_to_shared_cells_without_deadlocks() {
+    let Some((_c, url, first)) = fresh_store("shared_cells") else {
+        return;
+    };
+    let stores = [
+        Arc::new(first),
+        Arc::new(PostgresStore::open(&config(&url)).unwrap()),
+    ];
+    // Sixteen agents of one account, eight on each collector, each batch adding to six cells
+    // (three ports, two hours) that every other writer adds to as well.
+    let threads: Vec<_> = (0..16)
+        .map(|a| {
+            let store = stores[a % 2].clone();
+            std::thread::spawn(move || {
+                let id = format!("agent-{a:02}");
+                store.upsert_agent(&meta(&id), 0).unwrap();
+                for batch in 0..10u64 {
+                    let rs: Vec<_> = (1..=12u64)
+                        .map(|n| {
+                            let seq = batch * 12 + n;
+                            let port = [25, 465, 587][(seq % 3) as usize];
+                            result(seq, port, (seq % 2) as i64 * 3_600_000 + seq as i64)
+                        })
+                        .collect();
+                    let (r, _) = store.insert_results(&id, rs.clone(), true, 1).unwrap();
+                    assert_eq!(r.accepted, 12);
+                    let (again, _) = store.insert_results(&id, rs, true, 1).unwrap();
+                    assert_eq!(again.accepted, 0);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let hours = stores[0]
+        .history_hours(&Default::default(), 0, 2 * 3_600_000)
+        .unwrap();
+    assert_eq!(hours.iter().map(|(_, r)| r.probes()).sum::<u64>(), 16 * 120);
+    let deadlocks: i64 = raw(&url)
+        .query_one(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(deadlocks, 0);
 }
