@@ -129,6 +129,12 @@ impl Collector {
     /// Starts `egresswatch-collector run` with QUIC on `quic_listen` and waits (≤ 20 s) for the
     /// `ready.json` it writes once its listeners are bound.
     fn start(bin: &Path, dir: &Path, quic_listen: &str) -> Collector {
+        Collector::start_in(None, bin, dir, quic_listen)
+    }
+
+    /// [`Collector::start`] in the network namespace `ns`, if given (`ip netns exec` execs the
+    /// collector, so the PID is the collector's).
+    fn start_in(ns: Option<&str>, bin: &Path, dir: &Path, quic_listen: &str) -> Collector {
         let data = dir.join("data");
         std::fs::create_dir_all(&data).unwrap();
         let config = dir.join("collector.toml");
@@ -140,7 +146,7 @@ impl Collector {
         )
         .unwrap();
         let log = File::create(dir.join("collector.log")).unwrap();
-        let child = Command::new(bin)
+        let child = in_namespace(ns, bin)
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")
@@ -268,9 +274,25 @@ fn agent_config(
     )
 }
 
+/// `program` as a command, run in the network namespace `ns` if given.
+fn in_namespace(ns: Option<&str>, program: &Path) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", ns]).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
 fn start_agent(config: &Path, log: &Path) -> Proc {
+    start_agent_in(None, config, log)
+}
+
+fn start_agent_in(ns: Option<&str>, config: &Path, log: &Path) -> Proc {
     let log = File::create(log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_egresswatch-agent"))
+    let child = in_namespace(ns, Path::new(env!("CARGO_BIN_EXE_egresswatch-agent")))
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "info")
@@ -353,6 +375,18 @@ fn killing_the_collector_in_use_moves_the_results_to_the_next_and_the_numbering_
         "results keep arriving at the second; agent log:\n{}",
         log()
     );
+    // The first comes back on its address: the agent stays with the second.
+    let first_quic = first.quic;
+    first = Collector::start(&bin, &root.join("c1"), &first_quic.to_string());
+    let second_before = second.stored_seqs(AGENT_ID).len();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        first.stored_seqs(AGENT_ID),
+        on_first,
+        "the agent sticks to the second collector; agent log:\n{}",
+        log()
+    );
+    assert!(second.stored_seqs(AGENT_ID).len() > second_before);
     let switch = log()
         .lines()
         .find(|l| l.contains("switched collector"))
@@ -371,6 +405,7 @@ fn killing_the_collector_in_use_moves_the_results_to_the_next_and_the_numbering_
         agent.wait_exit(Duration::from_secs(15)).is_some(),
         "the agent stops on SIGTERM"
     );
+    eprintln!("agent log (shown on failure):\n{}", log());
     let (next_seq, acked_seq) = ledger(&spool);
     let on_second = second.stored_seqs(AGENT_ID);
     let union: BTreeSet<u64> = on_first.union(&on_second).copied().collect();
@@ -502,5 +537,73 @@ async fn a_name_with_several_addresses_is_several_candidates() {
         Some(expected.as_str()),
         "connected past the dead first address; state {:?}",
         shared.uplink_state()
+    );
+}
+
+#[test]
+fn a_name_with_several_records_gets_past_the_dead_one() {
+    let test = "a_name_with_several_records_gets_past_the_dead_one";
+    if !support::runnable(test, &[("ip", "iproute2")]) {
+        return;
+    }
+    let Some(bin) = collector_or_skip(test) else {
+        return;
+    };
+    // A namespace whose /etc/hosts gives the collector's name two records: the first with
+    // nothing behind it, the second where the collector listens.
+    let ns = format!("ewfo{}", std::process::id());
+    let mut namespaces = support::Namespaces::new();
+    namespaces.add(&ns).expect("a network namespace");
+    namespaces
+        .etc_file(
+            &ns,
+            "hosts",
+            "127.0.0.1 localhost\n127.0.0.2 collector.lab.test\n127.0.0.3 collector.lab.test\n",
+        )
+        .unwrap();
+    let work = work_dir();
+    let root = work.path();
+    let collector = Collector::start_in(Some(&ns), &bin, &root.join("c"), "127.0.0.3:0");
+    let port = collector.quic.port();
+    let (cert, key) = issue(&bin, &collector.ca_dir(), &root.join("agent"), AGENT_ID);
+    let spool = root.join("spool");
+    let config = root.join("agent.toml");
+    std::fs::write(
+        &config,
+        agent_config(
+            &format!("\"collector.lab.test:{port}\""),
+            &collector.ca_dir().join("ca.pem"),
+            &cert,
+            &key,
+            25,
+            &spool,
+        ),
+    )
+    .unwrap();
+    let agent_log = root.join("agent.log");
+    let _agent = start_agent_in(Some(&ns), &config, &agent_log);
+    let log = || std::fs::read_to_string(&agent_log).unwrap_or_default();
+    let connected = format!("collector=collector.lab.test:{port} (127.0.0.3:{port})");
+    assert!(
+        wait_until(Duration::from_secs(40), || log().lines().any(|l| l
+            .contains("connected to the collector")
+            && l.contains(&connected))),
+        "connected to the second record; agent log:\n{}",
+        log()
+    );
+    assert!(
+        log()
+            .lines()
+            .any(|l| l.contains("collector connection failed")
+                && l.contains(&format!("(127.0.0.2:{port})"))),
+        "the first record was tried first and failed; agent log:\n{}",
+        log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || !collector
+            .stored_seqs(AGENT_ID)
+            .is_empty()),
+        "results stored; agent log:\n{}",
+        log()
     );
 }
