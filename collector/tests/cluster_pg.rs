@@ -593,3 +593,73 @@ async fn postgres_stopped_for_a_minute_loses_nothing_and_the_page_says_not_live(
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_stored_once(&nodes[0], &produced).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_asks_for_evidence_an_agent_connected_to_another_collector() {
+    let test = "the_leader_asks_for_evidence_an_agent_connected_to_another_collector";
+    let Some(pg) = pg_or_skip(test) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let first = Node::start(tmp.path(), "c1", &pg, None, None);
+    let ca = first.dir.join("data/ca");
+    let nodes = vec![first, Node::start(tmp.path(), "c2", &pg, Some(&ca), None)];
+    wait_for("a leader", Duration::from_secs(20), || async {
+        leader(&nodes).await.is_some()
+    })
+    .await;
+    let lead = leader(&nodes).await.expect("a leader");
+    let other = 1 - lead;
+    let certs = tmp.path().join("agents");
+    std::fs::create_dir_all(&certs).unwrap();
+    let endpoint = client_endpoint(1 << 20).unwrap();
+    let connect = |id: &'static str, at: SocketAddr| {
+        let (crt, key) = issue(&ca, &certs, id);
+        let creds = Credentials::from_files(&ca.join("ca.pem"), &crt, &key).unwrap();
+        let config = client_config(Some(&creds), &creds.ca, egresswatch_sim::DEFAULT_ALPN).unwrap();
+        let endpoint = endpoint.clone();
+        async move {
+            let mut agent = SimAgent::connect(&endpoint, at, config).await.unwrap();
+            let labels = Labels {
+                provider: "aws".into(),
+                account: "prod".into(),
+                region: "r1".into(),
+                instance: id.into(),
+            };
+            let hello = egresswatch_sim::hello_probing(labels, &[(TARGET, &[587])], 2, true);
+            match agent.hello_with(hello).await.unwrap() {
+                CollectorMessage::Welcome(_) => agent,
+                refused => panic!("{id}: {refused:?}"),
+            }
+        }
+    };
+    // The suspect reports to the leader; the witness is connected to the other collector only.
+    let mut suspect = connect("suspect", nodes[lead].at.quic).await;
+    let mut witness = connect("witness", nodes[other].at.quic).await;
+    // The leader learns of the witness's session from what its collector publishes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now = egresswatch_collector::events::now_unix_ms();
+    let settled: Vec<_> = (1..=6)
+        .map(|s| result_of(s, TARGET, 587, Outcome::Ok, now - 7_000 + s as i64 * 1_000))
+        .collect();
+    suspect.report(&settled).await.unwrap();
+    // Let the leader read the settled series from the feed before the departure.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let departing = result_of(7, TARGET, 587, Outcome::Timeout, egresswatch_collector::events::now_unix_ms());
+    suspect.report(&[departing]).await.unwrap();
+    let request = witness
+        .next_request(Duration::from_secs(15))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| {
+            panic!(
+                "the witness on the other collector was not asked\n--- leader log\n{}",
+                nodes[lead].log()
+            )
+        });
+    assert_eq!((request.target.as_str(), request.port), (TARGET, 587));
+    // Its answer, stored through its own collector, reaches the leader's fan-out like any result.
+    let ack = witness
+        .answer(1, &request, Outcome::Ok, egresswatch_collector::events::now_unix_ms())
+        .await
+        .unwrap();
+    assert_eq!(ack.accepted, 1);
+}
