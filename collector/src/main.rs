@@ -3,11 +3,11 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use egresswatch_collector::cluster::{self, ClusterCounters};
 use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::fleet::{Fleet, ResultObserver};
 use egresswatch_collector::limits::LimitCounters;
 use egresswatch_collector::metrics::Metrics;
-use egresswatch_collector::cluster::{self, ClusterCounters};
 use egresswatch_collector::{alerts, ca, config::Config, http, ingest, ready, store};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -234,7 +234,10 @@ impl Alerts {
             for routed in planned.notices {
                 let sink = routed.sink.clone();
                 if let Err(e) = self.dispatch(&routed.sink, routed.notice, None) {
-                    self.counters.dropped.get_or_create(&sink_label(&sink)).inc();
+                    self.counters
+                        .dropped
+                        .get_or_create(&sink_label(&sink))
+                        .inc();
                     tracing::warn!(sink = %sink, "alert queue full, event dropped: {e:?}");
                 }
             }

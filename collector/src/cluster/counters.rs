@@ -58,12 +58,16 @@ impl ClusterCounters {
             ),
         };
         for outcome in ["delivered", "failed"] {
-            let _ = counters.deliveries.get_or_create(&label("outcome", outcome));
+            let _ = counters
+                .deliveries
+                .get_or_create(&label("outcome", outcome));
         }
         counters
     }
 
     pub fn delivery(&self, outcome: &str) {
-        self.deliveries.get_or_create(&label("outcome", outcome)).inc();
+        self.deliveries
+            .get_or_create(&label("outcome", outcome))
+            .inc();
     }
 }

@@ -221,7 +221,8 @@ impl Round {
     }
 
     fn reload_silences(&mut self) -> Result<(), CollectorError> {
-        let silences = crate::store::silences::SilenceStore::silences(self.shared.store().as_ref())?;
+        let silences =
+            crate::store::silences::SilenceStore::silences(self.shared.store().as_ref())?;
         let book = self.fleet.alerts().silences();
         for silence in silences {
             book.put(silence);
@@ -298,7 +299,8 @@ impl Round {
         self.counters.collectors.set(alive.len() as i64);
         store.publish_sessions(&self.id, &self.sessions.local_json())?;
         if self.fleet.leads() {
-            self.sessions.set_remote(&self.id, &store.sessions(now, fresh_ms)?);
+            self.sessions
+                .set_remote(&self.id, &store.sessions(now, fresh_ms)?);
         }
         Ok(())
     }

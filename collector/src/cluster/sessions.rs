@@ -75,7 +75,9 @@ impl ClusterSessions {
             }
             match serde_json::from_str::<Vec<ConnectedAgent>>(json) {
                 Ok(list) => remote.extend(list),
-                Err(e) => tracing::debug!(collector = %collector, "published sessions do not parse: {e}"),
+                Err(e) => {
+                    tracing::debug!(collector = %collector, "published sessions do not parse: {e}")
+                }
             }
         }
         *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = remote;

@@ -20,9 +20,9 @@ use crate::error::CollectorError;
 use crate::events::Event;
 use crate::fanout::{Fanout, FanoutConfig};
 use crate::identity::{measured_at, AgentMeta};
+use crate::matrix::StoreOutage;
 use crate::matrix::{FamilyFilter, Matrix, MatrixConfig, MatrixView};
 use crate::metrics::Metrics;
-use crate::matrix::StoreOutage;
 use crate::store::shared::{FeedItem, Leadership, NewDelivery, SharedStore};
 use crate::store::Store;
 use egresswatch_wire::ProbeResult;
@@ -119,7 +119,10 @@ impl Fleet {
 
     /// Whether this collector decides and alerts: always alone, only with the lease when shared.
     pub fn leads(&self) -> bool {
-        self.shared.get().map_or(true, |s| s.leads())
+        match self.shared.get() {
+            None => true,
+            Some(shared) => shared.leads(),
+        }
     }
 
     /// Shared mode: results any collector stored, in the feed's order. Every collector's matrix
@@ -131,7 +134,8 @@ impl Fleet {
         let mut start = 0;
         while start < items.len() {
             let agent = &items[start].agent;
-            let (clock_trusted, received) = (items[start].clock_trusted, items[start].received_unix_ms);
+            let (clock_trusted, received) =
+                (items[start].clock_trusted, items[start].received_unix_ms);
             let mut end = start + 1;
             while end < items.len()
                 && items[end].agent.agent_id == agent.agent_id
@@ -202,7 +206,11 @@ impl Fleet {
             let _ = detector.take_suspicions();
         }
         shared.set_lease(Some(lease));
-        tracing::info!(replayed = replay.len(), decided = events.len(), "this collector leads detection and alerting");
+        tracing::info!(
+            replayed = replay.len(),
+            decided = events.len(),
+            "this collector leads detection and alerting"
+        );
         self.emit(events);
     }
 
@@ -233,14 +241,12 @@ impl Fleet {
     pub fn set_store_outage(&self, outage: Option<StoreOutage>) {
         if let Some(shared) = self.shared.get() {
             let mut held = lock(&shared.outage);
-            let changed = match (&*held, &outage) {
-                (None, None) => false,
-                (Some(_), Some(_)) => false,
-                _ => true,
-            };
+            let changed = held.is_some() != outage.is_some();
             if changed {
                 match &outage {
-                    Some(o) => tracing::error!(since = %o.since, "the database is unreachable: {}", o.reason),
+                    Some(o) => {
+                        tracing::error!(since = %o.since, "the database is unreachable: {}", o.reason)
+                    }
                     None => tracing::info!("the database answers again"),
                 }
                 *held = outage;
@@ -488,7 +494,9 @@ impl Fleet {
                 let mut e = item.event;
                 e.id = Some(stored.id);
                 self.counters.count_event(&e);
-                let _ = self.stream.send(StreamMessage::Event(Arc::new(stored.json)));
+                let _ = self
+                    .stream
+                    .send(StreamMessage::Event(Arc::new(stored.json)));
                 if !item.deliveries.is_empty() {
                     shared.deliveries.notify_one();
                 }

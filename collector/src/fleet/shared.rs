@@ -134,7 +134,10 @@ mod tests {
         let again = event_key(&event("2026-12-01T10:01:02Z", Some("2026-12-01T10:00:05Z")));
         assert_eq!(first, again);
         let other = event_key(&event("2026-12-01T10:01:02Z", Some("2026-12-01T10:00:45Z")));
-        assert_ne!(first, other, "a later change of the same cell is a new event");
+        assert_ne!(
+            first, other,
+            "a later change of the same cell is a new event"
+        );
         let mut reopened = event("2026-12-01T10:00:20Z", Some("2026-12-01T10:00:05Z"));
         reopened.to = State::Open;
         reopened.from = State::Blocked;

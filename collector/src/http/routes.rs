@@ -301,11 +301,17 @@ async fn collectors(State(state): State<AppState>) -> Response {
         Ok(Ok(list)) => Json(list).into_response(),
         Ok(Err(e)) => {
             tracing::error!("reading collectors: {e}");
-            error(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable")
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unavailable",
+            )
         }
         Err(e) => {
             tracing::error!("reading collectors: {e}");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "could not read collectors")
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not read collectors",
+            )
         }
     }
 }
