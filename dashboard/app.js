@@ -408,7 +408,18 @@ function setMatrix(m) {
     }
   }
   state.matrix = m;
+  // Several collectors on one database: when it cannot be reached, what is shown is the last
+  // state known, and the page must not call it live.
+  state.storeDown = m.store || null;
+  if (state.storeDown) setLive('stale', storeDownText(state.storeDown));
+  else if (state.connected) setLive('live', 'live');
   render();
+}
+
+function storeDownText(outage) {
+  const since = Date.parse(outage.since);
+  const when = Number.isFinite(since) ? fmtClock(since) : outage.since;
+  return `not live: the database is unavailable since ${when}`;
 }
 
 async function fetchMatrix() {
@@ -535,7 +546,8 @@ function setLive(kind, text) {
 
 function fresh() {
   state.lastMessageAt = Date.now();
-  if (state.connected) setLive('live', 'live');
+  if (state.storeDown) setLive('stale', storeDownText(state.storeDown));
+  else if (state.connected) setLive('live', 'live');
 }
 
 let checking = false;
@@ -565,7 +577,6 @@ function connect() {
     state.firstAfterOpen = true;
     state.connected = true;
     fresh();
-    setLive('live', 'live');
   });
   es.addEventListener('error', () => {
     state.connected = false;

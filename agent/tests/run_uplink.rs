@@ -131,7 +131,7 @@ fn write_pem(dir: &Path, name: &str, pem: String) -> std::path::PathBuf {
 fn collector_config(dir: &Path, addr: SocketAddr, trust: &Ca, agent_ca: &Ca) -> CollectorConfig {
     let (cert, key) = issue(agent_ca, "agent-7", true);
     CollectorConfig {
-        address: addr.to_string(),
+        address: vec![addr.to_string()],
         server_name: "egresswatch-collector".into(),
         ca: write_pem(dir, "ca.pem", trust.cert.pem()),
         cert: write_pem(dir, "agent.crt", cert.pem()),

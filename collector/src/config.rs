@@ -20,6 +20,8 @@ pub struct Config {
     pub alerts: Vec<crate::alerts::SinkConfig>,
     /// Planned silences, each `[[silence]]` table one window (see `crate::silences`).
     pub silence: Vec<crate::silences::SilenceConfig>,
+    /// Several collectors on one PostgreSQL database (`[store] kind = "postgres"`).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl Default for Config {
@@ -34,6 +36,7 @@ impl Default for Config {
             fanout: Default::default(),
             alerts: Vec::new(),
             silence: Vec::new(),
+            cluster: Default::default(),
         }
     }
 }

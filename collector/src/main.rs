@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use egresswatch_collector::cluster::{self, ClusterCounters};
 use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::fleet::{Fleet, ResultObserver};
 use egresswatch_collector::limits::LimitCounters;
@@ -155,14 +156,28 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 }
 
 fn run(cfg: Config) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    // Opened, read and finally closed outside the runtime: the PostgreSQL client blocks, and
+    // blocking is only allowed off the runtime's threads. The last handle is this one, so the
+    // connections are also dropped here, after every task is gone.
+    let opened = open_store(&cfg)?;
+    let stored_silences = store::silences::SilenceStore::silences(opened.store().as_ref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(cfg))
+    let served = runtime.block_on(serve(cfg, opened.clone(), stored_silences));
+    drop(runtime);
+    opened.close();
+    served
 }
 
-async fn serve(cfg: Config) -> Result<()> {
+async fn serve(
+    cfg: Config,
+    opened: OpenedStore,
+    stored_silences: Vec<egresswatch_collector::silences::Silence>,
+) -> Result<()> {
     cfg.http.validate()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
@@ -172,14 +187,13 @@ async fn serve(cfg: Config) -> Result<()> {
         println!("made a new fleet CA in {}", ca_dir.display());
     }
     let authority = ca::Authority::load(&ca_dir)?;
-    let db_path = cfg.data_dir.join(&cfg.store.path);
-    let store = Arc::new(store::sqlite::SqliteStore::open(&db_path)?);
+    let store: Arc<dyn store::Store> = opened.store();
 
     let metrics = Arc::new(Metrics::new());
     let ingest_counters = ingest::IngestCounters::register(&metrics);
     let limits = LimitCounters::register(&metrics);
     let mut silences = cfg.silences(now_unix_ms())?;
-    silences.extend(store::silences::SilenceStore::silences(store.as_ref())?);
+    silences.extend(stored_silences);
     let alerts = alerts::Alerts::start(&cfg.alerts, alerts::AlertCounters::register(&metrics))?
         .with_silences(Arc::new(egresswatch_collector::silences::SilenceBook::new(
             silences,
@@ -190,13 +204,17 @@ async fn serve(cfg: Config) -> Result<()> {
         .with_agents(store.clone());
     let fleet = Fleet::new(cfg.fleet(), store.clone(), alerts, metrics.clone());
     fleet.restore_from_store(now_unix_ms()).await?;
+    let cluster_counters = match &opened {
+        OpenedStore::Postgres(_) => Some(ClusterCounters::register(&metrics)),
+        OpenedStore::Sqlite(_) => None,
+    };
 
     let reset_key = ingest::reset_key(&cfg.data_dir.join("quic-reset.key"))?;
     let ingest = ingest::Ingest::bind(&cfg.quic, &authority, reset_key, ingest_counters.clone())?;
     let http = http::bind(&cfg.http).await?;
     println!("data dir:  {}", cfg.data_dir.display());
     println!("fleet CA:  {} (agents trust it; issue agents with `egresswatch-collector ca issue --dir {} ID`)", ca_dir.join("ca.pem").display(), ca_dir.display());
-    println!("database:  {}", db_path.display());
+    println!("database:  {}", opened.describe(&cfg));
     let (quic_addr, http_addr) = (ingest.local_addr()?, http.local_addr()?);
     println!("QUIC:      {quic_addr} (agents report here)");
     println!("HTTP:      http://{http_addr}/ (matrix page, /api/matrix, /metrics)");
@@ -218,7 +236,25 @@ async fn serve(cfg: Config) -> Result<()> {
         ingest_counters,
         limits.clone(),
     ));
-    fleet.fanout().connect(context.sessions.clone());
+    if matches!(opened, OpenedStore::Sqlite(_)) {
+        fleet.fanout().connect(context.sessions.clone());
+    }
+    // Several collectors on one database: follow the fleet's feed, and lead when the lock is
+    // free. Shared mode is on before ingest takes its first result.
+    let follower = match (&opened, cluster_counters) {
+        (OpenedStore::Postgres(pg), Some(counters)) => Some(cluster::start(
+            fleet.clone(),
+            pg.clone(),
+            context.sessions.clone(),
+            &cfg.cluster,
+            cluster::Endpoints {
+                quic: quic_addr.to_string(),
+                http: http_addr.to_string(),
+            },
+            counters,
+        )?),
+        _ => None,
+    };
     let ingest_task = tokio::spawn(ingest.serve(context, stopped(stop_rx.clone())));
     let http_task = tokio::spawn(http.serve(fleet.clone(), limits, stopped(stop_rx.clone())));
     let fleet_task = tokio::spawn(fleet.clone().run(stopped(stop_rx.clone())));
@@ -238,12 +274,61 @@ async fn serve(cfg: Config) -> Result<()> {
         Ok(Ok(())) => {}
     }
     let _ = fleet_task.await;
+    if let Some(follower) = follower {
+        // Gives up the lead at once, so another collector takes it without waiting for a
+        // timeout.
+        let _ = tokio::task::spawn_blocking(move || follower.stop()).await;
+    }
     retention.abort();
-    tokio::task::spawn_blocking(move || store.close())
-        .await
-        .ok();
     info!("stopped");
     Ok(())
+}
+
+/// The store the config names, opened (and for PostgreSQL, migrated).
+#[derive(Clone)]
+enum OpenedStore {
+    Sqlite(Arc<store::sqlite::SqliteStore>),
+    Postgres(Arc<store::postgres::PostgresStore>),
+}
+
+fn open_store(cfg: &Config) -> Result<OpenedStore> {
+    Ok(match cfg.store.kind {
+        store::StoreKind::Sqlite => {
+            let path = cfg.data_dir.join(&cfg.store.path);
+            OpenedStore::Sqlite(Arc::new(store::sqlite::SqliteStore::open(&path)?))
+        }
+        store::StoreKind::Postgres => {
+            OpenedStore::Postgres(Arc::new(store::postgres::PostgresStore::open(&cfg.store)?))
+        }
+    })
+}
+
+impl OpenedStore {
+    fn store(&self) -> Arc<dyn store::Store> {
+        match self {
+            OpenedStore::Sqlite(s) => s.clone(),
+            OpenedStore::Postgres(p) => p.clone(),
+        }
+    }
+
+    fn describe(&self, cfg: &Config) -> String {
+        match self {
+            OpenedStore::Sqlite(_) => cfg.data_dir.join(&cfg.store.path).display().to_string(),
+            OpenedStore::Postgres(_) => format!(
+                "PostgreSQL {} (shared: this collector is {:?})",
+                cfg.store.url.as_deref().unwrap_or(""),
+                cfg.cluster.id()
+            ),
+        }
+    }
+
+    /// Finishes pending writes (graceful shutdown).
+    fn close(&self) {
+        match self {
+            OpenedStore::Sqlite(s) => s.close(),
+            OpenedStore::Postgres(p) => p.close(),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -217,6 +217,26 @@ test('live: a pushed matrix change and event appear without reload and highlight
   await context.close();
 });
 
+test('a collector whose database is unreachable: the page says it is not live, and live again once it answers', { skip: needsFixture() }, async () => {
+  const { page, context, problems, dialogs } = await open();
+  await page.waitForFunction(() => document.getElementById('live').dataset.state === 'live');
+  const down = { ...smallFixture('all'), store: { since: '2026-12-01T10:00:00Z', reason: 'store: connecting: timed out' } };
+  server.push('matrix', down);
+  await page.waitForFunction(() => document.getElementById('live').dataset.state === 'stale');
+  assert.match(await page.locator('#live').textContent(), /not live: the database is unavailable since/);
+  // A new event or message while it is down does not turn it back to "live".
+  server.push('event', {
+    kind: 'agent_silent', scope: 'agent', provider: 'gcp', account: 'proj', agent: 'g1',
+    target: null, port: null, from: 'reporting', to: 'silent', at: '2026-12-01T10:00:05Z', id: 9,
+  });
+  await page.waitForTimeout(300);
+  assert.equal(await page.locator('#live').getAttribute('data-state'), 'stale');
+  server.push('matrix', smallFixture('all'));
+  await page.waitForFunction(() => document.getElementById('live').dataset.state === 'live');
+  await assertClean(page, problems, dialogs);
+  await context.close();
+});
+
 test('a port blocked over one family only is partial and names the family, at every level', { skip: needsFixture() }, async () => {
   const { page, context, problems, dialogs } = await open();
   const vultr = providerRow(page, 'vultr');

@@ -55,8 +55,12 @@ struct LabelsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectorConfig {
-    /// `host:port` of the collector's QUIC listener.
-    pub address: String,
+    /// The collectors' QUIC listeners, `host:port` each, in the order they are tried: one string
+    /// (`address = "c1.example:4433"`) or a list (`address = ["c1.example:4433", "c2.example:4433"]`).
+    /// Several collectors sharing one store are interchangeable; the uplink sticks to one and
+    /// moves on when it fails (see `uplink`).
+    #[serde(deserialize_with = "one_or_many_addresses")]
+    pub address: Vec<String>,
     /// Name the collector's certificate must carry.
     #[serde(default = "default_server_name")]
     pub server_name: String,
@@ -200,6 +204,67 @@ impl Default for IdentityConfig {
     }
 }
 
+/// `collector.address` as one string or a list of strings.
+fn one_or_many_addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Addresses;
+    impl<'de> serde::de::Visitor<'de> for Addresses {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("\"host:port\" or a list of them, [\"host:port\", …]")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+            Ok(vec![v.to_string()])
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut addresses = Vec::new();
+            while let Some(address) = seq.next_element::<String>()? {
+                addresses.push(address);
+            }
+            Ok(addresses)
+        }
+    }
+    d.deserialize_any(Addresses)
+}
+
+/// Why `entry` is not a usable `host:port`, if it is not. Names are only resolved when
+/// connecting (and again on every round), so a name that does not resolve yet is not an error.
+fn address_problem(entry: &str) -> Option<String> {
+    if entry.parse::<std::net::SocketAddr>().is_ok() {
+        return None;
+    }
+    let Some((host, port)) = entry.rsplit_once(':') else {
+        return Some(format!(
+            "{entry:?} has no port: write host:port, e.g. \"{entry}:4433\""
+        ));
+    };
+    if host.contains(':') || host.starts_with('[') {
+        return Some(format!(
+            "{entry:?} is not host:port: an IPv6 address goes in brackets, e.g. \"[2001:db8::1]:4433\""
+        ));
+    }
+    if host.is_empty() || host.len() > 253 {
+        return Some(format!("{entry:?}: the host is empty or too long"));
+    }
+    if let Some(c) = host
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return Some(format!(
+            "{entry:?}: the host has {c:?}, which no host name has"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Some(format!("{entry:?}: the port must be 1..=65535")),
+        Ok(_) => None,
+    }
+}
+
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
@@ -243,6 +308,21 @@ impl AgentConfig {
             path: path.display().to_string(),
             reason,
         };
+        if self.collector.address.is_empty() {
+            return Err(bad(
+                "collector.address: the list is empty; give at least one \"host:port\"".into(),
+            ));
+        }
+        for (i, entry) in self.collector.address.iter().enumerate() {
+            if let Some(problem) = address_problem(entry) {
+                return Err(bad(format!("collector.address[{i}]: {problem}")));
+            }
+            if let Some(first) = self.collector.address[..i].iter().position(|e| e == entry) {
+                return Err(bad(format!(
+                    "collector.address[{i}]: {entry:?} repeats collector.address[{first}]"
+                )));
+            }
+        }
         let table = &self.labels_table;
         self.labels = Labels {
             provider: table.provider.clone(),
@@ -327,9 +407,10 @@ impl AgentConfig {
 
     /// Settings that differ between `self` (running) and `new` but only take effect on a
     /// restart, by name. The spool directory holds the unacked results and their numbering; the
-    /// collector's address and this agent's certificate say whom they are sent to as whom (the
+    /// collectors' addresses and this agent's certificate say whom they are sent to as whom (the
     /// certificate *files* are re-read at every reconnect, so one renewed in place needs no
-    /// restart).
+    /// restart). The address list compares as a list: one string and a list of that one string
+    /// are the same setting, while a reordered list is a change (the order is the order tried).
     pub fn restart_only_changes(&self, new: &AgentConfig) -> Vec<&'static str> {
         let (a, b) = (&self.collector, &new.collector);
         [
@@ -439,7 +520,7 @@ mod tests {
             vec!["collector.address", "spool.dir"]
         );
         let applied = running.live_part_of(new);
-        assert_eq!(applied.collector.address, "collector.example:4433");
+        assert_eq!(applied.collector.address, ["collector.example:4433"]);
         assert_eq!(
             applied.spool.dir,
             PathBuf::from("/var/lib/egresswatch-agent")
@@ -448,6 +529,73 @@ mod tests {
         assert_eq!(applied.targets[0].host, "mx.lab.test");
         assert_eq!(applied.log.level.as_deref(), Some("debug"));
         assert!(running.restart_only_changes(&applied).is_empty());
+    }
+
+    #[test]
+    fn the_collector_address_is_one_string_or_a_list() {
+        let one = AgentConfig::parse(MINIMAL, Path::new("a.toml")).unwrap();
+        assert_eq!(one.collector.address, ["collector.example:4433"]);
+        let listed = MINIMAL.replace(
+            "address = \"collector.example:4433\"",
+            "address = [\"c1.example:4433\", \"192.0.2.7:4433\", \"[2001:db8::7]:4433\"]",
+        );
+        let many = AgentConfig::parse(&listed, Path::new("a.toml")).unwrap();
+        assert_eq!(
+            many.collector.address,
+            ["c1.example:4433", "192.0.2.7:4433", "[2001:db8::7]:4433"]
+        );
+        let one_listed =
+            MINIMAL.replace("\"collector.example:4433\"", "[\"collector.example:4433\"]");
+        let one_listed = AgentConfig::parse(&one_listed, Path::new("a.toml")).unwrap();
+        assert!(
+            one.restart_only_changes(&one_listed).is_empty(),
+            "a string and a list of it are the same setting"
+        );
+        assert_eq!(one.restart_only_changes(&many), vec!["collector.address"]);
+        let reordered = listed.replace(
+            "[\"c1.example:4433\", \"192.0.2.7:4433\"",
+            "[\"192.0.2.7:4433\", \"c1.example:4433\"",
+        );
+        let reordered = AgentConfig::parse(&reordered, Path::new("a.toml")).unwrap();
+        assert_eq!(
+            many.restart_only_changes(&reordered),
+            vec!["collector.address"],
+            "the order is the order tried"
+        );
+        assert_eq!(
+            many.live_part_of(reordered).collector.address,
+            many.collector.address
+        );
+    }
+
+    #[test]
+    fn a_bad_collector_address_names_its_entry() {
+        let with = |value: &str| {
+            AgentConfig::parse(
+                &MINIMAL.replace("\"collector.example:4433\"", value),
+                Path::new("a.toml"),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        for (value, names) in [
+            ("[\"c1.example:4433\", \"c2.example\"]", "collector.address[1]: \"c2.example\" has no port"),
+            ("[\"c1.example:4433\", \"c2.example:0\"]", "collector.address[1]: \"c2.example:0\": the port"),
+            ("[\"c1.example:99999\"]", "collector.address[0]: \"c1.example:99999\": the port"),
+            ("[\"c1.example:4433\", \"2001:db8::1:4433\"]", "collector.address[1]: \"2001:db8::1:4433\" is not host:port: an IPv6 address goes in brackets"),
+            ("[\"c1.example:4433\", \"\"]", "collector.address[1]: \"\" has no port"),
+            ("[\"c 1.example:4433\"]", "collector.address[0]: \"c 1.example:4433\": the host has ' '"),
+            ("[\"c1.example:4433\", \"c1.example:4433\"]", "collector.address[1]: \"c1.example:4433\" repeats collector.address[0]"),
+            ("[]", "collector.address: the list is empty"),
+            ("\"c1.example\"", "collector.address[0]: \"c1.example\" has no port"),
+        ] {
+            let err = with(value);
+            assert!(err.contains(names), "{value}: {err}");
+        }
+        let err = with("[\"c1.example:4433\", 4433]");
+        assert!(err.contains("address"), "{err}");
+        let err = with("4433");
+        assert!(err.contains("host:port"), "{err}");
     }
 
     #[test]

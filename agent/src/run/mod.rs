@@ -80,6 +80,8 @@ pub struct Shared {
     spool: Arc<Mutex<Option<Spool>>>,
     spool_trouble: Mutex<SpoolTrouble>,
     uplink_state: Mutex<String>,
+    /// The collector the uplink is connected to (`entry (address)`), while it is.
+    collector: Mutex<Option<String>>,
     pub new_results: Notify,
     spooled: Mutex<Spooled>,
     probe_requests: mpsc::Sender<ProbeRequest>,
@@ -116,6 +118,7 @@ impl Shared {
                 ..Default::default()
             }),
             uplink_state: Mutex::new(String::new()),
+            collector: Mutex::new(None),
             new_results: Notify::new(),
             spooled: Mutex::new(Spooled {
                 newest_seq,
@@ -210,6 +213,16 @@ impl Shared {
 
     pub fn set_uplink_state(&self, state: String) {
         *lock(&self.uplink_state) = state;
+    }
+
+    /// The collector the uplink is connected to, as `entry (address)` (or just the address when
+    /// the entry is one); `None` while it is not connected.
+    pub fn collector(&self) -> Option<String> {
+        lock(&self.collector).clone()
+    }
+
+    pub fn set_collector(&self, collector: Option<String>) {
+        *lock(&self.collector) = collector;
     }
 
     /// Spools one result (numbering it) and wakes the uplink. A spool that cannot write (a full

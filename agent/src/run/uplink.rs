@@ -1,20 +1,25 @@
-//! The uplink: one QUIC connection to the collector, mutual TLS with this agent's certificate,
-//! the session of `egresswatch_wire::message` (hello, welcome, batches, acks). Results are read
-//! from the spool and forgotten only when acked; after any failure the agent reconnects with
-//! capped exponential backoff and jitter and resends everything unacked (the collector dedupes by
-//! sequence number). A collector that refuses this agent — a refusal message, or a TLS alert
-//! because its certificate is not accepted — is logged as "rejected by the collector: …" and
-//! retried only at the slowest pace, never in a tight loop.
+//! The uplink: one QUIC connection at a time to one of the configured collectors, mutual TLS
+//! with this agent's certificate, the session of `egresswatch_wire::message` (hello, welcome,
+//! batches, acks). Results are read from the spool and forgotten only when acked; after any
+//! failure the agent moves on to the next collector and resends everything unacked (collectors
+//! dedupe by sequence number, the shared store across collectors); which collector it tries, and
+//! how long it waits once every one has failed, is the sans-IO [`failover`]. A collector that
+//! refuses this agent — a refusal message, or a TLS alert because its certificate is not
+//! accepted — is logged as "rejected by the collector: …" and retried only at the slowest pace,
+//! never in a tight loop.
 //!
 //! A hello is said once per session, so when a config reload changes the labels or targets the
 //! session is ended cleanly (in-flight batches briefly awaited) and a new one says the new hello
-//! at once. A batch never spans more wall-clock time than its offsets can carry, so a clock step of
-//! months between two spooled results splits the batch instead of failing it forever.
+//! at once, to the same collector. A batch never spans more wall-clock time than its offsets can
+//! carry, so a clock step of months between two spooled results splits the batch instead of
+//! failing it forever.
 //!
-//! This file is the quinn shell: connecting, the hello, reading acks in a task of their own,
-//! writing batches through the wire's framed stream. What to send next, what an ack retires and
-//! how a connection's end is read are decided by the sans-IO [`window`].
+//! This file is the quinn shell: resolving, connecting, the hello, reading acks in a task of their
+//! own, writing batches through the wire's framed stream. What to send next, what an ack retires,
+//! when a silent collector is given up on and how a connection's end is read are decided by the
+//! sans-IO [`window`].
 
+pub mod failover;
 pub mod window;
 
 use super::config::CollectorConfig;
@@ -25,9 +30,10 @@ use egresswatch_wire::limits::MAX_FRAME_BYTES;
 use egresswatch_wire::stream::{FrameReader, FrameWriter};
 use egresswatch_wire::version::{ALPN, WIRE_MAJOR, WIRE_MINOR};
 use egresswatch_wire::{AgentMessage, Batch, CollectorMessage, Hello, WireError};
+use failover::{jitter, Candidate, Ended, Rotation, Step};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -35,8 +41,8 @@ use tracing::{error, info, warn};
 use window::{connection_error, Heard, Window, BATCH_RESULTS, WINDOW};
 pub use window::{within_offset_span, SessionError};
 
-const MIN_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Longest a QUIC handshake with one candidate may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The report stream's halves, framed.
 type Reader = FrameReader<quinn::RecvStream>;
@@ -87,44 +93,64 @@ pub fn client_config(config: &CollectorConfig) -> Result<quinn::ClientConfig, Ag
     Ok(client)
 }
 
-/// Keeps a session up until shutdown.
+/// Keeps a session up with one of the configured collectors until shutdown, moving to the next
+/// candidate when the one in use fails (see [`failover`]).
 pub async fn run(
     config: CollectorConfig,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = MIN_BACKOFF;
+    let mut rotation = Rotation::default();
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let outcome = match client_config(&config) {
-            Ok(client) => session(&config, client, &shared, &mut shutdown).await,
-            Err(e) => Err(SessionError::Failed(e.to_string())),
-        };
-        backoff = match outcome {
-            Ok(SessionEnd::Shutdown) => return,
-            Ok(SessionEnd::Reannounce) => {
-                info!("labels or targets changed: reconnecting to say so");
-                backoff = MIN_BACKOFF;
-                continue;
-            }
-            Err(SessionError::Rejected(reason)) => {
-                error!("rejected by the collector: {reason}");
-                shared.set_uplink_state(format!("rejected by the collector: {reason}"));
-                MAX_BACKOFF
-            }
-            Err(SessionError::Failed(reason)) => {
-                warn!(
-                    "collector connection failed: {reason}; retrying in about {} s",
-                    backoff.as_secs()
-                );
-                shared.set_uplink_state(format!("disconnected: {reason}"));
-                let current = backoff;
-                (current * 2).min(MAX_BACKOFF)
+        let client = match client_config(&config) {
+            Ok(client) => Some(client),
+            Err(e) => {
+                warn!("collector connection impossible: {e}");
+                shared.set_uplink_state(format!("disconnected: {e}"));
+                None
             }
         };
-        let wait = jitter(backoff);
+        if rotation.round_over() {
+            let (candidates, unresolved) = resolve_all(&config.address).await;
+            for problem in &unresolved {
+                warn!("collector address: {problem}");
+            }
+            if client.is_some() && rotation.start_round(candidates) == 0 {
+                shared.set_uplink_state(format!(
+                    "disconnected: no collector address resolves ({})",
+                    unresolved.join("; ")
+                ));
+            }
+        }
+        let step = match (client, rotation.next_candidate()) {
+            (Some(client), Some(candidate)) => {
+                let ended = session(
+                    &config,
+                    &candidate,
+                    client,
+                    &shared,
+                    &mut rotation,
+                    &mut shutdown,
+                )
+                .await;
+                shared.set_collector(None);
+                report(&shared, &candidate, &ended);
+                rotation.after(&candidate, &ended)
+            }
+            _ => rotation.round_failed(),
+        };
+        let wait = match step {
+            Step::Stop => return,
+            Step::Next => continue,
+            Step::Wait(backoff) => jitter(backoff),
+        };
+        info!(
+            "no collector took the results this round; trying again in about {} s",
+            wait.as_secs().max(1)
+        );
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
@@ -132,21 +158,48 @@ pub async fn run(
     }
 }
 
-fn jitter(d: Duration) -> Duration {
-    use rand::Rng;
-    let factor = rand::thread_rng().gen_range(0.5..1.0);
-    d.mul_f64(factor)
+/// Logs how a session ended and sets the state the agent reports.
+fn report(shared: &Shared, collector: &Candidate, ended: &Ended) {
+    match ended {
+        Ended::Shutdown => {}
+        Ended::Reannounce => {
+            info!(collector = %collector, "labels or targets changed: reconnecting to say so")
+        }
+        Ended::Rejected(reason) => {
+            error!(collector = %collector, "rejected by the collector: {reason}");
+            shared.set_uplink_state(format!("rejected by the collector: {reason}"));
+        }
+        Ended::Failed { reason, .. } => {
+            warn!(collector = %collector, "collector connection failed: {reason}");
+            shared.set_uplink_state(format!("disconnected: {reason}"));
+        }
+    }
 }
 
-async fn resolve(address: &str) -> Result<Vec<SocketAddr>, SessionError> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(address)
-        .await
-        .map_err(|e| SessionError::Failed(format!("resolving {address}: {e}")))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(SessionError::Failed(format!("{address} has no address")));
+/// Longest a name may take to resolve before the round goes on without it.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every address of every entry (see [`failover::candidates`]), and what could not be resolved.
+pub async fn resolve_all(entries: &[String]) -> (Vec<Candidate>, Vec<String>) {
+    let mut resolved = Vec::new();
+    let mut problems = Vec::new();
+    for entry in entries {
+        match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(entry.as_str())).await {
+            Ok(Ok(addrs)) => {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                if addrs.is_empty() {
+                    problems.push(format!("{entry} has no address"));
+                }
+                resolved.push((entry.clone(), addrs));
+            }
+            Ok(Err(e)) => problems.push(format!("resolving {entry}: {e}")),
+            Err(_) => problems.push(format!(
+                "resolving {entry}: no answer within {} s",
+                RESOLVE_TIMEOUT.as_secs()
+            )),
+        }
     }
-    Ok(addrs)
+    (failover::candidates(resolved), problems)
 }
 
 /// Reads why the framed report stream failed; the connection's close (a refusal, a TLS alert)
@@ -186,51 +239,88 @@ async fn write_message(send: &mut Writer, message: &AgentMessage) -> Result<(), 
         .map_err(|e| stream_error(e, "encoding a message"))
 }
 
+/// One session with `collector`: connect, hello, batches and acks until it ends.
 async fn session(
     config: &CollectorConfig,
+    collector: &Candidate,
     client: quinn::ClientConfig,
     shared: &Arc<Shared>,
+    rotation: &mut Rotation,
     shutdown: &mut watch::Receiver<bool>,
+) -> Ended {
+    let mut welcomed_at = None;
+    let result = connect_and_converse(
+        config,
+        collector,
+        client,
+        shared,
+        rotation,
+        shutdown,
+        &mut welcomed_at,
+    )
+    .await;
+    match result {
+        Ok(SessionEnd::Shutdown) => Ended::Shutdown,
+        Ok(SessionEnd::Reannounce) => Ended::Reannounce,
+        Err(SessionError::Rejected(reason)) => Ended::Rejected(reason),
+        Err(SessionError::Failed(reason)) => Ended::Failed {
+            reason,
+            welcomed_for: welcomed_at.map(|at: Instant| at.elapsed()),
+        },
+    }
+}
+
+async fn connect_and_converse(
+    config: &CollectorConfig,
+    collector: &Candidate,
+    client: quinn::ClientConfig,
+    shared: &Arc<Shared>,
+    rotation: &mut Rotation,
+    shutdown: &mut watch::Receiver<bool>,
+    welcomed_at: &mut Option<Instant>,
 ) -> Result<SessionEnd, SessionError> {
-    // Every address the name has, in the system's order: a collector reachable over one family
-    // only must not look down because the other family came first.
-    let mut last_error = SessionError::Failed(format!("{} has no address", config.address));
-    let mut established = None;
-    for addr in resolve(&config.address).await? {
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0".parse().expect("literal")
+    let addr = collector.addr;
+    let bind = SocketAddr::new(
+        if addr.is_ipv6() {
+            Ipv6Addr::UNSPECIFIED.into()
         } else {
-            "0.0.0.0:0".parse().expect("literal")
-        };
-        let endpoint = quinn::Endpoint::client(bind)
-            .map_err(|e| SessionError::Failed(format!("UDP socket: {e}")))?;
-        let connecting = match endpoint.connect_with(client.clone(), addr, &config.server_name) {
-            Ok(c) => c,
-            Err(e) => {
-                last_error = SessionError::Failed(format!("{addr}: {e}"));
-                continue;
-            }
-        };
-        match tokio::time::timeout(Duration::from_secs(8), connecting).await {
-            Ok(Ok(connection)) => {
-                established = Some((endpoint, connection));
-                break;
-            }
-            Ok(Err(e)) => {
-                last_error = connection_error(&e);
-                if matches!(last_error, SessionError::Rejected(_)) {
-                    return Err(last_error);
-                }
-            }
-            Err(_) => {
-                last_error = SessionError::Failed(format!("no answer from {addr} within 8 s"))
+            Ipv4Addr::UNSPECIFIED.into()
+        },
+        0,
+    );
+    let endpoint = quinn::Endpoint::client(bind)
+        .map_err(|e| SessionError::Failed(format!("UDP socket: {e}")))?;
+    let connecting = endpoint
+        .connect_with(client, addr, &config.server_name)
+        .map_err(|e| SessionError::Failed(format!("{addr}: {e}")))?;
+    let connection = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => return Err(connection_error(&e)),
+        Err(_) => {
+            return Err(SessionError::Failed(format!(
+                "no answer from {addr} within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            )))
+        }
+    };
+    let welcomed = |acked: u64, version: &str| {
+        *welcomed_at = Some(Instant::now());
+        match rotation.on_welcomed(collector) {
+            Some(left) => info!(
+                from = %left.collector,
+                to = %collector,
+                why = %left.why,
+                acked,
+                collector_version = %version,
+                "switched collector"
+            ),
+            None => {
+                info!(collector = %collector, acked, collector_version = %version, "connected to the collector")
             }
         }
-    }
-    let Some((endpoint, connection)) = established else {
-        return Err(last_error);
+        shared.set_collector(Some(collector.to_string()));
     };
-    let result = converse(&connection, shared, shutdown, config.linger).await;
+    let result = converse(&connection, shared, shutdown, config.linger, welcomed).await;
     match &result {
         Ok(SessionEnd::Shutdown) => {
             connection.close(quinn::VarInt::from_u32(close::NORMAL), b"agent stopping")
@@ -249,6 +339,7 @@ async fn converse(
     shared: &Arc<Shared>,
     shutdown: &mut watch::Receiver<bool>,
     linger: Duration,
+    welcomed: impl FnOnce(u64, &str),
 ) -> Result<SessionEnd, SessionError> {
     let mut announcements = shared.announcements();
     announcements.borrow_and_update();
@@ -283,9 +374,12 @@ async fn converse(
             )))
         }
     };
-    info!(agent_id = %welcome.agent_id, acked = welcome.acked_seq, collector = %welcome.collector_version, "connected to the collector");
+    tracing::debug!(agent_id = %welcome.agent_id, "welcomed");
+    welcomed(welcome.acked_seq, &welcome.collector_version);
     shared.set_uplink_state(String::new());
     shared.ack(welcome.acked_seq).await;
+    // What this collector's store does not hold is sent from the spool, whichever collector
+    // had it before: the spool forgets only what some collector acked.
     let mut window = Window::welcomed(welcome.acked_seq, shared.spooled().newest_seq, linger);
 
     // Acks are read in their own task, so sending never waits for them.
@@ -306,7 +400,7 @@ async fn converse(
         }
         tokio::select! {
             message = acks.recv() => match message {
-                Some(Ok(message)) => match window.on_message(message) {
+                Some(Ok(message)) => match window.on_message(message, Instant::now()) {
                     Heard::Retire { up_to_seq, discarded } => {
                         if let Some((discarded, reason)) = discarded {
                             warn!(discarded, reason = %reason, "the collector discarded a batch");
@@ -323,6 +417,12 @@ async fn converse(
             // The window says when lingering results are due; news wakes the loop at once.
             _ = shared.new_results.notified() => {}
             _ = sleep_until_due(window.due_at()) => {}
+            _ = sleep_until_due(window.ack_overdue_at()) => {
+                break Err(SessionError::Failed(format!(
+                    "no ack from the collector within {} s",
+                    window::ACK_TIMEOUT.as_secs()
+                )));
+            }
             _ = shutdown.changed() => {
                 window.flush();
                 if let Err(e) = send_due(&mut window, &mut send, shared, welcome.wire_minor).await {
@@ -376,7 +476,7 @@ async fn send_due(
             .map(|b| b.for_peer_minor(peer_minor))
             .map_err(|e| SessionError::Failed(format!("packing a batch: {e}")))?;
         write_message(send, &AgentMessage::Batch(batch)).await?;
-        window.on_sent(last);
+        window.on_sent(last, Instant::now());
     }
     Ok(())
 }

@@ -184,10 +184,15 @@ impl Namespaces {
 
     /// Sets the resolv.conf that processes run with `ip netns exec ns` see as /etc/resolv.conf.
     pub fn resolv_conf(&self, ns: &str, text: &str) -> Result<(), String> {
+        self.etc_file(ns, "resolv.conf", text)
+    }
+
+    /// Sets the file that processes run with `ip netns exec ns` see as `/etc/<name>` (`hosts`,
+    /// say: names that resolve only inside the namespace).
+    pub fn etc_file(&self, ns: &str, name: &str, text: &str) -> Result<(), String> {
         let dir = PathBuf::from(NETNS_ETC).join(ns);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        std::fs::write(dir.join("resolv.conf"), text)
-            .map_err(|e| format!("{}/resolv.conf: {e}", dir.display()))
+        std::fs::write(dir.join(name), text).map_err(|e| format!("{}/{name}: {e}", dir.display()))
     }
 
     /// Starts `program args…` inside `ns`; it is killed when the namespaces go.

@@ -6,6 +6,9 @@
 //! them for the test to take ([`SimAgent::next_request`]) and can answer one with a `requested`
 //! result ([`SimAgent::answer`]).
 
+/// A throwaway PostgreSQL cluster for tests ([`postgres::PgCluster`]).
+pub mod postgres;
+
 use anyhow::{anyhow, bail, Context, Result};
 use egresswatch_wire::limits::MAX_FRAME_BYTES;
 use egresswatch_wire::stream::{FrameReader, FrameWriter};

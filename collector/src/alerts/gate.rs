@@ -22,6 +22,35 @@ impl Notice {
             lasted_ms: None,
         }
     }
+
+    /// The notice as an alert outbox keeps it (`{"event": .., "at_unix_ms": .., "lasted_ms": ..}`):
+    /// the event's JSON, and the millisecond time its JSON leaves out.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(&StoredNotice {
+            event: self.event.clone(),
+            at_unix_ms: self.event.at_unix_ms,
+            lasted_ms: self.lasted_ms,
+        })
+    }
+
+    /// A notice from [`Notice::to_json`]'s form.
+    pub fn from_json(json: &str) -> Result<Notice, serde_json::Error> {
+        let stored: StoredNotice = serde_json::from_str(json)?;
+        let mut event = stored.event;
+        event.at_unix_ms = stored.at_unix_ms;
+        Ok(Notice {
+            event,
+            lasted_ms: stored.lasted_ms,
+        })
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredNotice {
+    event: Event,
+    at_unix_ms: i64,
+    #[serde(default)]
+    lasted_ms: Option<i64>,
 }
 
 /// The subject of an event with its family left out: a port's blocked and flapping alerts are

@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex};
 
 pub use format::Links;
 pub use rule::{Match, Rule, SilentAgents};
-pub use sink::{AlertCounters, Alerts};
+pub use sink::{AlertCounters, Alerts, DispatchError, Planned, Routed};
 
 /// The wire format of a sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -19,7 +19,7 @@ use prometheus_client::metrics::family::Family;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Per-sink delivery counters (label `sink`).
 #[derive(Clone, Default, Debug)]
@@ -62,7 +62,37 @@ struct SinkHandle {
     rule: Rule,
     dedupe: Dedupe,
     gate: Mutex<Gate>,
-    tx: mpsc::Sender<Notice>,
+    tx: mpsc::Sender<Job>,
+}
+
+/// What a worker is handed: a notice, and who wants to hear whether it was delivered.
+struct Job {
+    notice: Notice,
+    done: Option<oneshot::Sender<bool>>,
+}
+
+/// One sink's share of an event: the notice that sink is owed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routed {
+    /// The sink's display name.
+    pub sink: String,
+    pub notice: Notice,
+}
+
+/// An event to record and the notices its sinks are owed ([`Alerts::plan`]).
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub event: Event,
+    pub notices: Vec<Routed>,
+}
+
+/// Why [`Alerts::dispatch`] could not queue a notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DispatchError {
+    /// No sink has that name (the config changed since the notice was recorded).
+    UnknownSink,
+    /// The sink's queue is full; try again later.
+    Full,
 }
 
 /// The dispatcher: hand it events, it routes them to the sinks' queues.
@@ -119,7 +149,7 @@ impl Alerts {
                 }
                 _ => url,
             };
-            let (tx, rx) = mpsc::channel::<Notice>(cfg.queue.max(1));
+            let (tx, rx) = mpsc::channel::<Job>(cfg.queue.max(1));
             let name = cfg.display_name();
             let worker = Worker {
                 name: name.clone(),
@@ -200,12 +230,57 @@ impl Alerts {
     /// Routes one event to every sink whose rule admits it, and the account-scope silence it
     /// completes, if any. Never waits on a sink (an agent going silent reads the agents list).
     pub fn enqueue(&self, event: &Event) {
-        self.route(event);
+        for planned in self.plan(event) {
+            for routed in planned.notices {
+                let sink = routed.sink.clone();
+                if let Err(e) = self.dispatch(&routed.sink, routed.notice, None) {
+                    self.counters
+                        .dropped
+                        .get_or_create(&sink_label(&sink))
+                        .inc();
+                    tracing::warn!(sink = %sink, "alert queue full, event dropped: {e:?}");
+                }
+            }
+        }
+    }
+
+    /// What `event` means for the sinks, without sending anything: the event itself and the
+    /// account-scope silence it completes (if any), each with the notices its sinks are owed
+    /// after rules, silences, dedupe and the flapping gate. Those decisions keep state: plan each
+    /// event once. A collector that records deliveries in an outbox sends them later with
+    /// [`Alerts::dispatch`]; [`Alerts::enqueue`] sends at once.
+    pub fn plan(&self, event: &Event) -> Vec<Planned> {
+        let mut planned = vec![Planned {
+            event: event.clone(),
+            notices: self.route(event),
+        }];
         if let Some(mut account) = self.account_event(event) {
             account.silenced_by = self.silenced_by(&account);
             tracing::info!(event = %account.summary(), "event");
-            self.route(&account);
+            let notices = self.route(&account);
+            planned.push(Planned {
+                event: account,
+                notices,
+            });
         }
+        planned
+    }
+
+    /// Queues `notice` for the sink named `sink`, never waiting; `done` hears whether it was
+    /// delivered (false: every attempt failed, or the sink had nothing to send).
+    pub fn dispatch(
+        &self,
+        sink: &str,
+        notice: Notice,
+        done: Option<oneshot::Sender<bool>>,
+    ) -> Result<(), DispatchError> {
+        let Some(handle) = self.sinks.iter().find(|s| s.name == sink) else {
+            return Err(DispatchError::UnknownSink);
+        };
+        handle
+            .tx
+            .try_send(Job { notice, done })
+            .map_err(|_| DispatchError::Full)
     }
 
     fn account_event(&self, e: &Event) -> Option<Event> {
@@ -231,7 +306,8 @@ impl Alerts {
         lock(&self.roster).observe(e, &agents)
     }
 
-    fn route(&self, event: &Event) {
+    fn route(&self, event: &Event) -> Vec<Routed> {
+        let mut routed = Vec::new();
         for sink in &self.sinks {
             if !sink.rule.admits(event) {
                 continue;
@@ -251,14 +327,12 @@ impl Alerts {
             let Some(notice) = lock(&sink.gate).pass(event) else {
                 continue;
             };
-            if let Err(e) = sink.tx.try_send(notice) {
-                self.counters
-                    .dropped
-                    .get_or_create(&sink_label(&sink.name))
-                    .inc();
-                tracing::warn!(sink = %sink.name, "alert queue full or closed, event dropped: {e}");
-            }
+            routed.push(Routed {
+                sink: sink.name.clone(),
+                notice,
+            });
         }
+        routed
     }
 }
 
@@ -275,7 +349,7 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(self, mut rx: mpsc::Receiver<Notice>) {
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
         // Alertmanager: firing alerts, re-sent so they stay firing.
         let mut firing = Firing::default();
         let mut resend = tokio::time::interval(self.resend);
@@ -284,7 +358,7 @@ impl Worker {
         loop {
             tokio::select! {
                 received = rx.recv() => {
-                    let Some(notice) = received else { break };
+                    let Some(Job { notice, done }) = received else { break };
                     let links = lock(&self.links).clone();
                     let body = match self.kind {
                         SinkKind::Webhook => format::webhook(&notice, &links),
@@ -292,12 +366,19 @@ impl Worker {
                         SinkKind::Alertmanager => {
                             let alerts = firing.apply(&notice, &links, now_unix_ms());
                             if alerts.is_empty() {
+                                // Nothing to tell Alertmanager: done, as far as anyone waits.
+                                if let Some(done) = done {
+                                    let _ = done.send(true);
+                                }
                                 continue;
                             }
                             Value::Array(alerts)
                         }
                     };
-                    self.deliver(&body).await;
+                    let delivered = self.deliver(&body).await;
+                    if let Some(done) = done {
+                        let _ = done.send(delivered);
+                    }
                 }
                 _ = resend.tick(), if self.kind == SinkKind::Alertmanager && !firing.is_empty() => {
                     let body = Value::Array(firing.all());
@@ -307,7 +388,7 @@ impl Worker {
         }
     }
 
-    async fn deliver(&self, body: &Value) {
+    async fn deliver(&self, body: &Value) -> bool {
         let label = sink_label(&self.name);
         let mut delay = self.backoff;
         for attempt in 0..=self.retries {
@@ -315,7 +396,7 @@ impl Worker {
             match outcome {
                 Ok(resp) if resp.status().is_success() => {
                     self.counters.sent.get_or_create(&label).inc();
-                    return;
+                    return true;
                 }
                 Ok(resp) => {
                     tracing::warn!(sink = %self.name, attempt, status = %resp.status(), "alert sink answered with an error");
@@ -331,5 +412,6 @@ impl Worker {
         }
         self.counters.failed.get_or_create(&label).inc();
         tracing::error!(sink = %self.name, url = %self.url, "alert delivery failed after {} attempts", self.retries + 1);
+        false
     }
 }

@@ -614,7 +614,13 @@ impl Detector {
             id: None,
             outcome: None,
             at_unix_ms: now,
-            since: None,
+            // An agent's silence began with its last sign of life; its return is its own start.
+            // Both come from the results' receive times, so a collector that rebuilt this state
+            // from the store names the same change the same way.
+            since: Some(rfc3339(match kind {
+                EventKind::AgentSilent => info.last_seen_ms,
+                _ => now,
+            })),
             witnesses: Vec::new(),
             silenced_by: None,
         }

@@ -67,7 +67,7 @@ impl FanoutConfig {
 /// A connected agent as the fan-out sees it: who it is (labels normalised as the detector
 /// normalises them, so it compares with a [`Suspicion`]'s), what it probes and whether it takes
 /// requests — all from its hello.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ConnectedAgent {
     pub agent_id: String,
     pub provider: String,

@@ -8,9 +8,11 @@
 mod counters;
 pub mod gauges;
 mod observer;
+pub mod shared;
 
 pub use counters::FleetCounters;
 pub use observer::{NoObserver, ResultObserver};
+pub use shared::{event_key, Shared};
 
 use crate::alerts::Alerts;
 use crate::detector::{Detector, DetectorConfig};
@@ -18,13 +20,15 @@ use crate::error::CollectorError;
 use crate::events::Event;
 use crate::fanout::{Fanout, FanoutConfig};
 use crate::identity::{measured_at, AgentMeta};
+use crate::matrix::StoreOutage;
 use crate::matrix::{FamilyFilter, Matrix, MatrixConfig, MatrixView};
 use crate::metrics::Metrics;
+use crate::store::shared::{FeedItem, Leadership, NewDelivery, SharedStore};
 use crate::store::Store;
 use egresswatch_wire::ProbeResult;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::broadcast;
 
 /// What the SSE stream carries, already serialised once for every client.
@@ -63,6 +67,8 @@ pub struct Fleet {
     /// How old a result may be and still count in the matrix.
     fresh_ms: i64,
     last_matrix: Mutex<String>,
+    /// Set when several collectors share the database (see [`shared`]).
+    shared: OnceLock<Arc<Shared>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -93,7 +99,202 @@ impl Fleet {
             stream,
             matrix_dirty: AtomicBool::new(true),
             last_matrix: Mutex::new(String::new()),
+            shared: OnceLock::new(),
         })
+    }
+
+    /// Switches the hub to shared mode (before ingest starts): results come from the
+    /// database's feed ([`Fleet::observe_feed`]), and the detector runs only while this collector
+    /// holds the lease ([`Fleet::take_lead`]).
+    pub fn share(&self, store: Arc<dyn SharedStore>) -> Arc<Shared> {
+        self.shared
+            .get_or_init(|| Arc::new(Shared::new(store)))
+            .clone()
+    }
+
+    /// Shared mode's state, if the hub is in it.
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.shared.get()
+    }
+
+    /// Whether this collector decides and alerts: always alone, only with the lease when shared.
+    pub fn leads(&self) -> bool {
+        match self.shared.get() {
+            None => true,
+            Some(shared) => shared.leads(),
+        }
+    }
+
+    /// Shared mode: results any collector stored, in the feed's order. Every collector's matrix
+    /// takes them; the leader's detector and fan-out too.
+    pub fn observe_feed(&self, items: &[FeedItem]) {
+        if items.is_empty() {
+            return;
+        }
+        let mut start = 0;
+        while start < items.len() {
+            let agent = &items[start].agent;
+            let (clock_trusted, received) =
+                (items[start].clock_trusted, items[start].received_unix_ms);
+            let mut end = start + 1;
+            while end < items.len()
+                && items[end].agent.agent_id == agent.agent_id
+                && items[end].clock_trusted == clock_trusted
+                && items[end].received_unix_ms == received
+            {
+                end += 1;
+            }
+            let results: Vec<ProbeResult> =
+                items[start..end].iter().map(|i| i.result.clone()).collect();
+            self.record_in_matrix(agent, &results, clock_trusted, received);
+            if self.leads() {
+                let fresh = self.not_yet_fed(&agent.agent_id, results);
+                if !fresh.is_empty() {
+                    self.detect(agent, &fresh, clock_trusted, received);
+                }
+            }
+            start = end;
+        }
+        self.matrix_dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// Drops the results the detector was already fed (by a rebuild's replay).
+    fn not_yet_fed(&self, agent_id: &str, results: Vec<ProbeResult>) -> Vec<ProbeResult> {
+        let Some(shared) = self.shared.get() else {
+            return results;
+        };
+        let mut fed = lock(&shared.fed);
+        let mark = fed.entry(agent_id.to_string()).or_insert(0);
+        let fresh: Vec<ProbeResult> = results.into_iter().filter(|r| r.seq > *mark).collect();
+        if let Some(last) = fresh.iter().map(|r| r.seq).max() {
+            *mark = last;
+        }
+        fresh
+    }
+
+    /// Shared mode: this collector now holds `lease`. The detector is rebuilt from `replay` (the
+    /// stored results of the last minutes, in measurement order), ticking as time went then;
+    /// what it decides is recorded through the lease, where the changes the previous leader
+    /// already recorded are recognised by their keys and raise nothing.
+    pub fn take_lead(&self, lease: Box<dyn Leadership>, replay: &[FeedItem], now_unix_ms: i64) {
+        let Some(shared) = self.shared.get() else {
+            return;
+        };
+        let mut events = Vec::new();
+        {
+            let mut detector = lock(&self.detector);
+            *detector = Detector::new(detector.config().clone());
+            let mut fed = lock(&shared.fed);
+            fed.clear();
+            let mut next_tick = replay.first().map(|i| i.received_unix_ms + 1000);
+            for item in replay {
+                while let Some(t) = next_tick.filter(|t| *t <= item.received_unix_ms) {
+                    events.extend(detector.tick(t));
+                    next_tick = Some(t + 1000);
+                }
+                events.extend(detector.observe(
+                    &item.agent,
+                    std::slice::from_ref(&item.result),
+                    item.clock_trusted,
+                    item.received_unix_ms,
+                ));
+                let mark = fed.entry(item.agent.agent_id.clone()).or_insert(0);
+                *mark = (*mark).max(item.result.seq);
+            }
+            events.extend(detector.tick(now_unix_ms));
+            // Old suspicions are not worth asking the fleet about.
+            let _ = detector.take_suspicions();
+        }
+        shared.set_lease(Some(lease));
+        tracing::info!(
+            replayed = replay.len(),
+            decided = events.len(),
+            "this collector leads detection and alerting"
+        );
+        self.emit(events);
+    }
+
+    /// Shared mode: the lease is gone (its session was lost). The detector stops; a later lead
+    /// rebuilds it.
+    pub fn step_down(&self) {
+        if let Some(shared) = self.shared.get() {
+            if shared.leads() {
+                tracing::warn!("this collector no longer leads: detection and alerting stop here");
+            }
+            shared.set_lease(None);
+            lock(&shared.fed).clear();
+        }
+        let mut detector = lock(&self.detector);
+        *detector = Detector::new(detector.config().clone());
+    }
+
+    /// Shared mode: an event another collector (the leader) recorded, for this one's stream.
+    pub fn forward_event(&self, json: String) {
+        if let Ok(event) = serde_json::from_str::<Event>(&json) {
+            self.counters.count_event(&event);
+        }
+        let _ = self.stream.send(StreamMessage::Event(Arc::new(json)));
+    }
+
+    /// Shared mode: whether the database answers. While it does not, the page is told that what
+    /// it shows is not live.
+    pub fn set_store_outage(&self, outage: Option<StoreOutage>) {
+        if let Some(shared) = self.shared.get() {
+            let mut held = lock(&shared.outage);
+            let changed = held.is_some() != outage.is_some();
+            if changed {
+                match &outage {
+                    Some(o) => {
+                        tracing::error!(since = %o.since, "the database is unreachable: {}", o.reason)
+                    }
+                    None => tracing::info!("the database answers again"),
+                }
+                *held = outage;
+                self.matrix_dirty.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn store_outage(&self) -> Option<StoreOutage> {
+        self.shared.get().and_then(|s| lock(&s.outage).clone())
+    }
+
+    fn record_in_matrix(
+        &self,
+        agent: &AgentMeta,
+        results: &[ProbeResult],
+        clock_trusted: bool,
+        now_unix_ms: i64,
+    ) {
+        let mut m = lock(&self.matrix);
+        m.agent_seen(agent, now_unix_ms);
+        for r in results {
+            m.record(
+                &agent.agent_id,
+                r,
+                measured_at(r, clock_trusted, now_unix_ms),
+            );
+        }
+    }
+
+    fn detect(
+        &self,
+        agent: &AgentMeta,
+        results: &[ProbeResult],
+        clock_trusted: bool,
+        now_unix_ms: i64,
+    ) {
+        let (events, suspicions) = {
+            let mut detector = lock(&self.detector);
+            let events = detector.observe(agent, results, clock_trusted, now_unix_ms);
+            (events, detector.take_suspicions())
+        };
+        self.emit(events);
+        // Evidence on demand: other agents are asked to probe the suspect destination now, and
+        // their answers among these results are counted.
+        self.fanout
+            .on_results(&agent.agent_id, results, now_unix_ms);
+        self.fanout.on_suspicions(&suspicions, now_unix_ms);
     }
 
     /// The registry the hub's counters are in, which `/metrics` renders.
@@ -122,7 +323,9 @@ impl Fleet {
 
     /// The `/api/matrix` view.
     pub fn matrix_view(&self, family: FamilyFilter, now_unix_ms: i64) -> MatrixView {
-        lock(&self.matrix).view(family, now_unix_ms)
+        let mut view = lock(&self.matrix).view(family, now_unix_ms);
+        view.store = self.store_outage();
+        view
     }
 
     /// The current matrix JSON (both families) for a new SSE client.
@@ -167,7 +370,15 @@ impl Fleet {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.tick(crate::events::now_unix_ms()),
+                _ = tick.tick() => {
+                    if self.shared.get().is_none() {
+                        self.tick(crate::events::now_unix_ms());
+                    } else {
+                        // Shared, the cluster's loop ticks the hub (its events go to the
+                        // database); the matrix is still re-judged for freshness here.
+                        self.matrix_dirty.store(true, Ordering::Relaxed);
+                    }
+                }
                 _ = publish.tick() => self.publish_matrix(crate::events::now_unix_ms()),
                 _ = &mut shutdown => return,
             }
@@ -176,8 +387,11 @@ impl Fleet {
 
     /// Once a second: silence and settled changes; and the matrix is re-judged (freshness).
     pub fn tick(&self, now_unix_ms: i64) {
-        let events = lock(&self.detector).tick(now_unix_ms);
-        self.emit(events);
+        if self.leads() {
+            self.retry_unrecorded();
+            let events = lock(&self.detector).tick(now_unix_ms);
+            self.emit(events);
+        }
         self.matrix_dirty.store(true, Ordering::Relaxed);
     }
 
@@ -194,7 +408,11 @@ impl Fleet {
             &[("ipv4", &ipv4), ("ipv6", &ipv6)],
             gauges::MAX_ACCOUNTS,
         ));
-        let providers = serde_json::to_string(&view.providers).unwrap_or_default();
+        let providers = format!(
+            "{}{:?}",
+            serde_json::to_string(&view.providers).unwrap_or_default(),
+            view.store
+        );
         {
             let mut last = lock(&self.last_matrix);
             if *last == providers {
@@ -209,8 +427,36 @@ impl Fleet {
     }
 
     /// Records each event (the store numbers it), counts it, broadcasts the stored JSON and
-    /// hands the numbered event to the alert sinks.
+    /// hands the numbered event to the alert sinks. Shared, the event and its deliveries are
+    /// recorded through the lease instead, and the outbox delivers them.
     fn emit(&self, events: Vec<Event>) {
+        if let Some(shared) = self.shared.get() {
+            for mut e in events {
+                e.silenced_by = self.alerts.silenced_by(&e);
+                for planned in self.alerts.plan(&e) {
+                    let deliveries = planned
+                        .notices
+                        .iter()
+                        .filter_map(|r| {
+                            r.notice.to_json().ok().map(|notice_json| NewDelivery {
+                                sink: r.sink.clone(),
+                                notice_json,
+                            })
+                        })
+                        .collect();
+                    let key = event_key(&planned.event);
+                    self.record_shared(
+                        shared,
+                        shared::Unrecorded {
+                            event: planned.event,
+                            key,
+                            deliveries,
+                        },
+                    );
+                }
+            }
+            return;
+        }
         for mut e in events {
             e.silenced_by = self.alerts.silenced_by(&e);
             tracing::info!(event = %e.summary(), "event");
@@ -231,11 +477,59 @@ impl Fleet {
             self.alerts.enqueue(&e);
         }
     }
+
+    /// Records one event through the lease; kept for another try when the database does not
+    /// take it, dropped when this collector no longer leads (the new leader decides anew).
+    fn record_shared(&self, shared: &Shared, item: shared::Unrecorded) {
+        let outcome = {
+            let mut lease = shared.lease();
+            match lease.as_mut() {
+                Some(l) => l.record_event(&item.event, &item.key, &item.deliveries),
+                None => return,
+            }
+        };
+        match outcome {
+            Ok(Some(stored)) => {
+                tracing::info!(event = %item.event.summary(), id = stored.id, "event");
+                let mut e = item.event;
+                e.id = Some(stored.id);
+                self.counters.count_event(&e);
+                let _ = self
+                    .stream
+                    .send(StreamMessage::Event(Arc::new(stored.json)));
+                if !item.deliveries.is_empty() {
+                    shared.deliveries.notify_one();
+                }
+            }
+            Ok(None) => {
+                tracing::info!(event = %item.event.summary(), "already recorded by an earlier leader");
+            }
+            Err(err) => {
+                tracing::error!(event = %item.event.summary(), "recording an event: {err}; kept for another try");
+                shared.keep_unrecorded(item);
+            }
+        }
+    }
+
+    fn retry_unrecorded(&self) {
+        let Some(shared) = self.shared.get() else {
+            return;
+        };
+        let held = std::mem::take(&mut *lock(&shared.unrecorded));
+        for item in held {
+            self.record_shared(shared, item);
+        }
+    }
 }
 
 impl ResultObserver for Fleet {
     fn agent_connected(&self, agent: &AgentMeta, now_unix_ms: i64) {
         lock(&self.matrix).agent_seen(agent, now_unix_ms);
+        if self.shared.get().is_some() {
+            // Shared: the leader learns of agents from the feed, wherever they are connected.
+            self.matrix_dirty.store(true, Ordering::Relaxed);
+            return;
+        }
         let events = lock(&self.detector).agent_seen(agent, now_unix_ms);
         self.emit(events);
         self.matrix_dirty.store(true, Ordering::Relaxed);
@@ -248,28 +542,13 @@ impl ResultObserver for Fleet {
         clock_trusted: bool,
         now_unix_ms: i64,
     ) {
-        {
-            let mut m = lock(&self.matrix);
-            m.agent_seen(agent, now_unix_ms);
-            for r in results {
-                m.record(
-                    &agent.agent_id,
-                    r,
-                    measured_at(r, clock_trusted, now_unix_ms),
-                );
-            }
+        if self.shared.get().is_some() {
+            // Shared: these come back through the database's feed, like every other
+            // collector's (the store's notification wakes the feed at once).
+            return;
         }
-        let (events, suspicions) = {
-            let mut detector = lock(&self.detector);
-            let events = detector.observe(agent, results, clock_trusted, now_unix_ms);
-            (events, detector.take_suspicions())
-        };
-        self.emit(events);
-        // Evidence on demand: other agents are asked to probe the suspect destination now, and
-        // their answers among these results are counted.
-        self.fanout
-            .on_results(&agent.agent_id, results, now_unix_ms);
-        self.fanout.on_suspicions(&suspicions, now_unix_ms);
+        self.record_in_matrix(agent, results, clock_trusted, now_unix_ms);
+        self.detect(agent, results, clock_trusted, now_unix_ms);
         self.matrix_dirty.store(true, Ordering::Relaxed);
     }
 

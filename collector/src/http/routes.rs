@@ -115,6 +115,7 @@ pub fn router(
         )
         .route("/api/matrix", get(matrix))
         .route("/api/events", get(events))
+        .route("/api/collectors", get(collectors))
         .route("/api/agents/{agent_id}/results", get(agent_results))
         .route("/api/history", get(super::history::history))
         .route("/api/intervals", get(super::history::intervals))
@@ -284,6 +285,33 @@ async fn events(State(state): State<AppState>, Query(q): Query<LimitQuery>) -> R
         Err(e) => {
             tracing::error!("reading events: {e}");
             error(StatusCode::INTERNAL_SERVER_ERROR, "could not read events")
+        }
+    }
+}
+
+/// `GET /api/collectors`: the collectors sharing this one's database and which leads (`[]`
+/// for a collector on its own).
+async fn collectors(State(state): State<AppState>) -> Response {
+    let Some(shared) = state.fleet.shared() else {
+        return Json(json!([])).into_response();
+    };
+    let store = shared.store().clone();
+    let now = crate::events::now_unix_ms();
+    match tokio::task::spawn_blocking(move || store.collectors(now, 10_000)).await {
+        Ok(Ok(list)) => Json(list).into_response(),
+        Ok(Err(e)) => {
+            tracing::error!("reading collectors: {e}");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unavailable",
+            )
+        }
+        Err(e) => {
+            tracing::error!("reading collectors: {e}");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "could not read collectors",
+            )
         }
     }
 }

@@ -109,7 +109,18 @@ async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Resp
 async fn store_silence(state: &AppState, silence: &Silence) -> Result<(), Response> {
     let store = state.fleet.store().clone();
     let record = silence.clone();
-    match tokio::task::spawn_blocking(move || store.put_silence(&record)).await {
+    let shared = state.fleet.shared().map(|s| s.store().clone());
+    let stored = tokio::task::spawn_blocking(move || {
+        store.put_silence(&record)?;
+        // The other collectors (the leader among them) reread their silences.
+        if let Some(shared) = shared {
+            if let Err(e) = shared.notify_silences() {
+                tracing::warn!("telling the other collectors of a silence: {e}");
+            }
+        }
+        Ok::<(), crate::CollectorError>(())
+    });
+    match stored.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             tracing::error!("storing a silence: {e}");

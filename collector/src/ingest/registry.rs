@@ -65,6 +65,11 @@ impl SessionRegistry {
     }
 
     /// How many sessions are registered.
+    /// Every agent with a live session here.
+    pub fn connected(&self) -> Vec<ConnectedAgent> {
+        self.entries().values().map(|e| e.agent.clone()).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.entries().len()
     }

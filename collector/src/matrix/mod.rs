@@ -209,6 +209,19 @@ pub struct MatrixView {
     pub family: FamilyFilter,
     pub generated_at: String,
     pub providers: Vec<ProviderRow>,
+    /// Set when the shared database cannot be reached: what the page shows is the last state
+    /// known, not live.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreOutage>,
+}
+
+/// The shared database has been unreachable since `since`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoreOutage {
+    /// RFC 3339, UTC.
+    pub since: String,
+    /// The last error, for the operator.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone)]
@@ -396,6 +409,7 @@ impl Matrix {
             family,
             generated_at: rfc3339(now_unix_ms),
             providers,
+            store: None,
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! [`Store`] is the seam every writer and reader goes through (ingest, the fleet hub, the HTTP
 //! API): SQLite ([`sqlite::SqliteStore`]) is the embedded default, [`memory::MemoryStore`] a second
-//! implementation for tests, and a PostgreSQL one can follow for fleets that outgrow one machine.
+//! implementation for tests, and [`postgres::PostgresStore`] holds several collectors on one
+//! database (it also implements [`shared::SharedStore`]).
 //! Old rows are pruned by [`retention`], each tier on its own clock. Every method blocks
 //! (call it from `spawn_blocking` in async code). `insert_results` returns only once the results
 //! are durable, and it is where exactly-once is decided: each agent has a high-water mark (the
@@ -12,10 +13,10 @@
 //! long — per-series state intervals and hourly rollups per series and per cell — derived by
 //! [`crate::history`] in the same transaction that stores the new results, so each result counts
 //! once in every tier and an ack still means all of it is durable. The long tiers are plain
-//! tables of integers, text and small blobs (see [`sqlite`]), so a PostgreSQL store can hold the
-//! same rows.
+//! tables of integers, text and small blobs (see [`sqlite`]), the same rows in [`postgres`].
 
 pub mod memory;
+pub mod postgres;
 pub mod retention;
 pub mod shared;
 pub mod silences;

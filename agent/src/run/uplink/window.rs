@@ -12,6 +12,10 @@
 //! trickle of unchanged results rides in a few full batches and the collector's commit and the
 //! series table are paid per batch, not per result. What was spooled before the session began is
 //! a backlog and goes at once, and an ending session flushes everything.
+//!
+//! A collector that stops acking (its process gone without a word: QUIC would only notice at
+//! its idle timeout) ends the session once nothing was acked for [`ACK_TIMEOUT`] while batches
+//! are in flight, so the uplink moves on to another collector.
 
 use egresswatch_wire::{close, CollectorMessage, ProbeRequest, ProbeResult};
 use std::collections::VecDeque;
@@ -21,6 +25,10 @@ use std::time::{Duration, Instant};
 pub const WINDOW: usize = 8;
 /// Most results in one batch.
 pub const BATCH_RESULTS: usize = 500;
+/// Longest the window waits for an ack while batches are in flight before it calls the
+/// collector gone: well above a collector's commit of a full window, well below QUIC's 30 s idle
+/// timeout.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How a session ended.
 #[derive(Debug)]
@@ -63,6 +71,9 @@ pub struct Window {
     waiting_since: Option<Instant>,
     /// The session is ending: send everything.
     flushing: bool,
+    /// Since when the window has waited for an ack with batches in flight (since the first was
+    /// sent, or since the last ack).
+    awaiting_ack_since: Option<Instant>,
 }
 
 impl Window {
@@ -78,6 +89,7 @@ impl Window {
             due_up_to: newest_seq,
             waiting_since: None,
             flushing: false,
+            awaiting_ack_since: None,
         }
     }
 
@@ -133,8 +145,9 @@ impl Window {
 
     /// A batch ending at `last_seq` was sent. Whatever is left unsent keeps its due time: what
     /// did not fit this batch is as due as it was.
-    pub fn on_sent(&mut self, last_seq: u64) {
+    pub fn on_sent(&mut self, last_seq: u64, now: Instant) {
         self.in_flight.push_back(last_seq);
+        self.awaiting_ack_since.get_or_insert(now);
         self.next_to_send = last_seq + 1;
         if self.next_to_send > self.newest {
             // The spool may hold more than this window was told (read while sending).
@@ -150,11 +163,18 @@ impl Window {
         self.waiting_since = None;
     }
 
-    /// A message from the collector while the session runs.
-    pub fn on_message(&mut self, message: CollectorMessage) -> Heard {
+    /// When the collector is to be called gone if no ack comes: [`ACK_TIMEOUT`] after the
+    /// window began to wait for one; none while nothing is in flight.
+    pub fn ack_overdue_at(&self) -> Option<Instant> {
+        self.awaiting_ack_since.map(|since| since + ACK_TIMEOUT)
+    }
+
+    /// A message from the collector, heard at `now`, while the session runs.
+    pub fn on_message(&mut self, message: CollectorMessage, now: Instant) -> Heard {
         match message {
             CollectorMessage::Ack(ack) => {
                 self.in_flight.pop_front();
+                self.awaiting_ack_since = (!self.in_flight.is_empty()).then_some(now);
                 Heard::Retire {
                     up_to_seq: ack.up_to_seq,
                     discarded: (ack.discarded > 0).then_some((ack.discarded, ack.reason)),
@@ -297,7 +317,7 @@ mod tests {
         for i in 0..WINDOW as u64 {
             let from = window.next_batch_from(Instant::now()).expect("room");
             assert_eq!(from, i * 10 + 1);
-            window.on_sent(from + 9);
+            window.on_sent(from + 9, Instant::now());
         }
         assert_eq!(
             window.next_batch_from(Instant::now()),
@@ -306,7 +326,7 @@ mod tests {
         );
         assert_eq!(window.due_at(), None, "a full window waits for an ack");
         assert_eq!(
-            window.on_message(ack(10, 0, "")),
+            window.on_message(ack(10, 0, ""), Instant::now()),
             Heard::Retire {
                 up_to_seq: 10,
                 discarded: None
@@ -323,30 +343,30 @@ mod tests {
     #[test]
     fn an_ack_retires_up_to_its_cumulative_mark_and_says_what_was_discarded() {
         let mut window = backlog(0);
-        window.on_sent(5);
-        window.on_sent(9);
+        window.on_sent(5, Instant::now());
+        window.on_sent(9, Instant::now());
         assert_eq!(
-            window.on_message(ack(9, 4, "malformed batch")),
+            window.on_message(ack(9, 4, "malformed batch"), Instant::now()),
             Heard::Retire {
                 up_to_seq: 9,
                 discarded: Some((4, "malformed batch".into()))
             }
         );
         assert!(!window.settled(), "one ack answers one batch");
-        window.on_message(ack(9, 0, ""));
+        window.on_message(ack(9, 0, ""), Instant::now());
         assert!(window.settled());
     }
 
     #[test]
     fn a_refusal_rejects_and_other_messages_change_nothing() {
         let mut window = backlog(3);
-        window.on_sent(7);
+        window.on_sent(7, Instant::now());
         let refusal = CollectorMessage::Refusal(Refusal {
             reason: "agent revoked".into(),
             retry_after_s: 0,
         });
         assert_eq!(
-            window.on_message(refusal),
+            window.on_message(refusal, Instant::now()),
             Heard::Rejected("agent revoked".into())
         );
         let welcome = CollectorMessage::Welcome(Welcome {
@@ -356,9 +376,9 @@ mod tests {
             agent_id: "a".into(),
             acked_seq: 99,
         });
-        assert_eq!(window.on_message(welcome), Heard::Nothing);
+        assert_eq!(window.on_message(welcome, Instant::now()), Heard::Nothing);
         assert_eq!(
-            window.on_message(CollectorMessage::Unknown(9)),
+            window.on_message(CollectorMessage::Unknown(9), Instant::now()),
             Heard::Nothing
         );
         assert!(!window.settled());
@@ -368,8 +388,8 @@ mod tests {
     #[test]
     fn settling_takes_acks_and_stops_at_anything_else() {
         let mut window = backlog(0);
-        window.on_sent(2);
-        window.on_sent(4);
+        window.on_sent(2, Instant::now());
+        window.on_sent(4, Instant::now());
         assert_eq!(window.on_settling(ack(2, 0, "")), Some(2));
         assert!(!window.settled());
         assert_eq!(window.on_settling(CollectorMessage::Unknown(7)), None);
@@ -437,7 +457,7 @@ mod tests {
             "the oldest sets the time"
         );
         assert_eq!(window.next_batch_from(t0 + LINGER), Some(5));
-        window.on_sent(6);
+        window.on_sent(6, Instant::now());
         assert_eq!(window.due_at(), None);
         // News: due at once, and carries what lingered before it.
         window.on_spooled(7, 0, t0 + LINGER);
@@ -446,7 +466,7 @@ mod tests {
             window.next_batch_from(t0 + LINGER + Duration::from_secs(1)),
             Some(7)
         );
-        window.on_sent(8);
+        window.on_sent(8, Instant::now());
         // After the news is sent, no news lingers again.
         window.on_spooled(9, 8, t0 + Duration::from_secs(40));
         assert_eq!(window.next_batch_from(t0 + Duration::from_secs(41)), None);
@@ -485,13 +505,46 @@ mod tests {
         let t0 = Instant::now();
         let mut window = Window::welcomed(0, 0, LINGER);
         window.on_spooled(9, 9, t0);
-        window.on_sent(4);
+        window.on_sent(4, Instant::now());
         assert_eq!(window.next_batch_from(t0), Some(5), "the rest of the news");
         let mut window = Window::welcomed(0, 0, LINGER);
         window.on_spooled(3, 0, t0);
         window.on_nothing_to_send();
         assert_eq!(window.next_batch_from(t0 + LINGER), None);
         assert_eq!(window.due_at(), None);
+    }
+
+    #[test]
+    fn a_collector_that_stops_acking_is_overdue_after_the_ack_timeout() {
+        let t0 = Instant::now();
+        let mut window = backlog(0);
+        assert_eq!(window.ack_overdue_at(), None, "nothing in flight");
+        window.on_sent(10, t0);
+        window.on_sent(20, t0 + Duration::from_secs(5));
+        assert_eq!(
+            window.ack_overdue_at(),
+            Some(t0 + ACK_TIMEOUT),
+            "from the first batch in flight"
+        );
+        // An ack is progress: the wait for the next one starts over.
+        let t1 = t0 + Duration::from_secs(12);
+        window.on_message(ack(10, 0, ""), t1);
+        assert_eq!(window.ack_overdue_at(), Some(t1 + ACK_TIMEOUT));
+        // A probe request is no ack.
+        let request = ProbeRequest {
+            request_id: 1,
+            target: "mx.lab.test".into(),
+            port: 25,
+            family: egresswatch_wire::Family::Ipv4,
+            deadline_ms: 5000,
+        };
+        window.on_message(
+            CollectorMessage::ProbeRequest(request),
+            t1 + Duration::from_secs(1),
+        );
+        assert_eq!(window.ack_overdue_at(), Some(t1 + ACK_TIMEOUT));
+        window.on_message(ack(20, 0, ""), t1 + Duration::from_secs(2));
+        assert_eq!(window.ack_overdue_at(), None, "all acked");
     }
 
     #[test]
@@ -505,7 +558,10 @@ mod tests {
             deadline_ms: 5000,
         };
         assert_eq!(
-            window.on_message(CollectorMessage::ProbeRequest(request.clone())),
+            window.on_message(
+                CollectorMessage::ProbeRequest(request.clone()),
+                Instant::now()
+            ),
             Heard::ProbeRequest(request)
         );
         assert!(window.settled());
