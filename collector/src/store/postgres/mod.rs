@@ -2,7 +2,7 @@
 //!
 //! The same [`Store`] as the SQLite one — exactly-once by each agent's high-water mark, the
 //! freshest result per series, the long-kept tiers derived in the transaction that stores the
-//! results — plus what several collectors share ([`SharedStore`], in [`shared`]): the feed of
+//! results — plus what several collectors share ([`super::shared::SharedStore`]): the feed of
 //! stored results in commit order, the leader's lock, the alert outbox, notifications.
 //!
 //! Writes of results go through one writer thread per store that does group commit: every

@@ -5,7 +5,11 @@
 //! serial id. A reader takes rows in (`xact`, id) order, and only those of transactions older
 //! than the oldest one still running (`pg_snapshot_xmin`): a transaction that began earlier but
 //! commits later can therefore never end up behind a cursor already handed out. What a reader
-//! waits for is only ever a transaction still in flight, a few milliseconds for a write.
+//! waits for is a transaction still in flight, a few milliseconds for a write; but the horizon is
+//! the server's, not the database's: a long writing transaction in any database of the same
+//! server holds the feed back until it ends (nothing is lost, it arrives late). Followers should
+//! also read the feed on a timer, not only when notified: the transaction that held the horizon
+//! back may not be one that notifies.
 //!
 //! Notifications go on one channel, [`CHANNEL`], with the payloads `results`, `event:<id>`,
 //! `probe:<agent>\n<request JSON>` and `silences`. `results` is sent inside the transaction
