@@ -550,7 +550,10 @@ fn a_database_that_is_down_fails_writes_quickly_and_is_used_again_once_back() {
         .insert_results("a1", vec![result(1, 25, 1)], true, 2)
         .unwrap();
     let mut listener = store.listen().unwrap();
+    let postmaster = cluster.pid().expect("a running cluster has a postmaster");
+    assert!(std::path::Path::new(&format!("/proc/{postmaster}")).exists());
     cluster.stop().unwrap();
+    assert_eq!(cluster.pid(), None);
     let started = Instant::now();
     assert!(store
         .insert_results("a1", vec![result(2, 25, 2)], true, 3)
