@@ -4,9 +4,11 @@
 //!
 //! The fleet is bench/history.sh's: AGENTS agents (default 1,000) in 4 providers x 5 accounts,
 //! one target on 5 ports over both families (10 series) every 60 s, for HOURS simulated hours
-//! (default 2), sent as batches of BATCH_MINUTES minutes (default 10) by 8 threads at once, as
-//! many sessions would. PostgreSQL is a throwaway cluster on this machine (fsync on), as a
-//! collector beside its database would see it; SQLite is a file in the temporary directory.
+//! (default 2), sent as batches of BATCH_MINUTES minutes (default 10) by SENDERS threads at once
+//! (default 8), as many sessions would: the stores' writers fold what waits into one commit
+//! (SENDERS=1 shows them without it). PostgreSQL is a throwaway cluster on this machine (fsync
+//! on), as a collector beside its database would see it; SQLite is a file in the temporary
+//! directory.
 
 use anyhow::{anyhow, Context, Result};
 use egresswatch_collector::identity::AgentMeta;
@@ -22,7 +24,6 @@ const PROVIDERS: [&str; 4] = ["aws", "gcp", "azure", "oci"];
 const ACCOUNTS: usize = 5;
 const PORTS: [u16; 5] = [25, 465, 587, 2525, 443];
 const MIN: i64 = 60_000;
-const SENDERS: usize = 8;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -128,11 +129,12 @@ fn fleet(
     rounds
 }
 
-/// Stores every round through `store`, SENDERS threads at once; returns (results, seconds).
+/// Stores every round through `store`, `senders` threads at once; returns (results, seconds).
 fn ingest(
     store: &Arc<dyn Store>,
     rounds: &[Vec<(usize, Vec<ProbeResult>)>],
     agents: usize,
+    senders: usize,
     now: i64,
     start: i64,
 ) -> Result<(u64, f64)> {
@@ -143,7 +145,7 @@ fn ingest(
     let started = Instant::now();
     let mut total = 0u64;
     for round in rounds {
-        let chunk = round.len().div_ceil(SENDERS);
+        let chunk = round.len().div_ceil(senders);
         std::thread::scope(|s| -> Result<()> {
             let mut handles = Vec::new();
             for part in round.chunks(chunk) {
@@ -172,6 +174,7 @@ fn main() -> Result<()> {
     let agents = env("AGENTS", 1000);
     let hours = env("HOURS", 2) as i64;
     let batch_minutes = env("BATCH_MINUTES", 10) as i64;
+    let senders = env("SENDERS", 8).max(1);
     // Today, so the results land in the day partitions PostgreSQL made ahead (not the default).
     let day = 86_400_000;
     let now_ms = egresswatch_collector::events::now_unix_ms();
@@ -184,14 +187,14 @@ fn main() -> Result<()> {
         .sum();
     println!(
         "store bench: {agents} agents x 10 series at 60 s for {hours} h = {expected} results \
-         (batches of {batch_minutes} min, {SENDERS} sending threads)"
+         (batches of {batch_minutes} min, {senders} sending threads)"
     );
     println!("{:<62} {:>14} {:>14}", "figure", "SQLite", "PostgreSQL");
 
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("store-bench.db");
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&path)?);
-    let (sqlite_n, sqlite_secs) = ingest(&sqlite, &rounds, agents, now, start)?;
+    let (sqlite_n, sqlite_secs) = ingest(&sqlite, &rounds, agents, senders, now, start)?;
     drop(sqlite);
     let sqlite_raw: i64 = {
         let conn = rusqlite::Connection::open(&path)?;
@@ -210,7 +213,7 @@ fn main() -> Result<()> {
         ..Default::default()
     };
     let postgres: Arc<dyn Store> = Arc::new(PostgresStore::open(&config)?);
-    let (pg_n, pg_secs) = ingest(&postgres, &rounds, agents, now, start)?;
+    let (pg_n, pg_secs) = ingest(&postgres, &rounds, agents, senders, now, start)?;
     drop(postgres);
     let mut client = postgres::Client::connect(&cluster.url(), postgres::NoTls)?;
     client.batch_execute("VACUUM ANALYZE results")?;

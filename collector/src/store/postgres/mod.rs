@@ -2,7 +2,7 @@
 //!
 //! The same [`Store`] as the SQLite one — exactly-once by each agent's high-water mark, the
 //! freshest result per series, the long-kept tiers derived in the transaction that stores the
-//! results — plus what several collectors share ([`SharedStore`], in [`shared`]): the feed of
+//! results — plus what several collectors share ([`super::shared::SharedStore`]): the feed of
 //! stored results in commit order, the leader's lock, the alert outbox, notifications.
 //!
 //! Writes of results go through one writer thread per store that does group commit: every
@@ -193,10 +193,11 @@ fn store_group(
         .map_err(|e| CollectorError::store("reaching PostgreSQL", e))?;
     let today = partitions::day_of(now_unix_ms());
     if today != state.partitions_day {
-        // A failure here only means today's results may land in the default partition.
-        match partitions::ensure(&mut client, today, today + partitions::AHEAD_DAYS) {
-            Ok(()) => state.partitions_day = today,
-            Err(e) => warn!("store: making results partitions ahead: {e}"),
+        // Tried once a day: partitions are made days ahead, so the next day's try makes what
+        // this one could not (at worst results land in the default partition, never lost).
+        state.partitions_day = today;
+        if let Err(e) = partitions::ensure(&mut client, today, today + partitions::AHEAD_DAYS) {
+            warn!("store: making results partitions ahead: {e}");
         }
     }
     let mut tries = 0;

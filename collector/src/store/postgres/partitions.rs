@@ -17,8 +17,9 @@ pub const DAY_MS: i64 = 86_400_000;
 pub const AHEAD_DAYS: i64 = 3;
 /// Serialises partition changes across collectors (`pg_advisory_xact_lock`).
 const PARTITION_LOCK: i64 = 0x6567_7773_0002;
-/// How long partition DDL waits for the table lock before giving up until next time.
-const DDL_LOCK_TIMEOUT: &str = "10s";
+/// How long partition DDL waits for the table lock before giving up until next time: while it
+/// waits, it queues every reader and writer of `results` behind it, so it waits little.
+const DDL_LOCK_TIMEOUT: &str = "2s";
 
 fn db_err(context: &str, e: postgres::Error) -> CollectorError {
     CollectorError::store(context, e)

@@ -3,9 +3,12 @@
 //!
 //! The feed: each results row carries the id of the transaction that wrote it (`xact`) and a
 //! serial id. A reader takes rows in (`xact`, id) order, and only those of transactions older
-//! than the oldest one still running (`pg_snapshot_xmin`): a transaction that began earlier but
-//! commits later can therefore never end up behind a cursor already handed out. What a reader
-//! waits for is only ever a transaction still in flight, a few milliseconds for a write.
+//! than the oldest of this database's transactions still running ([`feed_frontier`]): a
+//! transaction that began earlier but commits later can therefore never end up behind a cursor
+//! already handed out. What a reader waits for is a write still in flight, a few milliseconds;
+//! a long transaction in another database of the same server holds nothing back. Followers also
+//! read the feed on a timer, not only when notified: a transaction that held the frontier back
+//! may not be one that notifies.
 //!
 //! Notifications go on one channel, [`CHANNEL`], with the payloads `results`, `event:<id>`,
 //! `probe:<agent>\n<request JSON>` and `silences`. `results` is sent inside the transaction
