@@ -27,7 +27,7 @@ CACHE=${EGRESSWATCH_ROOTFS_CACHE:-/var/cache/egresswatch-ansible}
 ROOTFS_PACKAGES="python3,systemd,openssl"
 PYTHON=/usr/bin/python3
 PASSED=0 FAILED=0 SKIPPED=0
-PIDS=() NETNS=() PROC_MOUNTS=()
+PIDS=() NETNS=() PROC_MOUNTS=() PG_DIR="" PG_DATA=""
 SUITE_START=$SECONDS
 
 export ANSIBLE_CONFIG="$ANSIBLE_DIR/ansible.cfg"
@@ -41,6 +41,11 @@ cleanup() {
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null
     done
+    # The lab database: pg_ctl stops the postmaster of this data directory (its PID file).
+    if [ -n "$PG_DATA" ]; then
+        runuser -u postgres -- "$(pg_bin pg_ctl)" -D "$PG_DATA" stop -m immediate -w -t 30 >/dev/null 2>&1
+    fi
+    [ -n "$PG_DIR" ] && rm -rf --one-file-system "$PG_DIR"
     for mnt in "${PROC_MOUNTS[@]}"; do umount "$mnt" 2>/dev/null || umount -l "$mnt"; done
     for ns in "${NETNS[@]}"; do ip netns del "$ns" 2>/dev/null; done
     if [ "${EGRESSWATCH_KEEP:-0}" = 1 ]; then
@@ -649,6 +654,47 @@ PY
     return 1
 }
 
+# The database both collectors are configured for: a throwaway PostgreSQL cluster (Debian's
+# initdb, run as the postgres user since the test runs as root) in a directory of its own, serving
+# TLS on 198.18.0.1:5432 in the first collector's namespace with a certificate from the lab's
+# database CA (sslmode=verify-full checks it), the egresswatch user's password the vaulted one.
+pg_bin() {
+    local dir
+    for dir in /usr/lib/postgresql/*/bin; do [ -x "$dir/$1" ] && { echo "$dir/$1"; return; }; done
+    command -v "$1"
+}
+lab_database() {
+    local initdb pg_ctl psql
+    initdb=$(pg_bin initdb) && pg_ctl=$(pg_bin pg_ctl) && psql=$(pg_bin psql) &&
+        [ -n "$initdb" ] && [ -n "$pg_ctl" ] && [ -n "$psql" ] || { echo "no PostgreSQL binaries"; return 1; }
+    id postgres >/dev/null 2>&1 || { echo "no postgres user"; return 1; }
+    PG_DIR=$(mktemp -d "/tmp/${PREFIX}-pg.XXXXXX") && chown postgres: "$PG_DIR" || return 1
+    local data="$PG_DIR/data"
+    runuser -u postgres -- "$initdb" -D "$data" -U postgres --auth-local=trust \
+        --auth-host=reject >/dev/null || return 1
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=198.18.0.1 \
+        -keyout "$data/server.key" -out "$PG_DIR/server.csr" 2>/dev/null &&
+        openssl x509 -req -in "$PG_DIR/server.csr" -CA "$WORK/pg-ca.pem" -CAkey "$WORK/pg-ca.key" \
+            -CAcreateserial -days 2 -out "$data/server.crt" \
+            -extfile <(printf 'subjectAltName=IP:198.18.0.1\n') 2>/dev/null || return 1
+    chown postgres: "$data/server.key" "$data/server.crt" && chmod 600 "$data/server.key"
+    printf 'hostssl egresswatch egresswatch 198.18.0.0/24 scram-sha-256\n' >>"$data/pg_hba.conf"
+    PG_DATA=$data
+    ip netns exec "${PREFIX}c" runuser -u postgres -- "$pg_ctl" -D "$data" -l "$PG_DIR/server.log" \
+        -w -t 60 -o "-c listen_addresses=198.18.0.1 -c unix_socket_directories=$PG_DIR -c ssl=on" \
+        start || { cat "$PG_DIR/server.log"; return 1; }
+    local sql="CREATE ROLE egresswatch LOGIN PASSWORD '$PG_PASSWORD'; "
+    runuser -u postgres -- "$psql" -h "$PG_DIR" -U postgres -qAt -v ON_ERROR_STOP=1 -c "$sql" &&
+        runuser -u postgres -- "$psql" -h "$PG_DIR" -U postgres -qAt -v ON_ERROR_STOP=1 \
+            -c 'CREATE DATABASE egresswatch OWNER egresswatch' &&
+        echo "PostgreSQL on 198.18.0.1:5432 ($data)"
+}
+# Tables the collectors made in the shared database: none while they keep SQLite.
+lab_database_tables() {
+    runuser -u postgres -- "$(pg_bin psql)" -h "$PG_DIR" -U postgres -d egresswatch -qAt \
+        -c "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+}
+
 # Each agent is pointed at one collector of its own (the role's single-address form): the aws
 # agent at the first, the hetzner one at the second. Its certificate was issued on the first, so
 # the second accepting it, and the agent trusting the second's server certificate, is the one
@@ -662,6 +708,7 @@ e2e_one_collector_each() {
 e2e() {
     e2e_one_collector_each || { echo "could not point each agent at one collector"; return 1; }
     lab_network || return 1
+    lab_database || { echo "could not start the lab database"; return 1; }
     start_from_unit "$WORK/ew-collector" egresswatch-collector.service "${PREFIX}c" \
         "$WORK/logs/collector.out" || return 1
     start_from_unit "$WORK/ew-collector-2" egresswatch-collector.service "${PREFIX}c2" \
@@ -672,7 +719,14 @@ e2e() {
     start_from_unit "$WORK/ew-hetzner-1" egresswatch-agent.service "${PREFIX}a2" \
         "$WORK/logs/agent-hetzner.out" || return 1
     if matrix_lists "${PREFIX}c" aws/prod && matrix_lists "${PREFIX}c2" hetzner/default; then
-        return 0
+        # On the shared store, each collector's page shows the whole fleet; a collector that
+        # keeps SQLite (made no table in the database) shows its own agents only.
+        local tables
+        tables=$(lab_database_tables) || { echo "could not ask the database"; return 1; }
+        echo "tables in the shared database: $tables"
+        [ "${tables:-0}" -gt 0 ] || return 0
+        matrix_lists "${PREFIX}c" aws/prod hetzner/default &&
+            matrix_lists "${PREFIX}c2" aws/prod hetzner/default && return 0
     fi
     local f
     for f in collector collector-2 agent-aws agent-hetzner; do
