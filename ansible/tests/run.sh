@@ -530,6 +530,8 @@ store_combinations_refused() {
     grep -qF 'is set but egresswatch_collector_store_kind is sqlite' <<<"$out" || { echo "no leftover hint"; rc=1; }
     refused 'value of egresswatch_collector_store_kind must be one of: sqlite, postgres' \
         -e egresswatch_collector_store_kind=mysql
+    refused 'egresswatch_collector_store_options must map plain TOML keys' \
+        -e '{"egresswatch_collector_store_options": {"raw_retention_hours": [1]}}'
     refused 'and egresswatch_collector_extra_config has one too' \
         -e "{\"egresswatch_collector_extra_config\": \"[store]\\nraw_retention_hours = 1\\n\"}"
     [ "$before" = "$(sha256sum <"$conf")" ] || { echo "a refused run changed the config"; rc=1; }
