@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Tests of the Ansible roles: lint, syntax, argument specs, then the playbook applied for real to
-# lab hosts (Debian bookworm trees made with debootstrap, reached over the chroot connection):
-# first run, a second run that must change nothing, a --check --diff run, the rendered units
-# verified and scored by systemd-analyze. With EGRESSWATCH_E2E=1 the agents and the collector the
-# roles installed are started from the files they wrote, in network namespaces made here, and both
-# agents must appear in the collector's /api/matrix.
+# Tests of the Ansible roles: lint, syntax, argument specs, the agents' collector addresses for the
+# example inventory, then the playbook applied for real to lab hosts (Debian bookworm trees made
+# with debootstrap, reached over the chroot connection): two collectors on one PostgreSQL store
+# (vaulted password file, server CA) and two agents; first run, a second run that must change
+# nothing, a --check --diff run, refused store settings, the rendered units verified and scored by
+# systemd-analyze. With EGRESSWATCH_E2E=1 the agents and the collectors the roles installed are
+# started from the files they wrote, in network namespaces made here, one agent pointed at each
+# collector, and each must appear in its collector's /api/matrix.
 #
 # Needs root for the lab part (skipped with a reason otherwise). Exits non-zero on any failure and
 # ends with "N passed, N failed, N skipped".
 #
 # Environment:
-#   EGRESSWATCH_E2E=1          also run the agents against the collector (needs the real binaries)
+#   EGRESSWATCH_E2E=1          also run the agents against the collectors (needs the real binaries)
 #   EGRESSWATCH_ROOTFS_CACHE   where the debootstrap tree is cached (/var/cache/egresswatch-ansible)
 #   EGRESSWATCH_KEEP=1         keep the work directory (logs, trees) after the run
 #   CARGO_TARGET_DIR           honoured by the build play
@@ -25,7 +27,7 @@ CACHE=${EGRESSWATCH_ROOTFS_CACHE:-/var/cache/egresswatch-ansible}
 ROOTFS_PACKAGES="python3,systemd,openssl"
 PYTHON=/usr/bin/python3
 PASSED=0 FAILED=0 SKIPPED=0
-PIDS=() NETNS=() PROC_MOUNTS=()
+PIDS=() NETNS=() PROC_MOUNTS=() PG_DIR="" PG_DATA=""
 SUITE_START=$SECONDS
 
 export ANSIBLE_CONFIG="$ANSIBLE_DIR/ansible.cfg"
@@ -39,6 +41,11 @@ cleanup() {
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null
     done
+    # The lab database: pg_ctl stops the postmaster of this data directory (its PID file).
+    if [ -n "$PG_DATA" ]; then
+        runuser -u postgres -- "$(pg_bin pg_ctl)" -D "$PG_DATA" stop -m immediate -w -t 30 >/dev/null 2>&1
+    fi
+    [ -n "$PG_DIR" ] && rm -rf --one-file-system "$PG_DIR"
     for mnt in "${PROC_MOUNTS[@]}"; do umount "$mnt" 2>/dev/null || umount -l "$mnt"; done
     for ns in "${NETNS[@]}"; do ip netns del "$ns" 2>/dev/null; done
     if [ "${EGRESSWATCH_KEEP:-0}" = 1 ]; then
@@ -101,6 +108,51 @@ for h in hosts("egresswatch_collectors") - agents:
     assert "egresswatch_agent_provider" not in hostvars.get(h, {}), h
 PY
 }
+# The agent's [collector] address as the roles render it for the example inventory, on the
+# controller alone: both collectors at their egresswatch_collector_advertise_address; without one,
+# at ansible_host and the QUIC port (an IPv6 one in brackets); one collector, a plain string.
+example_agent_addresses() {
+    local play="$WORK/render-agent.yml"
+    cat >"$play" <<EOF
+- name: Render agent.toml for one example agent, locally
+  hosts: aws-prod-web-1
+  connection: local
+  gather_facts: false
+  vars_files:
+    - $ANSIBLE_DIR/roles/egresswatch_agent/defaults/main.yml
+    - $ANSIBLE_DIR/roles/egresswatch_agent/vars/main.yml
+  tasks:
+    - name: Render
+      delegate_to: localhost
+      ansible.builtin.template:
+        src: $ANSIBLE_DIR/roles/egresswatch_agent/templates/agent.toml.j2
+        dest: "{{ out }}"
+        mode: "0600"
+EOF
+    render() {
+        local out=$1; shift
+        timeout 120 ansible-playbook -i "$ANSIBLE_DIR/inventory/example/hosts.yml" "$play" \
+            -e "out=$out" "$@" >"$out.log" 2>&1 || { cat "$out.log"; return 1; }
+        "$PYTHON" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["collector"]["address"])' "$out"
+    }
+    local got
+    got=$(render "$WORK/agent-example.toml") || return 1
+    echo "example: $got"
+    [ "$got" = "['collector-1.example.org:4433', 'collector-2.example.org:4433']" ] || return 1
+    got=$(render "$WORK/agent-fallback.toml" -e egresswatch_collector_advertise_address= \
+        -e '{"egresswatch_collector_quic_listen": "[::]:4444"}') || return 1
+    echo "no advertise address: $got"
+    [ "$got" = "['203.0.113.10:4444', '203.0.113.11:4444']" ] || return 1
+    printf '%s\n' 'all: {children: {one_collector: {hosts: {collector-1: {ansible_host: "2001:db8::10"}}}}}' \
+        >"$WORK/one-collector.yml"
+    got=$(render "$WORK/agent-ipv6.toml" -i "$WORK/one-collector.yml" \
+        -e egresswatch_agent_collector_group=one_collector -e egresswatch_collector_advertise_address=) || return 1
+    echo "one IPv6 collector: $got"
+    [ "$got" = "[2001:db8::10]:4433" ] || return 1
+    got=$(render "$WORK/agent-override.toml" -e egresswatch_agent_collector_address=c.example:4433) || return 1
+    echo "override: $got"
+    [ "$got" = "c.example:4433" ]
+}
 specs_agree() { "$PYTHON" "$HERE/check_argument_specs.py" "$ANSIBLE_DIR"/roles/*; }
 # The consistency check must itself catch a key present on one side only and a changed default.
 specs_check_catches_drift() {
@@ -125,6 +177,7 @@ ansible-doc -t connection community.general.chroot >/dev/null 2>&1 ||
 check ansible_lint_production lint
 check syntax_check syntax
 check example_inventory_labels_from_groups example_inventory_labels
+check example_agents_report_to_every_collector example_agent_addresses
 check argument_specs_match_defaults specs_agree
 check argument_specs_check_catches_drift specs_check_catches_drift
 
@@ -165,11 +218,27 @@ rootfs_cached() {
 check rootfs_debootstrap_cached rootfs_cached
 [ -d "$CACHE/bookworm-minbase" ] || { skip lab "no root filesystem"; finish; }
 
-HOSTS=(ew-collector ew-aws-prod-1 ew-hetzner-1)
+HOSTS=(ew-collector ew-collector-2 ew-aws-prod-1 ew-hetzner-1)
 for host in "${HOSTS[@]}"; do cp -a "$CACHE/bookworm-minbase" "$WORK/$host"; done
 
+# The database's secrets, as an operator keeps them: the password in a file encrypted with
+# ansible-vault (its own password in a file the playbook is given), the server's CA as PEM.
+PG_PASSWORD="lab-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+printf '%s\n' "$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" >"$WORK/vault-pass"
+chmod 600 "$WORK/vault-pass"
+printf '%s\n' "$PG_PASSWORD" >"$WORK/pg_password.vault"
+lab_secrets() {
+    ansible-vault encrypt --vault-password-file "$WORK/vault-pass" "$WORK/pg_password.vault" &&
+        grep -q '^\$ANSIBLE_VAULT;' "$WORK/pg_password.vault" &&
+        ! grep -q "$PG_PASSWORD" "$WORK/pg_password.vault" &&
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+            -subj /CN=egresswatch-lab-db-ca -keyout "$WORK/pg-ca.key" -out "$WORK/pg-ca.pem" \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+}
+check lab_secrets_vaulted_password_and_db_ca lab_secrets
+
 # The lab inventory: the example's group_vars/all.yml (binaries and sums from dist/), labels from
-# provider and account groups, the collector reached at the lab address.
+# provider and account groups, two collectors on one database at the lab addresses.
 INV="$WORK/inventory"
 mkdir -p "$INV/group_vars"
 cp "$ANSIBLE_DIR/inventory/example/group_vars/all.yml" "$INV/group_vars/all.yml"
@@ -181,26 +250,35 @@ all:
   children:
     egresswatch_collectors:
       hosts:
-        ew-collector: {ansible_host: "$WORK/ew-collector"}
+        ew-collector: {ansible_host: "$WORK/ew-collector", egresswatch_collector_advertise_address: "198.18.0.1:4433"}
+        ew-collector-2: {ansible_host: "$WORK/ew-collector-2", egresswatch_collector_advertise_address: "198.18.0.4:4433"}
     egresswatch_agents:
       children:
         aws:
           children:
             aws_prod:
               hosts:
-                ew-aws-prod-1: {ansible_host: "$WORK/ew-aws-prod-1", egresswatch_agent_region: eu-west-1}
+                ew-aws-prod-1: {ansible_host: "$WORK/ew-aws-prod-1", egresswatch_agent_region: eu-west-1, lab_collector: "198.18.0.1:4433"}
         hetzner:
           children:
             hetzner_default:
               hosts:
-                ew-hetzner-1: {ansible_host: "$WORK/ew-hetzner-1", egresswatch_agent_region: fsn1}
+                ew-hetzner-1: {ansible_host: "$WORK/ew-hetzner-1", egresswatch_agent_region: fsn1, lab_collector: "198.18.0.4:4433"}
 EOF
 printf 'egresswatch_agent_provider: aws\n' >"$INV/group_vars/aws.yml"
 printf 'egresswatch_agent_account: prod\n' >"$INV/group_vars/aws_prod.yml"
 printf 'egresswatch_agent_provider: hetzner\n' >"$INV/group_vars/hetzner.yml"
 printf 'egresswatch_agent_account: default\n' >"$INV/group_vars/hetzner_default.yml"
+cat >"$INV/group_vars/egresswatch_collectors.yml" <<EOF
+egresswatch_collector_store_kind: postgres
+egresswatch_collector_postgres_url: "postgres://egresswatch@198.18.0.1:5432/egresswatch?sslmode=verify-full"
+egresswatch_collector_postgres_password_file: "$WORK/pg_password.vault"
+egresswatch_collector_postgres_ca: "$WORK/pg-ca.pem"
+egresswatch_collector_postgres_pool_size: 4
+egresswatch_collector_store_options: {raw_retention_hours: 24}
+EOF
+# No collector address: the role lists both collectors of the group.
 cat >"$INV/group_vars/egresswatch_agents.yml" <<'EOF'
-egresswatch_agent_collector_address: "198.18.0.1:4433"
 egresswatch_agent_instance: "{{ inventory_hostname }}"
 # Lab only: the collector's address, where nothing listens on these ports (refused).
 egresswatch_agent_targets:
@@ -213,7 +291,7 @@ EOF
 DIST="$WORK/dist"
 PLAYBOOK_ARGS=(-i "$INV/hosts.yml" "$ANSIBLE_DIR/site.yml" -e "egresswatch_dist_dir=$DIST"
     -e "egresswatch_source_dir=$REPO_DIR" -e egresswatch_build_profile_agent=dev
-    -e egresswatch_build_profile_collector=dev)
+    -e egresswatch_build_profile_collector=dev --vault-password-file "$WORK/vault-pass")
 
 # The build play alone: cargo once on the controller, binaries and sha256 files in dist/.
 build() {
@@ -263,11 +341,11 @@ dry_run_fresh() {
 check check_mode_on_fresh_hosts dry_run_fresh
 
 first_run() { play any "$WORK/logs/run1.out" -v --diff; }
-check first_run_deploys_three_hosts first_run
+check first_run_deploys_four_hosts first_run
 
 # What the first run left on the hosts.
 deployed_as_specified() {
-    local c="$WORK/ew-collector" a="$WORK/ew-aws-prod-1" h="$WORK/ew-hetzner-1" ok=0
+    local c="$WORK/ew-collector" c2="$WORK/ew-collector-2" a="$WORK/ew-aws-prod-1" h="$WORK/ew-hetzner-1" ok=0
     expect() { if eval "$2"; then echo "ok: $1"; else echo "NOT: $1"; ok=1; fi; }
     for r in "$a" "$h"; do
         expect "$r binary matches dist" "cmp -s '$r/usr/local/bin/egresswatch-agent' '$DIST/egresswatch-agent'"
@@ -291,19 +369,46 @@ for root, labels in want.items():
         conf = tomllib.load(f)
     got = conf['labels']
     assert (got['provider'], got['account'], got['region'], got['instance']) == labels, got
-    assert conf['collector']['address'] == '198.18.0.1:4433', conf
+    # Both collectors of the group, in the inventory's order.
+    assert conf['collector']['address'] == ['198.18.0.1:4433', '198.18.0.4:4433'], conf
     assert conf['targets'] == [{'host': '198.18.0.1', 'ports': [25, 443], 'level': 'connect',
                                 'interval': '15s'}], conf['targets']
     assert conf['spool']['dir'] == '/var/lib/egresswatch-agent'
 PY"
-    expect "collector config renders data_dir and listeners" "$PYTHON - '$c' <<'PY'
+    expect "collector configs render data_dir, listeners and the shared postgres store" \
+        "$PYTHON - '$c' '$c2' <<'PY'
 import sys, tomllib
-with open(sys.argv[1] + '/etc/egresswatch-collector/collector.toml', 'rb') as f:
-    conf = tomllib.load(f)
-assert conf['data_dir'] == '/var/lib/egresswatch-collector', conf
-assert conf['quic']['listen'] == '0.0.0.0:4433' and conf['http']['listen'] == '127.0.0.1:8080', conf
-assert conf['quic']['udp_recv_buffer_bytes'] == 4194304 == conf['quic']['udp_send_buffer_bytes'], conf
+for root in sys.argv[1:]:
+    with open(root + '/etc/egresswatch-collector/collector.toml', 'rb') as f:
+        conf = tomllib.load(f)
+    assert conf['data_dir'] == '/var/lib/egresswatch-collector', conf
+    assert conf['quic']['listen'] == '0.0.0.0:4433' and conf['http']['listen'] == '127.0.0.1:8080', conf
+    assert conf['quic']['udp_recv_buffer_bytes'] == 4194304 == conf['quic']['udp_send_buffer_bytes'], conf
+    assert conf['store'] == {
+        'kind': 'postgres',
+        'url': 'postgres://egresswatch@198.18.0.1:5432/egresswatch?sslmode=verify-full',
+        'password_file': '/etc/egresswatch-collector/postgres-password',
+        'ca_file': '/etc/egresswatch-collector/postgres-ca.pem',
+        'pool_size': 4,
+        'connect_timeout_secs': 5,
+        'raw_retention_hours': 24,
+    }, conf['store']
 PY"
+    for r in "$c" "$c2"; do
+        expect "$r database password decrypted, 0600 egresswatch-collector" \
+            "[ \"\$(chroot '$r' stat -c '%a %U' /etc/egresswatch-collector/postgres-password)\" = '600 egresswatch-collector' ] && [ \"\$(head -n1 '$r/etc/egresswatch-collector/postgres-password')\" = '$PG_PASSWORD' ]"
+        expect "$r database CA installed, 0640 root:egresswatch-collector" \
+            "cmp -s '$r/etc/egresswatch-collector/postgres-ca.pem' '$WORK/pg-ca.pem' && [ \"\$(chroot '$r' stat -c '%a %U %G' /etc/egresswatch-collector/postgres-ca.pem)\" = '640 root egresswatch-collector' ]"
+        expect "$r unit waits for the network, allows TCP out" \
+            "grep -qx 'After=network-online.target' '$r/etc/systemd/system/egresswatch-collector.service' && grep -qx 'RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX' '$r/etc/systemd/system/egresswatch-collector.service' && ! grep -q '^IPAddressDeny=' '$r/etc/systemd/system/egresswatch-collector.service'"
+    done
+    expect "one fleet CA on both collectors (made on the first, copied to the second)" \
+        "cmp -s '$c/var/lib/egresswatch-collector/ca/ca.pem' '$c2/var/lib/egresswatch-collector/ca/ca.pem' && cmp -s '$c/var/lib/egresswatch-collector/ca/ca.key' '$c2/var/lib/egresswatch-collector/ca/ca.key'"
+    expect "second collector's CA key is 0600 egresswatch-collector, its CA dir 0700" \
+        "[ \"\$(chroot '$c2' stat -c '%a %U' /var/lib/egresswatch-collector/ca/ca.key /var/lib/egresswatch-collector/ca)\" = '600 egresswatch-collector
+700 egresswatch-collector' ]"
+    expect "no database password in the (verbose, --diff) playbook output" \
+        "! grep -q '$PG_PASSWORD' '$WORK/logs/run1.out'"
     expect "socket buffer caps raised for the QUIC socket (applied at boot in an image)" \
         "[ \"\$(grep -cE '^net.core.[rw]mem_max = 4194304\$' '$c/etc/sysctl.d/60-egresswatch-collector.conf')\" = 2 ]"
     expect "CA dir is 0700 egresswatch-collector" \
@@ -396,6 +501,60 @@ long_label_refused() {
 }
 check over_long_label_is_refused long_label_refused
 
+# Store settings that cannot work stop the play on the collector before any change, each with the
+# message that says what to do; a password in the URL is refused without being shown.
+store_combinations_refused() {
+    local conf="$WORK/ew-collector-2/etc/egresswatch-collector/collector.toml" before out rc=0
+    before=$(sha256sum <"$conf")
+    cd "$ANSIBLE_DIR" || return 1
+    refused() {
+        local want=$1; shift
+        if out=$(timeout 600 ansible-playbook "${PLAYBOOK_ARGS[@]}" --limit ew-collector-2 "$@" 2>&1); then
+            echo "$out"; echo "NOT refused: $*"; rc=1; return
+        fi
+        if grep -qF -- "$want" <<<"$out"; then echo "refused ($*): $want"; else
+            echo "$out"; echo "refused ($*) without: $want"; rc=1
+        fi
+        ! grep -q 's3cret-in-url' <<<"$out" || { echo "the URL's password was shown"; rc=1; }
+    }
+    refused 'egresswatch_collector_store_kind is postgres but egresswatch_collector_postgres_url is empty' \
+        -e egresswatch_collector_postgres_url=
+    refused 'holds a password, which would be readable' \
+        -e egresswatch_collector_postgres_url=postgres://egresswatch:s3cret-in-url@198.18.0.1:5432/egresswatch
+    refused 'holds a password, which would be readable' \
+        -e "egresswatch_collector_postgres_url='host=198.18.0.1 user=egresswatch password=s3cret-in-url'"
+    # Two collectors on sqlite: each would keep its own data; and the postgres settings are left.
+    out=""
+    refused 'each would keep its own database while agents fail over between them' \
+        -e egresswatch_collector_store_kind=sqlite
+    grep -qF 'is set but egresswatch_collector_store_kind is sqlite' <<<"$out" || { echo "no leftover hint"; rc=1; }
+    refused 'value of egresswatch_collector_store_kind must be one of: sqlite, postgres' \
+        -e egresswatch_collector_store_kind=mysql
+    refused 'egresswatch_collector_store_options must map plain TOML keys' \
+        -e '{"egresswatch_collector_store_options": {"raw_retention_hours": [1]}}'
+    refused 'and egresswatch_collector_extra_config has one too' \
+        -e "{\"egresswatch_collector_extra_config\": \"[store]\\nraw_retention_hours = 1\\n\"}"
+    [ "$before" = "$(sha256sum <"$conf")" ] || { echo "a refused run changed the config"; rc=1; }
+    return $rc
+}
+check store_bad_combinations_refused_with_clear_messages store_combinations_refused
+
+# A second collector that holds a CA of its own is not silently switched to the fleet's: agents
+# issued by one would be refused by the other. Its CA is put back afterwards.
+other_ca_refused() {
+    local ca="$WORK/ew-collector-2/var/lib/egresswatch-collector/ca" out
+    cp -a "$ca" "$WORK/ca-collector-2.saved" || return 1
+    timeout 60 "$DIST/egresswatch-collector" ca init --dir "$WORK/other-ca" >/dev/null || return 1
+    cp "$WORK/other-ca/ca.pem" "$ca/ca.pem"
+    cd "$ANSIBLE_DIR" || return 1
+    out=$(timeout 600 ansible-playbook "${PLAYBOOK_ARGS[@]}" --limit ew-collector-2 2>&1)
+    local rc=$?
+    echo "$out"
+    rm -rf "$ca" && cp -a "$WORK/ca-collector-2.saved" "$ca"
+    [ "$rc" != 0 ] && grep -q 'is not the one of ew-collector (egresswatch_collector_ca_host)' <<<"$out"
+}
+check second_collector_with_another_ca_is_refused other_ca_refused
+
 units_verify() {
     local r rc=0
     for r in ew-aws-prod-1 ew-collector; do
@@ -431,18 +590,19 @@ grep -h 'exposure' "$WORK/logs/systemd_analyze_security_exposure.log" | sed 's/^
 
 # ---------------------------------------------------------------- end to end
 if [ "${EGRESSWATCH_E2E:-0}" != 1 ]; then
-    skip agents_report_to_collector "set EGRESSWATCH_E2E=1 (needs the real agent and collector)"
+    skip agents_report_to_both_collectors "set EGRESSWATCH_E2E=1 (needs the real agent and collector)"
     finish
 fi
 
-# One namespace for the collector with a bridge at 198.18.0.1/24, one per agent hanging off it.
+# One namespace for the first collector with a bridge at 198.18.0.1/24, one per agent (.2, .3)
+# and one for the second collector (.4) hanging off it.
 lab_network() {
     local c="${PREFIX}c" i=2 ns
     ip netns add "$c" && NETNS+=("$c") || return 1
     ip -n "$c" link set lo up
     ip -n "$c" link add br0 type bridge && ip -n "$c" addr add 198.18.0.1/24 dev br0 &&
         ip -n "$c" link set br0 up || return 1
-    for ns in "${PREFIX}a1" "${PREFIX}a2"; do
+    for ns in "${PREFIX}a1" "${PREFIX}a2" "${PREFIX}c2"; do
         ip netns add "$ns" && NETNS+=("$ns") || return 1
         ip -n "$ns" link set lo up
         ip -n "$c" link add "v$i" type veth peer name eth0 netns "$ns" || return 1
@@ -468,47 +628,113 @@ start_from_unit() {
     echo "started $unit in $ns as $user: pid $!"
 }
 
-matrix_lists_both() {
-    local c="${PREFIX}c" deadline=$((SECONDS + 150)) body=""
+# Waits until the collector in namespace NS lists every provider/account pair given (as
+# "provider/account") in its /api/matrix with at least one agent.
+matrix_lists() {
+    local ns=$1 deadline=$((SECONDS + 150)) body=""; shift
     while [ $SECONDS -lt $deadline ]; do
         local pid
         for pid in "${PIDS[@]}"; do
             kill -0 "$pid" 2>/dev/null || { echo "process $pid exited early"; return 1; }
         done
-        body=$(ip netns exec "$c" "$PYTHON" - <<'PY' 2>&1
+        body=$(ip netns exec "$ns" "$PYTHON" - <<'PY' 2>&1
 import json, urllib.request
 with urllib.request.urlopen("http://127.0.0.1:8080/api/matrix", timeout=5) as r:
     print(json.dumps(json.load(r)))
 PY
-        ) && "$PYTHON" - "$body" <<'PY' && { echo "$body"; return 0; }
+        ) && "$PYTHON" - "$body" "$@" <<'PY' && { echo "$ns: $body"; return 0; }
 import json, sys
 m = json.loads(sys.argv[1])
-want = {("aws", "prod"), ("hetzner", "default")}
+want = {tuple(pair.split("/")) for pair in sys.argv[2:]}
 got = {(p["provider"], a["account"]) for p in m.get("providers", []) for a in p.get("accounts", [])
        if a.get("agents", 0) >= 1}
 sys.exit(0 if want <= got else 1)
 PY
         sleep 2
     done
-    echo "last /api/matrix answer: $body"
+    echo "$ns: last /api/matrix answer: $body"
     return 1
 }
 
+# The database both collectors are configured for: a throwaway PostgreSQL cluster (Debian's
+# initdb, run as the postgres user since the test runs as root) in a directory of its own, serving
+# TLS on 198.18.0.1:5432 in the first collector's namespace with a certificate from the lab's
+# database CA (sslmode=verify-full checks it), the egresswatch user's password the vaulted one.
+pg_bin() {
+    local dir
+    for dir in /usr/lib/postgresql/*/bin; do [ -x "$dir/$1" ] && { echo "$dir/$1"; return; }; done
+    command -v "$1"
+}
+lab_database() {
+    local initdb pg_ctl psql
+    initdb=$(pg_bin initdb) && pg_ctl=$(pg_bin pg_ctl) && psql=$(pg_bin psql) &&
+        [ -n "$initdb" ] && [ -n "$pg_ctl" ] && [ -n "$psql" ] || { echo "no PostgreSQL binaries"; return 1; }
+    id postgres >/dev/null 2>&1 || { echo "no postgres user"; return 1; }
+    PG_DIR=$(mktemp -d "/tmp/${PREFIX}-pg.XXXXXX") && chown postgres: "$PG_DIR" || return 1
+    local data="$PG_DIR/data"
+    runuser -u postgres -- "$initdb" -D "$data" -U postgres --auth-local=trust \
+        --auth-host=reject >/dev/null || return 1
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=198.18.0.1 \
+        -keyout "$data/server.key" -out "$PG_DIR/server.csr" 2>/dev/null &&
+        openssl x509 -req -in "$PG_DIR/server.csr" -CA "$WORK/pg-ca.pem" -CAkey "$WORK/pg-ca.key" \
+            -CAcreateserial -days 2 -out "$data/server.crt" \
+            -extfile <(printf 'subjectAltName=IP:198.18.0.1\n') 2>/dev/null || return 1
+    chown postgres: "$data/server.key" "$data/server.crt" && chmod 600 "$data/server.key"
+    printf 'hostssl egresswatch egresswatch 198.18.0.0/24 scram-sha-256\n' >>"$data/pg_hba.conf"
+    PG_DATA=$data
+    ip netns exec "${PREFIX}c" runuser -u postgres -- "$pg_ctl" -D "$data" -l "$PG_DIR/server.log" \
+        -w -t 60 -o "-c listen_addresses=198.18.0.1 -c unix_socket_directories=$PG_DIR -c ssl=on" \
+        start || { cat "$PG_DIR/server.log"; return 1; }
+    local sql="CREATE ROLE egresswatch LOGIN PASSWORD '$PG_PASSWORD'; "
+    runuser -u postgres -- "$psql" -h "$PG_DIR" -U postgres -qAt -v ON_ERROR_STOP=1 -c "$sql" &&
+        runuser -u postgres -- "$psql" -h "$PG_DIR" -U postgres -qAt -v ON_ERROR_STOP=1 \
+            -c 'CREATE DATABASE egresswatch OWNER egresswatch' &&
+        echo "PostgreSQL on 198.18.0.1:5432 ($data)"
+}
+# Tables the collectors made in the shared database: none while they keep SQLite.
+lab_database_tables() {
+    runuser -u postgres -- "$(pg_bin psql)" -h "$PG_DIR" -U postgres -d egresswatch -qAt \
+        -c "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+}
+
+# Each agent is pointed at one collector of its own (the role's single-address form): the aws
+# agent at the first, the hetzner one at the second. Its certificate was issued on the first, so
+# the second accepting it, and the agent trusting the second's server certificate, is the one
+# fleet CA at work on both.
+e2e_one_collector_each() {
+    play any "$WORK/logs/e2e-agents.out" --limit egresswatch_agents \
+        -e '{"egresswatch_agent_collector_address": "{{ lab_collector }}"}' || return 1
+    grep -qx 'address = "198.18.0.4:4433"' "$WORK/ew-hetzner-1/etc/egresswatch-agent/agent.toml"
+}
+
 e2e() {
+    e2e_one_collector_each || { echo "could not point each agent at one collector"; return 1; }
     lab_network || return 1
+    lab_database || { echo "could not start the lab database"; return 1; }
     start_from_unit "$WORK/ew-collector" egresswatch-collector.service "${PREFIX}c" \
         "$WORK/logs/collector.out" || return 1
+    start_from_unit "$WORK/ew-collector-2" egresswatch-collector.service "${PREFIX}c2" \
+        "$WORK/logs/collector-2.out" || return 1
     sleep 2
     start_from_unit "$WORK/ew-aws-prod-1" egresswatch-agent.service "${PREFIX}a1" \
         "$WORK/logs/agent-aws.out" || return 1
     start_from_unit "$WORK/ew-hetzner-1" egresswatch-agent.service "${PREFIX}a2" \
         "$WORK/logs/agent-hetzner.out" || return 1
-    if matrix_lists_both; then return 0; fi
+    if matrix_lists "${PREFIX}c" aws/prod && matrix_lists "${PREFIX}c2" hetzner/default; then
+        # On the shared store, each collector's page shows the whole fleet; a collector that
+        # keeps SQLite (made no table in the database) shows its own agents only.
+        local tables
+        tables=$(lab_database_tables) || { echo "could not ask the database"; return 1; }
+        echo "tables in the shared database: $tables"
+        [ "${tables:-0}" -gt 0 ] || return 0
+        matrix_lists "${PREFIX}c" aws/prod hetzner/default &&
+            matrix_lists "${PREFIX}c2" aws/prod hetzner/default && return 0
+    fi
     local f
-    for f in collector agent-aws agent-hetzner; do
+    for f in collector collector-2 agent-aws agent-hetzner; do
         echo "--- $f"; tail -n 20 "$WORK/logs/$f.out"
     done
     return 1
 }
-check agents_report_to_collector e2e
+check agents_report_to_both_collectors e2e
 finish
