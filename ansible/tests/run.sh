@@ -393,6 +393,11 @@ for root in sys.argv[1:]:
         'connect_timeout_secs': 5,
         'raw_retention_hours': 24,
     }, conf['store']
+ids = []
+for root in sys.argv[1:]:
+    with open(root + '/etc/egresswatch-collector/collector.toml', 'rb') as f:
+        ids.append(tomllib.load(f)['cluster']['id'])
+assert len(set(ids)) == 2, ids
 PY"
     for r in "$c" "$c2"; do
         expect "$r database password decrypted, 0600 egresswatch-collector" \
