@@ -845,3 +845,38 @@ async fn the_leader_asks_for_evidence_an_agent_connected_to_another_collector() 
         .unwrap();
     assert_eq!(ack.accepted, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_refuses_a_database_schema_newer_than_it_knows() {
+    let test = "a_collector_refuses_a_database_schema_newer_than_it_knows";
+    let Some(pg) = pg_or_skip(test) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // A first start migrates the database; then a newer collector's migration is recorded.
+    let mut first = Node::start(tmp.path(), "c1", &pg, None, None);
+    first.kill();
+    let url = pg.url();
+    tokio::task::spawn_blocking(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client
+            .execute("INSERT INTO schema_version (version) VALUES (999)", &[])
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let config = first.dir.join("collector.toml");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(support::collector_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "it must not start");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("database schema version 999 is newer than this collector knows"),
+        "a clear error naming both versions: {stderr}"
+    );
+}
