@@ -994,7 +994,7 @@ fn print_connections(setup: &str, sample: &ConnectionSample) {
         .map(|(app, n)| format!("{app:?} {n}"))
         .collect();
     println!(
-        "| PostgreSQL sessions, {setup} (most seen) | {} in all: {} |",
+        "| PostgreSQL sessions, {setup} | {} in all: {} |",
         sample.total,
         by_app.join(", ")
     );
@@ -1092,12 +1092,15 @@ async fn main() -> Result<()> {
     }
     for (setup, f) in &lines {
         if let Some(c) = &f.connections {
-            print_connections(&format!("ingest, {setup}"), c);
+            print_connections(
+                &format!("ingest, {setup} (most seen of a sample every 500 ms)"),
+                c,
+            );
         }
     }
     if let Some(first) = runs.first() {
         print_connections(
-            "failover, three collectors at 1 round/s before the kill (run 1)",
+            "failover, three collectors at 1 round/s before the kill (run 1, one sample)",
             &first.connections,
         );
     }
