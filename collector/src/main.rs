@@ -265,6 +265,12 @@ async fn serve(
     ));
 
     shutdown_signal().await;
+    if let Some(follower) = follower {
+        // The lead goes first, so another collector takes it while this one drains its
+        // sessions, instead of after.
+        info!("shutting down: giving up the lead");
+        let _ = tokio::task::spawn_blocking(move || follower.stop()).await;
+    }
     info!("shutting down: no new agents, draining sessions");
     let _ = stop_tx.send(true);
     let _ = ingest_task.await;
@@ -274,11 +280,6 @@ async fn serve(
         Ok(Ok(())) => {}
     }
     let _ = fleet_task.await;
-    if let Some(follower) = follower {
-        // Gives up the lead at once, so another collector takes it without waiting for a
-        // timeout.
-        let _ = tokio::task::spawn_blocking(move || follower.stop()).await;
-    }
     retention.abort();
     info!("stopped");
     Ok(())

@@ -462,7 +462,9 @@ async fn the_leader_killed_while_an_account_closes_587_gives_one_event_and_one_d
         &agents,
         addrs.clone(),
         &closed,
-        Duration::from_secs(1),
+        // A round every 2 s: an agent whose collector died reports again on another
+        // well within one round, as it does at real intervals, so its siblings hear from it.
+        Duration::from_secs(2),
     );
     // Every collector's matrix shows every agent, wherever it is connected.
     for node in &nodes {
@@ -480,7 +482,7 @@ async fn the_leader_killed_while_an_account_closes_587_gives_one_event_and_one_d
     }
     // A settled baseline; then prod's 587 closes and the leader dies at once, before it can
     // decide: a follower takes over and must decide it from what is stored.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    tokio::time::sleep(Duration::from_secs(16)).await;
     let old = leader(&nodes).await.expect("a leader");
     closed.store(true, Ordering::Relaxed);
     let killed_at = Instant::now();
@@ -541,6 +543,39 @@ async fn the_leader_killed_while_an_account_closes_587_gives_one_event_and_one_d
     assert_one_event_and_delivery(&nodes, &inbox, "open").await;
     let produced = fleet.stop().await;
     assert_stored_once(&nodes[third], &produced).await;
+
+    // A graceful stop hands the lead over first, before the stopping collector drains its
+    // sessions: a collector started beside it leads within a couple of seconds.
+    nodes.push(Node::start(tmp.path(), "c4", &pg, Some(&ca), Some(hook)));
+    let last = nodes.len() - 1;
+    wait_for("c4 following", Duration::from_secs(20), || async {
+        metric(&nodes[last], "egresswatch_collector_leader").await == Some(0.0)
+    })
+    .await;
+    let stopping = Instant::now();
+    if let Some(p) = &nodes[third].proc {
+        p.signal("TERM");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&nodes[last], "egresswatch_collector_leader").await != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not take the lead",
+            nodes[last].name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "{} leads {:.1} s after {} was told to stop",
+        nodes[last].name,
+        stopping.elapsed().as_secs_f64(),
+        nodes[third].name
+    );
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "the lead waited for the drain: {:?}",
+        stopping.elapsed()
+    );
 }
 
 /// Takes `node` out of the agents' list (it is about to be killed).
