@@ -19,7 +19,7 @@ mod suspicion;
 use crate::events::{rfc3339, Event, EventKind, Scope, State, Witness};
 pub use crate::identity::SeriesKey;
 use crate::identity::{measured_at, AgentMeta, KnownAgent};
-use egresswatch_wire::{Family, Outcome, ProbeResult};
+use egresswatch_wire::{Family, Outcome, ProbeCause, ProbeResult};
 use serde::Deserialize;
 pub use series::PortState;
 use series::{Seen, Series, Step};
@@ -255,9 +255,15 @@ impl Detector {
                 cause: r.cause,
                 at_ms: at,
             };
+            let path_answered = r.cause == ProbeCause::Confirmation
+                && self
+                    .series
+                    .get(&key)
+                    .and_then(|s| s.episode())
+                    .is_some_and(|e| self.path_answered_since(&key, e.since_ms));
             let series = self.series.entry(key.clone()).or_default();
             let settled = series.confirmed();
-            let step = series.observe(seen, &self.config, control_failing);
+            let step = series.observe_around(seen, &self.config, control_failing, path_answered);
             let watched = live && !is_control;
             match step {
                 Step::None => {}
@@ -339,11 +345,37 @@ impl Detector {
     /// The account's series on one path decide together: when every one of them is testing
     /// for the same change (or has decided it) and their evidence summed crosses the bound.
     /// Each series' own test already stops one agent's confirmations from weighing more than
-    /// they should, so one agent alone cannot decide for an account of several.
+    /// they should, so one agent alone cannot decide for an account of several. The group is
+    /// first the account's series in the result's family; failing that, its series of the
+    /// target and port over both families (an account of one agent, whose IPv4 and IPv6 both
+    /// fail, is then judged on both).
     fn decide_account(&mut self, key: &SeriesKey, info: &AgentInfo, now: i64) {
         let Some(to) = self.series.get(key).and_then(|s| s.episode()).map(|e| e.to) else {
             return;
         };
+        for both_families in [false, true] {
+            if let Some(group) = self.account_group(key, info, to, both_families) {
+                for k in group {
+                    let step = self.series.get_mut(&k).and_then(|s| s.decide());
+                    if let Some(Step::Confirmed { from, to }) = step {
+                        self.push_pending(&k, from, to, now);
+                    }
+                }
+                return;
+            }
+        }
+    }
+
+    /// The account's live series on `key`'s target and port (in its family, or in both), when
+    /// there are at least two, every one is testing for `to` (or has decided it and waits to be
+    /// attributed) and their evidence summed reaches the bound.
+    fn account_group(
+        &self,
+        key: &SeriesKey,
+        info: &AgentInfo,
+        to: PortState,
+        both_families: bool,
+    ) -> Option<Vec<SeriesKey>> {
         let from = to.other();
         let siblings: Vec<SeriesKey> = self
             .series
@@ -351,7 +383,7 @@ impl Detector {
             .filter(|(k, s)| {
                 k.target == key.target
                     && k.port == key.port
-                    && k.family == key.family
+                    && (both_families || k.family == key.family)
                     && s.last().is_some()
             })
             .filter(|(k, _)| {
@@ -362,30 +394,20 @@ impl Detector {
             .map(|(k, _)| k.clone())
             .collect();
         if siblings.len() < 2 {
-            return;
+            return None;
         }
         let mut total = 0.0;
         for k in &siblings {
-            let Some(s) = self.series.get(k) else {
-                return;
-            };
+            let s = self.series.get(k)?;
             match s.episode() {
                 Some(e) if e.to == to && s.confirmed() == Some(from) => total += e.evidence,
                 None if s.confirmed() == Some(to) && self.pending.iter().any(|p| p.key == *k) => {
                     total += self.config.upper_bound();
                 }
-                _ => return,
+                _ => return None,
             }
         }
-        if total < self.config.upper_bound() {
-            return;
-        }
-        for k in siblings {
-            let step = self.series.get_mut(&k).and_then(|s| s.decide());
-            if let Some(Step::Confirmed { from, to }) = step {
-                self.push_pending(&k, from, to, now);
-            }
-        }
+        (total >= self.config.upper_bound()).then_some(siblings)
     }
 
     /// The series that asked for evidence since the last call (see [`Suspicion`]), oldest first.
@@ -538,6 +560,28 @@ impl Detector {
         keys.filter_map(|k| self.series.get(k)?.departure().map(|(since, _)| since))
             .min()
             .map(rfc3339)
+    }
+
+    /// Whether another series of the agent to the same target and family — another port, or
+    /// the control — answered with a probe that started at or after `since_ms` (a departure's
+    /// first result): whatever failed that departure was not the whole path.
+    fn path_answered_since(&self, key: &SeriesKey, since_ms: i64) -> bool {
+        self.series
+            .range(
+                SeriesKey {
+                    agent: key.agent.clone(),
+                    target: key.target.clone(),
+                    port: 0,
+                    family: Family::Ipv4,
+                }..,
+            )
+            .take_while(|(k, _)| k.agent == key.agent && k.target == key.target)
+            .any(|(k, s)| {
+                k.family == key.family
+                    && k.port != key.port
+                    && s.last() == Some(PortState::Open)
+                    && s.last_at_ms() >= since_ms
+            })
     }
 
     /// Whether every control-port series of the agent in this family currently fails.
