@@ -124,8 +124,7 @@ pub trait Leadership: Send {
     fn pending_deliveries(&mut self, limit: usize) -> Result<Vec<Delivery>, CollectorError>;
     /// Counts one more attempt of a delivery before it is made (so a leader that dies while
     /// sending leaves a trace), returning false when it is no longer pending.
-    fn start_attempt(&mut self, delivery_id: i64, now_unix_ms: i64)
-        -> Result<bool, CollectorError>;
+    fn start_attempt(&mut self, delivery_id: i64, now_unix_ms: i64) -> Result<bool, CollectorError>;
     /// Marks how a delivery ended.
     fn finish_delivery(
         &mut self,
@@ -135,11 +134,8 @@ pub trait Leadership: Send {
     ) -> Result<(), CollectorError>;
     /// Tells every collector (NOTIFY) that the collector holding `agent` should pass on a probe
     /// request.
-    fn publish_probe_request(
-        &mut self,
-        agent: &str,
-        request_json: &str,
-    ) -> Result<(), CollectorError>;
+    fn publish_probe_request(&mut self, agent: &str, request_json: &str)
+        -> Result<(), CollectorError>;
 }
 
 /// A subscription to what other collectors commit (LISTEN). Owned by one thread.
@@ -158,11 +154,8 @@ pub trait SharedStore: Store {
     fn feed_after(&self, cursor: &FeedCursor, limit: usize) -> Result<FeedBatch, CollectorError>;
     /// Results measured at or after `since_unix_ms`, every agent's, in measurement order, at most
     /// `limit`: what a new leader replays to rebuild the detector.
-    fn results_since(
-        &self,
-        since_unix_ms: i64,
-        limit: usize,
-    ) -> Result<Vec<FeedItem>, CollectorError>;
+    fn results_since(&self, since_unix_ms: i64, limit: usize)
+        -> Result<Vec<FeedItem>, CollectorError>;
     /// Stored events after `after_id`, ascending, at most `limit`: followers forward them to their
     /// SSE clients.
     fn events_after(&self, after_id: i64, limit: usize)
@@ -182,11 +175,8 @@ pub trait SharedStore: Store {
     /// Records this collector as alive (heartbeat, every few seconds), with where it listens.
     fn heartbeat(&self, row: &CollectorRow) -> Result<(), CollectorError>;
     /// The collectors seen within `fresh_ms` of `now_unix_ms`.
-    fn collectors(
-        &self,
-        now_unix_ms: i64,
-        fresh_ms: i64,
-    ) -> Result<Vec<CollectorRow>, CollectorError>;
+    fn collectors(&self, now_unix_ms: i64, fresh_ms: i64)
+        -> Result<Vec<CollectorRow>, CollectorError>;
     /// A cheap round trip: is the database reachable now?
     fn ping(&self) -> Result<(), CollectorError>;
 }
