@@ -157,7 +157,7 @@ impl Default for ProbeConfig {
             source: Vec::new(),
             interface: None,
             ca_file: None,
-            confirm_probes: 2,
+            confirm_probes: 3,
             confirm_spacing: None,
             confirm_spacing_unconnected: Duration::from_secs(1),
             confirm_per_destination_per_minute: 6,
@@ -479,7 +479,7 @@ mod tests {
     fn evidence_settings_default_to_the_floor_and_reject_what_would_be_rude() {
         let c = AgentConfig::parse(MINIMAL, Path::new("a.toml")).unwrap();
         let e = c.evidence();
-        assert_eq!(e.confirm_probes, 2);
+        assert_eq!(e.confirm_probes, 3);
         assert_eq!(
             e.confirm_spacing,
             Duration::from_secs(10),

@@ -43,7 +43,7 @@ pub struct EvidenceSettings {
 impl Default for EvidenceSettings {
     fn default() -> Self {
         EvidenceSettings {
-            confirm_probes: 2,
+            confirm_probes: 3,
             confirm_spacing: Duration::from_secs(10),
             unconnected_spacing: Duration::from_secs(1),
             confirm_per_destination_per_minute: 6,

@@ -19,7 +19,7 @@ mod suspicion;
 use crate::events::{rfc3339, Event, EventKind, Scope, State, Witness};
 pub use crate::identity::SeriesKey;
 use crate::identity::{measured_at, AgentMeta, KnownAgent};
-use egresswatch_wire::{Family, Outcome, ProbeCause, ProbeResult};
+use egresswatch_wire::{Family, Outcome, ProbeResult};
 use serde::Deserialize;
 pub use series::PortState;
 use series::{Seen, Series, Step};
@@ -84,7 +84,7 @@ impl Default for DetectorConfig {
             background_weight: 0.01,
             blocked_answer_rate: 0.01,
             confirmation_carryover: 0.2,
-            confirmations_counted: 2,
+            confirmations_counted: 3,
             settle_secs: 60,
             silent_after_secs: 180,
             replay_after_secs: 300,
@@ -255,15 +255,9 @@ impl Detector {
                 cause: r.cause,
                 at_ms: at,
             };
-            let path_answered = r.cause == ProbeCause::Confirmation
-                && self
-                    .series
-                    .get(&key)
-                    .and_then(|s| s.episode())
-                    .is_some_and(|e| self.path_answered_since(&key, e.since_ms));
             let series = self.series.entry(key.clone()).or_default();
             let settled = series.confirmed();
-            let step = series.observe_around(seen, &self.config, control_failing, path_answered);
+            let step = series.observe(seen, &self.config, control_failing);
             let watched = live && !is_control;
             match step {
                 Step::None => {}
@@ -560,28 +554,6 @@ impl Detector {
         keys.filter_map(|k| self.series.get(k)?.departure().map(|(since, _)| since))
             .min()
             .map(rfc3339)
-    }
-
-    /// Whether another series of the agent to the same target and family — another port, or
-    /// the control — answered with a probe that started at or after `since_ms` (a departure's
-    /// first result): whatever failed that departure was not the whole path.
-    fn path_answered_since(&self, key: &SeriesKey, since_ms: i64) -> bool {
-        self.series
-            .range(
-                SeriesKey {
-                    agent: key.agent.clone(),
-                    target: key.target.clone(),
-                    port: 0,
-                    family: Family::Ipv4,
-                }..,
-            )
-            .take_while(|(k, _)| k.agent == key.agent && k.target == key.target)
-            .any(|(k, s)| {
-                k.family == key.family
-                    && k.port != key.port
-                    && s.last() == Some(PortState::Open)
-                    && s.last_at_ms() >= since_ms
-            })
     }
 
     /// Whether every control-port series of the agent in this family currently fails.

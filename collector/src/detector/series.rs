@@ -206,23 +206,7 @@ impl Series {
     /// Takes one observation. Results older than the newest seen (out of order, such as an
     /// answer that arrives after a later scheduled result) are ignored. `control_failing`: the
     /// agent's control port fails too, so the result is no evidence about SMTP.
-    #[cfg(test)]
     pub fn observe(&mut self, seen: Seen, config: &DetectorConfig, control_failing: bool) -> Step {
-        self.observe_around(seen, config, control_failing, false)
-    }
-
-    /// [`Series::observe`] knowing also whether the path answered since the test began:
-    /// `path_answered` says another probe of the same agent to the same destination and family
-    /// (another port, or the control) started at or after the departing result and succeeded.
-    /// A blip of the path would have failed it too, so a confirmation is then no longer
-    /// suspected of sharing the departure's cause and weighs as much as any other result.
-    pub fn observe_around(
-        &mut self,
-        seen: Seen,
-        config: &DetectorConfig,
-        control_failing: bool,
-        path_answered: bool,
-    ) -> Step {
         if self.last.is_some() && seen.at_ms < self.last_at_ms {
             return Step::None;
         }
@@ -251,7 +235,7 @@ impl Series {
             return Step::None;
         }
         let before = self.confirmed;
-        let step = self.test(seen, config, control_failing, path_answered);
+        let step = self.test(seen, config, control_failing);
         if scheduled {
             // The flapping window holds what the test leaned to at each scheduled probe, not
             // the raw result: a lost probe the background explains is no state change.
@@ -272,13 +256,7 @@ impl Series {
     }
 
     /// The sequential test proper, on a series that is not flapping.
-    fn test(
-        &mut self,
-        seen: Seen,
-        config: &DetectorConfig,
-        control_failing: bool,
-        path_answered: bool,
-    ) -> Step {
+    fn test(&mut self, seen: Seen, config: &DetectorConfig, control_failing: bool) -> Step {
         let state = seen.state;
         let scheduled = seen.cause == ProbeCause::Scheduled;
         let Some(settled) = self.confirmed else {
@@ -302,7 +280,7 @@ impl Series {
             }
             let episode = Episode {
                 to: settled.other(),
-                evidence: self.llr(settled, &seen, config, false),
+                evidence: self.llr(settled, &seen, config),
                 peak: 0.0,
                 since_ms: seen.at_ms,
                 witness: seen.clone(),
@@ -324,8 +302,7 @@ impl Series {
         if scheduled && episode.scheduled.len() < MAX_TEST_SCHEDULED {
             episode.scheduled.push(departing);
         }
-        let carried = seen.cause == ProbeCause::Confirmation && !path_answered;
-        episode.evidence += self.llr(settled, &seen, config, carried);
+        episode.evidence += self.llr(settled, &seen, config);
         if departing {
             episode.witness = seen;
         }
@@ -378,10 +355,8 @@ impl Series {
         })
     }
 
-    /// One result's evidence for a change away from `settled`; `carried`: the result may share
-    /// the cause of the departure before it (a confirmation seconds later, with nothing on the
-    /// path heard from since).
-    fn llr(&self, settled: PortState, seen: &Seen, config: &DetectorConfig, carried: bool) -> f64 {
+    /// One result's evidence for a change away from `settled`.
+    fn llr(&self, settled: PortState, seen: &Seen, config: &DetectorConfig) -> f64 {
         let background = self.background(config);
         let blocked_answers = config.blocked_answer_rate.clamp(1e-9, 0.5);
         // The chance of a departing result if the path is unchanged, and if it changed.
@@ -389,7 +364,7 @@ impl Series {
             PortState::Open => (background, 1.0 - blocked_answers),
             PortState::Blocked => (blocked_answers, 1.0 - background),
         };
-        if carried {
+        if seen.cause == ProbeCause::Confirmation {
             // A re-probe seconds after a failure shares its cause when that was a short blip:
             // it departs too with this extra chance even when nothing changed.
             let carry = config.confirmation_carryover.clamp(0.0, 0.99);
@@ -419,7 +394,7 @@ impl Series {
         if seen.cause == ProbeCause::Confirmation {
             return Step::None;
         }
-        self.baseline_evidence += self.llr(PortState::Open, seen, config, false);
+        self.baseline_evidence += self.llr(PortState::Open, seen, config);
         let bound = config.upper_bound();
         let state = if self.baseline_evidence >= bound {
             PortState::Blocked
@@ -671,36 +646,6 @@ mod tests {
             "{flooded}"
         );
         assert_eq!(s.confirmed(), Some(O));
-    }
-
-    #[test]
-    fn a_confirmation_weighs_in_full_once_the_path_answered_since_the_departure() {
-        let config = cfg();
-        let mut carried = settled_open();
-        let mut answered = settled_open();
-        for s in [&mut carried, &mut answered] {
-            s.observe(seen(B, ProbeCause::Scheduled, 1_000_000), &config, false);
-        }
-        let first = carried.episode().unwrap().evidence;
-        carried.observe_around(
-            seen(B, ProbeCause::Confirmation, 1_006_000),
-            &config,
-            false,
-            false,
-        );
-        answered.observe_around(
-            seen(B, ProbeCause::Confirmation, 1_006_000),
-            &config,
-            false,
-            true,
-        );
-        let carried_weight = carried.episode().unwrap().evidence - first;
-        let full_weight = answered.episode().unwrap().evidence - first;
-        assert!(
-            (full_weight - first).abs() < 1e-9,
-            "{full_weight} vs {first}"
-        );
-        assert!(carried_weight < full_weight / 2.0, "{carried_weight}");
     }
 
     #[test]
