@@ -218,9 +218,7 @@ fn lossy_run_false_alarms_and_detection_delay() {
          false_alarm_rate {}, background floor {}, confirmations {:?} ms after a departure \
          (the agent's defaults for a timeout), requests to the account's other \
          agents + 1 in the provider + 1 elsewhere, answered in 1-5 s; seed {seed}",
-        config.false_alarm_rate,
-        config.background_floor,
-        CONFIRMATION_DELAYS_MS,
+        config.false_alarm_rate, config.background_floor, CONFIRMATION_DELAYS_MS,
     );
     println!("| probe failure q | rounds | series | agent | account | provider | destination | confirmations per 1000 scheduled | requested per 1000 scheduled |");
     println!("|---|---|---|---|---|---|---|---|---|");
