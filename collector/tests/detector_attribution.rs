@@ -871,3 +871,77 @@ fn counted() -> DetectorConfig {
         ..DetectorConfig::default()
     }
 }
+
+/// One agent alone in its account, probing mx on 587, 25 and 443 over both families every 10 s
+/// (as in `bench/compare.sh`), settled open; then 587 is dropped over both families at `t`:
+/// IPv4's scheduled probe fails, its three confirmations start 1 s apart after it, IPv6's
+/// scheduled probe comes 3 s later, and the collector's request for the other family is
+/// answered. `twin` is what that answer (IPv6, started 5.1 s after `t`) finds. Each result
+/// arrives when its probe ends (a timeout 5 s after its start). Returns `t` and the events up to
+/// `until_ms` after it.
+fn solo_flip(twin: Option<Outcome>, ipv6_scheduled: bool, until_ms: i64) -> (i64, Vec<Event>) {
+    let solo = agent_meta("solo", "lab", "solo");
+    let mut det = Detector::new(DetectorConfig::default());
+    let mut seq = 0;
+    let mut feed = |det: &mut Detector, fam, at, port, outcome, cause, now| {
+        seq += 1;
+        let mut r = evidence(seq, at, port, outcome, cause);
+        r.family = fam;
+        det.observe(&solo, &[r], true, now)
+    };
+    let t0 = T0;
+    for round in 0..6 {
+        for (i, port) in [587u16, 25, 443].into_iter().enumerate() {
+            for fam in [Family::Ipv4, Family::Ipv6] {
+                let at = t0 + round * 10_000 + i as i64 * 1_000;
+                feed(&mut det, fam, at, port, Up, Sched, at + 100);
+            }
+        }
+    }
+    let t = t0 + 60_000;
+    let mut results = vec![
+        (Family::Ipv4, t, Down, Sched),
+        (Family::Ipv4, t + 6_000, Down, Conf),
+        (Family::Ipv4, t + 7_000, Down, Conf),
+        (Family::Ipv4, t + 8_000, Down, Conf),
+    ];
+    if let Some(outcome) = twin {
+        results.push((Family::Ipv6, t + 5_100, outcome, Req));
+    }
+    if ipv6_scheduled {
+        results.push((Family::Ipv6, t + 3_000, Down, Sched));
+    }
+    let arrival =
+        |r: &(Family, i64, Outcome, ProbeCause)| r.1 + if r.2 == Down { 5_000 } else { 100 };
+    results.sort_by_key(arrival);
+    let mut events = Vec::new();
+    let mut next = 0;
+    for s in 0..=until_ms / 1000 {
+        let now = t + s * 1000;
+        while next < results.len() && arrival(&results[next]) <= now {
+            let (fam, at, outcome, cause) = results[next];
+            events.extend(feed(&mut det, fam, at, 587, outcome, cause, now));
+            next += 1;
+        }
+        events.extend(det.tick(now));
+    }
+    (t, events)
+}
+
+#[test]
+fn an_agent_alone_in_its_account_decides_on_both_families_together() {
+    // At the default α: IPv4's failure and its three confirmations, IPv6's scheduled failure
+    // and its answer to the request for the other family.
+    let (t, events) = solo_flip(Some(Down), true, 16_000);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let e = &events[0];
+    assert_eq!((e.port, e.to), (Some(587), State::Blocked));
+    assert_eq!(e.family, None, "both families, one event: {e:#?}");
+    assert!(e.at_unix_ms - t <= 14_000, "{}", e.at_unix_ms - t);
+    // IPv4's evidence alone does not decide that fast, nor when IPv6 answers: that is IPv4's
+    // own test, which needs its schedule.
+    for twin in [None, Some(Up)] {
+        let (_, events) = solo_flip(twin, false, 16_000);
+        assert!(events.is_empty(), "{twin:?}: {events:#?}");
+    }
+}

@@ -1,6 +1,6 @@
 //! A seeded simulation of a fleet under random probe failures, through the real detector with a
 //! fake clock, modelling what agents and collector do around it: an agent whose result departs
-//! from its previous one re-probes twice a few seconds apart (`confirmation`), and each
+//! from its previous one re-probes three times a few seconds apart (`confirmation`), and each
 //! suspicion the detector raises makes the other agents of the same account, one agent of
 //! another account of the same provider and one of another provider answer within a few seconds
 //! (`requested`). Prints the false events of lossy runs per scope, the detection delay of a real
@@ -24,8 +24,10 @@ use std::collections::{BTreeMap, BinaryHeap};
 const INTERVAL_MS: i64 = 60_000;
 const T0: i64 = 1_800_000_000_000;
 const PORTS: [u16; 5] = [443, 25, 465, 587, 2525];
-/// When an agent's two confirmations run after the result that departed.
-const CONFIRMATION_DELAYS_MS: [i64; 2] = [10_000, 20_000];
+/// When an agent's confirmations start after the result that departed: the agent's defaults
+/// for a probe that never connected (every failure here is a timeout), three probes 1 s apart
+/// once the departing probe has timed out (5 s).
+const CONFIRMATION_DELAYS_MS: [i64; 3] = [6_000, 7_000, 8_000];
 
 fn fleet() -> Vec<AgentMeta> {
     let mut agents = Vec::new();
@@ -213,13 +215,10 @@ fn lossy_run_false_alarms_and_detection_delay() {
         .unwrap_or(7u64);
     println!(
         "fleet: 12 agents (3 providers x 2 accounts x 2), 5 ports, interval 60 s; \
-         false_alarm_rate {}, background floor {}, 2 confirmations {} s and {} s after a departure \
-         (the agent's default spacing: its per-destination floor), requests to the account's other \
+         false_alarm_rate {}, background floor {}, confirmations {:?} ms after a departure \
+         (the agent's defaults for a timeout), requests to the account's other \
          agents + 1 in the provider + 1 elsewhere, answered in 1-5 s; seed {seed}",
-        config.false_alarm_rate,
-        config.background_floor,
-        CONFIRMATION_DELAYS_MS[0] / 1000,
-        CONFIRMATION_DELAYS_MS[1] / 1000,
+        config.false_alarm_rate, config.background_floor, CONFIRMATION_DELAYS_MS,
     );
     println!("| probe failure q | rounds | series | agent | account | provider | destination | confirmations per 1000 scheduled | requested per 1000 scheduled |");
     println!("|---|---|---|---|---|---|---|---|---|");

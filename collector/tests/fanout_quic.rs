@@ -1,7 +1,8 @@
 //! Evidence on demand over real QUIC on loopback, against the real collector binary: when one
 //! agent's settled-open series departs, the collector asks the other agents of its account that
-//! probe the same destination to probe it now, on their existing sessions — never the suspect,
-//! never an agent older than wire 1.2 or one that takes no requests — and an agent gone before
+//! probe the same destination to probe it now, on their existing sessions — the suspect only for
+//! its other family, never an agent older than wire 1.2 or one that takes no requests — and an
+//! agent gone before
 //! the request is sent holds nobody up. The answers come back as ordinary `requested` results.
 
 mod support;
@@ -85,8 +86,18 @@ async fn a_departure_asks_the_accounts_other_agents_and_only_those_that_can_answ
     }
     assert_eq!(answered, 2);
 
-    // The requests were queued together with the siblings' ones: by now, any for the suspect,
-    // the old agent or the refuser would be on its stream.
+    // The suspect is asked about the same destination over its other family only.
+    let twin = suspect
+        .next_request(Duration::from_secs(10))
+        .await
+        .unwrap()
+        .expect("the suspect is asked about its other family");
+    assert_eq!(
+        (twin.target.as_str(), twin.port, twin.family),
+        (TARGET, PORT, Family::Ipv6)
+    );
+    // The requests were queued together with the siblings' ones: by now, any more for the
+    // suspect, or any for the old agent or the refuser, would be on its stream.
     for (name, agent) in [
         ("suspect", &mut suspect),
         ("old", &mut old),
@@ -111,7 +122,7 @@ async fn a_departure_asks_the_accounts_other_agents_and_only_those_that_can_answ
     };
     assert_eq!(
         metric("egresswatch_fanout_requests_total{result=\"sent\"}").await,
-        2
+        3
     );
     assert_eq!(
         metric("egresswatch_fanout_suspicions_total{result=\"asked\"}").await,

@@ -140,6 +140,10 @@ pub struct ProbeConfig {
     /// Between confirmation probes; unset: 5 s, raised to `min_interval_per_destination`.
     #[serde(deserialize_with = "optional_duration")]
     pub confirm_spacing: Option<Duration>,
+    /// Between confirmation probes of a departure that never connected (no answer to the SYN,
+    /// a reset, an ICMP error): below the floor, as the destination's service never saw it.
+    #[serde(deserialize_with = "duration")]
+    pub confirm_spacing_unconnected: Duration,
     /// Most confirmation probes to one destination host in any minute.
     pub confirm_per_destination_per_minute: u32,
     /// Answer the collector's probe requests (for targets and ports configured here only).
@@ -157,8 +161,9 @@ impl Default for ProbeConfig {
             source: Vec::new(),
             interface: None,
             ca_file: None,
-            confirm_probes: 2,
+            confirm_probes: 3,
             confirm_spacing: None,
+            confirm_spacing_unconnected: Duration::from_secs(1),
             confirm_per_destination_per_minute: 6,
             answer_probe_requests: true,
             requests_per_minute: 10,
@@ -276,6 +281,8 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
 
 /// Spacing of confirmation probes when the config does not say (before the politeness floor).
 const DEFAULT_CONFIRM_SPACING: Duration = Duration::from_secs(5);
+/// The shortest spacing of confirmations of a departure that never connected.
+const MIN_UNCONNECTED_SPACING: Duration = Duration::from_millis(500);
 /// Most confirmation probes after one departure.
 pub const MAX_CONFIRM_PROBES: u32 = 10;
 
@@ -367,6 +374,12 @@ impl AgentConfig {
                 )));
             }
         }
+        if p.confirm_spacing_unconnected < MIN_UNCONNECTED_SPACING {
+            return Err(bad(format!(
+                "probe.confirm_spacing_unconnected ({:?}) must be at least {MIN_UNCONNECTED_SPACING:?}",
+                p.confirm_spacing_unconnected
+            )));
+        }
         if p.confirm_probes > 0 && p.confirm_per_destination_per_minute == 0 {
             return Err(bad(
                 "probe.confirm_per_destination_per_minute must be at least 1 (set probe.confirm_probes = 0 to turn confirmations off)".into(),
@@ -445,6 +458,7 @@ impl AgentConfig {
                 .confirm_spacing
                 .unwrap_or(DEFAULT_CONFIRM_SPACING)
                 .max(p.min_interval_per_destination),
+            unconnected_spacing: p.confirm_spacing_unconnected,
             confirm_per_destination_per_minute: p.confirm_per_destination_per_minute,
             answer_probe_requests: p.answer_probe_requests,
             requests_per_minute: p.requests_per_minute,
@@ -613,12 +627,13 @@ mod tests {
     fn evidence_settings_default_to_the_floor_and_reject_what_would_be_rude() {
         let c = AgentConfig::parse(MINIMAL, Path::new("a.toml")).unwrap();
         let e = c.evidence();
-        assert_eq!(e.confirm_probes, 2);
+        assert_eq!(e.confirm_probes, 3);
         assert_eq!(
             e.confirm_spacing,
             Duration::from_secs(10),
             "5 s raised to the 10 s floor"
         );
+        assert_eq!(e.unconnected_spacing, Duration::from_secs(1));
         assert!(e.answer_probe_requests);
         assert_eq!(e.requests_per_minute, 10);
         // The built-in targets every 5 minutes: the 30 s cap; a target every 4 s: 2 s.
@@ -644,6 +659,10 @@ mod tests {
                 "probe.confirm_spacing",
             ),
             ("[probe]\nconfirm_probes = 50\n", "probe.confirm_probes"),
+            (
+                "[probe]\nconfirm_spacing_unconnected = \"100ms\"\n",
+                "probe.confirm_spacing_unconnected",
+            ),
             (
                 "[probe]\nconfirm_per_destination_per_minute = 0\n",
                 "confirm_probes = 0",

@@ -8,6 +8,12 @@
 //!
 //! Bounds keep it polite whatever happens: confirmation probes per destination host per minute,
 //! requested probes per minute, and one confirmation run per series at a time.
+//!
+//! Confirmations keep the politeness floor between them when the departing probe reached the
+//! destination's service (it connected: a greeting, EHLO or TLS failed). When it never
+//! connected — no answer to the SYN, a reset or an ICMP error — the destination's SMTP server
+//! never saw it, and a confirmation is one more SYN at most: those run at the shorter
+//! `unconnected_spacing`, start to start, still within the per-destination budget a minute.
 
 use egresswatch_wire::{Family, Level, Outcome, ProbeCause, ProbeRequest, ProbeResult};
 use std::collections::{HashMap, VecDeque};
@@ -24,6 +30,8 @@ pub struct EvidenceSettings {
     pub confirm_probes: u32,
     /// Between one confirmation probe's start and the next (already raised to the floor).
     pub confirm_spacing: Duration,
+    /// The same for a departure that never connected (see the module's note): below the floor.
+    pub unconnected_spacing: Duration,
     /// Most confirmation probes to one destination host in any minute.
     pub confirm_per_destination_per_minute: u32,
     /// Whether the collector's probe requests are answered at all.
@@ -35,8 +43,9 @@ pub struct EvidenceSettings {
 impl Default for EvidenceSettings {
     fn default() -> Self {
         EvidenceSettings {
-            confirm_probes: 2,
+            confirm_probes: 3,
             confirm_spacing: Duration::from_secs(10),
+            unconnected_spacing: Duration::from_secs(1),
             confirm_per_destination_per_minute: 6,
             answer_probe_requests: true,
             requests_per_minute: 10,
@@ -85,6 +94,10 @@ pub struct Judged {
     /// Confirmation probes to run now (0: none), `spacing` apart.
     pub confirmations: u32,
     pub spacing: Duration,
+    /// The departure never connected: its confirmations start `spacing` apart (start to
+    /// start, overlapping when they time out) while the schedule goes on; otherwise each
+    /// waits for the one before and the series' next scheduled probe waits for them.
+    pub unconnected: bool,
 }
 
 impl Judged {
@@ -202,10 +215,16 @@ impl Evidence {
             }
             memory.confirming = confirmations > 0;
         }
+        let unconnected = result.outcome.is_connect_failure();
         Judged {
             departs,
             confirmations,
-            spacing: self.settings.confirm_spacing,
+            spacing: if unconnected {
+                self.settings.unconnected_spacing
+            } else {
+                self.settings.confirm_spacing
+            },
+            unconnected,
         }
     }
 
@@ -328,7 +347,14 @@ mod tests {
         let closed = evidence.on_result(&scheduled(Outcome::Timeout), now);
         assert!(closed.departs && closed.urgent(ProbeCause::Scheduled));
         assert_eq!(closed.confirmations, 2);
-        assert_eq!(closed.spacing, Duration::from_secs(10));
+        assert!(closed.unconnected, "a timeout never connected");
+        assert_eq!(closed.spacing, Duration::from_secs(1));
+        // A departure that reached the service keeps the floor between its confirmations.
+        let mut reached = Evidence::new(settings(2, 6));
+        reached.on_result(&scheduled(Outcome::Ok), now);
+        let tls = reached.on_result(&scheduled(Outcome::TlsFailed), now);
+        assert_eq!((tls.confirmations, tls.unconnected), (2, false));
+        assert_eq!(tls.spacing, Duration::from_secs(10));
         // The first confirmation still departs (open is settled) and settles blocked.
         let first = evidence.on_result(&confirmation(Outcome::Timeout), now);
         assert!(first.departs);

@@ -235,19 +235,76 @@ async fn answer_request(
 }
 
 /// Marks a series' confirmation run over however it ends, aborted by a reload included.
-struct ConfirmationRun<'a> {
-    evidence: &'a SharedEvidence,
-    target: &'a ProbeTarget,
+struct ConfirmationRun {
+    evidence: SharedEvidence,
+    target: ProbeTarget,
 }
 
-impl Drop for ConfirmationRun<'_> {
+impl Drop for ConfirmationRun {
     fn drop(&mut self) {
-        lock(self.evidence).confirmations_done(
+        lock(&self.evidence).confirmations_done(
             &self.target.host,
             self.target.port,
             self.target.family,
         );
     }
+}
+
+/// A task that goes when its holder goes: the series' quick confirmation run ends with the
+/// series (a reload, shutdown).
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One confirmation probe of `target` on a fresh socket, recorded and sent at once.
+async fn confirm_once(
+    target: ProbeTarget,
+    settings: watch::Receiver<Settings>,
+    shared: Arc<Shared>,
+    evidence: SharedEvidence,
+) {
+    let Settings { options, permits } = settings.borrow().clone();
+    let mut result = {
+        let Ok(_permit) = permits.acquire().await else {
+            return;
+        };
+        probe::probe(&target, &options).await
+    };
+    result.cause = ProbeCause::Confirmation;
+    lock(&evidence).on_result(&result, tokio::time::Instant::now().into_std());
+    shared.record(result, true).await;
+}
+
+/// The confirmations of a departure that never connected: `count` probes started `spacing`
+/// apart (the first `spacing` after the departure), each on its own, so that probes which time
+/// out overlap instead of queueing; the series' schedule goes on meanwhile.
+async fn confirm_unconnected(
+    target: ProbeTarget,
+    count: u32,
+    spacing: Duration,
+    settings: watch::Receiver<Settings>,
+    shared: Arc<Shared>,
+    evidence: SharedEvidence,
+) {
+    let _run = ConfirmationRun {
+        evidence: evidence.clone(),
+        target: target.clone(),
+    };
+    let mut probes = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        tokio::time::sleep(spacing).await;
+        probes.spawn(confirm_once(
+            target.clone(),
+            settings.clone(),
+            shared.clone(),
+            evidence.clone(),
+        ));
+    }
+    while probes.join_next().await.is_some() {}
 }
 
 async fn probe_series(
@@ -266,6 +323,9 @@ async fn probe_series(
     // Spread the first probes over one interval, so a restart or a reload is not a burst.
     let first = interval.mul_f64(rand::thread_rng().gen_range(0.0..1.0));
     tokio::time::sleep(first).await;
+    // The quick confirmation run under way, if any (one per series at a time: the evidence
+    // grants no second while it lasts).
+    let mut _quick_run: Option<AbortOnDrop> = None;
     loop {
         // Fixed rate: the next probe is due one interval after this one *started*, so a series
         // that times out is probed as often as one that answers (and the collector sees a
@@ -283,23 +343,32 @@ async fn probe_series(
         shared
             .record(result, judged.urgent(ProbeCause::Scheduled))
             .await;
-        if judged.confirmations > 0 {
+        if judged.confirmations > 0 && judged.unconnected {
+            let run = tokio::spawn(confirm_unconnected(
+                target.clone(),
+                judged.confirmations,
+                judged.spacing,
+                settings.clone(),
+                shared.clone(),
+                evidence.clone(),
+            ));
+            _quick_run = Some(AbortOnDrop(run.abort_handle()));
+        } else if judged.confirmations > 0 {
+            // The departure reached the service: its confirmations keep the floor, one after
+            // the other, and the schedule waits for them.
             let _run = ConfirmationRun {
-                evidence: &evidence,
-                target: &target,
+                evidence: evidence.clone(),
+                target: target.clone(),
             };
             for _ in 0..judged.confirmations {
                 tokio::time::sleep(judged.spacing).await;
-                let Settings { options, permits } = settings.borrow().clone();
-                let mut result = {
-                    let Ok(_permit) = permits.acquire().await else {
-                        return;
-                    };
-                    probe::probe(&target, &options).await
-                };
-                result.cause = ProbeCause::Confirmation;
-                lock(&evidence).on_result(&result, tokio::time::Instant::now().into_std());
-                shared.record(result, true).await;
+                confirm_once(
+                    target.clone(),
+                    settings.clone(),
+                    shared.clone(),
+                    evidence.clone(),
+                )
+                .await;
             }
         }
         let next = interval.mul_f64(rand::thread_rng().gen_range(0.9..1.1));

@@ -84,7 +84,7 @@ impl Default for DetectorConfig {
             background_weight: 0.01,
             blocked_answer_rate: 0.01,
             confirmation_carryover: 0.2,
-            confirmations_counted: 2,
+            confirmations_counted: 3,
             settle_secs: 60,
             silent_after_secs: 180,
             replay_after_secs: 300,
@@ -339,11 +339,37 @@ impl Detector {
     /// The account's series on one path decide together: when every one of them is testing
     /// for the same change (or has decided it) and their evidence summed crosses the bound.
     /// Each series' own test already stops one agent's confirmations from weighing more than
-    /// they should, so one agent alone cannot decide for an account of several.
+    /// they should, so one agent alone cannot decide for an account of several. The group is
+    /// first the account's series in the result's family; failing that, its series of the
+    /// target and port over both families (an account of one agent, whose IPv4 and IPv6 both
+    /// fail, is then judged on both).
     fn decide_account(&mut self, key: &SeriesKey, info: &AgentInfo, now: i64) {
         let Some(to) = self.series.get(key).and_then(|s| s.episode()).map(|e| e.to) else {
             return;
         };
+        for both_families in [false, true] {
+            if let Some(group) = self.account_group(key, info, to, both_families) {
+                for k in group {
+                    let step = self.series.get_mut(&k).and_then(|s| s.decide());
+                    if let Some(Step::Confirmed { from, to }) = step {
+                        self.push_pending(&k, from, to, now);
+                    }
+                }
+                return;
+            }
+        }
+    }
+
+    /// The account's live series on `key`'s target and port (in its family, or in both), when
+    /// there are at least two, every one is testing for `to` (or has decided it and waits to be
+    /// attributed) and their evidence summed reaches the bound.
+    fn account_group(
+        &self,
+        key: &SeriesKey,
+        info: &AgentInfo,
+        to: PortState,
+        both_families: bool,
+    ) -> Option<Vec<SeriesKey>> {
         let from = to.other();
         let siblings: Vec<SeriesKey> = self
             .series
@@ -351,7 +377,7 @@ impl Detector {
             .filter(|(k, s)| {
                 k.target == key.target
                     && k.port == key.port
-                    && k.family == key.family
+                    && (both_families || k.family == key.family)
                     && s.last().is_some()
             })
             .filter(|(k, _)| {
@@ -362,30 +388,20 @@ impl Detector {
             .map(|(k, _)| k.clone())
             .collect();
         if siblings.len() < 2 {
-            return;
+            return None;
         }
         let mut total = 0.0;
         for k in &siblings {
-            let Some(s) = self.series.get(k) else {
-                return;
-            };
+            let s = self.series.get(k)?;
             match s.episode() {
                 Some(e) if e.to == to && s.confirmed() == Some(from) => total += e.evidence,
                 None if s.confirmed() == Some(to) && self.pending.iter().any(|p| p.key == *k) => {
                     total += self.config.upper_bound();
                 }
-                _ => return,
+                _ => return None,
             }
         }
-        if total < self.config.upper_bound() {
-            return;
-        }
-        for k in siblings {
-            let step = self.series.get_mut(&k).and_then(|s| s.decide());
-            if let Some(Step::Confirmed { from, to }) = step {
-                self.push_pending(&k, from, to, now);
-            }
-        }
+        (total >= self.config.upper_bound()).then_some(siblings)
     }
 
     /// The series that asked for evidence since the last call (see [`Suspicion`]), oldest first.

@@ -642,7 +642,7 @@ mod tests {
         }
         let flooded = s.episode().unwrap().evidence;
         assert!(
-            (flooded - (after_one + 2.0 * conf)).abs() < 1e-9,
+            (flooded - (after_one + f64::from(config.confirmations_counted) * conf)).abs() < 1e-9,
             "{flooded}"
         );
         assert_eq!(s.confirmed(), Some(O));

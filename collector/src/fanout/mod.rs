@@ -36,6 +36,10 @@ pub struct FanoutConfig {
     pub max_per_suspicion: usize,
     /// Of those, most agents of other providers than the suspect's.
     pub elsewhere_per_suspicion: usize,
+    /// Also ask the suspect itself to probe the same target and port over its other family
+    /// (its own re-probes cover only the family that departed): a change of the path over both
+    /// families is then settled by both at once.
+    pub other_family: bool,
     /// A suspicion of a series asked about less than this long ago is not asked again.
     pub repeat_window_secs: u64,
     /// How long an answer is useful, from the request: the agent's name lookup and probe
@@ -51,6 +55,7 @@ impl Default for FanoutConfig {
             per_destination_per_minute: 30,
             max_per_suspicion: 8,
             elsewhere_per_suspicion: 2,
+            other_family: true,
             repeat_window_secs: 60,
             deadline_secs: 15,
         }

@@ -7,7 +7,7 @@
 use super::{ConnectedAgent, FanoutConfig};
 use crate::detector::Suspicion;
 use crate::identity::SeriesKey;
-use egresswatch_wire::ProbeRequest;
+use egresswatch_wire::{Family, ProbeRequest};
 use std::collections::{HashMap, VecDeque};
 
 /// The wire minor that brought `ProbeRequest`; older agents would not understand one.
@@ -122,9 +122,10 @@ impl Planner {
     ///
     /// Witnesses are, in this order, the other agents of the suspect's account, those of other
     /// accounts of its provider, and at most `elsewhere_per_suspicion` of other providers: what
-    /// tells the agent, its account, its provider and the destination apart. Never the suspect
-    /// (it re-probes by itself), never an agent older than wire 1.2 or one that said it takes no
-    /// requests.
+    /// tells the agent, its account, its provider and the destination apart. The suspect is
+    /// asked only about its other family (`other_family`; it re-probes the departed one by
+    /// itself), first and outside `max_per_suspicion`. Never an agent older than wire 1.2 or one
+    /// that said it takes no requests.
     pub fn plan(
         &mut self,
         suspicion: &Suspicion,
@@ -144,13 +145,22 @@ impl Planner {
         }
         self.recent.insert(key.clone(), now_ms);
 
+        let able = |a: &&ConnectedAgent| {
+            a.wire_minor >= PROBE_REQUEST_MINOR
+                && a.accepts_probe_requests
+                && a.probes(&key.target, key.port)
+        };
+        let suspect = connected
+            .iter()
+            .filter(|_| self.config.other_family)
+            .find(|a| a.agent_id == key.agent)
+            .filter(able);
         let mut witnesses: Vec<&ConnectedAgent> = connected
             .iter()
             .filter(|a| a.agent_id != key.agent)
-            .filter(|a| a.wire_minor >= PROBE_REQUEST_MINOR && a.accepts_probe_requests)
-            .filter(|a| a.probes(&key.target, key.port))
+            .filter(able)
             .collect();
-        if witnesses.is_empty() {
+        if witnesses.is_empty() && suspect.is_none() {
             return Plan::nothing(Verdict::NoWitness);
         }
         let closeness = |a: &ConnectedAgent| match (
@@ -171,9 +181,14 @@ impl Planner {
         let elsewhere_quota = self.config.elsewhere_per_suspicion.min(elsewhere).min(most);
         let nearby_quota = most - elsewhere_quota;
 
-        let destination = (key.target.clone(), key.port);
-        let deadline_ms = self.config.deadline_ms();
         let mut plan = Plan::nothing(Verdict::OverBudget);
+        if let Some(suspect) = suspect {
+            let other = match key.family {
+                Family::Ipv4 => Family::Ipv6,
+                Family::Ipv6 => Family::Ipv4,
+            };
+            self.ask(&mut plan, &suspect.agent_id, key, other, now_ms);
+        }
         let (mut nearby_taken, mut elsewhere_taken) = (0usize, 0usize);
         for witness in witnesses {
             let (taken, quota) = if closeness(witness) == 2 {
@@ -184,38 +199,55 @@ impl Planner {
             if *taken >= quota {
                 continue;
             }
-            if !self.within_budget(&witness.agent_id, &destination, now_ms) {
-                plan.dropped_budget += 1;
-                continue;
+            if self.ask(&mut plan, &witness.agent_id, key, key.family, now_ms) {
+                *taken += 1;
             }
-            *taken += 1;
-            let request_id = self.next_request_id;
-            self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
-            self.spend(&witness.agent_id, &destination, now_ms);
-            self.remember(
-                request_id,
-                Outstanding {
-                    agent_id: witness.agent_id.clone(),
-                    destination: destination.clone(),
-                    sent_at_ms: now_ms,
-                    deadline_at_ms: now_ms.saturating_add(i64::from(deadline_ms)),
-                },
-            );
-            plan.requests.push(Planned {
-                agent_id: witness.agent_id.clone(),
-                request: ProbeRequest {
-                    request_id,
-                    target: key.target.clone(),
-                    port: key.port,
-                    family: key.family,
-                    deadline_ms,
-                },
-            });
         }
         if !plan.requests.is_empty() {
             plan.verdict = Verdict::Asked;
         }
         plan
+    }
+
+    /// Adds a request to `agent_id` for `key`'s target and port over `family` when the agent's
+    /// and the destination's budgets allow; whether it did.
+    fn ask(
+        &mut self,
+        plan: &mut Plan,
+        agent_id: &str,
+        key: &SeriesKey,
+        family: Family,
+        now_ms: i64,
+    ) -> bool {
+        let destination = (key.target.clone(), key.port);
+        if !self.within_budget(agent_id, &destination, now_ms) {
+            plan.dropped_budget += 1;
+            return false;
+        }
+        let deadline_ms = self.config.deadline_ms();
+        let request_id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
+        self.spend(agent_id, &destination, now_ms);
+        self.remember(
+            request_id,
+            Outstanding {
+                agent_id: agent_id.to_string(),
+                destination,
+                sent_at_ms: now_ms,
+                deadline_at_ms: now_ms.saturating_add(i64::from(deadline_ms)),
+            },
+        );
+        plan.requests.push(Planned {
+            agent_id: agent_id.to_string(),
+            request: ProbeRequest {
+                request_id,
+                target: key.target.clone(),
+                port: key.port,
+                family,
+                deadline_ms,
+            },
+        });
+        true
     }
 
     /// A planned request could not be handed to its session (the agent left between plan and
@@ -329,7 +361,6 @@ fn secs_ms(secs: u64) -> i64 {
 mod tests {
     use super::*;
     use crate::detector::PortState;
-    use egresswatch_wire::Family;
 
     const T0: i64 = 1_000_000;
 
@@ -369,7 +400,8 @@ mod tests {
     }
 
     #[test]
-    fn siblings_of_the_account_then_the_provider_then_a_few_elsewhere_never_the_suspect() {
+    fn the_suspects_other_family_then_siblings_of_the_account_then_the_provider_then_a_few_elsewhere(
+    ) {
         let fleet = vec![
             agent("suspect", "aws", "prod"),
             agent("p-2", "aws", "prod"),
@@ -382,8 +414,13 @@ mod tests {
         let mut p = planner(FanoutConfig::default());
         let plan = p.plan(&suspicion("suspect"), &fleet, T0);
         assert_eq!(plan.verdict, Verdict::Asked);
-        assert_eq!(asked(&plan), vec!["p-1", "p-2", "dev-1", "g-1", "g-2"]);
-        let first = &plan.requests[0].request;
+        assert_eq!(
+            asked(&plan),
+            vec!["suspect", "p-1", "p-2", "dev-1", "g-1", "g-2"]
+        );
+        let twin = &plan.requests[0].request;
+        assert_eq!((twin.port, twin.family), (587, Family::Ipv6));
+        let first = &plan.requests[1].request;
         assert_eq!(
             (
                 first.target.as_str(),
@@ -415,7 +452,8 @@ mod tests {
         let count = ids.len();
         ids.sort_unstable();
         ids.dedup();
-        assert_eq!((ids.len(), count), (8, 8));
+        // Each suspicion: a0's other family and the four others.
+        assert_eq!((ids.len(), count), (10, 10));
     }
 
     #[test]
@@ -428,6 +466,21 @@ mod tests {
         let plan = planner(FanoutConfig::default()).plan(&suspicion("suspect"), &fleet, T0);
         assert_eq!(asked(&plan), vec!["new"]);
         let plan = planner(FanoutConfig::default()).plan(&suspicion("suspect"), &fleet[..2], T0);
+        assert_eq!((plan.verdict, plan.requests.len()), (Verdict::NoWitness, 0));
+    }
+
+    #[test]
+    fn an_agent_alone_is_asked_for_its_other_family_unless_that_is_switched_off() {
+        let fleet = vec![agent("suspect", "aws", "prod")];
+        let plan = planner(FanoutConfig::default()).plan(&suspicion("suspect"), &fleet, T0);
+        assert_eq!(plan.verdict, Verdict::Asked);
+        assert_eq!(asked(&plan), vec!["suspect"]);
+        assert_eq!(plan.requests[0].request.family, Family::Ipv6);
+        let config = FanoutConfig {
+            other_family: false,
+            ..FanoutConfig::default()
+        };
+        let plan = planner(config).plan(&suspicion("suspect"), &fleet, T0);
         assert_eq!((plan.verdict, plan.requests.len()), (Verdict::NoWitness, 0));
     }
 

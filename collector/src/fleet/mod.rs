@@ -27,7 +27,7 @@ use crate::store::shared::{FeedItem, Leadership, NewDelivery, SharedStore};
 use crate::store::Store;
 use egresswatch_wire::ProbeResult;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::broadcast;
 
@@ -64,12 +64,23 @@ pub struct Fleet {
     cells: gauges::CellGauges,
     stream: broadcast::Sender<StreamMessage>,
     matrix_dirty: AtomicBool,
+    /// The cell gauges as last set: unchanged cells are not set again.
+    last_cells: Mutex<Vec<gauges::CellSample>>,
+    /// Wakes the publisher when the matrix may have changed.
+    matrix_changed: tokio::sync::Notify,
+    /// When the matrix was last rebuilt: with nothing new, it is re-judged (freshness, silent
+    /// agents) only every [`REJUDGE_MS`].
+    matrix_built_ms: AtomicI64,
     /// How old a result may be and still count in the matrix.
     fresh_ms: i64,
     last_matrix: Mutex<String>,
     /// Set when several collectors share the database (see [`shared`]).
     shared: OnceLock<Arc<Shared>>,
 }
+
+/// How often a matrix with no new results is rebuilt for what time alone changes (a result
+/// growing stale, an agent falling silent): minutes-long thresholds, judged within seconds.
+const REJUDGE_MS: i64 = 5_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     match m.lock() {
@@ -98,6 +109,9 @@ impl Fleet {
             metrics,
             stream,
             matrix_dirty: AtomicBool::new(true),
+            matrix_changed: tokio::sync::Notify::new(),
+            last_cells: Mutex::new(Vec::new()),
+            matrix_built_ms: AtomicI64::new(i64::MIN),
             last_matrix: Mutex::new(String::new()),
             shared: OnceLock::new(),
         })
@@ -155,7 +169,7 @@ impl Fleet {
             }
             start = end;
         }
-        self.matrix_dirty.store(true, Ordering::Relaxed);
+        self.matrix_may_have_changed();
     }
 
     /// Drops the results the detector was already fed (by a rebuild's replay).
@@ -250,7 +264,7 @@ impl Fleet {
                     None => tracing::info!("the database answers again"),
                 }
                 *held = outage;
-                self.matrix_dirty.store(true, Ordering::Relaxed);
+                self.matrix_may_have_changed();
             }
         }
     }
@@ -356,58 +370,81 @@ impl Fleet {
             m.record(&agent.agent_id, result, result.at_unix_ms);
             d.restore(agent, result, now_unix_ms);
         }
-        self.matrix_dirty.store(true, Ordering::Relaxed);
+        self.matrix_may_have_changed();
     }
 
-    /// Ticks the fleet every second and publishes matrix changes at most four times a second,
-    /// until `shutdown` completes.
+    fn matrix_may_have_changed(&self) {
+        self.matrix_dirty.store(true, Ordering::Relaxed);
+        self.matrix_changed.notify_one();
+    }
+
+    /// Ticks the fleet every second and publishes matrix changes when there are some, at most
+    /// four times a second (and re-judges an unchanged one every [`REJUDGE_MS`]), until
+    /// `shutdown` completes. Nothing wakes it in between.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
-        use tokio::time::{interval, Duration, MissedTickBehavior};
+        use tokio::time::{interval, sleep, Duration, MissedTickBehavior};
         let mut tick = interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut publish = interval(Duration::from_millis(250));
-        publish.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    let now = crate::events::now_unix_ms();
+                    // Shared, the cluster's follower ticks the hub (its events go to the
+                    // database); the matrix is still re-judged here.
                     if self.shared.get().is_none() {
-                        self.tick(crate::events::now_unix_ms());
-                    } else {
-                        // Shared, the cluster's loop ticks the hub (its events go to the
-                        // database); the matrix is still re-judged for freshness here.
-                        self.matrix_dirty.store(true, Ordering::Relaxed);
+                        self.tick(now);
                     }
+                    self.publish_matrix(now);
                 }
-                _ = publish.tick() => self.publish_matrix(crate::events::now_unix_ms()),
+                _ = self.matrix_changed.notified() => {
+                    // Coalesce: what else arrives within a quarter second goes in the same one.
+                    sleep(Duration::from_millis(250)).await;
+                    self.publish_matrix(crate::events::now_unix_ms());
+                }
                 _ = &mut shutdown => return,
             }
         }
     }
 
-    /// Once a second: silence and settled changes; and the matrix is re-judged (freshness).
+    /// Once a second: silence and settled changes. (The matrix is re-judged for freshness by
+    /// [`Fleet::publish_matrix`].)
     pub fn tick(&self, now_unix_ms: i64) {
         if self.leads() {
             self.retry_unrecorded();
             let events = lock(&self.detector).tick(now_unix_ms);
             self.emit(events);
         }
-        self.matrix_dirty.store(true, Ordering::Relaxed);
     }
 
     /// Called by the SSE coalescer (at most a few times a second): if the matrix may have
-    /// changed, rebuild it, refresh the gauges and broadcast it when it really differs.
+    /// changed — new results or agents, or [`REJUDGE_MS`] gone by — rebuild it, refresh the
+    /// gauges and broadcast it when it really differs and someone listens.
     pub fn publish_matrix(&self, now_unix_ms: i64) {
-        if !self.matrix_dirty.swap(false, Ordering::Relaxed) {
+        let built = self.matrix_built_ms.load(Ordering::Relaxed);
+        let due = now_unix_ms.saturating_sub(built) >= REJUDGE_MS;
+        if !self.matrix_dirty.swap(false, Ordering::Relaxed) && !due {
+            return;
+        }
+        self.matrix_built_ms.store(now_unix_ms, Ordering::Relaxed);
+        let ipv4 = self.matrix_view(FamilyFilter::Ipv4, now_unix_ms);
+        let ipv6 = self.matrix_view(FamilyFilter::Ipv6, now_unix_ms);
+        let cells = gauges::cell_samples(&[("ipv4", &ipv4), ("ipv6", &ipv6)], gauges::MAX_ACCOUNTS);
+        {
+            let mut last = lock(&self.last_cells);
+            if *last != cells {
+                self.cells.set(&cells);
+                *last = cells;
+            }
+        }
+        if self.stream.receiver_count() == 0 {
+            // Nobody to tell: a client that subscribes gets the matrix then (`matrix_json`),
+            // and the next publish compares afresh.
+            lock(&self.last_matrix).clear();
             return;
         }
         let view = self.matrix_view(FamilyFilter::All, now_unix_ms);
-        let ipv4 = self.matrix_view(FamilyFilter::Ipv4, now_unix_ms);
-        let ipv6 = self.matrix_view(FamilyFilter::Ipv6, now_unix_ms);
-        self.cells.set(&gauges::cell_samples(
-            &[("ipv4", &ipv4), ("ipv6", &ipv6)],
-            gauges::MAX_ACCOUNTS,
-        ));
+        // The store's outage is part of what the page is told.
         let providers = format!(
             "{}{:?}",
             serde_json::to_string(&view.providers).unwrap_or_default(),
@@ -527,12 +564,12 @@ impl ResultObserver for Fleet {
         lock(&self.matrix).agent_seen(agent, now_unix_ms);
         if self.shared.get().is_some() {
             // Shared: the leader learns of agents from the feed, wherever they are connected.
-            self.matrix_dirty.store(true, Ordering::Relaxed);
+            self.matrix_may_have_changed();
             return;
         }
         let events = lock(&self.detector).agent_seen(agent, now_unix_ms);
         self.emit(events);
-        self.matrix_dirty.store(true, Ordering::Relaxed);
+        self.matrix_may_have_changed();
     }
 
     fn results_stored(
@@ -549,7 +586,7 @@ impl ResultObserver for Fleet {
         }
         self.record_in_matrix(agent, results, clock_trusted, now_unix_ms);
         self.detect(agent, results, clock_trusted, now_unix_ms);
-        self.matrix_dirty.store(true, Ordering::Relaxed);
+        self.matrix_may_have_changed();
     }
 
     fn agent_disconnected(&self, _agent_id: &str, _now_unix_ms: i64) {
