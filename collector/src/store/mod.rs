@@ -15,6 +15,7 @@
 //! once in every tier and an ack still means all of it is durable. The long tiers are plain
 //! tables of integers, text and small blobs (see [`sqlite`]), the same rows in [`postgres`].
 
+mod group_commit;
 pub mod memory;
 pub mod postgres;
 pub mod retention;

@@ -1,7 +1,8 @@
 //! The embedded store: SQLite in WAL mode.
 //!
-//! Writes go through one writer thread that does group commit: every insert request waiting when
-//! a transaction starts joins it, so a hundred agents share one fsync instead of paying one each.
+//! Writes go through one writer thread that does group commit ([`super::group_commit`]): every
+//! insert request waiting when a transaction starts joins it, so a hundred agents share one
+//! fsync instead of paying one each.
 //! `synchronous=FULL` makes a commit durable before it returns — an ack must never promise a
 //! result a power cut could take back. Reads use their own connection (WAL lets them run beside
 //! the writer).
@@ -11,6 +12,7 @@
 //! without scanning history. The long-kept tiers (intervals, hourly rollups) are in
 //! [`super::sqlite_history`], written in the same transaction as the results they come from.
 
+use super::group_commit::{GroupWriter, InsertRequest, Outcome};
 use super::sqlite_history::{self, HistoryCache};
 use super::{InsertReport, Store, StoredEvent};
 use crate::error::CollectorError;
@@ -21,30 +23,14 @@ use egresswatch_wire::{Labels, ProbeResult};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::mpsc;
 use std::sync::Mutex;
-use std::thread;
-
-/// Most insert requests folded into one transaction.
-const MAX_GROUP: usize = 256;
 
 fn db_err(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> CollectorError {
     CollectorError::store(context, e)
 }
 
-type Reply = mpsc::SyncSender<Result<(InsertReport, Vec<ProbeResult>), CollectorError>>;
-
-struct InsertRequest {
-    agent_id: String,
-    results: Vec<ProbeResult>,
-    clock_trusted: bool,
-    now_unix_ms: i64,
-    reply: Reply,
-}
-
 pub struct SqliteStore {
-    writer: Mutex<Option<mpsc::SyncSender<InsertRequest>>>,
-    writer_thread: Mutex<Option<thread::JoinHandle<()>>>,
+    writer: GroupWriter,
     /// Small writes (agents, events, pruning) and all reads share this connection.
     conn: Mutex<Connection>,
 }
@@ -99,15 +85,18 @@ impl SqliteStore {
             .map_err(|e| db_err("creating the silences table", e))?;
         conn.execute_batch(sqlite_history::SCHEMA)
             .map_err(|e| db_err("creating the history schema", e))?;
-        let writer_conn = open(path)?;
-        let (tx, rx) = mpsc::sync_channel::<InsertRequest>(1024);
-        let handle = thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer_loop(writer_conn, rx))
-            .map_err(|e| CollectorError::io("starting the store writer", e))?;
+        let mut writer_conn = open(path)?;
+        let mut high_water: HashMap<String, u64> = HashMap::new();
+        let mut history = HistoryCache::default();
+        let writer = GroupWriter::start(move |group| {
+            commit_group(&mut writer_conn, &mut high_water, &mut history, group).inspect_err(|_| {
+                // The transaction rolled back: cached marks are reloaded from the database.
+                high_water.clear();
+                history.clear();
+            })
+        })?;
         Ok(SqliteStore {
-            writer: Mutex::new(Some(tx)),
-            writer_thread: Mutex::new(Some(handle)),
+            writer,
             conn: Mutex::new(conn),
         })
     }
@@ -118,15 +107,7 @@ impl SqliteStore {
 
     /// Finishes pending writes and stops the writer (graceful shutdown).
     pub fn close(&self) {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = self
-            .writer_thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            let _ = handle.join();
-        }
+        self.writer.close();
     }
 }
 
@@ -136,46 +117,12 @@ impl Drop for SqliteStore {
     }
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<InsertRequest>) {
-    let mut high_water: HashMap<String, u64> = HashMap::new();
-    let mut history = HistoryCache::default();
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
-        }
-        match commit_group(&mut conn, &mut high_water, &mut history, &group) {
-            Ok(outcomes) => {
-                for (request, outcome) in group.into_iter().zip(outcomes) {
-                    let _ = request.reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                // The transaction rolled back: nothing of the group is stored, every sender hears
-                // so (its agent resends), and cached marks are reloaded from the database.
-                high_water.clear();
-                history.clear();
-                let cause = std::sync::Arc::new(e);
-                for request in group {
-                    let _ = request.reply.send(Err(CollectorError::store(
-                        "storing a group of results",
-                        cause.clone(),
-                    )));
-                }
-            }
-        }
-    }
-}
-
 fn commit_group(
     conn: &mut Connection,
     high_water: &mut HashMap<String, u64>,
     history: &mut HistoryCache,
     group: &[InsertRequest],
-) -> Result<Vec<(InsertReport, Vec<ProbeResult>)>, CollectorError> {
+) -> Result<Vec<Outcome>, CollectorError> {
     // IMMEDIATE: take the write lock up front; a deferred transaction that upgrades later can
     // fail at once against the other connection instead of waiting.
     let tx = conn
@@ -359,24 +306,8 @@ impl Store for SqliteStore {
         clock_trusted: bool,
         now_unix_ms: i64,
     ) -> Result<(InsertReport, Vec<ProbeResult>), CollectorError> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        let request = InsertRequest {
-            agent_id: agent_id.to_string(),
-            results,
-            clock_trusted,
-            now_unix_ms,
-            reply,
-        };
-        let sender = self
-            .writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let sender = sender
-            .ok_or_else(|| CollectorError::store("inserting results", "the store is closed"))?;
-        let stopped = || CollectorError::store("inserting results", "the store writer has stopped");
-        sender.send(request).map_err(|_| stopped())?;
-        answer.recv().map_err(|_| stopped())?
+        self.writer
+            .insert(agent_id, results, clock_trusted, now_unix_ms)
     }
 
     fn latest_per_series(
@@ -601,7 +532,7 @@ mod tests {
         let mut threads = Vec::new();
         for a in 0..8 {
             let store = store.clone();
-            threads.push(thread::spawn(move || {
+            threads.push(std::thread::spawn(move || {
                 let id = format!("agent-{a}");
                 store.upsert_agent(&meta(&id), 0).unwrap();
                 for batch in 0..20u64 {

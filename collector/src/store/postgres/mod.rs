@@ -5,8 +5,8 @@
 //! results — plus what several collectors share ([`super::shared::SharedStore`]): the feed of
 //! stored results in commit order, the leader's lock, the alert outbox, notifications.
 //!
-//! Writes of results go through one writer thread per store that does group commit: every
-//! insert request waiting when a transaction starts joins it. The transaction locks the rows of
+//! Writes of results go through one writer thread per store that does group commit
+//! ([`super::group_commit`]): every insert request waiting when a transaction starts joins it. The transaction locks the rows of
 //! the group's agents (`SELECT ... FOR UPDATE`, in id order) before it reads their marks, so when
 //! two collectors receive the same agent's replay (it reconnected to the other one before its
 //! ack arrived), the second waits for the first and then finds the results already stored. Every
@@ -31,6 +31,7 @@ pub use shared::{PgLeadership, PgListener, CHANNEL};
 
 use self::connect::{Connector, Pool, PooledClient};
 use self::history::HistoryCache;
+use super::group_commit::{GroupWriter, InsertRequest, Outcome};
 use super::{InsertReport, Store, StoreConfig, StoredEvent};
 use crate::error::CollectorError;
 use crate::events::{now_unix_ms, Event};
@@ -40,13 +41,8 @@ use egresswatch_wire::{Labels, ProbeResult};
 use postgres::error::SqlState;
 use postgres::Row;
 use std::collections::HashMap;
-use std::sync::mpsc;
-use std::sync::Mutex;
-use std::thread;
 use tracing::warn;
 
-/// Most insert requests folded into one transaction.
-const MAX_GROUP: usize = 256;
 /// A group that lost a deadlock or a serialisation conflict is tried again this often.
 const GROUP_TRIES: usize = 3;
 
@@ -54,22 +50,11 @@ fn db_err(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> C
     CollectorError::store(context, e)
 }
 
-type Reply = mpsc::SyncSender<Result<(InsertReport, Vec<ProbeResult>), CollectorError>>;
-
-struct InsertRequest {
-    agent_id: String,
-    results: Vec<ProbeResult>,
-    clock_trusted: bool,
-    now_unix_ms: i64,
-    reply: Reply,
-}
-
 /// See the module documentation.
 pub struct PostgresStore {
     pool: Pool,
     connector: Connector,
-    writer: Mutex<Option<mpsc::SyncSender<InsertRequest>>>,
-    writer_thread: Mutex<Option<thread::JoinHandle<()>>>,
+    writer: GroupWriter,
 }
 
 impl PostgresStore {
@@ -84,17 +69,17 @@ impl PostgresStore {
         partitions::ensure(&mut setup, today, today + partitions::AHEAD_DAYS)?;
         drop(setup);
         let pool = connector.pool()?;
-        let (tx, rx) = mpsc::sync_channel::<InsertRequest>(1024);
         let writer_pool = pool.clone();
-        let handle = thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || writer_loop(writer_pool, today, rx))
-            .map_err(|e| CollectorError::io("starting the store writer", e))?;
+        let mut state = WriterState {
+            written: HashMap::new(),
+            history: HistoryCache::default(),
+            partitions_day: today,
+        };
+        let writer = GroupWriter::start(move |group| store_group(&writer_pool, &mut state, group))?;
         Ok(PostgresStore {
             pool,
             connector,
-            writer: Mutex::new(Some(tx)),
-            writer_thread: Mutex::new(Some(handle)),
+            writer,
         })
     }
 
@@ -107,15 +92,7 @@ impl PostgresStore {
 
     /// Finishes pending writes and stops the writer (graceful shutdown).
     pub fn close(&self) {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = self
-            .writer_thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            let _ = handle.join();
-        }
+        self.writer.close();
     }
 }
 
@@ -133,40 +110,6 @@ struct WriterState {
     history: HistoryCache,
     /// The day partitions were last made ahead for.
     partitions_day: i64,
-}
-
-fn writer_loop(pool: Pool, today: i64, rx: mpsc::Receiver<InsertRequest>) {
-    let mut state = WriterState {
-        written: HashMap::new(),
-        history: HistoryCache::default(),
-        partitions_day: today,
-    };
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
-        }
-        match store_group(&pool, &mut state, &group) {
-            Ok(outcomes) => {
-                for (request, outcome) in group.into_iter().zip(outcomes) {
-                    let _ = request.reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                // Nothing of the group is stored; every sender hears so (its agent resends).
-                let cause = std::sync::Arc::new(e);
-                for request in group {
-                    let _ = request.reply.send(Err(CollectorError::store(
-                        "storing a group of results",
-                        cause.clone(),
-                    )));
-                }
-            }
-        }
-    }
 }
 
 /// A deadlock or serialisation failure: the transaction was rolled back and may simply be tried
@@ -187,7 +130,7 @@ fn store_group(
     pool: &Pool,
     state: &mut WriterState,
     group: &[InsertRequest],
-) -> Result<Vec<(InsertReport, Vec<ProbeResult>)>, CollectorError> {
+) -> Result<Vec<Outcome>, CollectorError> {
     let mut client = pool
         .get()
         .map_err(|e| CollectorError::store("reaching PostgreSQL", e))?;
@@ -503,24 +446,8 @@ impl Store for PostgresStore {
         clock_trusted: bool,
         now_unix_ms: i64,
     ) -> Result<(InsertReport, Vec<ProbeResult>), CollectorError> {
-        let (reply, answer) = mpsc::sync_channel(1);
-        let request = InsertRequest {
-            agent_id: agent_id.to_string(),
-            results,
-            clock_trusted,
-            now_unix_ms,
-            reply,
-        };
-        let sender = self
-            .writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let sender = sender
-            .ok_or_else(|| CollectorError::store("inserting results", "the store is closed"))?;
-        let stopped = || CollectorError::store("inserting results", "the store writer has stopped");
-        sender.send(request).map_err(|_| stopped())?;
-        answer.recv().map_err(|_| stopped())?
+        self.writer
+            .insert(agent_id, results, clock_trusted, now_unix_ms)
     }
 
     fn latest_per_series(
