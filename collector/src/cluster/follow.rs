@@ -1,11 +1,12 @@
 //! The follower: one thread per collector that keeps its hub in step with the shared database.
-//! Each round it waits (at most a quarter second) for a notification, reads the feed of results
-//! every collector stored since its cursor and hands them to the hub, forwards the leader's new
-//! events to this collector's stream, reloads silences when told, says it is alive, and either
-//! tries to take the lead (once a second) or, leading, checks that its lock's session still
-//! holds and ticks the detector. Every database call is blocking, which is why this is a thread
-//! and not a task. A failed call marks the store unavailable (the page says so) and the round
-//! starts again; nothing it reads is lost, because the cursor only moves past what it handed on.
+//! Each round it waits (at most a quarter second) for a notification; when told, and at least
+//! once a second, it reads the feed of results every collector stored since its cursor and hands
+//! them to the hub, and forwards the leader's new events to this collector's stream. It reloads
+//! silences when told, says it is alive, and either tries to take the lead (once a second) or,
+//! leading, checks that its lock's session still holds and ticks the detector. Every database
+//! call is blocking, which is why this is a thread and not a task. A failed call marks the store
+//! unavailable (the page says so) and the round starts again; nothing it reads is lost, because
+//! the cursor only moves past what it handed on.
 
 use super::{ClusterConfig, ClusterCounters, ClusterSessions, Endpoints};
 use crate::error::CollectorError;
@@ -26,6 +27,8 @@ const MAX_REPLAY: usize = 1_000_000;
 const EVENTS_BATCH: usize = 200;
 /// How long a round waits for notifications.
 const WAIT: Duration = Duration::from_millis(250);
+/// How often the feed and the events are read when no notification says there is news.
+const POLL_EVERY: Duration = Duration::from_secs(1);
 /// How often a follower tries to take the lead, and a leader checks it still holds it.
 const LEAD_EVERY: Duration = Duration::from_secs(1);
 
@@ -61,6 +64,7 @@ impl Follower {
             last_event: None,
             next_lead: Instant::now(),
             next_heartbeat: Instant::now(),
+            next_poll: Instant::now(),
             down_since: None,
         };
         let flag = stop.clone();
@@ -112,6 +116,8 @@ struct Round {
     last_event: Option<i64>,
     next_lead: Instant,
     next_heartbeat: Instant,
+    /// When the feed and the events are read even without a notification saying so.
+    next_poll: Instant,
     /// When the database stopped answering, and the last error.
     down_since: Option<(i64, String)>,
 }
@@ -176,8 +182,18 @@ impl Round {
                 self.sessions.relay(agent, request_json);
             }
         }
-        self.read_feed()?;
-        self.forward_events()?;
+        // Read when told, and once a second regardless: a commit the frontier held back when its
+        // notification came sends no second one.
+        let polled = Instant::now() >= self.next_poll;
+        if polled {
+            self.next_poll = Instant::now() + POLL_EVERY;
+        }
+        if polled || news.contains(&News::Results) {
+            self.read_feed()?;
+        }
+        if polled || news.iter().any(|n| matches!(n, News::Event(_))) {
+            self.forward_events()?;
+        }
         self.lead()?;
         if Instant::now() >= self.next_heartbeat {
             self.heartbeat()?;
