@@ -24,10 +24,14 @@ use std::collections::{BTreeMap, BinaryHeap};
 const INTERVAL_MS: i64 = 60_000;
 const T0: i64 = 1_800_000_000_000;
 const PORTS: [u16; 5] = [443, 25, 465, 587, 2525];
-/// When an agent's confirmations start after the result that departed: the agent's defaults
-/// for a probe that never connected (every failure here is a timeout), three probes 1 s apart
-/// once the departing probe has timed out (5 s).
-const CONFIRMATION_DELAYS_MS: [i64; 3] = [6_000, 7_000, 8_000];
+/// When an agent's confirmations of a failure arrive after the result that departed: the
+/// agent's defaults for a connection left unanswered (every failure here is a timeout), three
+/// probes 1 s apart from the moment the attempt has waited 1.5 s, each timing out 5 s after
+/// its start as the departing probe did.
+const CONFIRMATION_DELAYS_MS: [i64; 3] = [1_500, 2_500, 3_500];
+/// ...and of a return to open: a probe that reached the service is confirmed at the politeness
+/// floor (10 s), one after the other.
+const RETURN_CONFIRMATION_DELAYS_MS: [i64; 3] = [10_000, 20_000, 30_000];
 
 fn fleet() -> Vec<AgentMeta> {
     let mut agents = Vec::new();
@@ -131,7 +135,12 @@ fn run(q: f64, rounds: i64, close_at: Option<i64>, seed: u64) -> Run {
                 if cause != ProbeCause::Confirmation && port != 443 {
                     let before = previous.insert((i, port), open);
                     if before.is_some_and(|b| b != open) {
-                        for d in CONFIRMATION_DELAYS_MS {
+                        let delays = if open {
+                            RETURN_CONFIRMATION_DELAYS_MS
+                        } else {
+                            CONFIRMATION_DELAYS_MS
+                        };
+                        for d in delays {
                             order += 1;
                             due.push(Reverse((at + d, order, i, port, 1)));
                         }
@@ -215,10 +224,14 @@ fn lossy_run_false_alarms_and_detection_delay() {
         .unwrap_or(7u64);
     println!(
         "fleet: 12 agents (3 providers x 2 accounts x 2), 5 ports, interval 60 s; \
-         false_alarm_rate {}, background floor {}, confirmations {:?} ms after a departure \
-         (the agent's defaults for a timeout), requests to the account's other \
-         agents + 1 in the provider + 1 elsewhere, answered in 1-5 s; seed {seed}",
-        config.false_alarm_rate, config.background_floor, CONFIRMATION_DELAYS_MS,
+         false_alarm_rate {}, background floor {}, confirmations {:?} ms after a failure \
+         that departed and {:?} ms after a return (the agent's defaults), requests to the \
+         account's other agents + 1 in the provider + 1 elsewhere, answered in 1-5 s; \
+         seed {seed}",
+        config.false_alarm_rate,
+        config.background_floor,
+        CONFIRMATION_DELAYS_MS,
+        RETURN_CONFIRMATION_DELAYS_MS,
     );
     println!("| probe failure q | rounds | series | agent | account | provider | destination | confirmations per 1000 scheduled | requested per 1000 scheduled |");
     println!("|---|---|---|---|---|---|---|---|---|");

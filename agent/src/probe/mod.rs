@@ -27,7 +27,7 @@ use egresswatch_wire::{
 use resolve::ResolveError;
 use smtp::{ExchangeError, ReplyParser};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tls::Recorded;
 use tls_failure::TlsPlace;
@@ -158,11 +158,62 @@ pub async fn resolve_host(host: &str, family: Family, options: &ProbeOptions) ->
     }
 }
 
+/// How far a probe in flight has got, for a caller that acts on a connection attempt left
+/// unanswered (the schedule starts a series' confirmations early on it) before the probe's
+/// own deadline says `timeout`.
+#[derive(Debug, Default)]
+pub struct Progress {
+    stage: Mutex<Stage>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum Stage {
+    #[default]
+    Resolving,
+    Connecting(std::time::Instant),
+    /// Connected, or finished without a connection attempt left open.
+    Past,
+}
+
+impl Progress {
+    fn set(&self, stage: Stage) {
+        *self.stage.lock().unwrap_or_else(|p| p.into_inner()) = stage;
+    }
+
+    /// Whether the probe is still resolving its target.
+    pub fn resolving(&self) -> bool {
+        matches!(
+            *self.stage.lock().unwrap_or_else(|p| p.into_inner()),
+            Stage::Resolving
+        )
+    }
+
+    /// How long the connection attempt has waited for an answer, while it still waits (`None`
+    /// while resolving, once connected, or once the attempt failed).
+    pub fn unanswered_for(&self) -> Option<Duration> {
+        match *self.stage.lock().unwrap_or_else(|p| p.into_inner()) {
+            Stage::Connecting(since) => Some(since.elapsed()),
+            Stage::Resolving | Stage::Past => None,
+        }
+    }
+}
+
 /// Probes once: resolves, then probes the first address of the family. Never panics and never
 /// takes longer than `dns_timeout + timeout` (plus scheduling). `seq` is left 0 for the caller.
 pub async fn probe(target: &ProbeTarget, options: &ProbeOptions) -> ProbeResult {
+    probe_with_progress(target, options, &Progress::default()).await
+}
+
+/// [`probe`], telling `progress` how far it has got.
+pub async fn probe_with_progress(
+    target: &ProbeTarget,
+    options: &ProbeOptions,
+    progress: &Progress,
+) -> ProbeResult {
     let resolution = resolve_host(&target.host, target.family, options).await;
-    probe_resolved(target, &resolution, options).await
+    let result = probe_resolved_with_progress(target, &resolution, options, progress).await;
+    progress.set(Stage::Past);
+    result
 }
 
 /// Probes with a resolution made earlier (one lookup serves every port of a host).
@@ -170,6 +221,15 @@ pub async fn probe_resolved(
     target: &ProbeTarget,
     resolution: &Resolution,
     options: &ProbeOptions,
+) -> ProbeResult {
+    probe_resolved_with_progress(target, resolution, options, &Progress::default()).await
+}
+
+async fn probe_resolved_with_progress(
+    target: &ProbeTarget,
+    resolution: &Resolution,
+    options: &ProbeOptions,
+    progress: &Progress,
 ) -> ProbeResult {
     let mut result = ProbeResult {
         at_unix_ms: now_unix_ms(),
@@ -194,7 +254,7 @@ pub async fn probe_resolved(
             result.detail = format!("{kind}: {detail}");
         }
         Ok(addresses) => match addresses.first() {
-            Some(ip) => probe_address(target, *ip, options, &mut result).await,
+            Some(ip) => probe_address(target, *ip, options, &mut result, progress).await,
             None => {
                 result.outcome = Outcome::NoAddress;
                 result.detail = format!("{} has no {} address", target.host, target.family);
@@ -210,22 +270,25 @@ async fn probe_address(
     ip: IpAddr,
     options: &ProbeOptions,
     result: &mut ProbeResult,
+    progress: &Progress,
 ) {
     result.address = Some(ip);
     let deadline = Instant::now() + options.timeout;
     let addr = resolve::socket_addr(ip, target.port);
-    let connected =
-        match connect::connect(addr, &options.binding(target.family), options.timeout).await {
-            Ok(c) => c,
-            Err(failure) => {
-                result.outcome = failure.outcome;
-                result.errno = failure.errno;
-                result.icmp = failure.icmp;
-                result.syn_retransmits = failure.syn_retransmits;
-                result.detail = failure.detail;
-                return;
-            }
-        };
+    progress.set(Stage::Connecting(std::time::Instant::now()));
+    let connecting = connect::connect(addr, &options.binding(target.family), options.timeout).await;
+    progress.set(Stage::Past);
+    let connected = match connecting {
+        Ok(c) => c,
+        Err(failure) => {
+            result.outcome = failure.outcome;
+            result.errno = failure.errno;
+            result.icmp = failure.icmp;
+            result.syn_retransmits = failure.syn_retransmits;
+            result.detail = failure.detail;
+            return;
+        }
+    };
     result.timings.connect_us = Some(connected.connect_us);
     result.syn_retransmits = connected.syn_retransmits;
     let stream = connected.stream;

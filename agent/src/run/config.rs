@@ -144,6 +144,11 @@ pub struct ProbeConfig {
     /// a reset, an ICMP error): below the floor, as the destination's service never saw it.
     #[serde(deserialize_with = "duration")]
     pub confirm_spacing_unconnected: Duration,
+    /// A scheduled probe of an open series whose connection attempt is unanswered this long
+    /// starts its confirmations then, without waiting for its own timeout (at or above
+    /// `timeout`: it waits, as a value that can never be reached).
+    #[serde(deserialize_with = "duration")]
+    pub confirm_unanswered_after: Duration,
     /// Most confirmation probes to one destination host in any minute.
     pub confirm_per_destination_per_minute: u32,
     /// Answer the collector's probe requests (for targets and ports configured here only).
@@ -164,6 +169,7 @@ impl Default for ProbeConfig {
             confirm_probes: 3,
             confirm_spacing: None,
             confirm_spacing_unconnected: Duration::from_secs(1),
+            confirm_unanswered_after: Duration::from_millis(1500),
             confirm_per_destination_per_minute: 6,
             answer_probe_requests: true,
             requests_per_minute: 10,
@@ -283,6 +289,9 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
 const DEFAULT_CONFIRM_SPACING: Duration = Duration::from_secs(5);
 /// The shortest spacing of confirmations of a departure that never connected.
 const MIN_UNCONNECTED_SPACING: Duration = Duration::from_millis(500);
+/// The kernel retransmits an unanswered SYN after 1 s: below that, every lost SYN would look
+/// like a departure.
+const MIN_UNANSWERED_AFTER: Duration = Duration::from_secs(1);
 /// Most confirmation probes after one departure.
 pub const MAX_CONFIRM_PROBES: u32 = 10;
 
@@ -380,6 +389,12 @@ impl AgentConfig {
                 p.confirm_spacing_unconnected
             )));
         }
+        if p.confirm_unanswered_after < MIN_UNANSWERED_AFTER {
+            return Err(bad(format!(
+                "probe.confirm_unanswered_after ({:?}) must be at least {MIN_UNANSWERED_AFTER:?}, the kernel's first SYN retransmission (set it to probe.timeout or more to wait for the timeout)",
+                p.confirm_unanswered_after
+            )));
+        }
         if p.confirm_probes > 0 && p.confirm_per_destination_per_minute == 0 {
             return Err(bad(
                 "probe.confirm_per_destination_per_minute must be at least 1 (set probe.confirm_probes = 0 to turn confirmations off)".into(),
@@ -459,6 +474,7 @@ impl AgentConfig {
                 .unwrap_or(DEFAULT_CONFIRM_SPACING)
                 .max(p.min_interval_per_destination),
             unconnected_spacing: p.confirm_spacing_unconnected,
+            unanswered_after: p.confirm_unanswered_after,
             confirm_per_destination_per_minute: p.confirm_per_destination_per_minute,
             answer_probe_requests: p.answer_probe_requests,
             requests_per_minute: p.requests_per_minute,
@@ -634,6 +650,7 @@ mod tests {
             "5 s raised to the 10 s floor"
         );
         assert_eq!(e.unconnected_spacing, Duration::from_secs(1));
+        assert_eq!(e.unanswered_after, Duration::from_millis(1500));
         assert!(e.answer_probe_requests);
         assert_eq!(e.requests_per_minute, 10);
         // The built-in targets every 5 minutes: the 30 s cap; a target every 4 s: 2 s.
@@ -662,6 +679,10 @@ mod tests {
             (
                 "[probe]\nconfirm_spacing_unconnected = \"100ms\"\n",
                 "probe.confirm_spacing_unconnected",
+            ),
+            (
+                "[probe]\nconfirm_unanswered_after = \"500ms\"\n",
+                "probe.confirm_unanswered_after",
             ),
             (
                 "[probe]\nconfirm_per_destination_per_minute = 0\n",

@@ -14,6 +14,13 @@
 //! connected — no answer to the SYN, a reset or an ICMP error — the destination's SMTP server
 //! never saw it, and a confirmation is one more SYN at most: those run at the shorter
 //! `unconnected_spacing`, start to start, still within the per-destination budget a minute.
+//!
+//! A scheduled probe of an open series whose connection attempt is still unanswered after
+//! `unanswered_after` (past the kernel's first SYN retransmission, so one lost SYN does not
+//! count) is most likely the departure that its timeout will report: its confirmations start
+//! then, alongside it, instead of after the timeout, and the departure is settled that much
+//! sooner. If it connects after all, they were a few SYNs within the same budget, and the
+//! collector weighs confirmations only inside a test a departing result started.
 
 use egresswatch_wire::{Family, Level, Outcome, ProbeCause, ProbeRequest, ProbeResult};
 use std::collections::{HashMap, VecDeque};
@@ -32,6 +39,10 @@ pub struct EvidenceSettings {
     pub confirm_spacing: Duration,
     /// The same for a departure that never connected (see the module's note): below the floor.
     pub unconnected_spacing: Duration,
+    /// A scheduled probe of an open series whose connection attempt is unanswered this long
+    /// starts its confirmations then (see the module's note); at or above the probe timeout,
+    /// never.
+    pub unanswered_after: Duration,
     /// Most confirmation probes to one destination host in any minute.
     pub confirm_per_destination_per_minute: u32,
     /// Whether the collector's probe requests are answered at all.
@@ -46,6 +57,7 @@ impl Default for EvidenceSettings {
             confirm_probes: 3,
             confirm_spacing: Duration::from_secs(10),
             unconnected_spacing: Duration::from_secs(1),
+            unanswered_after: Duration::from_millis(1500),
             confirm_per_destination_per_minute: 6,
             answer_probe_requests: true,
             requests_per_minute: 10,
@@ -154,6 +166,28 @@ fn room(granted: &mut VecDeque<Instant>, limit: u32, now: Instant) -> u32 {
     limit.saturating_sub(granted.len() as u32)
 }
 
+/// A confirmation run for a series, as many probes as the destination's budget has room for;
+/// none while the series has one under way.
+fn grant(
+    memory: &mut SeriesMemory,
+    granted: &mut HashMap<String, VecDeque<Instant>>,
+    settings: &EvidenceSettings,
+    target: &str,
+    now: Instant,
+) -> u32 {
+    if memory.confirming || settings.confirm_probes == 0 {
+        return 0;
+    }
+    let granted = granted.entry(target.to_string()).or_default();
+    let left = room(granted, settings.confirm_per_destination_per_minute, now);
+    let confirmations = settings.confirm_probes.min(left);
+    for _ in 0..confirmations {
+        granted.push_back(now);
+    }
+    memory.confirming = confirmations > 0;
+    confirmations
+}
+
 impl Evidence {
     pub fn new(settings: EvidenceSettings) -> Evidence {
         Evidence {
@@ -194,27 +228,17 @@ impl Evidence {
         if memory.settled.is_none() || streak >= SETTLE_AFTER {
             memory.settled = Some(state);
         }
-        let mut confirmations = 0;
-        if departs
-            && result.cause == ProbeCause::Scheduled
-            && !memory.confirming
-            && self.settings.confirm_probes > 0
-        {
-            let granted = self
-                .confirmations_granted
-                .entry(result.target.clone())
-                .or_default();
-            let left = room(
-                granted,
-                self.settings.confirm_per_destination_per_minute,
+        let confirmations = if departs && result.cause == ProbeCause::Scheduled {
+            grant(
+                memory,
+                &mut self.confirmations_granted,
+                &self.settings,
+                &result.target,
                 now,
-            );
-            confirmations = self.settings.confirm_probes.min(left);
-            for _ in 0..confirmations {
-                granted.push_back(now);
-            }
-            memory.confirming = confirmations > 0;
-        }
+            )
+        } else {
+            0
+        };
         let unconnected = result.outcome.is_connect_failure();
         Judged {
             departs,
@@ -226,6 +250,31 @@ impl Evidence {
             },
             unconnected,
         }
+    }
+
+    /// A scheduled probe's connection attempt is still unanswered after
+    /// [`EvidenceSettings::unanswered_after`]: the confirmations to start now, alongside it,
+    /// `unconnected_spacing` apart (0: none — the series is not settled open, a run is under
+    /// way, or the budget is spent). The probe's own result then starts no second run.
+    pub fn on_unanswered(&mut self, target: &str, port: u16, family: Family, now: Instant) -> u32 {
+        let id = SeriesId {
+            target: target.to_string(),
+            port,
+            family,
+        };
+        let Some(memory) = self.series.get_mut(&id) else {
+            return 0;
+        };
+        if memory.settled != Some(PortState::Open) {
+            return 0;
+        }
+        grant(
+            memory,
+            &mut self.confirmations_granted,
+            &self.settings,
+            target,
+            now,
+        )
     }
 
     /// The confirmation run of this series is over (done, or cut short).
@@ -436,6 +485,52 @@ mod tests {
                 .confirmations,
             2
         );
+    }
+
+    #[test]
+    fn an_unanswered_connection_of_an_open_series_starts_its_confirmations_early_once() {
+        let mut evidence = Evidence::new(settings(3, 9));
+        let now = Instant::now();
+        let unanswered =
+            |e: &mut Evidence, at| e.on_unanswered("mx.lab.test", 587, Family::Ipv4, at);
+        let done = |e: &mut Evidence| e.confirmations_done("mx.lab.test", 587, Family::Ipv4);
+        assert_eq!(
+            unanswered(&mut evidence, now),
+            0,
+            "a series not yet settled"
+        );
+        evidence.on_result(&scheduled(Outcome::Ok), now);
+        assert_eq!(unanswered(&mut evidence, now), 3, "settled open");
+        // The probe then times out: news, but its run is already under way.
+        let judged = evidence.on_result(&scheduled(Outcome::Timeout), now);
+        assert!(judged.departs && judged.unconnected);
+        assert_eq!(judged.confirmations, 0);
+        assert_eq!(unanswered(&mut evidence, now), 0, "one run at a time");
+        done(&mut evidence);
+        // Settled blocked (this departing result earns the usual run): a connection left
+        // unanswered is what the series always does now, no departure.
+        assert_eq!(
+            evidence
+                .on_result(&scheduled(Outcome::Timeout), now)
+                .confirmations,
+            3
+        );
+        done(&mut evidence);
+        assert_eq!(unanswered(&mut evidence, now), 0);
+        // Back open (its first result confirmed in turn): the destination's minute is spent.
+        assert_eq!(
+            evidence
+                .on_result(&scheduled(Outcome::Ok), now)
+                .confirmations,
+            3
+        );
+        evidence.on_result(&scheduled(Outcome::Ok), now);
+        done(&mut evidence);
+        assert_eq!(unanswered(&mut evidence, now), 0, "over the budget");
+        assert_eq!(unanswered(&mut evidence, now + MINUTE), 3, "a minute on");
+        let mut off = Evidence::new(settings(0, 6));
+        off.on_result(&scheduled(Outcome::Ok), now);
+        assert_eq!(unanswered(&mut off, now), 0, "confirmations off");
     }
 
     fn request(id: u64, target: &str, port: u16, deadline_ms: u32) -> ProbeRequest {

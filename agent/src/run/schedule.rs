@@ -280,11 +280,12 @@ async fn confirm_once(
 }
 
 /// The confirmations of a departure that never connected: `count` probes started `spacing`
-/// apart (the first `spacing` after the departure), each on its own, so that probes which time
-/// out overlap instead of queueing; the series' schedule goes on meanwhile.
+/// apart (the first `first_after` from now), each on its own, so that probes which time out
+/// overlap instead of queueing; the series' schedule goes on meanwhile.
 async fn confirm_unconnected(
     target: ProbeTarget,
     count: u32,
+    first_after: Duration,
     spacing: Duration,
     settings: watch::Receiver<Settings>,
     shared: Arc<Shared>,
@@ -295,8 +296,8 @@ async fn confirm_unconnected(
         target: target.clone(),
     };
     let mut probes = tokio::task::JoinSet::new();
-    for _ in 0..count {
-        tokio::time::sleep(spacing).await;
+    for n in 0..count {
+        tokio::time::sleep(if n == 0 { first_after } else { spacing }).await;
         probes.spawn(confirm_once(
             target.clone(),
             settings.clone(),
@@ -305,6 +306,24 @@ async fn confirm_unconnected(
         ));
     }
     while probes.join_next().await.is_some() {}
+}
+
+/// Completes once the probe's connection attempt has waited `after` for an answer; never if
+/// it is answered (or fails) first. A slow resolution postpones the count, which starts with
+/// the attempt.
+async fn left_unanswered(progress: &probe::Progress, after: Duration) {
+    let mut wait = after;
+    // Bounded: each round waits at least a millisecond, and the probe's own deadline ends the
+    // race this runs in.
+    loop {
+        tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+        match progress.unanswered_for() {
+            Some(waited) if waited >= after => return,
+            Some(waited) => wait = after - waited,
+            None if progress.resolving() => wait = after,
+            None => return std::future::pending().await,
+        }
+    }
 }
 
 async fn probe_series(
@@ -337,7 +356,37 @@ async fn probe_series(
             let Ok(_permit) = permits.acquire().await else {
                 return;
             };
-            probe::probe(&target, &options).await
+            let progress = probe::Progress::default();
+            let probing = probe::probe_with_progress(&target, &options, &progress);
+            tokio::pin!(probing);
+            let unanswered_after = lock(&evidence).settings().unanswered_after;
+            tokio::select! {
+                result = &mut probing => result,
+                () = left_unanswered(&progress, unanswered_after) => {
+                    // Most likely the departure its timeout will report: confirm it now.
+                    let now = tokio::time::Instant::now().into_std();
+                    let granted = lock(&evidence).on_unanswered(
+                        &target.host,
+                        target.port,
+                        target.family,
+                        now,
+                    );
+                    if granted > 0 {
+                        let spacing = lock(&evidence).settings().unconnected_spacing;
+                        let run = tokio::spawn(confirm_unconnected(
+                            target.clone(),
+                            granted,
+                            Duration::ZERO,
+                            spacing,
+                            settings.clone(),
+                            shared.clone(),
+                            evidence.clone(),
+                        ));
+                        _quick_run = Some(AbortOnDrop(run.abort_handle()));
+                    }
+                    probing.await
+                }
+            }
         };
         let judged = lock(&evidence).on_result(&result, started.into_std());
         shared
@@ -347,6 +396,7 @@ async fn probe_series(
             let run = tokio::spawn(confirm_unconnected(
                 target.clone(),
                 judged.confirmations,
+                judged.spacing,
                 judged.spacing,
                 settings.clone(),
                 shared.clone(),
@@ -380,7 +430,7 @@ async fn probe_series(
 mod tests {
     use super::*;
     use crate::run::spool::Spool;
-    use egresswatch_wire::{Labels, Outcome};
+    use egresswatch_wire::{Labels, Outcome, ProbeResult};
 
     /// A port that accepts and never greets: every banner probe runs to its deadline.
     async fn silent_port() -> u16 {
@@ -393,6 +443,125 @@ mod tests {
             }
         });
         port
+    }
+
+    /// A port that accepts until `closing` says so, then leaves its accept queue (of one) full,
+    /// so that the kernel drops every new SYN: connections go unanswered, as behind a filter.
+    async fn closable_port(closing: watch::Receiver<bool>) -> u16 {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        socket
+            .bind(
+                &"127.0.0.1:0"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+        socket.listen(0).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(socket.into()).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut closing = closing;
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => { if accepted.is_err() { return; } }
+                    _ = closing.wait_for(|c| *c) => break,
+                }
+            }
+            // The one queued connection that fills the queue; the listener stays open.
+            let _filler = std::net::TcpStream::connect(("127.0.0.1", port));
+            std::future::pending::<()>().await;
+        });
+        port
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unanswered_connection_is_confirmed_before_its_own_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool"), 1 << 20).unwrap();
+        let shared = Arc::new(Shared::new(
+            Labels::default(),
+            Vec::new(),
+            Some(spool),
+            String::new(),
+        ));
+        let (close, closing) = watch::channel(false);
+        let timeout = Duration::from_millis(2500);
+        let plan = Plan {
+            targets: vec![TargetConfig {
+                host: "127.0.0.1".into(),
+                ports: vec![closable_port(closing).await],
+                level: Level::Connect,
+                interval: Duration::from_secs(3),
+            }],
+            options: ProbeOptions::new(timeout, Arc::new(rustls::RootCertStore::empty())),
+            floor: Duration::ZERO,
+            concurrency: 4,
+            evidence: EvidenceSettings {
+                confirm_probes: 2,
+                unconnected_spacing: Duration::from_millis(500),
+                unanswered_after: Duration::from_millis(1000),
+                ..EvidenceSettings::default()
+            },
+        };
+        let (_plans_tx, plans) = watch::channel(plan);
+        let (stop_tx, stop) = watch::channel(false);
+        let schedule = tokio::spawn(run(plans, shared.clone(), stop));
+        let ipv4 = |results: Vec<ProbeResult>| -> Vec<ProbeResult> {
+            results
+                .into_iter()
+                .filter(|r| r.family == Family::Ipv4)
+                .collect()
+        };
+        // Bounded waits: the first probe comes within one interval, the closing one within two.
+        let mut results = Vec::new();
+        for _ in 0..100 {
+            results = ipv4(shared.unacked(1, 1000).await.0);
+            if results.iter().any(|r| r.outcome == Outcome::Ok) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            results.iter().any(|r| r.outcome == Outcome::Ok),
+            "{results:#?}"
+        );
+        let _ = close.send(true);
+        let mut departed = None;
+        for _ in 0..150 {
+            results = ipv4(shared.unacked(1, 1000).await.0);
+            departed = results
+                .iter()
+                .find(|r| r.cause == ProbeCause::Scheduled && r.outcome == Outcome::Timeout)
+                .cloned();
+            let confirmations = results
+                .iter()
+                .filter(|r| r.cause == ProbeCause::Confirmation)
+                .count();
+            if departed.is_some() && confirmations >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = stop_tx.send(true);
+        let _ = schedule.await;
+        let departed = departed.unwrap_or_else(|| panic!("no scheduled timeout: {results:#?}"));
+        let confirmations: Vec<&ProbeResult> = results
+            .iter()
+            .filter(|r| r.cause == ProbeCause::Confirmation)
+            .collect();
+        assert_eq!(confirmations.len(), 2, "{results:#?}");
+        for c in &confirmations {
+            assert_eq!(c.outcome, Outcome::Timeout, "{c:?}");
+            let after = c.at_unix_ms - departed.at_unix_ms;
+            // Started once the attempt had waited 1 s, before the probe's own 2.5 s timeout.
+            assert!(
+                (900..2500).contains(&after),
+                "confirmation started {after} ms after the departing probe: {results:#?}"
+            );
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
