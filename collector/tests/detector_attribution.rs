@@ -494,12 +494,15 @@ fn the_settling_wait_follows_the_probe_interval() {
                 let closed =
                     a.agent_id.starts_with('g') && a.labels.account == "acct-a" && t >= close_at;
                 let rs = probes_of_mx(&mut seq, t, &[Family::Ipv4], closing_587(closed));
-                det.observe(a, &rs, true, t);
+                let ev = det.observe(a, &rs, true, t);
+                if let Some(e) = ev.into_iter().next() {
+                    first.get_or_insert((t, e));
+                }
             }
         }
         let ev = det.tick(t);
         if let Some(e) = ev.into_iter().next() {
-            first = Some((t, e));
+            first.get_or_insert((t, e));
         }
         t += 500;
     }

@@ -219,8 +219,10 @@ impl Detector {
             );
     }
 
-    /// Feeds newly stored results. Returns the events that cannot wait for settling (an agent
-    /// coming back, a series starting to flap); decided changes come out of [`Detector::tick`].
+    /// Feeds newly stored results. Returns the events they bring: an agent coming back, a
+    /// series starting to flap, and decided changes whose answers are all in (among these
+    /// results, or before); a decided change that waits for its siblings comes out of
+    /// [`Detector::tick`] when they answer or its wait is over.
     pub fn observe(
         &mut self,
         agent: &AgentMeta,
@@ -312,6 +314,7 @@ impl Detector {
                 }
             }
         }
+        events.extend(self.attribute_settled(now_unix_ms, false));
         events
     }
 
@@ -432,10 +435,20 @@ impl Detector {
                 now_unix_ms,
             ));
         }
-        // A change is attributed once every pending change of its (target, port, new state) is
-        // settled, over both families together: the same account closing 587 over IPv4 and IPv6
-        // a second apart is one event, not two. Settled means its siblings' answers are in, or
-        // its wait is over.
+        events.extend(self.attribute_settled(now_unix_ms, true));
+        events
+    }
+
+    /// Attributes the decided changes that are settled, as one event per change. A change is
+    /// attributed once every pending change of its (target, port, new state) is settled, over
+    /// both families together: the same account closing 587 over IPv4 and IPv6 a second apart
+    /// is one event, not two. Settled means its siblings' answers are in, or (with
+    /// `waits_over`, on the tick) its wait is over.
+    fn attribute_settled(&mut self, now_unix_ms: i64, waits_over: bool) -> Vec<Event> {
+        if self.pending.is_empty() {
+            return Vec::new();
+        }
+        let mut events = Vec::new();
         let mut clusters: Vec<(String, u16, PortState, i64, bool)> = Vec::new();
         for p in &self.pending {
             let deadline = p.confirmed_at_ms + p.settle_ms;
@@ -451,7 +464,7 @@ impl Detector {
                 None => clusters.push((p.key.target.clone(), p.key.port, p.to, deadline, answered)),
             }
         }
-        clusters.retain(|c| c.4 || c.3 <= now_unix_ms);
+        clusters.retain(|c| c.4 || (waits_over && c.3 <= now_unix_ms));
         clusters.sort_by_key(|c| c.3);
         for (target, port, to, _, _) in clusters {
             for family in [Family::Ipv4, Family::Ipv6] {
