@@ -513,6 +513,66 @@ fn the_settling_wait_follows_the_probe_interval() {
     assert!(delay <= 15_000, "delay {delay} ms");
 }
 
+/// Agents probing every 10 s; account acct-a closes 587 at `close_at`, and g2 of that account
+/// sends nothing from 3 s before it for `quiet_ms` (its collector died; it is failing over),
+/// then everything its spool kept. Returns the policy events with the time each came out.
+fn account_close_with_a_sibling_quiet(close_at: i64, quiet_ms: i64) -> Vec<(i64, Event)> {
+    let agents = fleet_two_providers();
+    let mut det = Detector::new(counted());
+    let mut seq = 0;
+    let quiet_from = close_at - 3_000;
+    let mut spooled: Vec<ProbeResult> = Vec::new();
+    let mut events = Vec::new();
+    let mut t = T0;
+    while t < close_at + 200_000 {
+        if (t - T0) % 10_000 == 0 {
+            for a in &agents {
+                let closed = a.labels.account == "acct-a" && t >= close_at;
+                let rs = probes_of_mx(&mut seq, t, &[Family::Ipv4], closing_587(closed));
+                if a.agent_id == "g2" && t >= quiet_from && t < quiet_from + quiet_ms {
+                    spooled.extend(rs);
+                    continue;
+                }
+                let mut batch = std::mem::take(&mut spooled);
+                batch.extend(rs);
+                events.extend(det.observe(a, &batch, true, t).into_iter().map(|e| (t, e)));
+            }
+        }
+        events.extend(det.tick(t).into_iter().map(|e| (t, e)));
+        t += 1_000;
+    }
+    events.retain(|(_, e)| e.kind == EventKind::PolicyChanged);
+    events
+}
+
+#[test]
+fn an_account_sibling_unheard_since_the_departure_is_waited_for_up_to_settle_secs() {
+    // g1 decides 20 s after the close (its third failure); one interval later g2 has still
+    // sent nothing since before the close: the change waits for it, and when its spool comes
+    // in 50 s after the close the account's change is one account event.
+    let close_at = T0 + 100_000;
+    let events = account_close_with_a_sibling_quiet(close_at, 53_000);
+    let (at, first) = events.first().expect("an event");
+    assert_eq!(first.scope, Scope::Account, "{events:#?}");
+    assert_eq!(first.account.as_deref(), Some("acct-a"));
+    let named: Vec<&str> = first.witnesses.iter().map(|w| w.agent.as_str()).collect();
+    assert!(named.contains(&"g1") && named.contains(&"g2"), "{named:?}");
+    assert_eq!(*at, close_at + 50_000, "out with g2's spooled results");
+    assert_eq!(events.len(), 1, "{events:#?}");
+
+    // A sibling that stays unheard is waited for `settle_secs` (60 s) after the decision, no
+    // longer: then the one agent that saw the change is named.
+    let events = account_close_with_a_sibling_quiet(close_at, 150_000);
+    let (at, first) = events.first().expect("an event");
+    assert_eq!(first.scope, Scope::Agent, "{events:#?}");
+    assert_eq!(first.agent.as_deref(), Some("g1"));
+    assert_eq!(
+        *at,
+        close_at + 20_000 + 60_000,
+        "decided at +20 s, waited 60 s"
+    );
+}
+
 #[test]
 fn a_provider_blocking_what_others_always_blocked_is_not_a_destination_outage() {
     // GCP always blocks 25; when Hetzner starts blocking it too, everyone fails on mx:25 — but

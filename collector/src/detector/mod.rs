@@ -49,8 +49,9 @@ pub struct DetectorConfig {
     /// Confirmations counted after each scheduled or requested result; more are ignored.
     pub confirmations_counted: u32,
     /// The longest a decided change waits for its siblings' answers before it is attributed;
-    /// the wait is one probe interval of the series (as observed) when that is shorter, and
-    /// ends as soon as the answers are in.
+    /// the wait is one probe interval of the series (as observed) when that is shorter and no
+    /// other agent of the account has been unheard since the departure, and ends as soon as
+    /// the answers are in.
     pub settle_secs: u64,
     /// An agent unheard of for this long is `agent_silent`.
     pub silent_after_secs: u64,
@@ -451,7 +452,7 @@ impl Detector {
         let mut events = Vec::new();
         let mut clusters: Vec<(String, u16, PortState, i64, bool)> = Vec::new();
         for p in &self.pending {
-            let deadline = p.confirmed_at_ms + p.settle_ms;
+            let deadline = self.wait_until(p);
             let answered = self.answers_in(p);
             match clusters
                 .iter_mut()
@@ -485,6 +486,36 @@ impl Detector {
             }
         }
         attribution::merge_families(events)
+    }
+
+    /// When a decided change stops waiting for its siblings: about one probe interval after the
+    /// decision; but while another agent of its account that probes the path has sent nothing
+    /// at all since the departure — it is failing over to another collector, or its uplink is
+    /// down, and its spool holds what it saw — up to `settle_secs`, so that an account's change
+    /// is not blamed on the one agent that reported first. An agent silent by then is not
+    /// waited for.
+    fn wait_until(&self, p: &Pending) -> i64 {
+        let usual = p.confirmed_at_ms + p.settle_ms;
+        let Some(own) = self.agents.get(&p.key.agent) else {
+            return usual;
+        };
+        let unheard_sibling = self.series.keys().any(|k| {
+            k.agent != p.key.agent
+                && k.target == p.key.target
+                && k.port == p.key.port
+                && k.family == p.key.family
+                && self.agents.get(&k.agent).is_some_and(|a| {
+                    !a.silent
+                        && a.provider == own.provider
+                        && a.account == own.account
+                        && a.last_seen_ms < p.since_ms
+                })
+        });
+        if unheard_sibling {
+            usual.max(p.confirmed_at_ms + secs_ms(self.config.settle_secs))
+        } else {
+            usual
+        }
     }
 
     /// Whether enough answers are in to attribute a decided change before its wait is over:
