@@ -3,6 +3,12 @@
 //! does not probe in lockstep, a floor on the interval per destination (politeness), and a cap on
 //! probes in flight. Each result goes to the spool and wakes the uplink.
 //!
+//! A target and port's IPv4 and IPv6 series start at the same moments ([`Slots`]: one random
+//! phase and one jitter per start, drawn from the pair's seed): the matrix compares the
+//! families at one moment, and a port that closes over both is seen failing over both at once —
+//! which is what lets the collector decide an agent's change on both families together within
+//! one timeout, instead of waiting up to one interval for the other family's turn.
+//!
 //! Time here is tokio's, i.e. the monotonic clock: a step of the wall clock (NTP, a VM resumed)
 //! neither bursts nor stalls the probes; only the results' timestamps show it.
 //!
@@ -23,8 +29,10 @@ use super::evidence::{Configured, Evidence, EvidenceSettings, RequestVerdict};
 use super::Shared;
 use crate::probe::{self, ProbeOptions, ProbeTarget};
 use egresswatch_wire::{Family, Level, ProbeCause, ProbeRequest};
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
@@ -77,6 +85,70 @@ struct SeriesKey {
     interval: Duration,
 }
 
+impl SeriesKey {
+    /// The seed of this series' [`Slots`]: the same for both families of a target and port.
+    fn slot_seed(&self, schedule_seed: u64) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            schedule_seed,
+            &self.host,
+            self.port,
+            self.level,
+            self.interval,
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+}
+
+/// A series' start times: the first at a random phase within one interval of `origin` (so a
+/// restart or a reload is not a burst), then one interval apart, each moved by up to ±10 % (so
+/// a fleet does not probe in lockstep). Every start is a function of the seed and its number
+/// alone, so two series with one seed keep starting together whatever either of them skips.
+#[derive(Debug, Clone)]
+struct Slots {
+    origin: tokio::time::Instant,
+    interval: Duration,
+    seed: u64,
+    next: u64,
+}
+
+impl Slots {
+    fn new(seed: u64, interval: Duration, origin: tokio::time::Instant) -> Slots {
+        let phase = interval.mul_f64(StdRng::seed_from_u64(seed).gen_range(0.0..1.0));
+        Slots {
+            origin: origin + phase,
+            interval,
+            seed,
+            next: 0,
+        }
+    }
+
+    fn at(&self, n: u64) -> tokio::time::Instant {
+        if n == 0 {
+            // The phase is the first start's randomness.
+            return self.origin;
+        }
+        let mut rng = StdRng::seed_from_u64(self.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let jitter: f64 = rng.gen_range(-0.1..0.1);
+        self.origin + self.interval.mul_f64(n as f64 + jitter)
+    }
+
+    /// The next start: its slot, or at once when a probe that ran long passed it (the slots it
+    /// passed beyond that one are skipped: never two at a time, never a burst).
+    fn next_start(&mut self, now: tokio::time::Instant) -> tokio::time::Instant {
+        let due = self.at(self.next);
+        self.next += 1;
+        if due >= now {
+            return due;
+        }
+        while self.at(self.next) < now {
+            self.next += 1;
+        }
+        now
+    }
+}
+
 fn series_of(plan: &Plan) -> Vec<SeriesKey> {
     let mut keys = Vec::new();
     for target in &plan.targets {
@@ -117,8 +189,10 @@ pub async fn run(
     let mut running: HashMap<SeriesKey, AbortHandle> = HashMap::new();
     let mut configured = configured_of(&first);
     let mut plan = first;
+    let schedule_seed: u64 = rand::thread_rng().gen();
     loop {
         let wanted = series_of(&plan);
+        let origin = tokio::time::Instant::now();
         running.retain(|key, handle| {
             let keep = wanted.contains(key);
             if !keep {
@@ -130,8 +204,10 @@ pub async fn run(
             if running.contains_key(&key) {
                 continue;
             }
+            let slots = Slots::new(key.slot_seed(schedule_seed), key.interval, origin);
             let handle = series.spawn(probe_series(
                 key.clone(),
+                slots,
                 settings.clone(),
                 shared.clone(),
                 evidence.clone(),
@@ -328,6 +404,7 @@ async fn left_unanswered(progress: &probe::Progress, after: Duration) {
 
 async fn probe_series(
     key: SeriesKey,
+    mut slots: Slots,
     settings: watch::Receiver<Settings>,
     shared: Arc<Shared>,
     evidence: SharedEvidence,
@@ -338,18 +415,16 @@ async fn probe_series(
         family: key.family,
         level: key.level,
     };
-    let interval = key.interval;
-    // Spread the first probes over one interval, so a restart or a reload is not a burst.
-    let first = interval.mul_f64(rand::thread_rng().gen_range(0.0..1.0));
-    tokio::time::sleep(first).await;
+    tokio::time::sleep_until(slots.next_start(tokio::time::Instant::now())).await;
     // The quick confirmation run under way, if any (one per series at a time: the evidence
     // grants no second while it lasts).
     let mut _quick_run: Option<AbortOnDrop> = None;
     loop {
-        // Fixed rate: the next probe is due one interval after this one *started*, so a series
-        // that times out is probed as often as one that answers (and the collector sees a
-        // failing port at the same rhythm it saw it open). A probe longer than its interval
-        // makes the next one start at once, never two at a time.
+        // Fixed rate: the next probe is due at the next slot, one interval after this one's,
+        // however long this one took, so a series that times out is probed as often as one
+        // that answers (and the collector sees a failing port at the same rhythm it saw it
+        // open). A probe longer than its interval makes the next one start at once, never two
+        // at a time.
         let started = tokio::time::Instant::now();
         let Settings { options, permits } = settings.borrow().clone();
         let result = {
@@ -421,8 +496,7 @@ async fn probe_series(
                 .await;
             }
         }
-        let next = interval.mul_f64(rand::thread_rng().gen_range(0.9..1.1));
-        tokio::time::sleep_until(started + next).await;
+        tokio::time::sleep_until(slots.next_start(tokio::time::Instant::now())).await;
     }
 }
 
@@ -443,6 +517,60 @@ mod tests {
             }
         });
         port
+    }
+
+    #[test]
+    fn both_families_of_a_port_start_together_and_a_long_probe_skips_without_a_burst() {
+        let interval = Duration::from_secs(10);
+        let origin = tokio::time::Instant::now();
+        let key = |family| SeriesKey {
+            host: "mx.lab.test".into(),
+            port: 587,
+            family,
+            level: Level::Tls,
+            interval,
+        };
+        let seed = key(Family::Ipv4).slot_seed(7);
+        assert_eq!(
+            seed,
+            key(Family::Ipv6).slot_seed(7),
+            "one seed per target and port"
+        );
+        let other_port = SeriesKey {
+            port: 25,
+            ..key(Family::Ipv4)
+        };
+        assert_ne!(seed, other_port.slot_seed(7));
+        let mut v4 = Slots::new(seed, interval, origin);
+        let mut v6 = Slots::new(seed, interval, origin);
+        let mut now = origin;
+        let mut starts = Vec::new();
+        for _ in 0..50 {
+            let a = v4.next_start(now);
+            assert_eq!(a, v6.next_start(now));
+            starts.push(a);
+            now = a + Duration::from_millis(5);
+        }
+        assert!(
+            starts[0] < origin + interval,
+            "the first within one interval"
+        );
+        for pair in starts.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap >= interval.mul_f64(0.8) && gap <= interval.mul_f64(1.2),
+                "{gap:?}"
+            );
+        }
+        // IPv4's probe runs 35 s past its start: it starts at once, then is back on the slots
+        // IPv6 keeps to.
+        let late = now + Duration::from_secs(35);
+        assert_eq!(v4.next_start(late), late);
+        let mut v6_next = v6.next_start(now);
+        while v6_next <= late {
+            v6_next = v6.next_start(v6_next + Duration::from_millis(5));
+        }
+        assert_eq!(v4.next_start(late + Duration::from_millis(5)), v6_next);
     }
 
     /// A port that accepts until `closing` says so, then leaves its accept queue (of one) full,
