@@ -205,13 +205,12 @@ pub async fn run(
                 continue;
             }
             let slots = Slots::new(key.slot_seed(schedule_seed), key.interval, origin);
-            let handle = series.spawn(probe_series(
-                key.clone(),
-                slots,
-                settings.clone(),
-                shared.clone(),
-                evidence.clone(),
-            ));
+            let context = Context {
+                settings: settings.clone(),
+                shared: shared.clone(),
+                evidence: evidence.clone(),
+            };
+            let handle = series.spawn(probe_series(key.clone(), slots, context));
             running.insert(key, handle);
         }
         tokio::select! {
@@ -336,23 +335,32 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One confirmation probe of `target` on a fresh socket, recorded and sent at once.
-async fn confirm_once(
-    target: ProbeTarget,
+/// What a series' probes share: the probe settings, the spool and uplink, the evidence.
+#[derive(Clone)]
+struct Context {
     settings: watch::Receiver<Settings>,
     shared: Arc<Shared>,
     evidence: SharedEvidence,
-) {
-    let Settings { options, permits } = settings.borrow().clone();
+}
+
+/// One confirmation probe of `target` on a fresh socket, recorded and sent at once — or, when
+/// it started alongside the probe it confirms, once that probe's result is recorded (`after`
+/// says so), so a confirmation answered first never comes before what it confirms.
+async fn confirm_once(target: ProbeTarget, context: Context, after: Option<watch::Receiver<bool>>) {
+    let Settings { options, permits } = context.settings.borrow().clone();
     let mut result = {
         let Ok(_permit) = permits.acquire().await else {
             return;
         };
         probe::probe(&target, &options).await
     };
+    if let Some(mut recorded) = after {
+        // An error is the series gone (a reload, shutdown): nothing to wait for then.
+        let _ = recorded.wait_for(|done| *done).await;
+    }
     result.cause = ProbeCause::Confirmation;
-    lock(&evidence).on_result(&result, tokio::time::Instant::now().into_std());
-    shared.record(result, true).await;
+    lock(&context.evidence).on_result(&result, tokio::time::Instant::now().into_std());
+    context.shared.record(result, true).await;
 }
 
 /// The confirmations of a departure that never connected: `count` probes started `spacing`
@@ -361,25 +369,18 @@ async fn confirm_once(
 async fn confirm_unconnected(
     target: ProbeTarget,
     count: u32,
-    first_after: Duration,
-    spacing: Duration,
-    settings: watch::Receiver<Settings>,
-    shared: Arc<Shared>,
-    evidence: SharedEvidence,
+    (first_after, spacing): (Duration, Duration),
+    context: Context,
+    after: Option<watch::Receiver<bool>>,
 ) {
     let _run = ConfirmationRun {
-        evidence: evidence.clone(),
+        evidence: context.evidence.clone(),
         target: target.clone(),
     };
     let mut probes = tokio::task::JoinSet::new();
     for n in 0..count {
         tokio::time::sleep(if n == 0 { first_after } else { spacing }).await;
-        probes.spawn(confirm_once(
-            target.clone(),
-            settings.clone(),
-            shared.clone(),
-            evidence.clone(),
-        ));
+        probes.spawn(confirm_once(target.clone(), context.clone(), after.clone()));
     }
     while probes.join_next().await.is_some() {}
 }
@@ -402,13 +403,12 @@ async fn left_unanswered(progress: &probe::Progress, after: Duration) {
     }
 }
 
-async fn probe_series(
-    key: SeriesKey,
-    mut slots: Slots,
-    settings: watch::Receiver<Settings>,
-    shared: Arc<Shared>,
-    evidence: SharedEvidence,
-) {
+async fn probe_series(key: SeriesKey, mut slots: Slots, context: Context) {
+    let Context {
+        settings,
+        shared,
+        evidence,
+    } = context.clone();
     let target = ProbeTarget {
         host: key.host,
         port: key.port,
@@ -427,6 +427,8 @@ async fn probe_series(
         // at a time.
         let started = tokio::time::Instant::now();
         let Settings { options, permits } = settings.borrow().clone();
+        // Set once this probe's result is recorded, when confirmations started alongside it.
+        let mut recorded: Option<watch::Sender<bool>> = None;
         let result = {
             let Ok(_permit) = permits.acquire().await else {
                 return;
@@ -448,14 +450,14 @@ async fn probe_series(
                     );
                     if granted > 0 {
                         let spacing = lock(&evidence).settings().unconnected_spacing;
+                        let (tx, rx) = watch::channel(false);
+                        recorded = Some(tx);
                         let run = tokio::spawn(confirm_unconnected(
                             target.clone(),
                             granted,
-                            Duration::ZERO,
-                            spacing,
-                            settings.clone(),
-                            shared.clone(),
-                            evidence.clone(),
+                            (Duration::ZERO, spacing),
+                            context.clone(),
+                            Some(rx),
                         ));
                         _quick_run = Some(AbortOnDrop(run.abort_handle()));
                     }
@@ -467,15 +469,16 @@ async fn probe_series(
         shared
             .record(result, judged.urgent(ProbeCause::Scheduled))
             .await;
+        if let Some(recorded) = recorded {
+            let _ = recorded.send(true);
+        }
         if judged.confirmations > 0 && judged.unconnected {
             let run = tokio::spawn(confirm_unconnected(
                 target.clone(),
                 judged.confirmations,
-                judged.spacing,
-                judged.spacing,
-                settings.clone(),
-                shared.clone(),
-                evidence.clone(),
+                (judged.spacing, judged.spacing),
+                context.clone(),
+                None,
             ));
             _quick_run = Some(AbortOnDrop(run.abort_handle()));
         } else if judged.confirmations > 0 {
@@ -487,13 +490,7 @@ async fn probe_series(
             };
             for _ in 0..judged.confirmations {
                 tokio::time::sleep(judged.spacing).await;
-                confirm_once(
-                    target.clone(),
-                    settings.clone(),
-                    shared.clone(),
-                    evidence.clone(),
-                )
-                .await;
+                confirm_once(target.clone(), context.clone(), None).await;
             }
         }
         tokio::time::sleep_until(slots.next_start(tokio::time::Instant::now())).await;
@@ -606,6 +603,54 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_confirmation_answered_first_waits_for_the_result_it_confirms() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool"), 1 << 20).unwrap();
+        let shared = Arc::new(Shared::new(
+            Labels::default(),
+            Vec::new(),
+            Some(spool),
+            String::new(),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let options = ProbeOptions::new(
+            Duration::from_secs(2),
+            Arc::new(rustls::RootCertStore::empty()),
+        );
+        let permits = Arc::new(Semaphore::new(4));
+        let (_settings_tx, settings) = watch::channel(Settings { options, permits });
+        let context = Context {
+            settings,
+            shared: shared.clone(),
+            evidence: Arc::new(Mutex::new(Evidence::new(EvidenceSettings::default()))),
+        };
+        let target = ProbeTarget {
+            host: "127.0.0.1".into(),
+            port,
+            family: Family::Ipv4,
+            level: Level::Connect,
+        };
+        let (recorded, after) = watch::channel(false);
+        let confirming = tokio::spawn(confirm_once(target, context, Some(after)));
+        // Its probe connects at once; the result it confirms is still out.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(shared.unacked(1, 10).await.0.is_empty());
+        let _ = recorded.send(true);
+        confirming.await.unwrap();
+        let (results, _) = shared.unacked(1, 10).await;
+        assert_eq!(results.len(), 1, "{results:#?}");
+        assert_eq!(results[0].cause, ProbeCause::Confirmation);
+        assert_eq!(results[0].outcome, Outcome::Ok);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unanswered_connection_is_confirmed_before_its_own_timeout() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(&dir.path().join("spool"), 1 << 20).unwrap();
@@ -683,6 +728,10 @@ mod tests {
         assert_eq!(confirmations.len(), 2, "{results:#?}");
         for c in &confirmations {
             assert_eq!(c.outcome, Outcome::Timeout, "{c:?}");
+            assert!(
+                c.seq > departed.seq,
+                "recorded after what it confirms: {c:?}"
+            );
             let after = c.at_unix_ms - departed.at_unix_ms;
             // Started once the attempt had waited 1 s, before the probe's own 2.5 s timeout.
             assert!(
