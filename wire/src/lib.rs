@@ -39,5 +39,5 @@ pub use message::{
     Ack, AgentMessage, Batch, ClockQuality, CollectorMessage, CompactResult, Hello, ProbeRequest,
     Refusal, SeriesKey, TargetSpec, Welcome,
 };
-pub use outcome::{DnsFailure, Family, Level, Outcome, ProbeCause, SessionStep};
+pub use outcome::{DnsFailure, Family, Level, Outcome, PortState, ProbeCause, SessionStep};
 pub use result::{IcmpReport, PhaseTimings, ProbeResult};

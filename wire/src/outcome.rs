@@ -130,6 +130,38 @@ impl Outcome {
     }
 }
 
+/// What one probe says about its path: open, or blocked (any failure). The agent's evidence and
+/// the collector's detector both read results this way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PortState {
+    Open,
+    Blocked,
+}
+
+impl PortState {
+    pub fn of(outcome: Outcome) -> PortState {
+        if outcome.is_failure() {
+            PortState::Blocked
+        } else {
+            PortState::Open
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortState::Open => "open",
+            PortState::Blocked => "blocked",
+        }
+    }
+
+    pub fn other(self) -> PortState {
+        match self {
+            PortState::Open => PortState::Blocked,
+            PortState::Blocked => PortState::Open,
+        }
+    }
+}
+
 coded_enum! {
     /// The session step a probe ended in once connected: where the greeting, a command's reply
     /// or the TLS handshake failed. Kept beside the outcome so that, say, an EHLO left without a

@@ -22,7 +22,7 @@
 //! sooner. If it connects after all, they were a few SYNs within the same budget, and the
 //! collector weighs confirmations only inside a test a departing result started.
 
-use egresswatch_wire::{Family, Level, Outcome, ProbeCause, ProbeRequest, ProbeResult};
+use egresswatch_wire::{Family, Level, PortState, ProbeCause, ProbeRequest, ProbeResult};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -61,23 +61,6 @@ impl Default for EvidenceSettings {
             confirm_per_destination_per_minute: 6,
             answer_probe_requests: true,
             requests_per_minute: 10,
-        }
-    }
-}
-
-/// What one probe says about a path (the collector's detector reads it the same way).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PortState {
-    Open,
-    Blocked,
-}
-
-impl PortState {
-    pub fn of(outcome: Outcome) -> PortState {
-        if outcome.is_failure() {
-            PortState::Blocked
-        } else {
-            PortState::Open
         }
     }
 }
@@ -344,6 +327,7 @@ impl Evidence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use egresswatch_wire::Outcome;
 
     fn result(target: &str, port: u16, outcome: Outcome, cause: ProbeCause) -> ProbeResult {
         ProbeResult {

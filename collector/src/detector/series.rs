@@ -7,42 +7,12 @@
 //! to start and a lower one to stop.
 
 use super::DetectorConfig;
+pub use egresswatch_wire::PortState;
 use egresswatch_wire::{Outcome, ProbeCause};
 use std::collections::VecDeque;
 
 /// The most scheduled results one test keeps for the background rate.
 const MAX_TEST_SCHEDULED: usize = 256;
-
-/// What one probe says about a path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PortState {
-    Open,
-    Blocked,
-}
-
-impl PortState {
-    pub fn of(outcome: Outcome) -> PortState {
-        if outcome.is_failure() {
-            PortState::Blocked
-        } else {
-            PortState::Open
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PortState::Open => "open",
-            PortState::Blocked => "blocked",
-        }
-    }
-
-    pub fn other(self) -> PortState {
-        match self {
-            PortState::Open => PortState::Blocked,
-            PortState::Blocked => PortState::Open,
-        }
-    }
-}
 
 impl From<PortState> for crate::events::State {
     fn from(state: PortState) -> Self {
