@@ -37,32 +37,41 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> Response {
     )
 }
 
+/// Reads the store off the runtime's threads (its client may block); a failure is answered
+/// as one, naming `what`.
+async fn read_store<T: Send + 'static>(
+    what: &str,
+    read: impl FnOnce() -> Result<T, crate::error::CollectorError> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(unavailable(what, e)),
+        Err(e) => Err(unavailable(what, e)),
+    }
+}
+
 pub(super) async fn history(
     State(state): State<AppState>,
     headers: HeaderMap,
     q: Pairs,
 ) -> Response {
-    let pairs = match pairs(q) {
-        Ok(p) => p,
+    let request: HistoryRequest = match pairs(q)
+        .and_then(|p| query::parse_history(&p, accepts_csv(&headers), now_unix_ms()))
+    {
+        Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    let request: HistoryRequest =
-        match query::parse_history(&pairs, accepts_csv(&headers), now_unix_ms()) {
-            Ok(r) => r,
-            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-        };
     let store = state.fleet.store().clone();
     let (selector, from, to) = (
         request.selector.clone(),
         request.first_bucket_ms(),
         request.end_ms(),
     );
-    let hours =
-        match tokio::task::spawn_blocking(move || store.history_hours(&selector, from, to)).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => return unavailable("history", e),
-            Err(e) => return unavailable("history", e),
-        };
+    let hours = match read_store("history", move || store.history_hours(&selector, from, to)).await
+    {
+        Ok(h) => h,
+        Err(response) => return response,
+    };
     let buckets = query::bucketize(&request, &hours);
     if request.csv {
         csv(query::history_csv(&buckets))
@@ -76,15 +85,12 @@ pub(super) async fn intervals(
     headers: HeaderMap,
     q: Pairs,
 ) -> Response {
-    let pairs = match pairs(q) {
-        Ok(p) => p,
+    let request: IntervalsRequest = match pairs(q)
+        .and_then(|p| query::parse_intervals(&p, accepts_csv(&headers), now_unix_ms()))
+    {
+        Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    let request: IntervalsRequest =
-        match query::parse_intervals(&pairs, accepts_csv(&headers), now_unix_ms()) {
-            Ok(r) => r,
-            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-        };
     let store = state.fleet.store().clone();
     let (selector, from, to, limit) = (
         request.selector.clone(),
@@ -92,14 +98,13 @@ pub(super) async fn intervals(
         request.to_ms,
         request.limit,
     );
-    let list = match tokio::task::spawn_blocking(move || {
+    let list = match read_store("intervals", move || {
         store.intervals(&selector, from, to, limit)
     })
     .await
     {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => return unavailable("intervals", e),
-        Err(e) => return unavailable("intervals", e),
+        Ok(l) => l,
+        Err(response) => return response,
     };
     if request.csv {
         csv(query::intervals_csv(&list))
