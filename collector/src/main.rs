@@ -14,6 +14,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tracing::{error, info};
 
+/// At a graceful stop, the longest a leader waits for its alert deliveries under way to end
+/// before it gives up the lead (a sink's own timeout and retries bound each of them too).
+const DELIVERIES_FINISH_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Parser)]
 #[command(
     name = "egresswatch-collector",
@@ -241,7 +245,7 @@ async fn serve(
     }
     // Several collectors on one database: follow the fleet's feed, and lead when the lock is
     // free. Shared mode is on before ingest takes its first result.
-    let follower = match (&opened, cluster_counters) {
+    let cluster = match (&opened, cluster_counters) {
         (OpenedStore::Postgres(pg), Some(counters)) => Some(cluster::start(
             fleet.clone(),
             pg.clone(),
@@ -265,11 +269,12 @@ async fn serve(
     ));
 
     shutdown_signal().await;
-    if let Some(follower) = follower {
+    if let Some(cluster) = cluster {
         // The lead goes first, so another collector takes it while this one drains its
-        // sessions, instead of after.
-        info!("shutting down: giving up the lead");
-        let _ = tokio::task::spawn_blocking(move || follower.stop()).await;
+        // sessions, instead of after; but only once the alert deliveries under way are marked,
+        // or the next leader would send them again.
+        info!("shutting down: finishing the alert deliveries under way, then giving up the lead");
+        cluster.stop(DELIVERIES_FINISH_WITHIN).await;
     }
     info!("shutting down: no new agents, draining sessions");
     let _ = stop_tx.send(true);

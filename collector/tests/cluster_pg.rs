@@ -6,7 +6,6 @@
 //! killed before acking) is stored exactly once; PostgreSQL stopped for a minute and started
 //! again loses and doubles nothing while the page says the store is unavailable.
 
-use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use egresswatch_sim::postgres::PgCluster;
@@ -28,15 +27,25 @@ const TARGET: &str = "mx.lab.test";
 type Inbox = Arc<Mutex<Vec<Value>>>;
 
 async fn webhook() -> (SocketAddr, Inbox) {
+    slow_webhook(Duration::ZERO).await
+}
+
+/// The same, answering each body `delay` after it arrived (a delivery is in flight meanwhile).
+async fn slow_webhook(delay: Duration) -> (SocketAddr, Inbox) {
     let inbox: Inbox = Arc::default();
-    async fn record(State(inbox): State<Inbox>, Json(v): Json<Value>) {
-        inbox.lock().unwrap().push(v);
-    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = Router::new()
-        .route("/hook", post(record))
-        .with_state(inbox.clone());
+    let kept = inbox.clone();
+    let app = Router::new().route(
+        "/hook",
+        post(move |Json(v): Json<Value>| {
+            let inbox = kept.clone();
+            async move {
+                inbox.lock().unwrap().push(v);
+                tokio::time::sleep(delay).await;
+            }
+        }),
+    );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (addr, inbox)
 }
@@ -576,6 +585,91 @@ async fn the_leader_killed_while_an_account_closes_587_gives_one_event_and_one_d
         "the lead waited for the drain: {:?}",
         stopping.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_told_to_stop_marks_its_delivery_in_flight_and_the_next_sends_it_not_again() {
+    let test = "a_leader_told_to_stop_marks_its_delivery_in_flight_and_the_next_sends_it_not_again";
+    let Some(pg) = pg_or_skip(test) else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // The receiver answers 3 s after each body: SIGTERM comes while the delivery is in flight.
+    let (hook, inbox) = slow_webhook(Duration::from_secs(3)).await;
+    let first = Node::start(tmp.path(), "c1", &pg, None, Some(hook));
+    let ca = first.dir.join("data/ca");
+    let nodes = vec![
+        first,
+        Node::start(tmp.path(), "c2", &pg, Some(&ca), Some(hook)),
+    ];
+    wait_for("a leader", Duration::from_secs(20), || async {
+        leader(&nodes).await.is_some()
+    })
+    .await;
+    let addrs = Arc::new(Mutex::new(
+        nodes.iter().map(|n| n.at.quic).collect::<Vec<_>>(),
+    ));
+    let closed = Arc::new(AtomicBool::new(false));
+    let agents = [
+        ("p1", "aws", "prod"),
+        ("p2", "aws", "prod"),
+        ("d1", "aws", "dev"),
+    ];
+    let fleet = start_fleet(
+        tmp.path(),
+        &ca,
+        &agents,
+        addrs.clone(),
+        &closed,
+        Duration::from_secs(2),
+    );
+    for node in &nodes {
+        wait_for(
+            "the fleet on every collector",
+            Duration::from_secs(30),
+            || async {
+                let text = get_text(&node.url("/api/matrix")).await.unwrap_or_default();
+                agents
+                    .iter()
+                    .all(|(id, _, _)| text.contains(&format!("\"{id}\"")))
+            },
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    closed.store(true, Ordering::Relaxed);
+    wait_for(
+        "the delivery in flight",
+        Duration::from_secs(60),
+        || async { deliveries(&inbox, "blocked").len() == 1 },
+    )
+    .await;
+    let old = leader(&nodes).await.expect("a leader");
+    let next = 1 - old;
+    let stopping = Instant::now();
+    strike(&addrs, &nodes[old]);
+    if let Some(p) = &nodes[old].proc {
+        p.signal("TERM");
+    }
+    wait_for("the lead to move", Duration::from_secs(20), || async {
+        metric(&nodes[next], "egresswatch_collector_leader").await == Some(1.0)
+    })
+    .await;
+    eprintln!(
+        "{} leads {:.1} s after {} was told to stop with a delivery in flight",
+        nodes[next].name,
+        stopping.elapsed().as_secs_f64(),
+        nodes[old].name
+    );
+    // The new leader has resumed whatever was pending by now; a repeat would be in.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let sent = deliveries(&inbox, "blocked");
+    assert_eq!(
+        sent.len(),
+        1,
+        "the delivery in flight was marked before the lead moved, not sent again: {sent:#?}\n--- {} log\n{}",
+        nodes[next].name,
+        nodes[next].log()
+    );
+    fleet.stop().await;
 }
 
 /// Takes `node` out of the agents' list (it is about to be killed).

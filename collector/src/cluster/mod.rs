@@ -34,6 +34,8 @@ use crate::ingest::registry::SessionRegistry;
 use crate::store::shared::SharedStore;
 use serde::Deserialize;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
 
 /// `[cluster]` in the collector's config (read only with `[store] kind = "postgres"`).
 #[derive(Debug, Clone, Deserialize)]
@@ -78,9 +80,36 @@ pub struct Endpoints {
     pub http: String,
 }
 
+/// This collector's part in the cluster: the follower thread and the outbox task.
+pub struct Cluster {
+    follower: Follower,
+    finish_deliveries: watch::Sender<bool>,
+    deliveries_finished: watch::Receiver<bool>,
+}
+
+impl Cluster {
+    /// A graceful stop. The alert deliveries under way end and are marked while this collector
+    /// still leads (for at most `within`) and no new one starts, so the next leader has none in
+    /// flight to send again; then the lead is given up and the follower ends.
+    pub async fn stop(self, within: Duration) {
+        let _ = self.finish_deliveries.send(true);
+        let mut finished = self.deliveries_finished.clone();
+        if tokio::time::timeout(within, finished.wait_for(|done| *done))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "alert deliveries still under way after {within:?}: the next leader sends them again"
+            );
+        }
+        let follower = self.follower;
+        let _ = tokio::task::spawn_blocking(move || follower.stop()).await;
+    }
+}
+
 /// Puts `fleet` in shared mode over `store`, connects its fan-out to every collector's sessions
-/// (this one's are `local`), and starts the follower thread and the outbox task. Returns the
-/// follower, whose [`Follower::stop`] gives up the lead and ends both.
+/// (this one's are `local`), and starts the follower thread and the outbox task; [`Cluster::stop`]
+/// ends both.
 pub fn start(
     fleet: Arc<Fleet>,
     store: Arc<dyn SharedStore>,
@@ -88,7 +117,7 @@ pub fn start(
     config: &ClusterConfig,
     endpoints: Endpoints,
     counters: ClusterCounters,
-) -> Result<Follower, crate::CollectorError> {
+) -> Result<Cluster, crate::CollectorError> {
     let shared = fleet.share(store);
     let sessions = Arc::new(ClusterSessions::new(local, shared.clone()));
     fleet.fanout().connect(sessions.clone());
@@ -101,6 +130,18 @@ pub fn start(
         endpoints,
         counters.clone(),
     )?;
-    tokio::spawn(outbox::deliver(fleet, shared, counters, follower.stopped()));
-    Ok(follower)
+    let (finish_deliveries, finish) = watch::channel(false);
+    let (finished, deliveries_finished) = watch::channel(false);
+    tokio::spawn(outbox::deliver(
+        fleet,
+        shared,
+        counters,
+        follower.stopped(),
+        (finish, finished),
+    ));
+    Ok(Cluster {
+        follower,
+        finish_deliveries,
+        deliveries_finished,
+    })
 }

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Most deliveries read per pass.
 const BATCH: usize = 64;
@@ -24,19 +24,30 @@ const BATCH: usize = 64;
 /// retries).
 const MAX_ATTEMPTS: u32 = 5;
 
-/// Runs until `stopped` completes.
+/// Runs until `stopped` completes, or until `wind_down` is set and the deliveries then under
+/// way have ended and been marked (said on `wound_down`); once it is set, no new one starts.
 pub(super) async fn deliver(
     fleet: Arc<Fleet>,
     shared: Arc<Shared>,
     counters: ClusterCounters,
     stopped: impl Future<Output = ()>,
+    (mut wind_down, wound_down): (watch::Receiver<bool>, watch::Sender<bool>),
 ) {
     let mut in_flight: HashSet<i64> = HashSet::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i64, bool)>();
+    let mut finishing = false;
     tokio::pin!(stopped);
     loop {
+        if finishing && in_flight.is_empty() {
+            let _ = wound_down.send(true);
+            return;
+        }
         tokio::select! {
             _ = &mut stopped => return,
+            changed = wind_down.changed(), if !finishing => {
+                finishing = changed.is_err() || *wind_down.borrow();
+                continue;
+            }
             _ = shared.deliveries.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             Some((id, delivered)) = done_rx.recv() => {
@@ -47,7 +58,7 @@ pub(super) async fn deliver(
                 continue;
             }
         }
-        if !shared.leads() {
+        if finishing || !shared.leads() {
             continue;
         }
         let pending = {
