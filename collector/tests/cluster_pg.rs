@@ -391,6 +391,49 @@ fn start_fleet(
     }
 }
 
+/// Collectors `names` on `pg`, the first one's fleet CA shared by the others, alerting to
+/// `hook`; returned once one of them leads, with that CA.
+async fn start_cluster(
+    tmp: &Path,
+    pg: &PgCluster,
+    names: &[&str],
+    hook: SocketAddr,
+) -> (Vec<Node>, PathBuf) {
+    let first = Node::start(tmp, names[0], pg, None, Some(hook));
+    let ca = first.dir.join("data/ca");
+    let mut nodes = vec![first];
+    for name in &names[1..] {
+        nodes.push(Node::start(tmp, name, pg, Some(&ca), Some(hook)));
+    }
+    wait_for("a leader", Duration::from_secs(20), || async {
+        leader(&nodes).await.is_some()
+    })
+    .await;
+    (nodes, ca)
+}
+
+/// The collectors' QUIC addresses, as the agents' list (a test strikes one it stops).
+fn quic_addrs(nodes: &[Node]) -> Arc<Mutex<Vec<SocketAddr>>> {
+    Arc::new(Mutex::new(nodes.iter().map(|n| n.at.quic).collect()))
+}
+
+/// Waits until every collector's matrix shows every agent, wherever it is connected.
+async fn wait_fleet_everywhere(nodes: &[Node], agents: &[(&str, &str, &str)]) {
+    for node in nodes {
+        wait_for(
+            "the whole fleet on every collector",
+            Duration::from_secs(30),
+            || async {
+                let text = get_text(&node.url("/api/matrix")).await.unwrap_or_default();
+                agents
+                    .iter()
+                    .all(|(id, _, _)| text.contains(&format!("\"{id}\"")))
+            },
+        )
+        .await;
+    }
+}
+
 fn pg_or_skip(test: &str) -> Option<PgCluster> {
     match PgCluster::start() {
         Ok(pg) => Some(pg),
@@ -443,19 +486,8 @@ async fn the_leader_killed_while_an_account_closes_587_gives_one_event_and_one_d
     let Some(pg) = pg_or_skip(test) else { return };
     let tmp = tempfile::tempdir().unwrap();
     let (hook, inbox) = webhook().await;
-    let first = Node::start(tmp.path(), "c1", &pg, None, Some(hook));
-    let ca = first.dir.join("data/ca");
-    let mut nodes = vec![first];
-    for name in ["c2", "c3"] {
-        nodes.push(Node::start(tmp.path(), name, &pg, Some(&ca), Some(hook)));
-    }
-    wait_for("a leader", Duration::from_secs(20), || async {
-        leader(&nodes).await.is_some()
-    })
-    .await;
-    let addrs = Arc::new(Mutex::new(
-        nodes.iter().map(|n| n.at.quic).collect::<Vec<_>>(),
-    ));
+    let (mut nodes, ca) = start_cluster(tmp.path(), &pg, &["c1", "c2", "c3"], hook).await;
+    let addrs = quic_addrs(&nodes);
     let closed = Arc::new(AtomicBool::new(false));
     let agents = [
         ("p1", "aws", "prod"),
@@ -475,20 +507,7 @@ async fn the_leader_killed_while_an_account_closes_587_gives_one_event_and_one_d
         // well within one round, as it does at real intervals, so its siblings hear from it.
         Duration::from_secs(2),
     );
-    // Every collector's matrix shows every agent, wherever it is connected.
-    for node in &nodes {
-        wait_for(
-            "the whole fleet on every collector",
-            Duration::from_secs(30),
-            || async {
-                let text = get_text(&node.url("/api/matrix")).await.unwrap_or_default();
-                agents
-                    .iter()
-                    .all(|(id, _, _)| text.contains(&format!("\"{id}\"")))
-            },
-        )
-        .await;
-    }
+    wait_fleet_everywhere(&nodes, &agents).await;
     // A settled baseline; then prod's 587 closes and the leader dies at once, before it can
     // decide: a follower takes over and must decide it from what is stored.
     tokio::time::sleep(Duration::from_secs(16)).await;
@@ -594,19 +613,8 @@ async fn a_leader_told_to_stop_marks_its_delivery_in_flight_and_the_next_sends_i
     let tmp = tempfile::tempdir().unwrap();
     // The receiver answers 3 s after each body: SIGTERM comes while the delivery is in flight.
     let (hook, inbox) = slow_webhook(Duration::from_secs(3)).await;
-    let first = Node::start(tmp.path(), "c1", &pg, None, Some(hook));
-    let ca = first.dir.join("data/ca");
-    let nodes = vec![
-        first,
-        Node::start(tmp.path(), "c2", &pg, Some(&ca), Some(hook)),
-    ];
-    wait_for("a leader", Duration::from_secs(20), || async {
-        leader(&nodes).await.is_some()
-    })
-    .await;
-    let addrs = Arc::new(Mutex::new(
-        nodes.iter().map(|n| n.at.quic).collect::<Vec<_>>(),
-    ));
+    let (nodes, ca) = start_cluster(tmp.path(), &pg, &["c1", "c2"], hook).await;
+    let addrs = quic_addrs(&nodes);
     let closed = Arc::new(AtomicBool::new(false));
     let agents = [
         ("p1", "aws", "prod"),
@@ -621,19 +629,7 @@ async fn a_leader_told_to_stop_marks_its_delivery_in_flight_and_the_next_sends_i
         &closed,
         Duration::from_secs(2),
     );
-    for node in &nodes {
-        wait_for(
-            "the fleet on every collector",
-            Duration::from_secs(30),
-            || async {
-                let text = get_text(&node.url("/api/matrix")).await.unwrap_or_default();
-                agents
-                    .iter()
-                    .all(|(id, _, _)| text.contains(&format!("\"{id}\"")))
-            },
-        )
-        .await;
-    }
+    wait_fleet_everywhere(&nodes, &agents).await;
     tokio::time::sleep(Duration::from_secs(16)).await;
     closed.store(true, Ordering::Relaxed);
     wait_for(

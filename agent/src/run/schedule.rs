@@ -503,6 +503,14 @@ mod tests {
     use crate::run::spool::Spool;
     use egresswatch_wire::{Labels, Outcome, ProbeResult};
 
+    /// What a series records to: a spool in a directory of its own (kept while the test runs).
+    fn spooled() -> (tempfile::TempDir, Arc<Shared>) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("spool"), 1 << 20).unwrap();
+        let shared = Shared::new(Labels::default(), Vec::new(), Some(spool), String::new());
+        (dir, Arc::new(shared))
+    }
+
     /// A port that accepts and never greets: every banner probe runs to its deadline.
     async fn silent_port() -> u16 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -604,22 +612,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_confirmation_answered_first_waits_for_the_result_it_confirms() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&dir.path().join("spool"), 1 << 20).unwrap();
-        let shared = Arc::new(Shared::new(
-            Labels::default(),
-            Vec::new(),
-            Some(spool),
-            String::new(),
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                held.push(stream);
-            }
-        });
+        let (_dir, shared) = spooled();
+        // A connect-level probe of it is answered at once.
+        let port = silent_port().await;
         let options = ProbeOptions::new(
             Duration::from_secs(2),
             Arc::new(rustls::RootCertStore::empty()),
@@ -652,14 +647,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unanswered_connection_is_confirmed_before_its_own_timeout() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&dir.path().join("spool"), 1 << 20).unwrap();
-        let shared = Arc::new(Shared::new(
-            Labels::default(),
-            Vec::new(),
-            Some(spool),
-            String::new(),
-        ));
+        let (_dir, shared) = spooled();
         let (close, closing) = watch::channel(false);
         let timeout = Duration::from_millis(2500);
         let plan = Plan {
@@ -743,14 +731,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_probe_that_runs_to_its_deadline_does_not_stretch_the_interval() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&dir.path().join("spool"), 1 << 20).unwrap();
-        let shared = Arc::new(Shared::new(
-            Labels::default(),
-            Vec::new(),
-            Some(spool),
-            String::new(),
-        ));
+        let (_dir, shared) = spooled();
         let interval = Duration::from_millis(1000);
         let timeout = Duration::from_millis(700);
         let plan = Plan {
