@@ -30,7 +30,9 @@ fn shortened_demo_alerts_and_cleans_up() {
     );
     let name = format!("dm{}", std::process::id() % 100_000);
     let alerts = tempfile::NamedTempFile::new().unwrap();
-    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    // Below the kernel's ephemeral range (32768–60999 by default), where a port some connection
+    // happens to hold would make the collector's bind fail.
+    let port = 23_000 + (std::process::id() % 3_000) as u16;
     let out = Command::new(repo().join("lab/demo"))
         .args([
             "--scenario",

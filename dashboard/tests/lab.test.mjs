@@ -44,7 +44,9 @@ async function until(what, limitMs, check) {
 }
 
 test('the page on the real collector: counts, drill-down, a lab policy flip live, an IPv4-only drop as partial, a hostile label as text, the flip in the history view', { skip: skipReason(), timeout: 240_000 }, async () => {
-  const port = 21000 + (process.pid % 20000);
+  // Below the kernel's ephemeral range (32768–60999 by default), where a port some connection
+  // happens to hold would make the collector's bind fail.
+  const port = 20000 + (process.pid % 3000);
   const name = `db${process.pid % 100000}`;
   const demo = spawn(path.join(REPO, 'lab/demo'), [
     '--scenario', 'lab/scenarios/demo-short.toml', '--exit-after-timeline', '--name', name,

@@ -39,8 +39,10 @@ async function healthy(base, limitMs) {
 
 test('a token-guarded collector: the page asks, refuses a wrong token, signs in with a cookie', { skip: skipReason(), timeout: 60_000 }, async () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'ew-signin-'));
-  const httpPort = 23000 + (process.pid % 20000);
-  const quicPort = 43000 + (process.pid % 20000);
+  // Below the kernel's ephemeral range (32768–60999 by default), where a port some connection
+  // happens to hold would make the collector's bind fail.
+  const httpPort = 26000 + (process.pid % 1500);
+  const quicPort = 27500 + (process.pid % 1500);
   const config = path.join(dir, 'collector.toml');
   writeFileSync(config, [
     `data_dir = "${dir}/data"`,

@@ -40,8 +40,10 @@ async function healthy(base, limitMs) {
 
 test('silences panel: create from a cell with the keyboard, see it listed, end it', { skip: skipReason(), timeout: 60_000 }, async () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'ew-silences-'));
-  const httpPort = 24000 + (process.pid % 20000);
-  const quicPort = 44000 + (process.pid % 20000);
+  // Below the kernel's ephemeral range (32768–60999 by default), where a port some connection
+  // happens to hold would make the collector's bind fail.
+  const httpPort = 29000 + (process.pid % 1500);
+  const quicPort = 30500 + (process.pid % 1500);
   const config = path.join(dir, 'collector.toml');
   writeFileSync(config, [
     `data_dir = "${dir}/data"`,
