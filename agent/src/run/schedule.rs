@@ -442,14 +442,13 @@ async fn probe_series(key: SeriesKey, mut slots: Slots, context: Context) {
                 () = left_unanswered(&progress, unanswered_after) => {
                     // Most likely the departure its timeout will report: confirm it now.
                     let now = tokio::time::Instant::now().into_std();
-                    let granted = lock(&evidence).on_unanswered(
-                        &target.host,
-                        target.port,
-                        target.family,
-                        now,
-                    );
+                    let (granted, spacing) = {
+                        let mut evidence = lock(&evidence);
+                        let granted =
+                            evidence.on_unanswered(&target.host, target.port, target.family, now);
+                        (granted, evidence.settings().unconnected_spacing)
+                    };
                     if granted > 0 {
-                        let spacing = lock(&evidence).settings().unconnected_spacing;
                         let (tx, rx) = watch::channel(false);
                         recorded = Some(tx);
                         let run = tokio::spawn(confirm_unconnected(
