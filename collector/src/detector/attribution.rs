@@ -3,15 +3,163 @@
 //! across providers or while other targets answer), a provider (all its accounts), an account
 //! (all its agents), or the single agent.
 
+use super::scope::{self, Answer, Bounds, Layer, Voice};
 use super::series::PortState;
-use super::{Detector, PathKey, Pending, SeriesKey};
+use super::{other_family, secs_ms, Detector, PathKey, Pending, SeriesKey};
 use crate::events::State;
 use crate::events::{rfc3339, Event, EventKind, Scope, Witness};
 use egresswatch_wire::Outcome;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
+
+/// Where the wait for one path's decided changes stands.
+pub(super) struct Judged {
+    /// The agents not yet heard cannot change the layer any more.
+    pub settled: bool,
+    /// An agent among those that decided is still testing the same change in its other family.
+    pub twin_testing: bool,
+    /// When waiting for the agents not yet heard (and the twins) is over.
+    pub deadline_ms: i64,
+}
+
+/// How long past the expected next scheduled probe an agent's result may take: its name
+/// lookup and probe timeouts and a margin (as the fan-out's deadline).
+const RESULT_GRACE_MS: i64 = 15_000;
 
 impl Detector {
-    /// Decides which layer one group of same-direction changes on one path belongs to.
+    /// Every live agent probing `path`, with what it has said about the change to `to` under
+    /// way there (see [`scope`]).
+    fn voices(&self, path: &PathKey, to: PortState) -> Vec<Voice<SeriesKey>> {
+        let since_ms = self
+            .pending
+            .iter()
+            .filter(|p| p.to == to && p.on(path))
+            .map(|p| p.since_ms)
+            .min()
+            .unwrap_or(i64::MAX);
+        self.series
+            .iter()
+            .filter(|(k, _)| k.target == path.0 && k.port == path.1 && k.family == path.2)
+            .filter_map(|(k, s)| {
+                let a = self.agents.get(&k.agent).filter(|a| !a.silent)?;
+                let confirmed = s.confirmed()?;
+                if s.flapping() {
+                    return None;
+                }
+                let pending = self.pending.iter().any(|p| p.key == *k && p.to == to);
+                if !pending && to == PortState::Blocked && self.control_failing(&k.agent, k.family)
+                {
+                    // Its network is gone: it says nothing about SMTP.
+                    return None;
+                }
+                let answer = if pending {
+                    Answer::Changed
+                } else if confirmed == to {
+                    Answer::Before
+                } else if let Some(e) = s.episode().filter(|e| e.to == to) {
+                    // Its own test leans to the change (past half the bound, as flapping
+                    // counts it): with a change decided beside it on the same path, that is
+                    // enough to tell which layer changed, though not to decide from nothing.
+                    if e.evidence >= self.config.upper_bound() / 2.0 {
+                        Answer::Changed
+                    } else {
+                        Answer::Unknown
+                    }
+                } else if s.last_at_ms() >= since_ms {
+                    Answer::Unchanged
+                } else {
+                    Answer::Unknown
+                };
+                Some(Voice {
+                    key: k.clone(),
+                    provider: a.provider.clone(),
+                    account: a.account.clone(),
+                    agent: k.agent.clone(),
+                    answer,
+                })
+            })
+            .collect()
+    }
+
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            min_agents_for_outage: self.config.min_agents_for_outage,
+            min_accounts_for_provider: self.config.min_accounts_for_provider,
+        }
+    }
+
+    /// Whether the decided changes to `to` on `path` can be attributed, and until when the
+    /// agents that could still change their layer are waited for: an agent heard since the
+    /// change began, until its next scheduled result is overdue; one unheard since (failing
+    /// over to another collector, its uplink down, its spool holding what it saw), up to
+    /// `settle_secs` after the decision; never more than the larger of `settle_secs` and two
+    /// probe intervals and a half-minute after it.
+    pub(super) fn judge(&self, path: &PathKey, to: PortState) -> Judged {
+        let members: Vec<&Pending> = self
+            .pending
+            .iter()
+            .filter(|p| p.to == to && p.on(path))
+            .collect();
+        let decided_ms = members.iter().map(|p| p.confirmed_at_ms).max().unwrap_or(0);
+        let since_ms = members.iter().map(|p| p.since_ms).min().unwrap_or(0);
+        let settle = secs_ms(self.config.settle_secs);
+        let interval = members
+            .iter()
+            .filter_map(|p| self.series.get(&p.key)?.interval_ms())
+            .max()
+            .unwrap_or(0);
+        let cap = decided_ms + settle.max(2 * interval + 30_000);
+        let expected = |k: &SeriesKey| -> i64 {
+            let heard_since = self
+                .agents
+                .get(&k.agent)
+                .is_some_and(|a| a.last_seen_ms >= since_ms);
+            let next = self.series.get(k).and_then(|s| {
+                let last = s.last_scheduled_at_ms()?;
+                let every = s.interval_ms()?;
+                Some(last + every * 3 / 2 + RESULT_GRACE_MS)
+            });
+            match next {
+                Some(next) if heard_since => next.min(cap),
+                _ => (decided_ms + settle).min(cap),
+            }
+        };
+        let voices = self.voices(path, to);
+        let mut deadline_ms = decided_ms;
+        for v in voices.iter().filter(|v| v.answer == Answer::Unknown) {
+            deadline_ms = deadline_ms.max(expected(&v.key));
+        }
+        let twins: Vec<SeriesKey> = members
+            .iter()
+            .map(|p| SeriesKey {
+                family: other_family(p.key.family),
+                ..p.key.clone()
+            })
+            .filter(|twin| {
+                self.series
+                    .get(twin)
+                    .and_then(|s| s.episode())
+                    .is_some_and(|e| e.to == to)
+            })
+            .collect();
+        for twin in &twins {
+            deadline_ms = deadline_ms.max(expected(twin));
+        }
+        let reaches_other_targets = self.reaches_other_targets(path, &voices);
+        let settled = if to == PortState::Open && self.outages.contains(path) {
+            !voices.iter().any(|v| v.answer == Answer::Unknown)
+        } else {
+            scope::settled(&voices, reaches_other_targets, self.bounds(), false).is_some()
+        };
+        Judged {
+            settled,
+            twin_testing: !twins.is_empty(),
+            deadline_ms,
+        }
+    }
+
+    /// Names the layer of one path's decided changes to `to` and returns its events: the
+    /// widest layer what every agent on the path has said supports, the agents not heard
+    /// counting as unchanged ([`scope::layers`]).
     pub(super) fn attribute(
         &mut self,
         path: PathKey,
@@ -55,41 +203,26 @@ impl Detector {
             return events;
         }
         let from = kept[0].from;
-        let member_keys: BTreeSet<&SeriesKey> = kept.iter().map(|m| &m.key).collect();
-        // Every live series on this path, with its agent's provider and account, and whether it
-        // changed to `to` (confirmed in this group, or on its way there). A series that always
-        // was in `to` did not change.
-        let universe: Vec<(SeriesKey, String, String, bool)> = self
-            .series
+        // The kept members are the changed voices; put them back while the voices are read.
+        self.pending.extend(kept.iter().cloned());
+        let voices = self.voices(&path, to);
+        self.pending.retain(|p| !(p.to == to && p.on(&path)));
+        let changed: Vec<SeriesKey> = voices
             .iter()
-            .filter(|(k, s)| {
-                k.target == path.0 && k.port == path.1 && k.family == path.2 && s.last().is_some()
-            })
-            .filter_map(|(k, s)| {
-                let a = self.agents.get(&k.agent)?;
-                (!a.silent).then(|| {
-                    (
-                        k.clone(),
-                        a.provider.clone(),
-                        a.account.clone(),
-                        member_keys.contains(k)
-                            || (s.last() == Some(to) && s.confirmed() != Some(to)),
-                    )
-                })
-            })
+            .filter(|v| v.answer == Answer::Changed)
+            .map(|v| v.key.clone())
             .collect();
-        let outcome = self.dominant_outcome(universe.iter().filter(|u| u.3).map(|u| &u.0), to);
 
-        // The destination.
-        // A destination is judged on state: every agent fails there now, whatever it did before.
-        let all_changed = universe
-            .iter()
-            .all(|u| self.series.get(&u.0).and_then(|s| s.last()) == Some(to));
-        if to == PortState::Blocked && all_changed && self.looks_like_destination(&path, &universe)
-        {
-            self.outages.insert(path.clone());
-            let evidence = self.evidence(universe.iter().filter(|u| u.3).map(|u| &u.0));
-            self.force(universe.iter().map(|u| &u.0), to);
+        // A destination outage already open: this agent's part of it, or its end.
+        if self.outages.contains(&path) {
+            if to == PortState::Blocked {
+                self.force(changed.iter(), to);
+                return events;
+            }
+            self.outages.remove(&path);
+            let outcome = self.dominant_outcome(changed.iter(), to);
+            let evidence = self.evidence(changed.iter());
+            self.force(changed.iter(), to);
             events.push(self.with_evidence(
                 evidence,
                 self.event(
@@ -105,142 +238,85 @@ impl Detector {
             ));
             return events;
         }
-        if to == PortState::Open && self.outages.remove(&path) {
-            let evidence = self.evidence(universe.iter().filter(|u| u.3).map(|u| &u.0));
-            self.force(universe.iter().filter(|u| u.3).map(|u| &u.0), to);
+
+        let reaches_other_targets = self.reaches_other_targets(&path, &voices);
+        let layers =
+            scope::settled(&voices, reaches_other_targets, self.bounds(), true).unwrap_or_default();
+        for (layer, keys) in layers {
+            let changed_here: Vec<SeriesKey> = keys
+                .iter()
+                .filter(|k| changed.contains(k))
+                .cloned()
+                .collect();
+            let outcome = self.dominant_outcome(changed_here.iter(), to);
+            let evidence = self.evidence(changed_here.iter());
+            let (kind, scope, who, event_from) = match layer {
+                Layer::Destination => {
+                    if to == PortState::Blocked {
+                        self.outages.insert(path.clone());
+                    }
+                    (
+                        EventKind::DestinationOutage,
+                        Scope::Destination,
+                        (None, None, None),
+                        from,
+                    )
+                }
+                Layer::Provider { provider } => (
+                    EventKind::PolicyChanged,
+                    Scope::Provider,
+                    (Some(provider), None, None),
+                    from,
+                ),
+                Layer::Account { provider, account } => (
+                    EventKind::PolicyChanged,
+                    Scope::Account,
+                    (Some(provider), Some(account), None),
+                    from,
+                ),
+                Layer::Agent {
+                    provider,
+                    account,
+                    agent,
+                } => {
+                    let event_from = kept
+                        .iter()
+                        .find(|m| keys.contains(&m.key))
+                        .map_or(from, |m| m.from);
+                    (
+                        EventKind::PolicyChanged,
+                        Scope::Agent,
+                        (Some(provider), Some(account), Some(agent)),
+                        event_from,
+                    )
+                }
+            };
+            self.force(keys.iter(), to);
             events.push(self.with_evidence(
                 evidence,
                 self.event(
-                    EventKind::DestinationOutage,
-                    Scope::Destination,
-                    (None, None, None),
+                    kind,
+                    scope,
+                    who,
                     &path,
-                    from.into(),
+                    event_from.into(),
                     to.into(),
-                    None,
+                    outcome,
                     now,
                 ),
             ));
-            return events;
-        }
-
-        // Providers, then accounts, then agents.
-        let providers: BTreeSet<String> = kept
-            .iter()
-            .filter_map(|m| self.agents.get(&m.key.agent).map(|a| a.provider.clone()))
-            .collect();
-        for provider in providers {
-            let in_provider: Vec<&(SeriesKey, String, String, bool)> =
-                universe.iter().filter(|u| u.1 == provider).collect();
-            let mut by_account: BTreeMap<&str, Vec<&(SeriesKey, String, String, bool)>> =
-                BTreeMap::new();
-            for u in &in_provider {
-                by_account.entry(u.2.as_str()).or_default().push(u);
-            }
-            let account_changed =
-                |acc: &str| by_account.get(acc).is_some_and(|v| v.iter().all(|u| u.3));
-            if by_account.len() >= self.config.min_accounts_for_provider
-                && by_account.keys().all(|a| account_changed(a))
-            {
-                let evidence = self.evidence(in_provider.iter().filter(|u| u.3).map(|u| &u.0));
-                self.force(in_provider.iter().map(|u| &u.0), to);
-                events.push(self.with_evidence(
-                    evidence,
-                    self.event(
-                        EventKind::PolicyChanged,
-                        Scope::Provider,
-                        (Some(provider.clone()), None, None),
-                        &path,
-                        from.into(),
-                        to.into(),
-                        outcome.clone(),
-                        now,
-                    ),
-                ));
-                continue;
-            }
-            let member_accounts: BTreeSet<String> = kept
-                .iter()
-                .filter_map(|m| {
-                    let a = self.agents.get(&m.key.agent)?;
-                    (a.provider == provider).then(|| a.account.clone())
-                })
-                .collect();
-            for account in member_accounts {
-                if account_changed(&account) {
-                    let keys: Vec<SeriesKey> = by_account
-                        .get(account.as_str())
-                        .map(|v| v.iter().map(|u| u.0.clone()).collect())
-                        .unwrap_or_default();
-                    let evidence = self.evidence(keys.iter());
-                    self.force(keys.iter(), to);
-                    events.push(self.with_evidence(
-                        evidence,
-                        self.event(
-                            EventKind::PolicyChanged,
-                            Scope::Account,
-                            (Some(provider.clone()), Some(account.clone()), None),
-                            &path,
-                            from.into(),
-                            to.into(),
-                            outcome.clone(),
-                            now,
-                        ),
-                    ));
-                    continue;
-                }
-                for m in &kept {
-                    let Some(a) = self.agents.get(&m.key.agent) else {
-                        continue;
-                    };
-                    if a.provider != provider || a.account != account {
-                        continue;
-                    }
-                    let one_outcome = self.dominant_outcome(std::iter::once(&m.key), to);
-                    let evidence = self.evidence(std::iter::once(&m.key));
-                    events.push(self.with_evidence(
-                        evidence,
-                        self.event(
-                            EventKind::PolicyChanged,
-                            Scope::Agent,
-                            (
-                                Some(provider.clone()),
-                                Some(account.clone()),
-                                Some(m.key.agent.clone()),
-                            ),
-                            &path,
-                            m.from.into(),
-                            to.into(),
-                            one_outcome,
-                            now,
-                        ),
-                    ));
-                }
-            }
         }
         events
     }
 
-    /// All agents fail on the path: it is the destination when the ones that changed span
-    /// providers, or when they still reach another target on the same port.
-    fn looks_like_destination(
-        &self,
-        path: &PathKey,
-        universe: &[(SeriesKey, String, String, bool)],
-    ) -> bool {
-        let agents: BTreeSet<&str> = universe.iter().map(|u| u.0.agent.as_str()).collect();
-        if agents.len() < self.config.min_agents_for_outage {
-            return false;
-        }
-        // Providers that *changed* now: a provider that always blocked this port (GCP's 25)
-        // says nothing about the destination, and must not turn one provider's new block into
-        // an "outage".
-        let changed = universe.iter().filter(|u| u.3);
-        let providers: BTreeSet<&str> = changed.clone().map(|u| u.1.as_str()).collect();
-        if providers.len() >= 2 {
-            return true;
-        }
-        let agents: BTreeSet<&str> = changed.map(|u| u.0.agent.as_str()).collect();
+    /// Whether an agent that changed on `path` still reaches another target on the same port:
+    /// then the port is not blocked for it, and the destination is what changed.
+    fn reaches_other_targets(&self, path: &PathKey, voices: &[Voice<SeriesKey>]) -> bool {
+        let agents: BTreeSet<&str> = voices
+            .iter()
+            .filter(|v| v.answer != Answer::Unchanged && v.answer != Answer::Before)
+            .map(|v| v.agent.as_str())
+            .collect();
         self.series.iter().any(|(k, s)| {
             agents.contains(k.agent.as_str())
                 && k.port == path.1

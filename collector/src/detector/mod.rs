@@ -13,6 +13,7 @@
 //! accounts of a provider is the provider; otherwise the agent.
 
 mod attribution;
+pub mod scope;
 mod series;
 mod suspicion;
 
@@ -132,11 +133,14 @@ struct Pending {
     from: PortState,
     to: PortState,
     confirmed_at_ms: i64,
-    /// How long this change waits for its siblings at most: about one probe interval of its
-    /// series, capped by `settle_secs`.
-    settle_ms: i64,
     /// The first departing result's time.
     since_ms: i64,
+}
+
+impl Pending {
+    fn on(&self, path: &PathKey) -> bool {
+        self.key.target == path.0 && self.key.port == path.1 && self.key.family == path.2
+    }
 }
 
 /// The detector.
@@ -315,19 +319,15 @@ impl Detector {
                 }
             }
         }
-        events.extend(self.attribute_settled(now_unix_ms, false));
+        events.extend(self.attribute_settled(now_unix_ms));
         events
     }
 
-    /// A decided change waits for its siblings: at most about one probe interval.
+    /// A decided change waits for the agents whose answers could still change its layer.
     fn push_pending(&mut self, key: &SeriesKey, from: PortState, to: PortState, now: i64) {
         let Some(series) = self.series.get(key) else {
             return;
         };
-        let cap = secs_ms(self.config.settle_secs);
-        let settle_ms = series
-            .interval_ms()
-            .map_or(cap, |i| i.clamp(1_000, cap.max(1_000)));
         let since_ms = series.departure().map_or(now, |(since, _)| since);
         self.pending.retain(|p| p.key != *key);
         self.pending.push(Pending {
@@ -335,7 +335,6 @@ impl Detector {
             from,
             to,
             confirmed_at_ms: now,
-            settle_ms,
             since_ms,
         });
     }
@@ -436,141 +435,54 @@ impl Detector {
                 now_unix_ms,
             ));
         }
-        events.extend(self.attribute_settled(now_unix_ms, true));
+        events.extend(self.attribute_settled(now_unix_ms));
         events
     }
 
-    /// Attributes the decided changes that are settled, as one event per change. A change is
-    /// attributed once every pending change of its (target, port, new state) is settled, over
-    /// both families together: the same account closing 587 over IPv4 and IPv6 a second apart
-    /// is one event, not two. Settled means its siblings' answers are in, or (with
-    /// `waits_over`, on the tick) its wait is over.
-    fn attribute_settled(&mut self, now_unix_ms: i64, waits_over: bool) -> Vec<Event> {
+    /// Attributes the decided changes whose layer is settled, as one event per change. The
+    /// decided changes of one (target, port, new state) are judged together over both families
+    /// (the same account closing 587 over IPv4 and IPv6 a second apart is one event, not two),
+    /// and they go out together once, for each family, the agents that have not said yet
+    /// cannot change the layer ([`scope::settled`]) and no agent among them is still testing
+    /// the same change in its other family — or once the wait for those agents is over.
+    fn attribute_settled(&mut self, now_unix_ms: i64) -> Vec<Event> {
         if self.pending.is_empty() {
             return Vec::new();
         }
-        let mut events = Vec::new();
-        let mut clusters: Vec<(String, u16, PortState, i64, bool)> = Vec::new();
+        let mut clusters: Vec<(String, u16, PortState)> = Vec::new();
         for p in &self.pending {
-            let deadline = self.wait_until(p);
-            let answered = self.answers_in(p);
-            match clusters
-                .iter_mut()
-                .find(|c| c.0 == p.key.target && c.1 == p.key.port && c.2 == p.to)
-            {
-                Some(c) => {
-                    c.3 = c.3.max(deadline);
-                    c.4 &= answered;
-                }
-                None => clusters.push((p.key.target.clone(), p.key.port, p.to, deadline, answered)),
+            let c = (p.key.target.clone(), p.key.port, p.to);
+            if !clusters.contains(&c) {
+                clusters.push(c);
             }
         }
-        clusters.retain(|c| c.4 || (waits_over && c.3 <= now_unix_ms));
-        clusters.sort_by_key(|c| c.3);
-        for (target, port, to, _, _) in clusters {
-            for family in [Family::Ipv4, Family::Ipv6] {
-                let path: PathKey = (target.clone(), port, family);
+        let mut events = Vec::new();
+        for (target, port, to) in clusters {
+            let paths: Vec<PathKey> = [Family::Ipv4, Family::Ipv6]
+                .into_iter()
+                .map(|family| (target.clone(), port, family))
+                .filter(|path| self.pending.iter().any(|p| p.to == to && p.on(path)))
+                .collect();
+            let mut deadline = i64::MIN;
+            let mut ready = true;
+            for path in &paths {
+                let judged = self.judge(path, to);
+                deadline = deadline.max(judged.deadline_ms);
+                ready &= judged.settled && !judged.twin_testing;
+            }
+            if !ready && now_unix_ms < deadline {
+                continue;
+            }
+            for path in paths {
                 let (members, rest): (Vec<Pending>, Vec<Pending>) =
                     std::mem::take(&mut self.pending)
                         .into_iter()
-                        .partition(|p| {
-                            p.to == to
-                                && p.key.target == path.0
-                                && p.key.port == path.1
-                                && p.key.family == path.2
-                        });
+                        .partition(|p| p.to == to && p.on(&path));
                 self.pending = rest;
-                if !members.is_empty() {
-                    events.extend(self.attribute(path, to, members, now_unix_ms));
-                }
+                events.extend(self.attribute(path, to, members, now_unix_ms));
             }
         }
         attribution::merge_families(events)
-    }
-
-    /// When a decided change stops waiting for its siblings: about one probe interval after the
-    /// decision; but while another agent of its account that probes the path has sent nothing
-    /// at all since the departure — it is failing over to another collector, or its uplink is
-    /// down, and its spool holds what it saw — up to `settle_secs`, so that an account's change
-    /// is not blamed on the one agent that reported first. An agent silent by then is not
-    /// waited for.
-    fn wait_until(&self, p: &Pending) -> i64 {
-        let usual = p.confirmed_at_ms + p.settle_ms;
-        let Some(own) = self.agents.get(&p.key.agent) else {
-            return usual;
-        };
-        let unheard_sibling = self.series.keys().any(|k| {
-            k.agent != p.key.agent
-                && k.target == p.key.target
-                && k.port == p.key.port
-                && k.family == p.key.family
-                && self.agents.get(&k.agent).is_some_and(|a| {
-                    !a.silent
-                        && a.provider == own.provider
-                        && a.account == own.account
-                        && a.last_seen_ms < p.since_ms
-                })
-        });
-        if unheard_sibling {
-            usual.max(p.confirmed_at_ms + secs_ms(self.config.settle_secs))
-        } else {
-            usual
-        }
-    }
-
-    /// Whether enough answers are in to attribute a decided change before its wait is over:
-    /// every account of its provider on the path either answered since the departure with the
-    /// old state (it did not change) or answered in full, the other providers likewise taken
-    /// together, and the same agents' series in the other family are not still testing for the
-    /// same change (both families together are one event).
-    fn answers_in(&self, p: &Pending) -> bool {
-        let Some(own) = self.agents.get(&p.key.agent) else {
-            return false;
-        };
-        let other_family = match p.key.family {
-            Family::Ipv4 => Family::Ipv6,
-            Family::Ipv6 => Family::Ipv4,
-        };
-        let twin = SeriesKey {
-            family: other_family,
-            ..p.key.clone()
-        };
-        if self
-            .series
-            .get(&twin)
-            .and_then(|s| s.episode())
-            .is_some_and(|e| e.to == p.to)
-        {
-            return false;
-        }
-        // (answered since, any answered with the old state, count) per group.
-        let mut accounts: BTreeMap<&str, (usize, bool, usize)> = BTreeMap::new();
-        let mut elsewhere = (0usize, false, 0usize);
-        for (k, s) in &self.series {
-            if k.target != p.key.target || k.port != p.key.port || k.family != p.key.family {
-                continue;
-            }
-            let Some(a) = self.agents.get(&k.agent).filter(|a| !a.silent) else {
-                continue;
-            };
-            let Some(last) = s.last() else {
-                continue;
-            };
-            let group = if a.provider == own.provider {
-                accounts.entry(a.account.as_str()).or_default()
-            } else {
-                &mut elsewhere
-            };
-            group.2 += 1;
-            if s.last_at_ms() >= p.since_ms {
-                group.0 += 1;
-                if last != p.to {
-                    group.1 = true;
-                }
-            }
-        }
-        let known = |g: &(usize, bool, usize)| g.1 || g.0 == g.2;
-        accounts.values().all(known) && known(&elsewhere)
     }
 
     /// The evidence behind a change, for its event: one witness per series among `keys` that
@@ -684,6 +596,13 @@ impl Detector {
             witnesses: Vec::new(),
             silenced_by: None,
         }
+    }
+}
+
+fn other_family(family: Family) -> Family {
+    match family {
+        Family::Ipv4 => Family::Ipv6,
+        Family::Ipv6 => Family::Ipv4,
     }
 }
 

@@ -140,6 +140,11 @@ impl Series {
         self.interval_ms
     }
 
+    /// When the latest scheduled probe was measured.
+    pub fn last_scheduled_at_ms(&self) -> Option<i64> {
+        self.last_scheduled_at_ms
+    }
+
     /// The latest failing outcome (what a change to `blocked` is reported with).
     pub fn last_failure(&self) -> Option<Outcome> {
         self.last_failure
