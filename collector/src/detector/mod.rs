@@ -5,12 +5,13 @@
 //! evidence for a change against the series' own background failure rate ([`series`]); results
 //! the agent re-probed (`confirmation`) and results the collector asked other agents for
 //! (`requested`) are evidence too, so a change is decided in seconds when they agree. A whole
-//! account's series on one path decide together on their summed evidence. Decided changes wait
-//! until the siblings' answers are in (or one probe interval at most), then are attributed using
-//! every series at once: the agent's 443 control failing too means its network went away (no
-//! SMTP event); every agent failing on one target/port (across providers, or while other targets
-//! still answer) is the destination; all agents of an account together is the account; all
-//! accounts of a provider is the provider; otherwise the agent.
+//! account's series on one path decide together on their summed evidence. *That* something
+//! changed is decided per series; *where* is decided per path, over what every agent on it has
+//! said since ([`scope`]): a decided change goes out once the agents not yet heard cannot change
+//! its layer, or their next result is overdue. The agent's 443 control failing too means its
+//! network went away (no SMTP event); nobody with the old state and the change across providers
+//! (or while other targets still answer) is the destination; every agent of every account of a
+//! provider is the provider; every agent of an account is the account; otherwise the agent.
 
 mod attribution;
 pub mod scope;
@@ -49,10 +50,11 @@ pub struct DetectorConfig {
     pub confirmation_carryover: f64,
     /// Confirmations counted after each scheduled or requested result; more are ignored.
     pub confirmations_counted: u32,
-    /// The longest a decided change waits for its siblings' answers before it is attributed;
-    /// the wait is one probe interval of the series (as observed) when that is shorter and no
-    /// other agent of the account has been unheard since the departure, and ends as soon as
-    /// the answers are in.
+    /// How long a decided change waits, after its decision, for an agent of its path that has
+    /// sent nothing at all since the change began (failing over, its uplink down) before that
+    /// agent counts as unchanged. An agent that reports is waited for until its next scheduled
+    /// result is overdue instead; either wait ends as soon as the layer is settled, and none
+    /// lasts past the larger of this and two probe intervals and 30 s.
     pub settle_secs: u64,
     /// An agent unheard of for this long is `agent_silent`.
     pub silent_after_secs: u64,
