@@ -1,7 +1,8 @@
 //! The README's demo, shortened (lab/scenarios/demo-short.toml): real agents in simulated clouds,
-//! the collector, the local webhook receiver, the scripted timeline. Asserts that the alert for
-//! the AWS account whose 587 closes reached the receiver, and that the demo cleaned up after
-//! itself. Root only (skipped with a reason otherwise).
+//! the collector, the local webhook receiver, the scripted timeline. Asserts that the receiver got
+//! exactly the timeline's four alerts, each at its layer (the AWS account whose 587 closes and
+//! reopens, the destination whose 2525 goes down and comes back), and that the demo cleaned up
+//! after itself. Root only (skipped with a reason otherwise).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -58,20 +59,30 @@ fn shortened_demo_alerts_and_cleans_up() {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    let closed = events.iter().any(|e| {
-        e["kind"] == "policy_changed"
-            && e["account"] == "acct-a"
-            && e["port"] == 587
-            && e["to"] == "blocked"
-            && e["scope"] == "account"
-    });
-    assert!(
-        closed,
-        "no alert for acct-a's 587 closing; received:\n{received}\nstderr:\n{stderr}"
-    );
-    assert!(
-        !events.iter().any(|e| e["account"] == "acct-b"),
-        "an alert for the sibling account:\n{received}"
+    // Exactly the timeline's four changes, each once and at its layer, in order.
+    let named: Vec<String> = events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {} {}:{} {}",
+                e["kind"].as_str().unwrap_or("?"),
+                e["scope"].as_str().unwrap_or("?"),
+                e["provider"].as_str().unwrap_or("-"),
+                e["account"].as_str().unwrap_or("-"),
+                e["port"],
+                e["to"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [
+            "policy_changed account aws acct-a:587 blocked",
+            "policy_changed account aws acct-a:587 open",
+            "destination_outage destination - -:2525 blocked",
+            "destination_outage destination - -:2525 open",
+        ],
+        "received:\n{received}\nstderr:\n{stderr}"
     );
     // Nothing left behind.
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();

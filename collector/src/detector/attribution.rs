@@ -62,12 +62,12 @@ impl Detector {
                     if e.evidence >= self.config.upper_bound() / 2.0 {
                         Answer::Changed
                     } else {
-                        Answer::Unknown
+                        Answer::Leaning
                     }
                 } else if s.last_at_ms() >= since_ms {
                     Answer::Unchanged
                 } else {
-                    Answer::Unknown
+                    Answer::Unheard
                 };
                 Some(Voice {
                     key: k.clone(),
@@ -125,7 +125,10 @@ impl Detector {
         };
         let voices = self.voices(path, to);
         let mut deadline_ms = decided_ms;
-        for v in voices.iter().filter(|v| v.answer == Answer::Unknown) {
+        for v in voices
+            .iter()
+            .filter(|v| matches!(v.answer, Answer::Leaning | Answer::Unheard))
+        {
             deadline_ms = deadline_ms.max(expected(&v.key));
         }
         let twins: Vec<SeriesKey> = members
@@ -146,7 +149,9 @@ impl Detector {
         }
         let reaches_other_targets = self.reaches_other_targets(path, &voices);
         let settled = if to == PortState::Open && self.outages.contains(path) {
-            !voices.iter().any(|v| v.answer == Answer::Unknown)
+            !voices
+                .iter()
+                .any(|v| matches!(v.answer, Answer::Leaning | Answer::Unheard))
         } else {
             scope::settled(&voices, reaches_other_targets, self.bounds(), false).is_some()
         };

@@ -4,7 +4,8 @@
 //! Each live agent that probes the path is a [`Voice`]: it has decided the change too
 //! (`Changed`), has answered since the change began with the old state (`Unchanged`), was in
 //! the new state before the change began (`Before`: GCP's 25, always blocked, says nothing
-//! about a new block), or has not said yet (`Unknown`). [`layers`] names the widest layer every
+//! about a new block), or has not said yet: its own test leans to the change but not far
+//! enough (`Leaning`), or nothing since the change began (`Unheard`). [`layers`] names the widest layer every
 //! voice supports: the destination when nobody still has the old state and the change spans
 //! providers (or the changed agents still reach another target on the port); a provider when
 //! every agent of each of its accounts changed; an account when every agent of it changed; else
@@ -12,9 +13,9 @@
 //!
 //! [`settled`] is the rule that keeps a page from being contradicted moments later: the layers
 //! are final only when the voices still unknown cannot change them — the answer is the same
-//! whether they turn out changed or unchanged. Until then the caller waits for them (up to
-//! their deadline, after which an unknown voice counts as unchanged: only what was seen is
-//! named).
+//! whether they turn out changed or unchanged. Until then the caller waits for them, up to
+//! their deadline; after it, what was seen is named: a leaning voice counts as changed, an
+//! unheard one as unchanged.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,8 +28,17 @@ pub enum Answer {
     Unchanged,
     /// It was in the new state before the change began.
     Before,
-    /// Nothing decisive since the change began (no result yet, or its own test is under way).
-    Unknown,
+    /// Its own test leans to the change, not far enough yet to say.
+    Leaning,
+    /// No result since the change began.
+    Unheard,
+}
+
+impl Answer {
+    /// Not said yet: what it turns out to be could still change the layer.
+    fn open(self) -> bool {
+        matches!(self, Answer::Leaning | Answer::Unheard)
+    }
 }
 
 /// One agent on the path.
@@ -145,13 +155,13 @@ pub fn layers<K: Clone + Ord>(
     out
 }
 
-/// The voices with every unknown one taken as `as_if`.
-fn resolved<K: Clone>(voices: &[Voice<K>], as_if: Answer) -> Vec<Voice<K>> {
+/// The voices with every one not said yet taken as `as_if(its answer)`.
+fn resolved<K: Clone>(voices: &[Voice<K>], as_if: impl Fn(Answer) -> Answer) -> Vec<Voice<K>> {
     voices
         .iter()
         .map(|v| Voice {
-            answer: if v.answer == Answer::Unknown {
-                as_if
+            answer: if v.answer.open() {
+                as_if(v.answer)
             } else {
                 v.answer
             },
@@ -160,24 +170,30 @@ fn resolved<K: Clone>(voices: &[Voice<K>], as_if: Answer) -> Vec<Voice<K>> {
         .collect()
 }
 
-/// The layers once they are final: `Some` when the voices still unknown cannot change them
-/// (or `deadline_passed`, when they count as unchanged), `None` while waiting is worth it.
+/// The layers once they are final: `Some` when the voices not said yet cannot change them, or
+/// `deadline_passed` — then what was seen is named: a voice whose every result since the change
+/// began departed (leaning) counts as changed, an unheard one as unchanged. `None` while waiting
+/// is worth it.
 pub fn settled<K: Clone + Ord>(
     voices: &[Voice<K>],
     reaches_other_targets: bool,
     bounds: Bounds,
     deadline_passed: bool,
 ) -> Option<Vec<(Layer, Vec<K>)>> {
+    if deadline_passed || !voices.iter().any(|v| v.answer.open()) {
+        let seen = resolved(voices, |a| match a {
+            Answer::Leaning => Answer::Changed,
+            _ => Answer::Unchanged,
+        });
+        return Some(layers(&seen, reaches_other_targets, bounds));
+    }
     let cautious = layers(
-        &resolved(voices, Answer::Unchanged),
+        &resolved(voices, |_| Answer::Unchanged),
         reaches_other_targets,
         bounds,
     );
-    if deadline_passed || !voices.iter().any(|v| v.answer == Answer::Unknown) {
-        return Some(cautious);
-    }
     let hopeful = layers(
-        &resolved(voices, Answer::Changed),
+        &resolved(voices, |_| Answer::Changed),
         reaches_other_targets,
         bounds,
     );
@@ -198,7 +214,7 @@ pub fn settled<K: Clone + Ord>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Answer::{Before as B, Changed as C, Unchanged as U, Unknown as N};
+    use Answer::{Before as B, Changed as C, Leaning as L, Unchanged as U, Unheard as N};
 
     const BOUNDS: Bounds = Bounds {
         min_agents_for_outage: 2,
@@ -272,9 +288,13 @@ mod tests {
         // One hetzner agent answered the old state: gcp's own change, final.
         let s = settled(&fleet([C, C, C, U, N]), false, BOUNDS, false).unwrap();
         assert_eq!(named(&s), ["provider gcp"]);
-        // Past the deadline the unknown count as unchanged: only what was seen is named.
+        // Past the deadline what was seen is named: an unheard sibling as unchanged, one whose
+        // results since all departed as changed.
         let s = settled(&fleet([C, N, U, U, U]), false, BOUNDS, true).unwrap();
         assert_eq!(named(&s), ["agent g1"]);
+        let s = settled(&fleet([C, L, U, U, U]), false, BOUNDS, true).unwrap();
+        assert_eq!(named(&s), ["account acct-a"]);
+        assert!(settled(&fleet([C, L, U, U, U]), false, BOUNDS, false).is_none());
         // A sibling still unknown could turn one agent into its account: wait.
         assert!(settled(&fleet([C, N, U, U, U]), false, BOUNDS, false).is_none());
     }
