@@ -1017,6 +1017,46 @@ fn an_agent_alone_in_its_account_decides_on_both_families_together() {
 /// 180 s, and the destination refuses 2525 from 240 s to 330 s. Returns the policy and outage
 /// events with the second each came out.
 fn demo_timeline(seed: u64) -> Vec<(i64, Event)> {
+    let (agents, results) = demo_results(seed);
+    let mut det = Detector::new(DetectorConfig::default());
+    let mut events = live(&mut det, &agents, &results, 0..=450);
+    events.retain(|(_, e)| e.kind != EventKind::AgentSilent && e.kind != EventKind::AgentBack);
+    events
+}
+
+/// One result on its way: (arrival, measured, agent, port, outcome, cause).
+type Arrival = (i64, i64, usize, u16, Outcome, ProbeCause);
+
+/// Feeds the results arriving in the seconds of `span` (counted from `T0`) as a collector does,
+/// each at the second it arrives by, ticking once a second; returns the events with the second
+/// each came out.
+fn live(
+    det: &mut Detector,
+    agents: &[AgentMeta],
+    results: &[Arrival],
+    span: std::ops::RangeInclusive<i64>,
+) -> Vec<(i64, Event)> {
+    let mut events = Vec::new();
+    for s in span {
+        let now = T0 + s * 1000;
+        let from = results.partition_point(|r| r.0 <= now - 1000);
+        let to = results.partition_point(|r| r.0 <= now);
+        for (n, r) in results.iter().enumerate().take(to).skip(from) {
+            let (_, at, i, port, outcome, cause) = *r;
+            let result = evidence(n as u64 + 1, at, port, outcome, cause);
+            events.extend(
+                det.observe(&agents[i], &[result], true, now)
+                    .into_iter()
+                    .map(|e| (s, e)),
+            );
+        }
+        events.extend(det.tick(now).into_iter().map(|e| (s, e)));
+    }
+    events
+}
+
+/// The demo's fleet, and every result its agents send over the timeline, in arrival order.
+fn demo_results(seed: u64) -> (Vec<AgentMeta>, Vec<Arrival>) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut agents = Vec::new();
@@ -1042,8 +1082,7 @@ fn demo_timeline(seed: u64) -> Vec<(i64, Event)> {
         }
         None
     };
-    // (arrival, measured, agent, port, outcome, cause)
-    let mut results: Vec<(i64, i64, usize, u16, Outcome, ProbeCause)> = Vec::new();
+    let mut results: Vec<Arrival> = Vec::new();
     for (i, a) in agents.iter().enumerate() {
         let first = results.len();
         let mut start = T0 + rng.gen_range(0..3_000);
@@ -1088,27 +1127,7 @@ fn demo_timeline(seed: u64) -> Vec<(i64, Event)> {
         }
     }
     results.sort_by_key(|r| r.0);
-    let mut det = Detector::new(DetectorConfig::default());
-    let mut events = Vec::new();
-    let mut next = 0;
-    let mut seq = 0;
-    for s in 0..=450 {
-        let now = T0 + s * 1000;
-        while next < results.len() && results[next].0 <= now {
-            let (_, at, i, port, outcome, cause) = results[next];
-            seq += 1;
-            let r = evidence(seq, at, port, outcome, cause);
-            events.extend(
-                det.observe(&agents[i], &[r], true, now)
-                    .into_iter()
-                    .map(|e| (s, e)),
-            );
-            next += 1;
-        }
-        events.extend(det.tick(now).into_iter().map(|e| (s, e)));
-    }
-    events.retain(|(_, e)| e.kind != EventKind::AgentSilent && e.kind != EventKind::AgentBack);
-    events
+    (agents, results)
 }
 
 #[test]
@@ -1140,5 +1159,76 @@ fn the_demo_timeline_names_its_four_changes_at_their_layers_whatever_the_order()
             ],
             "seed {seed}: {events:#?}"
         );
+    }
+}
+
+/// What a change's event says, whoever decided it: how a collector that takes the lead
+/// recognises what the previous leader already recorded.
+fn change_key(e: &Event) -> String {
+    format!(
+        "{:?} {:?} {:?} {:?} {:?} {:?} {} {} {:?}",
+        e.kind,
+        e.scope,
+        e.provider,
+        e.account,
+        e.agent,
+        e.port,
+        e.from.as_str(),
+        e.to.as_str(),
+        e.since
+    )
+}
+
+#[test]
+fn a_collector_taking_the_lead_mid_decision_names_the_same_layers() {
+    // The leader dies at a moment of the demo's timeline, some of them while a change is
+    // decided and waits for its layer; the next rebuilds its detector from the stored results
+    // (replayed with ticks at their arrival times, as `take_lead` does) and goes on live. What
+    // both record together is what one collector alone records.
+    for seed in 0..6 {
+        let (agents, results) = demo_results(seed);
+        let alone: Vec<String> = live(
+            &mut Detector::new(DetectorConfig::default()),
+            &agents,
+            &results,
+            0..=450,
+        )
+        .iter()
+        .filter(|(_, e)| e.kind != EventKind::AgentSilent && e.kind != EventKind::AgentBack)
+        .map(|(_, e)| change_key(e))
+        .collect();
+        for dies_at in [61, 64, 67, 183, 242, 244, 246, 333, 336] {
+            let mut leader = Detector::new(DetectorConfig::default());
+            let mut recorded: Vec<String> = live(&mut leader, &agents, &results, 0..=dies_at)
+                .iter()
+                .map(|(_, e)| change_key(e))
+                .collect();
+            let takeover = T0 + (dies_at + 1) * 1000;
+            let mut next = Detector::new(DetectorConfig::default());
+            let mut replayed = Vec::new();
+            let stored = &results[..results.partition_point(|r| r.0 <= takeover)];
+            // Stored with the second they arrived by, as the collector receives them.
+            let received = |r: &Arrival| (r.0 + 999) / 1000 * 1000;
+            let mut next_tick = stored.first().map(|r| received(r) + 1000);
+            for (n, r) in stored.iter().enumerate() {
+                while let Some(t) = next_tick.filter(|t| *t <= received(r)) {
+                    replayed.extend(next.tick(t));
+                    next_tick = Some(t + 1000);
+                }
+                let (_, at, i, port, outcome, cause) = *r;
+                let result = evidence(n as u64 + 1, at, port, outcome, cause);
+                replayed.extend(next.observe(&agents[i], &[result], true, received(r)));
+            }
+            replayed.extend(next.tick(takeover));
+            let after = live(&mut next, &agents, &results, dies_at + 2..=450);
+            for e in replayed.iter().chain(after.iter().map(|(_, e)| e)) {
+                let key = change_key(e);
+                if !recorded.contains(&key) {
+                    recorded.push(key);
+                }
+            }
+            recorded.retain(|k| !k.starts_with("AgentSilent") && !k.starts_with("AgentBack"));
+            assert_eq!(recorded, alone, "seed {seed}, leader died at {dies_at} s");
+        }
     }
 }
