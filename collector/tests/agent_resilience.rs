@@ -529,3 +529,147 @@ fn a_corrupted_spool_record_is_a_gap_the_collector_is_told_of() {
         .collect();
     assert_eq!(notes, vec![(4, 1)], "collector log:\n{}", collector.log());
 }
+
+#[test]
+fn a_read_only_spool_is_retried_its_losses_counted_and_told() {
+    const TEST: &str = "a_read_only_spool_is_retried_its_losses_counted_and_told";
+    if !is_root() {
+        skip(
+            TEST,
+            "needs root for a read-only tmpfs in a private mount namespace",
+        );
+        return;
+    }
+    let tmp = support::work_dir("ew-agentres-");
+    let collector = Collector::start(tmp.path(), 0);
+    let mut agent = Agent::new(tmp.path(), "res-readonly", &collector, vec![probe_target()]);
+    let disk = tmp.path().join("ro-disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    agent.settings.spool = disk.join("spool");
+
+    // A tmpfs mounted read-only, seen only by this mount namespace and the agents entered into
+    // it. It goes when the keeper is killed (on drop, also when an assertion fails).
+    let keeper_script = "mount -t tmpfs -o size=1m,mode=0700 egresswatch-test-ro \"$1\" \
+        && mount -o remount,ro \"$1\" && echo ready && exec sleep 600";
+    let mut keeper = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(keeper_script)
+        .arg("sh")
+        .arg(&disk)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map(Proc)
+        .expect("unshare (util-linux)");
+    let mut ready = String::new();
+    let stdout = keeper.0.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut ready).unwrap();
+    assert_eq!(
+        ready.trim(),
+        "ready",
+        "the keeper mounted the tmpfs read-only"
+    );
+    let inside = PathBuf::from(format!("/proc/{}/root", keeper.pid()));
+    let namespace = format!("--mount=/proc/{}/ns/mnt", keeper.pid());
+    agent.wrapper = vec!["nsenter".into(), namespace.clone().into(), "--".into()];
+
+    let mut proc = agent.start();
+    assert!(
+        agent.wait_log("spool unusable", Duration::from_secs(20)),
+        "log:\n{}",
+        agent.log()
+    );
+    // It keeps probing and trying, without spinning.
+    let cpu_before = proc.cpu_time();
+    std::thread::sleep(Duration::from_secs(4));
+    let cpu = proc.cpu_time() - cpu_before;
+    assert!(proc.alive(), "log:\n{}", agent.log());
+    assert!(
+        cpu < Duration::from_secs(2),
+        "{cpu:?} of CPU in 4 s: spinning"
+    );
+    assert!(!agent.spool_seen_at(&inside).exists());
+
+    // The filesystem becomes writable: the spool is made at the next try (at most 60 s away).
+    let remounted = Command::new("nsenter")
+        .arg(&namespace)
+        .args(["--", "mount", "-o", "remount,rw"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(remounted.success());
+    assert!(
+        agent.wait_log("spool usable again", Duration::from_secs(70)),
+        "log:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.wait_acked(&inside, 2, Duration::from_secs(30)),
+        "ledger {:?}; log:\n{}",
+        agent.ledger(&inside),
+        agent.log()
+    );
+    proc.terminate();
+    let log = agent.log();
+    eprintln!("agent log (shown on failure):\n{log}");
+    let not_kept = stop_figures(&log, "not_kept=")[0];
+    assert!(not_kept > 0, "log:\n{log}");
+
+    let produced = agent.drain(&inside);
+    collector.assert_exactly_once("res-readonly", produced);
+    let told: u64 = collector
+        .log()
+        .lines()
+        .filter(|l| l.contains("the agent's spool dropped results before seq"))
+        .filter_map(|l| number_after(l, "dropped="))
+        .sum();
+    eprintln!("not kept by the agent: {not_kept}; told to the collector: {told}");
+    assert_eq!(told, not_kept, "collector log:\n{}", collector.log());
+    drop(keeper);
+}
+
+#[test]
+fn a_vanished_spool_directory_is_made_again_and_its_losses_told() {
+    let tmp = support::work_dir("ew-agentres-");
+    let root = Path::new(HOST_ROOT);
+    let collector = Collector::start(tmp.path(), 0);
+    let mut agent = Agent::new(tmp.path(), "res-vanished", &collector, vec![probe_target()]);
+    let mut proc = agent.start();
+    assert!(
+        agent.wait_acked(root, 6, Duration::from_secs(40)),
+        "ledger {:?}; log:\n{}",
+        agent.ledger(root),
+        agent.log()
+    );
+    // The directory goes while the agent runs (a cleanup script, a disk unmounted).
+    std::fs::remove_dir_all(agent.spool_seen_at(root)).unwrap();
+    for said in [
+        "the directory is gone: making the spool again",
+        "spool usable again",
+        "numbering continues above it",
+    ] {
+        assert!(
+            agent.wait_log(said, Duration::from_secs(40)),
+            "{said}; log:\n{}",
+            agent.log()
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    proc.terminate();
+    let log = agent.log();
+    eprintln!("agent log (shown on failure):\n{log}");
+    let not_kept = stop_figures(&log, "not_kept=")[0];
+    assert!(not_kept > 0, "log:\n{log}");
+
+    // Numbering went on above what was stored; what went with the directory was told.
+    let produced = agent.drain(root);
+    collector.assert_exactly_once("res-vanished", produced);
+    let told: u64 = collector
+        .log()
+        .lines()
+        .filter(|l| l.contains("the agent's spool dropped results before seq"))
+        .filter_map(|l| number_after(l, "dropped="))
+        .sum();
+    eprintln!("not kept by the agent: {not_kept}; told to the collector: {told}");
+    assert_eq!(told, not_kept, "collector log:\n{}", collector.log());
+    assert_eq!(collector.counter("egresswatch_ingest_spool_restarts"), 1.0);
+}

@@ -415,7 +415,7 @@ impl Shared {
                     trouble.not_kept += lost;
                     trouble.open_failures = 1;
                     trouble.next_open_at = Some(Instant::now());
-                    error!(lost, "spool: {e}; its directory is gone: making it again");
+                    error!(lost, "{e}: making the spool again (results not kept meanwhile are counted and told)");
                     trouble.logged_at = Some(Instant::now());
                     trouble.spell_logged = true;
                 } else {
