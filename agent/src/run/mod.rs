@@ -206,8 +206,10 @@ impl Shared {
                 self.renumberings
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 {
+                    // A result written since (already numbered above the mark) may have
+                    // raised it further.
                     let mut spooled = lock(&self.spooled);
-                    spooled.newest_seq = ledger.next_seq.saturating_sub(1);
+                    spooled.newest_seq = spooled.newest_seq.max(ledger.next_seq.saturating_sub(1));
                     if spooled.urgent_up_to > 0 {
                         spooled.urgent_up_to += moved.by;
                     }
@@ -758,5 +760,44 @@ async fn shutdown_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unusable_spool_is_tried_again_at_doubling_waits_up_to_a_minute() {
+        let waits: Vec<u64> = (1..=9).map(|n| spool_retry_wait(n).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(spool_retry_wait(0), SPOOL_RETRY_FIRST);
+        assert_eq!(spool_retry_wait(u32::MAX), SPOOL_RETRY_MAX);
+    }
+
+    #[tokio::test]
+    async fn results_without_a_spool_are_counted_and_told_from_the_spool_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("spool");
+        let shared = Shared::new(Labels::default(), Vec::new(), None, "spool unusable".into());
+        shared.retry_spool_at(home.clone(), 1 << 20);
+        // Not due yet: counted, not kept, nothing made.
+        for _ in 0..3 {
+            shared.record(ProbeResult::default(), false).await;
+        }
+        assert_eq!(shared.not_kept(), 3);
+        assert!(!home.exists());
+        assert_eq!(shared.spool_numbering(), None);
+        // Due: the spool is made, and the three travel with its first result.
+        lock(&shared.spool_trouble).next_open_at = Some(Instant::now());
+        let announced = *shared.announcements().borrow();
+        shared.record(ProbeResult::default(), false).await;
+        assert_eq!(shared.spool_numbering(), Some((2, true)));
+        assert_eq!(shared.unacked(0, 10).await.1, 3);
+        assert_eq!(shared.status(), "");
+        assert!(
+            *shared.announcements().borrow() > announced,
+            "a new hello carries the new spool's numbering"
+        );
     }
 }
