@@ -74,6 +74,15 @@ pub struct Spooled {
     pub urgent_up_to: u64,
 }
 
+/// What a hello said of the spool: where it numbers next, whether no collector has welcomed that
+/// numbering yet, and which opening of the spool that was.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpoolSaid {
+    pub next_seq: u64,
+    pub new: bool,
+    pub opening: u64,
+}
+
 /// Results the spool could not keep, and when that was last logged.
 #[derive(Default)]
 struct SpoolTrouble {
@@ -170,8 +179,15 @@ impl Shared {
     }
 
     /// What the hello says of the spool ([`Spool::numbering`]); `None` without one.
-    pub fn spool_numbering(&self) -> Option<(u64, bool)> {
-        lock(&self.spool).as_ref().map(Spool::numbering)
+    pub fn spool_numbering(&self) -> Option<SpoolSaid> {
+        lock(&self.spool).as_ref().map(|s| {
+            let (next_seq, new) = s.numbering();
+            SpoolSaid {
+                next_seq,
+                new,
+                opening: s.opening(),
+            }
+        })
     }
 
     /// Times the numbering continued above a collector's high-water mark.
@@ -181,20 +197,26 @@ impl Shared {
 
     /// The collector's welcome: it holds this agent's results up to `high_water`, and the hello
     /// said `said` of the spool. A spool that started over continues its numbering above the
-    /// mark (logged once, counted). An error means the renumbering could not be made durable:
-    /// the session must not go on, or its first ack would delete what was never sent.
+    /// mark (logged once, counted). An error means the renumbering could not be made durable,
+    /// or the spool was opened anew since the hello (which then said nothing true of it): the
+    /// session must not go on, or its first ack could delete what was never sent.
     pub async fn continue_above(
         &self,
-        said: Option<(u64, bool)>,
+        said: Option<SpoolSaid>,
         high_water: u64,
     ) -> Result<(), String> {
-        let Some(said) = said else {
-            return Ok(());
-        };
         let spool = self.spool.clone();
         let done = tokio::task::spawn_blocking(move || {
-            lock(&spool).as_mut().map(|s| {
-                s.continue_above(said, high_water)
+            let mut guard = lock(&spool);
+            if guard.as_ref().map(Spool::opening) != said.map(|said| said.opening) {
+                return Some(Err(AgentError::io(
+                    "spool",
+                    std::io::Error::other("opened anew while the hello was on its way"),
+                )));
+            }
+            let said = said?;
+            guard.as_mut().map(|s| {
+                s.continue_above((said.next_seq, said.new), high_water)
                     .map(|moved| moved.map(|m| (m, s.ledger())))
             })
         })
@@ -461,7 +483,7 @@ impl Shared {
 
     /// The spool opened again; `told` of the results not kept meanwhile travel from it.
     fn spool_reopened(&self, told: u64) {
-        let numbering = self.spool_numbering();
+        let numbering = self.spool_numbering().map(|s| (s.next_seq, s.new));
         let mut trouble = lock(&self.spool_trouble);
         trouble.unkept_while_unusable -= told.min(trouble.unkept_while_unusable);
         trouble.open_failures = 0;
@@ -792,12 +814,39 @@ mod tests {
         lock(&shared.spool_trouble).next_open_at = Some(Instant::now());
         let announced = *shared.announcements().borrow();
         shared.record(ProbeResult::default(), false).await;
-        assert_eq!(shared.spool_numbering(), Some((2, true)));
+        assert_eq!(
+            shared.spool_numbering().map(|s| (s.next_seq, s.new)),
+            Some((2, true))
+        );
         assert_eq!(shared.unacked(0, 10).await.1, 3);
         assert_eq!(shared.status(), "");
         assert!(
             *shared.announcements().borrow() > announced,
             "a new hello carries the new spool's numbering"
         );
+    }
+
+    #[tokio::test]
+    async fn a_welcome_for_a_spool_opened_anew_since_the_hello_ends_the_session_unacked() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Spool::open(&dir.path().join("a"), 1 << 20).unwrap();
+        let shared = Shared::new(Labels::default(), Vec::new(), Some(first), String::new());
+        shared.record(ProbeResult::default(), false).await;
+        let said = shared.spool_numbering();
+        // The spool is opened anew (its directory vanished, say) before the welcome comes.
+        *lock(&shared.spool) = Some(Spool::open(&dir.path().join("b"), 1 << 20).unwrap());
+        shared.record(ProbeResult::default(), false).await;
+        assert!(shared.continue_above(said, 40).await.is_err());
+        assert!(shared.continue_above(None, 40).await.is_err());
+        assert_eq!(
+            shared.unacked(0, 10).await.0.len(),
+            1,
+            "nothing was acked away"
+        );
+        // What the hello says of the spool now holds for its welcome.
+        let said = shared.spool_numbering();
+        assert_eq!(shared.continue_above(said, 40).await, Ok(()));
+        assert_eq!(shared.renumberings(), 1);
+        assert_eq!(shared.unacked(0, 10).await.0[0].seq, 41);
     }
 }

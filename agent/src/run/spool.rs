@@ -121,7 +121,13 @@ pub struct Renumbered {
     pub by: u64,
 }
 
+/// Tells one opening of a spool from another in this process.
+static OPENINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub struct Spool {
+    /// This opening's number: a hello's account of the spool holds for the welcome only if the
+    /// spool was not opened anew in between.
+    opening: u64,
     dir: PathBuf,
     max_bytes: u64,
     segment_bytes: u64,
@@ -182,6 +188,7 @@ impl Spool {
             )
         });
         let mut spool = Spool {
+            opening: OPENINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             dir: dir.to_path_buf(),
             max_bytes,
             segment_bytes: (max_bytes / 8).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES),
@@ -279,6 +286,11 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Which opening of a spool in this process this is.
+    pub fn opening(&self) -> u64 {
+        self.opening
     }
 
     /// Bytes on disk in segments.

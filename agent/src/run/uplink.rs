@@ -361,8 +361,8 @@ async fn converse(
         clock: super::clock::quality(),
         status: shared.status(),
         accepts_probe_requests: shared.accepts_probe_requests(),
-        spool_next_seq: said.map_or(0, |(next_seq, _)| next_seq),
-        spool_new: said.is_some_and(|(_, new)| new),
+        spool_next_seq: said.map_or(0, |said| said.next_seq),
+        spool_new: said.is_some_and(|said| said.new),
     };
     write_message(&mut send, &AgentMessage::Hello(hello)).await?;
     let welcome = match tokio::time::timeout(Duration::from_secs(15), read_message(&mut recv)).await
