@@ -93,10 +93,7 @@ struct SpoolTrouble {
     /// This spell of trouble was logged, so its end is logged too (a disk that is just full
     /// enough to flap between the two would otherwise log both every few seconds).
     spell_logged: bool,
-    /// While there is no usable spool: results not kept since it became unusable (told to the
-    /// collector with the first result the reopened spool writes), failed attempts to open it,
-    /// and when to try next.
-    unkept_while_unusable: u64,
+    /// While there is no usable spool: failed attempts to open it, and when to try next.
     open_failures: u32,
     next_open_at: Option<Instant>,
 }
@@ -107,6 +104,10 @@ pub struct Shared {
     /// Bumped when the announcement changes, so the uplink says hello again.
     announced: watch::Sender<u64>,
     spool: Arc<Mutex<Option<Spool>>>,
+    /// Results not kept while there was no usable spool (and what a vanished one held), to be
+    /// told with the first result the spool made again writes. Changed only while `spool` is
+    /// locked, so a count is never taken by a reopening that raced the result it counts.
+    untold: Arc<std::sync::atomic::AtomicU64>,
     /// Where the spool lives and its cap, to open it again while it is unusable; `None` when
     /// this agent does not retry (tests that run without a spool).
     spool_home: Mutex<Option<(PathBuf, u64)>>,
@@ -148,6 +149,7 @@ impl Shared {
             }),
             announced: watch::channel(0).0,
             spool: Arc::new(Mutex::new(spool)),
+            untold: Default::default(),
             spool_home: Mutex::new(None),
             spool_trouble: Mutex::new(SpoolTrouble {
                 status: trouble,
@@ -354,21 +356,25 @@ impl Shared {
     /// uplink says hello again so the reopened spool's numbering is welcomed. An `urgent` result
     /// (news) is sent at once; the rest may linger for company.
     pub async fn record(&self, result: ProbeResult, urgent: bool) {
+        use std::sync::atomic::Ordering::SeqCst;
         let spool = self.spool.clone();
+        let untold = self.untold.clone();
         let reopen = self.reopen_due();
         let written = tokio::task::spawn_blocking(move || {
             let mut guard = lock(&spool);
             let mut reopened = None;
             if guard.is_none() {
-                if let Some((dir, max_bytes, unkept)) = reopen {
+                if let Some((dir, max_bytes)) = reopen {
                     reopened = Some(Spool::open(&dir, max_bytes).map(|mut s| {
-                        s.note_not_kept(unkept);
+                        let told = untold.swap(0, SeqCst);
+                        s.note_not_kept(told);
                         *guard = Some(s);
-                        unkept
+                        told
                     }));
                 }
             }
             let Some(s) = guard.as_mut() else {
+                untold.fetch_add(1, SeqCst);
                 return (reopened, Ok(None), None);
             };
             match s.append(result) {
@@ -379,6 +385,7 @@ impl Shared {
                     let ledger = s.ledger();
                     *guard = None;
                     let lost = ledger.next_seq - 1 - ledger.acked_seq;
+                    untold.fetch_add(1 + lost, SeqCst);
                     (reopened, Err(e), Some(lost))
                 }
                 Err(e) => (reopened, Err(e), None),
@@ -423,7 +430,6 @@ impl Shared {
             Ok(None) => {
                 let mut trouble = lock(&self.spool_trouble);
                 trouble.not_kept += 1;
-                trouble.unkept_while_unusable += 1;
                 Self::log_trouble(
                     &mut trouble,
                     "no usable spool; results are not kept until it can be opened again (probing goes on; logged at most once a minute)",
@@ -435,7 +441,6 @@ impl Shared {
                 trouble.status = format!("spool: {e}");
                 if let Some(lost) = vanished {
                     // This result and what waited in the directory, told from the new spool.
-                    trouble.unkept_while_unusable += 1 + lost;
                     trouble.not_kept += lost;
                     trouble.open_failures = 1;
                     trouble.next_open_at = Some(Instant::now());
@@ -464,9 +469,8 @@ impl Shared {
         }
     }
 
-    /// Where and how to open the spool again, with the results to tell from it, if there is
-    /// none and the retry is due.
-    fn reopen_due(&self) -> Option<(PathBuf, u64, u64)> {
+    /// Where and how to open the spool again, if there is none and the retry is due.
+    fn reopen_due(&self) -> Option<(PathBuf, u64)> {
         let home = lock(&self.spool_home).clone()?;
         if lock(&self.spool).is_some() {
             return None;
@@ -478,20 +482,20 @@ impl Shared {
         }
         // Not tried again by anyone else until this attempt's outcome sets the next time.
         trouble.next_open_at = Some(now + SPOOL_RETRY_MAX);
-        Some((home.0, home.1, trouble.unkept_while_unusable))
+        Some(home)
     }
 
     /// The spool opened again; `told` of the results not kept meanwhile travel from it.
     fn spool_reopened(&self, told: u64) {
         let numbering = self.spool_numbering().map(|s| (s.next_seq, s.new));
         let mut trouble = lock(&self.spool_trouble);
-        trouble.unkept_while_unusable -= told.min(trouble.unkept_while_unusable);
         trouble.open_failures = 0;
         trouble.next_open_at = None;
         trouble.status.clear();
         trouble.spell_logged = false;
         info!(
             not_kept = trouble.not_kept,
+            told,
             next_seq = numbering.map(|n| n.0).unwrap_or(0),
             "spool usable again; results not kept meanwhile are counted in the next batch"
         );
