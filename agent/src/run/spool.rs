@@ -239,9 +239,14 @@ impl Spool {
             // Unreadable records after the last good one of the newest segment still took
             // their numbers, which are not given out again.
             if last {
-                if let Some(&newest) = records.last() {
-                    claimed_up_to = newest + trailing_corrupt;
-                }
+                claimed_up_to = match (records.last(), written_first) {
+                    (Some(&newest), _) => newest + trailing_corrupt,
+                    // Nothing readable: its records were numbered from its name on.
+                    (None, Some(first)) => {
+                        (shifted(&shifts, first) + trailing_corrupt).saturating_sub(1)
+                    }
+                    (None, None) => 0,
+                };
             }
             if last && good_bytes < total {
                 // A torn tail from a crash mid-write: cut it so appends continue cleanly.
@@ -1209,5 +1214,43 @@ mod tests {
         fs::remove_dir_all(&spool_dir).unwrap();
         assert!(s.append(result(25)).is_err());
         assert_eq!(s.refused_pending(), 1);
+    }
+
+    #[test]
+    fn a_newest_segment_with_nothing_readable_is_still_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let newest;
+        let written;
+        {
+            let mut s = Spool::open(dir.path(), 64 * 1024).unwrap();
+            while s.segments.len() < 2 {
+                s.append(result(25)).unwrap();
+            }
+            for _ in 0..4 {
+                s.append(result(25)).unwrap();
+            }
+            written = s.ledger().next_seq - 1;
+            newest = s.segments[1].path.clone();
+        }
+        // Every record of the newest segment fails its checksum; the ledger (written at open)
+        // does not know how far the numbering went.
+        let mut bytes = fs::read(&newest).unwrap();
+        let mut offset = 0;
+        let mut rotten = 0;
+        while offset + 8 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+            bytes[offset + 8] ^= 0xff;
+            offset += 8 + len;
+            rotten += 1;
+        }
+        fs::write(&newest, &bytes).unwrap();
+        let mut s = Spool::open(dir.path(), 64 * 1024).unwrap();
+        assert_eq!(s.recovery.missing, rotten);
+        assert_eq!(
+            s.append(result(587)).unwrap(),
+            written + 1,
+            "no number reused"
+        );
+        assert_eq!(s.unacked(written + 1, 10).1, rotten);
     }
 }
