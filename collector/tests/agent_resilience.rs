@@ -1,8 +1,9 @@
 //! The real agent binary against the real collector on loopback, through what a VM does to an
 //! agent over months: a config reloaded with SIGHUP (a bad one among them) while results wait in
 //! the spool; the wall clock stepped back an hour and forward a day (libfaketime) mid-run; and the
-//! spool's disk running full (a tiny tmpfs in a private mount namespace). Each ends with every
-//! result the agent produced stored exactly once.
+//! spool's disk running full (a tiny tmpfs in a private mount namespace); a rebuilt machine whose
+//! spool starts over below what the collector holds; a corrupted spool record. Each ends with
+//! every result the agent produced stored exactly once, or its loss told to the collector.
 //!
 //! The clock test needs libfaketime (Debian package `faketime`); the disk test needs root. Each
 //! is skipped with a message when it cannot run.
@@ -367,4 +368,303 @@ fn a_full_spool_disk_is_survived_counted_told_and_recovered_from() {
     assert_eq!(told.values().sum::<u64>(), not_kept);
     assert_eq!(notes.len(), told.len(), "a note counted twice: {notes:?}");
     drop(keeper);
+}
+
+/// The stop messages' `key=` figures, in the order the agent stopped.
+fn stop_figures(log: &str, key: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("stopping:"))
+        .filter_map(|l| number_after(l, key))
+        .collect()
+}
+
+#[test]
+fn an_agent_whose_spool_started_over_continues_above_the_stored_mark_and_loses_nothing() {
+    let tmp = support::work_dir("ew-agentres-");
+    let root = Path::new(HOST_ROOT);
+    let mut collector = Collector::start(tmp.path(), 0);
+    let mut agent = Agent::new(tmp.path(), "res-restart", &collector, vec![probe_target()]);
+    // A first life: its results are stored, and its spool drained.
+    let mut proc = agent.start();
+    assert!(
+        agent.wait_acked(root, 12, Duration::from_secs(40)),
+        "ledger {:?}; log:\n{}",
+        agent.ledger(root),
+        agent.log()
+    );
+    proc.terminate();
+    let high_water = agent.drain(root);
+    eprintln!("first life: {high_water} results stored");
+
+    // The machine is rebuilt: the same certificate, an empty spool. The collector is away at
+    // first, so what the new spool measures waits in it, numbered from 1.
+    std::fs::remove_dir_all(agent.spool_seen_at(root)).unwrap();
+    collector.stop();
+    agent.settings.interval = "1s".into();
+    let mut proc = agent.start();
+    assert!(
+        agent.wait_log("spool open", Duration::from_secs(20)),
+        "log:\n{}",
+        agent.log()
+    );
+    // A few seconds' probes (the ledger says how far the numbering went only at an ack).
+    std::thread::sleep(Duration::from_secs(5));
+    let back_at = now_unix_ms();
+    collector.restart();
+    assert!(
+        agent.wait_acked(root, high_water + 4, Duration::from_secs(40)),
+        "ledger {:?}; log:\n{}",
+        agent.ledger(root),
+        agent.log()
+    );
+    proc.terminate();
+    let produced = agent.drain(root);
+    let log = agent.log();
+    eprintln!("agent log (shown on failure):\n{log}");
+
+    // Every number from 1 once: the first life's, then the new spool's right above them.
+    collector.assert_exactly_once("res-restart", produced);
+    let results = collector.results("res-restart");
+    let first_of_new_life = &results[high_water as usize];
+    assert!(
+        first_of_new_life.at_unix_ms < back_at,
+        "what the new spool measured while the collector was away is stored (seq {} at {}, collector back at {back_at})",
+        first_of_new_life.seq,
+        first_of_new_life.at_unix_ms
+    );
+    // Said once on each side, and counted.
+    const AGENT_SAYS: &str = "numbering continues above it";
+    assert_eq!(log.matches(AGENT_SAYS).count(), 1, "log:\n{log}");
+    let renumbered = stop_figures(&log, "renumbered=");
+    assert_eq!(
+        renumbered.iter().sum::<u64>(),
+        1,
+        "{renumbered:?}; log:\n{log}"
+    );
+    let collector_log = collector.log();
+    let told = format!("its numbering continues above seq {high_water}");
+    assert_eq!(
+        collector_log
+            .matches("its numbering continues above seq")
+            .count(),
+        1,
+        "collector log:\n{collector_log}"
+    );
+    assert!(
+        collector_log.contains(&told),
+        "collector log:\n{collector_log}"
+    );
+    // The counter is the restarted collector's own (the one that welcomed it).
+    assert_eq!(collector.counter("egresswatch_ingest_spool_restarts"), 1.0);
+}
+
+#[test]
+fn a_corrupted_spool_record_is_a_gap_the_collector_is_told_of() {
+    let tmp = support::work_dir("ew-agentres-");
+    let root = Path::new(HOST_ROOT);
+    let mut collector = Collector::start(tmp.path(), 0);
+    let mut agent = Agent::new(tmp.path(), "res-corrupt", &collector, vec![probe_target()]);
+    // Results wait in the spool while the collector is away.
+    collector.stop();
+    let mut proc = agent.start();
+    assert!(
+        agent.wait_log("spool open", Duration::from_secs(20)),
+        "log:\n{}",
+        agent.log()
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    proc.terminate();
+
+    // One record in the middle of the spool rots: its checksum fails.
+    let spool = agent.spool_seen_at(root);
+    let segment = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let mut offset = 0;
+    let mut lengths = Vec::new();
+    while offset + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+        lengths.push((offset, len));
+        offset += 8 + len;
+    }
+    assert!(lengths.len() >= 4, "{} records spooled", lengths.len());
+    let (third, _) = lengths[2];
+    bytes[third + 8 + 1] ^= 0xff;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    collector.restart();
+    let produced = agent.drain(root);
+    let log = agent.log();
+    eprintln!("agent log (shown on failure):\n{log}");
+    assert!(
+        log.contains("skipped what could not be read") && log.contains("missing=1"),
+        "log:\n{log}"
+    );
+    // Everything but the rotten one is stored, and the collector heard of that one.
+    let stored: Vec<u64> = collector
+        .results("res-corrupt")
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    let expected: Vec<u64> = (1..=produced).filter(|&seq| seq != 3).collect();
+    assert_eq!(stored, expected);
+    let notes: Vec<(u64, u64)> = collector
+        .log()
+        .lines()
+        .filter(|l| l.contains("the agent's spool dropped results before seq"))
+        .filter_map(|l| {
+            Some((
+                number_after(l, "before seq ")?,
+                number_after(l, "dropped=")?,
+            ))
+        })
+        .collect();
+    assert_eq!(notes, vec![(4, 1)], "collector log:\n{}", collector.log());
+}
+
+#[test]
+fn a_read_only_spool_is_retried_its_losses_counted_and_told() {
+    const TEST: &str = "a_read_only_spool_is_retried_its_losses_counted_and_told";
+    if !is_root() {
+        skip(
+            TEST,
+            "needs root for a read-only tmpfs in a private mount namespace",
+        );
+        return;
+    }
+    let tmp = support::work_dir("ew-agentres-");
+    let collector = Collector::start(tmp.path(), 0);
+    let mut agent = Agent::new(tmp.path(), "res-readonly", &collector, vec![probe_target()]);
+    let disk = tmp.path().join("ro-disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    agent.settings.spool = disk.join("spool");
+
+    // A tmpfs mounted read-only, seen only by this mount namespace and the agents entered into
+    // it. It goes when the keeper is killed (on drop, also when an assertion fails).
+    let keeper_script = "mount -t tmpfs -o size=1m,mode=0700 egresswatch-test-ro \"$1\" \
+        && mount -o remount,ro \"$1\" && echo ready && exec sleep 600";
+    let mut keeper = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(keeper_script)
+        .arg("sh")
+        .arg(&disk)
+        .stdout(Stdio::piped())
+        .spawn()
+        .map(Proc)
+        .expect("unshare (util-linux)");
+    let mut ready = String::new();
+    let stdout = keeper.0.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut ready).unwrap();
+    assert_eq!(
+        ready.trim(),
+        "ready",
+        "the keeper mounted the tmpfs read-only"
+    );
+    let inside = PathBuf::from(format!("/proc/{}/root", keeper.pid()));
+    let namespace = format!("--mount=/proc/{}/ns/mnt", keeper.pid());
+    agent.wrapper = vec!["nsenter".into(), namespace.clone().into(), "--".into()];
+
+    let mut proc = agent.start();
+    assert!(
+        agent.wait_log("spool unusable", Duration::from_secs(20)),
+        "log:\n{}",
+        agent.log()
+    );
+    // It keeps probing and trying, without spinning.
+    let cpu_before = proc.cpu_time();
+    std::thread::sleep(Duration::from_secs(4));
+    let cpu = proc.cpu_time() - cpu_before;
+    assert!(proc.alive(), "log:\n{}", agent.log());
+    assert!(
+        cpu < Duration::from_secs(2),
+        "{cpu:?} of CPU in 4 s: spinning"
+    );
+    assert!(!agent.spool_seen_at(&inside).exists());
+
+    // The filesystem becomes writable: the spool is made at the next try (at most 60 s away).
+    let remounted = Command::new("nsenter")
+        .arg(&namespace)
+        .args(["--", "mount", "-o", "remount,rw"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(remounted.success());
+    assert!(
+        agent.wait_log("spool usable again", Duration::from_secs(70)),
+        "log:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.wait_acked(&inside, 2, Duration::from_secs(30)),
+        "ledger {:?}; log:\n{}",
+        agent.ledger(&inside),
+        agent.log()
+    );
+    proc.terminate();
+    let log = agent.log();
+    eprintln!("agent log (shown on failure):\n{log}");
+    let not_kept = stop_figures(&log, "not_kept=")[0];
+    assert!(not_kept > 0, "log:\n{log}");
+
+    let produced = agent.drain(&inside);
+    collector.assert_exactly_once("res-readonly", produced);
+    let told: u64 = collector
+        .log()
+        .lines()
+        .filter(|l| l.contains("the agent's spool dropped results before seq"))
+        .filter_map(|l| number_after(l, "dropped="))
+        .sum();
+    eprintln!("not kept by the agent: {not_kept}; told to the collector: {told}");
+    assert_eq!(told, not_kept, "collector log:\n{}", collector.log());
+    drop(keeper);
+}
+
+#[test]
+fn a_vanished_spool_directory_is_made_again_and_its_losses_told() {
+    let tmp = support::work_dir("ew-agentres-");
+    let root = Path::new(HOST_ROOT);
+    let collector = Collector::start(tmp.path(), 0);
+    let mut agent = Agent::new(tmp.path(), "res-vanished", &collector, vec![probe_target()]);
+    let mut proc = agent.start();
+    assert!(
+        agent.wait_acked(root, 6, Duration::from_secs(40)),
+        "ledger {:?}; log:\n{}",
+        agent.ledger(root),
+        agent.log()
+    );
+    // The directory goes while the agent runs (a cleanup script, a disk unmounted).
+    std::fs::remove_dir_all(agent.spool_seen_at(root)).unwrap();
+    for said in [
+        "the directory is gone: making the spool again",
+        "spool usable again",
+        "numbering continues above it",
+    ] {
+        assert!(
+            agent.wait_log(said, Duration::from_secs(40)),
+            "{said}; log:\n{}",
+            agent.log()
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    proc.terminate();
+    let log = agent.log();
+    eprintln!("agent log (shown on failure):\n{log}");
+    let not_kept = stop_figures(&log, "not_kept=")[0];
+    assert!(not_kept > 0, "log:\n{log}");
+
+    // Numbering went on above what was stored; what went with the directory was told.
+    let produced = agent.drain(root);
+    collector.assert_exactly_once("res-vanished", produced);
+    let told: u64 = collector
+        .log()
+        .lines()
+        .filter(|l| l.contains("the agent's spool dropped results before seq"))
+        .filter_map(|l| number_after(l, "dropped="))
+        .sum();
+    eprintln!("not kept by the agent: {not_kept}; told to the collector: {told}");
+    assert_eq!(told, not_kept, "collector log:\n{}", collector.log());
+    assert_eq!(collector.counter("egresswatch_ingest_spool_restarts"), 1.0);
 }

@@ -55,6 +55,12 @@ wire_record! {
         /// Appended in wire minor 2: the agent answers [`ProbeRequest`]s (its operator may turn
         /// that off). `false` from older agents, which are never sent one.
         pub accepts_probe_requests: bool,
+        /// Appended in wire minor 3: the sequence number the agent's spool writes next; 0 from
+        /// older agents (and from one without a usable spool), which says nothing.
+        pub spool_next_seq: u64,
+        /// Appended in wire minor 3: no collector has welcomed this spool's numbering yet (it
+        /// was created empty: a rebuilt machine, a new `spool.dir`, a lost disk).
+        pub spool_new: bool,
     }
     required = 4;
 }
@@ -337,6 +343,17 @@ impl Batch {
             })
             .collect()
     }
+}
+
+/// Whether an agent must continue its numbering above the collector's high-water mark: the
+/// store already holds `high_water` results of this agent's certificate, and its spool either
+/// started empty without any collector having welcomed it (`spool_new`), or writes next at or
+/// below that mark. Numbering from where such a spool stands would send nothing until it passed
+/// the mark, and the cumulative ack would then delete all of it unsent. Decided alike on both
+/// sides from what the hello said: the agent renumbers its unacked results to follow
+/// `high_water`, the collector counts and logs it.
+pub fn numbering_continues_above(spool_next_seq: u64, spool_new: bool, high_water: u64) -> bool {
+    spool_next_seq > 0 && high_water > 0 && (spool_new || high_water >= spool_next_seq)
 }
 
 impl Hello {

@@ -7,7 +7,10 @@ pub const WIRE_MAJOR: u8 = 1;
 /// 1.1: results carry the session step a failure happened in; the `refused` DNS failure kind.
 /// 1.2: results say why they ran (scheduled, confirmation, requested); hellos say whether the
 /// agent answers probe requests; the collector's `ProbeRequest`.
-pub const WIRE_MINOR: u16 = 2;
+/// 1.3: hellos say where the agent's spool numbers next and whether its numbering is new, so an
+/// agent that started over continues above the collector's high-water mark (see
+/// [`crate::message::numbering_continues_above`]).
+pub const WIRE_MINOR: u16 = 3;
 
 /// ALPN of an egresswatch session over QUIC; a peer offering anything else is refused by TLS.
 pub const ALPN: &[u8] = b"egresswatch/1";

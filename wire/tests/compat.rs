@@ -364,3 +364,66 @@ fn the_probe_cause_crosses_a_batch_and_scheduled_results_cost_nothing() {
     assert!(!hello.accepts_probe_requests);
     assert_eq!(hello.wire_minor, 1);
 }
+
+#[test]
+fn a_spool_that_started_over_continues_above_the_high_water_mark() {
+    use egresswatch_wire::message::numbering_continues_above;
+    // (spool_next_seq, spool_new, high_water) → continue above the mark?
+    let cases = [
+        // A brand new agent: nothing stored, nothing to continue above.
+        ((1, true, 0), false),
+        // A new spool (rebuilt machine) behind a stored mark, whether or not it has numbered
+        // past the mark while the collector was out of reach.
+        ((64, true, 2524), true),
+        ((5000, true, 2524), true),
+        // An old spool at or behind the mark (a stale spool.dir put back).
+        ((2524, false, 2524), true),
+        ((10, false, 2524), true),
+        // The steady state: the spool is ahead of what is stored.
+        ((2525, false, 2524), false),
+        ((9000, false, 2524), false),
+        // An older agent says nothing (0): nothing is decided for it.
+        ((0, false, 2524), false),
+        ((0, true, 2524), false),
+    ];
+    for ((next, new, high_water), expected) in cases {
+        assert_eq!(
+            numbering_continues_above(next, new, high_water),
+            expected,
+            "spool_next_seq {next}, spool_new {new}, high_water {high_water}"
+        );
+    }
+    // A 1.2 hello decodes as saying nothing of its spool.
+    #[derive(Serialize)]
+    struct HelloV12(
+        u8,
+        u16,
+        String,
+        Labels,
+        Vec<TargetSpec>,
+        ClockQuality,
+        String,
+        bool,
+    );
+    let old = rmp_serde::to_vec(&HelloV12(
+        1,
+        2,
+        "0.1.0".into(),
+        Labels::default(),
+        Vec::new(),
+        ClockQuality::Unknown,
+        String::new(),
+        true,
+    ))
+    .unwrap();
+    let hello: Hello = rmp_serde::from_slice(&old).unwrap();
+    assert_eq!((hello.spool_next_seq, hello.spool_new), (0, false));
+    // A 1.3 hello round-trips its spool's numbering.
+    let new = Hello {
+        spool_next_seq: 65,
+        spool_new: true,
+        ..hello
+    };
+    let back: Hello = rmp_serde::from_slice(&rmp_serde::to_vec(&new).unwrap()).unwrap();
+    assert_eq!(back, new);
+}

@@ -114,14 +114,36 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// How [`check_binding`] names the settings it checks: `check`'s flags, or `run`'s config keys.
+#[derive(Debug, Clone, Copy)]
+pub struct BindingNames {
+    pub source: &'static str,
+    pub interface: &'static str,
+}
+
+pub const CHECK_FLAGS: BindingNames = BindingNames {
+    source: "--source",
+    interface: "--interface",
+};
+
+pub const RUN_KEYS: BindingNames = BindingNames {
+    source: "probe.source",
+    interface: "probe.interface",
+};
+
 /// A source address or interface that this host does not have is the user's mistake, not a
 /// network outcome: say so before probing rather than report every probe `unreachable`.
-pub fn check_binding(sources: &[std::net::IpAddr], interface: Option<&str>) -> Result<(), String> {
+pub fn check_binding(
+    sources: &[std::net::IpAddr],
+    interface: Option<&str>,
+    names: BindingNames,
+) -> Result<(), String> {
     let mut families = BTreeSet::new();
     for source in sources {
         if !families.insert(source.is_ipv6()) {
             return Err(format!(
-                "--source given twice for {}; give at most one per family",
+                "{} given twice for {}; give at most one per family",
+                names.source,
                 if source.is_ipv6() { "IPv6" } else { "IPv4" }
             ));
         }
@@ -133,14 +155,18 @@ pub fn check_binding(sources: &[std::net::IpAddr], interface: Option<&str>) -> R
         )
         .and_then(|s| s.bind(&std::net::SocketAddr::new(*source, 0).into()));
         if let Err(e) = bound {
-            return Err(format!("--source {source}: not usable on this host ({e})"));
+            return Err(format!(
+                "{} {source}: not usable on this host ({e})",
+                names.source
+            ));
         }
     }
     if let Some(name) = interface {
         let valid = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
         if !valid || !std::path::Path::new("/sys/class/net").join(name).exists() {
             return Err(format!(
-                "--interface {}: no such network interface",
+                "{} {}: no such network interface",
+                names.interface,
                 quoted(name)
             ));
         }

@@ -1,7 +1,7 @@
 //! Runs one `check`: every host × port × family probed at once, one lookup per (host, family),
 //! the results rendered, and the exit status decided.
 
-use super::args::{check_binding, CheckArgs};
+use super::args::{check_binding, CheckArgs, CHECK_FLAGS};
 use super::{json, table, verdict};
 use crate::probe::{self, ProbeOptions, ProbeTarget, Resolution};
 use egresswatch_wire::{Family, Level, Outcome, ProbeResult};
@@ -27,7 +27,7 @@ pub fn main(args: CheckArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(message) = check_binding(&args.source, args.interface.as_deref()) {
+    if let Err(message) = check_binding(&args.source, args.interface.as_deref(), CHECK_FLAGS) {
         eprintln!("egresswatch-agent: {message}");
         return ExitCode::from(2);
     }

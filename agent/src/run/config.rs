@@ -295,6 +295,53 @@ const MIN_UNANSWERED_AFTER: Duration = Duration::from_secs(1);
 /// Most confirmation probes after one departure.
 pub const MAX_CONFIRM_PROBES: u32 = 10;
 
+/// The range of every numeric setting, by key, as the README and `config.example.toml` state
+/// them; a value outside is refused with an error naming the key. Durations are also bounded by
+/// how they are written (above 0, at most 24 h). Beyond these, two settings depend on others:
+/// `probe.confirm_spacing` is not below `probe.min_interval_per_destination`, and the per-minute
+/// budgets may be 0 only while what they budget is off.
+pub mod ranges {
+    use std::ops::RangeInclusive;
+    use std::time::Duration;
+
+    pub const LINGER: RangeInclusive<Duration> =
+        RangeInclusive::new(Duration::ZERO, super::MAX_LINGER);
+    pub const TARGET_INTERVAL: RangeInclusive<Duration> =
+        RangeInclusive::new(Duration::from_secs(1), Duration::from_secs(86_400));
+    pub const PROBE_TIMEOUT: RangeInclusive<Duration> =
+        RangeInclusive::new(Duration::from_millis(100), Duration::from_secs(120));
+    pub const CONCURRENCY: RangeInclusive<usize> = RangeInclusive::new(1, 1024);
+    pub const MIN_INTERVAL_PER_DESTINATION: RangeInclusive<Duration> =
+        RangeInclusive::new(Duration::ZERO, Duration::from_secs(3600));
+    pub const CONFIRM_PROBES: RangeInclusive<u32> =
+        RangeInclusive::new(0, super::MAX_CONFIRM_PROBES);
+    pub const CONFIRM_SPACING: RangeInclusive<Duration> =
+        RangeInclusive::new(Duration::ZERO, Duration::from_secs(3600));
+    pub const CONFIRM_SPACING_UNCONNECTED: RangeInclusive<Duration> =
+        RangeInclusive::new(super::MIN_UNCONNECTED_SPACING, Duration::from_secs(60));
+    pub const CONFIRM_UNANSWERED_AFTER: RangeInclusive<Duration> =
+        RangeInclusive::new(super::MIN_UNANSWERED_AFTER, Duration::from_secs(86_400));
+    pub const CONFIRM_PER_DESTINATION_PER_MINUTE: RangeInclusive<u32> = RangeInclusive::new(0, 60);
+    pub const REQUESTS_PER_MINUTE: RangeInclusive<u32> = RangeInclusive::new(0, 600);
+    pub const SPOOL_MAX_BYTES: RangeInclusive<u64> = RangeInclusive::new(64 * 1024, 1 << 40);
+}
+
+/// `key`'s `value` within `range`, or the error that names the key and the range.
+fn within<T: PartialOrd + std::fmt::Debug>(
+    key: &str,
+    value: T,
+    range: &std::ops::RangeInclusive<T>,
+) -> Result<(), String> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(format!(
+        "{key} must be {:?} to {:?}, not {value:?}",
+        range.start(),
+        range.end()
+    ))
+}
+
 /// Widely used submission endpoints, probed when no target is configured, politely.
 pub const BUILTIN_TARGETS: &[&str] = &[
     "smtp.gmail.com",
@@ -348,6 +395,7 @@ impl AgentConfig {
         }
         .validated()
         .map_err(|e| bad(e.to_string()))?;
+        self.check_ranges().map_err(bad)?;
         for t in &self.targets {
             if t.host.is_empty() || t.host.len() > egresswatch_wire::limits::MAX_TARGET_BYTES {
                 return Err(bad(format!(
@@ -369,12 +417,6 @@ impl AgentConfig {
             }
         }
         let p = &self.probe;
-        if p.confirm_probes > MAX_CONFIRM_PROBES {
-            return Err(bad(format!(
-                "probe.confirm_probes must be 0 (off) to {MAX_CONFIRM_PROBES}, not {}",
-                p.confirm_probes
-            )));
-        }
         if let Some(spacing) = p.confirm_spacing {
             if spacing < p.min_interval_per_destination {
                 return Err(bad(format!(
@@ -415,22 +457,65 @@ impl AgentConfig {
                 MAX_LINGER.as_secs()
             )));
         }
-        if self.probe.concurrency == 0 {
-            return Err(bad("probe.concurrency must be at least 1".into()));
-        }
         if self.spool.dir.starts_with("/tmp") {
             return Err(bad(
                 "spool.dir must not be under /tmp: the spool must survive a reboot".into(),
             ));
-        }
-        if self.spool.max_bytes < 64 * 1024 {
-            return Err(bad("spool.max_bytes must be at least 65536".into()));
         }
         if let Some(level) = &self.log.level {
             tracing_subscriber::EnvFilter::try_new(level)
                 .map_err(|e| bad(format!("log.level {level:?}: {e}")))?;
         }
         Ok(self)
+    }
+
+    /// Every numeric setting within [`ranges`].
+    fn check_ranges(&self) -> Result<(), String> {
+        use ranges::*;
+        if let Some(linger) = self.collector.linger_setting {
+            within("collector.linger", linger, &LINGER)?;
+        }
+        for (i, t) in self.targets.iter().enumerate() {
+            within(
+                &format!("targets[{i}].interval"),
+                t.interval,
+                &TARGET_INTERVAL,
+            )?;
+        }
+        let p = &self.probe;
+        within("probe.timeout", p.timeout, &PROBE_TIMEOUT)?;
+        within("probe.concurrency", p.concurrency, &CONCURRENCY)?;
+        within(
+            "probe.min_interval_per_destination",
+            p.min_interval_per_destination,
+            &MIN_INTERVAL_PER_DESTINATION,
+        )?;
+        within("probe.confirm_probes", p.confirm_probes, &CONFIRM_PROBES)?;
+        if let Some(spacing) = p.confirm_spacing {
+            within("probe.confirm_spacing", spacing, &CONFIRM_SPACING)?;
+        }
+        within(
+            "probe.confirm_spacing_unconnected",
+            p.confirm_spacing_unconnected,
+            &CONFIRM_SPACING_UNCONNECTED,
+        )?;
+        within(
+            "probe.confirm_unanswered_after",
+            p.confirm_unanswered_after,
+            &CONFIRM_UNANSWERED_AFTER,
+        )?;
+        within(
+            "probe.confirm_per_destination_per_minute",
+            p.confirm_per_destination_per_minute,
+            &CONFIRM_PER_DESTINATION_PER_MINUTE,
+        )?;
+        within(
+            "probe.requests_per_minute",
+            p.requests_per_minute,
+            &REQUESTS_PER_MINUTE,
+        )?;
+        within("spool.max_bytes", self.spool.max_bytes, &SPOOL_MAX_BYTES)?;
+        Ok(())
     }
 
     /// Settings that differ between `self` (running) and `new` but only take effect on a
@@ -737,5 +822,118 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("provider"), "{err}");
+    }
+
+    #[test]
+    fn every_numeric_setting_out_of_its_range_is_refused_naming_the_key() {
+        // (table, key = value) → the key the error must name.
+        let out_of_range = [
+            ("collector", "linger = \"121s\"", "collector.linger"),
+            ("probe", "timeout = \"50ms\"", "probe.timeout"),
+            ("probe", "timeout = \"121s\"", "probe.timeout"),
+            ("probe", "concurrency = 0", "probe.concurrency"),
+            ("probe", "concurrency = 1025", "probe.concurrency"),
+            (
+                "probe",
+                "concurrency = 9223372036854775807",
+                "probe.concurrency",
+            ),
+            ("probe", "concurrency = -1", "concurrency"),
+            (
+                "probe",
+                "min_interval_per_destination = \"2h\"",
+                "probe.min_interval_per_destination",
+            ),
+            ("probe", "confirm_probes = 11", "probe.confirm_probes"),
+            ("probe", "confirm_probes = 4294967296", "confirm_probes"),
+            (
+                "probe",
+                "confirm_spacing = \"61m\"",
+                "probe.confirm_spacing",
+            ),
+            ("probe", "confirm_spacing = \"2s\"", "probe.confirm_spacing"),
+            (
+                "probe",
+                "confirm_spacing_unconnected = \"100ms\"",
+                "probe.confirm_spacing_unconnected",
+            ),
+            (
+                "probe",
+                "confirm_spacing_unconnected = \"61s\"",
+                "probe.confirm_spacing_unconnected",
+            ),
+            (
+                "probe",
+                "confirm_unanswered_after = \"500ms\"",
+                "probe.confirm_unanswered_after",
+            ),
+            (
+                "probe",
+                "confirm_unanswered_after = \"25h\"",
+                "confirm_unanswered_after",
+            ),
+            (
+                "probe",
+                "confirm_per_destination_per_minute = 61",
+                "probe.confirm_per_destination_per_minute",
+            ),
+            (
+                "probe",
+                "confirm_per_destination_per_minute = 0",
+                "probe.confirm_per_destination_per_minute",
+            ),
+            (
+                "probe",
+                "requests_per_minute = 601",
+                "probe.requests_per_minute",
+            ),
+            (
+                "probe",
+                "requests_per_minute = 0",
+                "probe.requests_per_minute",
+            ),
+            ("spool", "max_bytes = 65535", "spool.max_bytes"),
+            ("spool", "max_bytes = 1099511627777", "spool.max_bytes"),
+            ("spool", "max_bytes = -5", "max_bytes"),
+        ];
+        for (table, setting, key) in out_of_range {
+            let text = if table == "collector" {
+                MINIMAL.replace("[collector]\n", &format!("[collector]\n{setting}\n"))
+            } else {
+                format!("{MINIMAL}[{table}]\n{setting}\n")
+            };
+            let err = AgentConfig::parse(&text, Path::new("a.toml"))
+                .map(|_| ())
+                .expect_err(setting)
+                .to_string();
+            assert!(err.contains(key), "{setting}: {err}");
+        }
+        let target = |interval: &str| {
+            format!("{MINIMAL}[[targets]]\nhost = \"mx.example\"\ninterval = \"{interval}\"\n")
+        };
+        for interval in ["500ms", "25h"] {
+            let err = AgentConfig::parse(&target(interval), Path::new("a.toml"))
+                .map(|_| ())
+                .expect_err(interval)
+                .to_string();
+            assert!(err.contains("interval"), "{interval}: {err}");
+        }
+        // Each range's ends are accepted.
+        let at_the_ends = [
+            "[probe]\ntimeout = \"100ms\"\nconcurrency = 1\nconfirm_probes = 0\nconfirm_per_destination_per_minute = 0\nanswer_probe_requests = false\nrequests_per_minute = 0\nmin_interval_per_destination = \"1ms\"\nconfirm_spacing_unconnected = \"500ms\"\nconfirm_unanswered_after = \"1s\"\n[spool]\nmax_bytes = 65536\n",
+            "[probe]\ntimeout = \"120s\"\nconcurrency = 1024\nconfirm_probes = 10\nconfirm_per_destination_per_minute = 60\nrequests_per_minute = 600\nmin_interval_per_destination = \"1h\"\nconfirm_spacing = \"1h\"\nconfirm_spacing_unconnected = \"60s\"\nconfirm_unanswered_after = \"24h\"\n[spool]\nmax_bytes = 1099511627776\n",
+        ];
+        for tail in at_the_ends {
+            let text = format!("{MINIMAL}{tail}");
+            if let Err(e) = AgentConfig::parse(&text, Path::new("a.toml")) {
+                panic!("{tail}: {e}");
+            }
+        }
+        assert!(AgentConfig::parse(&target("24h"), Path::new("a.toml")).is_ok());
+        assert!(AgentConfig::parse(
+            &MINIMAL.replace("[collector]\n", "[collector]\nlinger = \"120s\"\n"),
+            Path::new("a.toml")
+        )
+        .is_ok());
     }
 }

@@ -37,6 +37,20 @@ const PROBE_REQUESTS_QUEUED: usize = 64;
 /// While results cannot be spooled, the error is logged at most this often.
 const SPOOL_TROUBLE_LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// An unusable spool (its directory read-only, gone, not creatable) is opened again first this
+/// long after it failed, then at doubling waits up to [`SPOOL_RETRY_MAX`].
+pub const SPOOL_RETRY_FIRST: Duration = Duration::from_secs(1);
+pub const SPOOL_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// How long to wait before opening an unusable spool again after `failures` failed attempts
+/// (the first failure being the one that made it unusable).
+pub fn spool_retry_wait(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    SPOOL_RETRY_FIRST
+        .saturating_mul(1 << doublings)
+        .min(SPOOL_RETRY_MAX)
+}
+
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Path of the agent's TOML config.
@@ -60,6 +74,15 @@ pub struct Spooled {
     pub urgent_up_to: u64,
 }
 
+/// What a hello said of the spool: where it numbers next, whether no collector has welcomed that
+/// numbering yet, and which opening of the spool that was.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpoolSaid {
+    pub next_seq: u64,
+    pub new: bool,
+    pub opening: u64,
+}
+
 /// Results the spool could not keep, and when that was last logged.
 #[derive(Default)]
 struct SpoolTrouble {
@@ -70,6 +93,9 @@ struct SpoolTrouble {
     /// This spell of trouble was logged, so its end is logged too (a disk that is just full
     /// enough to flap between the two would otherwise log both every few seconds).
     spell_logged: bool,
+    /// While there is no usable spool: failed attempts to open it, and when to try next.
+    open_failures: u32,
+    next_open_at: Option<Instant>,
 }
 
 /// What the schedule, the uplink and the spool share.
@@ -78,7 +104,17 @@ pub struct Shared {
     /// Bumped when the announcement changes, so the uplink says hello again.
     announced: watch::Sender<u64>,
     spool: Arc<Mutex<Option<Spool>>>,
+    /// Results not kept while there was no usable spool (and what a vanished one held), to be
+    /// told with the first result the spool made again writes. Changed only while `spool` is
+    /// locked, so a count is never taken by a reopening that raced the result it counts.
+    untold: Arc<std::sync::atomic::AtomicU64>,
+    /// Where the spool lives and its cap, to open it again while it is unusable; `None` when
+    /// this agent does not retry (tests that run without a spool).
+    spool_home: Mutex<Option<(PathBuf, u64)>>,
     spool_trouble: Mutex<SpoolTrouble>,
+    /// Times a collector's welcome found this agent's spool started over below its high-water
+    /// mark, so the numbering continued above it (logged, and in the stop message).
+    renumberings: std::sync::atomic::AtomicU64,
     uplink_state: Mutex<String>,
     /// The collector the uplink is connected to (`entry (address)`), while it is.
     collector: Mutex<Option<String>>,
@@ -113,10 +149,13 @@ impl Shared {
             }),
             announced: watch::channel(0).0,
             spool: Arc::new(Mutex::new(spool)),
+            untold: Default::default(),
+            spool_home: Mutex::new(None),
             spool_trouble: Mutex::new(SpoolTrouble {
                 status: trouble,
                 ..Default::default()
             }),
+            renumberings: Default::default(),
             uplink_state: Mutex::new(String::new()),
             collector: Mutex::new(None),
             new_results: Notify::new(),
@@ -127,6 +166,89 @@ impl Shared {
             probe_requests,
             probe_requests_rx: Mutex::new(Some(probe_requests_rx)),
             probe_requests_dropped: Default::default(),
+        }
+    }
+
+    /// Opens the spool in `dir` again while it is unusable (at [`spool_retry_wait`]'s pace,
+    /// from the next result on), instead of running without one for good.
+    pub fn retry_spool_at(&self, dir: PathBuf, max_bytes: u64) {
+        *lock(&self.spool_home) = Some((dir, max_bytes));
+        let mut trouble = lock(&self.spool_trouble);
+        if lock(&self.spool).is_none() {
+            trouble.open_failures = trouble.open_failures.max(1);
+            trouble.next_open_at = Some(Instant::now() + spool_retry_wait(trouble.open_failures));
+        }
+    }
+
+    /// What the hello says of the spool ([`Spool::numbering`]); `None` without one.
+    pub fn spool_numbering(&self) -> Option<SpoolSaid> {
+        lock(&self.spool).as_ref().map(|s| {
+            let (next_seq, new) = s.numbering();
+            SpoolSaid {
+                next_seq,
+                new,
+                opening: s.opening(),
+            }
+        })
+    }
+
+    /// Times the numbering continued above a collector's high-water mark.
+    pub fn renumberings(&self) -> u64 {
+        self.renumberings.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The collector's welcome: it holds this agent's results up to `high_water`, and the hello
+    /// said `said` of the spool. A spool that started over continues its numbering above the
+    /// mark (logged once, counted). An error means the renumbering could not be made durable,
+    /// or the spool was opened anew since the hello (which then said nothing true of it): the
+    /// session must not go on, or its first ack could delete what was never sent.
+    pub async fn continue_above(
+        &self,
+        said: Option<SpoolSaid>,
+        high_water: u64,
+    ) -> Result<(), String> {
+        let spool = self.spool.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut guard = lock(&spool);
+            if guard.as_ref().map(Spool::opening) != said.map(|said| said.opening) {
+                return Some(Err(AgentError::io(
+                    "spool",
+                    std::io::Error::other("opened anew while the hello was on its way"),
+                )));
+            }
+            let said = said?;
+            guard.as_mut().map(|s| {
+                s.continue_above((said.next_seq, said.new), high_water)
+                    .map(|moved| moved.map(|m| (m, s.ledger())))
+            })
+        })
+        .await
+        .map_err(|e| format!("spool task: {e}"))?;
+        match done {
+            None | Some(Ok(None)) => Ok(()),
+            Some(Ok(Some((moved, ledger)))) => {
+                self.renumberings
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                {
+                    // A result written since (already numbered above the mark) may have
+                    // raised it further.
+                    let mut spooled = lock(&self.spooled);
+                    spooled.newest_seq = spooled.newest_seq.max(ledger.next_seq.saturating_sub(1));
+                    if spooled.urgent_up_to > 0 {
+                        spooled.urgent_up_to += moved.by;
+                    }
+                }
+                warn!(
+                    high_water,
+                    renumbered = moved.results,
+                    first_seq = moved.first_seq,
+                    "the collector already holds results up to seq {high_water} for this agent's certificate, but this spool numbers below it (it started over: a rebuilt machine, a new spool.dir, a lost disk): numbering continues above it, nothing waiting is dropped"
+                );
+                Ok(())
+            }
+            Some(Err(e)) => Err(format!(
+                "spool: cannot continue the numbering above the collector's seq {high_water}: {e}"
+            )),
         }
     }
 
@@ -228,17 +350,62 @@ impl Shared {
     /// Spools one result (numbering it) and wakes the uplink. A spool that cannot write (a full
     /// disk, say) costs that result, never the agent: it is counted, the collector is told (the
     /// hello's status, and the count in the next batch), the error is logged once and then at
-    /// most once a minute, and writing resumes by itself when there is room again. An `urgent`
-    /// result (news) is sent at once; the rest may linger for company.
+    /// most once a minute, and writing resumes by itself when there is room again. A spool that
+    /// could not be opened, or whose directory vanished, is opened again at
+    /// [`spool_retry_wait`]'s pace; what was not kept meanwhile is counted the same way, and the
+    /// uplink says hello again so the reopened spool's numbering is welcomed. An `urgent` result
+    /// (news) is sent at once; the rest may linger for company.
     pub async fn record(&self, result: ProbeResult, urgent: bool) {
+        use std::sync::atomic::Ordering::SeqCst;
         let spool = self.spool.clone();
-        let written = tokio::task::spawn_blocking(move || match lock(&spool).as_mut() {
-            Some(s) => s.append(result).map(Some),
-            None => Ok(None),
+        let untold = self.untold.clone();
+        let reopen = self.reopen_due();
+        let written = tokio::task::spawn_blocking(move || {
+            let mut guard = lock(&spool);
+            let mut reopened = None;
+            if guard.is_none() {
+                if let Some((dir, max_bytes)) = reopen {
+                    reopened = Some(Spool::open(&dir, max_bytes).map(|mut s| {
+                        let told = untold.swap(0, SeqCst);
+                        s.note_not_kept(told);
+                        *guard = Some(s);
+                        told
+                    }));
+                }
+            }
+            let Some(s) = guard.as_mut() else {
+                untold.fetch_add(1, SeqCst);
+                return (reopened, Ok(None), None);
+            };
+            match s.append(result) {
+                Ok(seq) => (reopened, Ok(Some(seq)), None),
+                Err(e) if !s.dir().exists() => {
+                    // The directory is gone: what waited in it went too. The spool is made
+                    // again where it was (the retry), and the loss told from there.
+                    let ledger = s.ledger();
+                    *guard = None;
+                    let lost = ledger.next_seq - 1 - ledger.acked_seq;
+                    untold.fetch_add(1 + lost, SeqCst);
+                    (reopened, Err(e), Some(lost))
+                }
+                Err(e) => (reopened, Err(e), None),
+            }
         })
         .await;
+        let (reopened, written, vanished) = match written {
+            Ok(done) => done,
+            Err(e) => {
+                error!("spool task: {e}");
+                return;
+            }
+        };
+        match reopened {
+            Some(Ok(told)) => self.spool_reopened(told),
+            Some(Err(e)) => self.spool_open_failed(&e),
+            None => {}
+        }
         match written {
-            Ok(Ok(Some(seq))) => {
+            Ok(Some(seq)) => {
                 {
                     let mut spooled = lock(&self.spooled);
                     spooled.newest_seq = spooled.newest_seq.max(seq);
@@ -260,25 +427,101 @@ impl Shared {
                 drop(trouble);
                 self.new_results.notify_one();
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
+            Ok(None) => {
+                let mut trouble = lock(&self.spool_trouble);
+                trouble.not_kept += 1;
+                Self::log_trouble(
+                    &mut trouble,
+                    "no usable spool; results are not kept until it can be opened again (probing goes on; logged at most once a minute)",
+                );
+            }
+            Err(e) => {
                 let mut trouble = lock(&self.spool_trouble);
                 trouble.not_kept += 1;
                 trouble.status = format!("spool: {e}");
-                let due = trouble
-                    .logged_at
-                    .is_none_or(|at| at.elapsed() >= SPOOL_TROUBLE_LOG_EVERY);
-                if due {
-                    error!(
-                        not_kept = trouble.not_kept,
-                        "spool: {e}; results are not kept until there is room (probing goes on; logged at most once a minute)"
-                    );
+                if let Some(lost) = vanished {
+                    // This result and what waited in the directory, told from the new spool.
+                    trouble.not_kept += lost;
+                    trouble.open_failures = 1;
+                    trouble.next_open_at = Some(Instant::now());
+                    error!(lost, "{e}: making the spool again (results not kept meanwhile are counted and told)");
                     trouble.logged_at = Some(Instant::now());
                     trouble.spell_logged = true;
+                } else {
+                    Self::log_trouble(
+                        &mut trouble,
+                        &format!("spool: {e}; results are not kept until there is room (probing goes on; logged at most once a minute)"),
+                    );
                 }
             }
-            Err(e) => error!("spool task: {e}"),
         }
+    }
+
+    /// Logs the spool's trouble once, then at most once a minute.
+    fn log_trouble(trouble: &mut SpoolTrouble, message: &str) {
+        let due = trouble
+            .logged_at
+            .is_none_or(|at| at.elapsed() >= SPOOL_TROUBLE_LOG_EVERY);
+        if due {
+            error!(not_kept = trouble.not_kept, "{message}");
+            trouble.logged_at = Some(Instant::now());
+            trouble.spell_logged = true;
+        }
+    }
+
+    /// Where and how to open the spool again, if there is none and the retry is due.
+    fn reopen_due(&self) -> Option<(PathBuf, u64)> {
+        let home = lock(&self.spool_home).clone()?;
+        if lock(&self.spool).is_some() {
+            return None;
+        }
+        let mut trouble = lock(&self.spool_trouble);
+        let now = Instant::now();
+        if trouble.next_open_at.is_some_and(|at| now < at) {
+            return None;
+        }
+        // Not tried again by anyone else until this attempt's outcome sets the next time.
+        trouble.next_open_at = Some(now + SPOOL_RETRY_MAX);
+        Some(home)
+    }
+
+    /// The spool opened again; `told` of the results not kept meanwhile travel from it.
+    fn spool_reopened(&self, told: u64) {
+        let numbering = self.spool_numbering().map(|s| (s.next_seq, s.new));
+        let mut trouble = lock(&self.spool_trouble);
+        trouble.open_failures = 0;
+        trouble.next_open_at = None;
+        trouble.status.clear();
+        trouble.spell_logged = false;
+        info!(
+            not_kept = trouble.not_kept,
+            told,
+            next_seq = numbering.map(|n| n.0).unwrap_or(0),
+            "spool usable again; results not kept meanwhile are counted in the next batch"
+        );
+        drop(trouble);
+        if let Some((next_seq, _)) = numbering {
+            let mut spooled = lock(&self.spooled);
+            spooled.newest_seq = next_seq.saturating_sub(1);
+            spooled.urgent_up_to = spooled.urgent_up_to.min(spooled.newest_seq);
+        }
+        // A new hello carries the reopened spool's numbering, for the welcome to settle.
+        self.announced.send_modify(|generation| *generation += 1);
+    }
+
+    fn spool_open_failed(&self, e: &AgentError) {
+        let mut trouble = lock(&self.spool_trouble);
+        trouble.open_failures += 1;
+        let wait = spool_retry_wait(trouble.open_failures);
+        trouble.next_open_at = Some(Instant::now() + wait);
+        trouble.status = format!("spool unusable: {e}");
+        Self::log_trouble(
+            &mut trouble,
+            &format!(
+                "spool unusable: {e}; trying again in {} s (results are not kept meanwhile; logged at most once a minute)",
+                wait.as_secs()
+            ),
+        );
     }
 
     pub async fn unacked(&self, from_seq: u64, max: usize) -> (Vec<ProbeResult>, u64) {
@@ -312,6 +555,9 @@ impl Shared {
     fn set_spool_max_bytes(&self, max_bytes: u64) {
         if let Some(s) = lock(&self.spool).as_mut() {
             s.set_max_bytes(max_bytes);
+        }
+        if let Some(home) = lock(&self.spool_home).as_mut() {
+            home.1 = max_bytes;
         }
     }
 }
@@ -352,7 +598,19 @@ pub fn main(args: RunArgs) -> ExitCode {
     }
 }
 
-fn probe_options(config: &AgentConfig) -> Result<ProbeOptions, AgentError> {
+/// The probes' settings from the config, once its sources and interface are found on this host
+/// (as `check` finds them): a source address the host does not have would make every result
+/// `unreachable`, false outcomes for the matrix and the detector.
+fn probe_options(path: &Path, config: &AgentConfig) -> Result<ProbeOptions, AgentError> {
+    crate::check::args::check_binding(
+        &config.probe.source,
+        config.probe.interface.as_deref(),
+        crate::check::args::RUN_KEYS,
+    )
+    .map_err(|reason| AgentError::Config {
+        path: path.display().to_string(),
+        reason,
+    })?;
     let roots = Arc::new(probe::tls::load_roots(config.probe.ca_file.as_deref())?);
     let mut options = ProbeOptions::new(config.probe.timeout, roots);
     for source in &config.probe.source {
@@ -409,23 +667,29 @@ pub async fn run(
     // First of all: SIGHUP's default action would end the agent.
     let mut hangup =
         signal(SignalKind::hangup()).map_err(|e| AgentError::io("listening for SIGHUP", e))?;
+    // Everything the config is checked against comes before anything is written to disk.
+    let options = probe_options(&path, &config)?;
     let labels = resolve_labels(&config).await;
-    let options = probe_options(&config)?;
     let (spool, trouble) = match Spool::open(&config.spool.dir, config.spool.max_bytes) {
         Ok(s) => {
             let r = s.recovery;
-            if r.corrupt > 0 || r.torn_bytes > 0 {
+            if r.corrupt > 0 || r.torn_bytes > 0 || r.missing > 0 {
                 warn!(
                     corrupt = r.corrupt,
                     torn_bytes = r.torn_bytes,
-                    "spool recovered after a crash: skipped what could not be read"
+                    missing = r.missing,
+                    "spool recovered after a crash: skipped what could not be read; the results missing are told to the collector"
                 );
             }
             info!(dir = %config.spool.dir.display(), unacked_from = s.ledger().acked_seq + 1, next_seq = s.ledger().next_seq, "spool open");
             (Some(s), String::new())
         }
         Err(e) => {
-            error!("spool unusable, results will not be kept: {e}");
+            error!(
+                "spool unusable: {e}; trying again in {} s, then at most every {} s (results are not kept meanwhile)",
+                SPOOL_RETRY_FIRST.as_secs(),
+                SPOOL_RETRY_MAX.as_secs()
+            );
             (None, format!("spool unusable: {e}"))
         }
     };
@@ -434,6 +698,7 @@ pub async fn run(
     }
     let plan = plan_of(&config, options);
     let shared = Arc::new(Shared::new(labels, specs_of(&plan.targets), spool, trouble));
+    shared.retry_spool_at(config.spool.dir.clone(), config.spool.max_bytes);
     shared.set_accepts_probe_requests(running_accepts(&config));
     let (plan_tx, plan_rx) = watch::channel(plan);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -458,6 +723,7 @@ pub async fn run(
     }
     info!(
         not_kept = shared.not_kept(),
+        renumbered = shared.renumberings(),
         "stopping: no new probes, flushing what is in flight"
     );
     let _ = stop_tx.send(true);
@@ -476,7 +742,8 @@ async fn reload(
     log: &mut LogControl,
 ) -> Option<AgentConfig> {
     info!(config = %path.display(), "SIGHUP: reloading the config");
-    let checked = AgentConfig::load(path).and_then(|new| probe_options(&new).map(|o| (new, o)));
+    let checked =
+        AgentConfig::load(path).and_then(|new| probe_options(path, &new).map(|o| (new, o)));
     let (new, options) = match checked {
         Ok(ok) => ok,
         Err(e) => {
@@ -519,5 +786,71 @@ async fn shutdown_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unusable_spool_is_tried_again_at_doubling_waits_up_to_a_minute() {
+        let waits: Vec<u64> = (1..=9).map(|n| spool_retry_wait(n).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(spool_retry_wait(0), SPOOL_RETRY_FIRST);
+        assert_eq!(spool_retry_wait(u32::MAX), SPOOL_RETRY_MAX);
+    }
+
+    #[tokio::test]
+    async fn results_without_a_spool_are_counted_and_told_from_the_spool_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("spool");
+        let shared = Shared::new(Labels::default(), Vec::new(), None, "spool unusable".into());
+        shared.retry_spool_at(home.clone(), 1 << 20);
+        // Not due yet: counted, not kept, nothing made.
+        for _ in 0..3 {
+            shared.record(ProbeResult::default(), false).await;
+        }
+        assert_eq!(shared.not_kept(), 3);
+        assert!(!home.exists());
+        assert_eq!(shared.spool_numbering(), None);
+        // Due: the spool is made, and the three travel with its first result.
+        lock(&shared.spool_trouble).next_open_at = Some(Instant::now());
+        let announced = *shared.announcements().borrow();
+        shared.record(ProbeResult::default(), false).await;
+        assert_eq!(
+            shared.spool_numbering().map(|s| (s.next_seq, s.new)),
+            Some((2, true))
+        );
+        assert_eq!(shared.unacked(0, 10).await.1, 3);
+        assert_eq!(shared.status(), "");
+        assert!(
+            *shared.announcements().borrow() > announced,
+            "a new hello carries the new spool's numbering"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_welcome_for_a_spool_opened_anew_since_the_hello_ends_the_session_unacked() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Spool::open(&dir.path().join("a"), 1 << 20).unwrap();
+        let shared = Shared::new(Labels::default(), Vec::new(), Some(first), String::new());
+        shared.record(ProbeResult::default(), false).await;
+        let said = shared.spool_numbering();
+        // The spool is opened anew (its directory vanished, say) before the welcome comes.
+        *lock(&shared.spool) = Some(Spool::open(&dir.path().join("b"), 1 << 20).unwrap());
+        shared.record(ProbeResult::default(), false).await;
+        assert!(shared.continue_above(said, 40).await.is_err());
+        assert!(shared.continue_above(None, 40).await.is_err());
+        assert_eq!(
+            shared.unacked(0, 10).await.0.len(),
+            1,
+            "nothing was acked away"
+        );
+        // What the hello says of the spool now holds for its welcome.
+        let said = shared.spool_numbering();
+        assert_eq!(shared.continue_above(said, 40).await, Ok(()));
+        assert_eq!(shared.renumberings(), 1);
+        assert_eq!(shared.unacked(0, 10).await.0[0].seq, 41);
     }
 }

@@ -18,6 +18,20 @@
 //! written are counted and reported like evicted ones (`dropped_before` of the batch that starts
 //! right after them), and while appends fail even the active segment is deleted once acked.
 //!
+//! A loss the spool finds on its own is reported the same way: at open, a record that fails its
+//! checksum, a segment cut short or gone, or a ledger that numbered further than the records
+//! that are left, each leaves a gap in the numbering; the gap is counted ([`Recovery::missing`])
+//! and told with the first result after it, so the collector hears of it as of a disk-full loss.
+//!
+//! An agent that starts over keeps its numbering above what the collector holds. A spool created
+//! empty (a rebuilt machine, a new `spool.dir`, a lost disk) says so in the hello
+//! ([`Spool::numbering`]) until a collector has welcomed it; when the welcome's high-water mark
+//! is above where the spool stands ([`egresswatch_wire::message::numbering_continues_above`]),
+//! [`Spool::continue_above`] renumbers every unacked result to follow the mark, in one ledger
+//! write: records keep the numbers they were written with and a shift in the ledger
+//! ([`Shift`]) says how they are read. Without it the agent would send nothing until its own
+//! numbering passed the mark, and the cumulative ack would then delete all of that unsent.
+//!
 //! Reading back is from memory in the steady state: the newest unacked results written by this
 //! process are also kept in a small ring ([`RECENT_RESULTS`]), so sending a batch does not re-read
 //! and decode the whole active segment (acked records included) each time. Only a backlog older
@@ -52,9 +66,36 @@ pub struct Ledger {
     pub acked_seq: u64,
 }
 
+/// Records written with a sequence number below `below` are read as that number plus `by`
+/// (a renumbering by [`Spool::continue_above`]; later ones add up).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Shift {
+    pub below: u64,
+    pub by: u64,
+}
+
+/// The ledger file: [`Ledger`], whether a collector has welcomed this numbering, and the
+/// renumberings still in effect. A ledger written before these existed reads as welcomed and
+/// unshifted, which is what it was.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct LedgerFile {
+    next_seq: u64,
+    acked_seq: u64,
+    #[serde(default = "welcomed_by_default")]
+    welcomed: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    shifts: Vec<Shift>,
+}
+
+fn welcomed_by_default() -> bool {
+    true
+}
+
 #[derive(Debug)]
 struct Segment {
     path: PathBuf,
+    /// The number its first record was written with (its name).
+    written_first: u64,
     first_seq: u64,
     last_seq: u64,
     bytes: u64,
@@ -66,13 +107,34 @@ pub struct Recovery {
     pub records: u64,
     pub corrupt: u64,
     pub torn_bytes: u64,
+    /// Unacked results found missing (unreadable, cut short, evicted or gone): told to the
+    /// collector as dropped before the result that follows them.
+    pub missing: u64,
 }
 
+/// What [`Spool::continue_above`] did: the unacked results it renumbered, and the number the
+/// first of them (or the next result written, if none waited) now carries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Renumbered {
+    pub results: u64,
+    pub first_seq: u64,
+    pub by: u64,
+}
+
+/// Tells one opening of a spool from another in this process.
+static OPENINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub struct Spool {
+    /// This opening's number: a hello's account of the spool holds for the welcome only if the
+    /// spool was not opened anew in between.
+    opening: u64,
     dir: PathBuf,
     max_bytes: u64,
     segment_bytes: u64,
     ledger: Ledger,
+    /// A collector has welcomed this numbering (false for a spool created empty, until then).
+    welcomed: bool,
+    shifts: Vec<Shift>,
     segments: Vec<Segment>,
     active: Option<File>,
     /// Results lost just before a sequence number (evicted by the cap, or never written because
@@ -100,7 +162,7 @@ impl Spool {
     /// Opens (or creates) the spool in `dir`, recovering what a crash left.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, AgentError> {
         fs::create_dir_all(dir).map_err(io(format!("creating spool {}", dir.display())))?;
-        let ledger = read_ledger(dir);
+        let found = read_ledger(dir);
         let mut names: Vec<PathBuf> = fs::read_dir(dir)
             .map_err(io(format!("reading spool {}", dir.display())))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -111,11 +173,28 @@ impl Spool {
             })
             .collect();
         names.sort();
+        // Without a ledger the numbering is new only if nothing was ever written here; segments
+        // without a ledger (it was lost) number from what they hold.
+        let welcomed = found
+            .as_ref()
+            .map_or(!names.is_empty(), |ledger| ledger.welcomed);
+        let (ledger, shifts) = found.map_or((Ledger::default(), Vec::new()), |l| {
+            (
+                Ledger {
+                    next_seq: l.next_seq,
+                    acked_seq: l.acked_seq,
+                },
+                l.shifts,
+            )
+        });
         let mut spool = Spool {
+            opening: OPENINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             dir: dir.to_path_buf(),
             max_bytes,
             segment_bytes: (max_bytes / 8).clamp(MIN_SEGMENT_BYTES, SEGMENT_BYTES),
             ledger,
+            welcomed,
+            shifts,
             segments: Vec::new(),
             active: None,
             drop_notes: BTreeMap::new(),
@@ -125,11 +204,50 @@ impl Spool {
             recovery: Recovery::default(),
         };
         let count = names.len();
+        // The numbering is checked as the records are read: each result up from the first
+        // unacked one should be there; what is not is noted before the next one that is.
+        let acked = spool.ledger.acked_seq;
+        let mut expected = acked + 1;
+        let mut gaps: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut note_gap_before = |seq: u64, expected: &mut u64| {
+            if seq > *expected {
+                *gaps.entry(seq).or_default() += seq - *expected;
+            }
+            *expected = (*expected).max(seq + 1);
+        };
+        let mut claimed_up_to = 0;
         for (i, path) in names.into_iter().enumerate() {
             let last = i + 1 == count;
-            let (records, good_bytes, corrupt, total) = scan(&path, |_| {});
+            let written_first = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("seg-")?.strip_suffix(".log")?.parse().ok());
+            let shifts = spool.shifts.clone();
+            let Scan {
+                seqs: records,
+                good_bytes,
+                corrupt,
+                trailing_corrupt,
+                total,
+            } = scan(&path, |seq| shifted(&shifts, seq), |_| {});
             spool.recovery.records += records.len() as u64;
             spool.recovery.corrupt += corrupt;
+            // A gap is noted before the next good record: a note must travel with a result.
+            for &seq in records.iter().filter(|&&seq| seq > acked) {
+                note_gap_before(seq, &mut expected);
+            }
+            // Unreadable records after the last good one of the newest segment still took
+            // their numbers, which are not given out again.
+            if last {
+                claimed_up_to = match (records.last(), written_first) {
+                    (Some(&newest), _) => newest + trailing_corrupt,
+                    // Nothing readable: its records were numbered from its name on.
+                    (None, Some(first)) => {
+                        (shifted(&shifts, first) + trailing_corrupt).saturating_sub(1)
+                    }
+                    (None, None) => 0,
+                };
+            }
             if last && good_bytes < total {
                 // A torn tail from a crash mid-write: cut it so appends continue cleanly.
                 spool.recovery.torn_bytes += total - good_bytes;
@@ -141,6 +259,7 @@ impl Spool {
             match (records.first(), records.last()) {
                 (Some(first), Some(last_seq)) => spool.segments.push(Segment {
                     path,
+                    written_first: written_first.unwrap_or(*first),
                     first_seq: *first,
                     last_seq: *last_seq,
                     bytes: good_bytes,
@@ -151,7 +270,16 @@ impl Spool {
             }
         }
         let highest = spool.segments.last().map(|s| s.last_seq).unwrap_or(0);
-        spool.ledger.next_seq = spool.ledger.next_seq.max(highest + 1).max(1);
+        spool.ledger.next_seq = spool
+            .ledger
+            .next_seq
+            .max(highest + 1)
+            .max(claimed_up_to + 1)
+            .max(1);
+        // Numbers given out and not found: lost at the end, noted before the next result.
+        note_gap_before(spool.ledger.next_seq, &mut expected);
+        spool.recovery.missing = gaps.values().sum();
+        spool.drop_notes = gaps;
         spool.write_ledger()?;
         spool.forget_acked()?;
         Ok(spool)
@@ -159,6 +287,15 @@ impl Spool {
 
     pub fn ledger(&self) -> Ledger {
         self.ledger
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Which opening of a spool in this process this is.
+    pub fn opening(&self) -> u64 {
+        self.opening
     }
 
     /// Bytes on disk in segments.
@@ -186,7 +323,8 @@ impl Spool {
         record.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
         record.extend_from_slice(&body);
         if let Err(e) = self
-            .check_room(record.len() as u64)
+            .check_dir()
+            .and_then(|()| self.check_room(record.len() as u64))
             .and_then(|()| self.write_record(seq, &record))
         {
             self.refused_since_last_append += 1;
@@ -208,6 +346,18 @@ impl Spool {
         self.ledger.next_seq = seq + 1;
         self.enforce_cap()?;
         Ok(seq)
+    }
+
+    /// Refuses a write into a directory that is gone (an open segment would take it, into a
+    /// file nobody can read again).
+    fn check_dir(&self) -> Result<(), AgentError> {
+        if self.dir.is_dir() {
+            return Ok(());
+        }
+        Err(AgentError::io(
+            format!("spool {}", self.dir.display()),
+            std::io::Error::new(std::io::ErrorKind::NotFound, "the directory is gone"),
+        ))
     }
 
     /// Refuses a write that would eat into [`SPACE_RESERVE`].
@@ -241,6 +391,7 @@ impl Spool {
             sync_dir(&self.dir);
             self.segments.push(Segment {
                 path,
+                written_first: seq,
                 first_seq: seq,
                 last_seq: seq,
                 bytes: 0,
@@ -311,20 +462,25 @@ impl Spool {
         }
         let mut out: Vec<ProbeResult> = Vec::new();
         let mut complete = false;
+        let shifts = &self.shifts;
         for seg in self.segments.iter().filter(|s| s.last_seq >= from) {
-            let (_, _, _, _) = scan(&seg.path, |r: &ProbeResult| {
-                if complete || out.len() >= max || r.seq < from {
-                    return;
-                }
-                if !out.is_empty() && notes.contains_key(&r.seq) {
-                    complete = true;
-                    return;
-                }
-                let consecutive = out.last().is_none_or(|last| r.seq == last.seq + 1);
-                if consecutive {
-                    out.push(r.clone());
-                }
-            });
+            scan(
+                &seg.path,
+                |seq| shifted(shifts, seq),
+                |r: &ProbeResult| {
+                    if complete || out.len() >= max || r.seq < from {
+                        return;
+                    }
+                    if !out.is_empty() && notes.contains_key(&r.seq) {
+                        complete = true;
+                        return;
+                    }
+                    let consecutive = out.last().is_none_or(|last| r.seq == last.seq + 1);
+                    if consecutive {
+                        out.push(r.clone());
+                    }
+                },
+            );
             if complete || out.len() >= max {
                 break;
             }
@@ -340,6 +496,74 @@ impl Spool {
     /// Results refused (disk full) and not yet noted against a written result.
     pub fn refused_pending(&self) -> u64 {
         self.refused_since_last_append
+    }
+
+    /// Counts `results` that were never offered to this spool (it could not be opened): they
+    /// are told with the next result written, as refused ones are.
+    pub fn note_not_kept(&mut self, results: u64) {
+        self.refused_since_last_append += results;
+    }
+
+    /// What the hello says of this spool: the number it writes next, and whether no collector
+    /// has welcomed its numbering yet.
+    pub fn numbering(&self) -> (u64, bool) {
+        (self.ledger.next_seq, !self.welcomed)
+    }
+
+    /// The collector's welcome: it holds this agent's results up to `high_water`. `said` is
+    /// what the hello told it ([`Spool::numbering`] then), so both sides decide alike. When the
+    /// numbering must continue above the mark, every unacked result (and every note) moves up to
+    /// follow it, made durable in one ledger write before anything else changes; the spool is
+    /// then welcomed. Returns what moved, if anything did.
+    pub fn continue_above(
+        &mut self,
+        said: (u64, bool),
+        high_water: u64,
+    ) -> Result<Option<Renumbered>, AgentError> {
+        let (said_next, said_new) = said;
+        let by = high_water.saturating_sub(self.ledger.acked_seq);
+        if !egresswatch_wire::message::numbering_continues_above(said_next, said_new, high_water)
+            || by == 0
+        {
+            if !self.welcomed {
+                self.welcomed = true;
+                if let Err(e) = self.write_ledger() {
+                    self.welcomed = false;
+                    return Err(e);
+                }
+            }
+            return Ok(None);
+        }
+        let waiting = self.ledger.next_seq - self.ledger.acked_seq - 1;
+        let mut shifts = self.shifts.clone();
+        shifts.push(Shift {
+            below: self.ledger.next_seq,
+            by,
+        });
+        let ledger = Ledger {
+            next_seq: self.ledger.next_seq + by,
+            acked_seq: high_water,
+        };
+        self.store_ledger(ledger, true, &shifts)?;
+        self.ledger = ledger;
+        self.welcomed = true;
+        self.shifts = shifts;
+        for seg in &mut self.segments {
+            seg.first_seq += by;
+            seg.last_seq += by;
+        }
+        for r in &mut self.recent {
+            r.seq += by;
+        }
+        self.drop_notes = std::mem::take(&mut self.drop_notes)
+            .into_iter()
+            .map(|(seq, n)| (seq + by, n))
+            .collect();
+        Ok(Some(Renumbered {
+            results: waiting,
+            first_seq: high_water + 1,
+            by,
+        }))
     }
 
     /// Records the collector's cumulative ack: ledger first (durably), then delete what it
@@ -416,9 +640,28 @@ impl Spool {
         Ok(())
     }
 
-    fn write_ledger(&self) -> Result<(), AgentError> {
+    fn write_ledger(&mut self) -> Result<(), AgentError> {
+        // A shift no segment was written under any more is done with.
+        let oldest_written = self.segments.first().map(|s| s.written_first);
+        self.shifts
+            .retain(|shift| oldest_written.is_some_and(|w| w < shift.below));
+        self.store_ledger(self.ledger, self.welcomed, &self.shifts)
+    }
+
+    fn store_ledger(
+        &self,
+        ledger: Ledger,
+        welcomed: bool,
+        shifts: &[Shift],
+    ) -> Result<(), AgentError> {
         let tmp = self.dir.join("ledger.tmp");
-        let text = serde_json::to_vec(&self.ledger).map_err(|e| {
+        let file = LedgerFile {
+            next_seq: ledger.next_seq,
+            acked_seq: ledger.acked_seq,
+            welcomed,
+            shifts: shifts.to_vec(),
+        };
+        let text = serde_json::to_vec(&file).map_err(|e| {
             AgentError::io("encoding the ledger", std::io::Error::other(e.to_string()))
         })?;
         let mut f = File::create(&tmp).map_err(io(format!("writing {}", tmp.display())))?;
@@ -450,27 +693,47 @@ fn sync_dir(dir: &Path) {
     }
 }
 
-fn read_ledger(dir: &Path) -> Ledger {
+fn read_ledger(dir: &Path) -> Option<LedgerFile> {
     fs::read(dir.join(LEDGER))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
 }
 
-/// Reads a segment's good records. Returns (their seqs, bytes up to the last good record,
-/// corrupt records skipped, file size). A bad length ends the scan (nothing after it can be
-/// framed); a bad checksum skips that one record.
-fn scan(path: &Path, mut each: impl FnMut(&ProbeResult)) -> (Vec<u64>, u64, u64, u64) {
+/// The number a record written as `written` is read as, after the renumberings `shifts`.
+fn shifted(shifts: &[Shift], written: u64) -> u64 {
+    shifts
+        .iter()
+        .filter(|s| written < s.below)
+        .fold(written, |seq, s| seq + s.by)
+}
+
+/// What [`scan`] read of a segment.
+#[derive(Debug, Default)]
+struct Scan {
+    /// The good records' numbers, as read (shifted).
+    seqs: Vec<u64>,
+    /// Bytes up to the last whole record, good or not.
+    good_bytes: u64,
+    corrupt: u64,
+    /// Corrupt records after the last good one.
+    trailing_corrupt: u64,
+    total: u64,
+}
+
+/// Reads a segment's good records, each numbered through `number` (the ledger's shifts). A bad
+/// length ends the scan (nothing after it can be framed); a bad checksum skips that one record.
+fn scan(path: &Path, number: impl Fn(u64) -> u64, mut each: impl FnMut(&ProbeResult)) -> Scan {
     let mut bytes = Vec::new();
     if File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .is_err()
     {
-        return (Vec::new(), 0, 0, 0);
+        return Scan::default();
     }
     let total = bytes.len() as u64;
     let mut seqs = Vec::new();
     let mut corrupt = 0;
+    let mut trailing_corrupt = 0;
     let mut offset = 0usize;
     let mut good_end = 0u64;
     while offset + 8 <= bytes.len() {
@@ -495,18 +758,27 @@ fn scan(path: &Path, mut each: impl FnMut(&ProbeResult)) -> (Vec<u64>, u64, u64,
             .then(|| rmp_serde::from_slice::<ProbeResult>(body).ok())
             .flatten()
         {
-            Some(result) => {
+            Some(mut result) => {
+                result.seq = number(result.seq);
                 seqs.push(result.seq);
                 each(&result);
                 good_end = offset as u64;
+                trailing_corrupt = 0;
             }
             None => {
                 corrupt += 1;
+                trailing_corrupt += 1;
                 good_end = offset as u64;
             }
         }
     }
-    (seqs, good_end, corrupt, total)
+    Scan {
+        seqs,
+        good_bytes: good_end,
+        corrupt,
+        trailing_corrupt,
+        total,
+    }
 }
 
 #[cfg(test)]
@@ -735,6 +1007,250 @@ mod tests {
         assert!(segments_before >= 2);
         s.ack(5999).unwrap();
         assert_eq!(s.segments.len(), 1, "only the active segment stays");
-        assert_eq!(read_ledger(dir.path()).acked_seq, 5999);
+        assert_eq!(read_ledger(dir.path()).map(|l| l.acked_seq), Some(5999));
+    }
+
+    fn seqs(batch: &[ProbeResult]) -> Vec<u64> {
+        batch.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn a_new_spool_behind_the_collectors_mark_continues_above_it_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.numbering(), (1, true), "a spool created empty is new");
+        for port in 1..=5 {
+            s.append(result(port)).unwrap();
+        }
+        // As the hello said it; two more are written before the welcome comes.
+        let said = s.numbering();
+        s.append(result(6)).unwrap();
+        s.append(result(7)).unwrap();
+        let moved = s.continue_above(said, 2524).unwrap();
+        assert_eq!(
+            moved,
+            Some(Renumbered {
+                results: 7,
+                first_seq: 2525,
+                by: 2524
+            })
+        );
+        assert_eq!(
+            s.ledger(),
+            Ledger {
+                next_seq: 2532,
+                acked_seq: 2524
+            }
+        );
+        // The welcome's mark as an ack now deletes nothing.
+        s.ack(2524).unwrap();
+        let (batch, dropped) = s.unacked(2525, 100);
+        assert_eq!(seqs(&batch), (2525..=2531).collect::<Vec<_>>());
+        assert_eq!(
+            batch.iter().map(|r| r.port).collect::<Vec<_>>(),
+            (1..=7).collect::<Vec<_>>()
+        );
+        assert_eq!(dropped, 0);
+        assert_eq!(s.append(result(8)).unwrap(), 2532);
+        assert_eq!(s.numbering(), (2533, false), "welcomed");
+        // Once welcomed, the same mark changes nothing.
+        assert_eq!(s.continue_above(s.numbering(), 2524).unwrap(), None);
+        // From disk, after a restart, the same numbers.
+        drop(s);
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.numbering(), (2533, false));
+        let (batch, _) = s.unacked(0, 100);
+        assert_eq!(seqs(&batch), (2525..=2532).collect::<Vec<_>>());
+        assert_eq!(batch[0].port, 1);
+        // Once the segments written before it are gone, the shift goes too.
+        s.append(result(9)).unwrap();
+        s.appends_failing = true;
+        s.ack(2533).unwrap();
+        assert!(s.segments.is_empty());
+        s.append(result(10)).unwrap();
+        s.ack(2534).unwrap();
+        assert!(s.shifts.is_empty(), "{:?}", s.shifts);
+        assert_eq!(read_ledger(dir.path()).map(|l| l.shifts), Some(vec![]));
+    }
+
+    #[test]
+    fn a_new_spool_that_numbered_past_the_mark_offline_still_moves_above_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        for port in 1..=30 {
+            s.append(result(port)).unwrap();
+        }
+        // The collector holds 1..=20 from this certificate's earlier life: none of these.
+        let moved = s.continue_above(s.numbering(), 20).unwrap().unwrap();
+        assert_eq!((moved.results, moved.first_seq), (30, 21));
+        s.ack(20).unwrap();
+        let (batch, _) = s.unacked(21, 100);
+        assert_eq!(seqs(&batch), (21..=50).collect::<Vec<_>>());
+        assert_eq!(batch[0].port, 1, "the first result measured goes first");
+    }
+
+    #[test]
+    fn an_old_spool_behind_the_mark_moves_above_it_and_a_brand_new_agent_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        s.append(result(25)).unwrap();
+        assert_eq!(s.continue_above(s.numbering(), 0).unwrap(), None);
+        assert_eq!(s.numbering(), (2, false), "welcomed by an empty store");
+        s.append(result(26)).unwrap();
+        s.ack(1).unwrap();
+        // A stale spool put back: the store holds more than it ever numbered.
+        let moved = s.continue_above(s.numbering(), 100).unwrap().unwrap();
+        assert_eq!((moved.results, moved.first_seq, moved.by), (1, 101, 99));
+        let (batch, _) = s.unacked(0, 10);
+        assert_eq!(seqs(&batch), vec![101]);
+        assert_eq!(batch[0].port, 26);
+        // Notes move with their results.
+        s.note_not_kept(2);
+        s.append(result(27)).unwrap();
+        assert_eq!(s.unacked(102, 10).1, 2);
+    }
+
+    #[test]
+    fn a_spool_renumbered_twice_reads_each_record_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        for port in 1..=3 {
+            s.append(result(port)).unwrap();
+        }
+        s.continue_above(s.numbering(), 10).unwrap().unwrap();
+        for port in 4..=5 {
+            s.append(result(port)).unwrap();
+        }
+        s.continue_above(s.numbering(), 100).unwrap().unwrap();
+        s.append(result(6)).unwrap();
+        drop(s);
+        let s = Spool::open(dir.path(), 1 << 20).unwrap();
+        let (batch, dropped) = s.unacked(0, 100);
+        assert_eq!(seqs(&batch), (101..=106).collect::<Vec<_>>());
+        assert_eq!(
+            batch.iter().map(|r| r.port).collect::<Vec<_>>(),
+            (1..=6).collect::<Vec<_>>()
+        );
+        assert_eq!((dropped, s.recovery.missing), (0, 0));
+    }
+
+    #[test]
+    fn a_corrupt_record_is_a_gap_told_with_the_result_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg;
+        {
+            let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+            for _ in 0..5 {
+                s.append(result(25)).unwrap();
+            }
+            s.ack(1).unwrap();
+            seg = s.segments[0].path.clone();
+        }
+        // The third record (seq 3) fails its checksum.
+        let mut bytes = fs::read(&seg).unwrap();
+        let mut offset = 0;
+        for _ in 0..2 {
+            offset +=
+                8 + u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+        }
+        bytes[offset + 8 + 1] ^= 0xff;
+        fs::write(&seg, &bytes).unwrap();
+        let s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!((s.recovery.corrupt, s.recovery.missing), (1, 1));
+        let (batch, dropped) = s.unacked(2, 100);
+        assert_eq!(
+            (seqs(&batch), dropped),
+            (vec![2], 0),
+            "a batch ends before a gap"
+        );
+        let (batch, dropped) = s.unacked(3, 100);
+        assert_eq!((seqs(&batch), dropped), (vec![4, 5], 1));
+    }
+
+    #[test]
+    fn unreadable_and_vanished_records_at_the_end_are_told_with_the_next_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg;
+        {
+            let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+            for _ in 0..4 {
+                s.append(result(25)).unwrap();
+            }
+            seg = s.segments[0].path.clone();
+        }
+        // The last record fails its checksum: its number is not given out again.
+        let mut bytes = fs::read(&seg).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&seg, &bytes).unwrap();
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.recovery.missing, 1);
+        assert_eq!(s.append(result(587)).unwrap(), 5);
+        let (batch, dropped) = s.unacked(4, 100);
+        assert_eq!((seqs(&batch), dropped), (vec![5], 1));
+        s.ack(2).unwrap();
+        drop(s);
+
+        // Every segment gone (deleted, a disk swapped under the directory): the ledger still
+        // says how far the numbering went.
+        for entry in fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.to_string_lossy().ends_with(".log") {
+                fs::remove_file(path).unwrap();
+            }
+        }
+        let mut s = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(s.recovery.missing, 3, "seqs 3, 4 (unreadable before) and 5");
+        assert_eq!(s.append(result(25)).unwrap(), 6);
+        assert_eq!(s.unacked(0, 100).1, 3);
+    }
+
+    #[test]
+    fn a_vanished_directory_refuses_appends_instead_of_writing_into_the_void() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let mut s = Spool::open(&spool_dir, 1 << 20).unwrap();
+        s.append(result(25)).unwrap();
+        fs::remove_dir_all(&spool_dir).unwrap();
+        assert!(s.append(result(25)).is_err());
+        assert_eq!(s.refused_pending(), 1);
+    }
+
+    #[test]
+    fn a_newest_segment_with_nothing_readable_is_still_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let newest;
+        let written;
+        {
+            let mut s = Spool::open(dir.path(), 64 * 1024).unwrap();
+            while s.segments.len() < 2 {
+                s.append(result(25)).unwrap();
+            }
+            for _ in 0..4 {
+                s.append(result(25)).unwrap();
+            }
+            written = s.ledger().next_seq - 1;
+            newest = s.segments[1].path.clone();
+        }
+        // Every record of the newest segment fails its checksum; the ledger (written at open)
+        // does not know how far the numbering went.
+        let mut bytes = fs::read(&newest).unwrap();
+        let mut offset = 0;
+        let mut rotten = 0;
+        while offset + 8 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+            bytes[offset + 8] ^= 0xff;
+            offset += 8 + len;
+            rotten += 1;
+        }
+        fs::write(&newest, &bytes).unwrap();
+        let mut s = Spool::open(dir.path(), 64 * 1024).unwrap();
+        assert_eq!(s.recovery.missing, rotten);
+        assert_eq!(
+            s.append(result(587)).unwrap(),
+            written + 1,
+            "no number reused"
+        );
+        assert_eq!(s.unacked(written + 1, 10).1, rotten);
     }
 }

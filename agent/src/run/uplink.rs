@@ -351,6 +351,7 @@ async fn converse(
         FrameWriter::new(send, MAX_FRAME_BYTES),
         FrameReader::new(recv, MAX_FRAME_BYTES),
     );
+    let said = shared.spool_numbering();
     let hello = Hello {
         wire_major: WIRE_MAJOR,
         wire_minor: WIRE_MINOR,
@@ -360,6 +361,8 @@ async fn converse(
         clock: super::clock::quality(),
         status: shared.status(),
         accepts_probe_requests: shared.accepts_probe_requests(),
+        spool_next_seq: said.map_or(0, |said| said.next_seq),
+        spool_new: said.is_some_and(|said| said.new),
     };
     write_message(&mut send, &AgentMessage::Hello(hello)).await?;
     let welcome = match tokio::time::timeout(Duration::from_secs(15), read_message(&mut recv)).await
@@ -375,6 +378,12 @@ async fn converse(
         }
     };
     tracing::debug!(agent_id = %welcome.agent_id, "welcomed");
+    // Before the welcome's mark is taken as an ack: a spool that started over below it moves
+    // its results above it first, or the ack would delete them unsent.
+    shared
+        .continue_above(said, welcome.acked_seq)
+        .await
+        .map_err(SessionError::Failed)?;
     welcomed(welcome.acked_seq, &welcome.collector_version);
     shared.set_uplink_state(String::new());
     shared.ack(welcome.acked_seq).await;

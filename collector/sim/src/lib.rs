@@ -231,6 +231,8 @@ pub fn hello(labels: Labels) -> Hello {
         clock: ClockQuality::Synchronised,
         status: String::new(),
         accepts_probe_requests: false,
+        spool_next_seq: 0,
+        spool_new: false,
     }
 }
 

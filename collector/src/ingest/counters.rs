@@ -1,6 +1,6 @@
 //! The ingest's counters in `/metrics`: sessions, refusals (in total and by reason), batches,
-//! results stored and dropped as duplicates, decode errors and the QUIC socket's granted receive
-//! buffer. Registered by [`IngestCounters::register`] before the listener is bound, so the
+//! results stored and dropped as duplicates, decode errors, agents whose spool started over and
+//! the QUIC socket's granted receive buffer. Registered by [`IngestCounters::register`] before the listener is bound, so the
 //! certificate verifier counts from the first handshake.
 
 use crate::metrics::{Labels, Metrics};
@@ -23,6 +23,9 @@ pub struct IngestCounters {
     pub duplicates: Counter,
     /// Frames that failed to decode (the connection was closed).
     pub decode_errors: Counter,
+    /// Welcomes that found an agent's spool started over below the stored high-water mark (its
+    /// numbering continues above it).
+    pub spool_restarts: Counter,
     /// Refusals by reason (`revoked`, `expired`, `bad_version`, ...); see [`IngestCounters::refused`].
     pub refusal_reasons: Family<Labels, Counter>,
     /// The QUIC socket's receive buffer as the kernel granted it (bytes).
@@ -52,6 +55,10 @@ impl IngestCounters {
             decode_errors: metrics.registered(
                 "egresswatch_ingest_decode_errors",
                 "Frames that failed to decode",
+            ),
+            spool_restarts: metrics.registered(
+                "egresswatch_ingest_spool_restarts",
+                "Agents welcomed whose spool started over below the stored high-water mark; their numbering continues above it",
             ),
         }
     }

@@ -205,6 +205,16 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
     }
     info!(version = %agent.agent_version, provider = %agent.labels.provider, account = %agent.labels.account, acked = high_water, "agent connected");
     let welcome = session.on_registered(high_water);
+    if let Some(over) = session.started_over() {
+        context.counters.spool_restarts.inc();
+        warn!(
+            high_water = over.high_water,
+            spool_next_seq = over.spool_next_seq,
+            spool_new = over.spool_new,
+            "the agent's spool started over below the results stored for it: its numbering continues above seq {}",
+            over.high_water
+        );
+    }
     if let Err(end) = write_message(&mut send, &CollectorMessage::Welcome(welcome)).await {
         return end;
     }

@@ -23,6 +23,8 @@ use std::time::Duration;
 pub struct Collector {
     pub dir: PathBuf,
     pub addr: SocketAddr,
+    /// Its HTTP listener (on a port of its own choosing, new at each start).
+    pub http: SocketAddr,
     proc: Option<Proc>,
 }
 
@@ -35,6 +37,7 @@ impl Collector {
         Collector {
             dir: dir.to_path_buf(),
             addr: listening.quic,
+            http: listening.http,
             proc: Some(Proc(child)),
         }
     }
@@ -56,8 +59,30 @@ impl Collector {
     /// Starts it again on the same QUIC port, with the same data.
     pub fn restart(&mut self) {
         self.stop();
-        let Collector { proc, .. } = Collector::start(&self.dir, self.addr.port());
+        let Collector { proc, http, .. } = Collector::start(&self.dir, self.addr.port());
         self.proc = proc;
+        self.http = http;
+    }
+
+    /// A counter's value in its `/metrics` (`name` without the `_total`), 0 when absent.
+    pub fn counter(&self, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(self.http).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        let wanted = format!("{name}_total ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&wanted))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub fn log(&self) -> String {

@@ -11,6 +11,7 @@ use crate::identity::AgentMeta;
 use crate::limits::Limit;
 use crate::store::InsertReport;
 use egresswatch_wire::close;
+use egresswatch_wire::message::numbering_continues_above;
 use egresswatch_wire::version::{WIRE_MAJOR, WIRE_MINOR};
 use egresswatch_wire::{
     Ack, AgentMessage, Batch, ClockQuality, Hello, ProbeResult, Welcome, WireError,
@@ -162,12 +163,27 @@ enum State {
     Open { agent: AgentMeta, high_water: u64 },
 }
 
+/// An agent whose spool started over below what the store holds for its certificate: its
+/// numbering continues above `high_water` (the agent renumbers what waits in its spool, see
+/// [`numbering_continues_above`]), so nothing it measured is taken as already stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StartedOver {
+    /// Where the agent's spool stood: the number it would have written next.
+    pub spool_next_seq: u64,
+    /// Whether no collector had welcomed that spool before.
+    pub spool_new: bool,
+    pub high_water: u64,
+}
+
 /// One agent's session, from its first frame to its end.
 #[derive(Debug)]
 pub struct Session {
     agent_id: String,
     max_batch_results: usize,
     state: State,
+    /// What the hello said of the agent's spool: (next seq, new).
+    spool_numbering: (u64, bool),
+    started_over: Option<StartedOver>,
 }
 
 impl Session {
@@ -177,7 +193,15 @@ impl Session {
             agent_id: agent_id.to_string(),
             max_batch_results,
             state: State::AwaitingHello,
+            spool_numbering: (0, false),
+            started_over: None,
         }
+    }
+
+    /// Whether the welcome found the agent's spool started over below the store's high-water
+    /// mark (decided by [`Session::on_registered`]); to count and log once per such welcome.
+    pub fn started_over(&self) -> Option<StartedOver> {
+        self.started_over
     }
 
     /// The first frame as it decoded, or why it did not.
@@ -226,6 +250,7 @@ impl Session {
             agent_version: hello.agent_version.clone(),
         };
         self.state = State::Registering(agent.clone());
+        self.spool_numbering = (hello.spool_next_seq, hello.spool_new);
         Opening::Register {
             reachable: ConnectedAgent::from_hello(&agent, hello),
             agent,
@@ -245,6 +270,13 @@ impl Session {
             },
         };
         self.state = State::Open { agent, high_water };
+        let (spool_next_seq, spool_new) = self.spool_numbering;
+        self.started_over = numbering_continues_above(spool_next_seq, spool_new, high_water)
+            .then_some(StartedOver {
+                spool_next_seq,
+                spool_new,
+                high_water,
+            });
         Welcome {
             wire_major: WIRE_MAJOR,
             wire_minor: WIRE_MINOR,
@@ -328,7 +360,7 @@ impl Session {
                 limit: Limit::AgentSpool,
                 count: batch.dropped_before,
                 message: format!(
-                    "agent {}'s spool dropped {} results (spool.max_bytes)",
+                    "agent {}'s spool dropped {} results (full, unwritable or unreadable)",
                     self.agent_id, batch.dropped_before
                 ),
             };
@@ -429,6 +461,8 @@ mod tests {
             clock: ClockQuality::Synchronised,
             status: String::new(),
             accepts_probe_requests: false,
+            spool_next_seq: 0,
+            spool_new: false,
         }
     }
 
@@ -478,6 +512,42 @@ mod tests {
             } => (count, results, batch),
             other => panic!("expected results to store, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_spool_that_started_over_below_the_mark_is_told_once_per_welcome() {
+        let welcome_with = |next: u64, new: bool, high_water: u64| {
+            let mut session = Session::new("agent-7", 4096);
+            let mut h = hello();
+            h.spool_next_seq = next;
+            h.spool_new = new;
+            assert!(matches!(
+                session.on_first_frame(Ok(AgentMessage::Hello(h))),
+                Opening::Register { .. }
+            ));
+            let welcome = session.on_registered(high_water);
+            assert_eq!(welcome.acked_seq, high_water, "the mark is told as it is");
+            session.started_over()
+        };
+        assert_eq!(
+            welcome_with(64, true, 2524),
+            Some(StartedOver {
+                spool_next_seq: 64,
+                spool_new: true,
+                high_water: 2524
+            })
+        );
+        assert!(
+            welcome_with(10, false, 2524).is_some(),
+            "an old spool behind"
+        );
+        assert_eq!(welcome_with(2525, false, 2524), None, "the steady state");
+        assert_eq!(welcome_with(1, true, 0), None, "a brand new agent");
+        assert_eq!(
+            welcome_with(0, false, 2524),
+            None,
+            "an older agent says nothing"
+        );
     }
 
     #[test]
@@ -819,7 +889,8 @@ mod tests {
             Some(Exceeded {
                 limit: Limit::AgentSpool,
                 count: 5,
-                message: "agent agent-7's spool dropped 5 results (spool.max_bytes)".into(),
+                message: "agent agent-7's spool dropped 5 results (full, unwritable or unreadable)"
+                    .into(),
             })
         );
         // The ack was lost: the agent resends the same batch, note and all.
