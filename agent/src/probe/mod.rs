@@ -435,6 +435,18 @@ async fn plain_smtp(
         Ok(reply) => reply,
         Err(e) => return step_failure(result, SessionStep::Ehlo, &e, asked.elapsed()),
     };
+    if ehlo.ehlo_unknown() {
+        // The greeting was fine and the server answered: it speaks SMTP without extensions, so
+        // STARTTLS is not on offer (what posttls-finger and Python's smtplib conclude too).
+        result.outcome = Outcome::StarttlsMissing;
+        result.step = Some(SessionStep::Ehlo);
+        result.detail = format!(
+            "EHLO not recognised ({}): the server speaks no ESMTP, so it offers no STARTTLS",
+            ehlo.summary()
+        );
+        smtp::quit(&mut stream, &mut parser, deadline).await;
+        return;
+    }
     if ehlo.code != 250 {
         // A refusal is the destination's policy; it says nothing about STARTTLS on the path.
         result.outcome = Outcome::BadBanner;

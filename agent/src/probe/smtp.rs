@@ -53,6 +53,13 @@ impl Reply {
             })
     }
 
+    /// Whether this reply to EHLO says the command is unknown (500 "unrecognized", 502 "not
+    /// implemented", RFC 5321 4.2.4): a server that speaks only RFC 821 SMTP. It has no
+    /// extensions to offer, so no STARTTLS — unlike a 550/554, which refuses this client.
+    pub fn ehlo_unknown(&self) -> bool {
+        matches!(self.code, 500 | 502)
+    }
+
     /// The reply as one short line for details: "554 5.7.1 no thanks".
     pub fn summary(&self) -> String {
         let first = self.lines.first().map(String::as_str).unwrap_or("");
@@ -349,6 +356,20 @@ mod tests {
         // The server's own name on the first line is not a capability.
         let named = parse_all(&[b"250-XXXX\r\n250 SIZE\r\n"]).unwrap().unwrap();
         assert_eq!(named.masked_capability(), None);
+    }
+
+    #[test]
+    fn ehlo_unknown_is_told_from_a_refusal() {
+        let unknown = parse_all(&[b"500 5.5.1 Error: unknown command\r\n"])
+            .unwrap()
+            .unwrap();
+        assert!(unknown.ehlo_unknown());
+        let not_implemented = parse_all(&[b"502 5.5.2 Error: command not recognized\r\n"])
+            .unwrap()
+            .unwrap();
+        assert!(not_implemented.ehlo_unknown());
+        let refused = parse_all(&[b"550 5.7.1 go away\r\n"]).unwrap().unwrap();
+        assert!(!refused.ehlo_unknown());
     }
 
     #[test]
