@@ -127,6 +127,21 @@ impl ResolvedPreset {
             .collect()
     }
 
+    /// The probe sessions of the preset's SMTP ports on its SMTP host, for a schedule whose
+    /// probe options serve many hosts ([`crate::probe::ProbeOptions::host_sessions`]).
+    pub fn sessions(&self) -> Vec<(String, u16, crate::probe::Session)> {
+        self.ports
+            .iter()
+            .map(|p| {
+                let session = match p.tls {
+                    TlsStart::Starttls => crate::probe::Session::Smtp,
+                    TlsStart::Implicit => crate::probe::Session::ImplicitTls,
+                };
+                (self.smtp_host.clone(), p.port, session)
+            })
+            .collect()
+    }
+
     /// How TLS starts on `port`, when it is one of the preset's.
     pub fn tls_of(&self, port: u16) -> Option<TlsStart> {
         self.ports.iter().find(|p| p.port == port).map(|p| p.tls)
@@ -520,6 +535,32 @@ mod tests {
         assert!(e.contains("ses has no region \"mars-1\""), "{e}");
         let e = presets.resolve("postmark:eu").unwrap_err();
         assert!(e.contains("postmark has no regions"), "{e}");
+    }
+
+    #[test]
+    fn a_presets_sessions_steer_the_probe_per_host() {
+        use crate::probe::{ProbeOptions, Session};
+        let presets = Presets::builtin().unwrap();
+        let smtp2go = presets.resolve("smtp2go").unwrap();
+        let mut options = ProbeOptions::new(
+            std::time::Duration::from_secs(1),
+            std::sync::Arc::new(rustls::RootCertStore::empty()),
+        );
+        options.host_sessions = std::sync::Arc::new(smtp2go.sessions());
+        // SMTP2GO's 443 is SMTP with implicit TLS on its SMTP host …
+        assert_eq!(
+            options.session_of("MAIL.smtp2go.com", 443),
+            Session::ImplicitTls
+        );
+        assert_eq!(
+            options.session_of("mail.smtp2go.com", 8465),
+            Session::ImplicitTls
+        );
+        assert_eq!(options.session_of("mail.smtp2go.com", 80), Session::Smtp);
+        // … and every other host keeps the port defaults: 443 the TLS control, 465 implicit.
+        assert_eq!(options.session_of("api.smtp2go.com", 443), Session::TlsOnly);
+        assert_eq!(options.session_of("mx.example", 465), Session::ImplicitTls);
+        assert_eq!(options.session_of("mx.example", 8465), Session::Smtp);
     }
 
     const USER: &str = r#"

@@ -72,6 +72,10 @@ pub struct ProbeOptions {
     pub implicit_tls_ports: Vec<u16>,
     /// Ports where a TLS handshake is the whole probe (default: 443, the HTTPS control).
     pub tls_only_ports: Vec<u16>,
+    /// How a (host, port) is spoken to where that differs from the port's default: a mail
+    /// provider's preset says how TLS starts on each of its ports (SMTP2GO's 443 is SMTP with
+    /// implicit TLS, SES's 2465 too). Host names compare without case.
+    pub host_sessions: Arc<Vec<(String, u16, Session)>>,
     /// Also ask EHLO inside TLS (after STARTTLS, or after an implicit-TLS greeting) to learn what
     /// the server offers there ([`SessionFacts`]); `check --provider` sets it. Default: off, so
     /// the probes of `check HOST` and of the agent's schedule say no more than they need.
@@ -111,6 +115,7 @@ impl ProbeOptions {
             ehlo_name: default_ehlo_name(),
             implicit_tls_ports: vec![PORT_SMTPS],
             tls_only_ports: vec![PORT_HTTPS],
+            host_sessions: Arc::default(),
             read_capabilities: false,
         }
     }
@@ -124,6 +129,16 @@ impl ProbeOptions {
         } else {
             Session::Smtp
         }
+    }
+
+    /// How `port` of `host` is spoken to: as [`ProbeOptions::host_sessions`] says, else as
+    /// [`ProbeOptions::session`].
+    pub fn session_of(&self, host: &str, port: u16) -> Session {
+        self.host_sessions
+            .iter()
+            .find(|(h, p, _)| *p == port && h.eq_ignore_ascii_case(host))
+            .map(|(_, _, session)| *session)
+            .unwrap_or_else(|| self.session(port))
     }
 
     fn binding(&self, family: Family) -> Binding {
@@ -337,7 +352,7 @@ async fn probe_address(
     result.timings.connect_us = Some(connected.connect_us);
     result.syn_retransmits = connected.syn_retransmits;
     let stream = connected.stream;
-    match (target.level, options.session(target.port)) {
+    match (target.level, options.session_of(&target.host, target.port)) {
         (Level::Connect, _) | (Level::Banner, Session::TlsOnly) => {
             result.outcome = Outcome::Ok;
             result.detail = "connected".into();

@@ -362,6 +362,7 @@ fn probe_options(config: &AgentConfig) -> Result<ProbeOptions, AgentError> {
         }
     }
     options.interface = config.probe.interface.clone();
+    options.host_sessions = Arc::new(config.preset_sessions.clone());
     Ok(options)
 }
 
