@@ -290,3 +290,94 @@ pub fn main(
     }
     reading.class.exit_status()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::SessionFacts;
+    use egresswatch_wire::Outcome;
+
+    /// The `--json` contract (README): these keys at the top, and the `check --json` row keys
+    /// with the EHLO fields in each SMTP row.
+    #[test]
+    fn the_json_shape_is_the_documented_one() {
+        let preset = Presets::builtin().unwrap().resolve("zeptomail").unwrap();
+        let smtp = vec![SmtpProbe {
+            result: ProbeResult {
+                target: "smtp.zeptomail.com".into(),
+                port: 587,
+                outcome: Outcome::Ok,
+                ..Default::default()
+            },
+            tls: TlsStart::Starttls,
+            facts: SessionFacts {
+                before_tls: Some(Capabilities {
+                    starttls: true,
+                    auth: vec![],
+                    size: Some(1000),
+                }),
+                after_tls: Some(Capabilities {
+                    starttls: false,
+                    auth: vec!["PLAIN".into()],
+                    size: Some(1000),
+                }),
+            },
+        }];
+        let api = vec![ProbeResult {
+            target: "api.zeptomail.com".into(),
+            port: 443,
+            outcome: Outcome::Ok,
+            ..Default::default()
+        }];
+        let reading = provider_verdict::read(&preset, &smtp, &api);
+        let value = serde_json::to_value(json(&preset, &reading, &smtp, &api)).unwrap();
+        let keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut want = vec![
+            "provider",
+            "title",
+            "region",
+            "source",
+            "smtp_host",
+            "api_host",
+            "verdict",
+            "exit_code",
+            "recommended_port",
+            "recommended_tls",
+            "auth_only_after_tls",
+            "api",
+            "api_reachable",
+            "sentences",
+            "smtp",
+            "api_probes",
+        ];
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(sorted, want);
+        assert_eq!(value["verdict"], "smtp_works");
+        assert_eq!(value["recommended_tls"], "starttls");
+        let row = &value["smtp"][0];
+        for key in [
+            "host",
+            "port",
+            "family",
+            "address",
+            "outcome",
+            "connect_ms",
+            "detail",
+        ] {
+            assert!(row.get(key).is_some(), "{key} missing from {row}");
+        }
+        assert_eq!(row["tls_start"], "starttls");
+        assert_eq!(
+            row["ehlo_after_tls"],
+            serde_json::json!({"starttls": false, "auth": ["PLAIN"], "size": 1000})
+        );
+        assert_eq!(value["api_probes"][0]["outcome"], "ok");
+    }
+}
