@@ -5,6 +5,7 @@
 // rows are built first, account/region/agent rows only when their parent is expanded.
 
 import { el, initHistory, historyButton, sourceLine } from './history.js';
+import { renderMail } from './mail.js';
 
 const STATUS = {
   open: { sym: '✓', word: 'open' },
@@ -414,6 +415,28 @@ function setMatrix(m) {
   if (state.storeDown) setLive('stale', storeDownText(state.storeDown));
   else if (state.connected) setLive('live', 'live');
   render();
+  refreshMail();
+}
+
+// ---------- mail providers ----------
+// Per mail provider × account (/api/mail-providers), fetched along with matrix updates, at most
+// every 5 s; the section stays hidden until some agent probes a mail provider's preset.
+
+const mail = { inFlight: false, at: -Infinity };
+
+async function refreshMail() {
+  if (mail.inFlight || performance.now() - mail.at < 5000) return;
+  mail.inFlight = true;
+  mail.at = performance.now();
+  try {
+    const resp = await fetch('/api/mail-providers');
+    signedOut(resp);
+    if (resp.ok) renderMail(await resp.json(), $('mail-section'), $('mail-body'));
+  } catch {
+    // The next matrix update asks again.
+  } finally {
+    mail.inFlight = false;
+  }
 }
 
 function storeDownText(outage) {

@@ -7,6 +7,9 @@ use thiserror::Error;
 pub enum AgentError {
     #[error("config {path}: {reason}")]
     Config { path: String, reason: String },
+    /// A mail-provider presets file (built in, or a user's) that does not parse or validate.
+    #[error("presets {origin}: {reason}")]
+    Presets { origin: String, reason: String },
     #[error("{context}: {source}")]
     Io {
         context: String,

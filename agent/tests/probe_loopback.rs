@@ -678,6 +678,26 @@ async fn ehlo_without_starttls_is_starttls_missing() {
 }
 
 #[tokio::test]
+async fn ehlo_unknown_command_is_starttls_missing_not_bad_banner() {
+    let (_pki, opts) = setup(Duration::from_secs(3));
+    // A server that speaks only RFC 821 SMTP: a fine greeting, and EHLO is an unknown command.
+    let script = smtp_saying(GREETING, "500 5.5.1 Error: unknown command\r\n", None);
+    let probed = scenario(
+        script,
+        Level::Tls,
+        &opts,
+        Outcome::StarttlsMissing,
+        "EHLO not recognised (500 5.5.1 Error: unknown command)",
+    )
+    .await;
+    let_servers_log().await;
+    for p in probed {
+        assert_eq!(p.r.step, Some(egresswatch_wire::SessionStep::Ehlo));
+        assert_eq!(p.server.log(), vec!["EHLO PROBE.LOOPBACK.TEST", "QUIT"]);
+    }
+}
+
+#[tokio::test]
 async fn starttls_masked_on_the_path_is_named() {
     let (_pki, opts) = setup(Duration::from_secs(3));
     // What an SMTP-inspecting firewall leaves of "250 STARTTLS".

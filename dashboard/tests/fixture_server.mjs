@@ -400,7 +400,7 @@ export function historyEvents(now = Date.now()) {
 /**
  * Starts the server on 127.0.0.1 (a free port). `data` holds `matrix(family)`, `events()`,
  * `results(agentId)`, `history(searchParams)` and `intervals(searchParams)` (these two return
- * [status, body]); replace them at any time. Returns { url, push(type, obj), close(), data }.
+ * [status, body]) and `mailProviders()`; replace them at any time. Returns { url, push(type, obj), close(), data }.
  */
 export async function startFixtureServer(data = {}) {
   const d = {
@@ -410,6 +410,7 @@ export async function startFixtureServer(data = {}) {
     silencesUpstream: data.silencesUpstream ?? null,
     history: data.history ?? smallHistory,
     intervals: data.intervals ?? smallIntervals,
+    mailProviders: data.mailProviders ?? (() => ({ generated_at: '2026-11-22T12:00:00Z', rows: [] })),
   };
   const files = {
     '/': ['index.html', 'text/html; charset=utf-8'],
@@ -417,6 +418,7 @@ export async function startFixtureServer(data = {}) {
     '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
     '/silences.js': ['silences.js', 'text/javascript; charset=utf-8'],
     '/history.js': ['history.js', 'text/javascript; charset=utf-8'],
+    '/mail.js': ['mail.js', 'text/javascript; charset=utf-8'],
     '/vendor/uPlot.iife.min.js': ['vendor/uPlot.iife.min.js', 'text/javascript; charset=utf-8'],
     '/vendor/uPlot.min.css': ['vendor/uPlot.min.css', 'text/css; charset=utf-8'],
   };
@@ -446,6 +448,8 @@ export async function startFixtureServer(data = {}) {
         const fam = url.searchParams.get('family') || 'all';
         if (!['all', 'ipv4', 'ipv6'].includes(fam)) return json(res, 400, { error: 'unknown family' });
         json(res, 200, d.matrix(fam));
+      } else if (url.pathname === '/api/mail-providers') {
+        json(res, 200, d.mailProviders());
       } else if (url.pathname === '/api/events') {
         json(res, 200, d.events());
       } else if (url.pathname.startsWith('/api/agents/') && url.pathname.endsWith('/results')) {

@@ -17,8 +17,15 @@ pub const DEFAULT_PORTS: [u16; 5] = [25, 465, 587, 2525, 443];
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     /// Hosts to probe (names or addresses).
-    #[arg(required = true, value_name = "HOST")]
+    #[arg(required_unless_present = "provider", value_name = "HOST")]
     pub hosts: Vec<String>,
+    /// Instead of HOSTs, a mail provider's preset: NAME or NAME:REGION. Probes each of its SMTP
+    /// ports at level tls and its HTTPS API on 443; `--provider list` prints the presets.
+    #[arg(long, value_name = "NAME[:REGION]", conflicts_with_all = ["hosts", "ports", "mx", "level"])]
+    pub provider: Option<String>,
+    /// A file of mail-provider presets that adds to the built-in ones or replaces one by name.
+    #[arg(long, value_name = "PATH", requires = "provider")]
+    pub presets: Option<PathBuf>,
     /// Port to probe; repeat for several. Default: 25, 465, 587, 2525 and 443 (control).
     #[arg(long = "port", short = 'p', value_name = "P", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,

@@ -12,10 +12,14 @@
 //! - [`table`] and [`json`]: the two renderings of the results.
 //! - [`mx`]: `--mx`, a domain's MX exchangers as the hosts to probe.
 //! - [`verdict`]: the results read as sentences naming the layer in the way.
+//! - [`provider`] and [`provider_verdict`]: `--provider NAME[:REGION]`, a mail provider's preset
+//!   (its SMTP ports and HTTPS API) probed and read as one verdict with its own exit statuses.
 
 pub mod args;
 pub mod json;
 pub mod mx;
+pub mod provider;
+pub mod provider_verdict;
 pub mod runner;
 pub mod table;
 pub mod verdict;

@@ -3,6 +3,7 @@
 
 use super::args::{check_binding, CheckArgs, CHECK_FLAGS};
 use super::{json, table, verdict};
+use crate::presets::Presets;
 use crate::probe::{self, ProbeOptions, ProbeTarget, Resolution};
 use egresswatch_wire::{Family, Level, Outcome, ProbeResult};
 use std::collections::{BTreeSet, HashMap};
@@ -10,6 +11,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 pub fn main(args: CheckArgs) -> ExitCode {
+    if let Some(asked) = &args.provider {
+        return ExitCode::from(provider_main(&args, asked));
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -81,6 +85,35 @@ pub fn main(args: CheckArgs) -> ExitCode {
         }
     }
     ExitCode::from(exit_status(&results))
+}
+
+/// `check --provider`: the presets (built in, and `--presets` over them), then the preset's
+/// probes; `list` prints the presets instead.
+fn provider_main(args: &CheckArgs, asked: &str) -> u8 {
+    let presets = match Presets::load(args.presets.as_deref()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("egresswatch-agent: {e}");
+            return 2;
+        }
+    };
+    if asked == "list" {
+        print!("{}", crate::presets::render_list(&presets));
+        return 0;
+    }
+    let roots = match probe::tls::load_roots(args.ca_file.as_deref()) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            eprintln!("egresswatch-agent: {e}");
+            return 2;
+        }
+    };
+    if let Err(message) = check_binding(&args.source, args.interface.as_deref(), CHECK_FLAGS) {
+        eprintln!("egresswatch-agent: {message}");
+        return 2;
+    }
+    let options = args.probe_options(roots);
+    super::provider::main(asked, &presets, &args.families(), &options, args.json)
 }
 
 /// 0 when nothing failed, something was `ok` and every host had an address in some family

@@ -72,6 +72,24 @@ pub struct ProbeOptions {
     pub implicit_tls_ports: Vec<u16>,
     /// Ports where a TLS handshake is the whole probe (default: 443, the HTTPS control).
     pub tls_only_ports: Vec<u16>,
+    /// How a (host, port) is spoken to where that differs from the port's default: a mail
+    /// provider's preset says how TLS starts on each of its ports (SMTP2GO's 443 is SMTP with
+    /// implicit TLS, SES's 2465 too). Host names compare without case.
+    pub host_sessions: Arc<Vec<(String, u16, Session)>>,
+    /// Also ask EHLO inside TLS (after STARTTLS, or after an implicit-TLS greeting) to learn what
+    /// the server offers there ([`SessionFacts`]); `check --provider` sets it. Default: off, so
+    /// the probes of `check HOST` and of the agent's schedule say no more than they need.
+    pub read_capabilities: bool,
+}
+
+/// What a probe learnt of the server beyond its outcome: the EHLO capabilities in plain text and
+/// inside TLS. Never credentials: a probe offers none, it only reads what is offered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFacts {
+    /// EHLO before STARTTLS (`None` on implicit-TLS and TLS-only ports, or when EHLO failed).
+    pub before_tls: Option<smtp::Capabilities>,
+    /// EHLO inside TLS (`None` unless [`ProbeOptions::read_capabilities`] and TLS came up).
+    pub after_tls: Option<smtp::Capabilities>,
 }
 
 /// How a connected port is spoken to. Every port that is neither implicit-TLS nor TLS-only
@@ -97,6 +115,8 @@ impl ProbeOptions {
             ehlo_name: default_ehlo_name(),
             implicit_tls_ports: vec![PORT_SMTPS],
             tls_only_ports: vec![PORT_HTTPS],
+            host_sessions: Arc::default(),
+            read_capabilities: false,
         }
     }
 
@@ -109,6 +129,16 @@ impl ProbeOptions {
         } else {
             Session::Smtp
         }
+    }
+
+    /// How `port` of `host` is spoken to: as [`ProbeOptions::host_sessions`] says, else as
+    /// [`ProbeOptions::session`].
+    pub fn session_of(&self, host: &str, port: u16) -> Session {
+        self.host_sessions
+            .iter()
+            .find(|(h, p, _)| *p == port && h.eq_ignore_ascii_case(host))
+            .map(|(_, _, session)| *session)
+            .unwrap_or_else(|| self.session(port))
     }
 
     fn binding(&self, family: Family) -> Binding {
@@ -225,11 +255,40 @@ pub async fn probe_resolved(
     probe_resolved_with_progress(target, resolution, options, &Progress::default()).await
 }
 
+/// [`probe_resolved`], also returning what the server offered in EHLO ([`SessionFacts`]).
+pub async fn probe_resolved_with_facts(
+    target: &ProbeTarget,
+    resolution: &Resolution,
+    options: &ProbeOptions,
+) -> (ProbeResult, SessionFacts) {
+    let mut facts = SessionFacts::default();
+    let result = probe_resolved_inner(
+        target,
+        resolution,
+        options,
+        &Progress::default(),
+        &mut facts,
+    )
+    .await;
+    (result, facts)
+}
+
 async fn probe_resolved_with_progress(
     target: &ProbeTarget,
     resolution: &Resolution,
     options: &ProbeOptions,
     progress: &Progress,
+) -> ProbeResult {
+    let mut facts = SessionFacts::default();
+    probe_resolved_inner(target, resolution, options, progress, &mut facts).await
+}
+
+async fn probe_resolved_inner(
+    target: &ProbeTarget,
+    resolution: &Resolution,
+    options: &ProbeOptions,
+    progress: &Progress,
+    facts: &mut SessionFacts,
 ) -> ProbeResult {
     let mut result = ProbeResult {
         at_unix_ms: now_unix_ms(),
@@ -254,7 +313,7 @@ async fn probe_resolved_with_progress(
             result.detail = format!("{kind}: {detail}");
         }
         Ok(addresses) => match addresses.first() {
-            Some(ip) => probe_address(target, *ip, options, &mut result, progress).await,
+            Some(ip) => probe_address(target, *ip, options, &mut result, progress, facts).await,
             None => {
                 result.outcome = Outcome::NoAddress;
                 result.detail = format!("{} has no {} address", target.host, target.family);
@@ -271,6 +330,7 @@ async fn probe_address(
     options: &ProbeOptions,
     result: &mut ProbeResult,
     progress: &Progress,
+    facts: &mut SessionFacts,
 ) {
     result.address = Some(ip);
     let deadline = Instant::now() + options.timeout;
@@ -292,14 +352,16 @@ async fn probe_address(
     result.timings.connect_us = Some(connected.connect_us);
     result.syn_retransmits = connected.syn_retransmits;
     let stream = connected.stream;
-    match (target.level, options.session(target.port)) {
+    match (target.level, options.session_of(&target.host, target.port)) {
         (Level::Connect, _) | (Level::Banner, Session::TlsOnly) => {
             result.outcome = Outcome::Ok;
             result.detail = "connected".into();
         }
         (_, Session::TlsOnly) => tls_only(target, options, stream, deadline, result).await,
-        (_, Session::ImplicitTls) => implicit_tls(target, options, stream, deadline, result).await,
-        (_, Session::Smtp) => plain_smtp(target, options, stream, deadline, result).await,
+        (_, Session::ImplicitTls) => {
+            implicit_tls(target, options, stream, deadline, result, facts).await
+        }
+        (_, Session::Smtp) => plain_smtp(target, options, stream, deadline, result, facts).await,
     }
 }
 
@@ -382,6 +444,7 @@ async fn implicit_tls(
     stream: tokio::net::TcpStream,
     deadline: Instant,
     result: &mut ProbeResult,
+    facts: &mut SessionFacts,
 ) {
     let Some((mut tls, negotiated)) = handshake(
         target,
@@ -399,6 +462,9 @@ async fn implicit_tls(
     if let Some(greeting) = greet(&mut tls, &mut parser, deadline, result).await {
         result.outcome = Outcome::Ok;
         result.detail = format!("{}; TLS {negotiated}", greeting.summary());
+        if options.read_capabilities {
+            facts.after_tls = ehlo_inside_tls(&mut tls, &mut parser, options, deadline).await;
+        }
         let quit = smtp::quit(&mut tls, &mut parser, deadline).await;
         note_quit(result, quit);
     }
@@ -411,6 +477,7 @@ async fn plain_smtp(
     mut stream: tokio::net::TcpStream,
     deadline: Instant,
     result: &mut ProbeResult,
+    facts: &mut SessionFacts,
 ) {
     let mut parser = ReplyParser::default();
     let Some(greeting) = greet(&mut stream, &mut parser, deadline, result).await else {
@@ -435,6 +502,18 @@ async fn plain_smtp(
         Ok(reply) => reply,
         Err(e) => return step_failure(result, SessionStep::Ehlo, &e, asked.elapsed()),
     };
+    if ehlo.ehlo_unknown() {
+        // The greeting was fine and the server answered: it speaks SMTP without extensions, so
+        // STARTTLS is not on offer (what posttls-finger and Python's smtplib conclude too).
+        result.outcome = Outcome::StarttlsMissing;
+        result.step = Some(SessionStep::Ehlo);
+        result.detail = format!(
+            "EHLO not recognised ({}): the server speaks no ESMTP, so it offers no STARTTLS",
+            ehlo.summary()
+        );
+        smtp::quit(&mut stream, &mut parser, deadline).await;
+        return;
+    }
     if ehlo.code != 250 {
         // A refusal is the destination's policy; it says nothing about STARTTLS on the path.
         result.outcome = Outcome::BadBanner;
@@ -443,6 +522,7 @@ async fn plain_smtp(
         smtp::quit(&mut stream, &mut parser, deadline).await;
         return;
     }
+    facts.before_tls = Some(ehlo.capabilities());
     if !ehlo.offers("STARTTLS") {
         result.outcome = Outcome::StarttlsMissing;
         result.step = Some(SessionStep::Ehlo);
@@ -494,8 +574,26 @@ async fn plain_smtp(
     result.outcome = Outcome::Ok;
     result.detail = format!("{}; STARTTLS {negotiated}", greeting.summary());
     let mut parser = ReplyParser::default();
+    if options.read_capabilities {
+        facts.after_tls = ehlo_inside_tls(&mut tls, &mut parser, options, deadline).await;
+    }
     let quit = smtp::quit(&mut tls, &mut parser, deadline).await;
     note_quit(result, quit);
+}
+
+/// EHLO once TLS is up, for what the server offers only there (AUTH, typically). The outcome is
+/// already known; a server that does not answer leaves the capabilities unknown, nothing more.
+async fn ehlo_inside_tls<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    parser: &mut ReplyParser,
+    options: &ProbeOptions,
+    deadline: Instant,
+) -> Option<smtp::Capabilities> {
+    let command = format!("EHLO {}", options.ehlo_name);
+    match exchange(stream, parser, &command, deadline).await {
+        Ok(reply) if reply.code == 250 => Some(reply.capabilities()),
+        _ => None,
+    }
 }
 
 /// QUIT comes after the answer is known: a server that does not answer it changes no outcome,

@@ -53,6 +53,52 @@ impl Reply {
             })
     }
 
+    /// Whether this reply to EHLO says the command is unknown (500 "unrecognized", 502 "not
+    /// implemented", RFC 5321 4.2.4): a server that speaks only RFC 821 SMTP. It has no
+    /// extensions to offer, so no STARTTLS — unlike a 550/554, which refuses this client.
+    pub fn ehlo_unknown(&self) -> bool {
+        matches!(self.code, 500 | 502)
+    }
+
+    /// What an EHLO reply offers: STARTTLS, the AUTH mechanisms and SIZE.
+    pub fn capabilities(&self) -> Capabilities {
+        let skip = usize::from(self.lines.len() > 1);
+        let mut caps = Capabilities::default();
+        for line in self.lines.iter().skip(skip) {
+            let mut words = line.split_whitespace();
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            // "AUTH=LOGIN PLAIN" is the pre-RFC 4954 spelling some servers still send.
+            let (keyword, first) = match keyword.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (keyword, None),
+            };
+            match keyword.to_ascii_uppercase().as_str() {
+                "STARTTLS" => caps.starttls = true,
+                "AUTH" => {
+                    for mechanism in first.into_iter().chain(words) {
+                        let mechanism: String = mechanism
+                            .chars()
+                            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                            .take(40)
+                            .collect::<String>()
+                            .to_ascii_uppercase();
+                        if !mechanism.is_empty()
+                            && !caps.auth.contains(&mechanism)
+                            && caps.auth.len() < 32
+                        {
+                            caps.auth.push(mechanism);
+                        }
+                    }
+                }
+                "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                _ => {}
+            }
+        }
+        caps
+    }
+
     /// The reply as one short line for details: "554 5.7.1 no thanks".
     pub fn summary(&self) -> String {
         let first = self.lines.first().map(String::as_str).unwrap_or("");
@@ -63,6 +109,16 @@ impl Reply {
             .collect();
         format!("{} {}", self.code, text).trim_end().to_string()
     }
+}
+
+/// What an EHLO reply offers, of what matters for sending mail through a provider.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Capabilities {
+    pub starttls: bool,
+    /// AUTH mechanisms offered, upper case, in the server's order (empty: no AUTH).
+    pub auth: Vec<String>,
+    /// SIZE: the largest message accepted, in bytes (0: SIZE without a limit); `None`: no SIZE.
+    pub size: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -349,6 +405,55 @@ mod tests {
         // The server's own name on the first line is not a capability.
         let named = parse_all(&[b"250-XXXX\r\n250 SIZE\r\n"]).unwrap().unwrap();
         assert_eq!(named.masked_capability(), None);
+    }
+
+    #[test]
+    fn capabilities_of_an_ehlo_reply() {
+        let before = parse_all(&[
+            b"250-mx.lab.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-STARTTLS\r\n250 8BITMIME\r\n",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            before.capabilities(),
+            Capabilities {
+                starttls: true,
+                auth: vec![],
+                size: Some(10_240_000)
+            }
+        );
+        let after = parse_all(&[
+            b"250-mx.lab.test\r\n250-SIZE\r\n250-AUTH PLAIN login\r\n250 AUTH=LOGIN PLAIN XOAUTH2\r\n",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            after.capabilities(),
+            Capabilities {
+                starttls: false,
+                auth: vec!["PLAIN".into(), "LOGIN".into(), "XOAUTH2".into()],
+                size: Some(0)
+            }
+        );
+        // The server's name on the first line is no capability, whatever it says.
+        let named = parse_all(&[b"250-AUTH\r\n250 8BITMIME\r\n"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(named.capabilities(), Capabilities::default());
+    }
+
+    #[test]
+    fn ehlo_unknown_is_told_from_a_refusal() {
+        let unknown = parse_all(&[b"500 5.5.1 Error: unknown command\r\n"])
+            .unwrap()
+            .unwrap();
+        assert!(unknown.ehlo_unknown());
+        let not_implemented = parse_all(&[b"502 5.5.2 Error: command not recognized\r\n"])
+            .unwrap()
+            .unwrap();
+        assert!(not_implemented.ehlo_unknown());
+        let refused = parse_all(&[b"550 5.7.1 go away\r\n"]).unwrap().unwrap();
+        assert!(!refused.ehlo_unknown());
     }
 
     #[test]

@@ -21,7 +21,10 @@ pub struct AgentConfig {
     /// The validated `[labels]`.
     #[serde(skip)]
     pub labels: Labels,
-    #[serde(default)]
+    #[serde(default, rename = "targets")]
+    targets_table: Vec<TargetTable>,
+    /// The validated `[[targets]]`, each naming a preset turned into its hosts and ports.
+    #[serde(skip)]
     pub targets: Vec<TargetConfig>,
     #[serde(default)]
     pub probe: ProbeConfig,
@@ -31,6 +34,12 @@ pub struct AgentConfig {
     pub identity: IdentityConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// A file of mail-provider presets over the built-in ones, for `[[targets]] provider = …`.
+    #[serde(default)]
+    pub presets: Option<PathBuf>,
+    /// How TLS starts on the ports of the presets named in `[[targets]]` (filled by validation).
+    #[serde(skip)]
+    pub preset_sessions: Vec<(String, u16, crate::probe::Session)>,
 }
 
 /// `[log]`: what the agent logs (to stderr).
@@ -109,6 +118,21 @@ pub struct TargetConfig {
     pub level: Level,
     #[serde(default = "default_interval", deserialize_with = "duration")]
     pub interval: Duration,
+}
+
+/// `[[targets]]` as written: a host and its ports, or a mail provider's preset
+/// (`provider = "zeptomail"`, `"ses:eu-west-1"`) that validation turns into two targets — its
+/// SMTP host with the preset's ports, and its API host on 443.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetTable {
+    host: Option<String>,
+    provider: Option<String>,
+    ports: Option<Vec<u16>>,
+    #[serde(default)]
+    level: Level,
+    #[serde(default = "default_interval", deserialize_with = "duration")]
+    interval: Duration,
 }
 
 fn default_ports() -> Vec<u16> {
@@ -395,6 +419,7 @@ impl AgentConfig {
         }
         .validated()
         .map_err(|e| bad(e.to_string()))?;
+        self.expand_provider_targets().map_err(bad)?;
         self.check_ranges().map_err(bad)?;
         for t in &self.targets {
             if t.host.is_empty() || t.host.len() > egresswatch_wire::limits::MAX_TARGET_BYTES {
@@ -564,6 +589,63 @@ impl AgentConfig {
             answer_probe_requests: p.answer_probe_requests,
             requests_per_minute: p.requests_per_minute,
         }
+    }
+
+    /// `[[targets]]` as written into the targets to probe: a `provider` into its preset's SMTP
+    /// host with the preset's ports and its API host on 443 (the presets are loaded only when
+    /// some target names one).
+    fn expand_provider_targets(&mut self) -> Result<(), String> {
+        let presets = if self.targets_table.iter().any(|t| t.provider.is_some()) {
+            Some(
+                crate::presets::Presets::load(self.presets.as_deref())
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
+        let mut targets = Vec::with_capacity(self.targets_table.len() + 1);
+        self.preset_sessions.clear();
+        for t in &self.targets_table {
+            let (host, asked) = match (&t.host, &t.provider, &presets) {
+                (Some(host), None, _) => (host, None),
+                (None, Some(asked), Some(presets)) => (asked, Some(presets.resolve(asked))),
+                (Some(_), Some(asked), _) => {
+                    return Err(format!(
+                        "targets: provider {asked:?}: give host or provider, not both"
+                    ))
+                }
+                _ => return Err("targets: each needs host = \"…\" or provider = \"…\"".into()),
+            };
+            let Some(resolved) = asked else {
+                targets.push(TargetConfig {
+                    host: host.clone(),
+                    ports: t.ports.clone().unwrap_or_else(default_ports),
+                    level: t.level,
+                    interval: t.interval,
+                });
+                continue;
+            };
+            let at = format!("targets: provider {host:?}");
+            if t.ports.is_some() {
+                return Err(format!("{at}: ports come from the preset; leave ports out"));
+            }
+            let preset = resolved.map_err(|e| format!("{at}: {e}"))?;
+            self.preset_sessions.extend(preset.sessions());
+            targets.push(TargetConfig {
+                host: preset.smtp_host.clone(),
+                ports: preset.ports.iter().map(|p| p.port).collect(),
+                level: t.level,
+                interval: t.interval,
+            });
+            targets.push(TargetConfig {
+                host: preset.api_host.clone(),
+                ports: vec![crate::probe::PORT_HTTPS],
+                level: t.level,
+                interval: t.interval,
+            });
+        }
+        self.targets = targets;
+        Ok(())
     }
 
     /// The targets to probe: the configured ones, or the built-in list at a polite interval.
@@ -935,5 +1017,101 @@ mod tests {
             Path::new("a.toml")
         )
         .is_ok());
+    }
+
+    #[test]
+    fn a_target_can_name_a_mail_provider_preset() {
+        let text = format!(
+            "{MINIMAL}[[targets]]\nprovider = \"zeptomail\"\ninterval = \"30s\"\n[[targets]]\nhost = \"mx.lab.test\"\nports = [25]\n"
+        );
+        let c = AgentConfig::parse(&text, Path::new("a.toml")).unwrap();
+        let hosts: Vec<(&str, &[u16])> = c
+            .targets
+            .iter()
+            .map(|t| (t.host.as_str(), t.ports.as_slice()))
+            .collect();
+        assert_eq!(
+            hosts,
+            vec![
+                ("smtp.zeptomail.com", &[587, 465][..]),
+                ("api.zeptomail.com", &[443][..]),
+                ("mx.lab.test", &[25][..]),
+            ]
+        );
+        assert!(c.targets[..2]
+            .iter()
+            .all(|t| t.interval == Duration::from_secs(30)));
+        use crate::probe::Session;
+        assert!(c.preset_sessions.contains(&(
+            "smtp.zeptomail.com".into(),
+            465,
+            Session::ImplicitTls
+        )));
+        assert!(c
+            .preset_sessions
+            .contains(&("smtp.zeptomail.com".into(), 587, Session::Smtp)));
+    }
+
+    #[test]
+    fn a_bad_provider_target_is_named() {
+        for (target, wanted) in [
+            (
+                "provider = \"zeptomial\"",
+                "targets: provider \"zeptomial\": no mail-provider preset \"zeptomial\"",
+            ),
+            (
+                "provider = \"ses\"",
+                "targets: provider \"ses\": ses needs a region",
+            ),
+            (
+                "provider = \"resend\"\nports = [587]",
+                "targets: provider \"resend\": ports come from the preset",
+            ),
+            (
+                "provider = \"resend\"\nhost = \"smtp.resend.com\"",
+                "give host or provider, not both",
+            ),
+            ("interval = \"30s\"", "targets: each needs host"),
+        ] {
+            let text = format!("{MINIMAL}[[targets]]\n{target}\n");
+            let e = AgentConfig::parse(&text, Path::new("a.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(wanted), "{wanted:?} not in {e}");
+        }
+    }
+
+    #[test]
+    fn a_users_presets_file_serves_the_targets_and_its_bad_field_is_named() {
+        let dir = std::env::temp_dir().join(format!("ew-presets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("mail-providers.toml");
+        let preset = "[[provider]]\nname = \"relay\"\ntitle = \"Our relay\"\nsmtp_host = \"relay.corp.example\"\napi_host = \"api.corp.example\"\nports = [{ port = 2465, tls = \"implicit\" }]\nsource = \"https://wiki.corp.example/relay\"\nread = \"2026-12-07\"\n";
+        std::fs::write(&file, preset).unwrap();
+        let text = format!(
+            "presets = {:?}\n{MINIMAL}[[targets]]\nprovider = \"relay\"\n",
+            file.display().to_string()
+        );
+        let c = AgentConfig::parse(&text, Path::new("a.toml")).unwrap();
+        assert_eq!(c.targets[0].host, "relay.corp.example");
+        assert_eq!(
+            c.preset_sessions,
+            vec![(
+                "relay.corp.example".into(),
+                2465,
+                crate::probe::Session::ImplicitTls
+            )]
+        );
+        std::fs::write(&file, preset.replace("\"implicit\"", "\"ssl\"")).unwrap();
+        let e = AgentConfig::parse(&text, Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(e.starts_with("config a.toml: presets "), "{e}");
+        assert!(e.contains("mail-providers.toml"), "{e}");
+        assert!(
+            e.contains("unknown variant `ssl`, expected `starttls` or `implicit`"),
+            "{e}"
+        );
     }
 }

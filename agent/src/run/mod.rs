@@ -620,6 +620,7 @@ fn probe_options(path: &Path, config: &AgentConfig) -> Result<ProbeOptions, Agen
         }
     }
     options.interface = config.probe.interface.clone();
+    options.host_sessions = Arc::new(config.preset_sessions.clone());
     Ok(options)
 }
 

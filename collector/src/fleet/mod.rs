@@ -342,6 +342,11 @@ impl Fleet {
         view
     }
 
+    /// The `/api/mail-providers` view: the mail providers' hosts probed, per account.
+    pub fn mail_view(&self, now_unix_ms: i64) -> crate::matrix::mail::MailView {
+        lock(&self.matrix).mail_view(crate::matrix::mail::mail_hosts(), now_unix_ms)
+    }
+
     /// The current matrix JSON (both families) for a new SSE client.
     pub fn matrix_json(&self, now_unix_ms: i64) -> String {
         serde_json::to_string(&self.matrix_view(FamilyFilter::All, now_unix_ms))

@@ -31,6 +31,7 @@ const STYLE_CSS: &str = include_str!("../../../dashboard/style.css");
 const APP_JS: &str = include_str!("../../../dashboard/app.js");
 const SILENCES_JS: &str = include_str!("../../../dashboard/silences.js");
 const HISTORY_JS: &str = include_str!("../../../dashboard/history.js");
+const MAIL_JS: &str = include_str!("../../../dashboard/mail.js");
 // uPlot as pinned in dashboard/package-lock.json (scripts/vendor-dashboard --check proves it).
 const UPLOT_JS: &str = include_str!("../../../dashboard/vendor/uPlot.iife.min.js");
 const UPLOT_CSS: &str = include_str!("../../../dashboard/vendor/uPlot.min.css");
@@ -101,6 +102,10 @@ pub fn router(
             get(|| async { asset(HISTORY_JS, "text/javascript; charset=utf-8") }),
         )
         .route(
+            "/mail.js",
+            get(|| async { asset(MAIL_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
             "/vendor/uPlot.iife.min.js",
             get(|| async { asset(UPLOT_JS, "text/javascript; charset=utf-8") }),
         )
@@ -114,6 +119,7 @@ pub fn router(
             get(session_state).post(sign_in).delete(sign_out),
         )
         .route("/api/matrix", get(matrix))
+        .route("/api/mail-providers", get(mail_providers))
         .route("/api/events", get(events))
         .route("/api/collectors", get(collectors))
         .route("/api/agents/{agent_id}/results", get(agent_results))
@@ -261,6 +267,11 @@ async fn matrix(State(state): State<AppState>, Query(q): Query<MatrixQuery>) -> 
         Ok(family) => Json(state.fleet.matrix_view(family, now_unix_ms())).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, &e),
     }
+}
+
+/// `GET /api/mail-providers`: per mail provider × account, its SMTP ports and its API.
+async fn mail_providers(State(state): State<AppState>) -> Response {
+    Json(state.fleet.mail_view(now_unix_ms())).into_response()
 }
 
 #[derive(Deserialize)]

@@ -5,6 +5,7 @@
 //! and its `families` say which. A plain state machine: results and the clock go in, the
 //! `/api/matrix` view comes out; no I/O, no wall clock.
 
+pub mod mail;
 pub mod policies;
 
 use crate::events::rfc3339;
