@@ -117,6 +117,29 @@ impl Config {
 
 const DEFAULT_FRESH_SECS: u64 = 300;
 
+/// `value` within `range`, else an error naming `key` and the range (README: "Limits" and the
+/// example config document each range). A NaN is outside every range.
+pub fn in_range<T>(
+    key: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), crate::error::CollectorError>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(crate::error::CollectorError::Config {
+        path: key.into(),
+        reason: format!(
+            "{value} is out of range: it must be from {} to {}",
+            range.start(),
+            range.end()
+        ),
+    })
+}
+
 fn secs_ms(secs: u64) -> i64 {
     (secs as i64).saturating_mul(1000)
 }

@@ -269,7 +269,8 @@ impl Fleet {
         }
     }
 
-    fn store_outage(&self) -> Option<StoreOutage> {
+    /// Shared mode: since when and why the database has not answered, while it does not.
+    pub fn store_outage(&self) -> Option<StoreOutage> {
         self.shared.get().and_then(|s| lock(&s.outage).clone())
     }
 

@@ -1,6 +1,7 @@
 //! The routes, the bearer-token guard (header, or the page's sign-in cookie: see signin.rs), the
 //! security headers and the SSE stream.
 
+use super::host::HostPolicy;
 use super::signin::{self, Credentials};
 use super::HttpConfig;
 use crate::events::{now_unix_ms, rfc3339};
@@ -46,11 +47,18 @@ pub(super) struct AppState {
     /// `egresswatch_sse_clients`: the stream clients connected.
     sse_gauge: Gauge,
     max_sse_clients: usize,
-    limits: LimitCounters,
+    pub(super) limits: LimitCounters,
     max_body_bytes: usize,
     /// Becomes true when the server shuts down: SSE streams end so the drain can finish.
     closing: tokio::sync::watch::Receiver<bool>,
+    /// The names a request's `Host` may carry.
+    hosts: Arc<HostPolicy>,
+    /// `http.max_silences`.
+    pub(super) max_silences: usize,
 }
+
+/// What a 503 tells a client to wait before it asks again while the database does not answer.
+const STORE_RETRY_AFTER_SECS: &str = "5";
 
 pub fn router(
     config: &HttpConfig,
@@ -78,6 +86,11 @@ pub fn router(
         max_sse_clients: config.max_sse_clients.max(1),
         max_body_bytes: config.max_body_bytes,
         closing,
+        hosts: Arc::new(HostPolicy::new(
+            config.public_url.as_deref(),
+            &config.allowed_hosts,
+        )),
+        max_silences: config.max_silences,
     };
     Router::new()
         .route(
@@ -108,7 +121,8 @@ pub fn router(
             "/vendor/uPlot.min.css",
             get(|| async { asset(UPLOT_CSS, "text/css; charset=utf-8") }),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
+        .route("/livez", get(|| async { "ok" }))
         .route(
             "/session",
             get(session_state).post(sign_in).delete(sign_out),
@@ -129,6 +143,7 @@ pub fn router(
         .layer(RequestBodyLimitLayer::new(state.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), limit_body))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .layer(header_layer(header::CONTENT_SECURITY_POLICY, CSP))
         .layer(header_layer(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .layer(header_layer(header::REFERRER_POLICY, "no-referrer"))
@@ -149,6 +164,74 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 
 pub(super) fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// 503 with `Retry-After`: the database does not answer (or did not in time); asking again
+/// later is the remedy, not a bug report.
+pub(super) fn store_unavailable(what: &str) -> Response {
+    let mut resp = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("the database is unavailable: {what}"),
+    );
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(STORE_RETRY_AFTER_SECS),
+    );
+    resp
+}
+
+/// `Some(503)` while the shared database is known to be down, so a request that needs it is
+/// answered at once instead of after the pool's connection timeout.
+pub(super) fn store_known_down(state: &AppState) -> Option<Response> {
+    state
+        .fleet
+        .store_outage()
+        .map(|o| store_unavailable(&format!("unreachable since {}", o.since)))
+}
+
+/// `GET /healthz`: 200 `ok` while the collector can do its work; 503 with why while the shared
+/// database is down (the process lives on and serves the last state: `/livez` says only that).
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.fleet.store_outage() {
+        None => "ok".into_response(),
+        Some(o) => {
+            let mut resp = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "status": "store_down",
+                    "error": "the database is unreachable",
+                    "since": o.since,
+                    "reason": o.reason,
+                })),
+            )
+                .into_response();
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(STORE_RETRY_AFTER_SECS),
+            );
+            resp
+        }
+    }
+}
+
+/// Refuses (421) a request whose `Host` is not a name this collector is known by: a DNS
+/// rebinding (see host.rs).
+async fn check_host(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|v| v.to_str().unwrap_or(""));
+    if !state.hosts.admits(host) {
+        let shown: String = host.unwrap_or("").chars().take(100).collect();
+        tracing::debug!(host = %shown, "request refused: Host not allowed");
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            &format!(
+                "Host {shown:?} is not a name of this collector (add it to http.allowed_hosts)"
+            ),
+        );
+    }
+    next.run(req).await
 }
 
 /// `/api/*` and `/metrics` need the bearer token (or the page's sign-in cookie) when one is
@@ -271,6 +354,9 @@ struct LimitQuery {
 /// `GET /api/events`: the stored JSON as it is, in one array (nothing parsed again).
 async fn events(State(state): State<AppState>, Query(q): Query<LimitQuery>) -> Response {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    if let Some(down) = store_known_down(&state) {
+        return down;
+    }
     let store = state.fleet.store().clone();
     match tokio::task::spawn_blocking(move || store.events(limit)).await {
         Ok(Ok(list)) => (
@@ -280,7 +366,7 @@ async fn events(State(state): State<AppState>, Query(q): Query<LimitQuery>) -> R
             .into_response(),
         Ok(Err(e)) => {
             tracing::error!("reading events: {e}");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "could not read events")
+            store_unavailable("could not read events")
         }
         Err(e) => {
             tracing::error!("reading events: {e}");
@@ -295,16 +381,16 @@ async fn collectors(State(state): State<AppState>) -> Response {
     let Some(shared) = state.fleet.shared() else {
         return Json(json!([])).into_response();
     };
+    if let Some(down) = store_known_down(&state) {
+        return down;
+    }
     let store = shared.store().clone();
     let now = crate::events::now_unix_ms();
     match tokio::task::spawn_blocking(move || store.collectors(now, 10_000)).await {
         Ok(Ok(list)) => Json(list).into_response(),
         Ok(Err(e)) => {
             tracing::error!("reading collectors: {e}");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the database is unavailable",
-            )
+            store_unavailable("could not read the collectors")
         }
         Err(e) => {
             tracing::error!("reading collectors: {e}");
@@ -325,13 +411,16 @@ async fn agent_results(
         return error(StatusCode::BAD_REQUEST, &e.to_string());
     }
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    if let Some(down) = store_known_down(&state) {
+        return down;
+    }
     let store = state.fleet.store().clone();
     let stored = tokio::task::spawn_blocking(move || store.recent_results(&agent_id, limit)).await;
     let results = match stored {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::error!("reading results: {e}");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "could not read results");
+            return store_unavailable("could not read results");
         }
         Err(e) => {
             tracing::error!("reading results: {e}");
