@@ -537,3 +537,95 @@ async fn postgres_down_gives_503_with_retry_after_at_once_and_healthz_says_so() 
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn every_error_is_json_and_carries_the_security_headers() {
+    let token = "errors-test-token-0123456789";
+    let config = egresswatch_collector::http::HttpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: Some(token.into()),
+        max_body_bytes: 1024,
+        ..Default::default()
+    };
+    let s = support::http::Server::start(config).await;
+    let c = reqwest::Client::new();
+    let auth = format!("Bearer {token}");
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        ("no such page", c.get(s.url("/nope")), 404),
+        (
+            "wrong method",
+            c.put(s.url("/api/matrix")).header("authorization", &auth),
+            405,
+        ),
+        ("no token", c.get(s.url("/api/matrix")), 401),
+        (
+            "bad query",
+            c.get(s.url("/api/events?limit=lots"))
+                .header("authorization", &auth),
+            400,
+        ),
+        (
+            "bad family",
+            c.get(s.url("/api/matrix?family=ipv5"))
+                .header("authorization", &auth),
+            400,
+        ),
+        (
+            "sign-in not JSON",
+            c.post(s.url("/session")).body("token=x"),
+            415,
+        ),
+        (
+            "sign-in without a token field",
+            c.post(s.url("/session")).json(&json!({"tokn": "x"})),
+            422,
+        ),
+        (
+            "body over the cap",
+            c.post(s.url("/api/silences"))
+                .header("authorization", &auth)
+                .header("content-type", "application/json")
+                .body("x".repeat(4096)),
+            413,
+        ),
+        (
+            "a rebound Host",
+            c.get(s.url("/api/matrix")).header("host", "evil.example"),
+            421,
+        ),
+    ];
+    for (what, request, status) in cases {
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{what}");
+        let h = resp.headers().clone();
+        assert!(
+            h["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{what}: {h:?}"
+        );
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .starts_with("default-src 'none'"),
+            "{what}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff", "{what}");
+        assert_eq!(h["x-frame-options"], "DENY", "{what}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{what}");
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: {body}"
+        );
+        if status == 401 {
+            assert!(h.contains_key("www-authenticate"));
+        }
+        if status == 405 {
+            assert!(h.contains_key("allow"), "{what}: {h:?}");
+        }
+    }
+    s.stop().await;
+}
