@@ -5,8 +5,9 @@
 //! `Origin` and `Sec-Fetch-Site` a browser sends after one) refused with 421 before it can
 //! silence every alert; 5,000 silence attempts stopped at `http.max_silences` with
 //! `GET /api/silences` and `/healthz` still quick (the HTTP shell in-process over a fed matrix);
-//! and PostgreSQL stopped under a collector: 503 with `Retry-After` at once, `/healthz` saying
-//! so, `/livez` alive.
+//! PostgreSQL stopped under a collector: 503 with `Retry-After` at once, `/healthz` saying so,
+//! `/livez` alive; every error a JSON body with the security headers; and sign-ins rate limited
+//! per client with sessions ended on the server (sign-out, `DELETE /api/sessions`).
 
 mod support;
 use egresswatch_collector::events::{now_unix_ms, rfc3339};
@@ -627,5 +628,88 @@ async fn every_error_is_json_and_carries_the_security_headers() {
             assert!(h.contains_key("allow"), "{what}: {h:?}");
         }
     }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn sign_ins_are_rate_limited_and_sessions_can_be_ended_on_the_server() {
+    let token = "session-test-token-0123456789";
+    let config = egresswatch_collector::http::HttpConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: Some(token.into()),
+        signin_attempts_per_minute: 3,
+        ..Default::default()
+    };
+    let s = support::http::Server::start(config).await;
+    let c = reqwest::Client::new();
+    let sign_in = |t: &str| {
+        c.post(s.url("/session"))
+            .json(&json!({ "token": t }))
+            .send()
+    };
+    let cookie = |resp: &reqwest::Response| {
+        let set = resp.headers()["set-cookie"].to_str().unwrap();
+        set.split(';').next().unwrap().to_string()
+    };
+    let with_cookie = |pair: &str| c.get(s.url("/api/matrix")).header("cookie", pair).send();
+
+    // Two sessions, then a wrong guess: three attempts, the limit.
+    let first = sign_in(token).await.unwrap();
+    assert_eq!(first.status(), 204);
+    let second = sign_in(token).await.unwrap();
+    let (a, b) = (cookie(&first), cookie(&second));
+    assert_ne!(a, b, "each sign-in opens its own session");
+    assert_eq!(sign_in("not-the-token-at-all").await.unwrap().status(), 401);
+    let limited = sign_in(token).await.unwrap();
+    assert_eq!(limited.status(), 429, "the fourth attempt within a minute");
+    let wait: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&wait), "{wait}");
+    let said: Value = limited.json().await.unwrap();
+    assert!(
+        said["error"].as_str().unwrap().contains("too many"),
+        "{said}"
+    );
+
+    // Signing out ends the session on the server: the same cookie, replayed, is refused.
+    assert_eq!(with_cookie(&a).await.unwrap().status(), 200);
+    let out = c
+        .delete(s.url("/session"))
+        .header("cookie", &a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    assert_eq!(with_cookie(&a).await.unwrap().status(), 401);
+    assert_eq!(with_cookie(&b).await.unwrap().status(), 200);
+
+    // Every session ended at once.
+    let ended: Value = c
+        .delete(s.url("/api/sessions"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ended["ended"], 1);
+    assert_eq!(with_cookie(&b).await.unwrap().status(), 401);
+    let metrics = c
+        .get(s.url("/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("egresswatch_limit_exceeded_total{limit=\"sign_in\"} 1"),
+        "{metrics}"
+    );
     s.stop().await;
 }

@@ -49,6 +49,10 @@ pub struct HttpConfig {
     pub allowed_hosts: Vec<String>,
     /// Most silences in force or planned at once; `POST /api/silences` beyond it is a 409.
     pub max_silences: usize,
+    /// Hours a dashboard session (the sign-in cookie) lasts.
+    pub session_hours: u64,
+    /// Most `POST /session` attempts per client address per minute; more get 429.
+    pub signin_attempts_per_minute: u32,
 }
 
 /// The documented range of each numeric `[http]` setting.
@@ -57,6 +61,8 @@ pub const HEADER_READ_TIMEOUT_SECS_RANGE: std::ops::RangeInclusive<u64> = 1..=30
 pub const MAX_SSE_CLIENTS_RANGE: std::ops::RangeInclusive<usize> = 1..=100_000;
 pub const MAX_BODY_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=(16 << 20);
 pub const MAX_SILENCES_RANGE: std::ops::RangeInclusive<usize> = 1..=100_000;
+pub const SESSION_HOURS_RANGE: std::ops::RangeInclusive<u64> = 1..=8760;
+pub const SIGNIN_ATTEMPTS_PER_MINUTE_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
 
 impl Default for HttpConfig {
     fn default() -> Self {
@@ -70,6 +76,8 @@ impl Default for HttpConfig {
             header_read_timeout_secs: 10,
             allowed_hosts: Vec::new(),
             max_silences: 1000,
+            session_hours: 168,
+            signin_attempts_per_minute: 10,
         }
     }
 }
@@ -109,6 +117,16 @@ impl HttpConfig {
             MAX_BODY_BYTES_RANGE,
         )?;
         crate::config::in_range("http.max_silences", self.max_silences, MAX_SILENCES_RANGE)?;
+        crate::config::in_range(
+            "http.session_hours",
+            self.session_hours,
+            SESSION_HOURS_RANGE,
+        )?;
+        crate::config::in_range(
+            "http.signin_attempts_per_minute",
+            self.signin_attempts_per_minute,
+            SIGNIN_ATTEMPTS_PER_MINUTE_RANGE,
+        )?;
         for name in &self.allowed_hosts {
             if let Some(why) = host::invalid_allowed_host(name) {
                 return Err(refuse("allowed_hosts", why));

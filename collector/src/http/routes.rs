@@ -2,7 +2,7 @@
 //! security headers and the SSE stream.
 
 use super::host::HostPolicy;
-use super::signin::{self, Credentials};
+use super::signin::{self, Credentials, SignInRate};
 use super::HttpConfig;
 use crate::events::{now_unix_ms, rfc3339};
 use crate::fleet::{Fleet, StreamMessage};
@@ -43,6 +43,8 @@ pub(super) struct AppState {
     pub(super) fleet: Arc<Fleet>,
     /// Present when `http.token` is set: then `/api/*` and `/metrics` need it.
     credentials: Option<Arc<Credentials>>,
+    /// `http.signin_attempts_per_minute`, per client address.
+    signin_rate: Arc<SignInRate>,
     sse_clients: Arc<AtomicUsize>,
     /// `egresswatch_sse_clients`: the stream clients connected.
     sse_gauge: Gauge,
@@ -79,7 +81,13 @@ pub fn router(
             .as_deref()
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .map(|t| Arc::new(Credentials::new(t))),
+            .map(|t| {
+                Arc::new(Credentials::new(
+                    t,
+                    Duration::from_secs(config.session_hours.saturating_mul(3600)),
+                ))
+            }),
+        signin_rate: Arc::new(SignInRate::new(config.signin_attempts_per_minute)),
         sse_clients: Arc::new(AtomicUsize::new(0)),
         sse_gauge,
         limits,
@@ -127,6 +135,7 @@ pub fn router(
             "/session",
             get(session_state).post(sign_in).delete(sign_out),
         )
+        .route("/api/sessions", axum::routing::delete(end_sessions))
         .route("/api/matrix", get(matrix))
         .route("/api/events", get(events))
         .route("/api/collectors", get(collectors))
@@ -317,21 +326,54 @@ struct SignIn {
     token: String,
 }
 
-/// `POST /session` `{"token": "…"}`: the page trades the token for the session cookie.
-async fn sign_in(State(state): State<AppState>, body: Json<SignIn>) -> Response {
+/// `POST /session` `{"token": "…"}`: the page trades the token for a session cookie. At most
+/// `http.signin_attempts_per_minute` attempts per client address (429 beyond).
+async fn sign_in(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    body: Json<SignIn>,
+) -> Response {
     let Some(credentials) = &state.credentials else {
         return StatusCode::NO_CONTENT.into_response();
     };
+    if let Err(wait) = state
+        .signin_rate
+        .attempt(peer.ip(), std::time::Instant::now())
+    {
+        state.limits.exceeded(crate::limits::Limit::SignIn, 1, || {
+            format!("a sign-in from {} refused: too many attempts", peer.ip())
+        });
+        let mut resp = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many sign-in attempts from this address: wait and try again",
+        );
+        let secs = wait.as_secs().max(1).to_string();
+        if let Ok(v) = HeaderValue::from_str(&secs) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
     if !credentials.is_token(&body.token) {
-        tracing::info!("dashboard sign-in refused: wrong token");
+        tracing::info!(client = %peer.ip(), "dashboard sign-in refused: wrong token");
         return error(StatusCode::UNAUTHORIZED, "wrong token");
     }
-    session_cookie_response(credentials.set_cookie())
+    session_cookie_response(credentials.open_session())
 }
 
-/// `DELETE /session`: signs the browser out.
-async fn sign_out() -> Response {
+/// `DELETE /session`: signs the browser out, ending its session on the server.
+async fn sign_out(State(state): State<AppState>, headers: header::HeaderMap) -> Response {
+    if let Some(credentials) = &state.credentials {
+        credentials.close_session(headers.get(header::COOKIE).and_then(|v| v.to_str().ok()));
+    }
     session_cookie_response(signin::clear_cookie())
+}
+
+/// `DELETE /api/sessions` (token or session required, like the rest of `/api/`): signs every
+/// browser out.
+async fn end_sessions(State(state): State<AppState>) -> Response {
+    let ended = state.credentials.as_ref().map_or(0, |c| c.close_all());
+    tracing::info!(ended, "every dashboard session ended");
+    Json(json!({ "ended": ended })).into_response()
 }
 
 fn session_cookie_response(cookie: String) -> Response {
