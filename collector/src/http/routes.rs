@@ -200,28 +200,29 @@ pub(super) fn store_known_down(state: &AppState) -> Option<Response> {
 }
 
 /// `GET /healthz`: 200 `ok` while the collector can do its work; 503 with why while the shared
-/// database is down (the process lives on and serves the last state: `/livez` says only that).
+/// database is down or the data dir cannot be written (the process lives on and serves the last
+/// state: `/livez` says only that).
 async fn healthz(State(state): State<AppState>) -> Response {
-    match state.fleet.store_outage() {
-        None => "ok".into_response(),
-        Some(o) => {
-            let mut resp = (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({
-                    "status": "store_down",
-                    "error": "the database is unreachable",
-                    "since": o.since,
-                    "reason": o.reason,
-                })),
-            )
-                .into_response();
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(STORE_RETRY_AFTER_SECS),
-            );
-            resp
-        }
-    }
+    let (status, what, o) = match (state.fleet.store_outage(), state.fleet.read_only()) {
+        (Some(o), _) => ("store_down", "the database is unreachable", o),
+        (None, Some(o)) => ("read_only", "the data dir cannot be written", o),
+        (None, None) => return "ok".into_response(),
+    };
+    let mut resp = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "status": status,
+            "error": what,
+            "since": o.since,
+            "reason": o.reason,
+        })),
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(STORE_RETRY_AFTER_SECS),
+    );
+    resp
 }
 
 /// Most of an error body that is not JSON kept as the JSON error's message.
