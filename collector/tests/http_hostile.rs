@@ -6,7 +6,8 @@
 //! silence every alert; 5,000 silence attempts stopped at `http.max_silences` with
 //! `GET /api/silences` and `/healthz` still quick (the HTTP shell in-process over a fed matrix);
 //! PostgreSQL stopped under a collector: 503 with `Retry-After` at once, `/healthz` saying so,
-//! `/livez` alive; every error a JSON body with the security headers; and sign-ins rate limited
+//! `/livez` alive; a stalled request body refused after `http.body_idle_timeout_secs`; every
+//! error a JSON body with the security headers; and sign-ins rate limited
 //! per client with sessions ended on the server (sign-out, `DELETE /api/sessions`).
 
 mod support;
@@ -712,4 +713,35 @@ async fn sign_ins_are_rate_limited_and_sessions_can_be_ended_on_the_server() {
         "{metrics}"
     );
     s.stop().await;
+}
+
+#[test]
+fn a_stalled_request_body_is_refused_after_the_body_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_proc, addr) = start(dir.path(), "body_idle_timeout_secs = 2", "");
+    let asked = Instant::now();
+    let (status, raw) = exchange(
+        addr,
+        &format!(
+            "POST /api/silences HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\n\
+             Content-Length: 1000\r\nConnection: close\r\n\r\n{{\"all\": true,",
+            addr.port()
+        ),
+        Duration::from_secs(15),
+    )
+    .expect("an answer before the client's own 15 s");
+    let took = asked.elapsed();
+    println!("a stalled body answered {status} after {took:?}");
+    assert_eq!(status, 400, "{raw}");
+    let answer: Value = serde_json::from_str(body(&raw)).expect("a JSON body");
+    assert!(
+        answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{answer}"
+    );
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    let (_, raw) = get(addr, "/api/silences").unwrap();
+    assert_eq!(body(&raw), "[]", "nothing was made of half a body");
 }

@@ -44,6 +44,9 @@ pub struct HttpConfig {
     /// Seconds a connection has to send a request's head (and how long a kept-alive connection
     /// may wait for its next request) before it is closed.
     pub header_read_timeout_secs: u64,
+    /// Seconds a request's body may go without a byte arriving before the request is refused
+    /// and its connection closed.
+    pub body_idle_timeout_secs: u64,
     /// More names the collector is reached by (a proxy's, another DNS name), accepted in `Host`
     /// besides addresses, `localhost` and `public_url`'s host.
     pub allowed_hosts: Vec<String>,
@@ -58,6 +61,7 @@ pub struct HttpConfig {
 /// The documented range of each numeric `[http]` setting.
 pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 16..=1_000_000;
 pub const HEADER_READ_TIMEOUT_SECS_RANGE: std::ops::RangeInclusive<u64> = 1..=300;
+pub const BODY_IDLE_TIMEOUT_SECS_RANGE: std::ops::RangeInclusive<u64> = 1..=300;
 pub const MAX_SSE_CLIENTS_RANGE: std::ops::RangeInclusive<usize> = 1..=100_000;
 pub const MAX_BODY_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=(16 << 20);
 pub const MAX_SILENCES_RANGE: std::ops::RangeInclusive<usize> = 1..=100_000;
@@ -74,6 +78,7 @@ impl Default for HttpConfig {
             public_url: None,
             max_connections: 4096,
             header_read_timeout_secs: 10,
+            body_idle_timeout_secs: 10,
             allowed_hosts: Vec::new(),
             max_silences: 1000,
             session_hours: 168,
@@ -105,6 +110,11 @@ impl HttpConfig {
             "http.header_read_timeout_secs",
             self.header_read_timeout_secs,
             HEADER_READ_TIMEOUT_SECS_RANGE,
+        )?;
+        crate::config::in_range(
+            "http.body_idle_timeout_secs",
+            self.body_idle_timeout_secs,
+            BODY_IDLE_TIMEOUT_SECS_RANGE,
         )?;
         crate::config::in_range(
             "http.max_sse_clients",

@@ -150,6 +150,11 @@ pub fn router(
         // turned away (and counted) before routing, streamed ones cut at the cap.
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(state.max_body_bytes))
+        // A body trickled (or stalled) holds a connection and a handler: each chunk must come
+        // within the idle timeout, else the read fails and the request is refused (400, JSON).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            Duration::from_secs(config.body_idle_timeout_secs),
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), limit_body))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
