@@ -442,7 +442,8 @@ async function refreshMail() {
 function storeDownText(outage) {
   const since = Date.parse(outage.since);
   const when = Number.isFinite(since) ? fmtClock(since) : outage.since;
-  return `not live: the database is unavailable since ${when}`;
+  const why = outage.reason ? ` (${outage.reason})` : '';
+  return `not live: the database is unavailable since ${when}${why}`;
 }
 
 async function fetchMatrix() {

@@ -425,6 +425,8 @@ PY"
     expect "firewall hint opens UDP 4433" "grep -q 'udp dport 4433 accept' '$c/etc/egresswatch-collector/firewall.nft'"
     expect "collector unit enabled" \
         "[ -L '$c/etc/systemd/system/multi-user.target.wants/egresswatch-collector.service' ]"
+    expect "collector unit leaves room for http.max_connections (LimitNOFILE=16384)" \
+        "grep -qx 'LimitNOFILE=16384' '$c/etc/systemd/system/egresswatch-collector.service'"
     expect "no private key in the (verbose) playbook output" \
         "! grep -q 'PRIVATE KEY' '$WORK/logs/run1.out'"
     return $ok

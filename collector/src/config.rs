@@ -90,6 +90,7 @@ impl Config {
                 path: "config".into(),
                 reason: e.to_string(),
             })?;
+        config.validate()?;
         if let Some(warning) = config.deprecation() {
             tracing::warn!("{warning}");
         }
@@ -97,6 +98,196 @@ impl Config {
             tracing::warn!("{warning}");
         }
         Ok(config)
+    }
+
+    /// Refuses the whole config, before anything is written to disk, when a setting is outside
+    /// its documented range (README "Limits" and collector/config.example.toml give each), the
+    /// flapping thresholds are the wrong way round, `[http]` is refused (token, addresses) or a
+    /// `[[silence]]` or `[[alerts]]` table is malformed. The error names the key.
+    pub fn validate(&self) -> Result<(), crate::error::CollectorError> {
+        use egresswatch_wire::limits::{MAX_BATCH_RESULTS, MAX_FRAME_BYTES};
+        const WEEK_SECS: u64 = 7 * 24 * 3600;
+        self.http.validate()?;
+        let q = &self.quic;
+        in_range("quic.max_connections", q.max_connections, 1..=1_000_000)?;
+        in_range("quic.max_handshakes", q.max_handshakes, 1..=100_000)?;
+        in_range("quic.idle_timeout_secs", q.idle_timeout_secs, 1..=3600)?;
+        in_range(
+            "quic.max_frame_bytes",
+            q.max_frame_bytes,
+            1024..=MAX_FRAME_BYTES,
+        )?;
+        in_range(
+            "quic.stream_window_bytes",
+            q.stream_window_bytes,
+            16_384..=(64 << 20),
+        )?;
+        if let Some(b) = q.udp_recv_buffer_bytes {
+            in_range("quic.udp_recv_buffer_bytes", b, 0..=(1 << 30))?;
+        }
+        if let Some(b) = q.udp_send_buffer_bytes {
+            in_range("quic.udp_send_buffer_bytes", b, 0..=(1 << 30))?;
+        }
+        in_range(
+            "quic.max_connections_per_source",
+            q.max_connections_per_source,
+            1..=1_000_000,
+        )?;
+        in_range(
+            "quic.max_streams_per_connection",
+            q.max_streams_per_connection,
+            1..=64,
+        )?;
+        in_range(
+            "quic.max_batch_results",
+            q.max_batch_results,
+            1..=MAX_BATCH_RESULTS,
+        )?;
+        in_range(
+            "quic.max_results_per_sec",
+            q.max_results_per_sec,
+            0..=1_000_000,
+        )?;
+        in_range("quic.results_burst", q.results_burst, 1..=10_000_000)?;
+        let st = &self.store;
+        in_range("store.pool_size", st.pool_size, 1..=256)?;
+        in_range(
+            "store.connect_timeout_secs",
+            st.connect_timeout_secs,
+            1..=300,
+        )?;
+        if let Some(h) = st.raw_retention_hours {
+            in_range("store.raw_retention_hours", h, 0..=87_600)?;
+        }
+        if let Some(d) = st.retention_days {
+            in_range("store.retention_days", d, 0..=3650)?;
+        }
+        in_range(
+            "store.history_retention_days",
+            st.history_retention_days,
+            0..=3650,
+        )?;
+        if let Some(f) = self.matrix.fresh_secs {
+            in_range("matrix.fresh_secs", f, 1..=WEEK_SECS)?;
+        }
+        let d = &self.detector;
+        if let Some(f) = d.fresh_secs {
+            in_range("detector.fresh_secs", f, 1..=WEEK_SECS)?;
+        }
+        in_range("detector.false_alarm_rate", d.false_alarm_rate, 1e-12..=0.1)?;
+        in_range(
+            "detector.missed_change_rate",
+            d.missed_change_rate,
+            1e-6..=0.5,
+        )?;
+        in_range("detector.background_floor", d.background_floor, 0.0..=0.5)?;
+        in_range(
+            "detector.background_weight",
+            d.background_weight,
+            1e-4..=1.0,
+        )?;
+        in_range(
+            "detector.blocked_answer_rate",
+            d.blocked_answer_rate,
+            1e-6..=0.5,
+        )?;
+        in_range(
+            "detector.confirmation_carryover",
+            d.confirmation_carryover,
+            0.0..=0.9,
+        )?;
+        in_range(
+            "detector.confirmations_counted",
+            d.confirmations_counted,
+            0..=20,
+        )?;
+        in_range("detector.settle_secs", d.settle_secs, 0..=3600)?;
+        in_range(
+            "detector.silent_after_secs",
+            d.silent_after_secs,
+            1..=WEEK_SECS,
+        )?;
+        in_range(
+            "detector.replay_after_secs",
+            d.replay_after_secs,
+            1..=WEEK_SECS,
+        )?;
+        in_range("detector.flap_window", d.flap_window, 3..=1000)?;
+        in_range("detector.flap_high_pct", d.flap_high_pct, 0.0..=100.0)?;
+        in_range("detector.flap_low_pct", d.flap_low_pct, 0.0..=100.0)?;
+        if d.flap_low_pct >= d.flap_high_pct {
+            return Err(crate::error::CollectorError::Config {
+                path: "detector.flap_low_pct".into(),
+                reason: format!(
+                    "{} must be below detector.flap_high_pct ({}): flapping starts above the \
+                     high mark and ends below the low one",
+                    d.flap_low_pct, d.flap_high_pct
+                ),
+            });
+        }
+        in_range("detector.control_port", d.control_port, 1..=65_535)?;
+        in_range(
+            "detector.min_agents_for_outage",
+            d.min_agents_for_outage,
+            1..=10_000,
+        )?;
+        in_range(
+            "detector.min_accounts_for_provider",
+            d.min_accounts_for_provider,
+            1..=10_000,
+        )?;
+        let f = &self.fanout;
+        in_range(
+            "fanout.per_agent_per_minute",
+            f.per_agent_per_minute,
+            1..=600,
+        )?;
+        in_range(
+            "fanout.per_destination_per_minute",
+            f.per_destination_per_minute,
+            1..=6000,
+        )?;
+        in_range("fanout.max_per_suspicion", f.max_per_suspicion, 1..=1000)?;
+        in_range(
+            "fanout.elsewhere_per_suspicion",
+            f.elsewhere_per_suspicion,
+            0..=1000,
+        )?;
+        in_range(
+            "fanout.repeat_window_secs",
+            f.repeat_window_secs,
+            0..=86_400,
+        )?;
+        in_range("fanout.deadline_secs", f.deadline_secs, 1..=600)?;
+        in_range(
+            "cluster.replay_secs",
+            self.cluster.replay_secs,
+            1..=WEEK_SECS,
+        )?;
+        in_range(
+            "cluster.heartbeat_secs",
+            self.cluster.heartbeat_secs,
+            1..=60,
+        )?;
+        for (i, a) in self.alerts.iter().enumerate() {
+            let key = |k: &str| format!("alerts[{i}].{k}");
+            let scheme_ok =
+                reqwest::Url::parse(&a.url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !scheme_ok {
+                return Err(crate::error::CollectorError::Config {
+                    path: key("url"),
+                    reason: format!("{:?} is not an http:// or https:// URL", a.url),
+                });
+            }
+            in_range(&key("timeout_secs"), a.timeout_secs, 1..=300)?;
+            in_range(&key("retries"), a.retries, 0..=100)?;
+            in_range(&key("backoff_ms"), a.backoff_ms, 1..=600_000)?;
+            in_range(&key("queue"), a.queue, 1..=100_000)?;
+            in_range(&key("resend_secs"), a.resend_secs, 1..=WEEK_SECS)?;
+            in_range(&key("flap_hold_secs"), a.flap_hold_secs, 0..=WEEK_SECS)?;
+        }
+        self.silences(crate::events::now_unix_ms())?;
+        Ok(())
     }
 
     /// What to tell the operator about deprecated keys in use, if any.
@@ -116,6 +307,29 @@ impl Config {
 }
 
 const DEFAULT_FRESH_SECS: u64 = 300;
+
+/// `value` within `range`, else an error naming `key` and the range (README: "Limits" and the
+/// example config document each range). A NaN is outside every range.
+pub fn in_range<T>(
+    key: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), crate::error::CollectorError>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(crate::error::CollectorError::Config {
+        path: key.into(),
+        reason: format!(
+            "{value} is out of range: it must be from {} to {}",
+            range.start(),
+            range.end()
+        ),
+    })
+}
 
 fn secs_ms(secs: u64) -> i64 {
     (secs as i64).saturating_mul(1000)
@@ -202,8 +416,7 @@ mod tests {
         assert_eq!(s[0].matcher.provider.as_deref(), Some("gcp"));
         let bad =
             Config::parse("[[silence]]\nends_at = \"2026-12-27T00:00:00Z\"\nreason = \"x\"\n")
-                .unwrap()
-                .silences(0)
+                .map(|_| ())
                 .unwrap_err()
                 .to_string();
         assert!(
@@ -241,6 +454,195 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("enabeld"), "{err}");
+    }
+
+    #[test]
+    fn every_setting_out_of_range_is_refused_naming_its_key() {
+        let refused = [
+            ("[quic]\nmax_connections = 0", "quic.max_connections"),
+            ("[quic]\nmax_handshakes = 0", "quic.max_handshakes"),
+            ("[quic]\nidle_timeout_secs = 0", "quic.idle_timeout_secs"),
+            ("[quic]\nmax_frame_bytes = 100", "quic.max_frame_bytes"),
+            ("[quic]\nmax_frame_bytes = 99999999", "quic.max_frame_bytes"),
+            (
+                "[quic]\nstream_window_bytes = 0",
+                "quic.stream_window_bytes",
+            ),
+            (
+                "[quic]\nudp_recv_buffer_bytes = 99999999999",
+                "quic.udp_recv_buffer_bytes",
+            ),
+            (
+                "[quic]\nudp_send_buffer_bytes = 99999999999",
+                "quic.udp_send_buffer_bytes",
+            ),
+            (
+                "[quic]\nmax_connections_per_source = 0",
+                "quic.max_connections_per_source",
+            ),
+            (
+                "[quic]\nmax_streams_per_connection = 0",
+                "quic.max_streams_per_connection",
+            ),
+            ("[quic]\nmax_batch_results = 0", "quic.max_batch_results"),
+            ("[quic]\nmax_batch_results = 5000", "quic.max_batch_results"),
+            (
+                "[quic]\nmax_results_per_sec = 9999999",
+                "quic.max_results_per_sec",
+            ),
+            ("[quic]\nresults_burst = 0", "quic.results_burst"),
+            ("[store]\npool_size = 0", "store.pool_size"),
+            (
+                "[store]\nconnect_timeout_secs = 0",
+                "store.connect_timeout_secs",
+            ),
+            (
+                "[store]\nraw_retention_hours = 100000",
+                "store.raw_retention_hours",
+            ),
+            ("[store]\nretention_days = 4000", "store.retention_days"),
+            (
+                "[store]\nhistory_retention_days = 4000",
+                "store.history_retention_days",
+            ),
+            ("[matrix]\nfresh_secs = 0", "matrix.fresh_secs"),
+            ("[detector]\nfresh_secs = 0", "detector.fresh_secs"),
+            (
+                "[detector]\nfalse_alarm_rate = nan",
+                "detector.false_alarm_rate",
+            ),
+            (
+                "[detector]\nfalse_alarm_rate = 0",
+                "detector.false_alarm_rate",
+            ),
+            (
+                "[detector]\nfalse_alarm_rate = 2",
+                "detector.false_alarm_rate",
+            ),
+            (
+                "[detector]\nmissed_change_rate = 0",
+                "detector.missed_change_rate",
+            ),
+            (
+                "[detector]\nbackground_floor = -0.1",
+                "detector.background_floor",
+            ),
+            (
+                "[detector]\nbackground_weight = 0",
+                "detector.background_weight",
+            ),
+            (
+                "[detector]\nblocked_answer_rate = inf",
+                "detector.blocked_answer_rate",
+            ),
+            (
+                "[detector]\nconfirmation_carryover = 1",
+                "detector.confirmation_carryover",
+            ),
+            (
+                "[detector]\nconfirmations_counted = 100",
+                "detector.confirmations_counted",
+            ),
+            ("[detector]\nsettle_secs = 99999", "detector.settle_secs"),
+            (
+                "[detector]\nsilent_after_secs = 0",
+                "detector.silent_after_secs",
+            ),
+            (
+                "[detector]\nreplay_after_secs = 0",
+                "detector.replay_after_secs",
+            ),
+            ("[detector]\nflap_window = 0", "detector.flap_window"),
+            ("[detector]\nflap_high_pct = 150", "detector.flap_high_pct"),
+            ("[detector]\nflap_low_pct = -1", "detector.flap_low_pct"),
+            (
+                "[detector]\nflap_high_pct = 20.0\nflap_low_pct = 30.0",
+                "detector.flap_low_pct",
+            ),
+            ("[detector]\ncontrol_port = 0", "detector.control_port"),
+            (
+                "[detector]\nmin_agents_for_outage = 0",
+                "detector.min_agents_for_outage",
+            ),
+            (
+                "[detector]\nmin_accounts_for_provider = 0",
+                "detector.min_accounts_for_provider",
+            ),
+            (
+                "[fanout]\nper_agent_per_minute = 0",
+                "fanout.per_agent_per_minute",
+            ),
+            (
+                "[fanout]\nper_destination_per_minute = 0",
+                "fanout.per_destination_per_minute",
+            ),
+            (
+                "[fanout]\nmax_per_suspicion = 0",
+                "fanout.max_per_suspicion",
+            ),
+            (
+                "[fanout]\nelsewhere_per_suspicion = 5000",
+                "fanout.elsewhere_per_suspicion",
+            ),
+            (
+                "[fanout]\nrepeat_window_secs = 999999",
+                "fanout.repeat_window_secs",
+            ),
+            ("[fanout]\ndeadline_secs = 0", "fanout.deadline_secs"),
+            ("[cluster]\nreplay_secs = 0", "cluster.replay_secs"),
+            ("[cluster]\nheartbeat_secs = 0", "cluster.heartbeat_secs"),
+            ("[http]\nmax_connections = 0", "http.max_connections"),
+            (
+                "[http]\nheader_read_timeout_secs = 0",
+                "http.header_read_timeout_secs",
+            ),
+            ("[http]\nmax_sse_clients = 0", "http.max_sse_clients"),
+            ("[http]\nmax_body_bytes = 0", "http.max_body_bytes"),
+            ("[http]\nmax_silences = 0", "http.max_silences"),
+            (
+                "[http]\nallowed_hosts = [\"https://x.example\"]",
+                "http.allowed_hosts",
+            ),
+            ("[http]\ntoken = \"   \"", "http.token"),
+            ("[http]\ntoken = \"\"", "http.token"),
+        ];
+        let sink = |rest: &str| {
+            format!("[[alerts]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n{rest}")
+        };
+        let alerts = [
+            (sink("timeout_secs = 0"), "alerts[0].timeout_secs"),
+            (sink("retries = 1000"), "alerts[0].retries"),
+            (sink("backoff_ms = 0"), "alerts[0].backoff_ms"),
+            (sink("queue = 0"), "alerts[0].queue"),
+            (sink("resend_secs = 0"), "alerts[0].resend_secs"),
+            (
+                sink("flap_hold_secs = 99999999"),
+                "alerts[0].flap_hold_secs",
+            ),
+            (
+                "[[alerts]]\nkind = \"webhook\"\nurl = \"ftp://x.example/\"\n".to_string(),
+                "alerts[0].url",
+            ),
+        ];
+        let all = refused
+            .iter()
+            .map(|(t, k)| (t.to_string(), *k))
+            .chain(alerts.iter().map(|(t, k)| (t.clone(), *k)));
+        for (text, key) in all {
+            let err = Config::parse(&text)
+                .map(|_| ())
+                .expect_err(&text)
+                .to_string();
+            assert!(err.contains(key), "{text:?} → {err}");
+        }
+        // Each bound itself is allowed.
+        for ok in [
+            "[quic]\nmax_batch_results = 1\nstream_window_bytes = 16384",
+            "[detector]\nfalse_alarm_rate = 0.1\nflap_high_pct = 100\nflap_low_pct = 0",
+            "[http]\nmax_connections = 16\nheader_read_timeout_secs = 300",
+        ] {
+            Config::parse(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
     }
 
     #[test]

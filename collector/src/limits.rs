@@ -47,10 +47,16 @@ pub enum Limit {
     /// `quic.udp_recv_buffer_bytes`: the kernel dropped QUIC packets, the socket's receive
     /// buffer being full (counted per packet; see `ingest::udp`).
     UdpReceiveBuffer,
+    /// `http.max_connections`: an HTTP connection closed as soon as accepted.
+    HttpConnections,
+    /// `http.max_silences`: a silence refused (409), the collector holding as many as allowed.
+    Silences,
+    /// `http.signin_attempts_per_minute`: a sign-in refused (429) before its token was looked at.
+    SignIn,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 13] = [
+    pub const ALL: [Limit; 16] = [
         Limit::FrameBytes,
         Limit::BatchResults,
         Limit::ResultsPerSecond,
@@ -64,6 +70,9 @@ impl Limit {
         Limit::HttpBodyBytes,
         Limit::SseClients,
         Limit::UdpReceiveBuffer,
+        Limit::HttpConnections,
+        Limit::Silences,
+        Limit::SignIn,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +90,9 @@ impl Limit {
             Limit::HttpBodyBytes => "http_body_bytes",
             Limit::SseClients => "sse_clients",
             Limit::UdpReceiveBuffer => "udp_receive_buffer",
+            Limit::HttpConnections => "http_connections",
+            Limit::Silences => "silences",
+            Limit::SignIn => "sign_in",
         }
     }
 

@@ -7,6 +7,7 @@ use egresswatch_collector::cluster::{self, ClusterCounters};
 use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::fleet::{Fleet, ResultObserver};
 use egresswatch_collector::limits::LimitCounters;
+use egresswatch_collector::matrix::StoreOutage;
 use egresswatch_collector::metrics::Metrics;
 use egresswatch_collector::{alerts, ca, config::Config, http, ingest, ready, store};
 use std::path::{Path, PathBuf};
@@ -162,25 +163,46 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 fn run(cfg: Config) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    // A data dir that cannot be written (a full disk) does not keep the page dark: the
+    // collector serves what it has stored, read-only, and says why.
+    let read_only = unwritable(&cfg.data_dir).map(|reason| StoreOutage {
+        since: egresswatch_collector::events::rfc3339(now_unix_ms()),
+        reason,
+    });
     // Opened, read and finally closed outside the runtime: the PostgreSQL client blocks, and
     // blocking is only allowed off the runtime's threads. The last handle is this one, so the
     // connections are also dropped here, after every task is gone.
-    let opened = open_store(&cfg)?;
+    let opened = open_store(&cfg, read_only.as_ref())?;
     let stored_silences = store::silences::SilenceStore::silences(opened.store().as_ref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let served = runtime.block_on(serve(cfg, opened.clone(), stored_silences));
+    let served = runtime.block_on(serve(cfg, opened.clone(), stored_silences, read_only));
     drop(runtime);
     opened.close();
     served
+}
+
+/// Why `dir` cannot be written, if it cannot: a small file is written, synced and removed.
+fn unwritable(dir: &Path) -> Option<String> {
+    use std::io::Write;
+    let probe = dir.join(".write-check");
+    let written = std::fs::File::create(&probe).and_then(|mut f| {
+        f.write_all(&[0u8; 4096])?;
+        f.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe);
+    written
+        .err()
+        .map(|e| format!("the data dir {} cannot be written: {e}", dir.display()))
 }
 
 async fn serve(
     cfg: Config,
     opened: OpenedStore,
     stored_silences: Vec<egresswatch_collector::silences::Silence>,
+    mut read_only: Option<StoreOutage>,
 ) -> Result<()> {
     cfg.http.validate()?;
     std::fs::create_dir_all(&cfg.data_dir)
@@ -208,6 +230,11 @@ async fn serve(
         .with_agents(store.clone());
     let fleet = Fleet::new(cfg.fleet(), store.clone(), alerts, metrics.clone());
     fleet.restore_from_store(now_unix_ms()).await?;
+    let read_only_gauge: prometheus_client::metrics::gauge::Gauge = metrics.registered(
+        "egresswatch_read_only",
+        "1 while the collector serves read-only because its data dir cannot be written (the \
+         page and /healthz say why)",
+    );
     let cluster_counters = match &opened {
         OpenedStore::Postgres(_) => Some(ClusterCounters::register(&metrics)),
         OpenedStore::Sqlite(_) => None,
@@ -222,12 +249,23 @@ async fn serve(
     let (quic_addr, http_addr) = (ingest.local_addr()?, http.local_addr()?);
     println!("QUIC:      {quic_addr} (agents report here)");
     println!("HTTP:      http://{http_addr}/ (matrix page, /api/matrix, /metrics)");
-    ready::Ready {
+    let written = ready::Ready {
         pid: std::process::id(),
         quic: quic_addr,
         http: http_addr,
     }
-    .write(&cfg.data_dir)?;
+    .write(&cfg.data_dir);
+    if let Err(e) = written {
+        read_only.get_or_insert_with(|| StoreOutage {
+            since: egresswatch_collector::events::rfc3339(now_unix_ms()),
+            reason: format!("the data dir cannot be written: {e}"),
+        });
+    }
+    if let Some(why) = read_only {
+        eprintln!("egresswatch-collector: serving read-only: {}", why.reason);
+        read_only_gauge.set(1);
+        fleet.set_read_only(why);
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -297,11 +335,18 @@ enum OpenedStore {
     Postgres(Arc<store::postgres::PostgresStore>),
 }
 
-fn open_store(cfg: &Config) -> Result<OpenedStore> {
+/// The database; a SQLite one read-only when the data dir cannot be written (`read_only`).
+fn open_store(cfg: &Config, read_only: Option<&StoreOutage>) -> Result<OpenedStore> {
     Ok(match cfg.store.kind {
         store::StoreKind::Sqlite => {
             let path = cfg.data_dir.join(&cfg.store.path);
-            OpenedStore::Sqlite(Arc::new(store::sqlite::SqliteStore::open(&path)?))
+            let sqlite = match read_only {
+                Some(why) if path.exists() => {
+                    store::sqlite::SqliteStore::open_read_only(&path, &why.reason)?
+                }
+                _ => store::sqlite::SqliteStore::open(&path)?,
+            };
+            OpenedStore::Sqlite(Arc::new(sqlite))
         }
         store::StoreKind::Postgres => {
             OpenedStore::Postgres(Arc::new(store::postgres::PostgresStore::open(&cfg.store)?))

@@ -76,6 +76,9 @@ pub struct Fleet {
     last_matrix: Mutex<String>,
     /// Set when several collectors share the database (see [`shared`]).
     shared: OnceLock<Arc<Shared>>,
+    /// Set when this collector cannot write its data dir (a full disk at start): it serves what
+    /// it has, read-only, and says why on the page.
+    read_only: Mutex<Option<StoreOutage>>,
 }
 
 /// How often a matrix with no new results is rebuilt for what time alone changes (a result
@@ -114,6 +117,7 @@ impl Fleet {
             matrix_built_ms: AtomicI64::new(i64::MIN),
             last_matrix: Mutex::new(String::new()),
             shared: OnceLock::new(),
+            read_only: Mutex::new(None),
         })
     }
 
@@ -269,7 +273,21 @@ impl Fleet {
         }
     }
 
-    fn store_outage(&self) -> Option<StoreOutage> {
+    /// Marks the collector read-only (its data dir cannot be written): the page and `/healthz`
+    /// say why.
+    pub fn set_read_only(&self, why: StoreOutage) {
+        tracing::error!(since = %why.since, "serving read-only: {}", why.reason);
+        *lock(&self.read_only) = Some(why);
+        self.matrix_may_have_changed();
+    }
+
+    /// Why the collector serves read-only, when it does.
+    pub fn read_only(&self) -> Option<StoreOutage> {
+        lock(&self.read_only).clone()
+    }
+
+    /// Shared mode: since when and why the database has not answered, while it does not.
+    pub fn store_outage(&self) -> Option<StoreOutage> {
         self.shared.get().and_then(|s| lock(&s.outage).clone())
     }
 
@@ -338,7 +356,7 @@ impl Fleet {
     /// The `/api/matrix` view.
     pub fn matrix_view(&self, family: FamilyFilter, now_unix_ms: i64) -> MatrixView {
         let mut view = lock(&self.matrix).view(family, now_unix_ms);
-        view.store = self.store_outage();
+        view.store = self.store_outage().or_else(|| self.read_only());
         view
     }
 

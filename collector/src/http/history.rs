@@ -3,7 +3,7 @@
 //! raw results. The parameters are parsed and bounded in [`crate::history::query`]; this shell
 //! only reads the store and writes JSON or CSV.
 
-use super::routes::{error, AppState};
+use super::routes::{error, store_known_down, store_unavailable, AppState};
 use crate::events::now_unix_ms;
 use crate::history::query::{self, HistoryRequest, IntervalsRequest};
 use axum::extract::rejection::QueryRejection;
@@ -31,18 +31,19 @@ fn csv(body: String) -> Response {
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Response {
     tracing::error!("reading {what}: {e}");
-    error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        &format!("could not read {what}"),
-    )
+    store_unavailable(&format!("could not read {what}"))
 }
 
 /// Reads the store off the runtime's threads (its client may block); a failure is answered
-/// as one, naming `what`.
+/// as one (503), naming `what`, and at once while the database is known to be down.
 async fn read_store<T: Send + 'static>(
+    state: &AppState,
     what: &str,
     read: impl FnOnce() -> Result<T, crate::error::CollectorError> + Send + 'static,
 ) -> Result<T, Response> {
+    if let Some(down) = store_known_down(state) {
+        return Err(down);
+    }
     match tokio::task::spawn_blocking(read).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(unavailable(what, e)),
@@ -67,7 +68,10 @@ pub(super) async fn history(
         request.first_bucket_ms(),
         request.end_ms(),
     );
-    let hours = match read_store("history", move || store.history_hours(&selector, from, to)).await
+    let hours = match read_store(&state, "history", move || {
+        store.history_hours(&selector, from, to)
+    })
+    .await
     {
         Ok(h) => h,
         Err(response) => return response,
@@ -98,7 +102,7 @@ pub(super) async fn intervals(
         request.to_ms,
         request.limit,
     );
-    let list = match read_store("intervals", move || {
+    let list = match read_store(&state, "intervals", move || {
         store.intervals(&selector, from, to, limit)
     })
     .await

@@ -1,7 +1,8 @@
 //! The routes, the bearer-token guard (header, or the page's sign-in cookie: see signin.rs), the
 //! security headers and the SSE stream.
 
-use super::signin::{self, Credentials};
+use super::host::HostPolicy;
+use super::signin::{self, Credentials, SignInRate};
 use super::HttpConfig;
 use crate::events::{now_unix_ms, rfc3339};
 use crate::fleet::{Fleet, StreamMessage};
@@ -43,15 +44,24 @@ pub(super) struct AppState {
     pub(super) fleet: Arc<Fleet>,
     /// Present when `http.token` is set: then `/api/*` and `/metrics` need it.
     credentials: Option<Arc<Credentials>>,
+    /// `http.signin_attempts_per_minute`, per client address.
+    signin_rate: Arc<SignInRate>,
     sse_clients: Arc<AtomicUsize>,
     /// `egresswatch_sse_clients`: the stream clients connected.
     sse_gauge: Gauge,
     max_sse_clients: usize,
-    limits: LimitCounters,
+    pub(super) limits: LimitCounters,
     max_body_bytes: usize,
     /// Becomes true when the server shuts down: SSE streams end so the drain can finish.
     closing: tokio::sync::watch::Receiver<bool>,
+    /// The names a request's `Host` may carry.
+    hosts: Arc<HostPolicy>,
+    /// `http.max_silences`.
+    pub(super) max_silences: usize,
 }
+
+/// What a 503 tells a client to wait before it asks again while the database does not answer.
+const STORE_RETRY_AFTER_SECS: &str = "5";
 
 pub fn router(
     config: &HttpConfig,
@@ -72,13 +82,24 @@ pub fn router(
             .as_deref()
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .map(|t| Arc::new(Credentials::new(t))),
+            .map(|t| {
+                Arc::new(Credentials::new(
+                    t,
+                    Duration::from_secs(config.session_hours.saturating_mul(3600)),
+                ))
+            }),
+        signin_rate: Arc::new(SignInRate::new(config.signin_attempts_per_minute)),
         sse_clients: Arc::new(AtomicUsize::new(0)),
         sse_gauge,
         limits,
         max_sse_clients: config.max_sse_clients.max(1),
         max_body_bytes: config.max_body_bytes,
         closing,
+        hosts: Arc::new(HostPolicy::new(
+            config.public_url.as_deref(),
+            &config.allowed_hosts,
+        )),
+        max_silences: config.max_silences,
     };
     Router::new()
         .route(
@@ -113,11 +134,13 @@ pub fn router(
             "/vendor/uPlot.min.css",
             get(|| async { asset(UPLOT_CSS, "text/css; charset=utf-8") }),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
+        .route("/livez", get(|| async { "ok" }))
         .route(
             "/session",
             get(session_state).post(sign_in).delete(sign_out),
         )
+        .route("/api/sessions", axum::routing::delete(end_sessions))
         .route("/api/matrix", get(matrix))
         .route("/api/mail-providers", get(mail_providers))
         .route("/api/events", get(events))
@@ -133,8 +156,15 @@ pub fn router(
         // turned away (and counted) before routing, streamed ones cut at the cap.
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(state.max_body_bytes))
+        // A body trickled (or stalled) holds a connection and a handler: each chunk must come
+        // within the idle timeout, else the read fails and the request is refused (400, JSON).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            Duration::from_secs(config.body_idle_timeout_secs),
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), limit_body))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), check_host))
+        .layer(middleware::from_fn(json_errors))
         .layer(header_layer(header::CONTENT_SECURITY_POLICY, CSP))
         .layer(header_layer(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .layer(header_layer(header::REFERRER_POLICY, "no-referrer"))
@@ -155,6 +185,114 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 
 pub(super) fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// 503 with `Retry-After`: the database does not answer (or did not in time); asking again
+/// later is the remedy, not a bug report.
+pub(super) fn store_unavailable(what: &str) -> Response {
+    let mut resp = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("the database is unavailable: {what}"),
+    );
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(STORE_RETRY_AFTER_SECS),
+    );
+    resp
+}
+
+/// `Some(503)` while the shared database is known to be down, so a request that needs it is
+/// answered at once instead of after the pool's connection timeout.
+pub(super) fn store_known_down(state: &AppState) -> Option<Response> {
+    state
+        .fleet
+        .store_outage()
+        .map(|o| store_unavailable(&format!("unreachable since {}", o.since)))
+}
+
+/// `GET /healthz`: 200 `ok` while the collector can do its work; 503 with why while the shared
+/// database is down or the data dir cannot be written (the process lives on and serves the last
+/// state: `/livez` says only that).
+async fn healthz(State(state): State<AppState>) -> Response {
+    let (status, what, o) = match (state.fleet.store_outage(), state.fleet.read_only()) {
+        (Some(o), _) => ("store_down", "the database is unreachable", o),
+        (None, Some(o)) => ("read_only", "the data dir cannot be written", o),
+        (None, None) => return "ok".into_response(),
+    };
+    let mut resp = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "status": status,
+            "error": what,
+            "since": o.since,
+            "reason": o.reason,
+        })),
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(STORE_RETRY_AFTER_SECS),
+    );
+    resp
+}
+
+/// Most of an error body that is not JSON kept as the JSON error's message.
+const ERROR_TEXT_KEPT: usize = 4096;
+
+/// Every error answered as `{ "error": "…" }`: the ones axum's extractors, the router (404,
+/// 405) and the body limit make as plain text or with no body get their text (or the status's
+/// reason) as the message, their other headers (`Allow`, `WWW-Authenticate`, …) kept.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, ERROR_TEXT_KEPT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    let mut json = error(status, &message);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    json
+}
+
+/// Refuses (421) a request whose `Host` is not a name this collector is known by: a DNS
+/// rebinding (see host.rs).
+async fn check_host(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|v| v.to_str().unwrap_or(""));
+    if !state.hosts.admits(host) {
+        let shown: String = host.unwrap_or("").chars().take(100).collect();
+        tracing::debug!(host = %shown, "request refused: Host not allowed");
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            &format!(
+                "Host {shown:?} is not a name of this collector (add it to http.allowed_hosts)"
+            ),
+        );
+    }
+    next.run(req).await
 }
 
 /// `/api/*` and `/metrics` need the bearer token (or the page's sign-in cookie) when one is
@@ -200,21 +338,54 @@ struct SignIn {
     token: String,
 }
 
-/// `POST /session` `{"token": "…"}`: the page trades the token for the session cookie.
-async fn sign_in(State(state): State<AppState>, body: Json<SignIn>) -> Response {
+/// `POST /session` `{"token": "…"}`: the page trades the token for a session cookie. At most
+/// `http.signin_attempts_per_minute` attempts per client address (429 beyond).
+async fn sign_in(
+    State(state): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    body: Json<SignIn>,
+) -> Response {
     let Some(credentials) = &state.credentials else {
         return StatusCode::NO_CONTENT.into_response();
     };
+    if let Err(wait) = state
+        .signin_rate
+        .attempt(peer.ip(), std::time::Instant::now())
+    {
+        state.limits.exceeded(crate::limits::Limit::SignIn, 1, || {
+            format!("a sign-in from {} refused: too many attempts", peer.ip())
+        });
+        let mut resp = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many sign-in attempts from this address: wait and try again",
+        );
+        let secs = wait.as_secs().max(1).to_string();
+        if let Ok(v) = HeaderValue::from_str(&secs) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
     if !credentials.is_token(&body.token) {
-        tracing::info!("dashboard sign-in refused: wrong token");
+        tracing::info!(client = %peer.ip(), "dashboard sign-in refused: wrong token");
         return error(StatusCode::UNAUTHORIZED, "wrong token");
     }
-    session_cookie_response(credentials.set_cookie())
+    session_cookie_response(credentials.open_session())
 }
 
-/// `DELETE /session`: signs the browser out.
-async fn sign_out() -> Response {
+/// `DELETE /session`: signs the browser out, ending its session on the server.
+async fn sign_out(State(state): State<AppState>, headers: header::HeaderMap) -> Response {
+    if let Some(credentials) = &state.credentials {
+        credentials.close_session(headers.get(header::COOKIE).and_then(|v| v.to_str().ok()));
+    }
     session_cookie_response(signin::clear_cookie())
+}
+
+/// `DELETE /api/sessions` (token or session required, like the rest of `/api/`): signs every
+/// browser out.
+async fn end_sessions(State(state): State<AppState>) -> Response {
+    let ended = state.credentials.as_ref().map_or(0, |c| c.close_all());
+    tracing::info!(ended, "every dashboard session ended");
+    Json(json!({ "ended": ended })).into_response()
 }
 
 fn session_cookie_response(cookie: String) -> Response {
@@ -282,6 +453,9 @@ struct LimitQuery {
 /// `GET /api/events`: the stored JSON as it is, in one array (nothing parsed again).
 async fn events(State(state): State<AppState>, Query(q): Query<LimitQuery>) -> Response {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    if let Some(down) = store_known_down(&state) {
+        return down;
+    }
     let store = state.fleet.store().clone();
     match tokio::task::spawn_blocking(move || store.events(limit)).await {
         Ok(Ok(list)) => (
@@ -291,7 +465,7 @@ async fn events(State(state): State<AppState>, Query(q): Query<LimitQuery>) -> R
             .into_response(),
         Ok(Err(e)) => {
             tracing::error!("reading events: {e}");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "could not read events")
+            store_unavailable("could not read events")
         }
         Err(e) => {
             tracing::error!("reading events: {e}");
@@ -306,16 +480,16 @@ async fn collectors(State(state): State<AppState>) -> Response {
     let Some(shared) = state.fleet.shared() else {
         return Json(json!([])).into_response();
     };
+    if let Some(down) = store_known_down(&state) {
+        return down;
+    }
     let store = shared.store().clone();
     let now = crate::events::now_unix_ms();
     match tokio::task::spawn_blocking(move || store.collectors(now, 10_000)).await {
         Ok(Ok(list)) => Json(list).into_response(),
         Ok(Err(e)) => {
             tracing::error!("reading collectors: {e}");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the database is unavailable",
-            )
+            store_unavailable("could not read the collectors")
         }
         Err(e) => {
             tracing::error!("reading collectors: {e}");
@@ -336,13 +510,16 @@ async fn agent_results(
         return error(StatusCode::BAD_REQUEST, &e.to_string());
     }
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    if let Some(down) = store_known_down(&state) {
+        return down;
+    }
     let store = state.fleet.store().clone();
     let stored = tokio::task::spawn_blocking(move || store.recent_results(&agent_id, limit)).await;
     let results = match stored {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::error!("reading results: {e}");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "could not read results");
+            return store_unavailable("could not read results");
         }
         Err(e) => {
             tracing::error!("reading results: {e}");

@@ -6,7 +6,7 @@
 //! preflight this server never answers), and a browser's `Sec-Fetch-Site` or `Origin` naming
 //! another site is turned away, which matters most on a loopback collector without a token.
 
-use super::routes::AppState;
+use super::routes::{store_known_down, store_unavailable, AppState};
 use crate::events::now_unix_ms;
 use crate::matrix::FamilyFilter;
 use crate::silences::{new_id, NewSilence, Origin, Silence};
@@ -55,37 +55,73 @@ fn cross_site(headers: &HeaderMap) -> Option<String> {
     ))
 }
 
-/// How many cells of the current matrix (one agent, one port) the silence covers.
-fn matching_cells(state: &AppState, silence: &Silence, now: i64) -> usize {
-    let view = state.fleet.matrix_view(FamilyFilter::All, now);
-    let mut n = 0;
-    for p in &view.providers {
-        for a in &p.accounts {
-            for r in &a.regions {
-                for agent in &r.agent_list {
-                    n += agent
-                        .cells
-                        .keys()
-                        .filter_map(|port| port.parse::<u16>().ok())
-                        .filter(|port| {
-                            silence.all
-                                || silence.matcher.matches_cell(
-                                    &p.provider,
-                                    &a.account,
-                                    &agent.agent,
-                                    *port,
-                                )
-                        })
-                        .count();
+/// The current matrix's cells (one agent, one port) as the matchers see them, each provider by
+/// its key: the view is built once per request, not once per silence.
+struct Cells(Vec<(String, String, String, u16)>);
+
+impl Cells {
+    fn of(fleet: &crate::fleet::Fleet, now: i64) -> Cells {
+        let view = fleet.matrix_view(FamilyFilter::All, now);
+        let mut cells = Vec::new();
+        for p in &view.providers {
+            let provider = crate::matrix::policies::provider_key(&p.provider);
+            for a in &p.accounts {
+                for r in &a.regions {
+                    for agent in &r.agent_list {
+                        for port in agent.cells.keys().filter_map(|k| k.parse::<u16>().ok()) {
+                            cells.push((
+                                provider.clone(),
+                                a.account.clone(),
+                                agent.agent.clone(),
+                                port,
+                            ));
+                        }
+                    }
                 }
             }
         }
+        Cells(cells)
     }
-    n
+
+    /// How many of them `silence` covers.
+    fn matching(&self, silence: &Silence) -> usize {
+        if silence.all {
+            return self.0.len();
+        }
+        let matches = silence.matcher.cell_matcher();
+        self.0
+            .iter()
+            .filter(|(provider, account, agent, port)| matches(provider, account, agent, *port))
+            .count()
+    }
 }
 
-fn view(state: &AppState, s: &Silence, now: i64) -> Value {
-    s.view(now, matching_cells(state, s, now))
+/// The silences as the API shows them, each with its `matching_cells`; built off the runtime's
+/// threads (a thousand silences over a large matrix is real work).
+async fn views(state: &AppState, silences: Vec<Silence>, now: i64) -> Result<Vec<Value>, Response> {
+    let fleet = state.fleet.clone();
+    tokio::task::spawn_blocking(move || {
+        let cells = Cells::of(&fleet, now);
+        silences
+            .iter()
+            .map(|s| s.view(now, cells.matching(s)))
+            .collect()
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!("listing silences: {e}");
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not list the silences",
+        )
+    })
+}
+
+async fn view(state: &AppState, silence: Silence, now: i64) -> Response {
+    match views(state, vec![silence], now).await {
+        Ok(mut one) => Json(one.pop().unwrap_or(Value::Null)).into_response(),
+        Err(resp) => resp,
+    }
 }
 
 #[derive(Deserialize)]
@@ -97,16 +133,17 @@ struct ListQuery {
 async fn list(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Response {
     let expired = matches!(q.all.as_deref(), Some("1" | "true" | "yes"));
     let now = now_unix_ms();
-    let book = state.fleet.alerts().silences();
-    let list: Vec<Value> = book
-        .list(expired, now)
-        .iter()
-        .map(|s| view(&state, s, now))
-        .collect();
-    Json(list).into_response()
+    let listed = state.fleet.alerts().silences().list(expired, now);
+    match views(&state, listed, now).await {
+        Ok(list) => Json(list).into_response(),
+        Err(resp) => resp,
+    }
 }
 
 async fn store_silence(state: &AppState, silence: &Silence) -> Result<(), Response> {
+    if let Some(down) = store_known_down(state) {
+        return Err(down);
+    }
     let store = state.fleet.store().clone();
     let record = silence.clone();
     let shared = state.fleet.shared().map(|s| s.store().clone());
@@ -124,10 +161,7 @@ async fn store_silence(state: &AppState, silence: &Silence) -> Result<(), Respon
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => {
             tracing::error!("storing a silence: {e}");
-            Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "could not store the silence",
-            ))
+            Err(store_unavailable("could not store the silence"))
         }
         Err(e) => {
             tracing::error!("storing a silence: {e}");
@@ -163,12 +197,32 @@ async fn create(State(state): State<AppState>, headers: HeaderMap, body: Bytes) 
         Ok(s) => s,
         Err(why) => return error(StatusCode::BAD_REQUEST, &why),
     };
+    let held = state.fleet.alerts().silences().list(false, now).len();
+    if held >= state.max_silences {
+        let max = state.max_silences;
+        state
+            .limits
+            .exceeded(crate::limits::Limit::Silences, 1, || {
+                format!("a silence refused: http.max_silences ({max}) are in force or planned")
+            });
+        return error(
+            StatusCode::CONFLICT,
+            &format!(
+                "the collector holds http.max_silences ({max}) silences in force or planned: \
+                 end some first (or raise the setting)"
+            ),
+        );
+    }
     if let Err(resp) = store_silence(&state, &silence).await {
         return resp;
     }
     tracing::info!(id = %silence.id, by = %silence.created_by, reason = %silence.reason, "silence created");
     state.fleet.alerts().silences().put(silence.clone());
-    (StatusCode::CREATED, Json(view(&state, &silence, now))).into_response()
+    let mut resp = view(&state, silence, now).await;
+    if resp.status() == StatusCode::OK {
+        *resp.status_mut() = StatusCode::CREATED;
+    }
+    resp
 }
 
 /// `DELETE /api/silences/{id}`: ends it now; the record stays (`?all=1` lists it).
@@ -197,7 +251,7 @@ async fn end(
     }
     tracing::info!(id = %silence.id, "silence ended");
     book.put(silence.clone());
-    Json(view(&state, &silence, now)).into_response()
+    view(&state, silence, now).await
 }
 
 #[cfg(test)]

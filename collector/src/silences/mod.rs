@@ -59,12 +59,20 @@ impl Matcher {
     /// Whether a cell of the matrix (one agent, one port, both families) falls under the
     /// matcher. The matrix does not split by target or family, so those fields do not narrow.
     pub fn matches_cell(&self, provider: &str, account: &str, agent: &str, port: u16) -> bool {
-        self.provider
-            .as_deref()
-            .is_none_or(|p| provider_key(p) == provider_key(provider))
-            && self.account.as_deref().is_none_or(|a| a == account)
-            && self.agent.as_deref().is_none_or(|a| a == agent)
-            && self.port.is_none_or(|p| p == port)
+        self.cell_matcher()(&provider_key(provider), account, agent, port)
+    }
+
+    /// [`Matcher::matches_cell`] for many cells, taking each cell's provider as its
+    /// `provider_key`: the matcher's own key is worked out once (it is a lookup among the
+    /// documented policies), not once per cell.
+    pub fn cell_matcher(&self) -> impl Fn(&str, &str, &str, u16) -> bool + '_ {
+        let want_provider = self.provider.as_deref().map(provider_key);
+        move |provider_key: &str, account: &str, agent: &str, port: u16| {
+            want_provider.as_deref().is_none_or(|p| p == provider_key)
+                && self.account.as_deref().is_none_or(|a| a == account)
+                && self.agent.as_deref().is_none_or(|a| a == agent)
+                && self.port.is_none_or(|p| p == port)
+        }
     }
 
     /// Trims the labels and refuses over-long or control-character ones and port 0.

@@ -101,6 +101,32 @@ impl SqliteStore {
         })
     }
 
+    /// Opens an existing database without writing a byte (SQLite's `immutable`): for a data dir
+    /// that cannot be written (a full disk). Every write fails with `why`, so nothing is acked
+    /// and agents keep their results spooled.
+    pub fn open_read_only(path: &Path, why: &str) -> Result<SqliteStore, CollectorError> {
+        use rusqlite::OpenFlags;
+        let uri = format!("file:{}?immutable=1", path.display());
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&uri, flags)
+            .map_err(|e| db_err(&format!("opening {} read-only", path.display()), e))?;
+        conn.query_row("SELECT count(*) FROM agents", [], |_| Ok(()))
+            .map_err(|e| db_err(&format!("reading {}", path.display()), e))?;
+        let why = why.to_string();
+        let writer = GroupWriter::start(move |_group| {
+            Err(CollectorError::io(
+                "storing results",
+                std::io::Error::other(format!("the collector is read-only: {why}")),
+            ))
+        })?;
+        Ok(SqliteStore {
+            writer,
+            conn: Mutex::new(conn),
+        })
+    }
+
     pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
