@@ -25,6 +25,11 @@ pub(super) struct Judged {
 /// lookup and probe timeouts and a margin (as the fan-out's deadline).
 const RESULT_GRACE_MS: i64 = 15_000;
 
+/// How far apart an agent's confirmations of a probe that reached the server come by default
+/// (the politeness floor, `probe.min_interval_per_destination`): a series testing a change
+/// waits at least this for its next one.
+const CONFIRMATION_SPACING_MS: i64 = 10_000;
+
 impl Detector {
     /// Every live agent probing `path`, with what it has said about the change to `to` under
     /// way there (see [`scope`]).
@@ -109,19 +114,28 @@ impl Detector {
             .unwrap_or(0);
         let cap = decided_ms + settle.max(2 * interval + 30_000);
         let expected = |k: &SeriesKey| -> i64 {
-            let heard_since = self
-                .agents
-                .get(&k.agent)
-                .is_some_and(|a| a.last_seen_ms >= since_ms);
-            let next = self.series.get(k).and_then(|s| {
-                let last = s.last_scheduled_at_ms()?;
-                let every = s.interval_ms()?;
-                Some(last + every * 3 / 2 + RESULT_GRACE_MS)
-            });
-            match next {
-                Some(next) if heard_since => next.min(cap),
-                _ => (decided_ms + settle).min(cap),
+            let Some(s) = self.series.get(k) else {
+                return (decided_ms + settle).min(cap);
+            };
+            let every = s.interval_ms().unwrap_or(settle);
+            let testing = s.episode().is_some_and(|e| e.to == to);
+            // A series testing the change is followed by its latest result of any kind: a return
+            // to open is confirmed at the politeness floor (10 s apart) while its schedule
+            // waits, and each confirmation moves the wait on. One not heard on this path since
+            // the change began is due by its schedule; if its agent has measured nothing at all
+            // since (its uplink stalled, failing over), it may be holding what it saw: up to
+            // `settle_secs` after the decision.
+            let scheduled = s.last_scheduled_at_ms().unwrap_or(s.last_at_ms());
+            let mut due = scheduled + every * 3 / 2 + RESULT_GRACE_MS;
+            if testing {
+                due = due.max(s.last_at_ms() + CONFIRMATION_SPACING_MS + RESULT_GRACE_MS);
             }
+            let due = if testing || self.measured_since(&k.agent, since_ms) {
+                due
+            } else {
+                due.max(decided_ms + settle)
+            };
+            due.min(cap)
         };
         let voices = self.voices(path, to);
         let mut deadline_ms = decided_ms;
@@ -245,6 +259,15 @@ impl Detector {
         }
 
         let reaches_other_targets = self.reaches_other_targets(&path, &voices);
+        tracing::debug!(
+            target = %path.0, port = path.1, family = ?path.2, to = ?to,
+            voices = %voices
+                .iter()
+                .map(|v| format!("{}={:?}", v.agent, v.answer))
+                .collect::<Vec<_>>()
+                .join(" "),
+            "attributing a change over what every agent on the path said"
+        );
         let layers =
             scope::settled(&voices, reaches_other_targets, self.bounds(), true).unwrap_or_default();
         for (layer, keys) in layers {
@@ -312,6 +335,22 @@ impl Detector {
             ));
         }
         events
+    }
+
+    /// Whether the agent has a result on any path measured at or after `since_ms`: it is
+    /// reporting, not stalled (its arrival alone could be of something measured before).
+    fn measured_since(&self, agent: &str, since_ms: i64) -> bool {
+        self.series
+            .range(
+                SeriesKey {
+                    agent: agent.to_string(),
+                    target: String::new(),
+                    port: 0,
+                    family: egresswatch_wire::Family::Ipv4,
+                }..,
+            )
+            .take_while(|(k, _)| k.agent == agent)
+            .any(|(_, s)| s.last_at_ms() >= since_ms)
     }
 
     /// Whether an agent that changed on `path` still reaches another target on the same port:
