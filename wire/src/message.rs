@@ -139,6 +139,11 @@ wire_record! {
         pub results: Vec<CompactResult>,
         /// Results the agent's spool had to drop (oldest first, when full) just before this batch.
         pub dropped_before: u64,
+        /// Appended in wire minor 3: the agent's clock when it sent this batch. Results of a
+        /// clock that is not synchronised cannot be placed in time by their own timestamps, but
+        /// `sent_unix_ms - at_unix_ms` is still how old each was when it left: the collector
+        /// places them on its own clock with it. 0 from older agents, which says nothing.
+        pub sent_unix_ms: i64,
     }
     required = 5;
 }
@@ -175,6 +180,12 @@ wire_record! {
 impl Batch {
     /// This batch as a collector speaking wire minor `peer_minor` (from its welcome) can decode
     /// it: values added in later minors are replaced by the ones it knows.
+    /// The batch as it leaves: stamped with the sender's clock (see `sent_unix_ms`).
+    pub fn sent_at(mut self, unix_ms: i64) -> Self {
+        self.sent_unix_ms = unix_ms;
+        self
+    }
+
     pub fn for_peer_minor(mut self, peer_minor: u16) -> Self {
         for result in &mut self.results {
             result.dns_failure = result.dns_failure.map(|k| k.for_peer(peer_minor));
@@ -257,6 +268,7 @@ impl Batch {
             series,
             results: compact,
             dropped_before,
+            sent_unix_ms: 0,
         })
     }
 

@@ -482,7 +482,10 @@ async fn send_due(
             break;
         };
         let batch = Batch::pack(&results, super::clock::quality(), dropped)
-            .map(|b| b.for_peer_minor(peer_minor))
+            .map(|b| {
+                b.for_peer_minor(peer_minor)
+                    .sent_at(crate::probe::now_unix_ms())
+            })
             .map_err(|e| SessionError::Failed(format!("packing a batch: {e}")))?;
         write_message(send, &AgentMessage::Batch(batch)).await?;
         window.on_sent(last, Instant::now());

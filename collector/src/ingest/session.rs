@@ -250,14 +250,14 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
         let ack = match next {
             Next::Store {
                 count,
-                results,
+                mut results,
                 batch,
             } => {
                 throttle(&agent.agent_id, count, context).await;
                 let store = context.store.clone();
                 let agent_id = agent.agent_id.clone();
                 let now = now_unix_ms();
-                let clock_trusted = batch.clock_trusted;
+                let clock_trusted = batch.on_our_clock(&mut results, now);
                 let inserted = tokio::task::spawn_blocking(move || {
                     store.insert_results(&agent_id, results, clock_trusted, now)
                 })

@@ -124,6 +124,29 @@ pub struct InStore {
     pub dropped_before: u64,
     /// Whether the agent's clock can be trusted for these results' times.
     pub clock_trusted: bool,
+    /// The agent's clock when it sent the batch (wire 1.3; 0 when not said).
+    pub sent_unix_ms: i64,
+}
+
+impl InStore {
+    /// Places the results on the collector's clock when the agent's cannot be trusted but the
+    /// batch says when it left (each result is `sent - at` old on arrival, whatever the
+    /// agent's clock says the time is), and says whether their times are now trusted. Without
+    /// that, an unsynchronised agent's results count as measured when they arrived: a probe
+    /// that started before a change and reported after it would look like one after it.
+    pub fn on_our_clock(&self, results: &mut [ProbeResult], now_unix_ms: i64) -> bool {
+        if self.clock_trusted {
+            return true;
+        }
+        if self.sent_unix_ms <= 0 {
+            return false;
+        }
+        let shift = now_unix_ms.saturating_sub(self.sent_unix_ms);
+        for r in results.iter_mut() {
+            r.at_unix_ms = r.at_unix_ms.saturating_add(shift).min(now_unix_ms);
+        }
+        true
+    }
 }
 
 /// The decision on a frame of an open session.
@@ -329,6 +352,7 @@ impl Session {
                     first_seq: batch.first_seq,
                     dropped_before: batch.dropped_before,
                     clock_trusted: batch.clock != ClockQuality::Unsynchronised,
+                    sent_unix_ms: batch.sent_unix_ms,
                 },
             },
             // Accepted off the wire but unusable: said so in the ack, never a silent success.
@@ -819,6 +843,41 @@ mod tests {
         assert_eq!(session.high_water(), 13);
         let (_, _, trusted) = stored_in(session.on_batch(batch(14..=14, 0)));
         assert!(trusted.clock_trusted);
+    }
+
+    #[test]
+    fn an_unsynchronised_agents_results_are_placed_on_our_clock_by_the_batchs_age() {
+        let mut session = open(10);
+        let mut unsynchronised = batch(11..=12, 0);
+        unsynchronised.clock = ClockQuality::Unsynchronised;
+        // The agent's clock, an hour behind ours, says `sent` when it sends.
+        let sent = unsynchronised.base_unix_ms + 10_000;
+        let now = sent + 3_600_000;
+        let (_, mut results, in_store) =
+            stored_in(session.on_batch(unsynchronised.clone().sent_at(sent)));
+        let ages: Vec<i64> = results.iter().map(|r| sent - r.at_unix_ms).collect();
+        assert!(in_store.on_our_clock(&mut results, now));
+        let placed: Vec<i64> = results.iter().map(|r| now - r.at_unix_ms).collect();
+        assert_eq!(
+            placed, ages,
+            "each result as old on our clock as on the agent's"
+        );
+        // Without the send time (an older agent) they stay untrusted and as they were.
+        let (_, mut results, in_store) = stored_in(session.on_batch(unsynchronised));
+        let before: Vec<i64> = results.iter().map(|r| r.at_unix_ms).collect();
+        assert!(!in_store.on_our_clock(&mut results, now));
+        assert_eq!(
+            results.iter().map(|r| r.at_unix_ms).collect::<Vec<_>>(),
+            before
+        );
+        // A synchronised clock's times are its own.
+        let (_, mut results, in_store) = stored_in(session.on_batch(batch(13..=13, 0).sent_at(7)));
+        let before: Vec<i64> = results.iter().map(|r| r.at_unix_ms).collect();
+        assert!(in_store.on_our_clock(&mut results, now));
+        assert_eq!(
+            results.iter().map(|r| r.at_unix_ms).collect::<Vec<_>>(),
+            before
+        );
     }
 
     #[test]
