@@ -98,7 +98,7 @@ impl Detector {
     /// over to another collector, its uplink down, its spool holding what it saw), up to
     /// `settle_secs` after the decision; never more than the larger of `settle_secs` and two
     /// probe intervals and a half-minute after it.
-    pub(super) fn judge(&self, path: &PathKey, to: PortState) -> Judged {
+    pub(super) fn judge(&self, path: &PathKey, to: PortState, now: i64) -> Judged {
         let members: Vec<&Pending> = self
             .pending
             .iter()
@@ -123,14 +123,21 @@ impl Detector {
             // to open is confirmed at the politeness floor (10 s apart) while its schedule
             // waits, and each confirmation moves the wait on. One not heard on this path since
             // the change began is due by its schedule; if its agent has measured nothing at all
-            // since (its uplink stalled, failing over), it may be holding what it saw: up to
-            // `settle_secs` after the decision.
+            // since, or has sent nothing for longer than it ever waits to send (its uplink
+            // stalled, failing over), it may be holding what it saw: up to `settle_secs` after
+            // the decision.
             let scheduled = s.last_scheduled_at_ms().unwrap_or(s.last_at_ms());
             let mut due = scheduled + every * 3 / 2 + RESULT_GRACE_MS;
             if testing {
                 due = due.max(s.last_at_ms() + CONFIRMATION_SPACING_MS + RESULT_GRACE_MS);
             }
-            let due = if testing || self.measured_since(&k.agent, since_ms) {
+            // An agent sends at least every half interval (30 s at most) even with no news.
+            let quiet_for = self
+                .agents
+                .get(&k.agent)
+                .map_or(i64::MAX, |a| now.saturating_sub(a.last_seen_ms));
+            let reporting = quiet_for <= (every / 2).min(30_000) + 5_000;
+            let due = if testing || (reporting && self.measured_since(&k.agent, since_ms)) {
                 due
             } else {
                 due.max(decided_ms + settle)

@@ -468,7 +468,7 @@ impl Detector {
             let mut deadline = i64::MIN;
             let mut ready = true;
             for path in &paths {
-                let judged = self.judge(path, to);
+                let judged = self.judge(path, to, now_unix_ms);
                 deadline = deadline.max(judged.deadline_ms);
                 ready &= judged.settled && !judged.twin_testing;
             }
