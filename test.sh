@@ -57,6 +57,14 @@ else
     skip ansible "ansible and ansible-lint are not installed; see above"
 fi
 
+# The packages (scripts/package --dev: the agent's static build, the collector's debug one),
+# lintian, the units' scores, installed into debootstrapped Debian 11 and 12 trees.
+if command -v cargo-deb >/dev/null 2>&1 && command -v cargo-generate-rpm >/dev/null 2>&1; then
+    step "packages" bash packaging/tests/run.sh
+else
+    skip packages "cargo-deb or cargo-generate-rpm is not installed; see above"
+fi
+
 # Every fuzz target for a short bounded time (EGRESSWATCH_FUZZ_SECONDS each; the long runs are
 # recorded in fuzz/README.md). Needs cargo-fuzz, which scripts/install-deps installs.
 if command -v cargo-fuzz >/dev/null 2>&1; then

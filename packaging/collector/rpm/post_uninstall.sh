@@ -1,0 +1,5 @@
+# egresswatch-collector: RPM has no purge; the state in /var/lib/egresswatch-collector stays (remove it by hand).
+systemctl daemon-reload >/dev/null 2>&1 || :
+if [ "$1" -ge 1 ]; then
+    systemctl try-restart egresswatch-collector.service >/dev/null 2>&1 || :
+fi

@@ -1,0 +1,4 @@
+# egresswatch-collector: on erase (not on upgrade), stop and disable the service.
+if [ "$1" -eq 0 ]; then
+    systemctl disable --now egresswatch-collector.service >/dev/null 2>&1 || :
+fi
