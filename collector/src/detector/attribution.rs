@@ -137,7 +137,7 @@ impl Detector {
                 .get(&k.agent)
                 .map_or(i64::MAX, |a| now.saturating_sub(a.last_seen_ms));
             let reporting = quiet_for <= (every / 2).min(30_000) + 5_000;
-            let due = if testing || (reporting && self.measured_since(&k.agent, since_ms)) {
+            let due = if reporting && (testing || self.measured_since(&k.agent, since_ms)) {
                 due
             } else {
                 due.max(decided_ms + settle)
@@ -233,9 +233,11 @@ impl Detector {
         self.pending.extend(kept.iter().cloned());
         let voices = self.voices(&path, to);
         self.pending.retain(|p| !(p.to == to && p.on(&path)));
+        // Attributed once the wait is over: a voice leaning to the change by then counts as
+        // changed (see `scope::settled`), and is vouched for with the rest.
         let changed: Vec<SeriesKey> = voices
             .iter()
-            .filter(|v| v.answer == Answer::Changed)
+            .filter(|v| matches!(v.answer, Answer::Changed | Answer::Leaning))
             .map(|v| v.key.clone())
             .collect();
 
