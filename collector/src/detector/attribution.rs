@@ -280,6 +280,11 @@ impl Detector {
         let layers =
             scope::settled(&voices, reaches_other_targets, self.bounds(), true).unwrap_or_default();
         for (layer, keys) in layers {
+            // A layer of voices that only lean (a lost probe elsewhere on the path, say) is no
+            // change of its own: it is decided when it is, if ever.
+            if !keys.iter().any(|k| kept.iter().any(|m| m.key == *k)) {
+                continue;
+            }
             let changed_here: Vec<SeriesKey> = keys
                 .iter()
                 .filter(|k| changed.contains(k))
