@@ -25,6 +25,7 @@ mod silences_memory;
 mod silences_sqlite;
 pub mod sqlite;
 mod sqlite_history;
+mod sqlite_outbox;
 
 #[cfg(test)]
 mod contract;
@@ -183,7 +184,13 @@ pub trait Store: silences::SilenceStore + Send + Sync + 'static {
     fn agents(&self) -> Result<Vec<(AgentMeta, i64)>, CollectorError>;
     /// Count of stored results of one agent (tests and the soak check exactly-once with it).
     fn count_results(&self, agent_id: &str) -> Result<u64, CollectorError>;
-    /// Stores one event under a new id and returns it as stored.
+    /// The lease of a store that one collector has alone (SQLite, memory): granted at once and
+    /// for good, it records events with their alert deliveries and serves the outbox. `None`
+    /// for a store several collectors share: there the lease is won through
+    /// [`shared::SharedStore::try_lead`].
+    fn own_lease(&self) -> Result<Option<Box<dyn shared::Leadership>>, CollectorError>;
+    /// Stores one event under a new id and returns it as stored (without deliveries; the hub
+    /// records through the lease).
     fn append_event(&self, event: &Event) -> Result<StoredEvent, CollectorError>;
     /// Stored events' JSON (each with its `id`), newest first.
     fn events(&self, limit: usize) -> Result<Vec<String>, CollectorError>;

@@ -14,6 +14,7 @@
 
 use super::group_commit::{GroupWriter, InsertRequest, Outcome};
 use super::sqlite_history::{self, HistoryCache};
+use super::sqlite_outbox;
 use super::{InsertReport, Store, StoredEvent};
 use crate::error::CollectorError;
 use crate::events::Event;
@@ -30,6 +31,8 @@ fn db_err(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> C
 }
 
 pub struct SqliteStore {
+    /// The database file: the lease opens its own connection to it.
+    path: std::path::PathBuf,
     writer: GroupWriter,
     /// Small writes (agents, events, pruning) and all reads share this connection.
     conn: Mutex<Connection>,
@@ -85,6 +88,7 @@ impl SqliteStore {
             .map_err(|e| db_err("creating the silences table", e))?;
         conn.execute_batch(sqlite_history::SCHEMA)
             .map_err(|e| db_err("creating the history schema", e))?;
+        sqlite_outbox::migrate(&conn)?;
         let mut writer_conn = open(path)?;
         let mut high_water: HashMap<String, u64> = HashMap::new();
         let mut history = HistoryCache::default();
@@ -96,6 +100,7 @@ impl SqliteStore {
             })
         })?;
         Ok(SqliteStore {
+            path: path.to_path_buf(),
             writer,
             conn: Mutex::new(conn),
         })
@@ -383,6 +388,12 @@ impl Store for SqliteStore {
         Ok(n as u64)
     }
 
+    fn own_lease(&self) -> Result<Option<Box<dyn super::shared::Leadership>>, CollectorError> {
+        Ok(Some(Box::new(sqlite_outbox::SqliteLease::new(open(
+            &self.path,
+        )?))))
+    }
+
     fn append_event(&self, event: &Event) -> Result<StoredEvent, CollectorError> {
         let mut conn = self.conn();
         // The id is the row's, and the stored JSON carries it: one transaction numbers the row
@@ -461,6 +472,33 @@ mod tests {
     fn keeps_the_store_contract() {
         let dir = tempfile::tempdir().unwrap();
         contract::check(&SqliteStore::open(&dir.path().join("db.sqlite")).unwrap());
+    }
+
+    #[test]
+    fn keeps_the_outbox_contract_and_its_pending_deliveries_outlive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            let mut lease = store.own_lease().unwrap().expect("granted at once");
+            contract::check_outbox(&store, lease.as_mut());
+            let kept = super::super::shared::NewDelivery {
+                sink: "hook".into(),
+                notice_json: r#"{"event":{}}"#.into(),
+            };
+            lease
+                .record_event(&event("a9", 9), "agent_silent|a9|9", &[kept])
+                .unwrap()
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let mut lease = store.own_lease().unwrap().unwrap();
+        let pending = lease.next_deliveries().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert!(lease
+            .record_event(&event("a9", 9), "agent_silent|a9|9", &[])
+            .unwrap()
+            .is_none());
     }
 
     #[test]
