@@ -410,3 +410,108 @@ fn a_sink_url_that_is_not_one_stops_the_start_naming_the_key() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("alerts[0].url"), "{said}");
 }
+
+/// Runs `nsenter` into the mount namespace of `pid` with `script`.
+fn in_namespace_of(pid: u32, script: &str) -> std::process::Output {
+    std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-m", "--", "sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_full_disk_while_recording_keeps_the_alert_until_there_is_room_again() {
+    if !support::is_root() {
+        support::skip(
+            "a_full_disk_while_recording",
+            "needs root (a tmpfs in a private mount namespace)",
+        );
+        return;
+    }
+    let tmp = support::work_dir("outbox-full");
+    let (addr, sink) = serve_sink("127.0.0.1:0".parse().unwrap(), Answer::Ok).await;
+    // The database on a 4 MiB tmpfs of the collector's own mount namespace; the rest of the
+    // data dir (CA, ready file) where the test sees it.
+    let small = tmp.path().join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let config = collector_config(tmp.path(), addr);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text = text.replacen(
+        "[quic]",
+        &format!("[store]\npath = {:?}\n[quic]", small.join("egresswatch.db")),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let log = tmp.path().join("collector.log");
+    let script = format!(
+        "mount -t tmpfs -o size=4m tmpfs {small:?} && exec {:?} run --config {config:?}",
+        support::collector_bin()
+    );
+    let child = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(std::fs::File::create(log.with_extension("stdout")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut collector = support::Proc(child);
+    let data = tmp.path().join("data");
+    let mut ready = None;
+    assert!(
+        support::wait_until(Duration::from_secs(20), || {
+            ready = egresswatch_collector::ready::Ready::read(&data).filter(|r| r.pid == pid);
+            ready.is_some()
+        }),
+        "not ready: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let ready = ready.unwrap();
+    agent_reports_once(tmp.path(), ready.quic, "f1", "acct-full").await;
+    // Fill the disk while the agent's silence is being decided.
+    let filled = in_namespace_of(pid, &format!("cat /dev/zero > {:?}", small.join("fill")));
+    assert!(
+        String::from_utf8_lossy(&filled.stderr).contains("No space left"),
+        "{filled:?}"
+    );
+    assert!(
+        support::wait_until(Duration::from_secs(20), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("kept for another try")),
+        "the refused event was not kept: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(collector.alive(), "the collector died of a full disk");
+    assert!(sink.accepted.lock().unwrap().is_empty());
+    // Room again: the kept event is recorded and delivered.
+    let freed = in_namespace_of(pid, &format!("rm {:?}", small.join("fill")));
+    assert!(freed.status.success(), "{freed:?}");
+    wait_for("the kept alert delivered", Duration::from_secs(20), || {
+        sink.accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| is_account_silence(b, "acct-full"))
+    })
+    .await;
+    let http = ready.http;
+    let recorded = poll(
+        "the kept alert recorded",
+        Duration::from_secs(10),
+        || async {
+            events_of(http)
+                .await
+                .into_iter()
+                .find(|e| is_account_silence(e, "acct-full"))
+        },
+    )
+    .await;
+    assert!(recorded["id"].as_i64().is_some());
+}
