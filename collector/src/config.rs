@@ -42,13 +42,9 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The matrix's freshness in seconds: `[matrix] fresh_secs`, else the deprecated
-    /// `[detector] fresh_secs`, else 300.
+    /// The matrix's freshness in seconds: `[matrix] fresh_secs`, else 300.
     pub fn fresh_secs(&self) -> u64 {
-        self.matrix
-            .fresh_secs
-            .or(self.detector.fresh_secs)
-            .unwrap_or(DEFAULT_FRESH_SECS)
+        self.matrix.fresh_secs.unwrap_or(DEFAULT_FRESH_SECS)
     }
 
     /// What the fleet hub's matrix and detector run with.
@@ -90,28 +86,7 @@ impl Config {
                 path: "config".into(),
                 reason: e.to_string(),
             })?;
-        if let Some(warning) = config.deprecation() {
-            tracing::warn!("{warning}");
-        }
-        if let Some(warning) = config.store.deprecation() {
-            tracing::warn!("{warning}");
-        }
         Ok(config)
-    }
-
-    /// What to tell the operator about deprecated keys in use, if any.
-    pub fn deprecation(&self) -> Option<String> {
-        let old = self.detector.fresh_secs?;
-        Some(match self.matrix.fresh_secs {
-            None => format!(
-                "config: [detector] fresh_secs is deprecated, move it to [matrix] fresh_secs \
-                 (read as {old} for now)"
-            ),
-            Some(new) => format!(
-                "config: [detector] fresh_secs is deprecated and ignored: [matrix] fresh_secs \
-                 ({new}) is set"
-            ),
-        })
     }
 }
 
@@ -143,7 +118,6 @@ mod tests {
             example.store.history_retention_days,
             defaults.store.history_retention_days
         );
-        assert_eq!(example.store.deprecation(), None);
         let (e, d) = (&example.quic, &defaults.quic);
         assert_eq!(
             (
@@ -165,28 +139,23 @@ mod tests {
         );
         assert_eq!(example.http.max_body_bytes, defaults.http.max_body_bytes);
         assert_eq!(example.http.max_sse_clients, defaults.http.max_sse_clients);
-        assert_eq!(
-            example.detector.confirm_probes,
-            defaults.detector.confirm_probes
-        );
         assert_eq!(example.fanout, defaults.fanout);
         assert_eq!(example.fresh_secs(), defaults.fresh_secs());
-        assert!(example.deprecation().is_none());
     }
 
     #[test]
-    fn fresh_secs_moved_to_matrix_and_the_old_key_still_works() {
+    fn fresh_secs_is_the_matrix_s_and_the_removed_deprecated_keys_are_refused_by_name() {
         let fresh = |text: &str| Config::parse(text).unwrap().fleet().matrix.fresh_ms;
         assert_eq!(fresh(""), 300_000);
         assert_eq!(fresh("[matrix]\nfresh_secs = 60\n"), 60_000);
-        assert_eq!(fresh("[detector]\nfresh_secs = 120\n"), 120_000);
-        assert_eq!(
-            fresh("[matrix]\nfresh_secs = 60\n[detector]\nfresh_secs = 120\n"),
-            60_000
-        );
-        let old = Config::parse("[detector]\nfresh_secs = 120\n").unwrap();
-        assert!(old.deprecation().unwrap().contains("[matrix] fresh_secs"));
-        assert!(Config::parse("").unwrap().deprecation().is_none());
+        for (old, key) in [
+            ("[detector]\nfresh_secs = 120\n", "fresh_secs"),
+            ("[detector]\nconfirm_probes = 3\n", "confirm_probes"),
+            ("[store]\nretention_days = 2\n", "retention_days"),
+        ] {
+            let err = Config::parse(old).unwrap_err().to_string();
+            assert!(err.contains(key), "{old}: {err}");
+        }
     }
 
     #[test]

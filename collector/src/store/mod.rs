@@ -72,8 +72,6 @@ pub struct StoreConfig {
     pub connect_timeout_secs: u64,
     /// Raw results older than this many hours are deleted (0 keeps them all). Default 48.
     pub raw_retention_hours: Option<u32>,
-    /// Deprecated: the raw window in days, read when `raw_retention_hours` is not set.
-    pub retention_days: Option<u32>,
     /// State intervals and hourly rollups older than this many days are deleted (0 keeps them).
     pub history_retention_days: u32,
 }
@@ -92,38 +90,16 @@ impl Default for StoreConfig {
             pool_size: 8,
             connect_timeout_secs: 5,
             raw_retention_hours: None,
-            retention_days: None,
             history_retention_days: 400,
         }
     }
 }
 
 impl StoreConfig {
-    /// How long raw results are kept, hours (0: for ever): `raw_retention_hours`, else the
-    /// older `retention_days` × 24, else 48.
+    /// How long raw results are kept, hours (0: for ever): `raw_retention_hours`, else 48.
     pub fn raw_hours(&self) -> u32 {
-        match (self.raw_retention_hours, self.retention_days) {
-            (Some(h), _) => h,
-            (None, Some(d)) => d.saturating_mul(24),
-            (None, None) => DEFAULT_RAW_RETENTION_HOURS,
-        }
-    }
-
-    /// What to tell the operator about `retention_days`, if it is set.
-    pub fn deprecation(&self) -> Option<String> {
-        let days = self.retention_days?;
-        Some(match self.raw_retention_hours {
-            None => format!(
-                "config: [store] retention_days is deprecated: it is now the raw results' window,                  read as raw_retention_hours = {} (state intervals and hourly rollups are kept                  history_retention_days = {})",
-                self.raw_hours(),
-                self.history_retention_days
-            ),
-            Some(h) if u64::from(h) != u64::from(days) * 24 => format!(
-                "config: [store] retention_days = {days} is ignored: raw_retention_hours = {h}                  is set (remove retention_days)"
-            ),
-            Some(_) => "config: [store] retention_days is deprecated and says the same as                         raw_retention_hours: remove it"
-                .to_string(),
-        })
+        self.raw_retention_hours
+            .unwrap_or(DEFAULT_RAW_RETENTION_HOURS)
     }
 }
 
