@@ -91,16 +91,7 @@ fn webhook(name: &str, addr: SocketAddr) -> SinkConfig {
 }
 
 fn meta(id: &str, account: &str) -> AgentMeta {
-    AgentMeta {
-        agent_id: id.into(),
-        labels: egresswatch_wire::Labels {
-            provider: "gcp".into(),
-            account: account.into(),
-            region: "r1".into(),
-            instance: id.into(),
-        },
-        agent_version: "test".into(),
-    }
+    support::agent_meta(id, "gcp", account)
 }
 
 /// A hub over a memory store with `sinks`; `accounts` agents (one per account) are seen now and
@@ -306,6 +297,17 @@ fn is_account_silence(e: &Value, account: &str) -> bool {
     e["scope"] == "account" && e["to"] == "silent" && e["account"] == account
 }
 
+/// The account's silence as the collector serving `http` recorded it, once it has.
+async fn recorded_silence(http: SocketAddr, account: &str, within: Duration) -> Value {
+    poll("the account's silence recorded", within, || async {
+        events_of(http)
+            .await
+            .into_iter()
+            .find(|e| is_account_silence(e, account))
+    })
+    .await
+}
+
 #[tokio::test]
 async fn an_alert_decided_before_a_sigkill_is_delivered_once_after_the_restart() {
     let tmp = support::work_dir("outbox-crash");
@@ -316,18 +318,7 @@ async fn an_alert_decided_before_a_sigkill_is_delivered_once_after_the_restart()
     let mut collector = support::Proc(child);
     agent_reports_once(tmp.path(), listening.quic, "c1", "acct-crash").await;
     // The account falls silent: decided and recorded; the sink is down, so the delivery waits.
-    let http = listening.http;
-    let decided = poll(
-        "the account's silence recorded",
-        Duration::from_secs(30),
-        || async {
-            events_of(http)
-                .await
-                .into_iter()
-                .find(|e| is_account_silence(e, "acct-crash"))
-        },
-    )
-    .await;
+    let decided = recorded_silence(listening.http, "acct-crash", Duration::from_secs(30)).await;
     let id = decided["id"].as_i64().unwrap();
     assert!(
         support::wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
@@ -501,17 +492,6 @@ async fn a_full_disk_while_recording_keeps_the_alert_until_there_is_room_again()
             .any(|b| is_account_silence(b, "acct-full"))
     })
     .await;
-    let http = ready.http;
-    let recorded = poll(
-        "the kept alert recorded",
-        Duration::from_secs(10),
-        || async {
-            events_of(http)
-                .await
-                .into_iter()
-                .find(|e| is_account_silence(e, "acct-full"))
-        },
-    )
-    .await;
+    let recorded = recorded_silence(ready.http, "acct-full", Duration::from_secs(10)).await;
     assert!(recorded["id"].as_i64().is_some());
 }

@@ -114,6 +114,16 @@ pub enum DeliveryOutcome {
     Failed,
 }
 
+impl DeliveryOutcome {
+    /// The outbox's `state` for it.
+    pub fn as_state(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Failed => "failed",
+        }
+    }
+}
+
 /// A collector in the shared database, as `/api/collectors` and `/metrics` show it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CollectorRow {

@@ -186,10 +186,7 @@ impl Leadership for SqliteLease {
         outcome: DeliveryOutcome,
         now_unix_ms: i64,
     ) -> Result<(), CollectorError> {
-        let state = match outcome {
-            DeliveryOutcome::Delivered => "delivered",
-            DeliveryOutcome::Failed => "failed",
-        };
+        let state = outcome.as_state();
         self.conn
             .execute(
                 "UPDATE outbox SET state = ?2, finished_ms = ?3 WHERE id = ?1 AND state = 'pending'",
