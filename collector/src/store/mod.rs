@@ -22,10 +22,7 @@ pub mod retention;
 pub mod shared;
 pub mod silences;
 mod silences_memory;
-mod silences_sqlite;
 pub mod sqlite;
-mod sqlite_history;
-mod sqlite_outbox;
 
 #[cfg(test)]
 mod contract;

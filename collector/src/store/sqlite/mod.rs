@@ -10,16 +10,20 @@
 //! Results are stored as their lossless MessagePack record plus the few columns queries need;
 //! a `latest` table keeps the freshest result per series so the live matrix rebuilds at start
 //! without scanning history. The long-kept tiers (intervals, hourly rollups) are in
-//! [`super::sqlite_history`], written in the same transaction as the results they come from.
+//! [`history`], written in the same transaction as the results they come from.
 
-use super::group_commit::{GroupWriter, InsertRequest, Outcome};
-use super::sqlite_history::{self, HistoryCache};
-use super::sqlite_outbox;
-use super::{InsertReport, Store, StoredEvent};
+mod history;
+mod outbox;
+mod silences;
+
+use self::history::{self as sqlite_history, HistoryCache};
+use self::outbox as sqlite_outbox;
 use crate::error::CollectorError;
 use crate::events::Event;
 use crate::history::{Derived, Rollup, Selector, SeriesInterval, Tier};
 use crate::identity::AgentMeta;
+use crate::store::group_commit::{GroupWriter, InsertRequest, Outcome};
+use crate::store::{InsertReport, Store, StoredEvent};
 use egresswatch_wire::{Labels, ProbeResult};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -84,7 +88,7 @@ impl SqliteStore {
         let conn = open(path)?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| db_err("creating the schema", e))?;
-        conn.execute_batch(super::silences_sqlite::SCHEMA)
+        conn.execute_batch(silences::SCHEMA)
             .map_err(|e| db_err("creating the silences table", e))?;
         conn.execute_batch(sqlite_history::SCHEMA)
             .map_err(|e| db_err("creating the history schema", e))?;
@@ -388,7 +392,9 @@ impl Store for SqliteStore {
         Ok(n as u64)
     }
 
-    fn own_lease(&self) -> Result<Option<Box<dyn super::shared::Leadership>>, CollectorError> {
+    fn own_lease(
+        &self,
+    ) -> Result<Option<Box<dyn crate::store::shared::Leadership>>, CollectorError> {
         Ok(Some(Box::new(sqlite_outbox::SqliteLease::new(open(
             &self.path,
         )?))))
@@ -465,8 +471,8 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::contract::{self, event, meta, result};
     use super::*;
+    use crate::store::contract::{self, event, meta, result};
 
     #[test]
     fn keeps_the_store_contract() {
@@ -482,7 +488,7 @@ mod tests {
             let store = SqliteStore::open(&path).unwrap();
             let mut lease = store.own_lease().unwrap().expect("granted at once");
             contract::check_outbox(&store, lease.as_mut());
-            let kept = super::super::shared::NewDelivery {
+            let kept = crate::store::shared::NewDelivery {
                 sink: "hook".into(),
                 notice_json: r#"{"event":{}}"#.into(),
             };

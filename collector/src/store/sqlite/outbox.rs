@@ -1,5 +1,5 @@
 //! The embedded store's event log and alert outbox: one collector alone on its file holds the
-//! lease for good, so [`SqliteLease`] is granted at once ([`super::Store::own_lease`]) and
+//! lease for good, so [`SqliteLease`] is granted at once ([`crate::store::Store::own_lease`]) and
 //! records an event together with its deliveries in one transaction, exactly as the PostgreSQL
 //! leader does. A collector killed between deciding and delivering finds the deliveries still
 //! pending when it starts again, and sends them.
@@ -8,10 +8,10 @@
 //! beside it), and it is only ever called off the runtime's threads (the hub's recorder thread,
 //! the outbox task's `spawn_blocking`).
 
-use super::shared::{notice_with_id, Delivery, DeliveryOutcome, Leadership, NewDelivery};
-use super::StoredEvent;
 use crate::error::CollectorError;
 use crate::events::Event;
+use crate::store::shared::{notice_with_id, Delivery, DeliveryOutcome, Leadership, NewDelivery};
+use crate::store::StoredEvent;
 use rusqlite::{params, Connection, OptionalExtension};
 
 fn db_err(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> CollectorError {
