@@ -15,6 +15,9 @@
 //!   (`egresswatch_outbox_deliveries{outcome="failed"}`), as is one whose sink is no longer
 //!   configured.
 //!
+//! Finished deliveries are deleted from the outbox [`KEEP_FINISHED_MS`] (7 days) after they
+//! ended; pending ones never are.
+//!
 //! Each attempt is counted in the outbox before the sink is called, so a collector that dies
 //! mid-send leaves a trace, and the delivery is sent again after the restart: the one case where
 //! a sink can hear of an event twice (webhooks and Slack cannot tell; an Alertmanager takes the
@@ -36,6 +39,8 @@ use tokio::sync::{mpsc, watch};
 
 /// A notice still undelivered this long after it was recorded is given up.
 pub const GIVE_UP_AFTER_MS: i64 = 24 * 3600 * 1000;
+/// Finished deliveries are kept this long after they ended, then deleted (hourly).
+pub const KEEP_FINISHED_MS: i64 = 7 * 24 * 3600 * 1000;
 /// The longest wait between two tries of a sink that keeps failing.
 const MAX_RETRY_DELAY_MS: i64 = 5 * 60 * 1000;
 
@@ -66,6 +71,7 @@ pub(super) async fn deliver(
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i64, bool)>();
     let mut finishing = false;
+    let mut forgot_at_ms = i64::MIN;
     loop {
         if finishing && in_flight.is_empty() {
             let _ = wound_down.send(true);
@@ -101,6 +107,15 @@ pub(super) async fn deliver(
             continue;
         }
         let now = now_unix_ms();
+        if now.saturating_sub(forgot_at_ms) >= 3_600_000 {
+            forgot_at_ms = now;
+            let cutoff = now - KEEP_FINISHED_MS;
+            if let Some(Err(e)) =
+                with_lease(&lead, move |lease| lease.forget_finished(cutoff)).await
+            {
+                tracing::warn!("deleting old finished alert deliveries: {e}");
+            }
+        }
         let heads = with_lease(&lead, move |lease| {
             let given_up = lease.give_up_deliveries(now - GIVE_UP_AFTER_MS, now)?;
             Ok((given_up, lease.next_deliveries()?))

@@ -506,4 +506,16 @@ pub fn check_outbox(store: &dyn Store, lease: &mut dyn super::shared::Leadership
     let newest = heads.iter().map(|d| d.created_ms).max().unwrap();
     assert_eq!(lease.give_up_deliveries(newest + 1, 20).unwrap(), 2);
     assert!(lease.next_deliveries().unwrap().is_empty());
+    // Finished deliveries are forgotten, however old; a pending one never is.
+    let pending = lease
+        .record_event(&event("a3", 7), "agent_silent|a3|7", &[notice("hook")])
+        .unwrap()
+        .expect("another key");
+    lease.forget_finished(i64::MAX).unwrap();
+    let left = lease.next_deliveries().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].event_id, pending.id);
+    lease
+        .finish_delivery(left[0].id, DeliveryOutcome::Delivered, 30)
+        .unwrap();
 }

@@ -160,6 +160,9 @@ pub trait Leadership: Send {
         created_before_ms: i64,
         now_unix_ms: i64,
     ) -> Result<u64, CollectorError>;
+    /// Deletes the deliveries that ended (delivered or given up) before `finished_before_ms`;
+    /// returns how many. Pending ones are never deleted.
+    fn forget_finished(&mut self, finished_before_ms: i64) -> Result<u64, CollectorError>;
     /// Counts one more attempt of a delivery before it is made (so a leader that dies while
     /// sending leaves a trace), returning false when it is no longer pending.
     fn start_attempt(&mut self, delivery_id: i64, now_unix_ms: i64)

@@ -431,6 +431,15 @@ impl Leadership for PgLeadership {
             .map_err(|e| db_err("giving up old deliveries", e))
     }
 
+    fn forget_finished(&mut self, finished_before_ms: i64) -> Result<u64, CollectorError> {
+        self.client
+            .execute(
+                "DELETE FROM outbox WHERE state <> 'pending' AND finished_ms < $1",
+                &[&finished_before_ms],
+            )
+            .map_err(|e| db_err("forgetting finished deliveries", e))
+    }
+
     fn start_attempt(
         &mut self,
         delivery_id: i64,

@@ -460,7 +460,7 @@ fn events_are_recorded_once_by_key_with_their_deliveries() {
     contract::check_outbox(&store, lead.as_mut());
     // Another leader after a failover sees the attempts made.
     let stored = lead
-        .record_event(&event("a3", 7), "agent_silent|a3|7", &[notice("hook")])
+        .record_event(&event("a4", 8), "agent_silent|a4|8", &[notice("hook")])
         .unwrap()
         .expect("a new key");
     let head = lead.next_deliveries().unwrap();

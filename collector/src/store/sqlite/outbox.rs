@@ -164,6 +164,17 @@ impl Leadership for SqliteLease {
         Ok(n as u64)
     }
 
+    fn forget_finished(&mut self, finished_before_ms: i64) -> Result<u64, CollectorError> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM outbox WHERE state <> 'pending' AND finished_ms < ?1",
+                [finished_before_ms],
+            )
+            .map_err(|e| db_err("forgetting finished deliveries", e))?;
+        Ok(n as u64)
+    }
+
     fn start_attempt(
         &mut self,
         delivery_id: i64,
