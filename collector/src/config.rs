@@ -42,13 +42,9 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The matrix's freshness in seconds: `[matrix] fresh_secs`, else the deprecated
-    /// `[detector] fresh_secs`, else 300.
+    /// The matrix's freshness in seconds: `[matrix] fresh_secs`, else 300.
     pub fn fresh_secs(&self) -> u64 {
-        self.matrix
-            .fresh_secs
-            .or(self.detector.fresh_secs)
-            .unwrap_or(DEFAULT_FRESH_SECS)
+        self.matrix.fresh_secs.unwrap_or(DEFAULT_FRESH_SECS)
     }
 
     /// What the fleet hub's matrix and detector run with.
@@ -91,12 +87,6 @@ impl Config {
                 reason: e.to_string(),
             })?;
         config.validate()?;
-        if let Some(warning) = config.deprecation() {
-            tracing::warn!("{warning}");
-        }
-        if let Some(warning) = config.store.deprecation() {
-            tracing::warn!("{warning}");
-        }
         Ok(config)
     }
 
@@ -159,9 +149,6 @@ impl Config {
         if let Some(h) = st.raw_retention_hours {
             in_range("store.raw_retention_hours", h, 0..=87_600)?;
         }
-        if let Some(d) = st.retention_days {
-            in_range("store.retention_days", d, 0..=3650)?;
-        }
         in_range(
             "store.history_retention_days",
             st.history_retention_days,
@@ -171,9 +158,6 @@ impl Config {
             in_range("matrix.fresh_secs", f, 1..=WEEK_SECS)?;
         }
         let d = &self.detector;
-        if let Some(f) = d.fresh_secs {
-            in_range("detector.fresh_secs", f, 1..=WEEK_SECS)?;
-        }
         in_range("detector.false_alarm_rate", d.false_alarm_rate, 1e-12..=0.1)?;
         in_range(
             "detector.missed_change_rate",
@@ -289,21 +273,6 @@ impl Config {
         self.silences(crate::events::now_unix_ms())?;
         Ok(())
     }
-
-    /// What to tell the operator about deprecated keys in use, if any.
-    pub fn deprecation(&self) -> Option<String> {
-        let old = self.detector.fresh_secs?;
-        Some(match self.matrix.fresh_secs {
-            None => format!(
-                "config: [detector] fresh_secs is deprecated, move it to [matrix] fresh_secs \
-                 (read as {old} for now)"
-            ),
-            Some(new) => format!(
-                "config: [detector] fresh_secs is deprecated and ignored: [matrix] fresh_secs \
-                 ({new}) is set"
-            ),
-        })
-    }
 }
 
 const DEFAULT_FRESH_SECS: u64 = 300;
@@ -357,7 +326,6 @@ mod tests {
             example.store.history_retention_days,
             defaults.store.history_retention_days
         );
-        assert_eq!(example.store.deprecation(), None);
         let (e, d) = (&example.quic, &defaults.quic);
         assert_eq!(
             (
@@ -379,28 +347,23 @@ mod tests {
         );
         assert_eq!(example.http.max_body_bytes, defaults.http.max_body_bytes);
         assert_eq!(example.http.max_sse_clients, defaults.http.max_sse_clients);
-        assert_eq!(
-            example.detector.confirm_probes,
-            defaults.detector.confirm_probes
-        );
         assert_eq!(example.fanout, defaults.fanout);
         assert_eq!(example.fresh_secs(), defaults.fresh_secs());
-        assert!(example.deprecation().is_none());
     }
 
     #[test]
-    fn fresh_secs_moved_to_matrix_and_the_old_key_still_works() {
+    fn fresh_secs_is_the_matrix_s_and_the_removed_deprecated_keys_are_refused_by_name() {
         let fresh = |text: &str| Config::parse(text).unwrap().fleet().matrix.fresh_ms;
         assert_eq!(fresh(""), 300_000);
         assert_eq!(fresh("[matrix]\nfresh_secs = 60\n"), 60_000);
-        assert_eq!(fresh("[detector]\nfresh_secs = 120\n"), 120_000);
-        assert_eq!(
-            fresh("[matrix]\nfresh_secs = 60\n[detector]\nfresh_secs = 120\n"),
-            60_000
-        );
-        let old = Config::parse("[detector]\nfresh_secs = 120\n").unwrap();
-        assert!(old.deprecation().unwrap().contains("[matrix] fresh_secs"));
-        assert!(Config::parse("").unwrap().deprecation().is_none());
+        for (old, key) in [
+            ("[detector]\nfresh_secs = 120\n", "fresh_secs"),
+            ("[detector]\nconfirm_probes = 3\n", "confirm_probes"),
+            ("[store]\nretention_days = 2\n", "retention_days"),
+        ] {
+            let err = Config::parse(old).unwrap_err().to_string();
+            assert!(err.contains(key), "{old}: {err}");
+        }
     }
 
     #[test]
@@ -500,13 +463,11 @@ mod tests {
                 "[store]\nraw_retention_hours = 100000",
                 "store.raw_retention_hours",
             ),
-            ("[store]\nretention_days = 4000", "store.retention_days"),
             (
                 "[store]\nhistory_retention_days = 4000",
                 "store.history_retention_days",
             ),
             ("[matrix]\nfresh_secs = 0", "matrix.fresh_secs"),
-            ("[detector]\nfresh_secs = 0", "detector.fresh_secs"),
             (
                 "[detector]\nfalse_alarm_rate = nan",
                 "detector.false_alarm_rate",

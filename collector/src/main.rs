@@ -307,12 +307,14 @@ async fn serve(
     ));
 
     shutdown_signal().await;
+    // The alert deliveries under way are marked first, or the next start (or the next leader)
+    // would send them again; then the lead goes, so another collector takes it while this one
+    // drains its sessions, instead of after.
+    info!("shutting down: finishing the alert deliveries under way");
+    fleet.finish_deliveries(DELIVERIES_FINISH_WITHIN).await;
     if let Some(cluster) = cluster {
-        // The lead goes first, so another collector takes it while this one drains its
-        // sessions, instead of after; but only once the alert deliveries under way are marked,
-        // or the next leader would send them again.
-        info!("shutting down: finishing the alert deliveries under way, then giving up the lead");
-        cluster.stop(DELIVERIES_FINISH_WITHIN).await;
+        info!("shutting down: giving up the lead");
+        cluster.stop().await;
     }
     info!("shutting down: no new agents, draining sessions");
     let _ = stop_tx.send(true);

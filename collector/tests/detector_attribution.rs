@@ -381,10 +381,11 @@ fn detector_config_parses_and_rejects_unknown_keys() {
         c.silent_after_secs,
         DetectorConfig::default().silent_after_secs
     );
-    // The fixed count it replaced still parses in old configs, and says it is ignored.
-    let old: DetectorConfig = toml::from_str("confirm_probes = 4\n").unwrap();
-    assert!(old.deprecation().unwrap().contains("confirm_probes"));
-    assert!(DetectorConfig::default().deprecation().is_none());
+    // The fixed count it replaced (deprecated, then removed) is refused by name, like any unknown key.
+    let err = toml::from_str::<DetectorConfig>("confirm_probes = 4\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("confirm_probes"), "{err}");
     let err = toml::from_str::<DetectorConfig>("confirm_probe = 4\n")
         .unwrap_err()
         .to_string();
@@ -398,7 +399,7 @@ fn whole_collector_config_with_sinks_and_rules() {
 listen = "127.0.0.1:9090"
 
 [detector]
-confirm_probes = 3
+settle_secs = 60
 
 [[alerts]]
 kind = "slack"

@@ -95,7 +95,7 @@ async fn policy_changes_are_attributed_and_loss_is_quiet() {
 
     // The collector, in the root namespace, on the root link.
     let collector = run.start_collector(
-        "[detector]\nconfirm_probes = 3\nsettle_secs = 4\nsilent_after_secs = 90\nreplay_after_secs = 60\n[matrix]\nfresh_secs = 120\n",
+        "[detector]\nsettle_secs = 4\nsilent_after_secs = 90\nreplay_after_secs = 60\n[matrix]\nfresh_secs = 120\n",
     );
     let (quic_port, http) = (collector.quic.port(), collector.http.to_string());
 

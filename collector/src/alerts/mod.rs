@@ -1,6 +1,8 @@
 //! Alert sinks: which events go where ([`rule`]), in which format ([`format`]), and the delivery
-//! workers ([`sink`]) — one bounded queue and one task per sink, so a slow or dead sink never
-//! slows ingest: enqueueing never waits, a full queue drops (and counts) instead.
+//! workers ([`sink`]) — one task per sink, so a slow or dead sink never slows ingest. The hub
+//! plans each event's notices ([`Alerts::plan`]) and records them in the store's outbox with the
+//! event; [`crate::fleet::outbox`] then hands each sink its notices one at a time
+//! ([`Alerts::dispatch`]) and marks what was delivered (the retry policy is documented there).
 //!
 //! Configuration (collector TOML), e.g. Slack for everything the default rule admits and
 //! Alertmanager for account- and provider-wide changes on 587:
@@ -93,7 +95,8 @@ pub struct SinkConfig {
     /// First backoff; doubles each retry.
     #[serde(default = "default_backoff_ms")]
     pub backoff_ms: u64,
-    /// Events waiting for this sink; beyond it new events are dropped and counted.
+    /// Notices waiting for this sink's worker; beyond it new ones are dropped and counted. The
+    /// outbox hands a sink one notice at a time, so only [`Alerts::enqueue`]'s callers fill it.
     #[serde(default = "default_queue")]
     pub queue: usize,
     /// Alertmanager: how often firing alerts are re-sent so they do not time out.

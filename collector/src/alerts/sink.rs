@@ -1,6 +1,7 @@
-//! Delivery: one task and one bounded queue per sink. [`Alerts::enqueue`] never waits — it
-//! applies the sink's rule and dedupe and `try_send`s; a full queue drops the event and counts
-//! it. Each worker retries with exponential backoff, logs and counts what finally fails, and for
+//! Delivery: one task and one bounded queue per sink. The hub's outbox hands a worker one notice
+//! at a time ([`Alerts::dispatch`]) and hears whether it was delivered; [`Alerts::enqueue`] (a
+//! send with no outbox behind it) never waits — it applies the sink's rule and dedupe and
+//! `try_send`s; a full queue drops the event and counts it. Each worker retries with exponential backoff, logs and counts what finally fails, and for
 //! Alertmanager re-sends firing alerts periodically so they do not time out there. Silences,
 //! the flapping gate and account silence are decided here, at enqueue, by the pure parts
 //! ([`crate::silences`], [`super::gate`], [`super::roster`]).

@@ -1,10 +1,9 @@
 //! What `/metrics` says of this collector's place among the others: whether it leads, whether
-//! the shared database answers, how often the lead changed hands, how much of the feed it read,
-//! and how the outbox's deliveries ended.
+//! the shared database answers, how often the lead changed hands and how much of the feed it
+//! read. (How the outbox's deliveries ended is the hub's: [`crate::fleet::FleetCounters`].)
 
-use crate::metrics::{label, Labels, Metrics};
+use crate::metrics::Metrics;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 #[derive(Clone, Debug, Default)]
@@ -21,13 +20,11 @@ pub struct ClusterCounters {
     pub feed_results: Counter,
     /// Collectors seen alive in the database.
     pub collectors: Gauge,
-    /// Outbox deliveries by how they ended (`delivered`, `failed`).
-    pub deliveries: Family<Labels, Counter>,
 }
 
 impl ClusterCounters {
     pub fn register(metrics: &Metrics) -> ClusterCounters {
-        let counters = ClusterCounters {
+        ClusterCounters {
             leader: metrics.registered(
                 "egresswatch_collector_leader",
                 "1 while this collector leads detection and alerting (holds the database lock)",
@@ -52,22 +49,6 @@ impl ClusterCounters {
                 "egresswatch_cluster_collectors",
                 "Collectors seen alive in the shared database",
             ),
-            deliveries: metrics.registered(
-                "egresswatch_outbox_deliveries",
-                "Alert deliveries from the outbox, by outcome",
-            ),
-        };
-        for outcome in ["delivered", "failed"] {
-            let _ = counters
-                .deliveries
-                .get_or_create(&label("outcome", outcome));
         }
-        counters
-    }
-
-    pub fn delivery(&self, outcome: &str) {
-        self.deliveries
-            .get_or_create(&label("outcome", outcome))
-            .inc();
     }
 }

@@ -2,7 +2,7 @@
 //! accepts agents and stores their results; [`follow`] keeps every collector's hub in step with
 //! the whole fleet by following the database's feed of stored results, woken by its
 //! notifications; the one collector holding the leader's lock (a PostgreSQL advisory lock on its
-//! own session) runs the detector and delivers alerts from the outbox ([`outbox`]). When the
+//! own session) runs the detector and delivers alerts from the outbox ([`crate::fleet::outbox`]). When the
 //! leader dies its session ends, the lock is free, and another collector takes it within about a
 //! second, rebuilds the detector from the last minutes of stored results and goes on with the
 //! deliveries still pending.
@@ -22,7 +22,6 @@
 
 mod counters;
 mod follow;
-mod outbox;
 mod sessions;
 
 pub use counters::ClusterCounters;
@@ -34,8 +33,6 @@ use crate::ingest::registry::SessionRegistry;
 use crate::store::shared::SharedStore;
 use serde::Deserialize;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::watch;
 
 /// `[cluster]` in the collector's config (read only with `[store] kind = "postgres"`).
 #[derive(Debug, Clone, Deserialize)]
@@ -80,36 +77,23 @@ pub struct Endpoints {
     pub http: String,
 }
 
-/// This collector's part in the cluster: the follower thread and the outbox task.
+/// This collector's part in the cluster: the follower thread.
 pub struct Cluster {
     follower: Follower,
-    finish_deliveries: watch::Sender<bool>,
-    deliveries_finished: watch::Receiver<bool>,
 }
 
 impl Cluster {
-    /// A graceful stop. The alert deliveries under way end and are marked while this collector
-    /// still leads (for at most `within`) and no new one starts, so the next leader has none in
-    /// flight to send again; then the lead is given up and the follower ends.
-    pub async fn stop(self, within: Duration) {
-        let _ = self.finish_deliveries.send(true);
-        let mut finished = self.deliveries_finished.clone();
-        if tokio::time::timeout(within, finished.wait_for(|done| *done))
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "alert deliveries still under way after {within:?}: the next leader sends them again"
-            );
-        }
+    /// A graceful stop: the lead is given up and the follower ends. (The alert deliveries under
+    /// way are finished first, by [`Fleet::finish_deliveries`].)
+    pub async fn stop(self) {
         let follower = self.follower;
         let _ = tokio::task::spawn_blocking(move || follower.stop()).await;
     }
 }
 
 /// Puts `fleet` in shared mode over `store`, connects its fan-out to every collector's sessions
-/// (this one's are `local`), and starts the follower thread and the outbox task; [`Cluster::stop`]
-/// ends both.
+/// (this one's are `local`), and starts the follower thread; [`Cluster::stop`] ends it. The hub's
+/// outbox task delivers while the follower holds the lease for it.
 pub fn start(
     fleet: Arc<Fleet>,
     store: Arc<dyn SharedStore>,
@@ -128,20 +112,7 @@ pub fn start(
         config.clone(),
         config.id(),
         endpoints,
-        counters.clone(),
-    )?;
-    let (finish_deliveries, finish) = watch::channel(false);
-    let (finished, deliveries_finished) = watch::channel(false);
-    tokio::spawn(outbox::deliver(
-        fleet,
-        shared,
         counters,
-        follower.stopped(),
-        (finish, finished),
-    ));
-    Ok(Cluster {
-        follower,
-        finish_deliveries,
-        deliveries_finished,
-    })
+    )?;
+    Ok(Cluster { follower })
 }

@@ -32,9 +32,6 @@ pub use suspicion::Suspicion;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectorConfig {
-    /// Deprecated: the fixed count of consistent probes, replaced by the sequential test
-    /// (`false_alarm_rate`); still parsed, with a warning, and ignored.
-    pub confirm_probes: Option<u32>,
     /// The chance that one test on a path that did not change ends in a change (Wald's α).
     pub false_alarm_rate: f64,
     /// The chance that a test on a path that changed misses it (Wald's β).
@@ -61,9 +58,6 @@ pub struct DetectorConfig {
     /// A result that arrives more than this after it was measured is a replay (spool drained
     /// after an outage): it updates state and history but raises no alert.
     pub replay_after_secs: u64,
-    /// Deprecated: the matrix's freshness, now `[matrix] fresh_secs`; still read when that is
-    /// not set (with a warning).
-    pub fresh_secs: Option<u64>,
     /// Scheduled probes in the flapping window (Nagios uses 21).
     pub flap_window: usize,
     /// State-change percentage above which a series starts flapping.
@@ -81,7 +75,6 @@ pub struct DetectorConfig {
 impl Default for DetectorConfig {
     fn default() -> Self {
         DetectorConfig {
-            confirm_probes: None,
             false_alarm_rate: 1e-7,
             missed_change_rate: 0.01,
             background_floor: 0.02,
@@ -92,7 +85,6 @@ impl Default for DetectorConfig {
             settle_secs: 60,
             silent_after_secs: 180,
             replay_after_secs: 300,
-            fresh_secs: None,
             flap_window: 21,
             flap_high_pct: 50.0,
             flap_low_pct: 25.0,
@@ -110,17 +102,6 @@ impl DetectorConfig {
         let alpha = self.false_alarm_rate.clamp(1e-15, 0.5);
         let beta = self.missed_change_rate.clamp(0.0, 0.5);
         ((1.0 - beta) / alpha).ln()
-    }
-
-    /// What to tell the operator about deprecated detector keys in use, if any.
-    pub fn deprecation(&self) -> Option<String> {
-        self.confirm_probes.map(|n| {
-            format!(
-                "config: [detector] confirm_probes = {n} is deprecated and ignored: changes are \
-                 decided by a sequential test, tuned by false_alarm_rate ({})",
-                self.false_alarm_rate
-            )
-        })
     }
 }
 
@@ -159,9 +140,6 @@ pub struct Detector {
 
 impl Detector {
     pub fn new(config: DetectorConfig) -> Self {
-        if let Some(warning) = config.deprecation() {
-            tracing::warn!("{warning}");
-        }
         Detector {
             config,
             agents: BTreeMap::new(),

@@ -1,16 +1,21 @@
 //! The fleet hub: what happens to results once they are stored. It observes what ingest stored
-//! ([`ResultObserver`]), feeds the matrix and the detector, records the events they raise through
-//! the store, counts them, broadcasts them and the matrix to SSE clients and hands the events to
-//! the alert sinks. [`Fleet::run`] is its background loop: the one-second tick for what depends
-//! on time alone (silence, settling, freshness) and the coalescer that publishes matrix changes.
+//! ([`ResultObserver`]), feeds the matrix and the detector, and hands the events they raise to
+//! its recorder thread, which records each with the alert deliveries it owes through the lease
+//! ([`lead`]; one store call per event, never on the runtime's threads), counts it and
+//! broadcasts it to SSE clients; the [`outbox`] task delivers. [`Fleet::run`] is its background
+//! loop: the one-second tick for what depends on time alone (silence, settling, freshness) and
+//! the coalescer that publishes matrix changes.
 //! `http/` only serves what the hub holds.
 
 mod counters;
 pub mod gauges;
+pub mod lead;
 mod observer;
+pub mod outbox;
 pub mod shared;
 
 pub use counters::FleetCounters;
+pub use lead::Lead;
 pub use observer::{NoObserver, ResultObserver};
 pub use shared::{event_key, Shared};
 
@@ -28,8 +33,8 @@ use crate::store::Store;
 use egresswatch_wire::ProbeResult;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use tokio::sync::broadcast;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use tokio::sync::{broadcast, watch};
 
 /// What the SSE stream carries, already serialised once for every client.
 #[derive(Debug, Clone)]
@@ -79,6 +84,23 @@ pub struct Fleet {
     /// Set when this collector cannot write its data dir (a full disk at start): it serves what
     /// it has, read-only, and says why on the page.
     read_only: Mutex<Option<StoreOutage>>,
+    /// The lease and what goes with it: events are recorded through it, the outbox delivers
+    /// while it is held.
+    lead: Arc<Lead>,
+    /// The recorder thread's queue: events are planned and recorded there, off the runtime's
+    /// threads and in the order they were decided.
+    recorder: std::sync::mpsc::Sender<Record>,
+    /// Asks the outbox task to end once its deliveries under way are marked; it says so on
+    /// `deliveries_finished`.
+    finish_deliveries: watch::Sender<bool>,
+    deliveries_finished: watch::Receiver<bool>,
+}
+
+/// What the recorder thread is asked to do.
+enum Record {
+    Events(Vec<Event>),
+    /// Try again what the store did not take.
+    Retry,
 }
 
 /// How often a matrix with no new results is rebuilt for what time alone changes (a result
@@ -93,6 +115,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Fleet {
+    /// The hub over `store`. A store one collector has alone grants the lease at once (see
+    /// [`Store::own_lease`]); a shared one leaves it to [`Fleet::take_lead`]. Started inside a
+    /// tokio runtime, the outbox task delivers the recorded alerts while the lease is held.
     pub fn new(
         config: FleetConfig,
         store: Arc<dyn Store>,
@@ -100,25 +125,76 @@ impl Fleet {
         metrics: Arc<Metrics>,
     ) -> Arc<Fleet> {
         let (stream, _) = broadcast::channel(STREAM_CAPACITY);
-        Arc::new(Fleet {
-            fresh_ms: config.matrix.fresh_ms,
-            matrix: Mutex::new(Matrix::new(config.matrix)),
-            detector: Mutex::new(Detector::new(config.detector)),
-            fanout: Fanout::new(config.fanout, &metrics, crate::events::now_unix_ms()),
-            store,
-            alerts,
-            counters: FleetCounters::register(&metrics),
-            cells: gauges::CellGauges::register(&metrics),
-            metrics,
-            stream,
-            matrix_dirty: AtomicBool::new(true),
-            matrix_changed: tokio::sync::Notify::new(),
-            last_cells: Mutex::new(Vec::new()),
-            matrix_built_ms: AtomicI64::new(i64::MIN),
-            last_matrix: Mutex::new(String::new()),
-            shared: OnceLock::new(),
-            read_only: Mutex::new(None),
+        let lead = Arc::new(Lead::default());
+        match store.own_lease() {
+            Ok(lease) => lead.set_lease(lease),
+            Err(e) => tracing::error!("the store grants no lease ({e}): no event is recorded"),
+        }
+        let (recorder, queue) = std::sync::mpsc::channel();
+        let (finish_deliveries, finish) = watch::channel(false);
+        let (finished, deliveries_finished) = watch::channel(false);
+        let counters = FleetCounters::register(&metrics);
+        Arc::new_cyclic(|fleet: &Weak<Fleet>| {
+            let weak = fleet.clone();
+            let spawned = std::thread::Builder::new()
+                .name("event-recorder".into())
+                .spawn(move || record_loop(weak, queue));
+            if let Err(e) = spawned {
+                tracing::error!("starting the event recorder: {e}");
+            }
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(outbox::deliver(
+                    fleet.clone(),
+                    lead.clone(),
+                    counters.clone(),
+                    (finish, finished),
+                ));
+            }
+            Fleet {
+                fresh_ms: config.matrix.fresh_ms,
+                matrix: Mutex::new(Matrix::new(config.matrix)),
+                detector: Mutex::new(Detector::new(config.detector)),
+                fanout: Fanout::new(config.fanout, &metrics, crate::events::now_unix_ms()),
+                store,
+                alerts,
+                counters,
+                cells: gauges::CellGauges::register(&metrics),
+                metrics,
+                stream,
+                matrix_dirty: AtomicBool::new(true),
+                matrix_changed: tokio::sync::Notify::new(),
+                last_cells: Mutex::new(Vec::new()),
+                matrix_built_ms: AtomicI64::new(i64::MIN),
+                last_matrix: Mutex::new(String::new()),
+                shared: OnceLock::new(),
+                read_only: Mutex::new(None),
+                lead,
+                recorder,
+                finish_deliveries,
+                deliveries_finished,
+            }
         })
+    }
+
+    /// A graceful stop of the alert delivery: the deliveries under way end and are marked (for
+    /// at most `within`) and no new one starts, so none is in flight to be sent again by the
+    /// next start or the next leader.
+    pub async fn finish_deliveries(&self, within: std::time::Duration) {
+        let _ = self.finish_deliveries.send(true);
+        let mut finished = self.deliveries_finished.clone();
+        if tokio::time::timeout(within, finished.wait_for(|done| *done))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "alert deliveries still under way after {within:?}: they are sent again at the next start"
+            );
+        }
+    }
+
+    /// The lease as the hub holds it.
+    pub fn lead(&self) -> &Arc<Lead> {
+        &self.lead
     }
 
     /// Switches the hub to shared mode (before ingest starts): results come from the
@@ -126,7 +202,7 @@ impl Fleet {
     /// holds the lease ([`Fleet::take_lead`]).
     pub fn share(&self, store: Arc<dyn SharedStore>) -> Arc<Shared> {
         self.shared
-            .get_or_init(|| Arc::new(Shared::new(store)))
+            .get_or_init(|| Arc::new(Shared::new(store, self.lead.clone())))
             .clone()
     }
 
@@ -137,10 +213,7 @@ impl Fleet {
 
     /// Whether this collector decides and alerts: always alone, only with the lease when shared.
     pub fn leads(&self) -> bool {
-        match self.shared.get() {
-            None => true,
-            Some(shared) => shared.leads(),
-        }
+        self.lead.leads()
     }
 
     /// Shared mode: results any collector stored, in the feed's order. Every collector's matrix
@@ -178,10 +251,7 @@ impl Fleet {
 
     /// Drops the results the detector was already fed (by a rebuild's replay).
     fn not_yet_fed(&self, agent_id: &str, results: Vec<ProbeResult>) -> Vec<ProbeResult> {
-        let Some(shared) = self.shared.get() else {
-            return results;
-        };
-        let mut fed = lock(&shared.fed);
+        let mut fed = lock(&self.lead.fed);
         let mark = fed.entry(agent_id.to_string()).or_insert(0);
         let fresh: Vec<ProbeResult> = results.into_iter().filter(|r| r.seq > *mark).collect();
         if let Some(last) = fresh.iter().map(|r| r.seq).max() {
@@ -195,14 +265,11 @@ impl Fleet {
     /// what it decides is recorded through the lease, where the changes the previous leader
     /// already recorded are recognised by their keys and raise nothing.
     pub fn take_lead(&self, lease: Box<dyn Leadership>, replay: &[FeedItem], now_unix_ms: i64) {
-        let Some(shared) = self.shared.get() else {
-            return;
-        };
         let mut events = Vec::new();
         {
             let mut detector = lock(&self.detector);
             *detector = Detector::new(detector.config().clone());
-            let mut fed = lock(&shared.fed);
+            let mut fed = lock(&self.lead.fed);
             fed.clear();
             let mut next_tick = replay.first().map(|i| i.received_unix_ms + 1000);
             for item in replay {
@@ -223,7 +290,7 @@ impl Fleet {
             // Old suspicions are not worth asking the fleet about.
             let _ = detector.take_suspicions();
         }
-        shared.set_lease(Some(lease));
+        self.lead.set_lease(Some(lease));
         tracing::info!(
             replayed = replay.len(),
             decided = events.len(),
@@ -235,13 +302,11 @@ impl Fleet {
     /// Shared mode: the lease is gone (its session was lost). The detector stops; a later lead
     /// rebuilds it.
     pub fn step_down(&self) {
-        if let Some(shared) = self.shared.get() {
-            if shared.leads() {
-                tracing::warn!("this collector no longer leads: detection and alerting stop here");
-            }
-            shared.set_lease(None);
-            lock(&shared.fed).clear();
+        if self.lead.leads() {
+            tracing::warn!("this collector no longer leads: detection and alerting stop here");
         }
+        self.lead.set_lease(None);
+        lock(&self.lead.fed).clear();
         let mut detector = lock(&self.detector);
         *detector = Detector::new(detector.config().clone());
     }
@@ -434,7 +499,7 @@ impl Fleet {
     /// [`Fleet::publish_matrix`].)
     pub fn tick(&self, now_unix_ms: i64) {
         if self.leads() {
-            self.retry_unrecorded();
+            self.record(Record::Retry);
             let events = lock(&self.detector).tick(now_unix_ms);
             self.emit(events);
         }
@@ -486,63 +551,51 @@ impl Fleet {
         }
     }
 
-    /// Records each event (the store numbers it), counts it, broadcasts the stored JSON and
-    /// hands the numbered event to the alert sinks. Shared, the event and its deliveries are
-    /// recorded through the lease instead, and the outbox delivers them.
+    /// Hands the events to the recorder thread, which plans each one's alert deliveries and
+    /// records them together through the lease (the store numbers the event), then counts the
+    /// event and broadcasts the stored JSON; the outbox delivers. Never waits on the store.
     fn emit(&self, events: Vec<Event>) {
-        if let Some(shared) = self.shared.get() {
-            for mut e in events {
-                e.silenced_by = self.alerts.silenced_by(&e);
-                for planned in self.alerts.plan(&e) {
-                    let deliveries = planned
-                        .notices
-                        .iter()
-                        .filter_map(|r| {
-                            r.notice.to_json().ok().map(|notice_json| NewDelivery {
-                                sink: r.sink.clone(),
-                                notice_json,
-                            })
-                        })
-                        .collect();
-                    let key = event_key(&planned.event);
-                    self.record_shared(
-                        shared,
-                        shared::Unrecorded {
-                            event: planned.event,
-                            key,
-                            deliveries,
-                        },
-                    );
-                }
-            }
-            return;
-        }
-        for mut e in events {
-            e.silenced_by = self.alerts.silenced_by(&e);
-            tracing::info!(event = %e.summary(), "event");
-            let json = match self.store.append_event(&e) {
-                Ok(stored) => {
-                    e.id = Some(stored.id);
-                    Some(stored.json)
-                }
-                Err(err) => {
-                    tracing::error!("storing event: {err}");
-                    serde_json::to_string(&e).ok()
-                }
-            };
-            self.counters.count_event(&e);
-            if let Some(json) = json {
-                let _ = self.stream.send(StreamMessage::Event(Arc::new(json)));
-            }
-            self.alerts.enqueue(&e);
+        if !events.is_empty() {
+            self.record(Record::Events(events));
         }
     }
 
-    /// Records one event through the lease; kept for another try when the database does not
-    /// take it, dropped when this collector no longer leads (the new leader decides anew).
-    fn record_shared(&self, shared: &Shared, item: shared::Unrecorded) {
+    fn record(&self, what: Record) {
+        if self.recorder.send(what).is_err() {
+            tracing::error!("the event recorder has stopped: events are not recorded");
+        }
+    }
+
+    /// On the recorder thread: plans and records each event.
+    fn record_events(&self, events: Vec<Event>) {
+        for mut e in events {
+            e.silenced_by = self.alerts.silenced_by(&e);
+            for planned in self.alerts.plan(&e) {
+                let deliveries = planned
+                    .notices
+                    .iter()
+                    .filter_map(|r| {
+                        r.notice.to_json().ok().map(|notice_json| NewDelivery {
+                            sink: r.sink.clone(),
+                            notice_json,
+                        })
+                    })
+                    .collect();
+                let key = event_key(&planned.event);
+                self.record_one(shared::Unrecorded {
+                    event: planned.event,
+                    key,
+                    deliveries,
+                });
+            }
+        }
+    }
+
+    /// Records one event through the lease; kept for another try when the store does not take
+    /// it, dropped when this collector no longer leads (the new leader decides anew).
+    fn record_one(&self, item: shared::Unrecorded) {
         let outcome = {
-            let mut lease = shared.lease();
+            let mut lease = self.lead.lease();
             match lease.as_mut() {
                 Some(l) => l.record_event(&item.event, &item.key, &item.deliveries),
                 None => return,
@@ -558,7 +611,7 @@ impl Fleet {
                     .stream
                     .send(StreamMessage::Event(Arc::new(stored.json)));
                 if !item.deliveries.is_empty() {
-                    shared.deliveries.notify_one();
+                    self.lead.deliveries.notify_one();
                 }
             }
             Ok(None) => {
@@ -566,18 +619,28 @@ impl Fleet {
             }
             Err(err) => {
                 tracing::error!(event = %item.event.summary(), "recording an event: {err}; kept for another try");
-                shared.keep_unrecorded(item);
+                self.lead.keep_unrecorded(item);
             }
         }
     }
 
     fn retry_unrecorded(&self) {
-        let Some(shared) = self.shared.get() else {
+        let held = std::mem::take(&mut *lock(&self.lead.unrecorded));
+        for item in held {
+            self.record_one(item);
+        }
+    }
+}
+
+/// The recorder thread: takes what the hub decided, in order, until the hub is gone.
+fn record_loop(fleet: Weak<Fleet>, queue: std::sync::mpsc::Receiver<Record>) {
+    while let Ok(what) = queue.recv() {
+        let Some(fleet) = fleet.upgrade() else {
             return;
         };
-        let held = std::mem::take(&mut *lock(&shared.unrecorded));
-        for item in held {
-            self.record_shared(shared, item);
+        match what {
+            Record::Events(events) => fleet.record_events(events),
+            Record::Retry => fleet.retry_unrecorded(),
         }
     }
 }

@@ -6,14 +6,11 @@
 //! names the change ([`event_key`]): a leader that took over and rebuilt its state from the
 //! stored results raises nothing the old one already raised. [`crate::cluster`] drives this.
 
+use super::lead::Lead;
 use crate::events::Event;
 use crate::matrix::StoreOutage;
 use crate::store::shared::{Leadership, NewDelivery, SharedStore};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-
-/// Events kept for another try while the database cannot take them; beyond it the oldest go.
-const MAX_UNRECORDED: usize = 1024;
+use std::sync::{Arc, Mutex};
 
 /// A deterministic name of the change an event reports: two leaders that decided the same change
 /// from the same stored results give it the same key. `since` (when the evidence began) is what
@@ -44,32 +41,19 @@ pub(super) struct Unrecorded {
     pub deliveries: Vec<NewDelivery>,
 }
 
-/// What the hub keeps in shared mode.
+/// What the hub keeps in shared mode besides the lease ([`super::lead::Lead`]).
 pub struct Shared {
     pub(super) store: Arc<dyn SharedStore>,
-    lease: Mutex<Option<Box<dyn Leadership>>>,
-    /// Per agent, the highest sequence the detector has been fed: the feed repeats what a
-    /// rebuilt detector's replay already saw, and it must not count twice.
-    pub(super) fed: Mutex<HashMap<String, u64>>,
+    lead: Arc<Lead>,
     pub(super) outage: Mutex<Option<StoreOutage>>,
-    pub(super) unrecorded: Mutex<Vec<Unrecorded>>,
-    /// Woken when deliveries were recorded.
-    pub deliveries: tokio::sync::Notify,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
-    pub(super) fn new(store: Arc<dyn SharedStore>) -> Shared {
+    pub(super) fn new(store: Arc<dyn SharedStore>, lead: Arc<Lead>) -> Shared {
         Shared {
             store,
-            lease: Mutex::new(None),
-            fed: Mutex::default(),
+            lead,
             outage: Mutex::new(None),
-            unrecorded: Mutex::default(),
-            deliveries: tokio::sync::Notify::new(),
         }
     }
 
@@ -79,25 +63,12 @@ impl Shared {
 
     /// Whether this collector holds the lease now.
     pub fn leads(&self) -> bool {
-        lock(&self.lease).is_some()
+        self.lead.leads()
     }
 
-    /// The lease, for the outbox and the health check (`None`: not leading).
-    pub fn lease(&self) -> MutexGuard<'_, Option<Box<dyn Leadership>>> {
-        lock(&self.lease)
-    }
-
-    pub(super) fn set_lease(&self, lease: Option<Box<dyn Leadership>>) {
-        *lock(&self.lease) = lease;
-    }
-
-    pub(super) fn keep_unrecorded(&self, item: Unrecorded) {
-        let mut held = lock(&self.unrecorded);
-        if held.len() >= MAX_UNRECORDED {
-            tracing::error!(event = %held[0].event.summary(), "the database has been unreachable too long: an event is given up");
-            held.remove(0);
-        }
-        held.push(item);
+    /// The lease, for the health check and probe requests (`None`: not leading).
+    pub fn lease(&self) -> std::sync::MutexGuard<'_, Option<Box<dyn Leadership>>> {
+        self.lead.lease()
     }
 }
 

@@ -25,8 +25,7 @@ pub const DEFAULT_CONTROL_PORT: u16 = 443;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MatrixSettings {
-    /// Freshness: older results make a cell `unknown` (300 when neither this nor the deprecated
-    /// `[detector] fresh_secs` is set).
+    /// Freshness: older results make a cell `unknown` (300 when not set).
     pub fresh_secs: Option<u64>,
 }
 

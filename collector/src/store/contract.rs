@@ -441,3 +441,81 @@ pub fn replay_second_half_and_check(store: &dyn Store) {
         ]
     );
 }
+
+/// A notice for `sink` as the hub plans one (its event's id is filled in when recorded).
+fn notice(sink: &str) -> super::shared::NewDelivery {
+    super::shared::NewDelivery {
+        sink: sink.into(),
+        notice_json: serde_json::json!({"event": {"kind": "agent_silent"}}).to_string(),
+    }
+}
+
+/// The outbox through the lease: an event is recorded once per key with its deliveries, each
+/// sink is handed its oldest pending delivery first, attempts are counted, a finished delivery is
+/// never handed out again, and deliveries recorded before the retry policy's bound are given up.
+pub fn check_outbox(store: &dyn Store, lease: &mut dyn super::shared::Leadership) {
+    use super::shared::DeliveryOutcome;
+    let before = store.append_event(&event("a0", 1)).unwrap();
+    let stored = lease
+        .record_event(
+            &event("a1", 5),
+            "agent_silent|a1|5",
+            &[notice("hook"), notice("mail")],
+        )
+        .unwrap()
+        .expect("a new key is recorded");
+    assert!(stored.id > before.id);
+    let v: serde_json::Value = serde_json::from_str(&stored.json).unwrap();
+    assert_eq!(v["id"], stored.id);
+    assert!(lease
+        .record_event(&event("a1", 5), "agent_silent|a1|5", &[notice("hook")])
+        .unwrap()
+        .is_none());
+    assert_eq!(store.events(10).unwrap()[0], stored.json);
+    let later = lease
+        .record_event(&event("a2", 6), "agent_silent|a2|6", &[notice("hook")])
+        .unwrap()
+        .expect("another key");
+
+    let heads = lease.next_deliveries().unwrap();
+    assert_eq!(
+        heads
+            .iter()
+            .map(|d| (d.sink.as_str(), d.event_id, d.attempts))
+            .collect::<Vec<_>>(),
+        vec![("hook", stored.id, 0), ("mail", stored.id, 0)],
+        "one head per sink, oldest first"
+    );
+    let n: serde_json::Value = serde_json::from_str(&heads[0].notice_json).unwrap();
+    assert_eq!(n["event"]["id"], stored.id);
+    assert!(lease.start_attempt(heads[0].id, 10).unwrap());
+    assert!(lease.start_attempt(heads[0].id, 11).unwrap());
+    lease
+        .finish_delivery(heads[0].id, DeliveryOutcome::Delivered, 12)
+        .unwrap();
+    assert!(!lease.start_attempt(heads[0].id, 13).unwrap());
+    let heads = lease.next_deliveries().unwrap();
+    assert_eq!(
+        heads
+            .iter()
+            .map(|d| (d.sink.as_str(), d.event_id))
+            .collect::<Vec<_>>(),
+        vec![("mail", stored.id), ("hook", later.id)],
+        "the hook's next notice comes once the first is delivered"
+    );
+    let newest = heads.iter().map(|d| d.created_ms).max().unwrap();
+    assert_eq!(lease.give_up_deliveries(newest + 1, 20).unwrap(), 2);
+    assert!(lease.next_deliveries().unwrap().is_empty());
+    // Finished deliveries are forgotten, however old; a pending one never is.
+    let pending = lease
+        .record_event(&event("a3", 7), "agent_silent|a3|7", &[notice("hook")])
+        .unwrap()
+        .expect("another key");
+    lease.forget_finished(i64::MAX).unwrap();
+    let left = lease.next_deliveries().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].event_id, pending.id);
+    lease
+        .finish_delivery(left[0].id, DeliveryOutcome::Delivered, 30)
+        .unwrap();
+}

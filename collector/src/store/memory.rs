@@ -4,6 +4,7 @@
 //! process and nothing is bounded. Its long-kept tiers are the same derivation
 //! ([`crate::history`]) held in maps.
 
+use super::shared::{notice_with_id, Delivery, DeliveryOutcome, Leadership, NewDelivery};
 use super::{InsertReport, Store, StoredEvent};
 use crate::error::CollectorError;
 use crate::events::Event;
@@ -12,13 +13,15 @@ use crate::history::{
 };
 use crate::identity::{AgentMeta, SeriesKey};
 use egresswatch_wire::{Family, ProbeResult};
+use std::collections::HashSet;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The in-memory store.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    inner: Mutex<Inner>,
+    /// Shared with the lease ([`MemoryLease`]), which records events and the outbox in it.
+    inner: Arc<Mutex<Inner>>,
     /// (id, stored record) of each silence: see silences_memory.rs.
     silences: Mutex<Vec<(String, String)>>,
 }
@@ -35,6 +38,10 @@ struct Inner {
     latest: BTreeMap<(String, String, u16, Family), ProbeResult>,
     /// (id, JSON), oldest first.
     events: Vec<(i64, String)>,
+    /// The keys of the events recorded through the lease.
+    event_keys: HashSet<String>,
+    /// The alert outbox, oldest first: (delivery, state).
+    outbox: Vec<(Delivery, Option<DeliveryOutcome>)>,
     /// Each series' (provider, account) as first stored.
     series_labels: HashMap<SeriesKey, (String, String)>,
     /// Each series' intervals by first sequence; the last is the open one.
@@ -83,9 +90,144 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock_inner(&self.inner)
+    }
+}
+
+fn lock_inner(inner: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    inner
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Inner {
+    fn append_event(&mut self, event: &Event) -> Result<StoredEvent, CollectorError> {
+        let id = self.events.last().map_or(1, |(id, _)| id + 1);
+        let stored = StoredEvent::new(id, event)?;
+        self.events.push((id, stored.json.clone()));
+        Ok(stored)
+    }
+}
+
+/// The memory store's lease: granted at once, like SQLite's.
+pub struct MemoryLease {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Leadership for MemoryLease {
+    fn check(&mut self) -> Result<(), CollectorError> {
+        Ok(())
+    }
+
+    fn record_event(
+        &mut self,
+        event: &Event,
+        key: &str,
+        deliveries: &[NewDelivery],
+    ) -> Result<Option<StoredEvent>, CollectorError> {
+        let mut inner = lock_inner(&self.inner);
+        if inner.event_keys.contains(key) {
+            return Ok(None);
+        }
+        // Everything is checked before anything is kept: all of it or nothing, as in one
+        // transaction.
+        let event_id = inner.events.last().map_or(1, |(id, _)| id + 1);
+        let notices = deliveries
+            .iter()
+            .map(|d| Ok((d.sink.clone(), notice_with_id(&d.notice_json, event_id)?)))
+            .collect::<Result<Vec<_>, CollectorError>>()?;
+        let stored = inner.append_event(event)?;
+        inner.event_keys.insert(key.to_string());
+        let now = crate::events::now_unix_ms();
+        for (sink, notice_json) in notices {
+            let id = inner.outbox.len() as i64 + 1;
+            inner.outbox.push((
+                Delivery {
+                    id,
+                    event_id: stored.id,
+                    sink,
+                    notice_json,
+                    attempts: 0,
+                    created_ms: now,
+                },
+                None,
+            ));
+        }
+        Ok(Some(stored))
+    }
+
+    fn next_deliveries(&mut self) -> Result<Vec<Delivery>, CollectorError> {
+        let inner = lock_inner(&self.inner);
+        let mut seen = HashSet::new();
+        Ok(inner
+            .outbox
+            .iter()
+            .filter(|(d, state)| state.is_none() && seen.insert(d.sink.clone()))
+            .map(|(d, _)| d.clone())
+            .collect())
+    }
+
+    fn give_up_deliveries(
+        &mut self,
+        created_before_ms: i64,
+        _now_unix_ms: i64,
+    ) -> Result<u64, CollectorError> {
+        let mut inner = lock_inner(&self.inner);
+        let mut n = 0;
+        for (d, state) in inner.outbox.iter_mut() {
+            if state.is_none() && d.created_ms < created_before_ms {
+                *state = Some(DeliveryOutcome::Failed);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn forget_finished(&mut self, _finished_before_ms: i64) -> Result<u64, CollectorError> {
+        // Ids are positions here: finished deliveries stay (a test store is short-lived).
+        Ok(0)
+    }
+
+    fn start_attempt(
+        &mut self,
+        delivery_id: i64,
+        _now_unix_ms: i64,
+    ) -> Result<bool, CollectorError> {
+        let mut inner = lock_inner(&self.inner);
+        Ok(
+            match inner.outbox.iter_mut().find(|(d, _)| d.id == delivery_id) {
+                Some((d, None)) => {
+                    d.attempts += 1;
+                    true
+                }
+                _ => false,
+            },
+        )
+    }
+
+    fn finish_delivery(
+        &mut self,
+        delivery_id: i64,
+        outcome: DeliveryOutcome,
+        _now_unix_ms: i64,
+    ) -> Result<(), CollectorError> {
+        let mut inner = lock_inner(&self.inner);
+        if let Some((_, state @ None)) = inner.outbox.iter_mut().find(|(d, _)| d.id == delivery_id)
+        {
+            *state = Some(outcome);
+        }
+        Ok(())
+    }
+
+    fn publish_probe_request(
+        &mut self,
+        _agent: &str,
+        _request_json: &str,
+    ) -> Result<(), CollectorError> {
+        Err(CollectorError::store(
+            "publishing a probe request",
+            "a collector alone on its store holds every session itself",
+        ))
     }
 }
 
@@ -205,12 +347,14 @@ impl Store for MemoryStore {
             .map_or(0, |r| r.len() as u64))
     }
 
+    fn own_lease(&self) -> Result<Option<Box<dyn Leadership>>, CollectorError> {
+        Ok(Some(Box::new(MemoryLease {
+            inner: self.inner.clone(),
+        })))
+    }
+
     fn append_event(&self, event: &Event) -> Result<StoredEvent, CollectorError> {
-        let mut inner = self.lock();
-        let id = inner.events.last().map_or(1, |(id, _)| id + 1);
-        let stored = StoredEvent::new(id, event)?;
-        inner.events.push((id, stored.json.clone()));
-        Ok(stored)
+        self.lock().append_event(event)
     }
 
     fn events(&self, limit: usize) -> Result<Vec<String>, CollectorError> {
@@ -342,6 +486,13 @@ mod tests {
     #[test]
     fn keeps_the_store_contract() {
         super::super::contract::check(&super::MemoryStore::new());
+    }
+
+    #[test]
+    fn keeps_the_outbox_contract() {
+        let store = super::MemoryStore::new();
+        let mut lease = super::Store::own_lease(&store).unwrap().unwrap();
+        super::super::contract::check_outbox(&store, lease.as_mut());
     }
 
     #[test]

@@ -22,9 +22,7 @@ pub mod retention;
 pub mod shared;
 pub mod silences;
 mod silences_memory;
-mod silences_sqlite;
 pub mod sqlite;
-mod sqlite_history;
 
 #[cfg(test)]
 mod contract;
@@ -71,8 +69,6 @@ pub struct StoreConfig {
     pub connect_timeout_secs: u64,
     /// Raw results older than this many hours are deleted (0 keeps them all). Default 48.
     pub raw_retention_hours: Option<u32>,
-    /// Deprecated: the raw window in days, read when `raw_retention_hours` is not set.
-    pub retention_days: Option<u32>,
     /// State intervals and hourly rollups older than this many days are deleted (0 keeps them).
     pub history_retention_days: u32,
 }
@@ -91,38 +87,16 @@ impl Default for StoreConfig {
             pool_size: 8,
             connect_timeout_secs: 5,
             raw_retention_hours: None,
-            retention_days: None,
             history_retention_days: 400,
         }
     }
 }
 
 impl StoreConfig {
-    /// How long raw results are kept, hours (0: for ever): `raw_retention_hours`, else the
-    /// older `retention_days` × 24, else 48.
+    /// How long raw results are kept, hours (0: for ever): `raw_retention_hours`, else 48.
     pub fn raw_hours(&self) -> u32 {
-        match (self.raw_retention_hours, self.retention_days) {
-            (Some(h), _) => h,
-            (None, Some(d)) => d.saturating_mul(24),
-            (None, None) => DEFAULT_RAW_RETENTION_HOURS,
-        }
-    }
-
-    /// What to tell the operator about `retention_days`, if it is set.
-    pub fn deprecation(&self) -> Option<String> {
-        let days = self.retention_days?;
-        Some(match self.raw_retention_hours {
-            None => format!(
-                "config: [store] retention_days is deprecated: it is now the raw results' window,                  read as raw_retention_hours = {} (state intervals and hourly rollups are kept                  history_retention_days = {})",
-                self.raw_hours(),
-                self.history_retention_days
-            ),
-            Some(h) if u64::from(h) != u64::from(days) * 24 => format!(
-                "config: [store] retention_days = {days} is ignored: raw_retention_hours = {h}                  is set (remove retention_days)"
-            ),
-            Some(_) => "config: [store] retention_days is deprecated and says the same as                         raw_retention_hours: remove it"
-                .to_string(),
-        })
+        self.raw_retention_hours
+            .unwrap_or(DEFAULT_RAW_RETENTION_HOURS)
     }
 }
 
@@ -183,7 +157,13 @@ pub trait Store: silences::SilenceStore + Send + Sync + 'static {
     fn agents(&self) -> Result<Vec<(AgentMeta, i64)>, CollectorError>;
     /// Count of stored results of one agent (tests and the soak check exactly-once with it).
     fn count_results(&self, agent_id: &str) -> Result<u64, CollectorError>;
-    /// Stores one event under a new id and returns it as stored.
+    /// The lease of a store that one collector has alone (SQLite, memory): granted at once and
+    /// for good, it records events with their alert deliveries and serves the outbox. `None`
+    /// for a store several collectors share: there the lease is won through
+    /// [`shared::SharedStore::try_lead`].
+    fn own_lease(&self) -> Result<Option<Box<dyn shared::Leadership>>, CollectorError>;
+    /// Stores one event under a new id and returns it as stored (without deliveries; the hub
+    /// records through the lease).
     fn append_event(&self, event: &Event) -> Result<StoredEvent, CollectorError>;
     /// Stored events' JSON (each with its `id`), newest first.
     fn events(&self, limit: usize) -> Result<Vec<String>, CollectorError>;

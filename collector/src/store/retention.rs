@@ -137,23 +137,11 @@ mod tests {
         };
         assert_eq!(keep_history.cutoffs(now).len(), 1);
         let config = StoreConfig {
-            retention_days: Some(3),
+            raw_retention_hours: Some(72),
             ..Default::default()
         };
         assert_eq!(RetentionPolicy::of(&config).raw_hours, 72);
-        assert!(config
-            .deprecation()
-            .unwrap()
-            .contains("raw_retention_hours = 72"));
-        let conflict = StoreConfig {
-            retention_days: Some(3),
-            raw_retention_hours: Some(24),
-            ..Default::default()
-        };
-        assert_eq!(conflict.raw_hours(), 24);
-        assert!(conflict.deprecation().unwrap().contains("ignored"));
         assert_eq!(StoreConfig::default().raw_hours(), 48);
-        assert_eq!(StoreConfig::default().deprecation(), None);
     }
 
     #[tokio::test]

@@ -2,8 +2,11 @@
 //! results, the leader's lock and the writes only the leader makes (events and the alert outbox),
 //! and the notifications that wake the others when something new is committed.
 //!
-//! The embedded SQLite store is one collector's alone and does not implement this; the
-//! PostgreSQL store ([`super::postgres`]) does. [`crate::cluster`] drives it: every collector
+//! The embedded SQLite store (and the memory store) is one collector's alone: it does not
+//! implement [`SharedStore`], but it keeps the same event log and outbox behind a
+//! [`Leadership`] it grants at once ([`super::Store::own_lease`]), so events and their alert
+//! deliveries are recorded and delivered one way whatever the store. The PostgreSQL store
+//! ([`super::postgres`]) implements all of it. [`crate::cluster`] drives it: every collector
 //! follows the feed to keep its matrix live, and the one holding the lease runs the detector and
 //! the alert delivery.
 //!
@@ -75,6 +78,8 @@ pub struct Delivery {
     pub notice_json: String,
     /// Attempts made so far (by any leader).
     pub attempts: u32,
+    /// When it was recorded, Unix ms: the retry policy gives it up once it is too old.
+    pub created_ms: i64,
 }
 
 /// A delivery to record with its event: the sink and the notice (its event's id is filled in by
@@ -85,13 +90,38 @@ pub struct NewDelivery {
     pub notice_json: String,
 }
 
+/// A notice's JSON with its event's id set (the id is known only once the event is recorded).
+pub fn notice_with_id(notice_json: &str, id: i64) -> Result<String, CollectorError> {
+    let mut notice: serde_json::Value = serde_json::from_str(notice_json)
+        .map_err(|e| CollectorError::store("recording a delivery", e))?;
+    let event = notice
+        .get_mut("event")
+        .and_then(|e| e.as_object_mut())
+        .ok_or_else(|| {
+            CollectorError::store("recording a delivery", "the notice has no event object")
+        })?;
+    event.insert("id".into(), id.into());
+    serde_json::to_string(&notice).map_err(|e| CollectorError::store("recording a delivery", e))
+}
+
 /// How one delivery ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryOutcome {
     /// The sink accepted it.
     Delivered,
-    /// Every attempt failed: it is given up and counted, never retried by another leader.
+    /// Given up (too old under the retry policy, its sink gone, or its notice unreadable):
+    /// counted, never tried again.
     Failed,
+}
+
+impl DeliveryOutcome {
+    /// The outbox's `state` for it.
+    pub fn as_state(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Failed => "failed",
+        }
+    }
 }
 
 /// A collector in the shared database, as `/api/collectors` and `/metrics` show it.
@@ -120,8 +150,19 @@ pub trait Leadership: Send {
         key: &str,
         deliveries: &[NewDelivery],
     ) -> Result<Option<StoredEvent>, CollectorError>;
-    /// Deliveries neither delivered nor given up, oldest first, at most `limit`.
-    fn pending_deliveries(&mut self, limit: usize) -> Result<Vec<Delivery>, CollectorError>;
+    /// Each sink's oldest delivery neither delivered nor given up: a sink is sent its notices
+    /// one at a time, in the order they were recorded.
+    fn next_deliveries(&mut self) -> Result<Vec<Delivery>, CollectorError>;
+    /// Gives up every pending delivery recorded before `created_before_ms` (the retry policy's
+    /// bound); returns how many.
+    fn give_up_deliveries(
+        &mut self,
+        created_before_ms: i64,
+        now_unix_ms: i64,
+    ) -> Result<u64, CollectorError>;
+    /// Deletes the deliveries that ended (delivered or given up) before `finished_before_ms`;
+    /// returns how many. Pending ones are never deleted.
+    fn forget_finished(&mut self, finished_before_ms: i64) -> Result<u64, CollectorError>;
     /// Counts one more attempt of a delivery before it is made (so a leader that dies while
     /// sending leaves a trace), returning false when it is no longer pending.
     fn start_attempt(&mut self, delivery_id: i64, now_unix_ms: i64)

@@ -512,6 +512,13 @@ impl Store for PostgresStore {
         Ok(n as u64)
     }
 
+    fn own_lease(
+        &self,
+    ) -> Result<Option<Box<dyn crate::store::shared::Leadership>>, CollectorError> {
+        // Shared: the lease is won (SharedStore::try_lead), never granted.
+        Ok(None)
+    }
+
     fn append_event(&self, event: &Event) -> Result<StoredEvent, CollectorError> {
         let mut client = self.client()?;
         // The id is taken first so the row is written once, its JSON carrying it.

@@ -16,8 +16,8 @@
 //! one transaction), so [`SharedStore::notify_results`] has nothing left to do.
 
 use super::super::shared::{
-    CollectorRow, Delivery, DeliveryOutcome, FeedBatch, FeedCursor, FeedItem, Leadership, Listener,
-    NewDelivery, News, SharedStore,
+    notice_with_id, CollectorRow, Delivery, DeliveryOutcome, FeedBatch, FeedCursor, FeedItem,
+    Leadership, Listener, NewDelivery, News, SharedStore,
 };
 use super::super::StoredEvent;
 use super::{db_err, meta_of, record_of, PostgresStore};
@@ -329,20 +329,6 @@ pub struct PgLeadership {
     client: Client,
 }
 
-/// A notice's JSON with its event's id set.
-fn notice_with_id(notice_json: &str, id: i64) -> Result<String, CollectorError> {
-    let mut notice: serde_json::Value = serde_json::from_str(notice_json)
-        .map_err(|e| CollectorError::store("recording a delivery", e))?;
-    let event = notice
-        .get_mut("event")
-        .and_then(|e| e.as_object_mut())
-        .ok_or_else(|| {
-            CollectorError::store("recording a delivery", "the notice has no event object")
-        })?;
-    event.insert("id".into(), id.into());
-    serde_json::to_string(&notice).map_err(|e| CollectorError::store("recording a delivery", e))
-}
-
 impl Leadership for PgLeadership {
     fn check(&mut self) -> Result<(), CollectorError> {
         self.client
@@ -405,13 +391,15 @@ impl Leadership for PgLeadership {
         Ok(Some(stored))
     }
 
-    fn pending_deliveries(&mut self, limit: usize) -> Result<Vec<Delivery>, CollectorError> {
+    fn next_deliveries(&mut self) -> Result<Vec<Delivery>, CollectorError> {
         let rows = self
             .client
             .query(
-                "SELECT id, event_id, sink, notice_json, attempts FROM outbox
-                 WHERE state = 'pending' ORDER BY id LIMIT $1",
-                &[&(limit as i64)],
+                "SELECT id, event_id, sink, notice_json, attempts, created_ms FROM (
+                   SELECT DISTINCT ON (sink) id, event_id, sink, notice_json, attempts, created_ms
+                   FROM outbox WHERE state = 'pending' ORDER BY sink, id
+                 ) AS heads ORDER BY id",
+                &[],
             )
             .map_err(|e| db_err("reading pending deliveries", e))?;
         rows.iter()
@@ -423,9 +411,33 @@ impl Leadership for PgLeadership {
                     sink: row.try_get(2).map_err(get_err)?,
                     notice_json: row.try_get(3).map_err(get_err)?,
                     attempts: row.try_get::<_, i32>(4).map_err(get_err)?.max(0) as u32,
+                    created_ms: row.try_get(5).map_err(get_err)?,
                 })
             })
             .collect()
+    }
+
+    fn give_up_deliveries(
+        &mut self,
+        created_before_ms: i64,
+        now_unix_ms: i64,
+    ) -> Result<u64, CollectorError> {
+        self.client
+            .execute(
+                "UPDATE outbox SET state = 'failed', finished_ms = $2
+                 WHERE state = 'pending' AND created_ms < $1",
+                &[&created_before_ms, &now_unix_ms],
+            )
+            .map_err(|e| db_err("giving up old deliveries", e))
+    }
+
+    fn forget_finished(&mut self, finished_before_ms: i64) -> Result<u64, CollectorError> {
+        self.client
+            .execute(
+                "DELETE FROM outbox WHERE state <> 'pending' AND finished_ms < $1",
+                &[&finished_before_ms],
+            )
+            .map_err(|e| db_err("forgetting finished deliveries", e))
     }
 
     fn start_attempt(
@@ -450,10 +462,7 @@ impl Leadership for PgLeadership {
         outcome: DeliveryOutcome,
         now_unix_ms: i64,
     ) -> Result<(), CollectorError> {
-        let state = match outcome {
-            DeliveryOutcome::Delivered => "delivered",
-            DeliveryOutcome::Failed => "failed",
-        };
+        let state = outcome.as_state();
         self.client
             .execute(
                 "UPDATE outbox SET state = $2, finished_ms = $3 WHERE id = $1 AND state = 'pending'",

@@ -10,15 +10,20 @@
 //! Results are stored as their lossless MessagePack record plus the few columns queries need;
 //! a `latest` table keeps the freshest result per series so the live matrix rebuilds at start
 //! without scanning history. The long-kept tiers (intervals, hourly rollups) are in
-//! [`super::sqlite_history`], written in the same transaction as the results they come from.
+//! [`history`], written in the same transaction as the results they come from.
 
-use super::group_commit::{GroupWriter, InsertRequest, Outcome};
-use super::sqlite_history::{self, HistoryCache};
-use super::{InsertReport, Store, StoredEvent};
+mod history;
+mod outbox;
+mod silences;
+
+use self::history::{self as sqlite_history, HistoryCache};
+use self::outbox as sqlite_outbox;
 use crate::error::CollectorError;
 use crate::events::Event;
 use crate::history::{Derived, Rollup, Selector, SeriesInterval, Tier};
 use crate::identity::AgentMeta;
+use crate::store::group_commit::{GroupWriter, InsertRequest, Outcome};
+use crate::store::{InsertReport, Store, StoredEvent};
 use egresswatch_wire::{Labels, ProbeResult};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -30,6 +35,8 @@ fn db_err(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> C
 }
 
 pub struct SqliteStore {
+    /// The database file: the lease opens its own connection to it.
+    path: std::path::PathBuf,
     writer: GroupWriter,
     /// Small writes (agents, events, pruning) and all reads share this connection.
     conn: Mutex<Connection>,
@@ -81,10 +88,11 @@ impl SqliteStore {
         let conn = open(path)?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| db_err("creating the schema", e))?;
-        conn.execute_batch(super::silences_sqlite::SCHEMA)
+        conn.execute_batch(silences::SCHEMA)
             .map_err(|e| db_err("creating the silences table", e))?;
         conn.execute_batch(sqlite_history::SCHEMA)
             .map_err(|e| db_err("creating the history schema", e))?;
+        sqlite_outbox::migrate(&conn)?;
         let mut writer_conn = open(path)?;
         let mut high_water: HashMap<String, u64> = HashMap::new();
         let mut history = HistoryCache::default();
@@ -96,6 +104,7 @@ impl SqliteStore {
             })
         })?;
         Ok(SqliteStore {
+            path: path.to_path_buf(),
             writer,
             conn: Mutex::new(conn),
         })
@@ -122,6 +131,7 @@ impl SqliteStore {
             ))
         })?;
         Ok(SqliteStore {
+            path: path.to_path_buf(),
             writer,
             conn: Mutex::new(conn),
         })
@@ -409,6 +419,14 @@ impl Store for SqliteStore {
         Ok(n as u64)
     }
 
+    fn own_lease(
+        &self,
+    ) -> Result<Option<Box<dyn crate::store::shared::Leadership>>, CollectorError> {
+        Ok(Some(Box::new(sqlite_outbox::SqliteLease::new(open(
+            &self.path,
+        )?))))
+    }
+
     fn append_event(&self, event: &Event) -> Result<StoredEvent, CollectorError> {
         let mut conn = self.conn();
         // The id is the row's, and the stored JSON carries it: one transaction numbers the row
@@ -480,13 +498,40 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::contract::{self, event, meta, result};
     use super::*;
+    use crate::store::contract::{self, event, meta, result};
 
     #[test]
     fn keeps_the_store_contract() {
         let dir = tempfile::tempdir().unwrap();
         contract::check(&SqliteStore::open(&dir.path().join("db.sqlite")).unwrap());
+    }
+
+    #[test]
+    fn keeps_the_outbox_contract_and_its_pending_deliveries_outlive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            let mut lease = store.own_lease().unwrap().expect("granted at once");
+            contract::check_outbox(&store, lease.as_mut());
+            let kept = crate::store::shared::NewDelivery {
+                sink: "hook".into(),
+                notice_json: r#"{"event":{}}"#.into(),
+            };
+            lease
+                .record_event(&event("a9", 9), "agent_silent|a9|9", &[kept])
+                .unwrap()
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let mut lease = store.own_lease().unwrap().unwrap();
+        let pending = lease.next_deliveries().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert!(lease
+            .record_event(&event("a9", 9), "agent_silent|a9|9", &[])
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! Silences in the SQLite store: one row per silence, its JSON record beside the columns a
 //! listing orders by. Small writes, so they share the store's reader connection like events do.
 
-use super::silences::{decode, encode, SilenceStore};
-use super::sqlite::SqliteStore;
 use crate::error::CollectorError;
 use crate::silences::Silence;
+use crate::store::silences::{decode, encode, SilenceStore};
+use crate::store::sqlite::SqliteStore;
 use rusqlite::params;
 
 /// Created with the rest of the schema when the store opens.
@@ -48,15 +48,15 @@ impl SilenceStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Store;
     use super::*;
+    use crate::store::Store;
 
     #[test]
     fn silences_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let store = SqliteStore::open(&path).unwrap();
-        super::super::silences::check(&store);
+        crate::store::silences::check(&store);
         let before = store.silences().unwrap();
         store.close();
         drop(store);
