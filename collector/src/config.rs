@@ -91,7 +91,7 @@ impl Config {
     }
 
     /// Refuses the whole config, before anything is written to disk, when a setting is outside
-    /// its documented range (README "Limits" and collector/config.example.toml give each), the
+    /// its documented range (docs/collector.md "Limits" and collector/config.example.toml give each), the
     /// flapping thresholds are the wrong way round, `[http]` is refused (token, addresses) or a
     /// `[[silence]]` or `[[alerts]]` table is malformed. The error names the key.
     pub fn validate(&self) -> Result<(), crate::error::CollectorError> {
@@ -277,7 +277,7 @@ impl Config {
 
 const DEFAULT_FRESH_SECS: u64 = 300;
 
-/// `value` within `range`, else an error naming `key` and the range (README: "Limits" and the
+/// `value` within `range`, else an error naming `key` and the range (docs/collector.md "Limits" and the
 /// example config document each range). A NaN is outside every range.
 pub fn in_range<T>(
     key: &str,

@@ -1,4 +1,4 @@
-//! The events the detector raises, in the exact shape of the `/api/events` contract (DESIGN.md),
+//! The events the detector raises, in the exact shape of the `/api/events` contract (docs/http-api.md),
 //! and the small clock helpers (RFC 3339 from Unix milliseconds) every JSON output shares.
 
 use egresswatch_wire::{Family, ProbeCause};

@@ -3,7 +3,7 @@
 //! at most once per [`LOG_EVERY`] per limit (with how many more went unlogged), so a flood of bad
 //! clients cannot flood the log. The per-agent result rate ([`ResultRate`]) lives here too.
 //!
-//! The limits themselves, their settings and defaults are listed in README ("Limits").
+//! The limits themselves, their settings and defaults are listed in docs/collector.md ("Limits").
 
 use crate::metrics::{Labels, Metrics};
 use prometheus_client::metrics::counter::Counter;

@@ -39,7 +39,7 @@ enum Command {
     },
     /// Run the collector (QUIC ingest, store, matrix, alerts, HTTP).
     Run {
-        /// TOML config; without it, embedded defaults (see README).
+        /// TOML config; without it, embedded defaults (see docs/collector.md).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },

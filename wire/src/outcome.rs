@@ -80,7 +80,7 @@ macro_rules! coded_enum {
 }
 
 coded_enum! {
-    /// What one probe found. See DESIGN.md for the meaning and typical cause of each.
+    /// What one probe found. See docs/design.md ("Outcomes") and docs/check.md for the meaning and typical cause of each.
     pub enum Outcome {
         /// Every step asked for succeeded.
         #[default]

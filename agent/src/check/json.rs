@@ -1,4 +1,4 @@
-//! `check --json`: one JSON array, an element per probe, the contract fields (README) first.
+//! `check --json`: one JSON array, an element per probe, the contract fields (docs/check.md) first.
 
 use egresswatch_wire::{Family, Level, Outcome, ProbeResult};
 use serde::Serialize;

@@ -3,7 +3,7 @@
 //!
 //! Every (host, port, family) is probed at once, so a host where everything is dropped answers in
 //! about one timeout rather than the sum. Output is a table for people, ending in a verdict in
-//! plain words, or one JSON array for scripts (the contract in README). Exit 0 when every probe
+//! plain words, or one JSON array for scripts (the contract in docs/check.md). Exit 0 when every probe
 //! is `ok` (a family without an address is no failure while another family has one), 1 when any
 //! is not or a name has no address in any family probed, 2 on usage error.
 //!

@@ -103,7 +103,7 @@ pub async fn run(
     (smtp, api)
 }
 
-/// `check --provider --json`: one object (the contract in README).
+/// `check --provider --json`: one object (the contract in docs/check.md).
 #[derive(Debug, Serialize)]
 pub struct JsonProviderCheck {
     pub provider: String,
@@ -297,7 +297,7 @@ mod tests {
     use crate::probe::SessionFacts;
     use egresswatch_wire::Outcome;
 
-    /// The `--json` contract (README): these keys at the top, and the `check --json` row keys
+    /// The `--json` contract (docs/check.md): these keys at the top, and the `check --json` row keys
     /// with the EHLO fields in each SMTP row.
     #[test]
     fn the_json_shape_is_the_documented_one() {

@@ -10,7 +10,7 @@ use crate::probe::SessionFacts;
 use egresswatch_wire::{Family, Outcome, ProbeResult, SessionStep};
 use serde::Serialize;
 
-/// The verdict classes, each with its exit status (the contract in README).
+/// The verdict classes, each with its exit status (the contract in docs/check.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderClass {

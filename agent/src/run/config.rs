@@ -319,7 +319,7 @@ const MIN_UNANSWERED_AFTER: Duration = Duration::from_secs(1);
 /// Most confirmation probes after one departure.
 pub const MAX_CONFIRM_PROBES: u32 = 10;
 
-/// The range of every numeric setting, by key, as the README and `config.example.toml` state
+/// The range of every numeric setting, by key, as docs/agent.md and `config.example.toml` state
 /// them; a value outside is refused with an error naming the key. Durations are also bounded by
 /// how they are written (above 0, at most 24 h). Beyond these, two settings depend on others:
 /// `probe.confirm_spacing` is not below `probe.min_interval_per_destination`, and the per-minute

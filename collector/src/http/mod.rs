@@ -1,5 +1,5 @@
 //! HTTP: the dashboard page, the JSON API, the SSE stream and `/metrics` (see
-//! README "HTTP API" and DESIGN.md for the contract). It only serves: the matrix, the events and
+//! docs/http-api.md and docs/design.md for the contract). It only serves: the matrix, the events and
 //! the stream come from the fleet hub ([`crate::fleet::Fleet`]), whose background loop runs on
 //! its own.
 //!

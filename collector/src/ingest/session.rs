@@ -1,6 +1,6 @@
 //! One agent's session, after the QUIC handshake: identity from the certificate, hello, then
 //! batches answered by acks — each ack sent only after its results are durable (see
-//! DESIGN.md and `egresswatch_wire::message` for the message flow).
+//! docs/design.md and `egresswatch_wire::message` for the message flow).
 //!
 //! This is the quinn shell: it reads frames off the report stream (the wire's framed stream),
 //! hands each to the sans-IO [`protocol::Session`], and carries out what that decides — calling
