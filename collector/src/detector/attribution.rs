@@ -41,6 +41,18 @@ impl Detector {
             .map(|p| p.since_ms)
             .min()
             .unwrap_or(i64::MAX);
+        // An answer of the old state counts from about when the change was last seen: a test
+        // can begin with a lost probe before the change itself, and an answer between the two
+        // says nothing about the change.
+        let lately_ms = self
+            .pending
+            .iter()
+            .filter(|p| p.to == to && p.on(path))
+            .filter_map(|p| Some(self.series.get(&p.key)?.departure()?.1.at_ms))
+            .max()
+            .map_or(since_ms, |latest| {
+                since_ms.max(latest.saturating_sub(RESULT_GRACE_MS))
+            });
         self.series
             .iter()
             .filter(|(k, _)| k.target == path.0 && k.port == path.1 && k.family == path.2)
@@ -51,12 +63,14 @@ impl Detector {
                     return None;
                 }
                 let pending = self.pending.iter().any(|p| p.key == *k && p.to == to);
-                if !pending && to == PortState::Blocked && self.control_failing(&k.agent, k.family)
+                let answer = if !pending
+                    && to == PortState::Blocked
+                    && self.control_failing(&k.agent, k.family)
                 {
-                    // Its network is gone: it says nothing about SMTP.
-                    return None;
-                }
-                let answer = if pending {
+                    // Its control port fails too (its network, or one lost probe): what its
+                    // SMTP results say is no answer yet, and it is waited for like one unheard.
+                    Answer::Unheard
+                } else if pending {
                     Answer::Changed
                 } else if confirmed == to {
                     Answer::Before
@@ -69,7 +83,7 @@ impl Detector {
                     } else {
                         Answer::Leaning
                     }
-                } else if s.last_at_ms() >= since_ms {
+                } else if s.last_at_ms() >= lately_ms {
                     Answer::Unchanged
                 } else {
                     Answer::Unheard

@@ -250,14 +250,14 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
         let ack = match next {
             Next::Store {
                 count,
-                mut results,
+                results,
                 batch,
             } => {
                 throttle(&agent.agent_id, count, context).await;
                 let store = context.store.clone();
                 let agent_id = agent.agent_id.clone();
                 let now = now_unix_ms();
-                let clock_trusted = batch.on_our_clock(&mut results, now);
+                let clock_trusted = batch.clock_trusted;
                 let inserted = tokio::task::spawn_blocking(move || {
                     store.insert_results(&agent_id, results, clock_trusted, now)
                 })
@@ -274,9 +274,10 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
                     .inc_by(u64::from(report.duplicates));
                 let stored = session.on_stored(batch, &report);
                 if !fresh.is_empty() {
-                    context
-                        .observer
-                        .results_stored(&agent, &fresh, clock_trusted, now);
+                    // The store keeps the agent's own timestamps; the hub sees them on our clock.
+                    let mut seen = fresh;
+                    let placed = batch.on_our_clock(&mut seen, now);
+                    context.observer.results_stored(&agent, &seen, placed, now);
                 }
                 if let Some(drops) = &stored.spool_drops {
                     count_exceeded(context, Some(drops));
