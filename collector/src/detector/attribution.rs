@@ -208,6 +208,7 @@ impl Detector {
         now: i64,
     ) -> Vec<Event> {
         let mut events = Vec::new();
+        let judged_members = members.len();
         // Still valid, and not a lost network in disguise.
         let mut kept = Vec::new();
         for m in members {
@@ -240,6 +241,12 @@ impl Detector {
             kept.push(m);
         }
         if kept.is_empty() {
+            return events;
+        }
+        if kept.len() < judged_members {
+            // A member went back or lost its network: the layer was judged with it. The rest
+            // wait to be judged again without it.
+            self.pending.extend(kept);
             return events;
         }
         let from = kept[0].from;
