@@ -27,7 +27,8 @@ fn main() -> Result<()> {
     let config: DetectorConfig = match args.next() {
         Some(path) => {
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-            let table: toml::Table = toml::from_str(&text).with_context(|| format!("{path}"))?;
+            let table: toml::Table =
+                toml::from_str(&text).with_context(|| format!("parsing {path}"))?;
             match table.get("detector") {
                 Some(d) => d.clone().try_into().context("[detector]")?,
                 None => DetectorConfig::default(),
