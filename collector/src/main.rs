@@ -13,7 +13,7 @@ use egresswatch_collector::{alerts, ca, config::Config, http, ingest, ready, sto
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// At a graceful stop, the longest a leader waits for its alert deliveries under way to end
 /// before it gives up the lead (a sink's own timeout and retries bound each of them too).
@@ -310,7 +310,10 @@ async fn serve(
     // The alert deliveries under way are marked first, or the next start (or the next leader)
     // would send them again; then the lead goes, so another collector takes it while this one
     // drains its sessions, instead of after.
-    info!("shutting down: finishing the alert deliveries under way");
+    info!("shutting down: recording the events decided, finishing the alert deliveries under way");
+    if !fleet.events_recorded(DELIVERIES_FINISH_WITHIN).await {
+        warn!("events decided before the stop were not all recorded within {DELIVERIES_FINISH_WITHIN:?}");
+    }
     fleet.finish_deliveries(DELIVERIES_FINISH_WITHIN).await;
     if let Some(cluster) = cluster {
         info!("shutting down: giving up the lead");

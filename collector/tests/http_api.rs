@@ -129,6 +129,7 @@ async fn api_shapes_follow_the_contract() {
 
     // An event: the agent falls silent (the clock is a parameter of tick).
     s.fleet.tick(now_unix_ms() + 3_600_000);
+    assert!(s.fleet.events_recorded(Duration::from_secs(10)).await);
     let ev: Value = json_of(c.get(s.url("/api/events?limit=10"))).await;
     let e = &ev[0];
     assert_eq!(e["kind"], "agent_silent");
@@ -336,6 +337,7 @@ async fn metrics_pass_promtool() {
     ingest.refused("bad_version");
     ingest.refused("revoked");
     s.fleet.tick(now_unix_ms() + 3_600_000);
+    assert!(s.fleet.events_recorded(Duration::from_secs(10)).await);
     s.fleet.publish_matrix(now_unix_ms());
     let body = text_of(reqwest::Client::new().get(s.url("/metrics"))).await;
     assert!(

@@ -92,6 +92,7 @@ async fn one_account_closing_587_is_one_event_everywhere() {
         }
     }
 
+    assert!(fleet.events_recorded(Duration::from_secs(10)).await);
     let events: Vec<Value> = json_of(client.get(server.url("/api/events"))).await;
     assert_eq!(events.len(), 1, "{events:?}");
     let e = &events[0];

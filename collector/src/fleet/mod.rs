@@ -101,6 +101,8 @@ enum Record {
     Events(Vec<Event>),
     /// Try again what the store did not take.
     Retry,
+    /// Answered once everything queued before it has been handled.
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 /// How often a matrix with no new results is rebuilt for what time alone changes (a result
@@ -190,6 +192,19 @@ impl Fleet {
                 "alert deliveries still under way after {within:?}: they are sent again at the next start"
             );
         }
+    }
+
+    /// Waits (for at most `within`) until every event decided before the call has been through
+    /// the recorder: recorded with its deliveries, or kept for another try. At shutdown this
+    /// comes before the deliveries finish, so an event decided in the last second is not lost
+    /// with the process; a reader of `/api/events` right after a decision uses it too, since
+    /// recording happens off the caller's thread. Returns whether it got there in time.
+    pub async fn events_recorded(&self, within: std::time::Duration) -> bool {
+        let (done, handled) = tokio::sync::oneshot::channel();
+        if self.recorder.send(Record::Barrier(done)).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(within, handled).await, Ok(Ok(())))
     }
 
     /// The lease as the hub holds it.
@@ -641,6 +656,9 @@ fn record_loop(fleet: Weak<Fleet>, queue: std::sync::mpsc::Receiver<Record>) {
         match what {
             Record::Events(events) => fleet.record_events(events),
             Record::Retry => fleet.retry_unrecorded(),
+            Record::Barrier(done) => {
+                let _ = done.send(());
+            }
         }
     }
 }
