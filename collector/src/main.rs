@@ -173,14 +173,14 @@ fn run(cfg: Config) -> Result<()> {
     // blocking is only allowed off the runtime's threads. The last handle is this one, so the
     // connections are also dropped here, after every task is gone.
     let opened = open_store(&cfg, read_only.as_ref())?;
-    let stored_silences = store::silences::SilenceStore::silences(opened.store().as_ref())?;
+    let stored_silences = store::silences::SilenceStore::silences(opened.store.as_ref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     let served = runtime.block_on(serve(cfg, opened.clone(), stored_silences, read_only));
     drop(runtime);
-    opened.close();
+    opened.store.close();
     served
 }
 
@@ -213,7 +213,8 @@ async fn serve(
         println!("made a new fleet CA in {}", ca_dir.display());
     }
     let authority = ca::Authority::load(&ca_dir)?;
-    let store: Arc<dyn store::Store> = opened.store();
+    let shared = opened.store.clone();
+    let store: Arc<dyn store::Store> = shared.clone();
 
     let metrics = Arc::new(Metrics::new());
     let ingest_counters = ingest::IngestCounters::register(&metrics);
@@ -228,24 +229,21 @@ async fn serve(
             public_url: cfg.http.public_url.clone(),
         })
         .with_agents(store.clone());
-    let fleet = Fleet::new(cfg.fleet(), store.clone(), alerts, metrics.clone());
+    let fleet = Fleet::new(cfg.fleet(), shared.clone(), alerts, metrics.clone());
     fleet.restore_from_store(now_unix_ms()).await?;
     let read_only_gauge: prometheus_client::metrics::gauge::Gauge = metrics.registered(
         "egresswatch_read_only",
         "1 while the collector serves read-only because its data dir cannot be written (the \
          page and /healthz say why)",
     );
-    let cluster_counters = match &opened {
-        OpenedStore::Postgres(_) => Some(ClusterCounters::register(&metrics)),
-        OpenedStore::Sqlite(_) => None,
-    };
+    let cluster_counters = ClusterCounters::register(&metrics);
 
     let reset_key = ingest::reset_key(&cfg.data_dir.join("quic-reset.key"))?;
     let ingest = ingest::Ingest::bind(&cfg.quic, &authority, reset_key, ingest_counters.clone())?;
     let http = http::bind(&cfg.http).await?;
     println!("data dir:  {}", cfg.data_dir.display());
     println!("fleet CA:  {} (agents trust it; issue agents with `egresswatch-collector ca issue --dir {} ID`)", ca_dir.join("ca.pem").display(), ca_dir.display());
-    println!("database:  {}", opened.describe(&cfg));
+    println!("database:  {}", opened.described);
     let (quic_addr, http_addr) = (ingest.local_addr()?, http.local_addr()?);
     println!("QUIC:      {quic_addr} (agents report here)");
     println!("HTTP:      http://{http_addr}/ (matrix page, /api/matrix, /metrics)");
@@ -278,25 +276,20 @@ async fn serve(
         ingest_counters,
         limits.clone(),
     ));
-    if matches!(opened, OpenedStore::Sqlite(_)) {
-        fleet.fanout().connect(context.sessions.clone());
-    }
-    // Several collectors on one database: follow the fleet's feed, and lead when the lock is
-    // free. Shared mode is on before ingest takes its first result.
-    let cluster = match (&opened, cluster_counters) {
-        (OpenedStore::Postgres(pg), Some(counters)) => Some(cluster::start(
-            fleet.clone(),
-            pg.clone(),
-            context.sessions.clone(),
-            &cfg.cluster,
-            cluster::Endpoints {
-                quic: quic_addr.to_string(),
-                http: http_addr.to_string(),
-            },
-            counters,
-        )?),
-        _ => None,
-    };
+    // Whatever the store, the hub follows its feed, and leads while it holds the lease: at once
+    // and for good on a store of its own (a cluster of one), when the lock is free on a shared
+    // one. Following starts before ingest takes its first result.
+    let cluster = cluster::start(
+        fleet.clone(),
+        shared,
+        context.sessions.clone(),
+        &cfg.cluster,
+        cluster::Endpoints {
+            quic: quic_addr.to_string(),
+            http: http_addr.to_string(),
+        },
+        cluster_counters,
+    )?;
     let ingest_task = tokio::spawn(ingest.serve(context, stopped(stop_rx.clone())));
     let http_task = tokio::spawn(http.serve(fleet.clone(), limits, stopped(stop_rx.clone())));
     let fleet_task = tokio::spawn(fleet.clone().run(stopped(stop_rx.clone())));
@@ -315,10 +308,8 @@ async fn serve(
         warn!("events decided before the stop were not all recorded within {DELIVERIES_FINISH_WITHIN:?}");
     }
     fleet.finish_deliveries(DELIVERIES_FINISH_WITHIN).await;
-    if let Some(cluster) = cluster {
-        info!("shutting down: giving up the lead");
-        cluster.stop().await;
-    }
+    info!("shutting down: giving up the lead");
+    cluster.stop().await;
     info!("shutting down: no new agents, draining sessions");
     let _ = stop_tx.send(true);
     let _ = ingest_task.await;
@@ -333,11 +324,12 @@ async fn serve(
     Ok(())
 }
 
-/// The store the config names, opened (and for PostgreSQL, migrated).
+/// The store the config names, opened (and for PostgreSQL, migrated): a file this collector has
+/// alone or a database it shares — the pipeline is the same (see the `cluster` module).
 #[derive(Clone)]
-enum OpenedStore {
-    Sqlite(Arc<store::sqlite::SqliteStore>),
-    Postgres(Arc<store::postgres::PostgresStore>),
+struct OpenedStore {
+    store: Arc<dyn store::shared::SharedStore>,
+    described: String,
 }
 
 /// The database; a SQLite one read-only when the data dir cannot be written (`read_only`).
@@ -351,40 +343,20 @@ fn open_store(cfg: &Config, read_only: Option<&StoreOutage>) -> Result<OpenedSto
                 }
                 _ => store::sqlite::SqliteStore::open(&path)?,
             };
-            OpenedStore::Sqlite(Arc::new(sqlite))
+            OpenedStore {
+                store: Arc::new(sqlite),
+                described: path.display().to_string(),
+            }
         }
-        store::StoreKind::Postgres => {
-            OpenedStore::Postgres(Arc::new(store::postgres::PostgresStore::open(&cfg.store)?))
-        }
-    })
-}
-
-impl OpenedStore {
-    fn store(&self) -> Arc<dyn store::Store> {
-        match self {
-            OpenedStore::Sqlite(s) => s.clone(),
-            OpenedStore::Postgres(p) => p.clone(),
-        }
-    }
-
-    fn describe(&self, cfg: &Config) -> String {
-        match self {
-            OpenedStore::Sqlite(_) => cfg.data_dir.join(&cfg.store.path).display().to_string(),
-            OpenedStore::Postgres(_) => format!(
+        store::StoreKind::Postgres => OpenedStore {
+            store: Arc::new(store::postgres::PostgresStore::open(&cfg.store)?),
+            described: format!(
                 "PostgreSQL {} (shared: this collector is {:?})",
                 cfg.store.url.as_deref().unwrap_or(""),
                 cfg.cluster.id()
             ),
-        }
-    }
-
-    /// Finishes pending writes (graceful shutdown).
-    fn close(&self) {
-        match self {
-            OpenedStore::Sqlite(s) => s.close(),
-            OpenedStore::Postgres(p) => p.close(),
-        }
-    }
+        },
+    })
 }
 
 async fn shutdown_signal() {

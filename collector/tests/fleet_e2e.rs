@@ -55,6 +55,41 @@ fn collector_sigkilled_and_restarted_loses_and_doubles_nothing() {
     collector.assert_exactly_once("e2e-a", produced);
 }
 
+/// The embedded default runs the cluster's pipeline: the hub follows the store's feed (the
+/// writer's own tail) and the collector leads a cluster of one.
+#[test]
+fn a_collector_on_its_own_store_is_a_cluster_of_one_fed_by_its_tail() {
+    let tmp = work_dir("ew-fleet-");
+    let root = Path::new(ROOT);
+    let collector = Collector::start(tmp.path(), 0);
+    let agent_setup = Agent::new(tmp.path(), "e2e-one", &collector, vec![probe_target()]);
+    let mut agent = agent_setup.start();
+    assert!(
+        agent_setup.wait_acked(root, 3, Duration::from_secs(30)),
+        "first acks; log:\n{}",
+        agent_setup.log()
+    );
+    // What was stored reached the hub by the feed: the page shows the agent's cell.
+    assert!(
+        wait_until(Duration::from_secs(10), || collector
+            .counter("egresswatch_feed_results")
+            >= 3.0),
+        "feed counter {}",
+        collector.counter("egresswatch_feed_results")
+    );
+    let matrix = collector.get("/api/matrix");
+    assert!(matrix.contains("\"lab\""), "{matrix}");
+    let collectors: serde_json::Value =
+        serde_json::from_str(&collector.get("/api/collectors")).expect("/api/collectors is JSON");
+    let list = collectors.as_array().expect("a list");
+    assert_eq!(list.len(), 1, "{collectors}");
+    assert_eq!(list[0]["leader"], true, "{collectors}");
+    assert_eq!(collector.gauge("egresswatch_collector_leader"), 1.0);
+    assert_eq!(collector.gauge("egresswatch_cluster_collectors"), 1.0);
+    assert_eq!(collector.counter("egresswatch_leader_acquired"), 0.0);
+    agent.terminate();
+}
+
 #[test]
 fn agent_sigkilled_in_a_loop_always_restarts_and_loses_nothing_written() {
     let tmp = work_dir("ew-fleet-");

@@ -57,10 +57,10 @@ fn feed(store: &SqliteStore) {
     let later = T0 + 86_400_000;
     for chunk in g1.chunks(50) {
         store
-            .insert_results("g1", chunk.to_vec(), true, later)
+            .insert_results("g1", chunk.to_vec(), true.into(), later)
             .unwrap();
     }
-    store.insert_results("g2", g2, true, later).unwrap();
+    store.insert_results("g2", g2, true.into(), later).unwrap();
 }
 
 struct Served {

@@ -5,6 +5,7 @@
 use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::http::{self, HttpConfig};
 use egresswatch_collector::ingest::IngestCounters;
+use egresswatch_collector::store::shared::FeedItem;
 use egresswatch_collector::store::Store;
 use egresswatch_collector::{fleet::ResultObserver, identity::AgentMeta};
 use egresswatch_wire::{Family, Outcome, PhaseTimings, ProbeResult};
@@ -48,9 +49,10 @@ fn feed(s: &Server, a: &AgentMeta) {
     s.fleet.agent_connected(a, now);
     let (_, stored) = s
         .store
-        .insert_results(&a.agent_id, results(1, now), true, now)
+        .insert_results(&a.agent_id, results(1, now), true.into(), now)
         .unwrap();
-    s.fleet.results_stored(a, &stored, true, now);
+    s.fleet
+        .observe_feed(&FeedItem::of_batch(a, &stored, true, now));
 }
 
 fn assert_security_headers(resp: &reqwest::Response) {

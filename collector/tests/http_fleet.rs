@@ -8,8 +8,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use egresswatch_collector::alerts::{AlertCounters, Alerts, SinkConfig, SinkKind};
 use egresswatch_collector::events::now_unix_ms;
-use egresswatch_collector::fleet::ResultObserver;
 use egresswatch_collector::metrics::Metrics;
+use egresswatch_collector::store::shared::FeedItem;
 use egresswatch_collector::store::Store;
 use egresswatch_wire::{Family, Outcome, ProbeResult};
 use serde_json::Value;
@@ -83,9 +83,9 @@ async fn one_account_closing_587_is_one_event_everywhere() {
                 })
                 .collect();
             let (_, stored) = store
-                .insert_results(&a.agent_id, results, true, now)
+                .insert_results(&a.agent_id, results, true.into(), now)
                 .unwrap();
-            fleet.results_stored(a, &stored, true, now);
+            fleet.observe_feed(&FeedItem::of_batch(a, &stored, true, now));
         }
         for s in 1..=60 {
             fleet.tick(now + s * 1000);

@@ -12,6 +12,7 @@
 
 mod support;
 use egresswatch_collector::events::{now_unix_ms, rfc3339};
+use egresswatch_collector::store::shared::FeedItem;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -299,7 +300,6 @@ fn get_with_host(addr: SocketAddr, path: &str, host: &str) -> (u16, String) {
 
 /// 200 agents in 10 accounts, each with results on the five matrix ports.
 fn feed_matrix(s: &support::http::Server) {
-    use egresswatch_collector::fleet::ResultObserver;
     use egresswatch_collector::store::Store;
     let now = now_unix_ms();
     for i in 0..200 {
@@ -319,8 +319,12 @@ fn feed_matrix(s: &support::http::Server) {
                 ..Default::default()
             })
             .collect();
-        let (_, stored) = s.store.insert_results(&id, results, true, now).unwrap();
-        s.fleet.results_stored(&meta, &stored, true, now);
+        let (_, stored) = s
+            .store
+            .insert_results(&id, results, true.into(), now)
+            .unwrap();
+        s.fleet
+            .observe_feed(&FeedItem::of_batch(&meta, &stored, true, now));
     }
 }
 

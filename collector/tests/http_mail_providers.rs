@@ -5,6 +5,7 @@
 use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::fleet::ResultObserver;
 use egresswatch_collector::identity::AgentMeta;
+use egresswatch_collector::store::shared::FeedItem;
 use egresswatch_collector::store::Store;
 use egresswatch_wire::{Family, Outcome, ProbeResult};
 use serde_json::Value;
@@ -36,9 +37,10 @@ fn feed(s: &Server, a: &AgentMeta, probes: &[(&str, u16, Outcome)]) {
     s.fleet.agent_connected(a, now);
     let (_, stored) = s
         .store
-        .insert_results(&a.agent_id, results, true, now)
+        .insert_results(&a.agent_id, results, true.into(), now)
         .unwrap();
-    s.fleet.results_stored(a, &stored, true, now);
+    s.fleet
+        .observe_feed(&FeedItem::of_batch(a, &stored, true, now));
 }
 
 #[tokio::test]

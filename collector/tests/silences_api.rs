@@ -6,6 +6,7 @@
 
 mod support;
 use egresswatch_collector::events::{now_unix_ms, rfc3339};
+use egresswatch_collector::store::shared::FeedItem;
 use serde_json::{json, Value};
 use std::path::Path;
 use support::{spawn_collector, write_collector_config, Proc};
@@ -232,7 +233,6 @@ fn results_on(ports: &[u16], at: i64) -> Vec<egresswatch_wire::ProbeResult> {
 
 #[tokio::test]
 async fn a_silence_reports_how_many_current_cells_it_covers() {
-    use egresswatch_collector::fleet::ResultObserver;
     use egresswatch_collector::store::Store;
     let s = support::http::Server::start(support::http::loopback()).await;
     let now = now_unix_ms();
@@ -241,9 +241,10 @@ async fn a_silence_reports_how_many_current_cells_it_covers() {
         s.store.upsert_agent(&meta, now).unwrap();
         let (_, stored) = s
             .store
-            .insert_results(id, results_on(&[25, 587], now), true, now)
+            .insert_results(id, results_on(&[25, 587], now), true.into(), now)
             .unwrap();
-        s.fleet.results_stored(&meta, &stored, true, now);
+        s.fleet
+            .observe_feed(&FeedItem::of_batch(&meta, &stored, true, now));
     }
     let c = reqwest::Client::new();
     let cells = |matcher: Value| {

@@ -11,9 +11,9 @@
 use super::{ClusterConfig, ClusterCounters, ClusterSessions, Endpoints};
 use crate::error::CollectorError;
 use crate::events::{now_unix_ms, rfc3339};
-use crate::fleet::{Fleet, Shared};
+use crate::fleet::Fleet;
 use crate::matrix::StoreOutage;
-use crate::store::shared::{CollectorRow, FeedCursor, Listener, News};
+use crate::store::shared::{CollectorRow, FeedCursor, Listener, News, SharedStore};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -42,7 +42,7 @@ pub struct Follower {
 impl Follower {
     pub(super) fn start(
         fleet: Arc<Fleet>,
-        shared: Arc<Shared>,
+        store: Arc<dyn SharedStore>,
         sessions: Arc<ClusterSessions>,
         config: ClusterConfig,
         id: String,
@@ -51,9 +51,11 @@ impl Follower {
     ) -> Result<Follower, CollectorError> {
         let stop = Arc::new(AtomicBool::new(false));
         let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
+        // A store of its own granted the lease with the hub: this collector leads from the start.
+        counters.leader.set(i64::from(fleet.leads()));
         let mut round = Round {
             fleet,
-            shared,
+            store,
             sessions,
             config,
             id,
@@ -105,7 +107,7 @@ impl Follower {
 
 struct Round {
     fleet: Arc<Fleet>,
-    shared: Arc<Shared>,
+    store: Arc<dyn SharedStore>,
     sessions: Arc<ClusterSessions>,
     config: ClusterConfig,
     id: String,
@@ -155,7 +157,7 @@ impl Round {
     }
 
     fn step(&mut self) -> Result<(), CollectorError> {
-        let store = self.shared.store().clone();
+        let store = self.store.clone();
         // Subscribe before reading the head, so nothing committed in between goes unnoticed.
         if self.listener.is_none() {
             self.listener = Some(store.listen()?);
@@ -202,7 +204,7 @@ impl Round {
     }
 
     fn read_feed(&mut self) -> Result<(), CollectorError> {
-        let store = self.shared.store().clone();
+        let store = self.store.clone();
         // Bounded: a collector far behind catches up over a few rounds, not in one.
         for _ in 0..50 {
             let Some(cursor) = self.cursor.clone() else {
@@ -223,7 +225,7 @@ impl Round {
     /// The events the leader recorded since the last round, for this collector's stream. The
     /// leader streams its own as it records them.
     fn forward_events(&mut self) -> Result<(), CollectorError> {
-        let store = self.shared.store().clone();
+        let store = self.store.clone();
         let after = self.last_event.unwrap_or(0);
         let events = store.events_after(after, EVENTS_BATCH)?;
         let leads = self.fleet.leads();
@@ -237,8 +239,7 @@ impl Round {
     }
 
     fn reload_silences(&mut self) -> Result<(), CollectorError> {
-        let silences =
-            crate::store::silences::SilenceStore::silences(self.shared.store().as_ref())?;
+        let silences = crate::store::silences::SilenceStore::silences(self.store.as_ref())?;
         let book = self.fleet.alerts().silences();
         for silence in silences {
             book.put(silence);
@@ -257,7 +258,7 @@ impl Round {
             }
             return Ok(());
         }
-        let store = self.shared.store().clone();
+        let store = self.store.clone();
         let Some(lease) = store.try_lead(&self.id)? else {
             return Ok(());
         };
@@ -282,7 +283,7 @@ impl Round {
 
     /// True while the lease holds; steps down when its session is gone.
     fn check_lead(&mut self) -> bool {
-        let checked = match self.shared.lease().as_mut() {
+        let checked = match self.fleet.lead().lease().as_mut() {
             Some(lease) => lease.check(),
             None => return false,
         };
@@ -301,7 +302,7 @@ impl Round {
     fn heartbeat(&mut self) -> Result<(), CollectorError> {
         self.next_heartbeat =
             Instant::now() + Duration::from_secs(self.config.heartbeat_secs.max(1));
-        let store = self.shared.store().clone();
+        let store = self.store.clone();
         let now = now_unix_ms();
         store.heartbeat(&CollectorRow {
             id: self.id.clone(),

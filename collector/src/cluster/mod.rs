@@ -1,11 +1,12 @@
-//! Several collectors on one PostgreSQL database, with no single point of failure. Each collector
-//! accepts agents and stores their results; [`follow`] keeps every collector's hub in step with
-//! the whole fleet by following the database's feed of stored results, woken by its
-//! notifications; the one collector holding the leader's lock (a PostgreSQL advisory lock on its
-//! own session) runs the detector and delivers alerts from the outbox ([`crate::fleet::outbox`]). When the
-//! leader dies its session ends, the lock is free, and another collector takes it within about a
-//! second, rebuilds the detector from the last minutes of stored results and goes on with the
-//! deliveries still pending.
+//! Every collector is part of a cluster: of one, on a store it has alone (SQLite), or of several
+//! on one PostgreSQL database, with no single point of failure. Each collector accepts agents and
+//! stores their results; [`follow`] keeps its hub in step with the whole fleet by following the
+//! store's feed of stored results, woken by its notifications; the one collector holding the
+//! lease runs the detector and delivers alerts from the outbox ([`crate::fleet::outbox`]). A
+//! store of its own grants the lease at once and for good; on PostgreSQL the lease is an
+//! advisory lock on the leader's own session. When that leader dies its session ends, the lock is
+//! free, and another collector takes it within about a second, rebuilds the detector from the
+//! last minutes of stored results and goes on with the deliveries still pending.
 //!
 //! `[cluster]` in the collector's config names this collector and says how much it replays:
 //!
@@ -34,7 +35,8 @@ use crate::store::shared::SharedStore;
 use serde::Deserialize;
 use std::sync::Arc;
 
-/// `[cluster]` in the collector's config (read only with `[store] kind = "postgres"`).
+/// `[cluster]` in the collector's config (its `id` and `replay_secs` matter with several
+/// collectors; alone, the collector is named by it in `/api/collectors`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
@@ -91,7 +93,7 @@ impl Cluster {
     }
 }
 
-/// Puts `fleet` in shared mode over `store`, connects its fan-out to every collector's sessions
+/// Makes `fleet` follow `store`'s feed, connects its fan-out to every collector's sessions
 /// (this one's are `local`), and starts the follower thread; [`Cluster::stop`] ends it. The hub's
 /// outbox task delivers while the follower holds the lease for it.
 pub fn start(
@@ -102,12 +104,11 @@ pub fn start(
     endpoints: Endpoints,
     counters: ClusterCounters,
 ) -> Result<Cluster, crate::CollectorError> {
-    let shared = fleet.share(store);
-    let sessions = Arc::new(ClusterSessions::new(local, shared.clone()));
+    let sessions = Arc::new(ClusterSessions::new(local, fleet.lead().clone()));
     fleet.fanout().connect(sessions.clone());
     let follower = follow::Follower::start(
         fleet.clone(),
-        shared.clone(),
+        store,
         sessions,
         config.clone(),
         config.id(),

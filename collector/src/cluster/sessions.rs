@@ -7,7 +7,7 @@
 //! decision.
 
 use crate::fanout::{ConnectedAgent, Delivery, Sessions};
-use crate::fleet::Shared;
+use crate::fleet::Lead;
 use crate::ingest::registry::SessionRegistry;
 use egresswatch_wire::{Family, ProbeRequest};
 use serde::{Deserialize, Serialize};
@@ -48,15 +48,16 @@ impl RelayedRequest {
 /// This collector's sessions and the others' as last published.
 pub struct ClusterSessions {
     local: Arc<SessionRegistry>,
-    shared: Arc<Shared>,
+    /// The lease relays probe requests (only the leader asks for them).
+    lead: Arc<Lead>,
     remote: Mutex<Vec<ConnectedAgent>>,
 }
 
 impl ClusterSessions {
-    pub fn new(local: Arc<SessionRegistry>, shared: Arc<Shared>) -> ClusterSessions {
+    pub fn new(local: Arc<SessionRegistry>, lead: Arc<Lead>) -> ClusterSessions {
         ClusterSessions {
             local,
-            shared,
+            lead,
             remote: Mutex::default(),
         }
     }
@@ -124,7 +125,7 @@ impl Sessions for ClusterSessions {
         let Ok(json) = serde_json::to_string(&relayed) else {
             return Delivery::Disconnected;
         };
-        let published = match self.shared.lease().as_mut() {
+        let published = match self.lead.lease().as_mut() {
             Some(lease) => lease.publish_probe_request(agent_id, &json),
             None => return Delivery::Disconnected,
         };

@@ -1,10 +1,11 @@
-//! The fleet hub: what happens to results once they are stored. It observes what ingest stored
-//! ([`ResultObserver`]), feeds the matrix and the detector, and hands the events they raise to
+//! The fleet hub: what happens to results once they are stored. It takes the store's feed
+//! ([`Fleet::observe_feed`], from [`crate::cluster`]'s follower, whatever the store) and agents
+//! coming and going ([`ResultObserver`]), feeds the matrix and the detector, and hands the events they raise to
 //! its recorder thread, which records each with the alert deliveries it owes through the lease
 //! ([`lead`]; one store call per event, never on the runtime's threads), counts it and
-//! broadcasts it to SSE clients; the [`outbox`] task delivers. [`Fleet::run`] is its background
-//! loop: the one-second tick for what depends on time alone (silence, settling, freshness) and
-//! the coalescer that publishes matrix changes.
+//! broadcasts it to SSE clients; the [`outbox`] task delivers. The follower ticks it once a
+//! second for what depends on time alone (silence, settling); [`Fleet::run`] is the coalescer
+//! that publishes matrix changes.
 //! `http/` only serves what the hub holds.
 
 mod counters;
@@ -12,12 +13,10 @@ pub mod gauges;
 pub mod lead;
 mod observer;
 pub mod outbox;
-pub mod shared;
 
 pub use counters::FleetCounters;
-pub use lead::Lead;
+pub use lead::{event_key, Lead};
 pub use observer::{NoObserver, ResultObserver};
-pub use shared::{event_key, Shared};
 
 use crate::alerts::Alerts;
 use crate::detector::{Detector, DetectorConfig};
@@ -29,11 +28,10 @@ use crate::matrix::StoreOutage;
 use crate::matrix::{FamilyFilter, Matrix, MatrixConfig, MatrixView};
 use crate::metrics::Metrics;
 use crate::store::shared::{FeedItem, Leadership, NewDelivery, SharedStore};
-use crate::store::Store;
 use egresswatch_wire::ProbeResult;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::{broadcast, watch};
 
 /// What the SSE stream carries, already serialised once for every client.
@@ -62,7 +60,7 @@ pub struct Fleet {
     detector: Mutex<Detector>,
     /// Asks other agents for evidence when the detector suspects a change.
     fanout: Fanout,
-    store: Arc<dyn Store>,
+    store: Arc<dyn SharedStore>,
     alerts: Alerts,
     metrics: Arc<Metrics>,
     counters: FleetCounters,
@@ -79,8 +77,8 @@ pub struct Fleet {
     /// How old a result may be and still count in the matrix.
     fresh_ms: i64,
     last_matrix: Mutex<String>,
-    /// Set when several collectors share the database (see [`shared`]).
-    shared: OnceLock<Arc<Shared>>,
+    /// Since when and why the store has not answered, while it does not (the follower says).
+    outage: Mutex<Option<StoreOutage>>,
     /// Set when this collector cannot write its data dir (a full disk at start): it serves what
     /// it has, read-only, and says why on the page.
     read_only: Mutex<Option<StoreOutage>>,
@@ -122,7 +120,7 @@ impl Fleet {
     /// tokio runtime, the outbox task delivers the recorded alerts while the lease is held.
     pub fn new(
         config: FleetConfig,
-        store: Arc<dyn Store>,
+        store: Arc<dyn SharedStore>,
         alerts: Alerts,
         metrics: Arc<Metrics>,
     ) -> Arc<Fleet> {
@@ -168,7 +166,7 @@ impl Fleet {
                 last_cells: Mutex::new(Vec::new()),
                 matrix_built_ms: AtomicI64::new(i64::MIN),
                 last_matrix: Mutex::new(String::new()),
-                shared: OnceLock::new(),
+                outage: Mutex::new(None),
                 read_only: Mutex::new(None),
                 lead,
                 recorder,
@@ -212,26 +210,14 @@ impl Fleet {
         &self.lead
     }
 
-    /// Switches the hub to shared mode (before ingest starts): results come from the
-    /// database's feed ([`Fleet::observe_feed`]), and the detector runs only while this collector
-    /// holds the lease ([`Fleet::take_lead`]).
-    pub fn share(&self, store: Arc<dyn SharedStore>) -> Arc<Shared> {
-        self.shared
-            .get_or_init(|| Arc::new(Shared::new(store, self.lead.clone())))
-            .clone()
-    }
-
-    /// Shared mode's state, if the hub is in it.
-    pub fn shared(&self) -> Option<&Arc<Shared>> {
-        self.shared.get()
-    }
-
-    /// Whether this collector decides and alerts: always alone, only with the lease when shared.
+    /// Whether this collector decides and alerts: while it holds the lease (for good on a store
+    /// it has alone, [`Store::own_lease`](crate::store::Store::own_lease)).
     pub fn leads(&self) -> bool {
         self.lead.leads()
     }
 
-    /// Shared mode: results any collector stored, in the feed's order. Every collector's matrix
+    /// Results any collector stored, in the feed's order (the one way results reach the hub,
+    /// whatever the store: see [`crate::cluster`]'s follower). Every collector's matrix
     /// takes them; the leader's detector and fan-out too.
     pub fn observe_feed(&self, items: &[FeedItem]) {
         if items.is_empty() {
@@ -275,7 +261,7 @@ impl Fleet {
         fresh
     }
 
-    /// Shared mode: this collector now holds `lease`. The detector is rebuilt from `replay` (the
+    /// This collector now holds `lease` (its follower won it). The detector is rebuilt from `replay` (the
     /// stored results of the last minutes, in measurement order), ticking as time went then;
     /// what it decides is recorded through the lease, where the changes the previous leader
     /// already recorded are recognised by their keys and raise nothing.
@@ -314,7 +300,7 @@ impl Fleet {
         self.emit(events);
     }
 
-    /// Shared mode: the lease is gone (its session was lost). The detector stops; a later lead
+    /// The lease is gone (its session was lost, or the collector stops). The detector stops; a later lead
     /// rebuilds it.
     pub fn step_down(&self) {
         if self.lead.leads() {
@@ -326,7 +312,7 @@ impl Fleet {
         *detector = Detector::new(detector.config().clone());
     }
 
-    /// Shared mode: an event another collector (the leader) recorded, for this one's stream.
+    /// An event another collector (the leader) recorded, for this one's stream.
     pub fn forward_event(&self, json: String) {
         if let Ok(event) = serde_json::from_str::<Event>(&json) {
             self.counters.count_event(&event);
@@ -334,22 +320,21 @@ impl Fleet {
         let _ = self.stream.send(StreamMessage::Event(Arc::new(json)));
     }
 
-    /// Shared mode: whether the database answers. While it does not, the page is told that what
-    /// it shows is not live.
+    /// Whether the store answers (the follower says). While it does not, the page is told that
+    /// what it shows is not live.
     pub fn set_store_outage(&self, outage: Option<StoreOutage>) {
-        if let Some(shared) = self.shared.get() {
-            let mut held = lock(&shared.outage);
-            let changed = held.is_some() != outage.is_some();
-            if changed {
-                match &outage {
-                    Some(o) => {
-                        tracing::error!(since = %o.since, "the database is unreachable: {}", o.reason)
-                    }
-                    None => tracing::info!("the database answers again"),
+        let mut held = lock(&self.outage);
+        let changed = held.is_some() != outage.is_some();
+        if changed {
+            match &outage {
+                Some(o) => {
+                    tracing::error!(since = %o.since, "the database is unreachable: {}", o.reason)
                 }
-                *held = outage;
-                self.matrix_may_have_changed();
+                None => tracing::info!("the database answers again"),
             }
+            *held = outage;
+            drop(held);
+            self.matrix_may_have_changed();
         }
     }
 
@@ -366,9 +351,9 @@ impl Fleet {
         lock(&self.read_only).clone()
     }
 
-    /// Shared mode: since when and why the database has not answered, while it does not.
+    /// Since when and why the store has not answered, while it does not.
     pub fn store_outage(&self) -> Option<StoreOutage> {
-        self.shared.get().and_then(|s| lock(&s.outage).clone())
+        lock(&self.outage).clone()
     }
 
     fn record_in_matrix(
@@ -425,7 +410,7 @@ impl Fleet {
     }
 
     /// The store the hub records events in, which the HTTP API reads.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &Arc<dyn SharedStore> {
         &self.store
     }
 
@@ -481,9 +466,9 @@ impl Fleet {
         self.matrix_changed.notify_one();
     }
 
-    /// Ticks the fleet every second and publishes matrix changes when there are some, at most
-    /// four times a second (and re-judges an unchanged one every [`REJUDGE_MS`]), until
-    /// `shutdown` completes. Nothing wakes it in between.
+    /// Publishes matrix changes when there are some, at most four times a second, and re-judges
+    /// an unchanged one every [`REJUDGE_MS`], until `shutdown` completes. (The detector's
+    /// one-second tick comes from the follower, on the collector holding the lease.)
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         use tokio::time::{interval, sleep, Duration, MissedTickBehavior};
         let mut tick = interval(Duration::from_secs(1));
@@ -492,13 +477,7 @@ impl Fleet {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let now = crate::events::now_unix_ms();
-                    // Shared, the cluster's follower ticks the hub (its events go to the
-                    // database); the matrix is still re-judged here.
-                    if self.shared.get().is_none() {
-                        self.tick(now);
-                    }
-                    self.publish_matrix(now);
+                    self.publish_matrix(crate::events::now_unix_ms());
                 }
                 _ = self.matrix_changed.notified() => {
                     // Coalesce: what else arrives within a quarter second goes in the same one.
@@ -597,7 +576,7 @@ impl Fleet {
                     })
                     .collect();
                 let key = event_key(&planned.event);
-                self.record_one(shared::Unrecorded {
+                self.record_one(lead::Unrecorded {
                     event: planned.event,
                     key,
                     deliveries,
@@ -608,7 +587,7 @@ impl Fleet {
 
     /// Records one event through the lease; kept for another try when the store does not take
     /// it, dropped when this collector no longer leads (the new leader decides anew).
-    fn record_one(&self, item: shared::Unrecorded) {
+    fn record_one(&self, item: lead::Unrecorded) {
         let outcome = {
             let mut lease = self.lead.lease();
             match lease.as_mut() {
@@ -666,30 +645,12 @@ fn record_loop(fleet: Weak<Fleet>, queue: std::sync::mpsc::Receiver<Record>) {
 impl ResultObserver for Fleet {
     fn agent_connected(&self, agent: &AgentMeta, now_unix_ms: i64) {
         lock(&self.matrix).agent_seen(agent, now_unix_ms);
-        if self.shared.get().is_some() {
-            // Shared: the leader learns of agents from the feed, wherever they are connected.
-            self.matrix_may_have_changed();
-            return;
+        // The leader also learns of agents connected elsewhere, from the feed; one connected
+        // here is known at once, so one that never reports still falls silent.
+        if self.leads() {
+            let events = lock(&self.detector).agent_seen(agent, now_unix_ms);
+            self.emit(events);
         }
-        let events = lock(&self.detector).agent_seen(agent, now_unix_ms);
-        self.emit(events);
-        self.matrix_may_have_changed();
-    }
-
-    fn results_stored(
-        &self,
-        agent: &AgentMeta,
-        results: &[ProbeResult],
-        clock_trusted: bool,
-        now_unix_ms: i64,
-    ) {
-        if self.shared.get().is_some() {
-            // Shared: these come back through the database's feed, like every other
-            // collector's (the store's notification wakes the feed at once).
-            return;
-        }
-        self.record_in_matrix(agent, results, clock_trusted, now_unix_ms);
-        self.detect(agent, results, clock_trusted, now_unix_ms);
         self.matrix_may_have_changed();
     }
 

@@ -474,16 +474,13 @@ async fn events(State(state): State<AppState>, Query(q): Query<LimitQuery>) -> R
     }
 }
 
-/// `GET /api/collectors`: the collectors sharing this one's database and which leads (`[]`
-/// for a collector on its own).
+/// `GET /api/collectors`: the collectors sharing this one's store and which leads (a collector
+/// on its own store is a cluster of one: itself, leading).
 async fn collectors(State(state): State<AppState>) -> Response {
-    let Some(shared) = state.fleet.shared() else {
-        return Json(json!([])).into_response();
-    };
     if let Some(down) = store_known_down(&state) {
         return down;
     }
-    let store = shared.store().clone();
+    let store = state.fleet.store().clone();
     let now = crate::events::now_unix_ms();
     match tokio::task::spawn_blocking(move || store.collectors(now, 10_000)).await {
         Ok(Ok(list)) => Json(list).into_response(),

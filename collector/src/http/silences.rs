@@ -146,14 +146,11 @@ async fn store_silence(state: &AppState, silence: &Silence) -> Result<(), Respon
     }
     let store = state.fleet.store().clone();
     let record = silence.clone();
-    let shared = state.fleet.shared().map(|s| s.store().clone());
     let stored = tokio::task::spawn_blocking(move || {
         store.put_silence(&record)?;
-        // The other collectors (the leader among them) reread their silences.
-        if let Some(shared) = shared {
-            if let Err(e) = shared.notify_silences() {
-                tracing::warn!("telling the other collectors of a silence: {e}");
-            }
+        // Every collector on the store (the leader among them) rereads its silences.
+        if let Err(e) = store.notify_silences() {
+            tracing::warn!("telling the other collectors of a silence: {e}");
         }
         Ok::<(), crate::CollectorError>(())
     });

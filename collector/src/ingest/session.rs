@@ -257,12 +257,12 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
                 let store = context.store.clone();
                 let agent_id = agent.agent_id.clone();
                 let now = now_unix_ms();
-                let clock_trusted = batch.clock_trusted;
+                let clock = batch.clock();
                 let inserted = tokio::task::spawn_blocking(move || {
-                    store.insert_results(&agent_id, results, clock_trusted, now)
+                    store.insert_results(&agent_id, results, clock, now)
                 })
                 .await;
-                let (report, fresh) = match inserted {
+                let (report, _fresh) = match inserted {
                     Ok(Ok(done)) => done,
                     Ok(Err(e)) => return End::Unavailable(e.to_string()),
                     Err(e) => return End::Unavailable(e.to_string()),
@@ -273,12 +273,7 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
                     .duplicates
                     .inc_by(u64::from(report.duplicates));
                 let stored = session.on_stored(batch, &report);
-                if !fresh.is_empty() {
-                    // The store keeps the agent's own timestamps; the hub sees them on our clock.
-                    let mut seen = fresh;
-                    let placed = batch.on_our_clock(&mut seen, now);
-                    context.observer.results_stored(&agent, &seen, placed, now);
-                }
+                // The hub learns of them from the store's feed.
                 if let Some(drops) = &stored.spool_drops {
                     count_exceeded(context, Some(drops));
                     warn!(

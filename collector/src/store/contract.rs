@@ -74,7 +74,7 @@ pub fn store_overlapping_batches(store: &dyn Store) {
         .insert_results(
             "a1",
             (1..=10).map(|s| result(s, 25, s as i64)).collect(),
-            true,
+            true.into(),
             5,
         )
         .unwrap();
@@ -86,7 +86,7 @@ pub fn store_overlapping_batches(store: &dyn Store) {
         .insert_results(
             "a1",
             (8..=12).map(|s| result(s, 587, s as i64)).collect(),
-            true,
+            true.into(),
             6,
         )
         .unwrap();
@@ -107,7 +107,7 @@ pub fn check(store: &dyn Store) {
     assert_eq!(store.upsert_agent(&meta("a1"), 7).unwrap(), 12);
     store.upsert_agent(&meta("a2"), 7).unwrap();
     let (r, _) = store
-        .insert_results("a2", vec![result(3, 25, 3)], true, 7)
+        .insert_results("a2", vec![result(3, 25, 3)], true.into(), 7)
         .unwrap();
     assert_eq!((r.accepted, r.high_water), (1, 3));
     assert_eq!(store.count_results("a1").unwrap(), 12);
@@ -198,10 +198,10 @@ fn g1_stream() -> Vec<ProbeResult> {
 fn send(store: &dyn Store, agent: &str, results: &[ProbeResult], size: usize) {
     for batch in results.chunks(size) {
         let (first, _) = store
-            .insert_results(agent, batch.to_vec(), true, LATER)
+            .insert_results(agent, batch.to_vec(), true.into(), LATER)
             .unwrap();
         let (again, fresh) = store
-            .insert_results(agent, batch.to_vec(), true, LATER)
+            .insert_results(agent, batch.to_vec(), true.into(), LATER)
             .unwrap();
         assert_eq!((again.accepted, fresh.len()), (0, 0));
         assert_eq!(first.accepted as usize, batch.len());
@@ -425,7 +425,7 @@ pub fn replay_second_half_and_check(store: &dyn Store) {
     );
     // The agent replays from before the mark: only what is new is folded in.
     let (report, _) = store
-        .insert_results("g1", g1_stream()[50..].to_vec(), true, LATER)
+        .insert_results("g1", g1_stream()[50..].to_vec(), true.into(), LATER)
         .unwrap();
     assert_eq!((report.accepted, report.duplicates), (105, 25));
     let all = Selector {

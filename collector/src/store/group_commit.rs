@@ -3,7 +3,7 @@
 //! hundred agents share one durable commit instead of paying one each. The store supplies how a
 //! group is committed; this module owns the queue, the thread, the replies and the shutdown.
 
-use super::InsertReport;
+use super::{BatchClock, InsertReport};
 use crate::error::CollectorError;
 use egresswatch_wire::ProbeResult;
 use std::sync::mpsc;
@@ -22,7 +22,7 @@ pub(super) type Outcome = (InsertReport, Vec<ProbeResult>);
 pub(super) struct InsertRequest {
     pub agent_id: String,
     pub results: Vec<ProbeResult>,
-    pub clock_trusted: bool,
+    pub clock: BatchClock,
     pub now_unix_ms: i64,
     reply: mpsc::SyncSender<Result<Outcome, CollectorError>>,
 }
@@ -84,14 +84,14 @@ impl GroupWriter {
         &self,
         agent_id: &str,
         results: Vec<ProbeResult>,
-        clock_trusted: bool,
+        clock: BatchClock,
         now_unix_ms: i64,
     ) -> Result<Outcome, CollectorError> {
         let (reply, answer) = mpsc::sync_channel(1);
         let request = InsertRequest {
             agent_id: agent_id.to_string(),
             results,
-            clock_trusted,
+            clock,
             now_unix_ms,
             reply,
         };

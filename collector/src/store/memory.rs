@@ -4,8 +4,12 @@
 //! process and nothing is bounded. Its long-kept tiers are the same derivation
 //! ([`crate::history`]) held in maps.
 
-use super::shared::{notice_with_id, Delivery, DeliveryOutcome, Leadership, NewDelivery};
-use super::{InsertReport, Store, StoredEvent};
+use super::shared::{
+    notice_with_id, CollectorRow, Delivery, DeliveryOutcome, FeedBatch, FeedCursor, FeedItem,
+    Leadership, Listener, NewDelivery, News, SharedStore,
+};
+use super::tail::Tail;
+use super::{BatchClock, InsertReport, Store, StoredEvent};
 use crate::error::CollectorError;
 use crate::events::Event;
 use crate::history::{
@@ -24,6 +28,8 @@ pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
     /// (id, stored record) of each silence: see silences_memory.rs.
     silences: Mutex<Vec<(String, String)>>,
+    /// The feed of what was stored, which a hub over this store follows.
+    tail: Arc<Tail>,
 }
 
 #[derive(Debug, Default)]
@@ -237,6 +243,7 @@ impl Store for MemoryStore {
         inner
             .agents
             .insert(agent.agent_id.clone(), (agent.clone(), now_unix_ms));
+        self.tail.agent(agent);
         Ok(inner.high_water.get(&agent.agent_id).copied().unwrap_or(0))
     }
 
@@ -244,7 +251,7 @@ impl Store for MemoryStore {
         &self,
         agent_id: &str,
         results: Vec<ProbeResult>,
-        clock_trusted: bool,
+        clock: BatchClock,
         now_unix_ms: i64,
     ) -> Result<(InsertReport, Vec<ProbeResult>), CollectorError> {
         let mut inner = self.lock();
@@ -288,7 +295,7 @@ impl Store for MemoryStore {
                 &provider,
                 &account,
                 &fresh,
-                clock_trusted,
+                clock.trusted,
                 now_unix_ms,
             );
             inner.apply(derived);
@@ -301,6 +308,8 @@ impl Store for MemoryStore {
                 *last_seen = (*last_seen).max(now_unix_ms);
             }
         }
+        // Under the store's lock: the feed is in the order the results were stored.
+        self.tail.committed(agent_id, &fresh, clock, now_unix_ms);
         Ok((report, fresh))
     }
 
@@ -478,6 +487,123 @@ impl Store for MemoryStore {
         });
         out.truncate(limit);
         Ok(out)
+    }
+}
+
+/// A cluster of one, as the SQLite store is ([`super::sqlite`]): the feed is the tail, the lease
+/// is granted at once. The memory store keeps no receive time, so a replay times each result by
+/// its measurement.
+impl SharedStore for MemoryStore {
+    fn feed_head(&self) -> Result<FeedCursor, CollectorError> {
+        Ok(self.tail.head())
+    }
+
+    fn feed_after(&self, cursor: &FeedCursor, limit: usize) -> Result<FeedBatch, CollectorError> {
+        Ok(self.tail.after(cursor, limit))
+    }
+
+    fn results_since(
+        &self,
+        since_unix_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<FeedItem>, CollectorError> {
+        let inner = self.lock();
+        let mut out: Vec<FeedItem> = Vec::new();
+        for (agent_id, results) in &inner.results {
+            let Some((agent, _)) = inner.agents.get(agent_id) else {
+                continue;
+            };
+            for r in results.values().filter(|r| r.at_unix_ms >= since_unix_ms) {
+                out.push(FeedItem {
+                    agent: agent.clone(),
+                    result: r.clone(),
+                    clock_trusted: true,
+                    received_unix_ms: r.at_unix_ms,
+                });
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.result.at_unix_ms, &a.agent.agent_id, a.result.seq).cmp(&(
+                b.result.at_unix_ms,
+                &b.agent.agent_id,
+                b.result.seq,
+            ))
+        });
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    fn events_after(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, CollectorError> {
+        Ok(self
+            .lock()
+            .events
+            .iter()
+            .filter(|(id, _)| *id > after_id)
+            .take(limit)
+            .map(|(id, json)| StoredEvent {
+                id: *id,
+                json: json.clone(),
+            })
+            .collect())
+    }
+
+    fn last_event_id(&self) -> Result<i64, CollectorError> {
+        Ok(self.lock().events.last().map(|(id, _)| *id).unwrap_or(0))
+    }
+
+    fn try_lead(&self, _collector_id: &str) -> Result<Option<Box<dyn Leadership>>, CollectorError> {
+        self.own_lease()
+    }
+
+    fn listen(&self) -> Result<Box<dyn Listener>, CollectorError> {
+        Ok(self.tail.listen())
+    }
+
+    fn notify_results(&self) -> Result<(), CollectorError> {
+        Ok(())
+    }
+
+    fn notify_silences(&self) -> Result<(), CollectorError> {
+        self.tail.tell(News::Silences);
+        Ok(())
+    }
+
+    fn heartbeat(&self, row: &CollectorRow) -> Result<(), CollectorError> {
+        self.tail.heartbeat(row);
+        Ok(())
+    }
+
+    fn collectors(
+        &self,
+        now_unix_ms: i64,
+        fresh_ms: i64,
+    ) -> Result<Vec<CollectorRow>, CollectorError> {
+        Ok(self.tail.collectors(now_unix_ms, fresh_ms))
+    }
+
+    fn ping(&self) -> Result<(), CollectorError> {
+        Ok(())
+    }
+
+    fn publish_sessions(
+        &self,
+        collector_id: &str,
+        sessions_json: &str,
+    ) -> Result<(), CollectorError> {
+        self.tail.publish_sessions(collector_id, sessions_json);
+        Ok(())
+    }
+
+    fn sessions(
+        &self,
+        _now_unix_ms: i64,
+        _fresh_ms: i64,
+    ) -> Result<Vec<(String, String)>, CollectorError> {
+        Ok(self.tail.sessions())
     }
 }
 

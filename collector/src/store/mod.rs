@@ -23,6 +23,7 @@ pub mod shared;
 pub mod silences;
 mod silences_memory;
 pub mod sqlite;
+pub mod tail;
 
 #[cfg(test)]
 mod contract;
@@ -100,6 +101,48 @@ impl StoreConfig {
     }
 }
 
+/// How a batch's results are timed. The store keeps the agent's own timestamps and says whether
+/// they can be trusted; the feed hands the hub each result on the collector's clock
+/// ([`BatchClock::place`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchClock {
+    /// The agent's clock was synchronised when it made the batch.
+    pub trusted: bool,
+    /// The agent's clock when it sent the batch (wire 1.3; 0 when not said).
+    pub sent_unix_ms: i64,
+}
+
+impl From<bool> for BatchClock {
+    /// A batch that does not say when it left.
+    fn from(trusted: bool) -> BatchClock {
+        BatchClock {
+            trusted,
+            sent_unix_ms: 0,
+        }
+    }
+}
+
+impl BatchClock {
+    /// Places the results on the collector's clock when the agent's cannot be trusted but the
+    /// batch says when it left (each result is `sent - at` old on arrival, whatever the
+    /// agent's clock says the time is), and says whether their times are now trusted. Without
+    /// that, an unsynchronised agent's results count as measured when they arrived: a probe
+    /// that started before a change and reported after it would look like one after it.
+    pub fn place(&self, results: &mut [ProbeResult], received_unix_ms: i64) -> bool {
+        if self.trusted {
+            return true;
+        }
+        if self.sent_unix_ms <= 0 {
+            return false;
+        }
+        let shift = received_unix_ms.saturating_sub(self.sent_unix_ms);
+        for r in results.iter_mut() {
+            r.at_unix_ms = r.at_unix_ms.saturating_add(shift).min(received_unix_ms);
+        }
+        true
+    }
+}
+
 /// What happened to one batch's results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct InsertReport {
@@ -133,13 +176,13 @@ impl StoredEvent {
 pub trait Store: silences::SilenceStore + Send + Sync + 'static {
     /// Records an agent's hello (labels, version, last seen) and returns its high-water mark.
     fn upsert_agent(&self, agent: &AgentMeta, now_unix_ms: i64) -> Result<u64, CollectorError>;
-    /// Stores results (ascending seq) durably, dropping duplicates. Returns the new results
-    /// through `accepted` so observers see each result once.
+    /// Stores results (ascending seq) durably, dropping duplicates, and publishes the new ones
+    /// in the feed. Returns the new results through `accepted`.
     fn insert_results(
         &self,
         agent_id: &str,
         results: Vec<ProbeResult>,
-        clock_trusted: bool,
+        clock: BatchClock,
         now_unix_ms: i64,
     ) -> Result<(InsertReport, Vec<ProbeResult>), CollectorError>;
     /// The freshest result per (agent, target, port, family) measured since `since_unix_ms`.
@@ -196,4 +239,6 @@ pub trait Store: silences::SilenceStore + Send + Sync + 'static {
         to_ms: i64,
         limit: usize,
     ) -> Result<Vec<SeriesInterval>, CollectorError>;
+    /// Finishes pending writes (a graceful stop). Nothing to do for a store without a writer.
+    fn close(&self) {}
 }

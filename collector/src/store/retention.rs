@@ -160,7 +160,9 @@ mod tests {
                 r
             })
             .collect();
-        store.insert_results("a1", results, true, i64::MAX).unwrap();
+        store
+            .insert_results("a1", results, true.into(), i64::MAX)
+            .unwrap();
         let policy = RetentionPolicy {
             raw_hours: 1,
             history_days: 1,

@@ -44,6 +44,26 @@ pub struct FeedItem {
     pub received_unix_ms: i64,
 }
 
+impl FeedItem {
+    /// One commit's results of one agent, as the feed carries them.
+    pub fn of_batch(
+        agent: &AgentMeta,
+        results: &[ProbeResult],
+        clock_trusted: bool,
+        received_unix_ms: i64,
+    ) -> Vec<FeedItem> {
+        results
+            .iter()
+            .map(|result| FeedItem {
+                agent: agent.clone(),
+                result: result.clone(),
+                clock_trusted,
+                received_unix_ms,
+            })
+            .collect()
+    }
+}
+
 /// What [`SharedStore::feed_after`] read.
 #[derive(Debug, Clone, Default)]
 pub struct FeedBatch {

@@ -64,8 +64,8 @@ impl Collector {
         self.http = http;
     }
 
-    /// A counter's value in its `/metrics` (`name` without the `_total`), 0 when absent.
-    pub fn counter(&self, name: &str) -> f64 {
+    /// The body of `GET path` on its HTTP listener.
+    pub fn get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(self.http).unwrap();
         stream
@@ -73,16 +73,30 @@ impl Collector {
             .unwrap();
         write!(
             stream,
-            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut text = String::new();
         stream.read_to_string(&mut text).unwrap();
-        let wanted = format!("{name}_total ");
-        text.lines()
+        match text.split_once("\r\n\r\n") {
+            Some((_, body)) => body.to_string(),
+            None => text,
+        }
+    }
+
+    /// A metric's value in its `/metrics`, 0 when absent.
+    pub fn gauge(&self, name: &str) -> f64 {
+        let wanted = format!("{name} ");
+        self.get("/metrics")
+            .lines()
             .find_map(|l| l.strip_prefix(&wanted))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0.0)
+    }
+
+    /// A counter's value in its `/metrics` (`name` without the `_total`), 0 when absent.
+    pub fn counter(&self, name: &str) -> f64 {
+        self.gauge(&format!("{name}_total"))
     }
 
     pub fn log(&self) -> String {

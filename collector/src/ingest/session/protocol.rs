@@ -129,23 +129,12 @@ pub struct InStore {
 }
 
 impl InStore {
-    /// Places the results on the collector's clock when the agent's cannot be trusted but the
-    /// batch says when it left (each result is `sent - at` old on arrival, whatever the
-    /// agent's clock says the time is), and says whether their times are now trusted. Without
-    /// that, an unsynchronised agent's results count as measured when they arrived: a probe
-    /// that started before a change and reported after it would look like one after it.
-    pub fn on_our_clock(&self, results: &mut [ProbeResult], now_unix_ms: i64) -> bool {
-        if self.clock_trusted {
-            return true;
+    /// How its results are timed, for the store.
+    pub fn clock(&self) -> crate::store::BatchClock {
+        crate::store::BatchClock {
+            trusted: self.clock_trusted,
+            sent_unix_ms: self.sent_unix_ms,
         }
-        if self.sent_unix_ms <= 0 {
-            return false;
-        }
-        let shift = now_unix_ms.saturating_sub(self.sent_unix_ms);
-        for r in results.iter_mut() {
-            r.at_unix_ms = r.at_unix_ms.saturating_add(shift).min(now_unix_ms);
-        }
-        true
     }
 }
 
@@ -856,7 +845,7 @@ mod tests {
         let (_, mut results, in_store) =
             stored_in(session.on_batch(unsynchronised.clone().sent_at(sent)));
         let ages: Vec<i64> = results.iter().map(|r| sent - r.at_unix_ms).collect();
-        assert!(in_store.on_our_clock(&mut results, now));
+        assert!(in_store.clock().place(&mut results, now));
         let placed: Vec<i64> = results.iter().map(|r| now - r.at_unix_ms).collect();
         assert_eq!(
             placed, ages,
@@ -865,7 +854,7 @@ mod tests {
         // Without the send time (an older agent) they stay untrusted and as they were.
         let (_, mut results, in_store) = stored_in(session.on_batch(unsynchronised));
         let before: Vec<i64> = results.iter().map(|r| r.at_unix_ms).collect();
-        assert!(!in_store.on_our_clock(&mut results, now));
+        assert!(!in_store.clock().place(&mut results, now));
         assert_eq!(
             results.iter().map(|r| r.at_unix_ms).collect::<Vec<_>>(),
             before
@@ -873,7 +862,7 @@ mod tests {
         // A synchronised clock's times are its own.
         let (_, mut results, in_store) = stored_in(session.on_batch(batch(13..=13, 0).sent_at(7)));
         let before: Vec<i64> = results.iter().map(|r| r.at_unix_ms).collect();
-        assert!(in_store.on_our_clock(&mut results, now));
+        assert!(in_store.clock().place(&mut results, now));
         assert_eq!(
             results.iter().map(|r| r.at_unix_ms).collect::<Vec<_>>(),
             before

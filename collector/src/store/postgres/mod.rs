@@ -32,7 +32,7 @@ pub use shared::{PgLeadership, PgListener, CHANNEL};
 use self::connect::{Connector, Pool, PooledClient};
 use self::history::HistoryCache;
 use super::group_commit::{GroupWriter, InsertRequest, Outcome};
-use super::{InsertReport, Store, StoreConfig, StoredEvent};
+use super::{BatchClock, InsertReport, Store, StoreConfig, StoredEvent};
 use crate::error::CollectorError;
 use crate::events::{now_unix_ms, Event};
 use crate::history::{Derived, Rollup, Selector, SeriesInterval, Tier};
@@ -214,7 +214,7 @@ impl ResultColumns {
         self.seq.push(r.seq as i64);
         self.at_ms.push(r.at_unix_ms);
         self.received_ms.push(request.now_unix_ms);
-        self.clock_trusted.push(request.clock_trusted);
+        self.clock_trusted.push(request.clock.trusted);
         self.target.push(r.target.clone());
         self.port.push(i32::from(r.port));
         self.family.push(i32::from(r.family.code()));
@@ -317,7 +317,7 @@ fn commit_group(
                 provider,
                 account,
                 &fresh,
-                request.clock_trusted,
+                request.clock.trusted,
                 request.now_unix_ms,
             );
         }
@@ -413,6 +413,11 @@ fn record_of(row: &Row, at: usize) -> Result<ProbeResult, CollectorError> {
 }
 
 impl Store for PostgresStore {
+    fn close(&self) {
+        // The inherent method: the writer finishes and stops.
+        PostgresStore::close(self)
+    }
+
     fn upsert_agent(&self, agent: &AgentMeta, now_unix_ms: i64) -> Result<u64, CollectorError> {
         let l = &agent.labels;
         let mark: i64 = self
@@ -443,11 +448,10 @@ impl Store for PostgresStore {
         &self,
         agent_id: &str,
         results: Vec<ProbeResult>,
-        clock_trusted: bool,
+        clock: BatchClock,
         now_unix_ms: i64,
     ) -> Result<(InsertReport, Vec<ProbeResult>), CollectorError> {
-        self.writer
-            .insert(agent_id, results, clock_trusted, now_unix_ms)
+        self.writer.insert(agent_id, results, clock, now_unix_ms)
     }
 
     fn latest_per_series(

@@ -133,12 +133,12 @@ fn a_writer_rereads_an_agent_another_collector_wrote_for_meanwhile() {
     a.upsert_agent(&meta("g1"), contract::T0).unwrap();
     let all = stream();
     // A caches g1's open interval (ok, up to 50); B goes on to 100; A takes the rest.
-    a.insert_results("g1", all[..50].to_vec(), true, later)
+    a.insert_results("g1", all[..50].to_vec(), true.into(), later)
         .unwrap();
-    b.insert_results("g1", all[40..100].to_vec(), true, later)
+    b.insert_results("g1", all[40..100].to_vec(), true.into(), later)
         .unwrap();
     let (r, _) = a
-        .insert_results("g1", all[90..].to_vec(), true, later)
+        .insert_results("g1", all[90..].to_vec(), true.into(), later)
         .unwrap();
     assert_eq!((r.accepted, r.duplicates, r.high_water), (80, 10, 180));
     let selector = crate::history::Selector {
@@ -236,7 +236,7 @@ fn two_collectors_store_an_agents_overlapping_replays_once() {
                 while start <= total {
                     let end = (start + 19).min(total);
                     let batch: Vec<_> = (start..=end).map(|s| result(s, 25, s as i64)).collect();
-                    let (r, fresh) = store.insert_results("a1", batch, true, 10).unwrap();
+                    let (r, fresh) = store.insert_results("a1", batch, true.into(), 10).unwrap();
                     assert_eq!(r.accepted as usize, fresh.len());
                     accepted += u64::from(r.accepted);
                     start += 15;
@@ -246,7 +246,7 @@ fn two_collectors_store_an_agents_overlapping_replays_once() {
                     .insert_results(
                         "a1",
                         (1..=total).map(|s| result(s, 25, s as i64)).collect(),
-                        true,
+                        true.into(),
                         10,
                     )
                     .unwrap();
@@ -293,7 +293,7 @@ fn a_long_transaction_in_another_database_holds_the_feed_back_not_at_all() {
     let mut tx = elsewhere.transaction().unwrap();
     tx.execute("INSERT INTO busy VALUES (1)", &[]).unwrap();
     store
-        .insert_results("a1", vec![result(1, 25, 6)], true, 8)
+        .insert_results("a1", vec![result(1, 25, 6)], true.into(), 8)
         .unwrap();
     let read = store.feed_after(&head, 100).unwrap();
     assert_eq!(read.items.len(), 1, "the feed goes on beside it");
@@ -320,7 +320,12 @@ fn the_feed_waits_for_a_late_commit_and_skips_nothing() {
     )
     .unwrap();
     store
-        .insert_results("late", vec![result(1, 25, 6), result(2, 25, 7)], true, 8)
+        .insert_results(
+            "late",
+            vec![result(1, 25, 6), result(2, 25, 7)],
+            true.into(),
+            8,
+        )
         .unwrap();
     let before = store.feed_after(&head, 100).unwrap();
     assert!(
@@ -486,7 +491,7 @@ fn listeners_hear_results_events_probe_requests_and_silences() {
     assert!(listener.wait(Duration::from_millis(50)).unwrap().is_empty());
     store.upsert_agent(&meta("a1"), 1).unwrap();
     store
-        .insert_results("a1", vec![result(1, 25, 1)], true, 2)
+        .insert_results("a1", vec![result(1, 25, 1)], true.into(), 2)
         .unwrap();
     assert_eq!(
         listener.wait(Duration::from_secs(5)).unwrap(),
@@ -538,7 +543,7 @@ fn a_database_that_is_down_fails_writes_quickly_and_is_used_again_once_back() {
     let store = PostgresStore::open(&config(&url)).unwrap();
     store.upsert_agent(&meta("a1"), 1).unwrap();
     store
-        .insert_results("a1", vec![result(1, 25, 1)], true, 2)
+        .insert_results("a1", vec![result(1, 25, 1)], true.into(), 2)
         .unwrap();
     let mut listener = store.listen().unwrap();
     let postmaster = cluster.pid().expect("a running cluster has a postmaster");
@@ -547,7 +552,7 @@ fn a_database_that_is_down_fails_writes_quickly_and_is_used_again_once_back() {
     assert_eq!(cluster.pid(), None);
     let started = Instant::now();
     assert!(store
-        .insert_results("a1", vec![result(2, 25, 2)], true, 3)
+        .insert_results("a1", vec![result(2, 25, 2)], true.into(), 3)
         .is_err());
     let took = started.elapsed();
     assert!(
@@ -558,7 +563,7 @@ fn a_database_that_is_down_fails_writes_quickly_and_is_used_again_once_back() {
     assert!(listener.wait(Duration::from_millis(500)).is_err());
     cluster.start_again().unwrap();
     let (r, _) = store
-        .insert_results("a1", vec![result(2, 25, 2)], true, 3)
+        .insert_results("a1", vec![result(2, 25, 2)], true.into(), 3)
         .unwrap();
     assert_eq!((r.accepted, r.high_water), (1, 2));
     store.ping().unwrap();
@@ -585,7 +590,7 @@ fn retention_drops_whole_day_partitions_and_old_rows_of_the_default() {
         result(6, 25, (today + 30) * day),
     ];
     store
-        .insert_results("a1", results, true, today * day)
+        .insert_results("a1", results, true.into(), today * day)
         .unwrap();
     let mut client = raw(&url);
     let where_is = |client: &mut postgres::Client, seq: i64| -> String {
@@ -624,7 +629,7 @@ fn retention_drops_whole_day_partitions_and_old_rows_of_the_default() {
         .insert_results(
             "a1",
             vec![result(3, 25, today * day + 10)],
-            true,
+            true.into(),
             today * day,
         )
         .unwrap();
@@ -678,7 +683,7 @@ fn sslmode_verify_full_speaks_tls_to_a_server_the_ca_file_vouches_for() {
     assert!(in_tls(&store));
     store.upsert_agent(&meta("a1"), 1).unwrap();
     store
-        .insert_results("a1", vec![result(1, 25, 1)], true, 2)
+        .insert_results("a1", vec![result(1, 25, 1)], true.into(), 2)
         .unwrap();
     let mut listener = store.listen().unwrap();
     assert!(store.try_lead("c1").unwrap().is_some());
@@ -717,9 +722,11 @@ fn writers_on_two_collectors_add_to_shared_cells_without_deadlocks() {
                             result(seq, port, (seq % 2) as i64 * 3_600_000 + seq as i64)
                         })
                         .collect();
-                    let (r, _) = store.insert_results(&id, rs.clone(), true, 1).unwrap();
+                    let (r, _) = store
+                        .insert_results(&id, rs.clone(), true.into(), 1)
+                        .unwrap();
                     assert_eq!(r.accepted, 12);
-                    let (again, _) = store.insert_results(&id, rs, true, 1).unwrap();
+                    let (again, _) = store.insert_results(&id, rs, true.into(), 1).unwrap();
                     assert_eq!(again.accepted, 0);
                 }
             })

@@ -12,6 +12,7 @@
 //! without scanning history. The long-kept tiers (intervals, hourly rollups) are in
 //! [`history`], written in the same transaction as the results they come from.
 
+mod feed;
 mod history;
 mod outbox;
 mod silences;
@@ -23,12 +24,13 @@ use crate::events::Event;
 use crate::history::{Derived, Rollup, Selector, SeriesInterval, Tier};
 use crate::identity::AgentMeta;
 use crate::store::group_commit::{GroupWriter, InsertRequest, Outcome};
-use crate::store::{InsertReport, Store, StoredEvent};
+use crate::store::tail::Tail;
+use crate::store::{BatchClock, InsertReport, Store, StoredEvent};
 use egresswatch_wire::{Labels, ProbeResult};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 fn db_err(context: &str, e: impl std::error::Error + Send + Sync + 'static) -> CollectorError {
     CollectorError::store(context, e)
@@ -40,6 +42,8 @@ pub struct SqliteStore {
     writer: GroupWriter,
     /// Small writes (agents, events, pruning) and all reads share this connection.
     conn: Mutex<Connection>,
+    /// The feed of what the writer committed, which this collector's hub follows.
+    tail: Arc<Tail>,
 }
 
 fn open(path: &Path) -> Result<Connection, CollectorError> {
@@ -96,17 +100,26 @@ impl SqliteStore {
         let mut writer_conn = open(path)?;
         let mut high_water: HashMap<String, u64> = HashMap::new();
         let mut history = HistoryCache::default();
+        let tail = Tail::new();
+        let committed = tail.clone();
         let writer = GroupWriter::start(move |group| {
-            commit_group(&mut writer_conn, &mut high_water, &mut history, group).inspect_err(|_| {
-                // The transaction rolled back: cached marks are reloaded from the database.
-                high_water.clear();
-                history.clear();
-            })
+            let outcomes = commit_group(&mut writer_conn, &mut high_water, &mut history, group)
+                .inspect_err(|_| {
+                    // The transaction rolled back: cached marks are reloaded from the database.
+                    high_water.clear();
+                    history.clear();
+                })?;
+            // In commit order, before any sender hears its results are stored.
+            for (request, (_, fresh)) in group.iter().zip(&outcomes) {
+                committed.committed(&request.agent_id, fresh, request.clock, request.now_unix_ms);
+            }
+            Ok(outcomes)
         })?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
             writer,
             conn: Mutex::new(conn),
+            tail,
         })
     }
 
@@ -134,6 +147,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             writer,
             conn: Mutex::new(conn),
+            tail: Tail::new(),
         })
     }
 
@@ -218,7 +232,7 @@ fn commit_group(
                         result.seq as i64,
                         result.at_unix_ms,
                         request.now_unix_ms,
-                        request.clock_trusted,
+                        request.clock.trusted,
                         result.target,
                         result.port,
                         result.family.code(),
@@ -282,7 +296,7 @@ fn commit_group(
                     &provider,
                     &account,
                     &fresh,
-                    request.clock_trusted,
+                    request.clock.trusted,
                     request.now_unix_ms,
                 );
             }
@@ -313,6 +327,11 @@ fn decode(record: &[u8]) -> Result<ProbeResult, CollectorError> {
 }
 
 impl Store for SqliteStore {
+    fn close(&self) {
+        // The inherent method: the writer finishes and stops.
+        SqliteStore::close(self)
+    }
+
     fn upsert_agent(&self, agent: &AgentMeta, now_unix_ms: i64) -> Result<u64, CollectorError> {
         let conn = self.conn();
         let l = &agent.labels;
@@ -325,6 +344,7 @@ impl Store for SqliteStore {
             params![agent.agent_id, l.provider, l.account, l.region, l.instance, agent.agent_version, now_unix_ms],
         )
         .map_err(|e| db_err("recording the agent", e))?;
+        self.tail.agent(agent);
         let mark: i64 = conn
             .query_row(
                 "SELECT high_water FROM agents WHERE id = ?1",
@@ -339,11 +359,10 @@ impl Store for SqliteStore {
         &self,
         agent_id: &str,
         results: Vec<ProbeResult>,
-        clock_trusted: bool,
+        clock: BatchClock,
         now_unix_ms: i64,
     ) -> Result<(InsertReport, Vec<ProbeResult>), CollectorError> {
-        self.writer
-            .insert(agent_id, results, clock_trusted, now_unix_ms)
+        self.writer.insert(agent_id, results, clock, now_unix_ms)
     }
 
     fn latest_per_series(
@@ -610,9 +629,11 @@ mod tests {
                     let rs: Vec<_> = (batch * 10 + 1..=batch * 10 + 10)
                         .map(|s| result(s, 25, s as i64))
                         .collect();
-                    store.insert_results(&id, rs.clone(), true, 0).unwrap();
+                    store
+                        .insert_results(&id, rs.clone(), true.into(), 0)
+                        .unwrap();
                     // Every batch is sent twice, as after a lost ack.
-                    let (r, _) = store.insert_results(&id, rs, true, 0).unwrap();
+                    let (r, _) = store.insert_results(&id, rs, true.into(), 0).unwrap();
                     assert_eq!(r.accepted, 0);
                 }
             }));

@@ -1,0 +1,305 @@
+//! The feed of a store one collector has alone (SQLite, memory): the writer's own tail.
+//!
+//! Whatever the store, the hub learns of results by following the feed of what the store
+//! committed ([`super::shared::SharedStore::feed_after`]), so the embedded default runs the very
+//! pipeline a cluster runs: it is a cluster of one. PostgreSQL's feed is a table every
+//! collector reads; a store one process has alone only needs to hand what it committed to that
+//! process's follower, in order. The tail is that queue: the store appends each commit's new
+//! results (with the agent's labels, remembered from its hello), the follower reads after its
+//! cursor, and what it has read past is dropped — it has one reader, so nothing is kept that
+//! nobody will ask for, and nothing is dropped that the reader has not passed. It also carries
+//! the other notifications a cluster sends (silences changed) and remembers this collector's
+//! heartbeat and sessions, so `/api/collectors` shows the cluster of one.
+
+use super::shared::{CollectorRow, FeedBatch, FeedCursor, FeedItem, Listener, News};
+use super::BatchClock;
+use crate::error::CollectorError;
+use crate::identity::AgentMeta;
+use egresswatch_wire::{Labels, ProbeResult};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Most results the tail holds for a reader that fell behind. A follower reads every quarter
+/// second, so only a stalled one gets here; beyond it the oldest leave the feed (they stay
+/// stored, and the log counts them) rather than the collector's memory growing
+/// without end.
+const MAX_BEHIND: usize = 500_000;
+
+/// The tail of one store. Shared by the store (the writer) and its listener (the follower).
+#[derive(Debug, Default)]
+pub struct Tail {
+    state: Mutex<State>,
+    news_arrived: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The number the last appended result got; a cursor's `row` is the last one read.
+    next: i64,
+    /// Whether a reader has asked for the head: until then nothing is kept (a store written
+    /// without a hub, as the benchmarks do, holds no copy of what it stored).
+    reading: bool,
+    /// Results that left the feed unread because the reader was too far behind.
+    dropped: u64,
+    /// (number, item), oldest first: what the follower has not read past yet.
+    items: VecDeque<(i64, FeedItem)>,
+    /// Each agent's labels, from its latest hello.
+    agents: HashMap<String, AgentMeta>,
+    /// What a listener has not been told yet.
+    news: Vec<News>,
+    heartbeat: Option<CollectorRow>,
+    /// (collector id, its sessions' JSON).
+    sessions: Option<(String, String)>,
+}
+
+impl Tail {
+    pub fn new() -> Arc<Tail> {
+        Arc::new(Tail::default())
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers an agent's labels (its hello), for the results it commits later.
+    pub fn agent(&self, agent: &AgentMeta) {
+        self.state()
+            .agents
+            .insert(agent.agent_id.clone(), agent.clone());
+    }
+
+    /// Appends what one commit stored for `agent_id`, placed on the collector's clock
+    /// ([`BatchClock::place`]: the store keeps the agent's own timestamps, the hub orders by
+    /// ours), and wakes the listener. An agent that never said hello to this store is taken with
+    /// its id alone (the memory store's tests do that).
+    pub fn committed(
+        &self,
+        agent_id: &str,
+        results: &[ProbeResult],
+        clock: BatchClock,
+        received_unix_ms: i64,
+    ) {
+        if results.is_empty() {
+            return;
+        }
+        let mut state = self.state();
+        if !state.reading {
+            state.next += results.len() as i64;
+            return;
+        }
+        let mut placed = results.to_vec();
+        let clock_trusted = clock.place(&mut placed, received_unix_ms);
+        let agent = state
+            .agents
+            .get(agent_id)
+            .cloned()
+            .unwrap_or_else(|| AgentMeta {
+                agent_id: agent_id.to_string(),
+                labels: Labels::default(),
+                agent_version: String::new(),
+            });
+        for result in placed {
+            state.next += 1;
+            let n = state.next;
+            state.items.push_back((
+                n,
+                FeedItem {
+                    agent: agent.clone(),
+                    result,
+                    clock_trusted,
+                    received_unix_ms,
+                },
+            ));
+        }
+        let over = state.items.len().saturating_sub(MAX_BEHIND);
+        if over > 0 {
+            state.items.drain(..over);
+            state.dropped += over as u64;
+            tracing::error!(
+                dropped = state.dropped,
+                "the hub is behind the store's feed by {MAX_BEHIND} results: the oldest leave the \
+                 feed unread (they stay stored; the matrix catches up with newer ones)"
+            );
+        }
+        if !state.news.contains(&News::Results) {
+            state.news.push(News::Results);
+        }
+        drop(state);
+        self.news_arrived.notify_all();
+    }
+
+    /// Tells the listener something other than results (silences changed).
+    pub fn tell(&self, news: News) {
+        let mut state = self.state();
+        if !state.news.contains(&news) {
+            state.news.push(news);
+        }
+        drop(state);
+        self.news_arrived.notify_all();
+    }
+
+    /// The end of the tail now; from here on the tail keeps what is appended for the reader.
+    pub fn head(&self) -> FeedCursor {
+        let mut state = self.state();
+        state.reading = true;
+        FeedCursor {
+            xact: 0,
+            row: state.next,
+        }
+    }
+
+    /// What was appended after `cursor`, at most `limit`; what lies at or before it is dropped
+    /// (the one reader has passed it).
+    pub fn after(&self, cursor: &FeedCursor, limit: usize) -> FeedBatch {
+        let mut state = self.state();
+        while state.items.front().is_some_and(|(n, _)| *n <= cursor.row) {
+            state.items.pop_front();
+        }
+        let taken = state.items.len().min(limit);
+        let items: Vec<FeedItem> = state
+            .items
+            .iter()
+            .take(taken)
+            .map(|(_, item)| item.clone())
+            .collect();
+        let last = match taken {
+            0 => cursor.row.max(0),
+            n => state.items[n - 1].0,
+        };
+        FeedBatch {
+            items,
+            next: FeedCursor { xact: 0, row: last },
+        }
+    }
+
+    /// A subscription to what is appended and told.
+    pub fn listen(self: &Arc<Tail>) -> Box<dyn Listener> {
+        Box::new(TailListener { tail: self.clone() })
+    }
+
+    pub fn heartbeat(&self, row: &CollectorRow) {
+        self.state().heartbeat = Some(row.clone());
+    }
+
+    /// This collector, when it said it is alive within `fresh_ms` of `now_unix_ms`.
+    pub fn collectors(&self, now_unix_ms: i64, fresh_ms: i64) -> Vec<CollectorRow> {
+        self.state()
+            .heartbeat
+            .iter()
+            .filter(|row| now_unix_ms - row.last_seen_unix_ms <= fresh_ms)
+            .cloned()
+            .collect()
+    }
+
+    pub fn publish_sessions(&self, collector_id: &str, sessions_json: &str) {
+        self.state().sessions = Some((collector_id.to_string(), sessions_json.to_string()));
+    }
+
+    pub fn sessions(&self) -> Vec<(String, String)> {
+        self.state().sessions.iter().cloned().collect()
+    }
+}
+
+struct TailListener {
+    tail: Arc<Tail>,
+}
+
+impl Listener for TailListener {
+    fn wait(&mut self, timeout: Duration) -> Result<Vec<News>, CollectorError> {
+        let state = self.tail.state();
+        let (mut state, _) = self
+            .tail
+            .news_arrived
+            .wait_timeout_while(state, timeout, |s| s.news.is_empty())
+            .unwrap_or_else(|p| p.into_inner());
+        Ok(std::mem::take(&mut state.news))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(seq: u64) -> ProbeResult {
+        ProbeResult {
+            seq,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_reader_gets_each_commit_once_in_order_and_what_it_passed_is_dropped() {
+        let tail = Tail::new();
+        let start = tail.head();
+        tail.agent(&AgentMeta {
+            agent_id: "a1".into(),
+            labels: Labels::default(),
+            agent_version: "t".into(),
+        });
+        tail.committed("a1", &[result(1), result(2)], true.into(), 10);
+        tail.committed("a1", &[result(3)], false.into(), 20);
+        let first = tail.after(&start, 2);
+        assert_eq!(
+            first.items.iter().map(|i| i.result.seq).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        let second = tail.after(&first.next, 10);
+        assert_eq!(second.items.len(), 1);
+        assert!(!second.items[0].clock_trusted);
+        assert_eq!(second.items[0].received_unix_ms, 20);
+        let none = tail.after(&second.next, 10);
+        assert!(none.items.is_empty());
+        assert_eq!(none.next, second.next);
+        assert!(tail.state().items.is_empty(), "read past: dropped");
+    }
+
+    #[test]
+    fn nothing_is_kept_before_a_reader_asks_for_the_head() {
+        let tail = Tail::new();
+        tail.committed("a", &[result(1), result(2)], true.into(), 1);
+        assert!(tail.state().items.is_empty());
+        let head = tail.head();
+        assert_eq!(head.row, 2);
+        tail.committed("a", &[result(3)], true.into(), 2);
+        let read = tail.after(&head, 10);
+        assert_eq!(read.items.len(), 1);
+        assert_eq!(read.items[0].result.seq, 3);
+    }
+
+    #[test]
+    fn an_unsynchronised_batch_reaches_the_reader_on_the_collectors_clock() {
+        let tail = Tail::new();
+        let head = tail.head();
+        // Measured 5 s before the batch left by a clock an hour behind; received at 10,000,000.
+        let sent = 1_000_000;
+        let mut r = result(1);
+        r.at_unix_ms = sent - 5_000;
+        let clock = BatchClock {
+            trusted: false,
+            sent_unix_ms: sent,
+        };
+        tail.committed("a", &[r], clock, 10_000_000);
+        let read = tail.after(&head, 10);
+        assert!(read.items[0].clock_trusted);
+        assert_eq!(read.items[0].result.at_unix_ms, 10_000_000 - 5_000);
+    }
+
+    #[test]
+    fn a_listener_wakes_on_a_commit_and_is_told_once() {
+        let tail = Tail::new();
+        tail.head();
+        let mut listener = tail.listen();
+        let writer = tail.clone();
+        let t = std::thread::spawn(move || writer.committed("a", &[result(1)], true.into(), 1));
+        let news = listener.wait(Duration::from_secs(5)).unwrap();
+        t.join().unwrap();
+        assert_eq!(news, vec![News::Results]);
+        assert!(listener.wait(Duration::from_millis(10)).unwrap().is_empty());
+        tail.tell(News::Silences);
+        assert_eq!(
+            listener.wait(Duration::from_millis(10)).unwrap(),
+            vec![News::Silences]
+        );
+    }
+}
