@@ -170,7 +170,12 @@ async fn main() -> Result<()> {
                 let metas = &metas;
                 handles.push(s.spawn(move || -> Result<()> {
                     for (i, batch) in part {
-                        store.insert_results(&metas[*i].agent_id, batch.clone(), true, end)?;
+                        store.insert_results(
+                            &metas[*i].agent_id,
+                            batch.clone(),
+                            true.into(),
+                            end,
+                        )?;
                     }
                     Ok(())
                 }));

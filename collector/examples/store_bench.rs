@@ -154,8 +154,12 @@ fn ingest(
                 handles.push(s.spawn(move || -> Result<u64> {
                     let mut n = 0;
                     for (i, batch) in part {
-                        let (report, _) =
-                            store.insert_results(&metas[*i].agent_id, batch.clone(), true, now)?;
+                        let (report, _) = store.insert_results(
+                            &metas[*i].agent_id,
+                            batch.clone(),
+                            true.into(),
+                            now,
+                        )?;
                         n += u64::from(report.accepted);
                     }
                     Ok(n)
