@@ -31,7 +31,7 @@ impl KnownAgent {
     /// `agent` heard at `now_unix_ms`.
     pub fn new(agent: &AgentMeta, now_unix_ms: i64) -> KnownAgent {
         KnownAgent {
-            provider: crate::matrix::policies::provider_key(&agent.labels.provider),
+            provider: crate::providers::provider_key(&agent.labels.provider),
             account: label_or_unlabelled(&agent.labels.account),
             region: label_or_unlabelled(&agent.labels.region),
             instance: agent.labels.instance.clone(),

@@ -26,6 +26,7 @@ pub mod ingest;
 pub mod limits;
 pub mod matrix;
 pub mod metrics;
+pub mod providers;
 pub mod ready;
 pub mod silences;
 pub mod store;

@@ -227,8 +227,7 @@ async fn serve(
         )))
         .with_links(alerts::Links {
             public_url: cfg.http.public_url.clone(),
-        })
-        .with_agents(store.clone());
+        });
     let fleet = Fleet::new(cfg.fleet(), shared.clone(), alerts, metrics.clone());
     fleet.restore_from_store(now_unix_ms()).await?;
     let read_only_gauge: prometheus_client::metrics::gauge::Gauge = metrics.registered(

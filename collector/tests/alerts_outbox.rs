@@ -103,9 +103,7 @@ async fn accounts_fall_silent(
     let store = Arc::new(MemoryStore::new());
     let counters = AlertCounters::default();
     let metrics = Arc::new(Metrics::new());
-    let alerts = Alerts::start(sinks, counters.clone())
-        .unwrap()
-        .with_agents(store.clone());
+    let alerts = Alerts::start(sinks, counters.clone()).unwrap();
     let fleet = Fleet::new(
         FleetConfig::default(),
         store.clone(),

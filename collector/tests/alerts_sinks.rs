@@ -466,8 +466,7 @@ async fn a_silenced_event_is_recorded_and_shown_but_reaches_no_sink() {
     each.silent_agents = SilentAgents::Each;
     let alerts = Alerts::start(&[each], counters.clone())
         .unwrap()
-        .with_silences(book)
-        .with_agents(store.clone());
+        .with_silences(book);
     let fleet = Fleet::new(
         FleetConfig::default(),
         store.clone(),

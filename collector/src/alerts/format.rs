@@ -9,7 +9,7 @@
 
 use super::gate::Notice;
 use crate::events::{family_word, rfc3339, Event, EventKind, Scope, State, Witness};
-use crate::matrix::policies::Policies;
+use crate::providers::Policies;
 use serde_json::{json, Map, Value};
 
 /// What every body may link to.

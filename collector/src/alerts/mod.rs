@@ -25,7 +25,7 @@
 //! Without `[[alerts.match]]` a sink gets the default rule: any change on 465 or 587, and any
 //! port opening or closing for a whole provider. Whole accounts going silent are news too
 //! (`silent_agents = "accounts"`, the default; `"each"` adds every single agent, `"off"` none):
-//! see [`roster`]. Alertmanager alerts fire on a change to `blocked`/`silent`/`flapping` and
+//! the detector raises those ([`crate::detector`]). Alertmanager alerts fire on a change to `blocked`/`silent`/`flapping` and
 //! resolve (`endsAt`) on the change back, ending every firing alert of the subject in the
 //! families the resolve names ([`firing`]); firing alerts are re-sent every `resend_secs` so
 //! Alertmanager does not time them out. A flapping series gets one notice ([`gate`]). An event a
@@ -35,7 +35,6 @@
 pub mod firing;
 pub mod format;
 pub mod gate;
-pub mod roster;
 pub mod rule;
 pub mod sink;
 

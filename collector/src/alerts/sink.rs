@@ -4,17 +4,15 @@
 //! `try_send`s; a full queue drops the event and counts it. Each worker retries with exponential backoff, logs and counts what finally fails, and for
 //! Alertmanager re-sends firing alerts periodically so they do not time out there. Silences,
 //! the flapping gate and account silence are decided here, at enqueue, by the pure parts
-//! ([`crate::silences`], [`super::gate`], [`super::roster`]).
+//! ([`crate::silences`], [`super::gate`]).
 
 use super::firing::Firing;
 use super::gate::{Gate, Notice};
-use super::roster::{account_key, Roster};
 use super::{format, Dedupe, Links, Rule, SinkConfig, SinkKind};
 use crate::error::CollectorError;
-use crate::events::{now_unix_ms, Event, EventKind, Scope};
+use crate::events::{now_unix_ms, Event};
 use crate::metrics::{label, Labels, Metrics};
 use crate::silences::SilenceBook;
-use crate::store::Store;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde_json::Value;
@@ -101,9 +99,6 @@ pub struct Alerts {
     sinks: Vec<SinkHandle>,
     counters: AlertCounters,
     silences: Arc<SilenceBook>,
-    /// Where account silence learns an account's agents; without it no account goes silent.
-    agents: Option<Arc<dyn Store>>,
-    roster: Mutex<Roster>,
     links: Arc<Mutex<Links>>,
 }
 
@@ -183,8 +178,6 @@ impl Alerts {
             sinks,
             counters,
             silences: Arc::default(),
-            agents: None,
-            roster: Mutex::default(),
             links,
         })
     }
@@ -195,8 +188,6 @@ impl Alerts {
             sinks: Vec::new(),
             counters: AlertCounters::default(),
             silences: Arc::default(),
-            agents: None,
-            roster: Mutex::default(),
             links: Arc::default(),
         }
     }
@@ -213,12 +204,6 @@ impl Alerts {
         self
     }
 
-    /// The store whose agents list tells when a whole account has gone silent.
-    pub fn with_agents(mut self, store: Arc<dyn Store>) -> Alerts {
-        self.agents = Some(store);
-        self
-    }
-
     pub fn silences(&self) -> &Arc<SilenceBook> {
         &self.silences
     }
@@ -228,8 +213,7 @@ impl Alerts {
         self.silences.silenced_by(e, e.at_unix_ms)
     }
 
-    /// Routes one event to every sink whose rule admits it, and the account-scope silence it
-    /// completes, if any. Never waits on a sink (an agent going silent reads the agents list).
+    /// Routes one event to every sink whose rule admits it. Never waits on a sink.
     pub fn enqueue(&self, event: &Event) {
         for planned in self.plan(event) {
             for routed in planned.notices {
@@ -245,26 +229,15 @@ impl Alerts {
         }
     }
 
-    /// What `event` means for the sinks, without sending anything: the event itself and the
-    /// account-scope silence it completes (if any), each with the notices its sinks are owed
-    /// after rules, silences, dedupe and the flapping gate. Those decisions keep state: plan each
-    /// event once. A collector that records deliveries in an outbox sends them later with
+    /// What `event` means for the sinks, without sending anything: the notices its sinks are
+    /// owed after rules, silences, dedupe and the flapping gate. Those decisions keep state: plan
+    /// each event once. A collector that records deliveries in an outbox sends them later with
     /// [`Alerts::dispatch`]; [`Alerts::enqueue`] sends at once.
     pub fn plan(&self, event: &Event) -> Vec<Planned> {
-        let mut planned = vec![Planned {
+        vec![Planned {
             event: event.clone(),
             notices: self.route(event),
-        }];
-        if let Some(mut account) = self.account_event(event) {
-            account.silenced_by = self.silenced_by(&account);
-            tracing::info!(event = %account.summary(), "event");
-            let notices = self.route(&account);
-            planned.push(Planned {
-                event: account,
-                notices,
-            });
-        }
-        planned
+        }]
     }
 
     /// Queues `notice` for the sink named `sink`, never waiting; `done` hears whether it was
@@ -282,29 +255,6 @@ impl Alerts {
             .tx
             .try_send(Job { notice, done })
             .map_err(|_| DispatchError::Full)
-    }
-
-    fn account_event(&self, e: &Event) -> Option<Event> {
-        if !matches!(e.kind, EventKind::AgentSilent | EventKind::AgentBack)
-            || e.scope != Scope::Agent
-            || !self.sinks.iter().any(|s| s.rule.wants_silent_accounts())
-        {
-            return None;
-        }
-        let store = self.agents.as_ref()?;
-        let wanted = account_key(e.provider.as_deref()?, e.account.as_deref()?);
-        let agents: Vec<String> = match store.agents() {
-            Ok(list) => list
-                .into_iter()
-                .filter(|(m, _)| account_key(&m.labels.provider, &m.labels.account) == wanted)
-                .map(|(m, _)| m.agent_id)
-                .collect(),
-            Err(err) => {
-                tracing::warn!("reading agents for account silence: {err}");
-                return None;
-            }
-        };
-        lock(&self.roster).observe(e, &agents)
     }
 
     fn route(&self, event: &Event) -> Vec<Routed> {

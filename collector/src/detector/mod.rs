@@ -13,6 +13,7 @@
 //! (or while other targets still answer) is the destination; every agent of every account of a
 //! provider is the provider; every agent of an account is the account; otherwise the agent.
 
+mod accounts;
 mod attribution;
 pub mod scope;
 mod series;
@@ -136,6 +137,8 @@ pub struct Detector {
     outages: BTreeSet<PathKey>,
     /// Series that asked for evidence since the hub last took them.
     suspicions: Vec<Suspicion>,
+    /// The accounts with no agent left reporting.
+    silent_accounts: accounts::SilentAccounts,
 }
 
 impl Detector {
@@ -147,6 +150,7 @@ impl Detector {
             pending: Vec::new(),
             outages: BTreeSet::new(),
             suspicions: Vec::new(),
+            silent_accounts: accounts::SilentAccounts::default(),
         }
     }
 
@@ -174,7 +178,7 @@ impl Detector {
         if info.silent {
             info.silent = false;
             let info = info.clone();
-            return vec![self.agent_event(
+            let mut events = vec![self.agent_event(
                 EventKind::AgentBack,
                 &agent.agent_id,
                 &info,
@@ -182,6 +186,9 @@ impl Detector {
                 State::Reporting,
                 now_unix_ms,
             )];
+            let accounts = self.silent_accounts.follow(&events, &self.agents);
+            events.extend(accounts);
+            return events;
         }
         Vec::new()
     }
@@ -415,6 +422,8 @@ impl Detector {
                 now_unix_ms,
             ));
         }
+        let accounts = self.silent_accounts.follow(&events, &self.agents);
+        events.extend(accounts);
         events.extend(self.attribute_settled(now_unix_ms));
         events
     }

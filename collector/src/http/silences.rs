@@ -64,7 +64,7 @@ impl Cells {
         let view = fleet.matrix_view(FamilyFilter::All, now);
         let mut cells = Vec::new();
         for p in &view.providers {
-            let provider = crate::matrix::policies::provider_key(&p.provider);
+            let provider = crate::providers::provider_key(&p.provider);
             for a in &p.accounts {
                 for r in &a.regions {
                     for agent in &r.agent_list {

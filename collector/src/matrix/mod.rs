@@ -6,12 +6,11 @@
 //! `/api/matrix` view comes out; no I/O, no wall clock.
 
 pub mod mail;
-pub mod policies;
 
 use crate::events::rfc3339;
 use crate::identity::{AgentMeta, KnownAgent, SeriesKey};
+use crate::providers::{contradicts, CellDoc, Policies};
 use egresswatch_wire::{Family, Outcome, ProbeResult};
-use policies::{contradicts, CellDoc, Policies};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

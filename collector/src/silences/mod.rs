@@ -6,7 +6,7 @@
 //! (planned windows, read at start, never stored).
 
 use crate::events::{rfc3339, Event};
-use crate::matrix::policies::provider_key;
+use crate::providers::provider_key;
 use egresswatch_wire::limits::MAX_LABEL_BYTES;
 use egresswatch_wire::Family;
 use serde::{Deserialize, Serialize};

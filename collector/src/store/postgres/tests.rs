@@ -224,7 +224,10 @@ fn two_collectors_store_an_agents_overlapping_replays_once() {
     stores[0].upsert_agent(&meta("a1"), 1).unwrap();
     let total = 400u64;
     // Each collector gets the whole stream in overlapping batches of 20, as an agent that keeps
-    // reconnecting to the other one before its acks arrive.
+    // reconnecting to the other one before its acks arrive. An agent resends from its oldest
+    // unacknowledged result, so each collector's first batch starts at 1 (a batch starting
+    // higher before anything below it was stored is what no agent sends: the high-water mark
+    // would take the gap for duplicates); after it they overlap differently.
     let threads: Vec<_> = stores
         .iter()
         .enumerate()
@@ -232,14 +235,16 @@ fn two_collectors_store_an_agents_overlapping_replays_once() {
             let store = store.clone();
             std::thread::spawn(move || {
                 let mut accepted = 0u64;
-                let mut start = 1 + n as u64 * 5;
+                let mut start = 1u64;
+                let mut step = 15 + n as u64 * 5;
                 while start <= total {
                     let end = (start + 19).min(total);
                     let batch: Vec<_> = (start..=end).map(|s| result(s, 25, s as i64)).collect();
                     let (r, fresh) = store.insert_results("a1", batch, true.into(), 10).unwrap();
                     assert_eq!(r.accepted as usize, fresh.len());
                     accepted += u64::from(r.accepted);
-                    start += 15;
+                    start += step;
+                    step = 15;
                 }
                 // The start both may have skipped.
                 let (r, _) = store

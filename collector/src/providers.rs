@@ -1,11 +1,13 @@
-//! What providers document about outbound SMTP (`collector/policies.toml`, embedded at compile
-//! time), provider-label matching (case-insensitive, with aliases), and the comparison of a
-//! documented policy with an observed cell status.
+//! The cloud providers egresswatch knows, and how a label names one: what each documents about
+//! outbound SMTP (`collector/policies.toml`, embedded at compile time), provider-label matching
+//! (case-insensitive, with aliases) and the key a label is grouped under everywhere
+//! ([`provider_key`]: the matrix, the detector's accounts, silences, alerts), and the
+//! comparison of a documented policy with an observed cell status.
 
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
-const EMBEDDED: &str = include_str!("../../policies.toml");
+const EMBEDDED: &str = include_str!("../policies.toml");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
