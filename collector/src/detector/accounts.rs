@@ -50,10 +50,8 @@ impl SilentAccounts {
                         more.push(account_event(e, State::Reporting, State::Silent));
                     }
                 }
-                EventKind::AgentBack => {
-                    if self.silent.remove(&key) {
-                        more.push(account_event(e, State::Silent, State::Reporting));
-                    }
+                EventKind::AgentBack if self.silent.remove(&key) => {
+                    more.push(account_event(e, State::Silent, State::Reporting));
                 }
                 _ => {}
             }
