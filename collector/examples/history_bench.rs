@@ -17,7 +17,7 @@ use egresswatch_collector::identity::AgentMeta;
 use egresswatch_collector::limits::LimitCounters;
 use egresswatch_collector::metrics::Metrics;
 use egresswatch_collector::store::sqlite::SqliteStore;
-use egresswatch_collector::store::Store;
+use egresswatch_collector::store::ResultStore;
 use egresswatch_wire::{Family, Labels, Outcome, PhaseTimings, ProbeResult};
 use std::sync::Arc;
 use std::time::Instant;

@@ -11,7 +11,7 @@
 mod support;
 
 use egresswatch_collector::events::now_unix_ms;
-use egresswatch_collector::store::Store;
+use egresswatch_collector::store::ResultStore;
 use egresswatch_wire::{Family, Outcome};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

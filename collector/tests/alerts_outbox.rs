@@ -13,7 +13,7 @@ use egresswatch_collector::fleet::{Fleet, FleetConfig, ResultObserver};
 use egresswatch_collector::identity::AgentMeta;
 use egresswatch_collector::metrics::Metrics;
 use egresswatch_collector::store::memory::MemoryStore;
-use egresswatch_collector::store::Store;
+use egresswatch_collector::store::{EventStore, ResultStore};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -16,7 +16,7 @@ use egresswatch_collector::fleet::{Fleet, FleetConfig};
 use egresswatch_collector::metrics::Metrics;
 use egresswatch_collector::silences::{NewSilence, Origin, SilenceBook};
 use egresswatch_collector::store::memory::MemoryStore;
-use egresswatch_collector::store::Store;
+use egresswatch_collector::store::{EventStore, ResultStore};
 use egresswatch_wire::{Family, ProbeCause};
 use serde_json::Value;
 use std::net::SocketAddr;

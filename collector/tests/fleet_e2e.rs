@@ -9,7 +9,7 @@
 
 mod support;
 
-use egresswatch_collector::store::Store;
+use egresswatch_collector::store::Inspect;
 use rand::Rng;
 use std::path::Path;
 use std::process::{Command, Stdio};

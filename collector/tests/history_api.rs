@@ -8,7 +8,7 @@ use egresswatch_collector::http::{self, HttpConfig};
 use egresswatch_collector::limits::LimitCounters;
 use egresswatch_collector::metrics::Metrics;
 use egresswatch_collector::store::sqlite::SqliteStore;
-use egresswatch_collector::store::Store;
+use egresswatch_collector::store::ResultStore;
 use egresswatch_wire::{Family, Outcome, PhaseTimings, ProbeResult};
 use serde_json::Value;
 use std::sync::Arc;

@@ -6,7 +6,7 @@ use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::http::{self, HttpConfig};
 use egresswatch_collector::ingest::IngestCounters;
 use egresswatch_collector::store::shared::FeedItem;
-use egresswatch_collector::store::Store;
+use egresswatch_collector::store::ResultStore;
 use egresswatch_collector::{fleet::ResultObserver, identity::AgentMeta};
 use egresswatch_wire::{Family, Outcome, PhaseTimings, ProbeResult};
 use serde_json::{json, Value};

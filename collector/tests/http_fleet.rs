@@ -10,7 +10,7 @@ use egresswatch_collector::alerts::{AlertCounters, Alerts, SinkConfig, SinkKind}
 use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::metrics::Metrics;
 use egresswatch_collector::store::shared::FeedItem;
-use egresswatch_collector::store::Store;
+use egresswatch_collector::store::ResultStore;
 use egresswatch_wire::{Family, Outcome, ProbeResult};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};

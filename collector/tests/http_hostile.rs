@@ -13,6 +13,7 @@
 mod support;
 use egresswatch_collector::events::{now_unix_ms, rfc3339};
 use egresswatch_collector::store::shared::FeedItem;
+use egresswatch_collector::store::ResultStore;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -300,7 +301,6 @@ fn get_with_host(addr: SocketAddr, path: &str, host: &str) -> (u16, String) {
 
 /// 200 agents in 10 accounts, each with results on the five matrix ports.
 fn feed_matrix(s: &support::http::Server) {
-    use egresswatch_collector::store::Store;
     let now = now_unix_ms();
     for i in 0..200 {
         let id = format!("a{i}");

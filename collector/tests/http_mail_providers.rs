@@ -6,7 +6,7 @@ use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::fleet::ResultObserver;
 use egresswatch_collector::identity::AgentMeta;
 use egresswatch_collector::store::shared::FeedItem;
-use egresswatch_collector::store::Store;
+use egresswatch_collector::store::ResultStore;
 use egresswatch_wire::{Family, Outcome, ProbeResult};
 use serde_json::Value;
 

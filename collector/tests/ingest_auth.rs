@@ -6,7 +6,8 @@
 
 mod support;
 
-use egresswatch_collector::store::{sqlite::SqliteStore, Store};
+use egresswatch_collector::store::sqlite::SqliteStore;
+use egresswatch_collector::store::{Inspect, ResultStore};
 use egresswatch_sim::{self as sim, Credentials};
 use egresswatch_wire::limits::MAX_FRAME_BYTES;
 use egresswatch_wire::version::{WIRE_MAJOR, WIRE_MINOR};

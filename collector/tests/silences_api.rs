@@ -7,6 +7,7 @@
 mod support;
 use egresswatch_collector::events::{now_unix_ms, rfc3339};
 use egresswatch_collector::store::shared::FeedItem;
+use egresswatch_collector::store::ResultStore;
 use serde_json::{json, Value};
 use std::path::Path;
 use support::{spawn_collector, write_collector_config, Proc};
@@ -233,7 +234,6 @@ fn results_on(ports: &[u16], at: i64) -> Vec<egresswatch_wire::ProbeResult> {
 
 #[tokio::test]
 async fn a_silence_reports_how_many_current_cells_it_covers() {
-    use egresswatch_collector::store::Store;
     let s = support::http::Server::start(support::http::loopback()).await;
     let now = now_unix_ms();
     for (id, account) in [("g1", "acct-a"), ("g2", "acct-b")] {

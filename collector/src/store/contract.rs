@@ -4,6 +4,11 @@
 //! stored and served with their id, and pruning by measurement time; and the long-kept tiers
 //! (intervals, hourly rollups) derived from replayed streams, read back and pruned.
 
+use crate::store::Inspect;
+
+/// A store under test: the contract also inspects it.
+pub trait Tested: Store + Inspect {}
+impl<T: Store + Inspect> Tested for T {}
 use super::Store;
 use crate::events::{rfc3339, Event, EventKind, Scope, State};
 use crate::history::{Rollup, Selector, SeriesInterval, Tier};
@@ -57,7 +62,7 @@ pub fn event(agent: &str, at: i64) -> Event {
 }
 
 /// The seqs of `agent`'s `limit` latest results, in the order the store serves them.
-pub fn recent_seqs(store: &dyn Store, agent: &str, limit: usize) -> Vec<u64> {
+pub fn recent_seqs(store: &dyn Tested, agent: &str, limit: usize) -> Vec<u64> {
     store
         .recent_results(agent, limit)
         .unwrap()
@@ -68,7 +73,7 @@ pub fn recent_seqs(store: &dyn Store, agent: &str, limit: usize) -> Vec<u64> {
 
 /// Agent `a1`'s results 1..=10 on port 25, then a replay of 8..=12 on 587 that overlaps them:
 /// only 11 and 12 are new.
-pub fn store_overlapping_batches(store: &dyn Store) {
+pub fn store_overlapping_batches(store: &dyn Tested) {
     assert_eq!(store.upsert_agent(&meta("a1"), 1).unwrap(), 0);
     let (r, fresh) = store
         .insert_results(
@@ -100,7 +105,7 @@ pub fn store_overlapping_batches(store: &dyn Store) {
     );
 }
 
-pub fn check(store: &dyn Store) {
+pub fn check(store: &dyn Tested) {
     super::silences::check(store);
     store_overlapping_batches(store);
     // The mark is the agent's: a hello learns it, another agent's replay does not touch it.
@@ -195,7 +200,7 @@ fn g1_stream() -> Vec<ProbeResult> {
 
 /// Sends `results` in batches of `size`, each batch twice (an ack lost): the second is all
 /// duplicates.
-fn send(store: &dyn Store, agent: &str, results: &[ProbeResult], size: usize) {
+fn send(store: &dyn Tested, agent: &str, results: &[ProbeResult], size: usize) {
     for batch in results.chunks(size) {
         let (first, _) = store
             .insert_results(agent, batch.to_vec(), true.into(), LATER)
@@ -240,7 +245,7 @@ fn counts(hours: &[(i64, Rollup)]) -> Vec<(i64, u64, u64, u64)> {
 /// (every batch twice), a spool arriving after a partition (g2's three hours after g1's), a
 /// clock stepped back (g3), `no_address` (g1's IPv6), and retention of each tier in bounded
 /// batches.
-pub fn check_history(store: &dyn Store) {
+pub fn check_history(store: &dyn Tested) {
     for (id, account) in [("g1", "acct-a"), ("g2", "acct-a"), ("g3", "acct-b")] {
         store
             .upsert_agent(&labelled(id, "gcp", account), T0)
@@ -408,7 +413,7 @@ pub fn check_history(store: &dyn Store) {
 }
 
 /// g1's stream up to seq 75 (the timeout interval still open).
-pub fn replay_first_half(store: &dyn Store) {
+pub fn replay_first_half(store: &dyn Tested) {
     store
         .upsert_agent(&labelled("g1", "gcp", "acct-a"), T0)
         .unwrap();
@@ -416,7 +421,7 @@ pub fn replay_first_half(store: &dyn Store) {
 }
 
 /// The rest of g1's stream, after the store was reopened: the stored open interval goes on.
-pub fn replay_second_half_and_check(store: &dyn Store) {
+pub fn replay_second_half_and_check(store: &dyn Tested) {
     assert_eq!(
         store
             .upsert_agent(&labelled("g1", "gcp", "acct-a"), T0)
@@ -453,7 +458,7 @@ fn notice(sink: &str) -> super::shared::NewDelivery {
 /// The outbox through the lease: an event is recorded once per key with its deliveries, each
 /// sink is handed its oldest pending delivery first, attempts are counted, a finished delivery is
 /// never handed out again, and deliveries recorded before the retry policy's bound are given up.
-pub fn check_outbox(store: &dyn Store, lease: &mut dyn super::shared::Leadership) {
+pub fn check_outbox(store: &dyn Tested, lease: &mut dyn super::shared::Leadership) {
     use super::shared::DeliveryOutcome;
     let before = store.append_event(&event("a0", 1)).unwrap();
     let stored = lease

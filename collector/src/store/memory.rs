@@ -9,7 +9,9 @@ use super::shared::{
     Leadership, Listener, NewDelivery, News, SharedStore,
 };
 use super::tail::Tail;
-use super::{BatchClock, InsertReport, Store, StoredEvent};
+use super::{
+    BatchClock, EventStore, HistoryStore, InsertReport, Inspect, ResultStore, Store, StoredEvent,
+};
 use crate::error::CollectorError;
 use crate::events::Event;
 use crate::history::{
@@ -237,7 +239,9 @@ impl Leadership for MemoryLease {
     }
 }
 
-impl Store for MemoryStore {
+impl Store for MemoryStore {}
+
+impl ResultStore for MemoryStore {
     fn upsert_agent(&self, agent: &AgentMeta, now_unix_ms: i64) -> Result<u64, CollectorError> {
         let mut inner = self.lock();
         inner
@@ -348,22 +352,23 @@ impl Store for MemoryStore {
         Ok(self.lock().agents.values().cloned().collect())
     }
 
-    fn count_results(&self, agent_id: &str) -> Result<u64, CollectorError> {
-        Ok(self
-            .lock()
-            .results
-            .get(agent_id)
-            .map_or(0, |r| r.len() as u64))
+    fn prune(&self, before_unix_ms: i64) -> Result<usize, CollectorError> {
+        let mut inner = self.lock();
+        let mut deleted = 0;
+        for results in inner.results.values_mut() {
+            let before = results.len();
+            results.retain(|_, r| r.at_unix_ms >= before_unix_ms);
+            deleted += before - results.len();
+        }
+        Ok(deleted)
     }
+}
 
+impl EventStore for MemoryStore {
     fn own_lease(&self) -> Result<Option<Box<dyn Leadership>>, CollectorError> {
         Ok(Some(Box::new(MemoryLease {
             inner: self.inner.clone(),
         })))
-    }
-
-    fn append_event(&self, event: &Event) -> Result<StoredEvent, CollectorError> {
-        self.lock().append_event(event)
     }
 
     fn events(&self, limit: usize) -> Result<Vec<String>, CollectorError> {
@@ -376,18 +381,9 @@ impl Store for MemoryStore {
             .map(|(_, json)| json.clone())
             .collect())
     }
+}
 
-    fn prune(&self, before_unix_ms: i64) -> Result<usize, CollectorError> {
-        let mut inner = self.lock();
-        let mut deleted = 0;
-        for results in inner.results.values_mut() {
-            let before = results.len();
-            results.retain(|_, r| r.at_unix_ms >= before_unix_ms);
-            deleted += before - results.len();
-        }
-        Ok(deleted)
-    }
-
+impl HistoryStore for MemoryStore {
     fn prune_tier(
         &self,
         tier: Tier,
@@ -487,6 +483,20 @@ impl Store for MemoryStore {
         });
         out.truncate(limit);
         Ok(out)
+    }
+}
+
+impl Inspect for MemoryStore {
+    fn count_results(&self, agent_id: &str) -> Result<u64, CollectorError> {
+        Ok(self
+            .lock()
+            .results
+            .get(agent_id)
+            .map_or(0, |r| r.len() as u64))
+    }
+
+    fn append_event(&self, event: &Event) -> Result<StoredEvent, CollectorError> {
+        self.lock().append_event(event)
     }
 }
 
@@ -617,7 +627,7 @@ mod tests {
     #[test]
     fn keeps_the_outbox_contract() {
         let store = super::MemoryStore::new();
-        let mut lease = super::Store::own_lease(&store).unwrap().unwrap();
+        let mut lease = super::EventStore::own_lease(&store).unwrap().unwrap();
         super::super::contract::check_outbox(&store, lease.as_mut());
     }
 

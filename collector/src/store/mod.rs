@@ -173,7 +173,8 @@ impl StoredEvent {
     }
 }
 
-pub trait Store: silences::SilenceStore + Send + Sync + 'static {
+/// Agents and their results: what ingest writes and the page and the hub read.
+pub trait ResultStore: Send + Sync + 'static {
     /// Records an agent's hello (labels, version, last seen) and returns its high-water mark.
     fn upsert_agent(&self, agent: &AgentMeta, now_unix_ms: i64) -> Result<u64, CollectorError>;
     /// Stores results (ascending seq) durably, dropping duplicates, and publishes the new ones
@@ -198,20 +199,24 @@ pub trait Store: silences::SilenceStore + Send + Sync + 'static {
     ) -> Result<Vec<ProbeResult>, CollectorError>;
     /// Every agent ever seen, with when it was last seen.
     fn agents(&self) -> Result<Vec<(AgentMeta, i64)>, CollectorError>;
-    /// Count of stored results of one agent (tests and the soak check exactly-once with it).
-    fn count_results(&self, agent_id: &str) -> Result<u64, CollectorError>;
+    /// Deletes results measured before `before_unix_ms`; returns how many.
+    fn prune(&self, before_unix_ms: i64) -> Result<usize, CollectorError>;
+}
+
+/// The event log: written through the lease (with the alert deliveries each event owes), read
+/// by `/api/events`.
+pub trait EventStore: Send + Sync + 'static {
     /// The lease of a store that one collector has alone (SQLite, memory): granted at once and
     /// for good, it records events with their alert deliveries and serves the outbox. `None`
     /// for a store several collectors share: there the lease is won through
     /// [`shared::SharedStore::try_lead`].
     fn own_lease(&self) -> Result<Option<Box<dyn shared::Leadership>>, CollectorError>;
-    /// Stores one event under a new id and returns it as stored (without deliveries; the hub
-    /// records through the lease).
-    fn append_event(&self, event: &Event) -> Result<StoredEvent, CollectorError>;
     /// Stored events' JSON (each with its `id`), newest first.
     fn events(&self, limit: usize) -> Result<Vec<String>, CollectorError>;
-    /// Deletes results measured before `before_unix_ms`; returns how many.
-    fn prune(&self, before_unix_ms: i64) -> Result<usize, CollectorError>;
+}
+
+/// The long-kept tiers: per-series state intervals and hourly rollups.
+pub trait HistoryStore: Send + Sync + 'static {
     /// Deletes at most `max_rows` rows of `tier` older than `before_unix_ms` (raw results by
     /// measurement time, intervals by when they last held, rollups by their hour's end); returns
     /// how many. Retention calls it until it returns less than `max_rows`.
@@ -239,6 +244,18 @@ pub trait Store: silences::SilenceStore + Send + Sync + 'static {
         to_ms: i64,
         limit: usize,
     ) -> Result<Vec<SeriesInterval>, CollectorError>;
+}
+
+/// What tests and the soak look at directly, which the collector itself never calls.
+pub trait Inspect {
+    /// Count of stored results of one agent (exactly-once checks).
+    fn count_results(&self, agent_id: &str) -> Result<u64, CollectorError>;
+    /// Stores one event under a new id, without deliveries (the hub records through the lease).
+    fn append_event(&self, event: &Event) -> Result<StoredEvent, CollectorError>;
+}
+
+/// A whole store: each concern's trait, and its end.
+pub trait Store: ResultStore + EventStore + HistoryStore + silences::SilenceStore {
     /// Finishes pending writes (a graceful stop). Nothing to do for a store without a writer.
     fn close(&self) {}
 }

@@ -147,7 +147,9 @@ mod tests {
     #[tokio::test]
     async fn prunes_more_than_a_batch_of_every_tier() {
         use crate::store::contract::{meta, result};
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        use crate::store::Inspect;
+        let memory = Arc::new(MemoryStore::new());
+        let store: Arc<dyn Store> = memory.clone();
         store.upsert_agent(&meta("a1"), 0).unwrap();
         let n = BATCH_ROWS as u64 + 5;
         // One result an hour, alternating outcomes: one interval and one rollup row each.
@@ -175,6 +177,6 @@ mod tests {
         assert_eq!(deleted[1].1, n as usize - 24);
         // Series and cell rollups: two rows an hour.
         assert_eq!(deleted[2], (Tier::Hourly, 2 * (n as usize - 24)));
-        assert_eq!(store.count_results("a1").unwrap(), 1);
+        assert_eq!(memory.count_results("a1").unwrap(), 1);
     }
 }

@@ -10,7 +10,8 @@ use super::{
     assert_stored_exactly_once, drain, issue, read_ledger, spawn_collector, wait_until,
     write_collector_config, AgentToml, Proc,
 };
-use egresswatch_collector::store::{sqlite::SqliteStore, Store};
+use egresswatch_collector::store::sqlite::SqliteStore;
+use egresswatch_collector::store::ResultStore;
 use egresswatch_wire::ProbeResult;
 use std::ffi::OsString;
 use std::fs::File;

@@ -13,6 +13,8 @@ pub mod http;
 pub mod quic;
 
 use egresswatch_collector::identity::AgentMeta;
+use egresswatch_collector::store::Inspect;
+use egresswatch_collector::store::ResultStore;
 use egresswatch_wire::Labels;
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -411,7 +413,7 @@ pub fn drain(
 
 /// Asserts the store in the data dir `data` holds results 1..=produced of `agent`, each once.
 pub fn assert_stored_exactly_once(data: &Path, agent: &str, produced: u64) {
-    use egresswatch_collector::store::{sqlite::SqliteStore, Store};
+    use egresswatch_collector::store::sqlite::SqliteStore;
     let store = SqliteStore::open(&data.join("egresswatch.db")).unwrap();
     let count = store.count_results(agent).unwrap();
     let seqs: BTreeSet<u64> = store

@@ -3,7 +3,8 @@
 //! credentials from its CA, revoke them, and read its store, its log and its `/metrics`.
 
 use super::{collector_bin, issue, spawn_collector, write_collector_config};
-use egresswatch_collector::store::{sqlite::SqliteStore, Store};
+use egresswatch_collector::store::sqlite::SqliteStore;
+use egresswatch_collector::store::Inspect;
 use egresswatch_sim::{self as sim, Credentials, SimAgent};
 use egresswatch_wire::Labels;
 use std::net::SocketAddr;

@@ -32,7 +32,10 @@ pub use shared::{PgLeadership, PgListener, CHANNEL};
 use self::connect::{Connector, Pool, PooledClient};
 use self::history::HistoryCache;
 use super::group_commit::{GroupWriter, InsertRequest, Outcome};
-use super::{BatchClock, InsertReport, Store, StoreConfig, StoredEvent};
+use super::{
+    BatchClock, EventStore, HistoryStore, InsertReport, Inspect, ResultStore, Store, StoreConfig,
+    StoredEvent,
+};
 use crate::error::CollectorError;
 use crate::events::{now_unix_ms, Event};
 use crate::history::{Derived, Rollup, Selector, SeriesInterval, Tier};
@@ -412,12 +415,7 @@ fn record_of(row: &Row, at: usize) -> Result<ProbeResult, CollectorError> {
     decode(bytes)
 }
 
-impl Store for PostgresStore {
-    fn close(&self) {
-        // The inherent method: the writer finishes and stops.
-        PostgresStore::close(self)
-    }
-
+impl ResultStore for PostgresStore {
     fn upsert_agent(&self, agent: &AgentMeta, now_unix_ms: i64) -> Result<u64, CollectorError> {
         let l = &agent.labels;
         let mark: i64 = self
@@ -504,43 +502,22 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    fn count_results(&self, agent_id: &str) -> Result<u64, CollectorError> {
-        let n: i64 = self
-            .client()?
-            .query_one(
-                "SELECT COUNT(*) FROM results WHERE agent = $1",
-                &[&agent_id],
-            )
-            .and_then(|row| row.try_get(0))
-            .map_err(|e| db_err("counting results", e))?;
-        Ok(n as u64)
+    fn prune(&self, before_unix_ms: i64) -> Result<usize, CollectorError> {
+        let mut client = self.client()?;
+        let dropped = partitions::prune_raw(&mut client, before_unix_ms, 0)?;
+        let deleted = client
+            .execute("DELETE FROM results WHERE at_ms < $1", &[&before_unix_ms])
+            .map_err(|e| db_err("pruning results", e))?;
+        Ok(dropped + deleted as usize)
     }
+}
 
+impl EventStore for PostgresStore {
     fn own_lease(
         &self,
     ) -> Result<Option<Box<dyn crate::store::shared::Leadership>>, CollectorError> {
         // Shared: the lease is won (SharedStore::try_lead), never granted.
         Ok(None)
-    }
-
-    fn append_event(&self, event: &Event) -> Result<StoredEvent, CollectorError> {
-        let mut client = self.client()?;
-        // The id is taken first so the row is written once, its JSON carrying it.
-        let id: i64 = client
-            .query_one(
-                "SELECT nextval(pg_get_serial_sequence('events', 'id'))",
-                &[],
-            )
-            .and_then(|row| row.try_get(0))
-            .map_err(|e| db_err("numbering an event", e))?;
-        let stored = StoredEvent::new(id, event)?;
-        client
-            .execute(
-                "INSERT INTO events (id, at_ms, json) VALUES ($1, $2, $3)",
-                &[&stored.id, &event.at_unix_ms, &stored.json],
-            )
-            .map_err(|e| db_err("storing an event", e))?;
-        Ok(stored)
     }
 
     fn events(&self, limit: usize) -> Result<Vec<String>, CollectorError> {
@@ -555,16 +532,9 @@ impl Store for PostgresStore {
             .map(|row| row.try_get(0).map_err(|e| db_err("reading events", e)))
             .collect()
     }
+}
 
-    fn prune(&self, before_unix_ms: i64) -> Result<usize, CollectorError> {
-        let mut client = self.client()?;
-        let dropped = partitions::prune_raw(&mut client, before_unix_ms, 0)?;
-        let deleted = client
-            .execute("DELETE FROM results WHERE at_ms < $1", &[&before_unix_ms])
-            .map_err(|e| db_err("pruning results", e))?;
-        Ok(dropped + deleted as usize)
-    }
-
+impl HistoryStore for PostgresStore {
     fn prune_tier(
         &self,
         tier: Tier,
@@ -595,5 +565,46 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> Result<Vec<SeriesInterval>, CollectorError> {
         history::intervals(&mut *self.client()?, selector, from_ms, to_ms, limit)
+    }
+}
+
+impl Inspect for PostgresStore {
+    fn count_results(&self, agent_id: &str) -> Result<u64, CollectorError> {
+        let n: i64 = self
+            .client()?
+            .query_one(
+                "SELECT COUNT(*) FROM results WHERE agent = $1",
+                &[&agent_id],
+            )
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| db_err("counting results", e))?;
+        Ok(n as u64)
+    }
+
+    fn append_event(&self, event: &Event) -> Result<StoredEvent, CollectorError> {
+        let mut client = self.client()?;
+        // The id is taken first so the row is written once, its JSON carrying it.
+        let id: i64 = client
+            .query_one(
+                "SELECT nextval(pg_get_serial_sequence('events', 'id'))",
+                &[],
+            )
+            .and_then(|row| row.try_get(0))
+            .map_err(|e| db_err("numbering an event", e))?;
+        let stored = StoredEvent::new(id, event)?;
+        client
+            .execute(
+                "INSERT INTO events (id, at_ms, json) VALUES ($1, $2, $3)",
+                &[&stored.id, &event.at_unix_ms, &stored.json],
+            )
+            .map_err(|e| db_err("storing an event", e))?;
+        Ok(stored)
+    }
+}
+
+impl Store for PostgresStore {
+    fn close(&self) {
+        // The inherent method: the writer finishes and stops.
+        PostgresStore::close(self)
     }
 }

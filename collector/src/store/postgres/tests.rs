@@ -5,7 +5,7 @@
 
 use super::super::contract::{self, event, meta, result};
 use super::super::shared::{DeliveryOutcome, FeedCursor, NewDelivery, News, SharedStore};
-use super::super::{Store, StoreConfig, StoreKind};
+use super::super::{StoreConfig, StoreKind};
 use super::*;
 use crate::history::Tier;
 use egresswatch_sim::postgres::PgCluster;

@@ -9,7 +9,8 @@ use crate::error::CollectorError;
 use crate::store::shared::{
     CollectorRow, FeedBatch, FeedCursor, FeedItem, Leadership, Listener, News, SharedStore,
 };
-use crate::store::{Store, StoredEvent};
+use crate::store::EventStore;
+use crate::store::StoredEvent;
 
 impl SharedStore for SqliteStore {
     fn feed_head(&self) -> Result<FeedCursor, CollectorError> {

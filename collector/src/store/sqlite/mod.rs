@@ -25,7 +25,9 @@ use crate::history::{Derived, Rollup, Selector, SeriesInterval, Tier};
 use crate::identity::AgentMeta;
 use crate::store::group_commit::{GroupWriter, InsertRequest, Outcome};
 use crate::store::tail::Tail;
-use crate::store::{BatchClock, InsertReport, Store, StoredEvent};
+use crate::store::{
+    BatchClock, EventStore, HistoryStore, InsertReport, Inspect, ResultStore, Store, StoredEvent,
+};
 use egresswatch_wire::{Labels, ProbeResult};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -326,12 +328,7 @@ fn decode(record: &[u8]) -> Result<ProbeResult, CollectorError> {
     rmp_serde::from_slice(record).map_err(|e| db_err("decoding a stored result", e))
 }
 
-impl Store for SqliteStore {
-    fn close(&self) {
-        // The inherent method: the writer finishes and stops.
-        SqliteStore::close(self)
-    }
-
+impl ResultStore for SqliteStore {
     fn upsert_agent(&self, agent: &AgentMeta, now_unix_ms: i64) -> Result<u64, CollectorError> {
         let conn = self.conn();
         let l = &agent.labels;
@@ -426,46 +423,20 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    fn count_results(&self, agent_id: &str) -> Result<u64, CollectorError> {
+    fn prune(&self, before_unix_ms: i64) -> Result<usize, CollectorError> {
         let conn = self.conn();
-        let n: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM results WHERE agent = ?1",
-                [agent_id],
-                |row| row.get(0),
-            )
-            .map_err(|e| db_err("counting results", e))?;
-        Ok(n as u64)
+        conn.execute("DELETE FROM results WHERE at_ms < ?1", [before_unix_ms])
+            .map_err(|e| db_err("pruning results", e))
     }
+}
 
+impl EventStore for SqliteStore {
     fn own_lease(
         &self,
     ) -> Result<Option<Box<dyn crate::store::shared::Leadership>>, CollectorError> {
         Ok(Some(Box::new(sqlite_outbox::SqliteLease::new(open(
             &self.path,
         )?))))
-    }
-
-    fn append_event(&self, event: &Event) -> Result<StoredEvent, CollectorError> {
-        let mut conn = self.conn();
-        // The id is the row's, and the stored JSON carries it: one transaction numbers the row
-        // and then writes the event with its number.
-        let tx = conn
-            .transaction()
-            .map_err(|e| db_err("storing an event", e))?;
-        tx.execute(
-            "INSERT INTO events (at_ms, json) VALUES (?1, '')",
-            params![event.at_unix_ms],
-        )
-        .map_err(|e| db_err("storing an event", e))?;
-        let stored = StoredEvent::new(tx.last_insert_rowid(), event)?;
-        tx.execute(
-            "UPDATE events SET json = ?2 WHERE id = ?1",
-            params![stored.id, stored.json],
-        )
-        .map_err(|e| db_err("storing an event", e))?;
-        tx.commit().map_err(|e| db_err("storing an event", e))?;
-        Ok(stored)
     }
 
     fn events(&self, limit: usize) -> Result<Vec<String>, CollectorError> {
@@ -479,13 +450,9 @@ impl Store for SqliteStore {
         rows.map(|r| r.map_err(|e| db_err("reading events", e)))
             .collect()
     }
+}
 
-    fn prune(&self, before_unix_ms: i64) -> Result<usize, CollectorError> {
-        let conn = self.conn();
-        conn.execute("DELETE FROM results WHERE at_ms < ?1", [before_unix_ms])
-            .map_err(|e| db_err("pruning results", e))
-    }
-
+impl HistoryStore for SqliteStore {
     fn prune_tier(
         &self,
         tier: Tier,
@@ -512,6 +479,49 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<SeriesInterval>, CollectorError> {
         sqlite_history::intervals(&self.conn(), selector, from_ms, to_ms, limit)
+    }
+}
+
+impl Inspect for SqliteStore {
+    fn count_results(&self, agent_id: &str) -> Result<u64, CollectorError> {
+        let conn = self.conn();
+        let n: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM results WHERE agent = ?1",
+                [agent_id],
+                |row| row.get(0),
+            )
+            .map_err(|e| db_err("counting results", e))?;
+        Ok(n as u64)
+    }
+
+    fn append_event(&self, event: &Event) -> Result<StoredEvent, CollectorError> {
+        let mut conn = self.conn();
+        // The id is the row's, and the stored JSON carries it: one transaction numbers the row
+        // and then writes the event with its number.
+        let tx = conn
+            .transaction()
+            .map_err(|e| db_err("storing an event", e))?;
+        tx.execute(
+            "INSERT INTO events (at_ms, json) VALUES (?1, '')",
+            params![event.at_unix_ms],
+        )
+        .map_err(|e| db_err("storing an event", e))?;
+        let stored = StoredEvent::new(tx.last_insert_rowid(), event)?;
+        tx.execute(
+            "UPDATE events SET json = ?2 WHERE id = ?1",
+            params![stored.id, stored.json],
+        )
+        .map_err(|e| db_err("storing an event", e))?;
+        tx.commit().map_err(|e| db_err("storing an event", e))?;
+        Ok(stored)
+    }
+}
+
+impl Store for SqliteStore {
+    fn close(&self) {
+        // The inherent method: the writer finishes and stops.
+        SqliteStore::close(self)
     }
 }
 
