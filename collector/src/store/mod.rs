@@ -1,9 +1,12 @@
 //! Durable storage of what agents report: agents, results, events.
 //!
 //! [`Store`] is the seam every writer and reader goes through (ingest, the fleet hub, the HTTP
-//! API): SQLite ([`sqlite::SqliteStore`]) is the embedded default, [`memory::MemoryStore`] a second
+//! API), one small trait per concern: [`ResultStore`], [`EventStore`], [`HistoryStore`] and
+//! [`silences::SilenceStore`]; [`shared::SharedStore`] adds the feed, the lease and what
+//! collectors tell each other. SQLite ([`sqlite::SqliteStore`]) is the embedded default (a
+//! cluster of one: its feed is the writer's own tail, [`tail`]), [`memory::MemoryStore`] a second
 //! implementation for tests, and [`postgres::PostgresStore`] holds several collectors on one
-//! database (it also implements [`shared::SharedStore`]).
+//! database.
 //! Old rows are pruned by [`retention`], each tier on its own clock. Every method blocks
 //! (call it from `spawn_blocking` in async code). `insert_results` returns only once the results
 //! are durable, and it is where exactly-once is decided: each agent has a high-water mark (the
