@@ -19,7 +19,7 @@
 //! FAILOVERS=5`.
 
 use anyhow::{anyhow, bail, Context, Result};
-use egresswatch_collector::events::now_unix_ms as now_ms;
+use egresswatch_collector::clock::now_unix_ms as now_ms;
 use egresswatch_collector::ready::Ready;
 use egresswatch_sim::postgres::PgCluster;
 use egresswatch_sim::{self as sim, Credentials, SimAgent};

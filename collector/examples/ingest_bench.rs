@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use egresswatch_collector::events::now_unix_ms as now_ms;
+use egresswatch_collector::clock::now_unix_ms as now_ms;
 
 struct Collector {
     child: Child,

@@ -181,7 +181,7 @@ fn main() -> Result<()> {
     let senders = env("SENDERS", 8).max(1);
     // Today, so the results land in the day partitions PostgreSQL made ahead (not the default).
     let day = 86_400_000;
-    let now_ms = egresswatch_collector::events::now_unix_ms();
+    let now_ms = egresswatch_collector::clock::now_unix_ms();
     let start = now_ms.div_euclid(day) * day;
     let now = start + hours * 3_600_000;
     let rounds = fleet(agents, hours, batch_minutes, start);

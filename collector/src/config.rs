@@ -270,7 +270,7 @@ impl Config {
             in_range(&key("resend_secs"), a.resend_secs, 1..=WEEK_SECS)?;
             in_range(&key("flap_hold_secs"), a.flap_hold_secs, 0..=WEEK_SECS)?;
         }
-        self.silences(crate::events::now_unix_ms())?;
+        self.silences(crate::clock::now_unix_ms())?;
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Who reported and which series: an agent's identity as its certificate and hello gave it
 //! ([`AgentMeta`]), the one normalised shape the matrix and the detector keep of it
 //! ([`KnownAgent`], labels normalised in [`label_or_unlabelled`]), the key of one of its series
-//! ([`SeriesKey`]) and how far its clock is trusted ([`measured_at`]). Ingest, the store, the
+//! ([`SeriesKey`]); how far its clock is trusted is [`crate::clock`]'s. Ingest, the store, the
 //! matrix and the detector all speak of agents through these types.
 
 use egresswatch_wire::{Family, Labels, ProbeResult};
@@ -72,31 +72,9 @@ impl SeriesKey {
     }
 }
 
-/// When a result counts as measured: the agent's timestamp when its clock is trusted, but never
-/// later than now (a clock ahead of ours must not make later, honest results look old), and the
-/// receive time when it is not.
-pub fn measured_at(result: &ProbeResult, clock_trusted: bool, now_unix_ms: i64) -> i64 {
-    if clock_trusted {
-        result.at_unix_ms.min(now_unix_ms)
-    } else {
-        now_unix_ms
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_agent_clock_is_trusted_up_to_now() {
-        let r = ProbeResult {
-            at_unix_ms: 5_000,
-            ..Default::default()
-        };
-        assert_eq!(measured_at(&r, true, 9_000), 5_000);
-        assert_eq!(measured_at(&r, true, 4_000), 4_000);
-        assert_eq!(measured_at(&r, false, 9_000), 9_000);
-    }
 
     #[test]
     fn labels_are_normalised_once() {

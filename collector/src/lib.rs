@@ -12,6 +12,7 @@
 
 pub mod alerts;
 pub mod ca;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod detector;

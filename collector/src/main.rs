@@ -3,8 +3,8 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use egresswatch_collector::clock::now_unix_ms;
 use egresswatch_collector::cluster::{self, ClusterCounters};
-use egresswatch_collector::events::now_unix_ms;
 use egresswatch_collector::fleet::{Fleet, ResultObserver};
 use egresswatch_collector::limits::LimitCounters;
 use egresswatch_collector::matrix::StoreOutage;
@@ -166,7 +166,7 @@ fn run(cfg: Config) -> Result<()> {
     // A data dir that cannot be written (a full disk) does not keep the page dark: the
     // collector serves what it has stored, read-only, and says why.
     let read_only = unwritable(&cfg.data_dir).map(|reason| StoreOutage {
-        since: egresswatch_collector::events::rfc3339(now_unix_ms()),
+        since: egresswatch_collector::clock::rfc3339(now_unix_ms()),
         reason,
     });
     // Opened, read and finally closed outside the runtime: the PostgreSQL client blocks, and
@@ -254,7 +254,7 @@ async fn serve(
     .write(&cfg.data_dir);
     if let Err(e) = written {
         read_only.get_or_insert_with(|| StoreOutage {
-            since: egresswatch_collector::events::rfc3339(now_unix_ms()),
+            since: egresswatch_collector::clock::rfc3339(now_unix_ms()),
             reason: format!("the data dir cannot be written: {e}"),
         });
     }

@@ -10,7 +10,7 @@
 
 mod support;
 
-use egresswatch_collector::events::now_unix_ms;
+use egresswatch_collector::clock::now_unix_ms;
 use egresswatch_collector::store::ResultStore;
 use egresswatch_wire::{Family, Outcome};
 use std::collections::BTreeMap;

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use egresswatch_collector::alerts::{AlertCounters, Alerts, SinkConfig, SinkKind};
-use egresswatch_collector::events::now_unix_ms;
+use egresswatch_collector::clock::now_unix_ms;
 use egresswatch_collector::fleet::{Fleet, FleetConfig, ResultObserver};
 use egresswatch_collector::identity::AgentMeta;
 use egresswatch_collector::metrics::Metrics;

@@ -9,9 +9,8 @@ use axum::{Json, Router};
 use egresswatch_collector::alerts::{
     AlertCounters, Alerts, Links, SilentAgents, SinkConfig, SinkKind,
 };
-use egresswatch_collector::events::{
-    now_unix_ms, rfc3339, Event, EventKind, Scope, State as EventState, Witness,
-};
+use egresswatch_collector::clock::{now_unix_ms, rfc3339};
+use egresswatch_collector::events::{Event, EventKind, Scope, State as EventState, Witness};
 use egresswatch_collector::fleet::{Fleet, FleetConfig};
 use egresswatch_collector::metrics::Metrics;
 use egresswatch_collector::silences::{NewSilence, Origin, SilenceBook};

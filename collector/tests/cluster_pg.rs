@@ -290,7 +290,7 @@ async fn run_agent(plan: AgentPlan) {
     };
     let mut seq = 0u64;
     while !plan.stop.load(Ordering::Relaxed) {
-        let now = egresswatch_collector::events::now_unix_ms();
+        let now = egresswatch_collector::clock::now_unix_ms();
         for (port, fails) in [(587u16, plan.closed.load(Ordering::Relaxed)), (443, false)] {
             seq += 1;
             let outcome = if fails { Outcome::Timeout } else { Outcome::Ok };
@@ -757,7 +757,7 @@ async fn an_agent_moved_mid_stream_and_a_replay_to_two_collectors_are_stored_onc
         region: "r1".into(),
         instance: "mover".into(),
     };
-    let now = egresswatch_collector::events::now_unix_ms();
+    let now = egresswatch_collector::clock::now_unix_ms();
     let batch = |from: u64, to: u64| -> Vec<ProbeResult> {
         (from..=to)
             .map(|s| result_of(s, TARGET, 587, Outcome::Ok, now - 60_000 + s as i64))
@@ -932,7 +932,7 @@ async fn the_leader_asks_for_evidence_an_agent_connected_to_another_collector() 
     let mut witness = connect("witness", nodes[other].at.quic).await;
     // The leader learns of the witness's session from what its collector publishes.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let now = egresswatch_collector::events::now_unix_ms();
+    let now = egresswatch_collector::clock::now_unix_ms();
     let settled: Vec<_> = (1..=6)
         .map(|s| result_of(s, TARGET, 587, Outcome::Ok, now - 7_000 + s as i64 * 1_000))
         .collect();
@@ -944,7 +944,7 @@ async fn the_leader_asks_for_evidence_an_agent_connected_to_another_collector() 
         TARGET,
         587,
         Outcome::Timeout,
-        egresswatch_collector::events::now_unix_ms(),
+        egresswatch_collector::clock::now_unix_ms(),
     );
     suspect.report(&[departing]).await.unwrap();
     let request = witness
@@ -964,7 +964,7 @@ async fn the_leader_asks_for_evidence_an_agent_connected_to_another_collector() 
             1,
             &request,
             Outcome::Ok,
-            egresswatch_collector::events::now_unix_ms(),
+            egresswatch_collector::clock::now_unix_ms(),
         )
         .await
         .unwrap();

@@ -2,8 +2,9 @@
 //! destination, the control port, flapping, replays and silence, and the family an event names
 //! — driven with a fake clock.
 
+use egresswatch_collector::clock::rfc3339;
 use egresswatch_collector::detector::{Detector, DetectorConfig};
-use egresswatch_collector::events::{rfc3339, Event, EventKind, Scope, State};
+use egresswatch_collector::events::{Event, EventKind, Scope, State};
 use egresswatch_collector::identity::AgentMeta;
 use egresswatch_wire::{Family, Outcome, PhaseTimings, ProbeResult};
 

@@ -5,7 +5,7 @@
 //! nothing. Needs root (the mount); skipped otherwise.
 
 mod support;
-use egresswatch_collector::events::{now_unix_ms, rfc3339};
+use egresswatch_collector::clock::{now_unix_ms, rfc3339};
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! contract shapes, the token rule off loopback, the security headers, SSE delivery, and
 //! `/metrics` checked by Debian's `promtool`.
 
-use egresswatch_collector::events::now_unix_ms;
+use egresswatch_collector::clock::now_unix_ms;
 use egresswatch_collector::http::{self, HttpConfig};
 use egresswatch_collector::ingest::IngestCounters;
 use egresswatch_collector::store::shared::FeedItem;

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use egresswatch_collector::alerts::{AlertCounters, Alerts, SinkConfig, SinkKind};
-use egresswatch_collector::events::now_unix_ms;
+use egresswatch_collector::clock::now_unix_ms;
 use egresswatch_collector::metrics::Metrics;
 use egresswatch_collector::store::shared::FeedItem;
 use egresswatch_collector::store::ResultStore;

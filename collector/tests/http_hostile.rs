@@ -11,7 +11,7 @@
 //! per client with sessions ended on the server (sign-out, `DELETE /api/sessions`).
 
 mod support;
-use egresswatch_collector::events::{now_unix_ms, rfc3339};
+use egresswatch_collector::clock::{now_unix_ms, rfc3339};
 use egresswatch_collector::store::shared::FeedItem;
 use egresswatch_collector::store::ResultStore;
 use serde_json::{json, Value};

@@ -2,7 +2,7 @@
 //! provider's preset hosts, rolled up per mail provider × account (SMTP ports, HTTPS API), and
 //! the page's `mail.js` served under the collector's CSP.
 
-use egresswatch_collector::events::now_unix_ms;
+use egresswatch_collector::clock::now_unix_ms;
 use egresswatch_collector::fleet::ResultObserver;
 use egresswatch_collector::identity::AgentMeta;
 use egresswatch_collector::store::shared::FeedItem;

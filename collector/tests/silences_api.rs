@@ -5,7 +5,7 @@
 //! current matrix cells a silence covers (the HTTP shell in-process, fed as ingest would).
 
 mod support;
-use egresswatch_collector::events::{now_unix_ms, rfc3339};
+use egresswatch_collector::clock::{now_unix_ms, rfc3339};
 use egresswatch_collector::store::shared::FeedItem;
 use egresswatch_collector::store::ResultStore;
 use serde_json::{json, Value};

@@ -350,7 +350,7 @@ fn is_garbage(i: usize) -> bool {
     i % GARBAGE_ONE_IN == GARBAGE_ONE_IN - 1
 }
 
-use egresswatch_collector::events::now_unix_ms as now_ms;
+use egresswatch_collector::clock::now_unix_ms as now_ms;
 
 /// Runs the soak and checks the store; the caller prints and asserts the report.
 pub fn run(opts: &Options) -> Result<Report> {

@@ -11,7 +11,7 @@
 
 use super::format::{self, Links};
 use super::gate::{subject, Notice};
-use crate::events::rfc3339;
+use crate::clock::rfc3339;
 use egresswatch_wire::Family;
 use serde_json::Value;
 use std::collections::BTreeMap;

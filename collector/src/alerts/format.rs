@@ -8,7 +8,8 @@
 //! `http.public_url` is set. Anything unknown is left out rather than guessed.
 
 use super::gate::Notice;
-use crate::events::{family_word, rfc3339, Event, EventKind, Scope, State, Witness};
+use crate::clock::rfc3339;
+use crate::events::{family_word, Event, EventKind, Scope, State, Witness};
 use crate::providers::Policies;
 use serde_json::{json, Map, Value};
 

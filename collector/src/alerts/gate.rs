@@ -163,7 +163,8 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{rfc3339, Scope};
+    use crate::clock::rfc3339;
+    use crate::events::Scope;
 
     const MIN: i64 = 60_000;
 

@@ -113,7 +113,7 @@ impl Default for Rule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::rfc3339;
+    use crate::clock::rfc3339;
 
     fn silent(scope: Scope) -> Event {
         Event {

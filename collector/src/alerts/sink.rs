@@ -9,8 +9,9 @@
 use super::firing::Firing;
 use super::gate::{Gate, Notice};
 use super::{format, Dedupe, Links, Rule, SinkConfig, SinkKind};
+use crate::clock::now_unix_ms;
 use crate::error::CollectorError;
-use crate::events::{now_unix_ms, Event};
+use crate::events::Event;
 use crate::metrics::{label, Labels, Metrics};
 use crate::silences::SilenceBook;
 use prometheus_client::metrics::counter::Counter;

@@ -9,8 +9,8 @@
 //! the cursor only moves past what it handed on.
 
 use super::{ClusterConfig, ClusterCounters, ClusterSessions, Endpoints};
+use crate::clock::{now_unix_ms, rfc3339};
 use crate::error::CollectorError;
-use crate::events::{now_unix_ms, rfc3339};
 use crate::fleet::Fleet;
 use crate::matrix::StoreOutage;
 use crate::store::shared::{CollectorRow, FeedCursor, Listener, News, SharedStore};

@@ -75,7 +75,7 @@ fn account_event(e: &Event, from: State, to: State) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::rfc3339;
+    use crate::clock::rfc3339;
 
     fn known(account: &str, silent: bool) -> KnownAgent {
         KnownAgent {

@@ -6,8 +6,9 @@
 use super::scope::{self, Answer, Bounds, Layer, Voice};
 use super::series::PortState;
 use super::{other_family, secs_ms, Detector, PathKey, Pending, SeriesKey};
+use crate::clock::rfc3339;
 use crate::events::State;
-use crate::events::{rfc3339, Event, EventKind, Scope, Witness};
+use crate::events::{Event, EventKind, Scope, Witness};
 use egresswatch_wire::Outcome;
 use std::collections::{BTreeSet, HashMap};
 

@@ -19,9 +19,10 @@ pub mod scope;
 mod series;
 mod suspicion;
 
-use crate::events::{rfc3339, Event, EventKind, Scope, State, Witness};
+use crate::clock::{measured_at, rfc3339};
+use crate::events::{Event, EventKind, Scope, State, Witness};
 pub use crate::identity::SeriesKey;
-use crate::identity::{measured_at, AgentMeta, KnownAgent};
+use crate::identity::{AgentMeta, KnownAgent};
 use egresswatch_wire::{Family, Outcome, ProbeResult};
 use serde::Deserialize;
 pub use series::PortState;

@@ -19,11 +19,12 @@ pub use lead::{event_key, Lead};
 pub use observer::{NoObserver, ResultObserver};
 
 use crate::alerts::Alerts;
+use crate::clock::measured_at;
 use crate::detector::{Detector, DetectorConfig};
 use crate::error::CollectorError;
 use crate::events::Event;
 use crate::fanout::{Fanout, FanoutConfig};
-use crate::identity::{measured_at, AgentMeta};
+use crate::identity::AgentMeta;
 use crate::matrix::StoreOutage;
 use crate::matrix::{FamilyFilter, Matrix, MatrixConfig, MatrixView};
 use crate::metrics::Metrics;
@@ -154,7 +155,7 @@ impl Fleet {
                 fresh_ms: config.matrix.fresh_ms,
                 matrix: Mutex::new(Matrix::new(config.matrix)),
                 detector: Mutex::new(Detector::new(config.detector)),
-                fanout: Fanout::new(config.fanout, &metrics, crate::events::now_unix_ms()),
+                fanout: Fanout::new(config.fanout, &metrics, crate::clock::now_unix_ms()),
                 store,
                 alerts,
                 counters,
@@ -477,12 +478,12 @@ impl Fleet {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    self.publish_matrix(crate::events::now_unix_ms());
+                    self.publish_matrix(crate::clock::now_unix_ms());
                 }
                 _ = self.matrix_changed.notified() => {
                     // Coalesce: what else arrives within a quarter second goes in the same one.
                     sleep(Duration::from_millis(250)).await;
-                    self.publish_matrix(crate::events::now_unix_ms());
+                    self.publish_matrix(crate::clock::now_unix_ms());
                 }
                 _ = &mut shutdown => return,
             }

@@ -30,7 +30,7 @@ use super::lead::Lead;
 use super::Fleet;
 use crate::alerts::gate::Notice;
 use crate::alerts::DispatchError;
-use crate::events::now_unix_ms;
+use crate::clock::now_unix_ms;
 use crate::store::shared::{Delivery, DeliveryOutcome, Leadership};
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};

@@ -20,7 +20,8 @@
 pub mod counts;
 pub mod query;
 
-use crate::identity::{label_or_unlabelled, measured_at, SeriesKey};
+use crate::clock::measured_at;
+use crate::identity::{label_or_unlabelled, SeriesKey};
 use counts::{LatencyHistogram, SparseCounts};
 use egresswatch_wire::{Family, Outcome, ProbeResult};
 use std::collections::BTreeMap;

@@ -3,7 +3,7 @@
 //! hourly rollups into the requested buckets, and the JSON and CSV shapes both routes serve.
 
 use super::{outcome_status, Rollup, Selector, SeriesInterval, HOUR_MS};
-use crate::events::rfc3339;
+use crate::clock::rfc3339;
 use egresswatch_wire::{Family, Outcome};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 //! only reads the store and writes JSON or CSV.
 
 use super::routes::{error, store_known_down, store_unavailable, AppState};
-use crate::events::now_unix_ms;
+use crate::clock::now_unix_ms;
 use crate::history::query::{self, HistoryRequest, IntervalsRequest};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};

@@ -4,7 +4,7 @@
 use super::host::HostPolicy;
 use super::signin::{self, Credentials, SignInRate};
 use super::HttpConfig;
-use crate::events::{now_unix_ms, rfc3339};
+use crate::clock::{now_unix_ms, rfc3339};
 use crate::fleet::{Fleet, StreamMessage};
 use crate::limits::LimitCounters;
 use crate::matrix::FamilyFilter;
@@ -481,7 +481,7 @@ async fn collectors(State(state): State<AppState>) -> Response {
         return down;
     }
     let store = state.fleet.store().clone();
-    let now = crate::events::now_unix_ms();
+    let now = crate::clock::now_unix_ms();
     match tokio::task::spawn_blocking(move || store.collectors(now, 10_000)).await {
         Ok(Ok(list)) => Json(list).into_response(),
         Ok(Err(e)) => {

@@ -7,7 +7,7 @@
 //! another site is turned away, which matters most on a loopback collector without a token.
 
 use super::routes::{store_known_down, store_unavailable, AppState};
-use crate::events::now_unix_ms;
+use crate::clock::now_unix_ms;
 use crate::matrix::FamilyFilter;
 use crate::silences::{new_id, NewSilence, Origin, Silence};
 use axum::body::Bytes;

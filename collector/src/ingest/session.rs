@@ -17,7 +17,7 @@ pub mod protocol;
 use super::revocation::RevokedSerials;
 use super::{AbortOnDrop, IngestContext};
 use crate::ca::registry::normalise_serial;
-use crate::events::now_unix_ms;
+use crate::clock::now_unix_ms;
 use crate::limits::{Limit, LimitCounters};
 use egresswatch_wire::close;
 use egresswatch_wire::stream::{FrameReader, FrameWriter};

@@ -8,7 +8,7 @@
 //! Plain data in, view out, like the rest of the matrix: no I/O, no wall clock.
 
 use super::Matrix;
-use crate::events::rfc3339;
+use crate::clock::rfc3339;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -7,7 +7,7 @@
 
 pub mod mail;
 
-use crate::events::rfc3339;
+use crate::clock::rfc3339;
 use crate::identity::{AgentMeta, KnownAgent, SeriesKey};
 use crate::providers::{contradicts, CellDoc, Policies};
 use egresswatch_wire::{Family, Outcome, ProbeResult};

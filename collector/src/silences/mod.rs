@@ -5,7 +5,8 @@
 //! the API (`POST /api/silences`, stored durably) and from `[[silence]]` tables in the config
 //! (planned windows, read at start, never stored).
 
-use crate::events::{rfc3339, Event};
+use crate::clock::rfc3339;
+use crate::events::Event;
 use crate::providers::provider_key;
 use egresswatch_wire::limits::MAX_LABEL_BYTES;
 use egresswatch_wire::Family;

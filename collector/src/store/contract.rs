@@ -4,13 +4,14 @@
 //! stored and served with their id, and pruning by measurement time; and the long-kept tiers
 //! (intervals, hourly rollups) derived from replayed streams, read back and pruned.
 
+use crate::clock::rfc3339;
 use crate::store::Inspect;
 
 /// A store under test: the contract also inspects it.
 pub trait Tested: Store + Inspect {}
 impl<T: Store + Inspect> Tested for T {}
 use super::Store;
-use crate::events::{rfc3339, Event, EventKind, Scope, State};
+use crate::events::{Event, EventKind, Scope, State};
 use crate::history::{Rollup, Selector, SeriesInterval, Tier};
 use crate::identity::AgentMeta;
 use egresswatch_wire::{Family, Labels, Outcome, ProbeResult};

@@ -146,7 +146,7 @@ impl Leadership for MemoryLease {
             .collect::<Result<Vec<_>, CollectorError>>()?;
         let stored = inner.append_event(event)?;
         inner.event_keys.insert(key.to_string());
-        let now = crate::events::now_unix_ms();
+        let now = crate::clock::now_unix_ms();
         for (sink, notice_json) in notices {
             let id = inner.outbox.len() as i64 + 1;
             inner.outbox.push((

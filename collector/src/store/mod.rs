@@ -31,6 +31,7 @@ pub mod tail;
 #[cfg(test)]
 mod contract;
 
+use crate::clock::BatchClock;
 use crate::error::CollectorError;
 use crate::events::Event;
 use crate::history::{Rollup, Selector, SeriesInterval, Tier};
@@ -101,48 +102,6 @@ impl StoreConfig {
     pub fn raw_hours(&self) -> u32 {
         self.raw_retention_hours
             .unwrap_or(DEFAULT_RAW_RETENTION_HOURS)
-    }
-}
-
-/// How a batch's results are timed. The store keeps the agent's own timestamps and says whether
-/// they can be trusted; the feed hands the hub each result on the collector's clock
-/// ([`BatchClock::place`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct BatchClock {
-    /// The agent's clock was synchronised when it made the batch.
-    pub trusted: bool,
-    /// The agent's clock when it sent the batch (wire 1.3; 0 when not said).
-    pub sent_unix_ms: i64,
-}
-
-impl From<bool> for BatchClock {
-    /// A batch that does not say when it left.
-    fn from(trusted: bool) -> BatchClock {
-        BatchClock {
-            trusted,
-            sent_unix_ms: 0,
-        }
-    }
-}
-
-impl BatchClock {
-    /// Places the results on the collector's clock when the agent's cannot be trusted but the
-    /// batch says when it left (each result is `sent - at` old on arrival, whatever the
-    /// agent's clock says the time is), and says whether their times are now trusted. Without
-    /// that, an unsynchronised agent's results count as measured when they arrived: a probe
-    /// that started before a change and reported after it would look like one after it.
-    pub fn place(&self, results: &mut [ProbeResult], received_unix_ms: i64) -> bool {
-        if self.trusted {
-            return true;
-        }
-        if self.sent_unix_ms <= 0 {
-            return false;
-        }
-        let shift = received_unix_ms.saturating_sub(self.sent_unix_ms);
-        for r in results.iter_mut() {
-            r.at_unix_ms = r.at_unix_ms.saturating_add(shift).min(received_unix_ms);
-        }
-        true
     }
 }
 

@@ -5,7 +5,7 @@
 //! takes its turn between them and ingest is never held behind one long delete.
 
 use super::{Store, StoreConfig};
-use crate::events::now_unix_ms;
+use crate::clock::now_unix_ms;
 use crate::history::Tier;
 use std::future::Future;
 use std::sync::Arc;

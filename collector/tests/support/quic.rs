@@ -110,7 +110,7 @@ impl QuicCollector {
 }
 
 #[allow(unused_imports)] // not every test binary that builds support asks the time
-pub use egresswatch_collector::events::now_unix_ms as now_ms;
+pub use egresswatch_collector::clock::now_unix_ms as now_ms;
 
 pub fn labels(provider: &str, account: &str) -> Labels {
     Labels {

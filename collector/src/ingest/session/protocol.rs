@@ -130,8 +130,8 @@ pub struct InStore {
 
 impl InStore {
     /// How its results are timed, for the store.
-    pub fn clock(&self) -> crate::store::BatchClock {
-        crate::store::BatchClock {
+    pub fn clock(&self) -> crate::clock::BatchClock {
+        crate::clock::BatchClock {
             trusted: self.clock_trusted,
             sent_unix_ms: self.sent_unix_ms,
         }

@@ -36,8 +36,9 @@ use super::{
     BatchClock, EventStore, HistoryStore, InsertReport, Inspect, ResultStore, Store, StoreConfig,
     StoredEvent,
 };
+use crate::clock::now_unix_ms;
 use crate::error::CollectorError;
-use crate::events::{now_unix_ms, Event};
+use crate::events::Event;
 use crate::history::{Derived, Rollup, Selector, SeriesInterval, Tier};
 use crate::identity::AgentMeta;
 use egresswatch_wire::{Labels, ProbeResult};

@@ -19,6 +19,7 @@ mod silences;
 
 use self::history::{self as sqlite_history, HistoryCache};
 use self::outbox as sqlite_outbox;
+use crate::clock::BatchClock;
 use crate::error::CollectorError;
 use crate::events::Event;
 use crate::history::{Derived, Rollup, Selector, SeriesInterval, Tier};
@@ -26,7 +27,7 @@ use crate::identity::AgentMeta;
 use crate::store::group_commit::{GroupWriter, InsertRequest, Outcome};
 use crate::store::tail::Tail;
 use crate::store::{
-    BatchClock, EventStore, HistoryStore, InsertReport, Inspect, ResultStore, Store, StoredEvent,
+    EventStore, HistoryStore, InsertReport, Inspect, ResultStore, Store, StoredEvent,
 };
 use egresswatch_wire::{Labels, ProbeResult};
 use rusqlite::{params, Connection, OptionalExtension};

@@ -111,7 +111,7 @@ impl Leadership for SqliteLease {
                      VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(|e| db_err("recording deliveries", e))?;
-            let now = crate::events::now_unix_ms();
+            let now = crate::clock::now_unix_ms();
             for d in deliveries {
                 let notice = notice_with_id(&d.notice_json, stored.id)?;
                 insert
