@@ -58,6 +58,8 @@ pub(super) struct AppState {
     hosts: Arc<HostPolicy>,
     /// `http.max_silences`.
     pub(super) max_silences: usize,
+    /// Imported feeds and the published snapshot.
+    pub(super) feed: super::FeedShare,
 }
 
 /// What a 503 tells a client to wait before it asks again while the database does not answer.
@@ -68,6 +70,7 @@ pub fn router(
     fleet: Arc<Fleet>,
     limits: LimitCounters,
     closing: tokio::sync::watch::Receiver<bool>,
+    feed: super::FeedShare,
 ) -> Router {
     let sse_gauge = Gauge::default();
     fleet.metrics().register(
@@ -100,6 +103,7 @@ pub fn router(
             &config.allowed_hosts,
         )),
         max_silences: config.max_silences,
+        feed: feed.clone(),
     };
     Router::new()
         .route(
@@ -150,6 +154,7 @@ pub fn router(
         .route("/api/intervals", get(super::history::intervals))
         .route("/api/stream", get(stream_handler))
         .merge(super::silences::routes())
+        .merge(super::feed_routes::routes(&feed))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page") })
         // A body no handler reads still must not be buffered: declared lengths over the cap are
@@ -435,7 +440,13 @@ struct MatrixQuery {
 
 async fn matrix(State(state): State<AppState>, Query(q): Query<MatrixQuery>) -> Response {
     match FamilyFilter::parse(q.family.as_deref()) {
-        Ok(family) => Json(state.fleet.matrix_view(family, now_unix_ms())).into_response(),
+        Ok(family) => {
+            let view = state.fleet.matrix_view(family, now_unix_ms());
+            match &state.feed.imports {
+                None => Json(view).into_response(),
+                Some(book) => Json(super::feed_routes::with_imports(view, book)).into_response(),
+            }
+        }
         Err(e) => error(StatusCode::BAD_REQUEST, &e),
     }
 }
