@@ -508,6 +508,30 @@ fn two_collectors_publish_import_and_refuse() {
     assert!(cell["ok"].is_u64() && cell["failed"].is_u64() && cell.get("doc").is_some());
     assert!(!serde_json::to_string(&m).unwrap().contains("\"ovh\""));
 
+    // The page's stream carries the same fields in its matrix.
+    let streamed = rt.block_on(async {
+        let mut resp = reqwest::get(format!("http://{}/api/stream", b_at.http))
+            .await
+            .unwrap();
+        let mut text = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                if text.contains("\n\n") {
+                    break;
+                }
+            }
+        });
+        let _ = read.await;
+        text
+    });
+    assert!(
+        streamed.starts_with("event: matrix")
+            && streamed.contains("\"elsewhere\"")
+            && streamed.contains("\"feeds\""),
+        "{streamed}"
+    );
+
     // An older snapshot replayed after the newer one: refused, the newer one still shown.
     let held = feed_state(&m, "replay")["snapshot_at"].clone();
     write_pair(&files.join("replay.json"), &old_bytes, &old_sig);

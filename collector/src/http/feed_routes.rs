@@ -46,3 +46,15 @@ pub(super) fn with_imports(view: MatrixView, book: &FeedBook) -> serde_json::Val
     annotate(&mut value, book);
     value
 }
+
+/// A serialised matrix (the stream's) with the imported feeds' observations added; a text
+/// that does not parse is passed on as it is.
+pub(super) fn json_with_imports(json: &str, book: &FeedBook) -> String {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(mut value) => {
+            annotate(&mut value, book);
+            value.to_string()
+        }
+        Err(_) => json.to_string(),
+    }
+}

@@ -622,34 +622,45 @@ async fn stream_handler(State(state): State<AppState>) -> Response {
         return error(StatusCode::SERVICE_UNAVAILABLE, "too many stream clients");
     }
     let receiver = state.fleet.subscribe();
-    let first = state.fleet.matrix_json(now_unix_ms());
+    // With imported feeds, each matrix sent carries what they observed, as `/api/matrix` does.
+    let imports = state.feed.imports.clone();
+    let with_imports = move |json: &str| match &imports {
+        None => json.to_string(),
+        Some(book) => super::feed_routes::json_with_imports(json, book),
+    };
+    let first = with_imports(&state.fleet.matrix_json(now_unix_ms()));
     let fleet = state.fleet.clone();
     let initial = stream::once(async move { Ok(SseEvent::default().event("matrix").data(first)) });
     let updates = stream::unfold(
         (receiver, guard, fleet, state.closing.clone()),
-        |(mut rx, guard, fleet, mut closing)| async move {
-            if *closing.borrow() {
-                return None;
+        move |(mut rx, guard, fleet, mut closing)| {
+            let with_imports = with_imports.clone();
+            async move {
+                if *closing.borrow() {
+                    return None;
+                }
+                let received = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = closing.changed() => return None,
+                };
+                let ev = match received {
+                    Ok(StreamMessage::Matrix(json)) => SseEvent::default()
+                        .event("matrix")
+                        .data(with_imports(json.as_str())),
+                    Ok(StreamMessage::Event(json)) => {
+                        SseEvent::default().event("event").data(json.as_str())
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Too far behind: skip ahead with the whole current matrix.
+                        let json = fleet.matrix_json(now_unix_ms());
+                        SseEvent::default()
+                            .event("matrix")
+                            .data(with_imports(&json))
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                };
+                Some((Ok(ev), (rx, guard, fleet, closing)))
             }
-            let received = tokio::select! {
-                r = rx.recv() => r,
-                _ = closing.changed() => return None,
-            };
-            let ev = match received {
-                Ok(StreamMessage::Matrix(json)) => {
-                    SseEvent::default().event("matrix").data(json.as_str())
-                }
-                Ok(StreamMessage::Event(json)) => {
-                    SseEvent::default().event("event").data(json.as_str())
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    // Too far behind: skip ahead with the whole current matrix.
-                    let json = fleet.matrix_json(now_unix_ms());
-                    SseEvent::default().event("matrix").data(json)
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            };
-            Some((Ok(ev), (rx, guard, fleet, closing)))
         },
     );
     let stream: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
