@@ -434,8 +434,14 @@ async fn serve(
     };
     let ingest_task = tokio::spawn(ingest.serve(context, stopped(stop_rx.clone())));
     let feed_share = http::FeedShare {
-        imports: (!cfg.feed.import.is_empty())
-            .then(|| egresswatch_collector::feed::import::FeedBook::new(&cfg.feed.import)),
+        imports: match cfg.feed.import.is_empty() {
+            true => None,
+            false => Some(egresswatch_collector::feed::import::FeedBook::kept(
+                &cfg.feed.import,
+                egresswatch_collector::feed::import::FeedCounters::register(&metrics),
+                cfg.data_dir.join("feeds"),
+            )?),
+        },
         published: cfg
             .feed
             .publish

@@ -541,6 +541,31 @@ fn two_collectors_publish_import_and_refuse() {
     });
     assert!(replay_refused, "{:#}", feed_state(&m, "replay"));
     assert_eq!(feed_state(&m, "replay")["snapshot_at"], held);
+
+    // Each refusal is counted by feed and reason.
+    let metrics = rt.block_on(async {
+        reqwest::get(format!("http://{}/metrics", b_at.http))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    for (feed, kind) in [
+        ("tampered", "bad_signature"),
+        ("wrongkey", "unknown_key"),
+        ("garbage", "garbage"),
+        ("oversized", "oversized"),
+        ("replay", "replayed"),
+    ] {
+        let series = format!("egresswatch_feed_refused_total{{feed=\"{feed}\",kind=\"{kind}\"}}");
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&series)),
+            "{series} missing:\n{metrics}"
+        );
+    }
+    // What was accepted is kept in the data dir for the next start.
+    assert!(std::fs::read_dir(b_dir.join("data/feeds")).unwrap().count() >= 2);
 }
 
 fn text_position(haystack: &[u8], needle: &[u8]) -> usize {

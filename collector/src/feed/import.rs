@@ -8,6 +8,10 @@
 use super::sign::{self, Refusal, Verified};
 use super::snapshot::{Snapshot, SnapshotCell};
 use crate::events::rfc3339;
+use crate::metrics::{label, Labels, Metrics};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -70,21 +74,106 @@ pub struct FeedState {
     pub unreachable: Option<(String, i64)>,
 }
 
-/// Every imported feed, by name, shared between the fetch tasks and the HTTP layer.
+/// The imports' counters in `/metrics`, registered by [`FeedCounters::register`].
+#[derive(Debug, Clone, Default)]
+pub struct FeedCounters {
+    /// `egresswatch_feed_accepted_total{feed}`.
+    pub accepted: Family<Labels, Counter>,
+    /// `egresswatch_feed_refused_total{feed,kind}`.
+    pub refused: Family<Labels, Counter>,
+    /// `egresswatch_feed_unreachable_total{feed}`.
+    pub unreachable: Family<Labels, Counter>,
+    /// `egresswatch_feed_snapshot_timestamp_seconds{feed}`: the held snapshot's date.
+    pub snapshot_time: Family<Labels, Gauge>,
+}
+
+impl FeedCounters {
+    pub fn register(metrics: &Metrics) -> FeedCounters {
+        FeedCounters {
+            accepted: metrics.registered("egresswatch_feed_accepted", "Imported feed snapshots accepted, by feed"),
+            refused: metrics.registered(
+                "egresswatch_feed_refused",
+                "Imported feed snapshots refused, by feed and reason (oversized, garbage, unknown_key, bad_signature, unknown_version, replayed)",
+            ),
+            unreachable: metrics.registered("egresswatch_feed_unreachable", "Feed fetches that brought nothing to judge, by feed"),
+            snapshot_time: metrics.registered(
+                "egresswatch_feed_snapshot_timestamp_seconds",
+                "The date of the snapshot held from each imported feed (Unix seconds)",
+            ),
+        }
+    }
+}
+
+/// Every imported feed, by name, shared between the fetch tasks and the HTTP layer. With a
+/// directory, each accepted snapshot is kept there (`NAME.json` and `.minisig`) and read back at
+/// start, so a restart shows it at once and still refuses an older one replayed.
 #[derive(Debug, Default)]
 pub struct FeedBook {
     feeds: Mutex<BTreeMap<String, (String, FeedState)>>,
+    counters: FeedCounters,
+    keep_in: Option<PathBuf>,
 }
 
 impl FeedBook {
     pub fn new(imports: &[ImportConfig]) -> Arc<FeedBook> {
+        Arc::new(FeedBook::unshared(imports))
+    }
+
+    fn unshared(imports: &[ImportConfig]) -> FeedBook {
         let book = FeedBook::default();
         if let Ok(mut feeds) = book.feeds.lock() {
             for i in imports {
                 feeds.insert(i.name.clone(), (i.source(), FeedState::default()));
             }
         }
-        Arc::new(book)
+        book
+    }
+
+    /// A book counting in `counters` that keeps what it accepts in `dir` and starts from what
+    /// is kept there, verified again with each import's keys (a kept file that no longer
+    /// verifies — a key taken out of `keys` — is dropped).
+    pub fn kept(
+        imports: &[ImportConfig],
+        counters: FeedCounters,
+        dir: PathBuf,
+    ) -> Result<Arc<FeedBook>, crate::CollectorError> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| crate::CollectorError::io(format!("creating {}", dir.display()), e))?;
+        let mut book = FeedBook::unshared(imports);
+        book.counters = counters;
+        for import in imports {
+            let path = dir.join(kept_name(&import.name));
+            let (Ok(bytes), Ok(sig)) = (
+                std::fs::read(&path),
+                std::fs::read_to_string(signature_path(&path)),
+            ) else {
+                continue;
+            };
+            let trusted: Vec<_> = import
+                .keys
+                .iter()
+                .filter_map(|k| sign::parse_public_key(k).ok())
+                .collect();
+            match sign::check(&bytes, &sig, &trusted, import.max_bytes, None) {
+                Ok(v) => {
+                    book.counters
+                        .snapshot_time
+                        .get_or_create(&label("feed", &import.name))
+                        .set(v.snapshot.generated_at_ms / 1000);
+                    if let Ok(mut feeds) = book.feeds.lock() {
+                        let state = &mut feeds.entry(import.name.clone()).or_default().1;
+                        state.accepted = Some(v);
+                    }
+                }
+                Err(r) => {
+                    tracing::warn!(feed = %import.name, "the kept snapshot {} no longer verifies ({r}); dropped", path.display());
+                    let _ = std::fs::remove_file(&path);
+                    let _ = std::fs::remove_file(signature_path(&path));
+                }
+            }
+        }
+        book.keep_in = Some(dir);
+        Ok(Arc::new(book))
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut BTreeMap<String, (String, FeedState)>) -> R) -> R {
@@ -116,14 +205,31 @@ impl FeedBook {
                 held.as_ref().map(|(ms, at)| (*ms, at.as_str())),
             );
             state.unreachable = None;
+            let feed = label("feed", name);
             match judged {
                 Ok(v) => {
+                    let newer = held
+                        .as_ref()
+                        .is_none_or(|(ms, _)| v.snapshot.generated_at_ms > *ms);
+                    if newer {
+                        self.counters.accepted.get_or_create(&feed).inc();
+                        self.counters
+                            .snapshot_time
+                            .get_or_create(&feed)
+                            .set(v.snapshot.generated_at_ms / 1000);
+                        if let Some(dir) = &self.keep_in {
+                            keep(&dir.join(kept_name(name)), bytes, signature);
+                        }
+                    }
                     state.accepted = Some(v);
                     state.accepted_at_ms = Some(now_unix_ms);
                     state.refused = None;
                     Ok(())
                 }
                 Err(r) => {
+                    let mut labels = feed;
+                    labels.extend(label("kind", r.kind()));
+                    self.counters.refused.get_or_create(&labels).inc();
                     state.refused = Some((r.clone(), now_unix_ms));
                     Err(r)
                 }
@@ -133,6 +239,10 @@ impl FeedBook {
 
     /// A fetch that brought nothing to judge.
     pub fn unreachable(&self, name: &str, why: String, now_unix_ms: i64) {
+        self.counters
+            .unreachable
+            .get_or_create(&label("feed", name))
+            .inc();
         self.with(|feeds| {
             feeds.entry(name.to_string()).or_default().1.unreachable = Some((why, now_unix_ms));
         })
@@ -193,6 +303,48 @@ impl FeedBook {
                     .collect(),
             )
         })
+    }
+}
+
+/// The file a feed's accepted snapshot is kept in: its name, made safe for a path.
+fn kept_name(feed: &str) -> String {
+    let safe: String = feed
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}-{:08x}.json", fnv(feed))
+}
+
+/// A short stable hash, so two names made the same by [`kept_name`] stay apart.
+fn fnv(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+fn signature_path(path: &std::path::Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(sign::SIGNATURE_SUFFIX);
+    PathBuf::from(p)
+}
+
+/// Writes the snapshot and its signature (each to a temporary file renamed over the old one);
+/// a failure is logged: the snapshot is held in memory all the same.
+fn keep(path: &std::path::Path, bytes: &[u8], signature: &str) {
+    let write = |to: &std::path::Path, data: &[u8]| -> std::io::Result<()> {
+        let tmp = to.with_extension("tmp");
+        std::fs::write(&tmp, data)?;
+        std::fs::rename(&tmp, to)
+    };
+    let sig_path = signature_path(path);
+    if let Err(e) = write(&sig_path, signature.as_bytes()).and_then(|_| write(path, bytes)) {
+        tracing::warn!("keeping the feed snapshot {}: {e}", path.display());
     }
 }
 
@@ -509,4 +661,247 @@ pub async fn run(
     }
     stop.await;
     tasks.abort_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::snapshot::{build, encode, BuildParams};
+
+    fn signed(sk: &minisign::SecretKey, at_ms: i64) -> (Vec<u8>, String) {
+        let snap = build(
+            &[],
+            &[],
+            &BuildParams {
+                feed: "pub".into(),
+                k: 3,
+                from_ms: 0,
+                to_ms: at_ms,
+            },
+        );
+        let bytes = encode(&snap);
+        let sig = sign::sign(sk, &bytes, &snap).unwrap();
+        (bytes, sig)
+    }
+
+    #[test]
+    fn a_kept_snapshot_survives_a_restart_and_still_refuses_an_older_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let minisign::KeyPair { pk, sk } =
+            minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let import = ImportConfig {
+            name: "peer/one".into(),
+            url: None,
+            file: Some("/unused".into()),
+            ca_file: None,
+            keys: vec![pk.to_base64()],
+            every_secs: 60,
+            max_bytes: 1 << 20,
+        };
+        let metrics = Metrics::new();
+        let book = FeedBook::kept(
+            std::slice::from_ref(&import),
+            FeedCounters::register(&metrics),
+            dir.path().into(),
+        )
+        .unwrap();
+        let (new_bytes, new_sig) = signed(&sk, 9_000_000);
+        let (old_bytes, old_sig) = signed(&sk, 5_000_000);
+        book.offer(
+            "peer/one",
+            &new_bytes,
+            &new_sig,
+            std::slice::from_ref(&pk),
+            1 << 20,
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            book.offer(
+                "peer/one",
+                &old_bytes,
+                &old_sig,
+                std::slice::from_ref(&pk),
+                1 << 20,
+                2
+            )
+            .unwrap_err()
+            .kind(),
+            "replayed"
+        );
+        let text = metrics.render_prometheus();
+        assert!(
+            text.contains("egresswatch_feed_accepted_total{feed=\"peer/one\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("egresswatch_feed_refused_total{feed=\"peer/one\",kind=\"replayed\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("egresswatch_feed_snapshot_timestamp_seconds{feed=\"peer/one\"} 9000"),
+            "{text}"
+        );
+
+        // A restart: the kept snapshot is held at once, and the old one is still a replay.
+        let again = FeedBook::kept(
+            std::slice::from_ref(&import),
+            FeedCounters::default(),
+            dir.path().into(),
+        )
+        .unwrap();
+        assert_eq!(again.accepted()[0].2.generated_at_ms, 9_000_000);
+        assert_eq!(
+            again
+                .offer(
+                    "peer/one",
+                    &old_bytes,
+                    &old_sig,
+                    std::slice::from_ref(&pk),
+                    1 << 20,
+                    3
+                )
+                .unwrap_err()
+                .kind(),
+            "replayed"
+        );
+
+        // Its key taken out of the config: the kept file no longer verifies and is dropped.
+        let minisign::KeyPair { pk: other, .. } =
+            minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let rekeyed = ImportConfig {
+            keys: vec![other.to_base64()],
+            ..import
+        };
+        let dropped =
+            FeedBook::kept(&[rekeyed], FeedCounters::default(), dir.path().into()).unwrap();
+        assert!(dropped.accepted().is_empty());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_matrix_gains_elsewhere_fields_and_keeps_its_own() {
+        use crate::feed::snapshot::{Snapshot, SnapshotCell, StateSpan, Window};
+        let cell =
+            |region: &str, family: &str, outcome: &str, n: u64, accounts: u32| SnapshotCell {
+                provider: "hetzner".into(),
+                region: region.into(),
+                port: 25,
+                family: family.into(),
+                destination: "any".into(),
+                status: "blocked".into(),
+                outcomes: [(outcome.to_string(), n)].into_iter().collect(),
+                states: [(
+                    "blocked".to_string(),
+                    StateSpan {
+                        first_seen: "2026-11-01T00:00:00.000Z".into(),
+                        last_seen: "2026-11-02T00:00:00.000Z".into(),
+                    },
+                )]
+                .into_iter()
+                .collect(),
+                accounts,
+                agents: accounts + 1,
+            };
+        let snapshot = Snapshot {
+            format: "egresswatch-feed".into(),
+            version: 1,
+            feed: "pub".into(),
+            generated_at: "2026-11-02T00:00:00.000Z".into(),
+            generated_at_ms: 1,
+            window: Window {
+                from: "a".into(),
+                to: "b".into(),
+            },
+            k: 3,
+            cells: vec![
+                cell("fsn1", "ipv4", "timeout", 10, 4),
+                cell("nbg1", "ipv6", "timeout", 5, 3),
+                cell("fsn1", "ipv4", "timeout", 1, 3),
+            ],
+        };
+        let mut only = snapshot.clone();
+        only.cells = vec![SnapshotCell {
+            provider: "ovh".into(),
+            ..cell("gra", "ipv4", "ok", 7, 3)
+        }];
+        let book = FeedBook::default();
+        book.with(|f| {
+            f.insert(
+                "peer".into(),
+                (
+                    "src".into(),
+                    FeedState {
+                        accepted: Some(Verified {
+                            snapshot,
+                            key_id: "K1".into(),
+                        }),
+                        ..Default::default()
+                    },
+                ),
+            );
+            f.insert(
+                "other".into(),
+                (
+                    "src2".into(),
+                    FeedState {
+                        accepted: Some(Verified {
+                            snapshot: only,
+                            key_id: "K2".into(),
+                        }),
+                        ..Default::default()
+                    },
+                ),
+            );
+        });
+        let mut view = serde_json::json!({
+            "ports": [25, 465], "family": "all",
+            "providers": [{ "provider": "hetzner", "cells": {
+                "25": { "status": "open", "ok": 2, "failed": 0, "doc": { "policy": "open" }, "doc_mismatch": false },
+                "465": { "status": "open", "ok": 2, "failed": 0 }
+            }}]
+        });
+        annotate(&mut view, &book);
+        let c25 = &view["providers"][0]["cells"]["25"];
+        assert_eq!(c25["status"], "open");
+        assert_eq!(c25["doc_mismatch"], false);
+        let e = &c25["elsewhere"][0];
+        assert_eq!(
+            (
+                e["feed"].as_str(),
+                e["status"].as_str(),
+                e["failed"].as_u64(),
+                e["accounts"].as_u64(),
+                e["regions"].as_u64()
+            ),
+            (Some("peer"), Some("blocked"), Some(16), Some(4), Some(2))
+        );
+        assert_eq!(e["key_id"], "K1");
+        assert_eq!(e["since"], "2026-11-01T00:00:00.000Z");
+        assert_eq!(c25["elsewhere_disagrees"], true);
+        let note = c25["elsewhere_note"].as_str().unwrap();
+        assert!(
+            note.contains(
+                "documented open, observed blocked by 4 accounts of feed peer since 2026-11-01"
+            ),
+            "{note}"
+        );
+        assert!(note.contains("this fleet sees open"), "{note}");
+        assert!(view["providers"][0]["cells"]["465"]
+            .get("elsewhere")
+            .is_none());
+        assert_eq!(view["imported_providers"][0]["provider"], "ovh");
+        assert_eq!(
+            view["imported_providers"][0]["cells"]["25"]["elsewhere"][0]["status"],
+            "open"
+        );
+        assert_eq!(view["feeds"].as_array().unwrap().len(), 2);
+        // A one-family view sums that family only.
+        let mut v4 = serde_json::json!({ "ports": [25], "family": "ipv6", "providers": [{ "provider": "hetzner", "cells": { "25": { "status": "open" } } }] });
+        annotate(&mut v4, &book);
+        assert_eq!(
+            v4["providers"][0]["cells"]["25"]["elsewhere"][0]["failed"],
+            5
+        );
+    }
 }
