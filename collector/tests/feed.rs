@@ -566,6 +566,21 @@ fn two_collectors_publish_import_and_refuse() {
     }
     // What was accepted is kept in the data dir for the next start.
     assert!(std::fs::read_dir(b_dir.join("data/feeds")).unwrap().count() >= 2);
+
+    // To look at both collectors' pages: EGRESSWATCH_FEED_HOLD_SECS=300 (at most 3600) keeps
+    // them running that long after the checks.
+    if let Some(secs) = std::env::var("EGRESSWATCH_FEED_HOLD_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        eprintln!(
+            "holding {secs} s: importer http://{}/ publisher http://{}/ files {}",
+            b_at.http,
+            a_at.http,
+            files.display()
+        );
+        std::thread::sleep(Duration::from_secs(secs.min(3600)));
+    }
 }
 
 fn text_position(haystack: &[u8], needle: &[u8]) -> usize {

@@ -355,8 +355,10 @@ pub struct Observed {
     pub status: &'static str,
     pub ok: u64,
     pub failed: u64,
-    /// The most distinct accounts of any one of the feed's cells summed here: a lower bound.
+    /// The most distinct accounts of any one of the feed's cells summed here: a lower bound
+    /// (the same accounts may be in several regions' and both families' cells).
     pub accounts: u32,
+    /// The same for agents.
     pub agents: u32,
     pub regions: usize,
     /// Since when the current state was seen (its earliest `first_seen`).
@@ -403,7 +405,7 @@ pub fn observed(
         ok,
         failed,
         accounts: cells.iter().map(|c| c.accounts).max().unwrap_or(0),
-        agents: cells.iter().map(|c| c.agents).sum(),
+        agents: cells.iter().map(|c| c.agents).max().unwrap_or(0),
         regions: regions.len(),
         since: spans.iter().map(|s| s.first_seen.clone()).min(),
         last_seen: spans.iter().map(|s| s.last_seen.clone()).max(),
@@ -877,6 +879,10 @@ mod tests {
             (Some("peer"), Some("blocked"), Some(16), Some(4), Some(2))
         );
         assert_eq!(e["key_id"], "K1");
+        assert_eq!(
+            e["agents"], 5,
+            "the most of one cell, not a sum over families"
+        );
         assert_eq!(e["since"], "2026-11-01T00:00:00.000Z");
         assert_eq!(c25["elsewhere_disagrees"], true);
         let note = c25["elsewhere_note"].as_str().unwrap();
