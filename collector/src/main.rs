@@ -296,6 +296,15 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 }
 
 fn run(cfg: Config) -> Result<()> {
+    // The feed's files are read before anything is written: a publish key or an import's CA
+    // that cannot be read refuses the start like a bad key in the config.
+    if cfg.feed.publish.enabled {
+        egresswatch_collector::feed::sign::load_secret_key(&feed_key_path(&cfg))
+            .context("[feed.publish] is on, and its key cannot be read")?;
+    }
+    for import in &cfg.feed.import {
+        egresswatch_collector::feed::import::client_for(import)?;
+    }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     // A data dir that cannot be written (a full disk) does not keep the page dark: the
@@ -515,26 +524,11 @@ fn start_feed(
         )));
     }
     if let Some(book) = &share.imports {
-        // Feeds served under a private CA name it (`ca_file`); the rest use the system's roots.
-        let mut extra_roots = Vec::new();
-        for imp in &cfg.feed.import {
-            if let Some(path) = &imp.ca_file {
-                extra_roots.push(std::fs::read(path).with_context(|| {
-                    format!(
-                        "feed.import {:?}: reading ca_file {}",
-                        imp.name,
-                        path.display()
-                    )
-                })?);
-            }
-        }
-        let client = import::client(&extra_roots)?;
-        tasks.push(tokio::spawn(import::run(
+        tasks.push(import::start(
             cfg.feed.import.clone(),
             book.clone(),
-            client,
             stopped(stop),
-        )));
+        )?);
     }
     Ok(tasks)
 }

@@ -425,6 +425,13 @@ fn two_collectors_publish_import_and_refuse() {
             "max_bytes = 1024",
         ),
         import("replay", file("replay"), &key_line, ""),
+        // The same server without its CA: its certificate is not trusted, nothing is fetched.
+        import(
+            "untrusted",
+            format!("url = \"https://{tls_at}/feed/snapshot.json\""),
+            &key_line,
+            "",
+        ),
     ]
     .concat();
     let b_config = write_collector_config(
@@ -471,6 +478,12 @@ fn two_collectors_publish_import_and_refuse() {
             "{name} was accepted"
         );
     }
+    assert!(feed_state(&m, "untrusted")["snapshot_at"].is_null());
+    let why = feed_state(&m, "untrusted")["unreachable"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(why.contains(&tls_at.to_string()), "{why}");
     assert_eq!(feed_state(&m, "peer")["key_id"], a_key_id.as_str());
     assert_eq!(feed_state(&m, "peer")["publisher"], "publisher-a");
 
@@ -588,4 +601,31 @@ fn text_position(haystack: &[u8], needle: &[u8]) -> usize {
         .windows(needle.len())
         .position(|w| w == needle)
         .expect("needle")
+}
+
+#[test]
+fn a_publish_key_that_cannot_be_read_refuses_the_start_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let section = format!(
+        "[feed]\nkey = {:?}\n[feed.publish]\nenabled = true\n",
+        tmp.path().join("missing/feed.key")
+    );
+    let config = write_collector_config(
+        tmp.path(),
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"",
+        &section,
+    );
+    let out = Command::new(collector_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("[feed.publish] is on") && err.contains("missing/feed.key"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("data").exists(), "the data dir was made");
 }

@@ -642,27 +642,52 @@ pub async fn fetch_once(client: &reqwest::Client, import: &ImportConfig, book: &
     }
 }
 
+/// The client for one import: its own `ca_file`, if any, is trusted for its URL only.
+pub fn client_for(import: &ImportConfig) -> Result<reqwest::Client, crate::CollectorError> {
+    let mut roots = Vec::new();
+    if let Some(path) = &import.ca_file {
+        roots.push(std::fs::read(path).map_err(|e| {
+            crate::CollectorError::io(
+                format!(
+                    "feed.import {:?}: reading ca_file {}",
+                    import.name,
+                    path.display()
+                ),
+                e,
+            )
+        })?);
+    }
+    client(&roots)
+}
+
 /// Fetches every import at once and then each on its own schedule, until `stop` resolves.
-pub async fn run(
+/// Each import's client is made first, so a `ca_file` that cannot be read stops the start.
+pub fn start(
     imports: Vec<ImportConfig>,
     book: Arc<FeedBook>,
-    client: reqwest::Client,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    let mut tasks = tokio::task::JoinSet::new();
+) -> Result<tokio::task::JoinHandle<()>, crate::CollectorError> {
+    let mut clients = Vec::new();
     for import in imports {
-        let (book, client) = (book.clone(), client.clone());
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(import.every_secs));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                fetch_once(&client, &import, &book).await;
-            }
-        });
+        let client = client_for(&import)?;
+        clients.push((import, client));
     }
-    stop.await;
-    tasks.abort_all();
+    Ok(tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (import, client) in clients {
+            let book = book.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(import.every_secs));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    fetch_once(&client, &import, &book).await;
+                }
+            });
+        }
+        stop.await;
+        tasks.abort_all();
+    }))
 }
 
 #[cfg(test)]
