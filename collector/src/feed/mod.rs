@@ -70,7 +70,10 @@ impl Default for PublishConfig {
 
 pub const K_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
 pub const WINDOW_HOURS_RANGE: std::ops::RangeInclusive<u64> = 1..=(24 * 400);
+/// How often an import is fetched.
 pub const EVERY_SECS_RANGE: std::ops::RangeInclusive<u64> = 1..=(7 * 24 * 3600);
+/// How often a snapshot is published: each reads the window's state intervals from the store.
+pub const PUBLISH_EVERY_SECS_RANGE: std::ops::RangeInclusive<u64> = 60..=(7 * 24 * 3600);
 pub const MAX_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=(64 << 20);
 /// Most state intervals one snapshot reads (a bound on its memory).
 pub const MAX_SNAPSHOT_INTERVALS: usize = 5_000_000;
