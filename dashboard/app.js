@@ -185,6 +185,18 @@ function fillCell(td, c, now, history) {
     td.append(el('span', 'sym', STATUS.unknown.sym), ' ', el('span', 'word', 'no data'));
     return;
   }
+  if (c.status === undefined) {
+    // A provider only imported feeds observed: this fleet has nothing to say about it.
+    td.append(el('div', 'cell-main not-here', 'not observed here'));
+    if (c.doc) td.append(buildDoc(c.doc));
+    if (Array.isArray(c.elsewhere) && c.elsewhere.length) td.append(buildElsewhere(c.elsewhere));
+    if (c.elsewhere_disagrees) {
+      const m = el('span', 'mismatch elsewhere-mismatch', '≠ elsewhere');
+      m.title = String(c.elsewhere_note ?? 'an imported feed observed otherwise');
+      td.append(m);
+    }
+    return;
+  }
   const line = el('div', 'cell-main');
   line.append(el('span', 'sym', STATUS[status].sym), ' ', el('span', 'word', STATUS[status].word));
   const note = familyNote(c);
@@ -316,6 +328,14 @@ function visibleRows(now) {
         }
       }
     }
+  }
+  // Providers only imported feeds observed: no status of this fleet, only what the feeds saw.
+  for (const p of m.imported_providers || []) {
+    if (!p || typeof p.provider !== 'string') continue;
+    const ir = getRow(`i\u0000${p.provider}`, 0, p.provider, '', false);
+    ir.tr.classList.add('imported');
+    updateRow(ir, p, 'observed elsewhere only', now);
+    out.push(ir);
   }
   return out;
 }

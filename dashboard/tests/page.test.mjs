@@ -355,6 +355,16 @@ test('imported feeds: what other fleets observed beside the docs and this fleet,
       elsewhere_disagrees: true,
       elsewhere_note: 'this fleet sees open, feed peer-ops observed blocked by 12 accounts',
     };
+    m.imported_providers = [{
+      provider: 'ovh',
+      cells: {
+        25: {
+          doc: null,
+          elsewhere: [{ feed: 'peer-ops', key_id: '6AF9D3C0B2A11E44', snapshot_at: '2026-11-22T12:00:00Z', status: 'open', ok: 40, failed: 0, accounts: 5, agents: 7, regions: 1, since: null, last_seen: null }],
+          elsewhere_disagrees: false,
+        },
+      },
+    }];
     m.feeds = [
       { feed: 'peer-ops', source: 'https://watch.peer.example/feed/snapshot.json', publisher: 'peer', key_id: '6AF9D3C0B2A11E44', snapshot_at: '2026-11-22T12:00:00Z', accepted_at: '2026-11-22T12:01:00Z', refused: null, unreachable: null },
       { feed: 'tampered', source: '/srv/t.json', accepted_at: null, refused: { kind: 'bad_signature', reason: 'bad signature: Signature verification failed', at: '2026-11-22T12:01:00Z' }, unreachable: null },
@@ -383,6 +393,12 @@ test('imported feeds: what other fleets observed beside the docs and this fleet,
     assert.equal(await feeds.isVisible(), true);
     assert.match(await feeds.locator('[data-feed="peer-ops"]').textContent(), /snapshot of 2026-11-22T12:00:00Z by peer, key 6AF9D3C0B2A11E44/);
     assert.match(await feeds.locator('[data-feed="tampered"]').textContent(), /no snapshot accepted — last one refused: bad signature/);
+    // A provider only the feed observed has a row of its own, with no status of this fleet.
+    const ovh = page.locator('#matrix-body tr.imported').filter({ has: page.locator('th .label', { hasText: /^ovh$/ }) });
+    assert.match(await ovh.locator('th .sub').textContent(), /observed elsewhere only/);
+    assert.equal(await cellOf(ovh, 25).locator('.not-here').textContent(), 'not observed here');
+    assert.equal(await cellOf(ovh, 25).locator('.elsewhere-line').getAttribute('data-status'), 'open');
+    assert.match(await cellOf(ovh, 465).textContent(), /no data/);
     // A feed's name is text, never markup.
     assert.equal(await page.locator('#matrix img').count(), 0);
     await page.screenshot({ path: path.join(SHOTS, 'feeds.png'), fullPage: true });
