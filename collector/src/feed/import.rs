@@ -2,7 +2,7 @@
 //! it trusts. [`FeedBook`] holds, per feed, the last snapshot accepted with its provenance (which
 //! feed, which key, the snapshot's date) and the last refusal; a refused snapshot is never
 //! shown. [`annotate`] adds to `/api/matrix` what the feeds observed per provider cell and where
-//! that disagrees with what is documented or with this fleet; [`run`] is the thin tokio shell
+//! that disagrees with what is documented or with this fleet; [`start`] is the thin tokio shell
 //! that fetches on a schedule.
 
 use super::sign::{self, Refusal, Verified};

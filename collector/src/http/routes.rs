@@ -602,6 +602,16 @@ impl Drop for SlotGuard {
     }
 }
 
+/// A stream's `matrix` message: the matrix as the hub serialised it, with the imported feeds'
+/// observations added when there are imports.
+fn matrix_event(json: &str, imports: Option<&Arc<crate::feed::import::FeedBook>>) -> SseEvent {
+    let event = SseEvent::default().event("matrix");
+    match imports {
+        None => event.data(json),
+        Some(book) => event.data(super::feed_routes::json_with_imports(json, book)),
+    }
+}
+
 async fn stream_handler(State(state): State<AppState>) -> Response {
     let taken = state.sse_clients.fetch_add(1, Ordering::AcqRel);
     let guard = SlotGuard {
@@ -624,17 +634,13 @@ async fn stream_handler(State(state): State<AppState>) -> Response {
     let receiver = state.fleet.subscribe();
     // With imported feeds, each matrix sent carries what they observed, as `/api/matrix` does.
     let imports = state.feed.imports.clone();
-    let with_imports = move |json: &str| match &imports {
-        None => json.to_string(),
-        Some(book) => super::feed_routes::json_with_imports(json, book),
-    };
-    let first = with_imports(&state.fleet.matrix_json(now_unix_ms()));
+    let first = matrix_event(&state.fleet.matrix_json(now_unix_ms()), imports.as_ref());
     let fleet = state.fleet.clone();
-    let initial = stream::once(async move { Ok(SseEvent::default().event("matrix").data(first)) });
+    let initial = stream::once(async move { Ok(first) });
     let updates = stream::unfold(
         (receiver, guard, fleet, state.closing.clone()),
         move |(mut rx, guard, fleet, mut closing)| {
-            let with_imports = with_imports.clone();
+            let imports = imports.clone();
             async move {
                 if *closing.borrow() {
                     return None;
@@ -644,18 +650,15 @@ async fn stream_handler(State(state): State<AppState>) -> Response {
                     _ = closing.changed() => return None,
                 };
                 let ev = match received {
-                    Ok(StreamMessage::Matrix(json)) => SseEvent::default()
-                        .event("matrix")
-                        .data(with_imports(json.as_str())),
+                    Ok(StreamMessage::Matrix(json)) => {
+                        matrix_event(json.as_str(), imports.as_ref())
+                    }
                     Ok(StreamMessage::Event(json)) => {
                         SseEvent::default().event("event").data(json.as_str())
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         // Too far behind: skip ahead with the whole current matrix.
-                        let json = fleet.matrix_json(now_unix_ms());
-                        SseEvent::default()
-                            .event("matrix")
-                            .data(with_imports(&json))
+                        matrix_event(&fleet.matrix_json(now_unix_ms()), imports.as_ref())
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 };
