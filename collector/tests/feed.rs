@@ -377,6 +377,10 @@ fn two_collectors_publish_import_and_refuse() {
         served.contains("egresswatch feed publisher-a snapshot"),
         "{served}"
     );
+    // `feed export` while the collector runs on the same SQLite file: the same cells.
+    let (live_bytes, _) = export(&a_config, &files.join("live"));
+    let live: Value = serde_json::from_slice(&live_bytes).unwrap();
+    assert_eq!(live["cells"], snapshot["cells"]);
     let (tls_at, ca_pem) = tls_terminator(&rt, a_at.http);
     std::fs::write(files.join("ca.pem"), &ca_pem).unwrap();
 
