@@ -101,7 +101,17 @@ fn meta(m: &Member) -> AgentMeta {
 fn populate(dir: &Path, members: &[Member], port25: Outcome) {
     std::fs::create_dir_all(dir.join("data")).unwrap();
     let store = SqliteStore::open(&dir.join("data/egresswatch.db")).unwrap();
-    let now = egresswatch_collector::events::now_unix_ms();
+    fill(
+        &store,
+        members,
+        port25,
+        egresswatch_collector::events::now_unix_ms(),
+    );
+    store.close();
+}
+
+/// Stores the four minutes of probes before `now` for `members` in `store`.
+fn fill(store: &dyn Store, members: &[Member], port25: Outcome, now: i64) {
     for m in members {
         let agent = meta(m);
         store.upsert_agent(&agent, now).unwrap();
@@ -131,7 +141,6 @@ fn populate(dir: &Path, members: &[Member], port25: Outcome) {
         }
         store.insert_results(m.0, results, true, now).unwrap();
     }
-    store.close();
 }
 
 fn feed(args: &[&str]) -> (bool, String) {
@@ -632,4 +641,42 @@ fn a_publish_key_that_cannot_be_read_refuses_the_start_before_anything_is_writte
         "{err}"
     );
     assert!(!tmp.path().join("data").exists(), "the data dir was made");
+}
+
+/// The snapshot is built through the store's own read methods: the memory store, SQLite and
+/// PostgreSQL give the same one for the same results.
+#[test]
+fn the_same_snapshot_from_memory_sqlite_and_postgres() {
+    use egresswatch_collector::feed::{snapshot_of, FeedConfig};
+    use egresswatch_collector::store::{
+        memory::MemoryStore, postgres::PostgresStore, StoreConfig, StoreKind,
+    };
+    let now = egresswatch_collector::events::now_unix_ms();
+    let config = FeedConfig::default();
+    let memory = MemoryStore::new();
+    fill(&memory, PUBLISHER, Outcome::Timeout, now);
+    let from_memory = snapshot_of(&memory, &config, now).unwrap();
+    assert_eq!(from_memory.cells.len(), 4, "{from_memory:#?}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&tmp.path().join("s.db")).unwrap();
+    fill(&sqlite, PUBLISHER, Outcome::Timeout, now);
+    assert_eq!(snapshot_of(&sqlite, &config, now).unwrap(), from_memory);
+    sqlite.close();
+
+    let cluster = match egresswatch_sim::postgres::PgCluster::start() {
+        Ok(c) => c,
+        Err(e) => return support::skip("the PostgreSQL snapshot", &format!("no PostgreSQL: {e}")),
+    };
+    let pg = PostgresStore::open(&StoreConfig {
+        kind: StoreKind::Postgres,
+        url: Some(cluster.url()),
+        pool_size: 2,
+        connect_timeout_secs: 5,
+        ..Default::default()
+    })
+    .unwrap();
+    fill(&pg, PUBLISHER, Outcome::Timeout, now);
+    assert_eq!(snapshot_of(&pg, &config, now).unwrap(), from_memory);
+    pg.close();
 }
