@@ -90,7 +90,10 @@ pub struct FeedCounters {
 impl FeedCounters {
     pub fn register(metrics: &Metrics) -> FeedCounters {
         FeedCounters {
-            accepted: metrics.registered("egresswatch_feed_accepted", "Imported feed snapshots accepted, by feed"),
+            accepted: metrics.registered(
+                "egresswatch_feed_accepted",
+                "New imported feed snapshots accepted (the one held fetched again is not counted), by feed",
+            ),
             refused: metrics.registered(
                 "egresswatch_feed_refused",
                 "Imported feed snapshots refused, by feed and reason (oversized, garbage, unknown_key, bad_signature, unknown_version, replayed)",
@@ -115,6 +118,7 @@ pub struct FeedBook {
 }
 
 impl FeedBook {
+    /// A book held in memory only and counted nowhere (what [`FeedBook::kept`] builds on).
     pub fn new(imports: &[ImportConfig]) -> Arc<FeedBook> {
         Arc::new(FeedBook::unshared(imports))
     }
