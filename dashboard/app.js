@@ -103,6 +103,7 @@ function cellSignature(c, held) {
     c.status, c.ok, c.failed, c.outcome, c.p50_connect_ms, c.since, held,
     c.families ? JSON.stringify(c.families) : '',
     c.doc_mismatch, c.doc ? JSON.stringify(c.doc) : '',
+    c.elsewhere ? JSON.stringify(c.elsewhere) : '', c.elsewhere_disagrees, c.elsewhere_note ?? '',
   ].join('|');
 }
 
@@ -147,6 +148,30 @@ function buildDoc(doc) {
   return d;
 }
 
+// What imported feeds observed of this provider × port (/api/matrix `elsewhere`, docs/feed.md):
+// one line per feed — its status, how many accounts, the feed's name — with its provenance (key,
+// snapshot date, since when) in the title.
+function buildElsewhere(list) {
+  const box = el('div', 'elsewhere');
+  for (const o of list) {
+    if (!o || typeof o !== 'object') continue;
+    const status = STATUS[o.status] ? o.status : 'unknown';
+    const line = el('div', `elsewhere-line st-${status}`);
+    line.dataset.feed = String(o.feed ?? '');
+    line.dataset.status = status;
+    const accounts = Number.isFinite(o.accounts) ? o.accounts : 0;
+    line.append(
+      el('span', 'elsewhere-label', 'elsewhere:'), ' ',
+      el('span', 'sym', STATUS[status].sym), ' ', el('span', 'word', STATUS[status].word), ' ',
+      el('span', 'elsewhere-who', `${accounts} account${accounts === 1 ? '' : 's'} · ${String(o.feed ?? '')}`),
+    );
+    const since = o.since ? `, ${status} since ${o.since}` : '';
+    line.title = `feed ${String(o.feed ?? '')}: snapshot of ${String(o.snapshot_at ?? '?')}, key ${String(o.key_id ?? '?')}${since}`;
+    box.append(line);
+  }
+  return box;
+}
+
 function fillCell(td, c, now, history) {
   const held = c ? fmtHeld(c.since, now) : '';
   const sig = cellSignature(c, held);
@@ -158,6 +183,18 @@ function fillCell(td, c, now, history) {
   td.replaceChildren();
   if (!c) {
     td.append(el('span', 'sym', STATUS.unknown.sym), ' ', el('span', 'word', 'no data'));
+    return;
+  }
+  if (c.status === undefined) {
+    // A provider only imported feeds observed: this fleet has nothing to say about it.
+    td.append(el('div', 'cell-main not-here', 'not observed here'));
+    if (c.doc) td.append(buildDoc(c.doc));
+    if (Array.isArray(c.elsewhere) && c.elsewhere.length) td.append(buildElsewhere(c.elsewhere));
+    if (c.elsewhere_disagrees) {
+      const m = el('span', 'mismatch elsewhere-mismatch', '≠ elsewhere');
+      m.title = String(c.elsewhere_note ?? 'an imported feed observed otherwise');
+      td.append(m);
+    }
     return;
   }
   const line = el('div', 'cell-main');
@@ -186,6 +223,14 @@ function fillCell(td, c, now, history) {
     td.append(m);
   }
   if (c.doc) td.append(buildDoc(c.doc));
+  if (Array.isArray(c.elsewhere) && c.elsewhere.length) {
+    td.append(buildElsewhere(c.elsewhere));
+    if (c.elsewhere_disagrees) {
+      const m = el('span', 'mismatch elsewhere-mismatch', '≠ elsewhere');
+      m.title = String(c.elsewhere_note ?? 'an imported feed observed otherwise');
+      td.append(m);
+    }
+  }
   if (history) td.append(historyButton({ ...history, port: Number(td.dataset.port) }));
 }
 
@@ -283,6 +328,14 @@ function visibleRows(now) {
         }
       }
     }
+  }
+  // Providers only imported feeds observed: no status of this fleet, only what the feeds saw.
+  for (const p of m.imported_providers || []) {
+    if (!p || typeof p.provider !== 'string') continue;
+    const ir = getRow(`i\u0000${p.provider}`, 0, p.provider, '', false);
+    ir.tr.classList.add('imported');
+    updateRow(ir, p, 'observed elsewhere only', now);
+    out.push(ir);
   }
   return out;
 }
@@ -409,6 +462,7 @@ function setMatrix(m) {
     }
   }
   state.matrix = m;
+  renderFeeds(m.feeds);
   // Several collectors on one database: when it cannot be reached, what is shown is the last
   // state known, and the page must not call it live.
   state.storeDown = m.store || null;
@@ -416,6 +470,37 @@ function setMatrix(m) {
   else if (state.connected) setLive('live', 'live');
   render();
   refreshMail();
+}
+
+// The imported feeds' provenance and state, under the matrix: hidden without imports.
+function renderFeeds(feeds) {
+  const line = $('feeds-line');
+  if (!line) return;
+  if (!Array.isArray(feeds) || !feeds.length) {
+    line.hidden = true;
+    return;
+  }
+  const sig = JSON.stringify(feeds);
+  if (line.dataset.sig === sig) return;
+  line.dataset.sig = sig;
+  line.replaceChildren(el('span', 'feeds-label', 'Imported feeds:'));
+  for (const f of feeds) {
+    if (!f || typeof f !== 'object') continue;
+    const item = el('span', 'feed-item');
+    item.dataset.feed = String(f.feed ?? '');
+    let text = `${String(f.feed ?? '')}: `;
+    if (f.snapshot_at) text += `snapshot of ${f.snapshot_at} by ${String(f.publisher ?? '?')}, key ${String(f.key_id ?? '?')}`;
+    else text += 'no snapshot accepted';
+    if (f.refused && typeof f.refused === 'object') {
+      item.classList.add('feed-refused');
+      text += ` — last one refused: ${String(f.refused.reason ?? f.refused.kind ?? '')}`;
+    } else if (f.unreachable && typeof f.unreachable === 'object') {
+      text += ` — not fetched: ${String(f.unreachable.reason ?? '')}`;
+    }
+    item.textContent = text;
+    line.append(' ', item);
+  }
+  line.hidden = false;
 }
 
 // ---------- mail providers ----------

@@ -22,6 +22,8 @@ pub struct Config {
     pub silence: Vec<crate::silences::SilenceConfig>,
     /// Several collectors on one PostgreSQL database (`[store] kind = "postgres"`).
     pub cluster: crate::cluster::ClusterConfig,
+    /// Signed snapshots of observed policy: export, publish, import (docs/feed.md).
+    pub feed: crate::feed::FeedConfig,
 }
 
 impl Default for Config {
@@ -37,6 +39,7 @@ impl Default for Config {
             alerts: Vec::new(),
             silence: Vec::new(),
             cluster: Default::default(),
+            feed: Default::default(),
         }
     }
 }
@@ -98,6 +101,7 @@ impl Config {
         use egresswatch_wire::limits::{MAX_BATCH_RESULTS, MAX_FRAME_BYTES};
         const WEEK_SECS: u64 = 7 * 24 * 3600;
         self.http.validate()?;
+        self.feed.validate()?;
         let q = &self.quic;
         in_range("quic.max_connections", q.max_connections, 1..=1_000_000)?;
         in_range("quic.max_handshakes", q.max_handshakes, 1..=100_000)?;

@@ -22,6 +22,8 @@ pub enum CollectorError {
     Ca(String),
     #[error("TLS setup: {0}")]
     Tls(String),
+    #[error("feed: {0}")]
+    Feed(String),
     #[error(transparent)]
     Wire(#[from] egresswatch_wire::WireError),
 }

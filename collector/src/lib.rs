@@ -19,6 +19,7 @@ pub mod detector;
 pub mod error;
 pub mod events;
 pub mod fanout;
+pub mod feed;
 pub mod fleet;
 pub mod history;
 pub mod http;

@@ -37,6 +37,11 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Signed snapshots of observed policy (docs/feed.md).
+    Feed {
+        #[command(subcommand)]
+        command: FeedCommand,
+    },
     /// Run the collector (QUIC ingest, store, matrix, alerts, HTTP).
     Run {
         /// TOML config; without it, embedded defaults (see docs/collector.md).
@@ -73,6 +78,48 @@ enum CaCommand {
     },
     /// List the certificates issued by the CA in DIR, valid and revoked.
     List {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum FeedCommand {
+    /// The key that signs this collector's snapshots.
+    Key {
+        #[command(subcommand)]
+        command: FeedKeyCommand,
+    },
+    /// Write a signed snapshot of the store's observations: OUT/snapshot.json and
+    /// OUT/snapshot.json.minisig.
+    Export {
+        /// The collector's TOML config (its store, `[feed]` name, key, k and window).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a snapshot against a public key, as an import would (minisign -V checks the same
+    /// signature).
+    Verify {
+        /// The public key: a minisign .pub file, or its `RW…` line.
+        #[arg(long)]
+        pubkey: String,
+        #[arg(long)]
+        snapshot: PathBuf,
+        /// Default: the snapshot's path with `.minisig` appended.
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// Largest snapshot accepted, bytes.
+        #[arg(long, default_value_t = 4 << 20)]
+        max_bytes: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum FeedKeyCommand {
+    /// Create DIR/feed.key (secret, 0600) and DIR/feed.pub; refuses to overwrite them.
+    Create {
         #[arg(long)]
         dir: PathBuf,
     },
@@ -140,6 +187,7 @@ fn main() -> ExitCode {
         } => ca::listing::list(&dir, time::OffsetDateTime::now_utc().unix_timestamp())
             .map(|listing| print!("{listing}"))
             .map_err(anyhow::Error::from),
+        Command::Feed { command } => feed_command(command),
         Command::Run { config } => load_config(config.as_deref()).and_then(run),
     };
     match outcome {
@@ -149,6 +197,93 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn feed_command(command: FeedCommand) -> Result<()> {
+    use egresswatch_collector::feed::{self, sign};
+    match command {
+        FeedCommand::Key {
+            command: FeedKeyCommand::Create { dir },
+        } => {
+            let (sk, pk, line) = sign::create_key(&dir)?;
+            println!(
+                "secret key: {} (keep it here; it signs snapshots)",
+                sk.display()
+            );
+            println!("public key: {} (give it to importers)", pk.display());
+            println!("public key line for [[feed.import]] keys: {line}");
+            Ok(())
+        }
+        FeedCommand::Export { config, out } => {
+            let cfg = load_config(config.as_deref())?;
+            let sk = sign::load_secret_key(&feed_key_path(&cfg))?;
+            let db = cfg.data_dir.join(&cfg.store.path);
+            if cfg.store.kind == store::StoreKind::Sqlite && !db.exists() {
+                anyhow::bail!(
+                    "no database at {}: nothing observed to export",
+                    db.display()
+                );
+            }
+            let opened = open_store(&cfg, None)?;
+            let signed =
+                feed::signed_snapshot(opened.store.as_ref(), &cfg.feed, &sk, now_unix_ms())?;
+            opened.store.close();
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let (snap_path, sig_path) = (
+                out.join("snapshot.json"),
+                out.join(format!("snapshot.json{}", sign::SIGNATURE_SUFFIX)),
+            );
+            std::fs::write(&snap_path, &signed.bytes)
+                .with_context(|| format!("writing {}", snap_path.display()))?;
+            std::fs::write(&sig_path, &signed.signature)
+                .with_context(|| format!("writing {}", sig_path.display()))?;
+            println!(
+                "snapshot:  {} ({} bytes, {})",
+                snap_path.display(),
+                signed.bytes.len(),
+                signed.generated_at
+            );
+            println!("signature: {}", sig_path.display());
+            Ok(())
+        }
+        FeedCommand::Verify {
+            pubkey,
+            snapshot,
+            signature,
+            max_bytes,
+        } => {
+            let key_text = match std::fs::read_to_string(&pubkey) {
+                Ok(text) => text,
+                Err(_) => pubkey.clone(),
+            };
+            let pk = sign::parse_public_key(&key_text)?;
+            let sig_path = signature.unwrap_or_else(|| {
+                let mut p = snapshot.clone().into_os_string();
+                p.push(sign::SIGNATURE_SUFFIX);
+                PathBuf::from(p)
+            });
+            let bytes = std::fs::read(&snapshot)
+                .with_context(|| format!("reading {}", snapshot.display()))?;
+            let sig = std::fs::read_to_string(&sig_path)
+                .with_context(|| format!("reading {}", sig_path.display()))?;
+            let verified = sign::check(&bytes, &sig, &[pk], max_bytes, None)
+                .map_err(|r| anyhow::anyhow!("refused: {r}"))?;
+            println!(
+                "verified: feed {:?}, snapshot of {}, key {}, {} cells (k = {})",
+                verified.snapshot.feed,
+                verified.snapshot.generated_at,
+                verified.key_id,
+                verified.snapshot.cells.len(),
+                verified.snapshot.k
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `[feed] key`, under the data dir unless absolute.
+fn feed_key_path(cfg: &Config) -> PathBuf {
+    cfg.data_dir.join(&cfg.feed.key)
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config> {
@@ -161,6 +296,15 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 }
 
 fn run(cfg: Config) -> Result<()> {
+    // The feed's files are read before anything is written: a publish key or an import's CA
+    // that cannot be read refuses the start like a bad key in the config.
+    if cfg.feed.publish.enabled {
+        egresswatch_collector::feed::sign::load_secret_key(&feed_key_path(&cfg))
+            .context("[feed.publish] is on, and its key cannot be read")?;
+    }
+    for import in &cfg.feed.import {
+        egresswatch_collector::feed::import::client_for(import)?;
+    }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     // A data dir that cannot be written (a full disk) does not keep the page dark: the
@@ -290,8 +434,28 @@ async fn serve(
         cluster_counters,
     )?;
     let ingest_task = tokio::spawn(ingest.serve(context, stopped(stop_rx.clone())));
-    let http_task = tokio::spawn(http.serve(fleet.clone(), limits, stopped(stop_rx.clone())));
+    let feed_share = http::FeedShare {
+        imports: match cfg.feed.import.is_empty() {
+            true => None,
+            false => Some(egresswatch_collector::feed::import::FeedBook::kept(
+                &cfg.feed.import,
+                egresswatch_collector::feed::import::FeedCounters::register(&metrics),
+                cfg.data_dir.join("feeds"),
+            )?),
+        },
+        published: cfg
+            .feed
+            .publish
+            .enabled
+            .then(egresswatch_collector::feed::publish::Published::new),
+    };
+    let http_task = tokio::spawn(http.with_feed(feed_share.clone()).serve(
+        fleet.clone(),
+        limits,
+        stopped(stop_rx.clone()),
+    ));
     let fleet_task = tokio::spawn(fleet.clone().run(stopped(stop_rx.clone())));
+    let feed_task = start_feed(&cfg, store.clone(), &feed_share, stop_rx.clone())?;
     let retention = tokio::spawn(store::retention::prune_loop(
         store.clone(),
         store::retention::RetentionPolicy::of(&cfg.store),
@@ -319,8 +483,44 @@ async fn serve(
     }
     let _ = fleet_task.await;
     retention.abort();
+    for task in feed_task {
+        let _ = task.await;
+    }
     info!("stopped");
     Ok(())
+}
+
+/// Spawns the feed's import and publish loops, when configured. The publish key is read
+/// before anything starts, so a missing key stops the start with its path.
+fn start_feed(
+    cfg: &Config,
+    store: Arc<dyn store::Store>,
+    share: &http::FeedShare,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    use egresswatch_collector::feed::{import, publish, sign};
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut tasks = Vec::new();
+    if let Some(published) = &share.published {
+        let sk = sign::load_secret_key(&feed_key_path(cfg))?;
+        tasks.push(tokio::spawn(publish::run(
+            store,
+            cfg.feed.clone(),
+            sk,
+            published.clone(),
+            stopped(stop.clone()),
+        )));
+    }
+    if let Some(book) = &share.imports {
+        tasks.push(import::start(
+            cfg.feed.import.clone(),
+            book.clone(),
+            stopped(stop),
+        )?);
+    }
+    Ok(tasks)
 }
 
 /// The store the config names, opened (and for PostgreSQL, migrated): a file this collector has

@@ -337,3 +337,74 @@ test('real collector: the page loads, every cell has a status, the stream is liv
   await assertClean(page, problems, dialogs);
   await context.close();
 });
+
+test('imported feeds: what other fleets observed beside the docs and this fleet, the disagreement marked, refusals named', { skip: needsFixture() }, async () => {
+  const orig = server.data.matrix;
+  server.data.matrix = (fam) => {
+    const m = orig(fam);
+    // hetzner's 25: documented blocked, open here, and a feed observed it blocked.
+    const hz = m.providers.find((p) => p.provider === 'hetzner');
+    hz.cells['25'] = {
+      ...hz.cells['25'],
+      elsewhere: [{
+        feed: 'peer-ops', key_id: '6AF9D3C0B2A11E44', snapshot_at: '2026-11-22T12:00:00Z', status: 'blocked',
+        ok: 0, failed: 480, accounts: 12, agents: 30, regions: 2, since: '2026-11-01T00:00:00Z', last_seen: '2026-11-22T11:59:00Z',
+      }, {
+        feed: HOSTILE, key_id: HOSTILE, snapshot_at: HOSTILE, status: 'open', ok: 9, failed: 0, accounts: 3, agents: 3, regions: 1, since: null, last_seen: null,
+      }],
+      elsewhere_disagrees: true,
+      elsewhere_note: 'this fleet sees open, feed peer-ops observed blocked by 12 accounts',
+    };
+    m.imported_providers = [{
+      provider: 'ovh',
+      cells: {
+        25: {
+          doc: null,
+          elsewhere: [{ feed: 'peer-ops', key_id: '6AF9D3C0B2A11E44', snapshot_at: '2026-11-22T12:00:00Z', status: 'open', ok: 40, failed: 0, accounts: 5, agents: 7, regions: 1, since: null, last_seen: null }],
+          elsewhere_disagrees: false,
+        },
+      },
+    }];
+    m.feeds = [
+      { feed: 'peer-ops', source: 'https://watch.peer.example/feed/snapshot.json', publisher: 'peer', key_id: '6AF9D3C0B2A11E44', snapshot_at: '2026-11-22T12:00:00Z', accepted_at: '2026-11-22T12:01:00Z', refused: null, unreachable: null },
+      { feed: 'tampered', source: '/srv/t.json', accepted_at: null, refused: { kind: 'bad_signature', reason: 'bad signature: Signature verification failed', at: '2026-11-22T12:01:00Z' }, unreachable: null },
+    ];
+    return m;
+  };
+  try {
+    const { page, context, problems, dialogs } = await open();
+    await page.waitForSelector('#matrix-body tr.lvl-0 td[data-port="25"] .elsewhere-line');
+    const hz = providerRow(page, 'hetzner');
+    const c25 = cellOf(hz, 25);
+    // This fleet's own status stays what it was; the feed's is beside it.
+    assert.equal(await c25.getAttribute('data-status'), 'open');
+    const peer = c25.locator('.elsewhere-line[data-feed="peer-ops"]');
+    assert.equal(await peer.getAttribute('data-status'), 'blocked');
+    assert.match(await peer.textContent(), /blocked.*12 accounts · peer-ops/);
+    assert.match(await peer.getAttribute('title'), /snapshot of 2026-11-22T12:00:00Z, key 6AF9D3C0B2A11E44, blocked since 2026-11-01/);
+    const mark = c25.locator('.elsewhere-mismatch');
+    assert.equal(await mark.textContent(), '≠ elsewhere');
+    assert.equal(await mark.getAttribute('title'), 'this fleet sees open, feed peer-ops observed blocked by 12 accounts');
+    assert.equal(await c25.locator('.mismatch').first().textContent(), '≠ docs', 'the docs marker stays');
+    // A cell without imports has no elsewhere lines.
+    assert.equal(await cellOf(hz, 465).locator('.elsewhere-line').count(), 0);
+    // The feeds line: provenance, and a refusal with its reason.
+    const feeds = page.locator('#feeds-line');
+    assert.equal(await feeds.isVisible(), true);
+    assert.match(await feeds.locator('[data-feed="peer-ops"]').textContent(), /snapshot of 2026-11-22T12:00:00Z by peer, key 6AF9D3C0B2A11E44/);
+    assert.match(await feeds.locator('[data-feed="tampered"]').textContent(), /no snapshot accepted — last one refused: bad signature/);
+    // A provider only the feed observed has a row of its own, with no status of this fleet.
+    const ovh = page.locator('#matrix-body tr.imported').filter({ has: page.locator('th .label', { hasText: /^ovh$/ }) });
+    assert.match(await ovh.locator('th .sub').textContent(), /observed elsewhere only/);
+    assert.equal(await cellOf(ovh, 25).locator('.not-here').textContent(), 'not observed here');
+    assert.equal(await cellOf(ovh, 25).locator('.elsewhere-line').getAttribute('data-status'), 'open');
+    assert.match(await cellOf(ovh, 465).textContent(), /no data/);
+    // A feed's name is text, never markup.
+    assert.equal(await page.locator('#matrix img').count(), 0);
+    await page.screenshot({ path: path.join(SHOTS, 'feeds.png'), fullPage: true });
+    await assertClean(page, problems, dialogs);
+    await context.close();
+  } finally {
+    server.data.matrix = orig;
+  }
+});

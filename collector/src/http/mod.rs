@@ -9,6 +9,7 @@
 //! clients and silences are bounded; a request naming a `Host` the collector is not known by is
 //! refused (see host.rs).
 
+mod feed_routes;
 mod history;
 pub mod host;
 mod routes;
@@ -184,6 +185,15 @@ impl HttpConfig {
 pub struct Bound {
     listener: tokio::net::TcpListener,
     config: HttpConfig,
+    feed: FeedShare,
+}
+
+/// What the feed gives the HTTP layer to serve: the imported feeds (shown in `/api/matrix`) and
+/// the snapshot published at `/feed/snapshot.json` (the routes exist only when it is set).
+#[derive(Clone, Default)]
+pub struct FeedShare {
+    pub imports: Option<Arc<crate::feed::import::FeedBook>>,
+    pub published: Option<Arc<crate::feed::publish::Published>>,
 }
 
 /// Validates the config and binds.
@@ -195,10 +205,17 @@ pub async fn bind(config: &HttpConfig) -> Result<Bound, CollectorError> {
     Ok(Bound {
         listener,
         config: config.clone(),
+        feed: FeedShare::default(),
     })
 }
 
 impl Bound {
+    /// Serves the feed's imports and published snapshot too.
+    pub fn with_feed(mut self, feed: FeedShare) -> Bound {
+        self.feed = feed;
+        self
+    }
+
     pub fn local_addr(&self) -> Result<SocketAddr, CollectorError> {
         self.listener
             .local_addr()
@@ -218,7 +235,7 @@ impl Bound {
             "egresswatch_http_connections",
             "HTTP connections open (at most http.max_connections)",
         );
-        let app = routes::router(&self.config, fleet, limits.clone(), closing_rx);
+        let app = routes::router(&self.config, fleet, limits.clone(), closing_rx, self.feed);
         // SSE streams never end by themselves: tell them to, or the drain would wait forever.
         let shutdown = async move {
             shutdown.await;

@@ -58,6 +58,8 @@ pub(super) struct AppState {
     hosts: Arc<HostPolicy>,
     /// `http.max_silences`.
     pub(super) max_silences: usize,
+    /// Imported feeds and the published snapshot.
+    pub(super) feed: super::FeedShare,
 }
 
 /// What a 503 tells a client to wait before it asks again while the database does not answer.
@@ -68,6 +70,7 @@ pub fn router(
     fleet: Arc<Fleet>,
     limits: LimitCounters,
     closing: tokio::sync::watch::Receiver<bool>,
+    feed: super::FeedShare,
 ) -> Router {
     let sse_gauge = Gauge::default();
     fleet.metrics().register(
@@ -100,6 +103,7 @@ pub fn router(
             &config.allowed_hosts,
         )),
         max_silences: config.max_silences,
+        feed: feed.clone(),
     };
     Router::new()
         .route(
@@ -150,6 +154,7 @@ pub fn router(
         .route("/api/intervals", get(super::history::intervals))
         .route("/api/stream", get(stream_handler))
         .merge(super::silences::routes())
+        .merge(super::feed_routes::routes(&feed))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page") })
         // A body no handler reads still must not be buffered: declared lengths over the cap are
@@ -435,7 +440,13 @@ struct MatrixQuery {
 
 async fn matrix(State(state): State<AppState>, Query(q): Query<MatrixQuery>) -> Response {
     match FamilyFilter::parse(q.family.as_deref()) {
-        Ok(family) => Json(state.fleet.matrix_view(family, now_unix_ms())).into_response(),
+        Ok(family) => {
+            let view = state.fleet.matrix_view(family, now_unix_ms());
+            match &state.feed.imports {
+                None => Json(view).into_response(),
+                Some(book) => Json(super::feed_routes::with_imports(view, book)).into_response(),
+            }
+        }
         Err(e) => error(StatusCode::BAD_REQUEST, &e),
     }
 }
@@ -588,6 +599,16 @@ impl Drop for SlotGuard {
     }
 }
 
+/// A stream's `matrix` message: the matrix as the hub serialised it, with the imported feeds'
+/// observations added when there are imports.
+fn matrix_event(json: &str, imports: Option<&Arc<crate::feed::import::FeedBook>>) -> SseEvent {
+    let event = SseEvent::default().event("matrix");
+    match imports {
+        None => event.data(json),
+        Some(book) => event.data(super::feed_routes::json_with_imports(json, book)),
+    }
+}
+
 async fn stream_handler(State(state): State<AppState>) -> Response {
     let taken = state.sse_clients.fetch_add(1, Ordering::AcqRel);
     let guard = SlotGuard {
@@ -608,34 +629,38 @@ async fn stream_handler(State(state): State<AppState>) -> Response {
         return error(StatusCode::SERVICE_UNAVAILABLE, "too many stream clients");
     }
     let receiver = state.fleet.subscribe();
-    let first = state.fleet.matrix_json(now_unix_ms());
+    // With imported feeds, each matrix sent carries what they observed, as `/api/matrix` does.
+    let imports = state.feed.imports.clone();
+    let first = matrix_event(&state.fleet.matrix_json(now_unix_ms()), imports.as_ref());
     let fleet = state.fleet.clone();
-    let initial = stream::once(async move { Ok(SseEvent::default().event("matrix").data(first)) });
+    let initial = stream::once(async move { Ok(first) });
     let updates = stream::unfold(
         (receiver, guard, fleet, state.closing.clone()),
-        |(mut rx, guard, fleet, mut closing)| async move {
-            if *closing.borrow() {
-                return None;
+        move |(mut rx, guard, fleet, mut closing)| {
+            let imports = imports.clone();
+            async move {
+                if *closing.borrow() {
+                    return None;
+                }
+                let received = tokio::select! {
+                    r = rx.recv() => r,
+                    _ = closing.changed() => return None,
+                };
+                let ev = match received {
+                    Ok(StreamMessage::Matrix(json)) => {
+                        matrix_event(json.as_str(), imports.as_ref())
+                    }
+                    Ok(StreamMessage::Event(json)) => {
+                        SseEvent::default().event("event").data(json.as_str())
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Too far behind: skip ahead with the whole current matrix.
+                        matrix_event(&fleet.matrix_json(now_unix_ms()), imports.as_ref())
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                };
+                Some((Ok(ev), (rx, guard, fleet, closing)))
             }
-            let received = tokio::select! {
-                r = rx.recv() => r,
-                _ = closing.changed() => return None,
-            };
-            let ev = match received {
-                Ok(StreamMessage::Matrix(json)) => {
-                    SseEvent::default().event("matrix").data(json.as_str())
-                }
-                Ok(StreamMessage::Event(json)) => {
-                    SseEvent::default().event("event").data(json.as_str())
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    // Too far behind: skip ahead with the whole current matrix.
-                    let json = fleet.matrix_json(now_unix_ms());
-                    SseEvent::default().event("matrix").data(json)
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            };
-            Some((Ok(ev), (rx, guard, fleet, closing)))
         },
     );
     let stream: std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>> =
