@@ -39,7 +39,10 @@ export function mailRows(view) {
     let apiWords;
     if (!r.api) apiWords = 'not probed';
     else if (r.api_reachable) apiWords = open.length ? 'answers' : 'answers: the way out';
-    else apiWords = api === 'partial' ? 'answers from some agents' : 'unreachable';
+    else if (api === 'partial') apiWords = 'answers from some agents';
+    // SMTP blocked everywhere and the API too: nothing of this provider is left (the detector's
+    // way_out_lost event says when that happened).
+    else apiWords = smtp === 'blocked' ? 'unreachable: no way out' : 'unreachable';
     return {
       name: String(r.title ?? r.mail_provider ?? ''),
       where: `${r.provider ?? ''} / ${r.account ?? ''}`,

@@ -16,6 +16,9 @@ pub enum EventKind {
     AgentSilent,
     /// A silent agent reported again.
     AgentBack,
+    /// A mail provider's HTTPS API became unreachable where its SMTP was blocked already: the
+    /// way out is gone (`to` = `blocked`; its return is a `policy_changed` to `open`).
+    WayOutLost,
 }
 
 impl EventKind {
@@ -25,6 +28,7 @@ impl EventKind {
             EventKind::DestinationOutage => "destination_outage",
             EventKind::AgentSilent => "agent_silent",
             EventKind::AgentBack => "agent_back",
+            EventKind::WayOutLost => "way_out_lost",
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The README's demo, shortened (lab/scenarios/demo-short.toml): real agents in simulated clouds,
 //! the collector, the local webhook receiver, the scripted timeline. Asserts that the receiver got
 //! exactly the timeline's four alerts, each at its layer (the AWS account whose 587 closes and
-//! reopens, the destination whose 2525 goes down and comes back), and that the demo cleaned up
-//! after itself. Root only (skipped with a reason otherwise).
+//! reopens, the destination whose 2525 goes down and comes back), that the page's mail-provider
+//! section shows DigitalOcean's SMTP to the simulated ZeptoMail blocked with its HTTPS API the
+//! way out (and its SMTP working from GCP and the other AWS account) without an alert, and that
+//! the demo cleaned up after itself. Root only (skipped with a reason otherwise).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,6 +56,18 @@ fn shortened_demo_alerts_and_cleans_up() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("TIMELINE"), "{stdout}");
+    // The "Mail provider × account" rows as the demo prints them from /api/mail-providers.
+    for row in [
+        "digitalocean / team (2 agents): SMTP blocked (465 blocked · 587 blocked); API answers: the way out",
+        "gcp / shop-prod (2 agents): SMTP works over 465 and 587 (465 open · 587 open); API answers",
+        "aws / acct-b (2 agents): SMTP works over 465 and 587 (465 open · 587 open); API answers",
+    ] {
+        assert!(stdout.contains(row), "no mail row {row:?} in:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains("aws / acct-a"),
+        "acct-a does not watch the mail provider:\n{stdout}"
+    );
     let received = std::fs::read_to_string(alerts.path()).unwrap();
     let events: Vec<serde_json::Value> = received
         .lines()

@@ -28,6 +28,17 @@ test('SMTP blocked with the API answering is the way out; SMTP working names its
   assert.deepEqual(rows[1].ports.map((p) => [p.port, p.status]), [['465', 'partial'], ['587', 'open']]);
 });
 
+test('SMTP blocked and the API unreachable too is no way out', () => {
+  const [r] = mailRows({
+    rows: [{
+      mail_provider: 'zeptomail', title: 'ZeptoMail (Zoho)', provider: 'digitalocean', account: 'team', agents: 2,
+      smtp: { 587: cell('blocked', 0, 4), 465: cell('blocked', 0, 4) }, smtp_open_ports: [],
+      api: cell('blocked', 0, 4), api_reachable: false,
+    }],
+  });
+  assert.deepEqual([r.smtp, r.api, r.apiWords], ['blocked', 'blocked', 'unreachable: no way out']);
+});
+
 test('odd or missing input gives no rows and no throw', () => {
   assert.deepEqual(mailRows(null), []);
   assert.deepEqual(mailRows({ rows: 'x' }), []);

@@ -20,7 +20,8 @@ pub struct CheckArgs {
     #[arg(required_unless_present = "provider", value_name = "HOST")]
     pub hosts: Vec<String>,
     /// Instead of HOSTs, a mail provider's preset: NAME or NAME:REGION. Probes each of its SMTP
-    /// ports at level tls and its HTTPS API on 443; `--provider list` prints the presets.
+    /// ports at level tls and its HTTPS API on 443; `--provider list` prints the presets (with
+    /// --json, as one JSON document).
     #[arg(long, value_name = "NAME[:REGION]", conflicts_with_all = ["hosts", "ports", "mx", "level"])]
     pub provider: Option<String>,
     /// A file of mail-provider presets that adds to the built-in ones or replaces one by name.

@@ -19,6 +19,7 @@ pub mod args;
 pub mod json;
 pub mod mx;
 pub mod provider;
+pub mod provider_list;
 pub mod provider_verdict;
 pub mod runner;
 pub mod table;

@@ -98,7 +98,20 @@ fn provider_main(args: &CheckArgs, asked: &str) -> u8 {
         }
     };
     if asked == "list" {
-        print!("{}", crate::presets::render_list(&presets));
+        let text = if args.json {
+            match serde_json::to_string_pretty(&super::provider_list::list_json(&presets)) {
+                Ok(text) => text + "\n",
+                Err(e) => {
+                    eprintln!("egresswatch-agent: presets as JSON: {e}");
+                    return 2;
+                }
+            }
+        } else {
+            crate::presets::render_list(&presets)
+        };
+        // A reader that stops early (`| head`) is no error of ours.
+        use std::io::Write;
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
         return 0;
     }
     let roots = match probe::tls::load_roots(args.ca_file.as_deref()) {

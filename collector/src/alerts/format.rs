@@ -108,6 +108,11 @@ fn headline(n: &Notice) -> String {
             format!("stopped flapping, now {}", e.to)
         }
         (EventKind::PolicyChanged, _) => format!("{} → {}", e.from, e.to),
+        (EventKind::WayOutLost, _) => format!(
+            "{} → {}: the mail provider's HTTPS API is unreachable too, and its SMTP was blocked \
+             already: no way out is left",
+            e.from, e.to
+        ),
     };
     text.push_str(&format!(" {change}"));
     if let Some(f) = e.family {
@@ -198,6 +203,7 @@ pub fn alert_name(e: &Event) -> &'static str {
             "EgresswatchFlapping"
         }
         EventKind::PolicyChanged => "EgresswatchPortBlocked",
+        EventKind::WayOutLost => "EgresswatchWayOutLost",
     }
 }
 
@@ -369,6 +375,35 @@ mod tests {
         let body = webhook(&n, &Links::default());
         assert!(body.get("documented").is_none() && body.get("page").is_none());
         assert!(body.get("witnesses").is_none());
+    }
+
+    #[test]
+    fn the_way_out_lost_says_so_and_is_the_same_subject_as_its_return() {
+        let lost = Event {
+            kind: EventKind::WayOutLost,
+            target: Some("api.zeptomail.com".into()),
+            port: Some(443),
+            family: None,
+            ..blocked()
+        };
+        let am = alertmanager(&Notice::of(lost.clone()), &links());
+        assert_eq!(am["labels"]["alertname"], "EgresswatchWayOutLost");
+        let summary = am["annotations"]["summary"].as_str().unwrap();
+        assert!(
+            summary.contains("gcp/acct-a → api.zeptomail.com:443 open → blocked: the mail provider's HTTPS API is unreachable too, and its SMTP was blocked already: no way out is left"),
+            "{summary}"
+        );
+        let back = Event {
+            kind: EventKind::PolicyChanged,
+            from: State::Blocked,
+            to: State::Open,
+            ..lost.clone()
+        };
+        assert!(fires(&lost) && !fires(&back));
+        assert_eq!(
+            super::super::gate::subject(&lost),
+            super::super::gate::subject(&back)
+        );
     }
 
     #[test]

@@ -57,7 +57,8 @@ struct StoredNotice {
 /// one subject, as are an agent's silence and return.
 pub fn subject(e: &Event) -> String {
     let group = match e.kind {
-        EventKind::PolicyChanged => "port",
+        // The API's loss and its return (a policy change to open) are one subject.
+        EventKind::PolicyChanged | EventKind::WayOutLost => "port",
         EventKind::DestinationOutage => "destination",
         EventKind::AgentSilent | EventKind::AgentBack => "agent",
     };

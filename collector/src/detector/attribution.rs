@@ -183,7 +183,7 @@ impl Detector {
         for twin in &twins {
             deadline_ms = deadline_ms.max(expected(twin));
         }
-        let reaches_other_targets = self.reaches_other_targets(path, &voices);
+        let reaches_other_targets = self.reaches_other_targets(path, to, &voices);
         let settled = if to == PortState::Open && self.outages.contains(path) {
             !voices
                 .iter()
@@ -289,7 +289,7 @@ impl Detector {
             return events;
         }
 
-        let reaches_other_targets = self.reaches_other_targets(&path, &voices);
+        let reaches_other_targets = self.reaches_other_targets(&path, to, &voices);
         tracing::debug!(
             target = %path.0, port = path.1, family = ?path.2, to = ?to,
             voices = %voices
@@ -390,8 +390,19 @@ impl Detector {
     }
 
     /// Whether an agent that changed on `path` still reaches another target on the same port:
-    /// then the port is not blocked for it, and the destination is what changed.
-    fn reaches_other_targets(&self, path: &PathKey, voices: &[Voice<SeriesKey>]) -> bool {
+    /// then the port is not blocked for it, and the destination is what changed. Only for a
+    /// change to `blocked`: a path opening says nothing of the port being blocked elsewhere (an
+    /// open outage's return is judged apart), and an account whose mail provider's API comes
+    /// back while its 443 control answers is that account's change, not the destination's.
+    fn reaches_other_targets(
+        &self,
+        path: &PathKey,
+        to: PortState,
+        voices: &[Voice<SeriesKey>],
+    ) -> bool {
+        if to != PortState::Blocked {
+            return false;
+        }
         let agents: BTreeSet<&str> = voices
             .iter()
             .filter(|v| v.answer != Answer::Unchanged && v.answer != Answer::Before)

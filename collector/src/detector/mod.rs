@@ -12,12 +12,16 @@
 //! network went away (no SMTP event); nobody with the old state and the change across providers
 //! (or while other targets still answer) is the destination; every agent of every account of a
 //! provider is the provider; every agent of an account is the account; otherwise the agent.
+//! A mail provider's HTTPS API on 443 is a series like any other, not the control, for an agent
+//! with a control of its own; losing it where that provider's SMTP was blocked already is
+//! `way_out_lost` ([`way_out`]).
 
 mod accounts;
 mod attribution;
 pub mod scope;
 mod series;
 mod suspicion;
+mod way_out;
 
 use crate::clock::{measured_at, rfc3339};
 use crate::events::{Event, EventKind, Scope, State, Witness};
@@ -228,12 +232,20 @@ impl Detector {
             return events;
         };
         // The control results of a batch first: an SMTP result is no evidence when the same
-        // round's control probe failed too.
+        // round's control probe failed too. A mail provider's API on 443 is the control only
+        // for an agent that probes no other 443 target ([`way_out`]).
         let control_port = self.config.control_port;
+        let own_control =
+            [Family::Ipv4, Family::Ipv6].map(|f| self.has_own_control(&agent.agent_id, f, results));
+        let control = |r: &&ProbeResult| {
+            r.port == control_port
+                && (!way_out::is_mail_api(&r.target, r.port)
+                    || !own_control[usize::from(r.family == Family::Ipv6)])
+        };
         let ordered = results
             .iter()
-            .filter(|r| r.port == control_port)
-            .chain(results.iter().filter(|r| r.port != control_port));
+            .filter(control)
+            .chain(results.iter().filter(|r| !control(r)));
         for r in ordered {
             if r.outcome == Outcome::NoAddress {
                 continue;
@@ -241,7 +253,7 @@ impl Detector {
             let at = measured_at(r, clock_trusted, now_unix_ms);
             let live = now_unix_ms - at <= secs_ms(self.config.replay_after_secs);
             let key = SeriesKey::of(&agent.agent_id, r);
-            let is_control = r.port == control_port;
+            let is_control = control(&r);
             let control_failing = !is_control && self.control_failing(&key.agent, key.family);
             let seen = Seen {
                 state: PortState::of(r.outcome),
@@ -472,7 +484,7 @@ impl Detector {
                 events.extend(self.attribute(path, to, members, now_unix_ms));
             }
         }
-        attribution::merge_families(events)
+        self.name_ways_out(attribution::merge_families(events))
     }
 
     /// The evidence behind a change, for its event: one witness per series among `keys` that
@@ -502,9 +514,12 @@ impl Detector {
             .map(rfc3339)
     }
 
-    /// Whether every control-port series of the agent in this family currently fails.
+    /// Whether every control-port series of the agent in this family currently fails (its
+    /// mail providers' APIs count only when it probes no other target on the port).
     fn control_failing(&self, agent: &str, family: Family) -> bool {
-        let mut any = false;
+        // (any, every one blocked) of its own control targets and of the APIs.
+        let mut own = (false, true);
+        let mut api = (false, true);
         for (k, s) in self.series.range(
             SeriesKey {
                 agent: agent.to_string(),
@@ -519,12 +534,16 @@ impl Detector {
             if k.port != self.config.control_port || k.family != family {
                 continue;
             }
-            any = true;
-            if s.last() != Some(PortState::Blocked) {
-                return false;
-            }
+            let seen = if way_out::is_mail_api(&k.target, k.port) {
+                &mut api
+            } else {
+                &mut own
+            };
+            seen.0 = true;
+            seen.1 &= s.last() == Some(PortState::Blocked);
         }
-        any
+        let (any, all_blocked) = if own.0 { own } else { api };
+        any && all_blocked
     }
 
     fn series_event(
