@@ -4,11 +4,8 @@
 //! process and nothing is bounded. Its long-kept tiers are the same derivation
 //! ([`crate::history`]) held in maps.
 
-use super::shared::{
-    notice_with_id, CollectorRow, Delivery, DeliveryOutcome, FeedBatch, FeedCursor, FeedItem,
-    Leadership, Listener, NewDelivery, News, SharedStore,
-};
-use super::tail::Tail;
+use super::shared::{notice_with_id, Delivery, DeliveryOutcome, FeedItem, Leadership, NewDelivery};
+use super::tail::{OwnTail, Tail};
 use super::{
     BatchClock, EventStore, HistoryStore, InsertReport, Inspect, ResultStore, Store, StoredEvent,
 };
@@ -503,13 +500,9 @@ impl Inspect for MemoryStore {
 /// A cluster of one, as the SQLite store is ([`super::sqlite`]): the feed is the tail, the lease
 /// is granted at once. The memory store keeps no receive time, so a replay times each result by
 /// its measurement.
-impl SharedStore for MemoryStore {
-    fn feed_head(&self) -> Result<FeedCursor, CollectorError> {
-        Ok(self.tail.head())
-    }
-
-    fn feed_after(&self, cursor: &FeedCursor, limit: usize) -> Result<FeedBatch, CollectorError> {
-        Ok(self.tail.after(cursor, limit))
+impl OwnTail for MemoryStore {
+    fn tail(&self) -> &Arc<Tail> {
+        &self.tail
     }
 
     fn results_since(
@@ -563,57 +556,6 @@ impl SharedStore for MemoryStore {
 
     fn last_event_id(&self) -> Result<i64, CollectorError> {
         Ok(self.lock().events.last().map(|(id, _)| *id).unwrap_or(0))
-    }
-
-    fn try_lead(&self, _collector_id: &str) -> Result<Option<Box<dyn Leadership>>, CollectorError> {
-        self.own_lease()
-    }
-
-    fn listen(&self) -> Result<Box<dyn Listener>, CollectorError> {
-        Ok(self.tail.listen())
-    }
-
-    fn notify_results(&self) -> Result<(), CollectorError> {
-        Ok(())
-    }
-
-    fn notify_silences(&self) -> Result<(), CollectorError> {
-        self.tail.tell(News::Silences);
-        Ok(())
-    }
-
-    fn heartbeat(&self, row: &CollectorRow) -> Result<(), CollectorError> {
-        self.tail.heartbeat(row);
-        Ok(())
-    }
-
-    fn collectors(
-        &self,
-        now_unix_ms: i64,
-        fresh_ms: i64,
-    ) -> Result<Vec<CollectorRow>, CollectorError> {
-        Ok(self.tail.collectors(now_unix_ms, fresh_ms))
-    }
-
-    fn ping(&self) -> Result<(), CollectorError> {
-        Ok(())
-    }
-
-    fn publish_sessions(
-        &self,
-        collector_id: &str,
-        sessions_json: &str,
-    ) -> Result<(), CollectorError> {
-        self.tail.publish_sessions(collector_id, sessions_json);
-        Ok(())
-    }
-
-    fn sessions(
-        &self,
-        _now_unix_ms: i64,
-        _fresh_ms: i64,
-    ) -> Result<Vec<(String, String)>, CollectorError> {
-        Ok(self.tail.sessions())
     }
 }
 

@@ -11,8 +11,11 @@
 //! the other notifications a cluster sends (silences changed) and remembers this collector's
 //! heartbeat and sessions, so `/api/collectors` shows the cluster of one.
 
-use super::shared::{CollectorRow, FeedBatch, FeedCursor, FeedItem, Listener, News};
-use super::BatchClock;
+use super::shared::{
+    CollectorRow, FeedBatch, FeedCursor, FeedItem, Leadership, Listener, News, SharedStore,
+};
+use super::{Store, StoredEvent};
+use crate::clock::BatchClock;
 use crate::error::CollectorError;
 use crate::identity::AgentMeta;
 use egresswatch_wire::{Labels, ProbeResult};
@@ -198,6 +201,106 @@ impl Tail {
 
     pub fn sessions(&self) -> Vec<(String, String)> {
         self.state().sessions.iter().cloned().collect()
+    }
+}
+
+/// A store one collector has alone: its feed is its [`Tail`], its lease is granted at once
+/// ([`super::EventStore::own_lease`]), and only what it reads back from its tables differs per
+/// store. Every such store is a [`SharedStore`] — a cluster of one — through this.
+pub trait OwnTail: Store {
+    fn tail(&self) -> &Arc<Tail>;
+    /// See [`SharedStore::results_since`].
+    fn results_since(
+        &self,
+        since_unix_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<FeedItem>, CollectorError>;
+    /// See [`SharedStore::events_after`].
+    fn events_after(&self, after_id: i64, limit: usize)
+        -> Result<Vec<StoredEvent>, CollectorError>;
+    /// See [`SharedStore::last_event_id`].
+    fn last_event_id(&self) -> Result<i64, CollectorError>;
+}
+
+impl<T: OwnTail> SharedStore for T {
+    fn feed_head(&self) -> Result<FeedCursor, CollectorError> {
+        Ok(self.tail().head())
+    }
+
+    fn feed_after(&self, cursor: &FeedCursor, limit: usize) -> Result<FeedBatch, CollectorError> {
+        Ok(self.tail().after(cursor, limit))
+    }
+
+    fn results_since(
+        &self,
+        since_unix_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<FeedItem>, CollectorError> {
+        OwnTail::results_since(self, since_unix_ms, limit)
+    }
+
+    fn events_after(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, CollectorError> {
+        OwnTail::events_after(self, after_id, limit)
+    }
+
+    fn last_event_id(&self) -> Result<i64, CollectorError> {
+        OwnTail::last_event_id(self)
+    }
+
+    fn try_lead(&self, _collector_id: &str) -> Result<Option<Box<dyn Leadership>>, CollectorError> {
+        self.own_lease()
+    }
+
+    fn listen(&self) -> Result<Box<dyn Listener>, CollectorError> {
+        Ok(self.tail().listen())
+    }
+
+    fn notify_results(&self) -> Result<(), CollectorError> {
+        // The writer appends to the tail as it commits.
+        Ok(())
+    }
+
+    fn notify_silences(&self) -> Result<(), CollectorError> {
+        self.tail().tell(News::Silences);
+        Ok(())
+    }
+
+    fn heartbeat(&self, row: &CollectorRow) -> Result<(), CollectorError> {
+        self.tail().heartbeat(row);
+        Ok(())
+    }
+
+    fn collectors(
+        &self,
+        now_unix_ms: i64,
+        fresh_ms: i64,
+    ) -> Result<Vec<CollectorRow>, CollectorError> {
+        Ok(self.tail().collectors(now_unix_ms, fresh_ms))
+    }
+
+    fn ping(&self) -> Result<(), CollectorError> {
+        Ok(())
+    }
+
+    fn publish_sessions(
+        &self,
+        collector_id: &str,
+        sessions_json: &str,
+    ) -> Result<(), CollectorError> {
+        self.tail().publish_sessions(collector_id, sessions_json);
+        Ok(())
+    }
+
+    fn sessions(
+        &self,
+        _now_unix_ms: i64,
+        _fresh_ms: i64,
+    ) -> Result<Vec<(String, String)>, CollectorError> {
+        Ok(self.tail().sessions())
     }
 }
 

@@ -1,4 +1,4 @@
-//! The SQLite store's share of [`SharedStore`]: one collector has the file alone, so it is a
+//! The SQLite store's share of [`crate::store::shared::SharedStore`] ([`OwnTail`]): one collector has the file alone, so it is a
 //! cluster of one. Its feed is the writer's own tail ([`crate::store::tail`]), its lease is
 //! granted at once and for good ([`super::outbox::SqliteLease`]), and what the cluster shares
 //! between collectors (heartbeats, sessions, notifications) stays in the tail. The replay a new
@@ -6,19 +6,14 @@
 
 use super::{db_err, decode, meta_from_row, SqliteStore};
 use crate::error::CollectorError;
-use crate::store::shared::{
-    CollectorRow, FeedBatch, FeedCursor, FeedItem, Leadership, Listener, News, SharedStore,
-};
-use crate::store::EventStore;
+use crate::store::shared::FeedItem;
+use crate::store::tail::{OwnTail, Tail};
 use crate::store::StoredEvent;
+use std::sync::Arc;
 
-impl SharedStore for SqliteStore {
-    fn feed_head(&self) -> Result<FeedCursor, CollectorError> {
-        Ok(self.tail.head())
-    }
-
-    fn feed_after(&self, cursor: &FeedCursor, limit: usize) -> Result<FeedBatch, CollectorError> {
-        Ok(self.tail.after(cursor, limit))
+impl OwnTail for SqliteStore {
+    fn tail(&self) -> &Arc<Tail> {
+        &self.tail
     }
 
     fn results_since(
@@ -86,57 +81,5 @@ impl SharedStore for SqliteStore {
                 row.get(0)
             })
             .map_err(|e| db_err("reading the last event id", e))
-    }
-
-    fn try_lead(&self, _collector_id: &str) -> Result<Option<Box<dyn Leadership>>, CollectorError> {
-        self.own_lease()
-    }
-
-    fn listen(&self) -> Result<Box<dyn Listener>, CollectorError> {
-        Ok(self.tail.listen())
-    }
-
-    fn notify_results(&self) -> Result<(), CollectorError> {
-        // The writer appends to the tail as it commits.
-        Ok(())
-    }
-
-    fn notify_silences(&self) -> Result<(), CollectorError> {
-        self.tail.tell(News::Silences);
-        Ok(())
-    }
-
-    fn heartbeat(&self, row: &CollectorRow) -> Result<(), CollectorError> {
-        self.tail.heartbeat(row);
-        Ok(())
-    }
-
-    fn collectors(
-        &self,
-        now_unix_ms: i64,
-        fresh_ms: i64,
-    ) -> Result<Vec<CollectorRow>, CollectorError> {
-        Ok(self.tail.collectors(now_unix_ms, fresh_ms))
-    }
-
-    fn ping(&self) -> Result<(), CollectorError> {
-        Ok(())
-    }
-
-    fn publish_sessions(
-        &self,
-        collector_id: &str,
-        sessions_json: &str,
-    ) -> Result<(), CollectorError> {
-        self.tail.publish_sessions(collector_id, sessions_json);
-        Ok(())
-    }
-
-    fn sessions(
-        &self,
-        _now_unix_ms: i64,
-        _fresh_ms: i64,
-    ) -> Result<Vec<(String, String)>, CollectorError> {
-        Ok(self.tail.sessions())
     }
 }
