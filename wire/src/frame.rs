@@ -28,7 +28,7 @@ pub trait WireMessage: Sized {
     fn unknown(kind: u8) -> Self;
 }
 
-fn encode_record<T: Serialize>(
+pub(crate) fn encode_record<T: Serialize>(
     what: &'static str,
     value: &T,
     out: &mut Vec<u8>,
@@ -39,7 +39,7 @@ fn encode_record<T: Serialize>(
     })
 }
 
-fn decode_record<'a, T: Deserialize<'a>>(
+pub(crate) fn decode_record<'a, T: Deserialize<'a>>(
     what: &'static str,
     de: &mut rmp_serde::Deserializer<rmp_serde::decode::ReadReader<&'a [u8]>>,
 ) -> Result<T, WireError> {

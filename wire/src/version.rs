@@ -14,3 +14,7 @@ pub const WIRE_MINOR: u16 = 3;
 
 /// ALPN of an egresswatch session over QUIC; a peer offering anything else is refused by TLS.
 pub const ALPN: &[u8] = b"egresswatch/1";
+
+/// ALPN of an enrollment (see [`crate::enroll`]): the only protocol a client without a
+/// certificate may speak, and all it can do is present a join token.
+pub const ENROLL_ALPN: &[u8] = b"egresswatch-enroll/1";

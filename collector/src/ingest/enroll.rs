@@ -1,0 +1,188 @@
+//! Enrollment over the ingest's QUIC listener: a client without a certificate that speaks
+//! [`egresswatch_wire::version::ENROLL_ALPN`] may present a join token and a certificate request,
+//! once, within a short deadline, and gets a certificate or a refusal with its reason. The
+//! decisions are the CA's ([`crate::ca::tokens`], [`crate::ca::enrollment`]); this shell reads
+//! one frame, rate-limits by source address, runs the CA's transaction off the async threads,
+//! answers, counts every attempt in `egresswatch_enrollments_total{result}` and logs it with the
+//! token's id and the source — never the secret.
+
+use crate::ca::enrollment::{self, Outcome};
+use crate::ca::tokens::{AttemptLimiter, Refusal};
+use crate::ca::Authority;
+use crate::events::now_unix_ms;
+use crate::metrics::Labels;
+use egresswatch_wire::close;
+use egresswatch_wire::enroll::{EnrollAnswer, EnrollMessage, TOKEN_ID_BYTES};
+use egresswatch_wire::stream::{FrameReader, FrameWriter};
+use egresswatch_wire::Refusal as WireRefusal;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// The whole exchange (stream, request, answer) must fit in this.
+const DEADLINE: Duration = Duration::from_secs(10);
+/// Largest enrollment frame: a token and a certificate request are well under it.
+const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+/// What every enrollment needs: the CA, the per-source attempt limiter and the counter.
+pub struct Enrollment {
+    authority: Arc<Authority>,
+    limiter: Mutex<AttemptLimiter>,
+    attempts: Family<Labels, Counter>,
+}
+
+impl Enrollment {
+    pub fn new(
+        authority: Authority,
+        attempts_per_minute: u32,
+        burst: u32,
+        attempts: Family<Labels, Counter>,
+    ) -> Enrollment {
+        Enrollment {
+            authority: Arc::new(authority),
+            limiter: Mutex::new(AttemptLimiter::new(attempts_per_minute, burst)),
+            attempts,
+        }
+    }
+
+    fn count(&self, result: &str) {
+        self.attempts
+            .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
+    }
+
+    /// Serves one enrollment connection to its end.
+    pub async fn run(&self, connection: quinn::Connection, remote: SocketAddr) {
+        match tokio::time::timeout(DEADLINE, self.exchange(&connection, remote)).await {
+            Ok(()) => {}
+            Err(_) => {
+                self.count("timeout");
+                warn!(%remote, result = "timeout", "enrollment: no request within 10 s");
+                connection.close(quinn::VarInt::from_u32(close::PROTOCOL), b"too slow");
+            }
+        }
+    }
+
+    async fn exchange(&self, connection: &quinn::Connection, remote: SocketAddr) {
+        let (send, recv) = match connection.accept_bi().await {
+            Ok(streams) => streams,
+            Err(e) => {
+                info!(%remote, "enrollment: connection ended before a request: {e}");
+                return;
+            }
+        };
+        let mut send = FrameWriter::new(send, MAX_REQUEST_BYTES);
+        let mut recv = FrameReader::new(recv, MAX_REQUEST_BYTES);
+        // The attempt is counted against its source before anything it sent is looked at.
+        let allowed = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(remote.ip(), Instant::now());
+        let retry_after = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retry_after();
+        let (token_id, answer) = if !allowed {
+            (None, Err(Refusal::RateLimited))
+        } else {
+            match recv.read::<EnrollMessage>().await {
+                Ok(Some(EnrollMessage::Request(request))) => {
+                    let token_id = loggable_id(&request.token_id);
+                    let authority = self.authority.clone();
+                    let now = now_unix_ms() / 1000;
+                    let decided = tokio::task::spawn_blocking(move || {
+                        enrollment::enroll(&authority, &request, now)
+                    })
+                    .await;
+                    let answer = match decided {
+                        Ok(Ok(Outcome::Enrolled(enrolled))) => Ok(enrolled),
+                        Ok(Ok(Outcome::Refused(refusal))) => Err(refusal),
+                        Ok(Err(e)) => {
+                            self.count("error");
+                            warn!(%remote, token = token_id.as_deref().unwrap_or("-"), "enrollment failed on the collector: {e}");
+                            refuse(
+                                &mut send,
+                                "the collector could not issue a certificate; try again later",
+                                60,
+                            )
+                            .await;
+                            return;
+                        }
+                        Err(e) => {
+                            self.count("error");
+                            warn!(%remote, "enrollment task failed: {e}");
+                            return;
+                        }
+                    };
+                    (token_id, answer)
+                }
+                Ok(Some(EnrollMessage::Unknown(kind))) => (
+                    None,
+                    Err(Refusal::Malformed(format!(
+                        "a message of unknown kind {kind}"
+                    ))),
+                ),
+                Ok(None) => (None, Err(Refusal::Malformed("no request".into()))),
+                Err(e) => (None, Err(Refusal::Malformed(e.to_string()))),
+            }
+        };
+        let token = token_id.as_deref().unwrap_or("-");
+        match answer {
+            Ok(enrolled) => {
+                self.count("issued");
+                info!(%remote, token, agent = %enrolled.agent_id, result = "issued", "enrollment: certificate issued");
+                let _ = send.send(&EnrollAnswer::Enrolled(enrolled)).await;
+                let _ = send.get_mut().finish();
+                // Let the answer reach the agent before the connection goes.
+                let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
+            }
+            Err(refusal) => {
+                self.count(refusal.name());
+                warn!(%remote, token, result = refusal.name(), "enrollment refused: {}", refusal.message());
+                let retry = if refusal == Refusal::RateLimited {
+                    u32::try_from(retry_after.as_secs().max(1)).unwrap_or(60)
+                } else {
+                    0
+                };
+                refuse(&mut send, &refusal.message(), retry).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
+            }
+        }
+    }
+}
+
+async fn refuse(send: &mut FrameWriter<quinn::SendStream>, reason: &str, retry_after_s: u32) {
+    let answer = EnrollAnswer::Refused(WireRefusal {
+        reason: reason.to_string(),
+        retry_after_s,
+    });
+    let _ = send.send(&answer).await;
+    let _ = send.get_mut().finish();
+}
+
+/// A token id fit for a log line: only the shape a real id has (an attacker's bytes are not
+/// echoed into the log).
+fn loggable_id(id: &str) -> Option<String> {
+    (id.len() == 2 * TOKEN_ID_BYTES && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| id.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_token_ids_shape_is_logged() {
+        assert_eq!(
+            loggable_id("0123456789ABCDEF").as_deref(),
+            Some("0123456789abcdef")
+        );
+        assert_eq!(loggable_id("\x1b[31mevil"), None);
+        assert_eq!(loggable_id(""), None);
+    }
+}
