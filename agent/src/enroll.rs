@@ -206,6 +206,15 @@ pub enum Failure {
     Failed(String),
 }
 
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Usage(e) | Failure::Failed(e) => f.write_str(e),
+            Failure::Refused(reason) => write!(f, "refused by the collector: {reason}"),
+        }
+    }
+}
+
 impl From<AgentError> for Failure {
     fn from(e: AgentError) -> Failure {
         Failure::Failed(e.to_string())

@@ -153,11 +153,19 @@ impl Authority {
 
     /// [`Authority::issue_agent`], with what the CA's index keeps about the certificate.
     pub fn issue_agent_recorded(&self, agent_id: &str) -> Result<AgentCertificate, CollectorError> {
+        self.issue_agent_valid_for(agent_id, Duration::days(AGENT_VALIDITY_DAYS))
+    }
+
+    /// [`Authority::issue_agent_recorded`] for a certificate valid for `validity`.
+    pub fn issue_agent_valid_for(
+        &self,
+        agent_id: &str,
+        validity: Duration,
+    ) -> Result<AgentCertificate, CollectorError> {
         validate_agent_id(agent_id).map_err(|e| CollectorError::Ca(e.to_string()))?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|e| ca_err("generating the agent key", e))?;
-        let (cert_pem, record) =
-            self.sign_agent(agent_id, &key, Duration::days(AGENT_VALIDITY_DAYS))?;
+        let (cert_pem, record) = self.sign_agent(agent_id, &key, validity)?;
         Ok(AgentCertificate {
             cert_pem,
             key_pem: key.serialize_pem(),
@@ -190,7 +198,10 @@ impl Authority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::hours(1);
+        // Back-dated for clocks a little behind ours, by at most a tenth of the validity, so
+        // that a short-lived certificate's life is what was asked for (renewal is due two
+        // thirds into it).
+        params.not_before = now - Duration::hours(1).min(validity / 10);
         let not_after = now + validity;
         params.not_after = not_after;
         // A random serial (not rcgen's default, a hash of the public key): revocation names
@@ -274,12 +285,22 @@ pub fn issue_to_files(
     agent_id: &str,
     out: Option<&Path>,
 ) -> Result<Issued, CollectorError> {
+    issue_to_files_valid_for(dir, agent_id, out, Duration::days(AGENT_VALIDITY_DAYS))
+}
+
+/// [`issue_to_files`] for a certificate valid for `validity` (`ca issue --valid-for`).
+pub fn issue_to_files_valid_for(
+    dir: &Path,
+    agent_id: &str,
+    out: Option<&Path>,
+    validity: Duration,
+) -> Result<Issued, CollectorError> {
     let authority = Authority::load(dir)?;
     let AgentCertificate {
         cert_pem,
         key_pem,
         record,
-    } = authority.issue_agent_recorded(agent_id)?;
+    } = authority.issue_agent_valid_for(agent_id, validity)?;
     let out = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| dir.join("agents"));

@@ -65,6 +65,10 @@ enum CaCommand {
         /// Where to write them; default DIR/agents.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// How long the certificate is valid: a number and s, m, h or d (default 825d; at
+        /// least 10s). Agents renew it over their session when a third of it is left.
+        #[arg(long, value_name = "DURATION")]
+        valid_for: Option<String>,
     },
     /// Revoke every certificate issued to AGENT_ID (DIR/crl.pem); a running collector refuses
     /// it within seconds and closes its live sessions.
@@ -81,6 +85,22 @@ enum CaCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+}
+
+/// `ca issue --valid-for`: the default agent validity, or the duration given (at least 10 s).
+fn issue_validity(valid_for: Option<&str>) -> Result<time::Duration> {
+    let Some(text) = valid_for else {
+        return Ok(time::Duration::days(ca::AGENT_VALIDITY_DAYS));
+    };
+    let secs = ca::enrollment::parse_lifetime(text)
+        .map_err(|e| anyhow::anyhow!(e.replace("--expires", "--valid-for")))?;
+    if secs < ca::enrollment::MIN_VALIDITY_SECS {
+        anyhow::bail!(
+            "--valid-for {text:?}: at least {}s",
+            ca::enrollment::MIN_VALIDITY_SECS
+        );
+    }
+    Ok(time::Duration::seconds(secs))
 }
 
 /// The packaged collector's CA directory (its `data_dir` + `/ca`).
@@ -185,13 +205,22 @@ fn main() -> ExitCode {
             })
             .map_err(anyhow::Error::from),
         Command::Ca {
-            command: CaCommand::Issue { dir, agent_id, out },
-        } => ca::issue_to_files(&dir, &agent_id, out.as_deref())
+            command:
+                CaCommand::Issue {
+                    dir,
+                    agent_id,
+                    out,
+                    valid_for,
+                },
+        } => issue_validity(valid_for.as_deref())
+            .and_then(|validity| {
+                ca::issue_to_files_valid_for(&dir, &agent_id, out.as_deref(), validity)
+                    .map_err(anyhow::Error::from)
+            })
             .map(|issued| {
                 println!("certificate: {}", issued.cert.display());
                 println!("key:         {}", issued.key.display());
-            })
-            .map_err(anyhow::Error::from),
+            }),
         Command::Ca {
             command:
                 CaCommand::Revoke {

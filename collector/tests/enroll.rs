@@ -354,3 +354,78 @@ async fn each_bad_token_is_refused_with_its_reason_and_counted() {
         assert!(!text.contains(secret.as_str()), "a token secret in the log");
     }
 }
+
+/// A labelled counter's value in `/metrics`, 0 when absent.
+fn counter(http: SocketAddr, name: &str, result: &str) -> u64 {
+    let wanted = format!("{name}_total{{result=\"{result}\"}} ");
+    http_get(http, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(&wanted))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_short_lived_certificate_is_renewed_over_the_session_and_the_agent_reports_past_its_end() {
+    use support::fleet::Agent;
+    let tmp = work_dir("ew-renew-");
+    let collector = Collector::start(tmp.path(), 0);
+    let agent = Agent::new(tmp.path(), "vm-renew", &collector, vec![probe_target()]);
+    // Replace its certificate with one that lives 24 s: renewal is due about 15 s in.
+    let ca = collector.ca_dir();
+    let out = run(
+        collector_bin(),
+        &[
+            "ca",
+            "issue",
+            "--dir",
+            ca.to_str().unwrap(),
+            "--out",
+            agent.cert.parent().unwrap().to_str().unwrap(),
+            "--valid-for",
+            "24s",
+            "vm-renew",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let issued_at = std::time::Instant::now();
+    let first = std::fs::read_to_string(&agent.cert).unwrap();
+    let _running = agent.start();
+    assert!(
+        agent.wait_log("certificate renewed", Duration::from_secs(30)),
+        "no renewal; agent log:\n{}",
+        agent.log()
+    );
+    assert_ne!(std::fs::read_to_string(&agent.cert).unwrap(), first);
+    assert!(counter(collector.http, "egresswatch_renewals", "renewed") >= 1);
+    let list = run(
+        collector_bin(),
+        &["ca", "list", "--dir", ca.to_str().unwrap()],
+    );
+    let listed = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(
+        listed
+            .lines()
+            .filter(|l| l.starts_with("vm-renew "))
+            .count()
+            >= 3,
+        "{listed}"
+    );
+    // Past the first certificate's end, results still arrive (as the same agent).
+    let ended = Duration::from_secs(25).saturating_sub(issued_at.elapsed());
+    std::thread::sleep(ended);
+    let before = collector.results("vm-renew").len();
+    assert!(
+        wait_until(Duration::from_secs(15), || collector
+            .results("vm-renew")
+            .len()
+            > before),
+        "no results after the first certificate expired; agent log:\n{}",
+        agent.log()
+    );
+    assert!(
+        !agent.log().contains("rejected by the collector"),
+        "{}",
+        agent.log()
+    );
+}

@@ -39,7 +39,7 @@ pub use frame::{encode_frame, FrameDecoder};
 pub use labels::Labels;
 pub use message::{
     Ack, AgentMessage, Batch, ClockQuality, CollectorMessage, CompactResult, Hello, ProbeRequest,
-    Refusal, SeriesKey, TargetSpec, Welcome,
+    Refusal, Renew, Renewed, SeriesKey, TargetSpec, Welcome,
 };
 pub use outcome::{DnsFailure, Family, Level, Outcome, PortState, ProbeCause, SessionStep};
 pub use result::{IcmpReport, PhaseTimings, ProbeResult};

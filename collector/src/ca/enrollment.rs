@@ -222,6 +222,130 @@ pub fn enroll(
     }))
 }
 
+/// Why a renewal was refused (the session goes on with the certificate it has).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenewRefusal {
+    /// The certificate of the session is not in `index.json` (issued before the index existed).
+    NotOnRecord,
+    Revoked,
+    /// More than half of the certificate's life is left.
+    TooEarly {
+        due_at: i64,
+    },
+    Malformed(String),
+}
+
+impl RenewRefusal {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RenewRefusal::NotOnRecord => "not_on_record",
+            RenewRefusal::Revoked => "revoked",
+            RenewRefusal::TooEarly { .. } => "too_early",
+            RenewRefusal::Malformed(_) => "malformed",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            RenewRefusal::NotOnRecord => "this certificate is not in the CA's index.json (issued before it existed): issue or enroll a new one".into(),
+            RenewRefusal::Revoked => "this certificate has been revoked".into(),
+            RenewRefusal::TooEarly { due_at } => format!(
+                "too early: more than half of this certificate's life is left (ask from Unix time {due_at} on)"
+            ),
+            RenewRefusal::Malformed(why) => format!("malformed renewal request: {why}"),
+        }
+    }
+}
+
+/// Whether the certificate `serial` of `agent_id`, valid `not_before..not_after`, may be renewed
+/// at `now` according to `index`, and for how long the new one is valid (as long as this one
+/// was issued for). From half its life on: the agent asks at two thirds, and the margin is for
+/// clocks that differ.
+pub fn renewal_decision(
+    index: &super::registry::Index,
+    agent_id: &str,
+    serial: &str,
+    not_before: i64,
+    not_after: i64,
+    now: i64,
+) -> Result<i64, RenewRefusal> {
+    let Some(record) = index
+        .certificates
+        .iter()
+        .find(|c| c.serial == serial && c.agent_id == agent_id)
+    else {
+        return Err(RenewRefusal::NotOnRecord);
+    };
+    if record.revoked_at.is_some() {
+        return Err(RenewRefusal::Revoked);
+    }
+    let half = not_after - (not_after - not_before) / 2;
+    if now < half {
+        return Err(RenewRefusal::TooEarly { due_at: half });
+    }
+    Ok(
+        (record.not_after - record.issued_at)
+            .clamp(MIN_VALIDITY_SECS, AGENT_VALIDITY_DAYS * 86_400),
+    )
+}
+
+/// The shortest certificate life the CA issues (`ca issue --valid-for`, renewals).
+pub const MIN_VALIDITY_SECS: i64 = 10;
+
+/// What a renewal did.
+#[derive(Debug)]
+pub enum Renewal {
+    Renewed { cert_pem: String, not_after: i64 },
+    Refused(RenewRefusal),
+}
+
+/// Renews the session's certificate (`agent_id`, `serial` hex, its validity) for the public key
+/// of `csr_der`, recorded in `index.json` under the lock; the old certificate stays valid until
+/// it expires.
+pub fn renew(
+    authority: &Authority,
+    agent_id: &str,
+    serial: &str,
+    validity: (i64, i64),
+    csr_der: &[u8],
+    now: i64,
+) -> Result<Renewal, CollectorError> {
+    if csr_der.len() > MAX_CSR_BYTES {
+        return Ok(Renewal::Refused(RenewRefusal::Malformed(format!(
+            "a certificate request of {} bytes",
+            csr_der.len()
+        ))));
+    }
+    let public_key = match read_request_key(csr_der) {
+        Ok(key) => key,
+        Err(why) => return Ok(Renewal::Refused(RenewRefusal::Malformed(why))),
+    };
+    let dir = authority.dir();
+    let _lock = lock(dir)?;
+    let mut index = read_index(dir)?;
+    let secs = match renewal_decision(&index, agent_id, serial, validity.0, validity.1, now) {
+        Ok(secs) => secs,
+        Err(refusal) => return Ok(Renewal::Refused(refusal)),
+    };
+    let (cert_pem, record) =
+        authority.sign_agent_request(agent_id, &public_key, Duration::seconds(secs))?;
+    let not_after = record.not_after;
+    index.certificates.push(record);
+    write_index(dir, &index)?;
+    Ok(Renewal::Renewed {
+        cert_pem,
+        not_after,
+    })
+}
+
+/// The public key of a certificate request whose signature holds.
+fn read_request_key(csr_der: &[u8]) -> Result<rcgen::PublicKey, String> {
+    let der = rustls_pki_types::CertificateSigningRequestDer::from(csr_der.to_vec());
+    rcgen::CertificateSigningRequestParams::from_der(&der)
+        .map(|params| params.public_key)
+        .map_err(|e| format!("certificate request (its signature does not verify?): {e}"))
+}
+
 /// The agent id (subject CN) and public key of a certificate request whose signature holds.
 pub fn read_request(csr_der: &[u8]) -> Result<(String, rcgen::PublicKey), String> {
     use x509_parser::prelude::FromDer;
@@ -331,6 +455,43 @@ mod tests {
         assert!(listing.contains("vm-1,vm-2"), "{listing}");
         // `ca revoke` works on an enrolled agent.
         super::super::registry::revoke(&dir, "vm-1", "gone").unwrap();
+    }
+
+    #[test]
+    fn renewal_is_for_a_recorded_unrevoked_certificate_from_half_its_life() {
+        use super::super::registry::{Index, IssuedRecord};
+        let record = |serial: &str, revoked_at| IssuedRecord {
+            serial: serial.into(),
+            agent_id: "vm-1".into(),
+            issued_at: 1_000,
+            not_after: 1_300,
+            revoked_at,
+            reason: String::new(),
+        };
+        let index = Index {
+            crl_number: 0,
+            certificates: vec![record("aa", None), record("bb", Some(1_100))],
+        };
+        assert_eq!(
+            renewal_decision(&index, "vm-1", "aa", 970, 1_300, 1_100),
+            Err(RenewRefusal::TooEarly { due_at: 1_135 })
+        );
+        assert_eq!(
+            renewal_decision(&index, "vm-1", "aa", 970, 1_300, 1_135),
+            Ok(300)
+        );
+        assert_eq!(
+            renewal_decision(&index, "vm-1", "bb", 970, 1_300, 1_200),
+            Err(RenewRefusal::Revoked)
+        );
+        assert_eq!(
+            renewal_decision(&index, "vm-2", "aa", 970, 1_300, 1_200),
+            Err(RenewRefusal::NotOnRecord)
+        );
+        assert_eq!(
+            renewal_decision(&index, "vm-1", "cc", 970, 1_300, 1_200),
+            Err(RenewRefusal::NotOnRecord)
+        );
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct IngestCounters {
     /// Enrollment attempts by result (`issued`, `expired`, `used_up`, `revoked`, `unknown`,
     /// `malformed`, `name_taken`, `rate_limited`, `timeout`, `error`).
     pub enrollments: Family<Labels, Counter>,
+    /// Certificate renewals asked for over a session, by result (`renewed`, `too_early`,
+    /// `revoked`, `not_on_record`, `malformed`, `error`).
+    pub renewals: Family<Labels, Counter>,
 }
 
 impl IngestCounters {
@@ -62,6 +65,10 @@ impl IngestCounters {
             enrollments: metrics.registered(
                 "egresswatch_enrollments",
                 "Enrollment attempts with a join token, by result",
+            ),
+            renewals: metrics.registered(
+                "egresswatch_renewals",
+                "Agent certificate renewals asked for over a session, by result",
             ),
             spool_restarts: metrics.registered(
                 "egresswatch_ingest_spool_restarts",

@@ -32,6 +32,7 @@ pub struct Enrollment {
     authority: Arc<Authority>,
     limiter: Mutex<AttemptLimiter>,
     attempts: Family<Labels, Counter>,
+    renewals: Family<Labels, Counter>,
 }
 
 impl Enrollment {
@@ -40,11 +41,81 @@ impl Enrollment {
         attempts_per_minute: u32,
         burst: u32,
         attempts: Family<Labels, Counter>,
+        renewals: Family<Labels, Counter>,
     ) -> Enrollment {
         Enrollment {
             authority: Arc::new(authority),
             limiter: Mutex::new(AttemptLimiter::new(attempts_per_minute, burst)),
             attempts,
+            renewals,
+        }
+    }
+
+    /// Renews a session's certificate (wire 1.4 `Renew`): the answer to send, counted and
+    /// logged. A refusal leaves the session as it was.
+    pub async fn renew(
+        &self,
+        agent_id: &str,
+        serial: &[u8],
+        validity: (i64, i64),
+        csr_der: Vec<u8>,
+    ) -> egresswatch_wire::Renewed {
+        let authority = self.authority.clone();
+        let (id, serial) = (
+            agent_id.to_string(),
+            crate::ca::registry::serial_hex(serial),
+        );
+        let now = now_unix_ms() / 1000;
+        let decided = tokio::task::spawn_blocking(move || {
+            enrollment::renew(&authority, &id, &serial, validity, &csr_der, now)
+        })
+        .await;
+        let count = |result: &str| {
+            self.renewals
+                .get_or_create(&vec![("result".to_string(), result.to_string())])
+                .inc();
+        };
+        match decided {
+            Ok(Ok(enrollment::Renewal::Renewed {
+                cert_pem,
+                not_after,
+            })) => {
+                count("renewed");
+                info!(not_after, "certificate renewed");
+                egresswatch_wire::Renewed {
+                    cert_pem,
+                    refused: String::new(),
+                }
+            }
+            Ok(Ok(enrollment::Renewal::Refused(refusal))) => {
+                count(refusal.name());
+                warn!(
+                    result = refusal.name(),
+                    "renewal refused: {}",
+                    refusal.message()
+                );
+                egresswatch_wire::Renewed {
+                    cert_pem: String::new(),
+                    refused: refusal.message(),
+                }
+            }
+            Ok(Err(e)) => {
+                count("error");
+                warn!("renewal failed on the collector: {e}");
+                egresswatch_wire::Renewed {
+                    cert_pem: String::new(),
+                    refused: "the collector could not issue a certificate; it will be asked again"
+                        .into(),
+                }
+            }
+            Err(e) => {
+                count("error");
+                warn!("renewal task failed: {e}");
+                egresswatch_wire::Renewed {
+                    cert_pem: String::new(),
+                    refused: "the collector could not issue a certificate".into(),
+                }
+            }
         }
     }
 

@@ -166,6 +166,7 @@ impl Ingest {
             config.enroll_attempts_per_minute,
             config.enroll_attempts_burst,
             counters.enrollments.clone(),
+            counters.renewals.clone(),
         ));
         let tls = Arc::new(tls::TlsMaterial::new(config, authority, counters)?);
         let crl = revocation::CrlWatch::open(authority.dir())?;
@@ -303,7 +304,9 @@ impl Ingest {
                     };
                     drop(handshake_permit);
                     match admit(&connection) {
-                        Admit::Report => session::run(connection, context, revoked).await,
+                        Admit::Report => {
+                            session::run(connection, context, revoked, enrollment).await
+                        }
                         Admit::Enroll => enrollment.run(connection, remote).await,
                         Admit::NoCertificate => {
                             // What the TLS handshake refused before enrollment existed, refused

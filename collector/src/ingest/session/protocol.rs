@@ -167,6 +167,9 @@ pub enum Next {
     },
     /// A newer agent's message of a kind we do not know: skip it, the session goes on.
     Ignore { kind: u8 },
+    /// The agent asks for a new certificate (wire 1.4): the shell has the CA decide, and
+    /// answers with `Renewed`; the session goes on.
+    Renew { csr_der: Vec<u8> },
     /// End the session.
     Close(Closing),
 }
@@ -306,6 +309,8 @@ impl Session {
             collector_version: env!("CARGO_PKG_VERSION").to_string(),
             agent_id: self.agent_id.clone(),
             acked_seq: high_water,
+            // The certificate's validity is the shell's to fill in (it read the certificate).
+            ..Welcome::default()
         }
     }
 
@@ -325,6 +330,9 @@ impl Session {
                 "a second hello on the same session".into(),
             )),
             Ok(AgentMessage::Unknown(kind)) => Next::Ignore { kind },
+            Ok(AgentMessage::Renew(renew)) => Next::Renew {
+                csr_der: renew.csr_der,
+            },
             Err(e) => Next::Close(self.on_bad_frame(e)),
         }
     }
@@ -456,6 +464,7 @@ fn kind_name(message: &AgentMessage) -> &'static str {
     match message {
         AgentMessage::Hello(_) => "hello",
         AgentMessage::Batch(_) => "batch",
+        AgentMessage::Renew(_) => "renew",
         AgentMessage::Unknown(_) => "an unknown message",
     }
 }
