@@ -148,16 +148,13 @@ impl Enrollment {
         let mut send = FrameWriter::new(send, MAX_REQUEST_BYTES);
         let mut recv = FrameReader::new(recv, MAX_REQUEST_BYTES);
         // The attempt is counted against its source before anything it sent is looked at.
-        let allowed = self
-            .limiter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .allow(remote.ip(), Instant::now());
-        let retry_after = self
-            .limiter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retry_after();
+        let (allowed, retry_after) = {
+            let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                limiter.allow(remote.ip(), Instant::now()),
+                limiter.retry_after(),
+            )
+        };
         let (token_id, answer) = if !allowed {
             (None, Err(Refusal::RateLimited))
         } else {
