@@ -345,7 +345,14 @@ async fn each_bad_token_is_refused_with_its_reason_and_counted() {
         assert_eq!(enrollments(http, result), count, "{result}");
     }
     let text = log();
-    assert_eq!(text.matches("enrollment refused").count(), 6, "{text}");
+    assert_eq!(text.matches("enrollment refused").count(), 5, "{text}");
+    // The attempt over the rate is logged at the limits' pace, and counted there too.
+    assert!(
+        text.contains("over quic.enroll_attempts_per_minute"),
+        "{text}"
+    );
+    assert!(http_get(http, "/metrics")
+        .contains("egresswatch_limit_exceeded_total{limit=\"enroll_attempts\"} 1"));
     assert!(
         !text.contains(&foreign_id),
         "the foreign token reached the collector"

@@ -4,12 +4,14 @@
 //! decisions are the CA's ([`crate::ca::tokens`], [`crate::ca::enrollment`]); this shell reads
 //! one frame, rate-limits by source address, runs the CA's transaction off the async threads,
 //! answers, counts every attempt in `egresswatch_enrollments_total{result}` and logs it with the
-//! token's id and the source — never the secret.
+//! token's id and the source — never the secret (attempts over the rate are logged at the limits'
+//! pace, `crate::limits`).
 
 use crate::ca::enrollment::{self, Outcome};
 use crate::ca::tokens::{AttemptLimiter, Refusal};
 use crate::ca::Authority;
 use crate::events::now_unix_ms;
+use crate::limits::{Limit, LimitCounters};
 use crate::metrics::Labels;
 use egresswatch_wire::close;
 use egresswatch_wire::enroll::{EnrollAnswer, EnrollMessage, TOKEN_ID_BYTES};
@@ -126,8 +128,13 @@ impl Enrollment {
     }
 
     /// Serves one enrollment connection to its end.
-    pub async fn run(&self, connection: quinn::Connection, remote: SocketAddr) {
-        match tokio::time::timeout(DEADLINE, self.exchange(&connection, remote)).await {
+    pub async fn run(
+        &self,
+        connection: quinn::Connection,
+        remote: SocketAddr,
+        limits: &LimitCounters,
+    ) {
+        match tokio::time::timeout(DEADLINE, self.exchange(&connection, remote, limits)).await {
             Ok(()) => {}
             Err(_) => {
                 self.count("timeout");
@@ -137,7 +144,12 @@ impl Enrollment {
         }
     }
 
-    async fn exchange(&self, connection: &quinn::Connection, remote: SocketAddr) {
+    async fn exchange(
+        &self,
+        connection: &quinn::Connection,
+        remote: SocketAddr,
+        limits: &LimitCounters,
+    ) {
         let (send, recv) = match connection.accept_bi().await {
             Ok(streams) => streams,
             Err(e) => {
@@ -211,7 +223,17 @@ impl Enrollment {
             }
             Err(refusal) => {
                 self.count(refusal.name());
-                warn!(%remote, token, result = refusal.name(), "enrollment refused: {}", refusal.message());
+                if refusal == Refusal::RateLimited {
+                    // Logged at the limits' pace: a flood of attempts does not flood the log.
+                    limits.exceeded(Limit::EnrollAttempts, 1, || {
+                        format!(
+                            "refusing an enrollment from {}: over quic.enroll_attempts_per_minute",
+                            remote.ip()
+                        )
+                    });
+                } else {
+                    warn!(%remote, token, result = refusal.name(), "enrollment refused: {}", refusal.message());
+                }
                 let retry = if refusal == Refusal::RateLimited {
                     u32::try_from(retry_after.as_secs().max(1)).unwrap_or(60)
                 } else {

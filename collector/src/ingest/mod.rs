@@ -307,7 +307,7 @@ impl Ingest {
                         Admit::Report => {
                             session::run(connection, context, revoked, enrollment).await
                         }
-                        Admit::Enroll => enrollment.run(connection, remote).await,
+                        Admit::Enroll => enrollment.run(connection, remote, &context.limits).await,
                         Admit::NoCertificate => {
                             // What the TLS handshake refused before enrollment existed, refused
                             // now before a byte of the session is read, and counted the same.
