@@ -518,18 +518,20 @@ mod tests {
     fn a_bad_request_is_malformed_and_spends_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("ca");
+        let asked = |uses, valid_for_secs| TokenRequest {
+            uses,
+            valid_for_secs,
+            labels: BTreeMap::new(),
+        };
+        let no_ca = create_token(&dir, &asked(1, 60), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(no_ca.contains("holds no CA"), "{no_ca}");
         super::super::init(&dir).unwrap();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let (text, record) = create_token(
-            &dir,
-            &TokenRequest {
-                uses: 1,
-                valid_for_secs: 60,
-                labels: BTreeMap::new(),
-            },
-            now,
-        )
-        .unwrap();
+        assert!(create_token(&dir, &asked(0, 60), now).is_err());
+        assert!(create_token(&dir, &asked(1, 0), now).is_err());
+        let (text, record) = create_token(&dir, &asked(1, 60), now).unwrap();
         let authority = Authority::load(&dir).unwrap();
         for der in [b"garbage".to_vec(), csr("../evil"), csr("")] {
             assert!(matches!(
