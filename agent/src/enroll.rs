@@ -47,8 +47,9 @@ pub struct EnrollArgs {
     /// The collector's QUIC listener, HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     pub collector: String,
-    /// The join token from `egresswatch-collector token create`.
-    #[arg(long)]
+    /// The join token from `egresswatch-collector token create`; or in the environment, which
+    /// keeps it out of the process list and the shell's history.
+    #[arg(long, env = "EGRESSWATCH_TOKEN", hide_env_values = true)]
     pub token: String,
     /// The agent's config: read for where the files go ([collector] ca, cert, key), written
     /// when absent (or still the package's untouched one).

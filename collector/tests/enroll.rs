@@ -244,10 +244,26 @@ async fn each_bad_token_is_refused_with_its_reason_and_counted() {
     // Reused: a single-use token enrolls one agent, then is used up.
     let once = token_create(&ca, &[]);
     secrets.push(hex(&JoinToken::parse(&once).unwrap().secret));
+    // The token from the environment (EGRESSWATCH_TOKEN) works like --token.
     let (t, d) = (once.clone(), vm("first"));
-    let out = blocking(Box::new(move || enroll(&d, addr, &t, "first")))
-        .await
-        .unwrap();
+    let out = blocking(Box::new(move || {
+        std::fs::create_dir_all(&d).unwrap();
+        Command::new(agent_bin())
+            .args([
+                "enroll",
+                "--collector",
+                &addr.to_string(),
+                "--name",
+                "first",
+                "--config",
+            ])
+            .arg(d.join("agent.toml"))
+            .env("EGRESSWATCH_TOKEN", &t)
+            .output()
+            .unwrap()
+    }))
+    .await
+    .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let (t, d) = (once.clone(), vm("second"));
     let out = blocking(Box::new(move || enroll(&d, addr, &t, "second")))
