@@ -34,7 +34,7 @@ pub struct IngestCounters {
     /// `malformed`, `name_taken`, `rate_limited`, `timeout`, `error`).
     pub enrollments: Family<Labels, Counter>,
     /// Certificate renewals asked for over a session, by result (`renewed`, `too_early`,
-    /// `revoked`, `not_on_record`, `malformed`, `error`).
+    /// `revoked`, `not_on_record`, `malformed`, `repeated`, `error`).
     pub renewals: Family<Labels, Counter>,
 }
 

@@ -53,6 +53,13 @@ impl Enrollment {
         }
     }
 
+    /// Counts one renewal request under `result` in `egresswatch_renewals_total`.
+    pub fn count_renewal(&self, result: &str) {
+        self.renewals
+            .get_or_create(&vec![("result".to_string(), result.to_string())])
+            .inc();
+    }
+
     /// Renews a session's certificate (wire 1.4 `Renew`): the answer to send, counted and
     /// logged. A refusal leaves the session as it was.
     pub async fn renew(
@@ -72,11 +79,7 @@ impl Enrollment {
             enrollment::renew(&authority, &id, &serial, validity, &csr_der, now)
         })
         .await;
-        let count = |result: &str| {
-            self.renewals
-                .get_or_create(&vec![("result".to_string(), result.to_string())])
-                .inc();
-        };
+        let count = |result: &str| self.count_renewal(result);
         match decided {
             Ok(Ok(enrollment::Renewal::Renewed {
                 cert_pem,

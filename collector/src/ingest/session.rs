@@ -342,6 +342,18 @@ async fn serve(
                 }
                 continue;
             }
+            Next::RenewRefused { reason } => {
+                certificate.renewals.count_renewal("repeated");
+                warn!("renewal refused: {reason}");
+                let refused = CollectorMessage::Renewed(egresswatch_wire::Renewed {
+                    cert_pem: String::new(),
+                    refused: reason.to_string(),
+                });
+                if let Err(end) = write_message(&mut send, &refused).await {
+                    return end;
+                }
+                continue;
+            }
             Next::Close(closing) => return close(context, closing),
         };
         if let Err(end) = write_message(&mut send, &CollectorMessage::Ack(ack)).await {
