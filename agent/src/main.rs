@@ -1,7 +1,7 @@
 //! `egresswatch-agent`: the command line. Parsing lives here; the work lives in the library.
 
 use clap::{Parser, Subcommand};
-use egresswatch_agent::{check, run};
+use egresswatch_agent::{check, enroll, run};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -21,6 +21,9 @@ enum Command {
     Check(check::CheckArgs),
     /// Run the agent: probe on a schedule and report to the collector.
     Run(run::RunArgs),
+    /// Join the fleet with a token from `egresswatch-collector token create`: make this host's
+    /// key, get its certificate from the collector, write them and the config.
+    Enroll(enroll::EnrollArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,5 +38,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => check::main(args),
         Command::Run(args) => run::main(args),
+        Command::Enroll(args) => enroll::main(args),
     }
 }

@@ -251,6 +251,7 @@ fn requesting_server(
                     collector_version: "stand-in".into(),
                     agent_id: "agent-7".into(),
                     acked_seq: 0,
+                    ..Default::default()
                 });
                 send.send(&welcome).await.unwrap();
                 for request in requests {

@@ -5,10 +5,14 @@
 //! Layout of a CA directory: `ca.pem` (the CA certificate, given to agents), `ca.key` (0600, never
 //! leaves the collector), and by default `agents/<id>.crt` + `agents/<id>.key` for issued agents.
 //! `index.json` records every issued certificate and `crl.pem` lists the revoked ones
-//! ([`registry`]).
+//! ([`registry`]). `tokens.json` keeps the join tokens agents enroll with ([`tokens`],
+//! [`enrollment`]): an enrolled agent's certificate is recorded in `index.json` like an issued
+//! one.
 
+pub mod enrollment;
 pub mod listing;
 pub mod registry;
+pub mod tokens;
 
 use crate::error::CollectorError;
 use egresswatch_wire::labels::validate_agent_id;
@@ -28,7 +32,7 @@ pub const COLLECTOR_NAME: &str = "egresswatch-collector";
 const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca.key";
 /// Agent certificates live this long; re-issue to rotate.
-const AGENT_VALIDITY_DAYS: i64 = 825;
+pub const AGENT_VALIDITY_DAYS: i64 = 825;
 
 fn ca_err(context: &str, e: impl std::fmt::Display) -> CollectorError {
     CollectorError::Ca(format!("{context}: {e}"))
@@ -149,17 +153,56 @@ impl Authority {
 
     /// [`Authority::issue_agent`], with what the CA's index keeps about the certificate.
     pub fn issue_agent_recorded(&self, agent_id: &str) -> Result<AgentCertificate, CollectorError> {
+        self.issue_agent_valid_for(agent_id, Duration::days(AGENT_VALIDITY_DAYS))
+    }
+
+    /// [`Authority::issue_agent_recorded`] for a certificate valid for `validity`.
+    pub fn issue_agent_valid_for(
+        &self,
+        agent_id: &str,
+        validity: Duration,
+    ) -> Result<AgentCertificate, CollectorError> {
         validate_agent_id(agent_id).map_err(|e| CollectorError::Ca(e.to_string()))?;
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|e| ca_err("generating the agent key", e))?;
+        let (cert_pem, record) = self.sign_agent(agent_id, &key, validity)?;
+        Ok(AgentCertificate {
+            cert_pem,
+            key_pem: key.serialize_pem(),
+            record,
+        })
+    }
+
+    /// Signs an agent certificate for a key the agent made itself (an enrollment's or a
+    /// renewal's request), valid for `validity`. Only the request's public key is used: the
+    /// identity and every extension are the CA's own choice, as for [`Authority::issue_agent`].
+    pub fn sign_agent_request(
+        &self,
+        agent_id: &str,
+        public_key: &rcgen::PublicKey,
+        validity: Duration,
+    ) -> Result<(String, registry::IssuedRecord), CollectorError> {
+        validate_agent_id(agent_id).map_err(|e| CollectorError::Ca(e.to_string()))?;
+        self.sign_agent(agent_id, public_key, validity)
+    }
+
+    fn sign_agent(
+        &self,
+        agent_id: &str,
+        public_key: &impl rcgen::PublicKeyData,
+        validity: Duration,
+    ) -> Result<(String, registry::IssuedRecord), CollectorError> {
         let mut params = CertificateParams::new(vec![agent_id.to_string()])
             .map_err(|e| ca_err("agent parameters", e))?;
         params.distinguished_name.push(DnType::CommonName, agent_id);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::hours(1);
-        let not_after = now + Duration::days(AGENT_VALIDITY_DAYS);
+        // Back-dated for clocks a little behind ours, by at most a tenth of the validity, so
+        // that a short-lived certificate's life is what was asked for (renewal is due two
+        // thirds into it).
+        params.not_before = now - Duration::hours(1).min(validity / 10);
+        let not_after = now + validity;
         params.not_after = not_after;
         // A random serial (not rcgen's default, a hash of the public key): revocation names
         // certificates by serial, and two certificates must never share one.
@@ -167,12 +210,11 @@ impl Authority {
         serial[0] = serial[0].clamp(1, 0x7f);
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let cert = params
-            .signed_by(&key, &self.cert, &self.key)
+            .signed_by(public_key, &self.cert, &self.key)
             .map_err(|e| ca_err("signing the agent certificate", e))?;
-        Ok(AgentCertificate {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            record: registry::IssuedRecord {
+        Ok((
+            cert.pem(),
+            registry::IssuedRecord {
                 serial: registry::serial_hex(&serial),
                 agent_id: agent_id.to_string(),
                 issued_at: now.unix_timestamp(),
@@ -180,7 +222,16 @@ impl Authority {
                 revoked_at: None,
                 reason: String::new(),
             },
-        })
+        ))
+    }
+
+    /// SHA-256 of the CA certificate's DER: what join tokens pin.
+    pub fn fingerprint(&self) -> Result<[u8; 32], CollectorError> {
+        let der = self.cert_der()?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        Ok(out)
     }
 
     /// Issues the collector's server certificate for `egresswatch-collector`, `localhost` and
@@ -234,12 +285,22 @@ pub fn issue_to_files(
     agent_id: &str,
     out: Option<&Path>,
 ) -> Result<Issued, CollectorError> {
+    issue_to_files_valid_for(dir, agent_id, out, Duration::days(AGENT_VALIDITY_DAYS))
+}
+
+/// [`issue_to_files`] for a certificate valid for `validity` (`ca issue --valid-for`).
+pub fn issue_to_files_valid_for(
+    dir: &Path,
+    agent_id: &str,
+    out: Option<&Path>,
+    validity: Duration,
+) -> Result<Issued, CollectorError> {
     let authority = Authority::load(dir)?;
     let AgentCertificate {
         cert_pem,
         key_pem,
         record,
-    } = authority.issue_agent_recorded(agent_id)?;
+    } = authority.issue_agent_valid_for(agent_id, validity)?;
     let out = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| dir.join("agents"));

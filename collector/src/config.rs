@@ -143,6 +143,16 @@ impl Config {
             0..=1_000_000,
         )?;
         in_range("quic.results_burst", q.results_burst, 1..=10_000_000)?;
+        in_range(
+            "quic.enroll_attempts_per_minute",
+            q.enroll_attempts_per_minute,
+            1..=10_000,
+        )?;
+        in_range(
+            "quic.enroll_attempts_burst",
+            q.enroll_attempts_burst,
+            1..=10_000,
+        )?;
         let st = &self.store;
         in_range("store.pool_size", st.pool_size, 1..=256)?;
         in_range(
@@ -339,6 +349,8 @@ mod tests {
                 e.max_results_per_sec,
                 e.results_burst,
                 e.max_frame_bytes,
+                e.enroll_attempts_per_minute,
+                e.enroll_attempts_burst,
             ),
             (
                 d.max_connections_per_source,
@@ -347,6 +359,8 @@ mod tests {
                 d.max_results_per_sec,
                 d.results_burst,
                 d.max_frame_bytes,
+                d.enroll_attempts_per_minute,
+                d.enroll_attempts_burst,
             )
         );
         assert_eq!(example.http.max_body_bytes, defaults.http.max_body_bytes);
@@ -458,6 +472,10 @@ mod tests {
                 "quic.max_results_per_sec",
             ),
             ("[quic]\nresults_burst = 0", "quic.results_burst"),
+            (
+                "[quic]\nenroll_attempts_per_minute = 0",
+                "quic.enroll_attempts_per_minute",
+            ),
             ("[store]\npool_size = 0", "store.pool_size"),
             (
                 "[store]\nconnect_timeout_secs = 0",

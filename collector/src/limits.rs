@@ -53,10 +53,13 @@ pub enum Limit {
     Silences,
     /// `http.signin_attempts_per_minute`: a sign-in refused (429) before its token was looked at.
     SignIn,
+    /// `quic.enroll_attempts_per_minute`: an enrollment refused (`rate_limited`) before its
+    /// request was read.
+    EnrollAttempts,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 16] = [
+    pub const ALL: [Limit; 17] = [
         Limit::FrameBytes,
         Limit::BatchResults,
         Limit::ResultsPerSecond,
@@ -73,6 +76,7 @@ impl Limit {
         Limit::HttpConnections,
         Limit::Silences,
         Limit::SignIn,
+        Limit::EnrollAttempts,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -93,6 +97,7 @@ impl Limit {
             Limit::HttpConnections => "http_connections",
             Limit::Silences => "silences",
             Limit::SignIn => "sign_in",
+            Limit::EnrollAttempts => "enroll_attempts",
         }
     }
 

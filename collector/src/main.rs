@@ -42,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: FeedCommand,
     },
+    /// Join tokens: a new agent enrolls with one (`egresswatch-agent enroll`).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Run the collector (QUIC ingest, store, matrix, alerts, HTTP).
     Run {
         /// TOML config; without it, embedded defaults (see docs/collector.md).
@@ -65,6 +70,10 @@ enum CaCommand {
         /// Where to write them; default DIR/agents.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// How long the certificate is valid: a number and s, m, h or d (default 825d; at
+        /// least 10s). Agents renew it over their session when a third of it is left.
+        #[arg(long, value_name = "DURATION")]
+        valid_for: Option<String>,
     },
     /// Revoke every certificate issued to AGENT_ID (DIR/crl.pem); a running collector refuses
     /// it within seconds and closes its live sessions.
@@ -125,6 +134,94 @@ enum FeedKeyCommand {
     },
 }
 
+/// `ca issue --valid-for`: the default agent validity, or the duration given (at least 10 s).
+fn issue_validity(valid_for: Option<&str>) -> Result<time::Duration> {
+    let Some(text) = valid_for else {
+        return Ok(time::Duration::days(ca::AGENT_VALIDITY_DAYS));
+    };
+    let secs = ca::enrollment::parse_lifetime(text)
+        .map_err(|e| anyhow::anyhow!(e.replace("--expires", "--valid-for")))?;
+    if secs < ca::enrollment::MIN_VALIDITY_SECS {
+        anyhow::bail!(
+            "--valid-for {text:?}: at least {}s",
+            ca::enrollment::MIN_VALIDITY_SECS
+        );
+    }
+    Ok(time::Duration::seconds(secs))
+}
+
+/// The packaged collector's CA directory (its `data_dir` + `/ca`).
+const PACKAGED_CA_DIR: &str = "/var/lib/egresswatch-collector/ca";
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a join token and print it (once: only its hash is kept, in DIR/tokens.json). It pins
+    /// the fleet CA's fingerprint, so the agent trusts nothing else.
+    Create {
+        /// The fleet CA's directory (the collector's data_dir/ca).
+        #[arg(long, default_value = PACKAGED_CA_DIR)]
+        dir: PathBuf,
+        /// How many agents may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it may be used: a number and s, m, h or d (at most 365d).
+        #[arg(long, default_value = "24h")]
+        expires: String,
+        /// A label given to each agent it enrolls: provider, account, region or instance
+        /// (repeatable), e.g. --label provider=aws --label account=prod.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// List the tokens: id, validity, uses, status, labels and the agents each enrolled.
+    List {
+        #[arg(long, default_value = PACKAGED_CA_DIR)]
+        dir: PathBuf,
+    },
+    /// Revoke a token (by the id `token list` shows): it enrolls nobody any more. Agents it
+    /// enrolled keep their certificates (`ca revoke` those).
+    Revoke {
+        #[arg(long, default_value = PACKAGED_CA_DIR)]
+        dir: PathBuf,
+        id: String,
+    },
+}
+
+fn token_command(command: TokenCommand) -> Result<()> {
+    use ca::enrollment;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    match command {
+        TokenCommand::Create {
+            dir,
+            uses,
+            expires,
+            labels,
+        } => {
+            let request = enrollment::TokenRequest {
+                uses,
+                valid_for_secs: enrollment::parse_lifetime(&expires).map_err(anyhow::Error::msg)?,
+                labels: ca::tokens::parse_labels(&labels).map_err(anyhow::Error::msg)?,
+            };
+            let (token, record) = enrollment::create_token(&dir, &request, now)?;
+            // The token alone on stdout, so that `$(egresswatch-collector token create)` is it.
+            println!("{token}");
+            eprintln!(
+                "token {} : {} use(s), expires in {expires}; shown once, only its hash is kept. On a VM: egresswatch-agent enroll --collector HOST:PORT --token TOKEN",
+                record.id, record.uses_allowed
+            );
+            Ok(())
+        }
+        TokenCommand::List { dir } => {
+            print!("{}", enrollment::list_tokens(&dir, now)?);
+            Ok(())
+        }
+        TokenCommand::Revoke { dir, id } => {
+            let record = enrollment::revoke_token(&dir, &id, now)?;
+            println!("revoked token {} ({} use(s) made)", record.id, record.uses);
+            Ok(())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -143,6 +240,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let outcome = match cli.command {
+        Command::Token { command } => token_command(command),
         Command::Ca {
             command: CaCommand::Init { dir },
         } => ca::init(&dir)
@@ -154,13 +252,22 @@ fn main() -> ExitCode {
             })
             .map_err(anyhow::Error::from),
         Command::Ca {
-            command: CaCommand::Issue { dir, agent_id, out },
-        } => ca::issue_to_files(&dir, &agent_id, out.as_deref())
+            command:
+                CaCommand::Issue {
+                    dir,
+                    agent_id,
+                    out,
+                    valid_for,
+                },
+        } => issue_validity(valid_for.as_deref())
+            .and_then(|validity| {
+                ca::issue_to_files_valid_for(&dir, &agent_id, out.as_deref(), validity)
+                    .map_err(anyhow::Error::from)
+            })
             .map(|issued| {
                 println!("certificate: {}", issued.cert.display());
                 println!("key:         {}", issued.key.display());
-            })
-            .map_err(anyhow::Error::from),
+            }),
         Command::Ca {
             command:
                 CaCommand::Revoke {

@@ -1,6 +1,7 @@
 //! The frame reader as the collector and the agent run it: arbitrary bytes arrive in arbitrary
 //! chunks into a [`FrameDecoder`], and every whole body is decoded both as an agent message and as
-//! a collector message. A body that decodes must re-encode and decode to the same value, the
+//! a collector message, and as either side's enrollment message (with a join token parsed from
+//! the same bytes). A body that decodes must re-encode and decode to the same value, the
 //! decoder never buffers more than one header plus one capped body beyond the newest chunk, and a
 //! decoded hello's labels, once validated, are bounded and control-free.
 #![no_main]
@@ -30,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
                     assert!(!body.is_empty() && body.len() <= LIMIT);
                     check_agent(&body);
                     check_collector(&body);
+                    check_enrollment(&body);
                 }
                 Ok(None) => break,
                 Err(_) => break 'stream,
@@ -67,6 +69,7 @@ fn check_agent(body: &[u8]) {
                 }
             }
         }
+        AgentMessage::Renew(_) => {}
         AgentMessage::Unknown(_) => return,
     }
     let frame = encode_frame(&message, usize::MAX).expect("a decoded message re-encodes");
@@ -87,4 +90,29 @@ fn check_collector(body: &[u8]) {
     let again = decode_body::<CollectorMessage>(&frame[FRAME_HEADER_BYTES..])
         .expect("a re-encoded message decodes");
     assert_eq!(format!("{message:?}"), format!("{again:?}"));
+}
+
+fn check_enrollment(body: &[u8]) {
+    use egresswatch_wire::enroll::{EnrollAnswer, EnrollMessage, JoinToken};
+    if let Ok(text) = std::str::from_utf8(body) {
+        if let Ok(token) = JoinToken::parse(text) {
+            assert_eq!(JoinToken::parse(&token.to_text()).ok(), Some(token));
+        }
+    }
+    if let Ok(message) = decode_body::<EnrollMessage>(body) {
+        if !matches!(message, EnrollMessage::Unknown(_)) {
+            let frame = encode_frame(&message, usize::MAX).expect("a decoded message re-encodes");
+            let again = decode_body::<EnrollMessage>(&frame[FRAME_HEADER_BYTES..])
+                .expect("a re-encoded message decodes");
+            assert_eq!(message, again);
+        }
+    }
+    if let Ok(answer) = decode_body::<EnrollAnswer>(body) {
+        if !matches!(answer, EnrollAnswer::Unknown(_)) {
+            let frame = encode_frame(&answer, usize::MAX).expect("a decoded answer re-encodes");
+            let again = decode_body::<EnrollAnswer>(&frame[FRAME_HEADER_BYTES..])
+                .expect("a re-encoded answer decodes");
+            assert_eq!(answer, again);
+        }
+    }
 }

@@ -9,7 +9,9 @@
 #   - the collector package installs on bookworm and is refused on bullseye (its glibc is too old
 #     for an ordinary build made on bookworm, and the package says so);
 #   - the collector, started as its unit says inside the bookworm tree, and the agents of both
-#     trees, each with a certificate from it, report over QUIC: both appear on /api/matrix;
+#     trees, each enrolled with a join token from it (`token create`, `egresswatch-agent enroll`:
+#     key, certificate, CA and the package's agent.toml filled in, nothing copied), report over
+#     QUIC: both have results on /api/agents/ID/results;
 #     SIGHUP (the agent unit's reload) rereads the agent's config and keeps it running;
 #   - purging removes the state and the configuration.
 #
@@ -126,9 +128,9 @@ for p in egresswatch-agent egresswatch-collector; do
     check "${p}_deb_contents" deb_contents "$p"
     check "${p}_rpm_contents" rpm_contents "$p"
 done
-check egresswatch-agent_manpage_complete manpage_complete egresswatch-agent check run
+check egresswatch-agent_manpage_complete manpage_complete egresswatch-agent check run enroll
 check egresswatch-collector_manpage_complete manpage_complete egresswatch-collector \
-    ca "ca init" "ca issue" "ca revoke" "ca list" run
+    ca "ca init" "ca issue" "ca revoke" "ca list" token "token create" "token list" "token revoke" run
 
 lintian_clean() {
     command -v lintian >/dev/null || { echo "lintian is not installed"; return 1; }
@@ -317,19 +319,18 @@ reporting() {
         sleep 0.5
     done
     for suite in "${SUITES[@]}"; do
-        local a="$WORK/$suite" id="pkg-$suite"
-        in_tree "$c" runuser -u egresswatch-collector -- egresswatch-collector ca issue \
-            --dir /var/lib/egresswatch-collector/ca "$id" --out /tmp || return 1
-        cp "$c/var/lib/egresswatch-collector/ca/ca.pem" "$a/etc/egresswatch-agent/ca.pem"
-        cp "$c/tmp/$id.crt" "$a/etc/egresswatch-agent/agent.crt"
-        cp "$c/tmp/$id.key" "$a/etc/egresswatch-agent/agent.key"
-        in_tree "$a" chown egresswatch-agent: /etc/egresswatch-agent/agent.key &&
-            chmod 0600 "$a/etc/egresswatch-agent/agent.key" || return 1
-        # The operator's one edit: where the collector is (here, this namespace's loopback), and
-        # a target so that results flow at once.
-        sed -i 's/^address = .*/address = "127.0.0.1:4433"/' "$a/etc/egresswatch-agent/agent.toml"
-        sed -i "s/^# provider = .*/provider = \"lab\"/; s/^# account = .*/account = \"$suite\"/" \
-            "$a/etc/egresswatch-agent/agent.toml"
+        local a="$WORK/$suite" id="pkg-$suite" token
+        # The operator's two commands: a token on the collector, `enroll` on the VM (here the
+        # agent's tree, in the collector's namespace), as root, with nothing copied by hand.
+        token=$(in_tree "$c" egresswatch-collector token create --uses 1 --expires 10m \
+            --label provider=lab --label "account=$suite") || return 1
+        ip netns exec "$ns" chroot "$a" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C \
+            egresswatch-agent enroll --collector 127.0.0.1:4433 --token "$token" --name "$id" || return 1
+        [ "$(in_tree "$a" stat -c '%a %U' /etc/egresswatch-agent/agent.key)" = "600 egresswatch-agent" ] || {
+            in_tree "$a" ls -l /etc/egresswatch-agent; echo "agent.key is not 0600 egresswatch-agent"; return 1
+        }
+        grep -q '^address = "127.0.0.1:4433"' "$a/etc/egresswatch-agent/agent.toml" || return 1
+        # Only for the test: a target on this namespace's loopback, so that results flow at once.
         sed -i 's/^# \[\[targets\]\]/[[targets]]/; s/^# host = .*/host = "127.0.0.1"/; s/^# ports = .*/ports = [2525, 443]/; s/^# level = .*/level = "connect"/; s/^# interval = .*/interval = "15s"/' \
             "$a/etc/egresswatch-agent/agent.toml"
         sed -i 's/^\[identity\]//' "$a/etc/egresswatch-agent/agent.toml"

@@ -9,7 +9,8 @@
 use crate::error::WireError;
 use crate::limits::FRAME_HEADER_BYTES;
 use crate::message::{
-    kind, Ack, AgentMessage, Batch, CollectorMessage, Hello, ProbeRequest, Refusal, Welcome,
+    kind, Ack, AgentMessage, Batch, CollectorMessage, Hello, ProbeRequest, Refusal, Renew, Renewed,
+    Welcome,
 };
 use crate::version::WIRE_MAJOR;
 use serde::de::IgnoredAny;
@@ -28,7 +29,7 @@ pub trait WireMessage: Sized {
     fn unknown(kind: u8) -> Self;
 }
 
-fn encode_record<T: Serialize>(
+pub(crate) fn encode_record<T: Serialize>(
     what: &'static str,
     value: &T,
     out: &mut Vec<u8>,
@@ -39,7 +40,7 @@ fn encode_record<T: Serialize>(
     })
 }
 
-fn decode_record<'a, T: Deserialize<'a>>(
+pub(crate) fn decode_record<'a, T: Deserialize<'a>>(
     what: &'static str,
     de: &mut rmp_serde::Deserializer<rmp_serde::decode::ReadReader<&'a [u8]>>,
 ) -> Result<T, WireError> {
@@ -54,6 +55,7 @@ impl WireMessage for AgentMessage {
         match self {
             AgentMessage::Hello(_) => Some(kind::HELLO),
             AgentMessage::Batch(_) => Some(kind::BATCH),
+            AgentMessage::Renew(_) => Some(kind::RENEW),
             AgentMessage::Unknown(_) => None,
         }
     }
@@ -61,6 +63,7 @@ impl WireMessage for AgentMessage {
         match self {
             AgentMessage::Hello(m) => encode_record("hello", m, out),
             AgentMessage::Batch(m) => encode_record("batch", m, out),
+            AgentMessage::Renew(m) => encode_record("renew", m, out),
             AgentMessage::Unknown(k) => Err(WireError::Encode {
                 what: "message",
                 reason: format!("unknown kind {k}"),
@@ -74,6 +77,7 @@ impl WireMessage for AgentMessage {
         Ok(match k {
             kind::HELLO => Some(AgentMessage::Hello(decode_record::<Hello>("hello", de)?)),
             kind::BATCH => Some(AgentMessage::Batch(decode_record::<Batch>("batch", de)?)),
+            kind::RENEW => Some(AgentMessage::Renew(decode_record::<Renew>("renew", de)?)),
             _ => None,
         })
     }
@@ -89,6 +93,7 @@ impl WireMessage for CollectorMessage {
             CollectorMessage::Ack(_) => Some(kind::ACK),
             CollectorMessage::Refusal(_) => Some(kind::REFUSAL),
             CollectorMessage::ProbeRequest(_) => Some(kind::PROBE_REQUEST),
+            CollectorMessage::Renewed(_) => Some(kind::RENEWED),
             CollectorMessage::Unknown(_) => None,
         }
     }
@@ -98,6 +103,7 @@ impl WireMessage for CollectorMessage {
             CollectorMessage::Ack(m) => encode_record("ack", m, out),
             CollectorMessage::Refusal(m) => encode_record("refusal", m, out),
             CollectorMessage::ProbeRequest(m) => encode_record("probe request", m, out),
+            CollectorMessage::Renewed(m) => encode_record("renewed", m, out),
             CollectorMessage::Unknown(k) => Err(WireError::Encode {
                 what: "message",
                 reason: format!("unknown kind {k}"),
@@ -121,6 +127,9 @@ impl WireMessage for CollectorMessage {
                     decode_record::<ProbeRequest>("probe request", de)?,
                 ))
             }
+            kind::RENEWED => Some(CollectorMessage::Renewed(decode_record::<Renewed>(
+                "renewed", de,
+            )?)),
             _ => None,
         })
     }

@@ -4,6 +4,7 @@
 //! - [`outcome`]: the outcome taxonomy every probe ends in, with the probe level and address family.
 //! - [`result`]: one probe's result with its phase timings, as the agent produced it.
 //! - [`message`]: the messages of a session (hello, welcome, batch, ack, refusal, probe request).
+//! - [`enroll`]: the join token and the enrollment exchange (its own ALPN).
 //! - [`frame`]: length-prefixed framing with a hard cap, encode and a sans-IO decoder.
 //! - [`close`]: the codes a side closes a connection with, and what each tells the other side.
 //! - [`labels`]: validation of the identity labels an agent claims (untrusted input).
@@ -21,6 +22,7 @@
 #[macro_use]
 pub mod record;
 pub mod close;
+pub mod enroll;
 pub mod error;
 pub mod frame;
 pub mod labels;
@@ -37,7 +39,7 @@ pub use frame::{encode_frame, FrameDecoder};
 pub use labels::Labels;
 pub use message::{
     Ack, AgentMessage, Batch, ClockQuality, CollectorMessage, CompactResult, Hello, ProbeRequest,
-    Refusal, SeriesKey, TargetSpec, Welcome,
+    Refusal, Renew, Renewed, SeriesKey, TargetSpec, Welcome,
 };
 pub use outcome::{DnsFailure, Family, Level, Outcome, PortState, ProbeCause, SessionStep};
 pub use result::{IcmpReport, PhaseTimings, ProbeResult};

@@ -9,6 +9,8 @@
 //!                                     ◀── Ack (cumulative up_to_seq, counts, reason)
 //!                                     ◀── ProbeRequest (1.2: probe this target/port now)
 //!   Batch  (… results with cause = requested, request_id) ──▶
+//!   Renew  (1.4: a CSR, when a third of the certificate's life is left) ──▶
+//!                                     ◀── Renewed (the new certificate, or why not)
 //! ```
 //!
 //! A probe request is only ever sent to an agent whose hello has `wire_minor >= 2` and
@@ -75,8 +77,48 @@ wire_record! {
         pub agent_id: String,
         /// Highest sequence number already stored for this agent; the agent may drop up to it.
         pub acked_seq: u64,
+        /// Appended in wire minor 4: the validity of the certificate the agent connected with, as
+        /// the collector read it (Unix seconds; 0 from older collectors), so the agent knows
+        /// when to ask for a [`Renew`] without parsing certificates itself.
+        pub cert_not_before: i64,
+        pub cert_not_after: i64,
     }
     required = 5;
+}
+
+wire_record! {
+    /// Wire 1.4: the agent asks for a new certificate for the identity of this session (sent when
+    /// less than a third of its certificate's life is left; see [`renewal_due`]).
+    pub struct Renew {
+        /// DER of a PKCS#10 request for the agent's key; its subject is not used (the identity
+        /// is the session's).
+        pub csr_der: Vec<u8>,
+    }
+    required = 1;
+}
+
+wire_record! {
+    /// Wire 1.4: the collector's answer to a [`Renew`]: the new certificate, or why not.
+    pub struct Renewed {
+        /// PEM of the new certificate; empty when refused.
+        pub cert_pem: String,
+        /// Why the collector did not renew (empty when it did).
+        pub refused: String,
+    }
+    required = 1;
+}
+
+/// Whether a certificate valid from `not_before` to `not_after` (Unix seconds) is due for
+/// renewal at `now`: less than a third of its life is left. The collector, which decides
+/// with the same clock readings, accepts a request from half-life on (room for clock skew).
+pub fn renewal_due(not_before: i64, not_after: i64, now: i64) -> bool {
+    renewal_at(not_before, not_after).is_some_and(|at| now >= at)
+}
+
+/// When a certificate is due for renewal (two thirds into its life); `None` for a validity
+/// that says nothing (unknown or empty).
+pub fn renewal_at(not_before: i64, not_after: i64) -> Option<i64> {
+    (not_before > 0 && not_after > not_before).then(|| not_after - (not_after - not_before) / 3)
 }
 
 wire_record! {
@@ -414,6 +456,8 @@ impl std::hash::Hash for SeriesKey {
 pub enum AgentMessage {
     Hello(Hello),
     Batch(Batch),
+    /// Wire 1.4: sent only to a collector whose welcome says minor 4 or later.
+    Renew(Renew),
     Unknown(u8),
 }
 
@@ -425,14 +469,18 @@ pub enum CollectorMessage {
     Refusal(Refusal),
     /// Wire 1.2.
     ProbeRequest(ProbeRequest),
+    /// Wire 1.4: the answer to a [`Renew`].
+    Renewed(Renewed),
     Unknown(u8),
 }
 
 pub(crate) mod kind {
     pub const HELLO: u8 = 1;
     pub const BATCH: u8 = 2;
+    pub const RENEW: u8 = 3;
     pub const WELCOME: u8 = 1;
     pub const ACK: u8 = 2;
     pub const REFUSAL: u8 = 3;
     pub const PROBE_REQUEST: u8 = 4;
+    pub const RENEWED: u8 = 5;
 }

@@ -226,6 +226,20 @@ fn every_collector_message_round_trips() {
             collector_version: "0.1.0".into(),
             agent_id: "a1".into(),
             acked_seq: 9,
+            ..Default::default()
+        }),
+        CollectorMessage::Welcome(Welcome {
+            wire_major: 1,
+            wire_minor: 4,
+            collector_version: "0.1.0".into(),
+            agent_id: "a1".into(),
+            acked_seq: 9,
+            cert_not_before: 1_700_000_000,
+            cert_not_after: 1_700_086_400,
+        }),
+        CollectorMessage::Renewed(egresswatch_wire::Renewed {
+            cert_pem: "-----BEGIN CERTIFICATE-----".into(),
+            refused: String::new(),
         }),
         CollectorMessage::Ack(Ack {
             up_to_seq: 10,
@@ -250,6 +264,40 @@ fn every_collector_message_round_trips() {
         assert_eq!(decode_body::<CollectorMessage>(&frame[4..]).unwrap(), m);
         assert!(m.kind().is_some());
     }
+}
+
+/// Wire minor 4: a renewal request crosses a frame; an older collector's welcome (no validity)
+/// says nothing about renewal, and the due time is two thirds into a certificate's life.
+#[test]
+fn renewal_messages_cross_and_are_due_at_two_thirds() {
+    let renew = egresswatch_wire::AgentMessage::Renew(egresswatch_wire::Renew {
+        csr_der: vec![0x30, 1, 2],
+    });
+    let frame = encode_frame(&renew, MAX_FRAME_BYTES).unwrap();
+    assert_eq!(
+        decode_body::<egresswatch_wire::AgentMessage>(&frame[4..]).unwrap(),
+        renew
+    );
+    let old = Welcome {
+        wire_major: 1,
+        wire_minor: 3,
+        collector_version: "0.1.0".into(),
+        agent_id: "a1".into(),
+        acked_seq: 0,
+        ..Default::default()
+    };
+    let frame = encode_frame(&CollectorMessage::Welcome(old.clone()), MAX_FRAME_BYTES).unwrap();
+    let CollectorMessage::Welcome(back) = decode_body::<CollectorMessage>(&frame[4..]).unwrap()
+    else {
+        panic!("not a welcome")
+    };
+    assert_eq!((back.cert_not_before, back.cert_not_after), (0, 0));
+    use egresswatch_wire::message::{renewal_at, renewal_due};
+    assert_eq!(renewal_at(0, 0), None);
+    assert_eq!(renewal_at(100, 100), None);
+    assert_eq!(renewal_at(1_000, 1_300), Some(1_200));
+    assert!(!renewal_due(1_000, 1_300, 1_199));
+    assert!(renewal_due(1_000, 1_300, 1_200));
 }
 
 /// The DNS failure codes a wire 1.0 peer can decode.

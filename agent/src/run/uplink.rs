@@ -20,6 +20,7 @@
 //! sans-IO [`window`].
 
 pub mod failover;
+pub mod renewal;
 pub mod window;
 
 use super::config::CollectorConfig;
@@ -55,6 +56,8 @@ pub enum SessionEnd {
     Shutdown,
     /// Labels or targets changed: say hello again.
     Reannounce,
+    /// The certificate was renewed: connect again with it.
+    Renewed,
 }
 
 /// The client side's TLS and transport settings, from the config's files.
@@ -163,7 +166,7 @@ fn report(shared: &Shared, collector: &Candidate, ended: &Ended) {
     match ended {
         Ended::Shutdown => {}
         Ended::Reannounce => {
-            info!(collector = %collector, "labels or targets changed: reconnecting to say so")
+            info!(collector = %collector, "reconnecting: labels, targets or the certificate changed")
         }
         Ended::Rejected(reason) => {
             error!(collector = %collector, "rejected by the collector: {reason}");
@@ -261,7 +264,8 @@ async fn session(
     .await;
     match result {
         Ok(SessionEnd::Shutdown) => Ended::Shutdown,
-        Ok(SessionEnd::Reannounce) => Ended::Reannounce,
+        // Either way: at once, to the same collector.
+        Ok(SessionEnd::Reannounce) | Ok(SessionEnd::Renewed) => Ended::Reannounce,
         Err(SessionError::Rejected(reason)) => Ended::Rejected(reason),
         Err(SessionError::Failed(reason)) => Ended::Failed {
             reason,
@@ -320,12 +324,12 @@ async fn connect_and_converse(
         }
         shared.set_collector(Some(collector.to_string()));
     };
-    let result = converse(&connection, shared, shutdown, config.linger, welcomed).await;
+    let result = converse(&connection, config, shared, shutdown, welcomed).await;
     match &result {
         Ok(SessionEnd::Shutdown) => {
             connection.close(quinn::VarInt::from_u32(close::NORMAL), b"agent stopping")
         }
-        Ok(SessionEnd::Reannounce) | Err(_) => connection.close(
+        Ok(SessionEnd::Reannounce) | Ok(SessionEnd::Renewed) | Err(_) => connection.close(
             quinn::VarInt::from_u32(close::NORMAL),
             b"agent reconnecting",
         ),
@@ -336,11 +340,12 @@ async fn connect_and_converse(
 
 async fn converse(
     connection: &quinn::Connection,
+    config: &CollectorConfig,
     shared: &Arc<Shared>,
     shutdown: &mut watch::Receiver<bool>,
-    linger: Duration,
     welcomed: impl FnOnce(u64, &str),
 ) -> Result<SessionEnd, SessionError> {
+    let linger = config.linger;
     let mut announcements = shared.announcements();
     announcements.borrow_and_update();
     let (send, recv) = connection
@@ -390,6 +395,10 @@ async fn converse(
     // What this collector's store does not hold is sent from the spool, whichever collector
     // had it before: the spool forgets only what some collector acked.
     let mut window = Window::welcomed(welcome.acked_seq, shared.spooled().newest_seq, linger);
+    // When to ask for a new certificate (wire 1.4: the welcome says this one's validity).
+    let mut renew_at = (welcome.wire_minor >= 4)
+        .then(|| renewal::due_at(welcome.cert_not_before, welcome.cert_not_after))
+        .flatten();
 
     // Acks are read in their own task, so sending never waits for them.
     let (acks_tx, mut acks) =
@@ -418,6 +427,17 @@ async fn converse(
                     }
                     Heard::Rejected(reason) => break Err(SessionError::Rejected(reason)),
                     Heard::ProbeRequest(request) => shared.request_probe(request),
+                    Heard::Renewed(renewed) => {
+                        if renewal::install(config, renewed) {
+                            window.flush();
+                            if let Err(e) = send_due(&mut window, &mut send, shared, welcome.wire_minor).await {
+                                break Err(e);
+                            }
+                            settle(&mut window, &mut acks, shared).await;
+                            let _ = send.get_mut().finish();
+                            break Ok(SessionEnd::Renewed);
+                        }
+                    }
                     Heard::Nothing => {}
                 },
                 Some(Err(e)) => break Err(e),
@@ -426,6 +446,19 @@ async fn converse(
             // The window says when lingering results are due; news wakes the loop at once.
             _ = shared.new_results.notified() => {}
             _ = sleep_until_due(window.due_at()) => {}
+            _ = sleep_until_due(renew_at) => {
+                // Asked once per session; a refusal waits for the next one.
+                renew_at = None;
+                match renewal::request(config, &welcome.agent_id) {
+                    Ok(renew) => {
+                        info!("less than a third of this agent's certificate's life is left: asking the collector for a new one");
+                        if let Err(e) = write_message(&mut send, &AgentMessage::Renew(renew)).await {
+                            break Err(e);
+                        }
+                    }
+                    Err(e) => warn!("cannot ask for a new certificate: {e}"),
+                }
+            }
             _ = sleep_until_due(window.ack_overdue_at()) => {
                 break Err(SessionError::Failed(format!(
                     "no ack from the collector within {} s",

@@ -92,18 +92,24 @@ fn serial_from_hex(hex: &str) -> Result<Vec<u8>, CollectorError> {
 
 /// An exclusive lock on the CA directory for the length of one command, so that a `ca issue`
 /// and a `ca revoke` running at once cannot lose each other's index entries.
-struct DirLock {
+pub(super) struct DirLock {
     _file: fs::File,
 }
 
-fn lock(dir: &Path) -> Result<DirLock, CollectorError> {
+pub(super) fn lock(dir: &Path) -> Result<DirLock, CollectorError> {
     let path = dir.join(LOCK_FILE);
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| CollectorError::io(format!("opening {}", path.display()), e))?;
+    // Read-only is enough for flock, and works on a lock file another user (root running
+    // `ca issue`) created before the collector's own user needed it.
+    let file = match fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| CollectorError::io(format!("opening {}", path.display()), e))?,
+        Err(e) => return Err(CollectorError::io(format!("opening {}", path.display()), e)),
+    };
     // SAFETY: flock on a descriptor we own; released when the file closes.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(CollectorError::io(
@@ -126,7 +132,7 @@ pub fn read_index(dir: &Path) -> Result<Index, CollectorError> {
 }
 
 /// Replaces `name` in `dir` atomically: a reader sees the old file or the new one, never half.
-fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CollectorError> {
+pub(super) fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CollectorError> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let io = |what: &str, e| CollectorError::io(format!("{what} {}", tmp.display()), e);
@@ -138,7 +144,7 @@ fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CollectorErr
         .map_err(|e| CollectorError::io(format!("replacing {}", path.display()), e))
 }
 
-fn write_index(dir: &Path, index: &Index) -> Result<(), CollectorError> {
+pub(super) fn write_index(dir: &Path, index: &Index) -> Result<(), CollectorError> {
     let mut text = serde_json::to_string_pretty(index).map_err(|e| ca_err(INDEX_FILE, e))?;
     text.push('\n');
     replace_file(dir, INDEX_FILE, text.as_bytes())

@@ -1,6 +1,6 @@
 //! The ingest's counters in `/metrics`: sessions, refusals (in total and by reason), batches,
 //! results stored and dropped as duplicates, decode errors, agents whose spool started over and
-//! the QUIC socket's granted receive buffer. Registered by [`IngestCounters::register`] before the listener is bound, so the
+//! the QUIC socket's granted receive buffer, and enrollment attempts by result. Registered by [`IngestCounters::register`] before the listener is bound, so the
 //! certificate verifier counts from the first handshake.
 
 use crate::metrics::{Labels, Metrics};
@@ -30,6 +30,12 @@ pub struct IngestCounters {
     pub refusal_reasons: Family<Labels, Counter>,
     /// The QUIC socket's receive buffer as the kernel granted it (bytes).
     pub udp_receive_buffer_bytes: Gauge,
+    /// Enrollment attempts by result (`issued`, `expired`, `used_up`, `revoked`, `unknown`,
+    /// `malformed`, `name_taken`, `rate_limited`, `timeout`, `error`).
+    pub enrollments: Family<Labels, Counter>,
+    /// Certificate renewals asked for over a session, by result (`renewed`, `too_early`,
+    /// `revoked`, `not_on_record`, `malformed`, `repeated`, `error`).
+    pub renewals: Family<Labels, Counter>,
 }
 
 impl IngestCounters {
@@ -55,6 +61,14 @@ impl IngestCounters {
             decode_errors: metrics.registered(
                 "egresswatch_ingest_decode_errors",
                 "Frames that failed to decode",
+            ),
+            enrollments: metrics.registered(
+                "egresswatch_enrollments",
+                "Enrollment attempts with a join token, by result",
+            ),
+            renewals: metrics.registered(
+                "egresswatch_renewals",
+                "Agent certificate renewals asked for over a session, by result",
             ),
             spool_restarts: metrics.registered(
                 "egresswatch_ingest_spool_restarts",

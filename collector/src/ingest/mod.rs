@@ -11,6 +11,7 @@
 //! registry of live sessions the fan-out sends probe requests through ([`registry`]).
 
 pub mod counters;
+pub mod enroll;
 pub mod registry;
 pub mod revocation;
 pub mod session;
@@ -68,6 +69,11 @@ pub struct QuicConfig {
     pub max_results_per_sec: u32,
     /// Results an agent may send at once before the rate applies (a replay after an outage).
     pub results_burst: u32,
+    /// Enrollment attempts (join tokens presented) per minute from one source address; over
+    /// it, attempts are refused (`rate_limited`) until the bucket refills.
+    pub enroll_attempts_per_minute: u32,
+    /// Enrollment attempts one source address may make at once before the rate applies.
+    pub enroll_attempts_burst: u32,
 }
 
 impl Default for QuicConfig {
@@ -88,6 +94,8 @@ impl Default for QuicConfig {
             max_batch_results: MAX_BATCH_RESULTS,
             max_results_per_sec: 1000,
             results_burst: 20_000,
+            enroll_attempts_per_minute: 10,
+            enroll_attempts_burst: 10,
         }
     }
 }
@@ -140,6 +148,7 @@ pub struct Ingest {
     config: QuicConfig,
     tls: Arc<tls::TlsMaterial>,
     crl: revocation::CrlWatch,
+    enrollment: Arc<enroll::Enrollment>,
 }
 
 impl Ingest {
@@ -152,6 +161,13 @@ impl Ingest {
         reset_key: ring::hmac::Key,
         counters: IngestCounters,
     ) -> Result<Ingest, CollectorError> {
+        let enrollment = Arc::new(enroll::Enrollment::new(
+            Authority::load(authority.dir())?,
+            config.enroll_attempts_per_minute,
+            config.enroll_attempts_burst,
+            counters.enrollments.clone(),
+            counters.renewals.clone(),
+        ));
         let tls = Arc::new(tls::TlsMaterial::new(config, authority, counters)?);
         let crl = revocation::CrlWatch::open(authority.dir())?;
         let server_config = tls.server_config(crl.current().map(|l| &l.der))?;
@@ -181,6 +197,7 @@ impl Ingest {
             config: config.clone(),
             tls,
             crl,
+            enrollment,
         })
     }
 
@@ -269,6 +286,7 @@ impl Ingest {
             };
             let context = context.clone();
             let revoked = revoked_rx.clone();
+            let enrollment = self.enrollment.clone();
             let span = tracing::info_span!("agent", %remote, id = tracing::field::Empty);
             sessions.spawn(
                 async move {
@@ -285,7 +303,22 @@ impl Ingest {
                         }
                     };
                     drop(handshake_permit);
-                    session::run(connection, context, revoked).await;
+                    match admit(&connection) {
+                        Admit::Report => {
+                            session::run(connection, context, revoked, enrollment).await
+                        }
+                        Admit::Enroll => enrollment.run(connection, remote, &context.limits).await,
+                        Admit::NoCertificate => {
+                            // What the TLS handshake refused before enrollment existed, refused
+                            // now before a byte of the session is read, and counted the same.
+                            warn!("handshake failed: the client presented no certificate");
+                            context.counters.refused("no_certificate");
+                            connection.close(
+                                quinn::VarInt::from_u32(egresswatch_wire::close::REFUSED),
+                                b"a client certificate is required",
+                            );
+                        }
+                    }
                     drop(source_slot);
                     drop(connection_permit);
                 }
@@ -305,6 +338,40 @@ impl Ingest {
             b"collector shutting down",
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// What a connection that finished its handshake may do.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// A verified agent certificate: the report session.
+    Report,
+    /// The enrollment protocol: present a join token (with or without a certificate).
+    Enroll,
+    /// The report protocol without a certificate: refused.
+    NoCertificate,
+}
+
+fn admit(connection: &quinn::Connection) -> Admit {
+    let alpn = connection
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    if alpn.as_deref() == Some(egresswatch_wire::version::ENROLL_ALPN) {
+        return Admit::Enroll;
+    }
+    // rustls only hands a peer identity out once it verified the chain.
+    let verified = connection
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .is_some_and(|chain| !chain.is_empty());
+    if verified {
+        Admit::Report
+    } else {
+        Admit::NoCertificate
     }
 }
 

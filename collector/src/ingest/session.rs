@@ -48,8 +48,9 @@ pub async fn run(
     connection: quinn::Connection,
     context: Arc<IngestContext>,
     mut revoked: tokio::sync::watch::Receiver<RevokedSerials>,
+    renewals: Arc<super::enroll::Enrollment>,
 ) {
-    let (agent_id, serial) = match identity(&connection) {
+    let (agent_id, serial, validity) = match identity(&connection) {
         Ok(id) => id,
         Err(reason) => {
             context.counters.refused("bad_certificate");
@@ -68,8 +69,13 @@ pub async fn run(
         return;
     }
     context.counters.sessions.inc();
+    let certificate = Certificate {
+        serial: serial.clone(),
+        validity,
+        renewals,
+    };
     let end = tokio::select! {
-        end = serve(&connection, &agent_id, &context) => end,
+        end = serve(&connection, &agent_id, &certificate, &context) => end,
         () = until_revoked(&serial, &mut revoked) => End::Revoked,
     };
     let reason: Vec<u8> = match &end {
@@ -134,8 +140,19 @@ async fn until_revoked(serial: &[u8], revoked: &mut tokio::sync::watch::Receiver
     }
 }
 
-/// The agent id from the verified client certificate's subject CN, and its serial number.
-fn identity(connection: &quinn::Connection) -> Result<(String, Vec<u8>), String> {
+/// The session's certificate, for the welcome and for renewing it.
+struct Certificate {
+    serial: Vec<u8>,
+    /// Not before, not after (Unix seconds).
+    validity: (i64, i64),
+    renewals: Arc<super::enroll::Enrollment>,
+}
+
+/// The agent id from the verified client certificate's subject CN, its serial number and its
+/// validity (Unix seconds).
+type Identity = (String, Vec<u8>, (i64, i64));
+
+fn identity(connection: &quinn::Connection) -> Result<Identity, String> {
     let certs = connection
         .peer_identity()
         .and_then(|any| {
@@ -147,15 +164,28 @@ fn identity(connection: &quinn::Connection) -> Result<(String, Vec<u8>), String>
         .first()
         .ok_or_else(|| "empty client certificate chain".to_string())?;
     let id = crate::ca::agent_id_from_cert(leaf).map_err(|e| e.to_string())?;
-    let serial = x509_parser::parse_x509_certificate(leaf)
-        .map(|(_, cert)| normalise_serial(cert.raw_serial()))
+    let (serial, validity) = x509_parser::parse_x509_certificate(leaf)
+        .map(|(_, cert)| {
+            (
+                normalise_serial(cert.raw_serial()),
+                (
+                    cert.validity().not_before.timestamp(),
+                    cert.validity().not_after.timestamp(),
+                ),
+            )
+        })
         .map_err(|e| format!("client certificate: {e}"))?;
-    Ok((id, serial))
+    Ok((id, serial, validity))
 }
 
 /// The shell around [`Session`]: reads frames, hands them to the session, and carries out
 /// what it decides (store, answer, count, close).
-async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestContext) -> End {
+async fn serve(
+    connection: &quinn::Connection,
+    agent_id: &str,
+    certificate: &Certificate,
+    context: &IngestContext,
+) -> End {
     let (send, recv) = match tokio::time::timeout(HELLO_DEADLINE, connection.accept_bi()).await {
         Err(_) => return End::Protocol("no stream opened within 10 s".into()),
         Ok(Err(e)) => return End::Transport(e.to_string()),
@@ -204,7 +234,8 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
         warn!(status = %status, "agent reports trouble");
     }
     info!(version = %agent.agent_version, provider = %agent.labels.provider, account = %agent.labels.account, acked = high_water, "agent connected");
-    let welcome = session.on_registered(high_water);
+    let mut welcome = session.on_registered(high_water);
+    (welcome.cert_not_before, welcome.cert_not_after) = certificate.validity;
     if let Some(over) = session.started_over() {
         context.counters.spool_restarts.inc();
         warn!(
@@ -292,6 +323,30 @@ async fn serve(connection: &quinn::Connection, agent_id: &str, context: &IngestC
             // A newer agent's message we do not know: skipped, the session goes on.
             Next::Ignore { kind } => {
                 debug!(kind, "ignoring a message of unknown kind");
+                continue;
+            }
+            Next::Renew { csr_der } => {
+                let renewed = certificate
+                    .renewals
+                    .renew(agent_id, &certificate.serial, certificate.validity, csr_der)
+                    .await;
+                if let Err(end) =
+                    write_message(&mut send, &CollectorMessage::Renewed(renewed)).await
+                {
+                    return end;
+                }
+                continue;
+            }
+            Next::RenewRefused { reason } => {
+                certificate.renewals.count_renewal("repeated");
+                warn!("renewal refused: {reason}");
+                let refused = CollectorMessage::Renewed(egresswatch_wire::Renewed {
+                    cert_pem: String::new(),
+                    refused: reason.to_string(),
+                });
+                if let Err(end) = write_message(&mut send, &refused).await {
+                    return end;
+                }
                 continue;
             }
             Next::Close(closing) => return close(context, closing),

@@ -1,7 +1,8 @@
 //! The ingest's mutual TLS: the QUIC server configuration built from the fleet CA, the
 //! collector's certificate and the CA's revocation list, with a client-certificate verifier that
 //! names why a certificate was refused (revoked, expired, wrong usage, another CA...) and counts
-//! it in `/metrics`. The configuration is rebuilt whenever the revocation list changes; the
+//! it in `/metrics`. A certificate is optional at the TLS level so that a new agent can enroll
+//! (a second ALPN); the report protocol refuses any connection without one. The configuration is rebuilt whenever the revocation list changes; the
 //! collector's own certificate is made once and kept.
 
 use super::IngestCounters;
@@ -57,6 +58,10 @@ impl TlsMaterial {
             Arc::new(roots),
             provider.clone(),
         );
+        // A client may come without a certificate, but only to enroll: the ingest refuses a
+        // report session (`egresswatch/1`) without a verified certificate before reading a byte
+        // of it (`ingest::serve`). A certificate that is presented is verified as ever.
+        builder = builder.allow_unauthenticated();
         if let Some(crl) = crl {
             // The list changes only when someone revokes; its next_update is not a deadline.
             builder = builder
@@ -74,9 +79,17 @@ impl TlsMaterial {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| CollectorError::Tls(e.to_string()))?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
+            // The CA goes with the collector's certificate so that an enrolling agent, which has
+            // only the CA's fingerprint from its token, can check the chain against it.
+            .with_single_cert(
+                vec![self.cert.clone(), self.ca.clone()],
+                self.key.clone_key(),
+            )
             .map_err(|e| CollectorError::Tls(format!("server certificate: {e}")))?;
-        tls.alpn_protocols = vec![egresswatch_wire::version::ALPN.to_vec()];
+        tls.alpn_protocols = vec![
+            egresswatch_wire::version::ALPN.to_vec(),
+            egresswatch_wire::version::ENROLL_ALPN.to_vec(),
+        ];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
             .map_err(|e| CollectorError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));

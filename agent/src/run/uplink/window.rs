@@ -52,6 +52,8 @@ pub enum Heard {
     Rejected(String),
     /// The collector asks for a probe: for the schedule to judge and perhaps probe.
     ProbeRequest(ProbeRequest),
+    /// The collector's answer to this agent's `Renew` (wire 1.4).
+    Renewed(egresswatch_wire::Renewed),
     /// Nothing the window acts on (a newer collector's message, a stray welcome).
     Nothing,
 }
@@ -182,6 +184,7 @@ impl Window {
             }
             CollectorMessage::Refusal(r) => Heard::Rejected(r.reason),
             CollectorMessage::ProbeRequest(request) => Heard::ProbeRequest(request),
+            CollectorMessage::Renewed(renewed) => Heard::Renewed(renewed),
             CollectorMessage::Welcome(_) | CollectorMessage::Unknown(_) => Heard::Nothing,
         }
     }
@@ -375,6 +378,7 @@ mod tests {
             collector_version: "x".into(),
             agent_id: "a".into(),
             acked_seq: 99,
+            ..Default::default()
         });
         assert_eq!(window.on_message(welcome, Instant::now()), Heard::Nothing);
         assert_eq!(

@@ -156,6 +156,12 @@ pub enum Next {
     },
     /// A newer agent's message of a kind we do not know: skip it, the session goes on.
     Ignore { kind: u8 },
+    /// The agent asks for a new certificate (wire 1.4): the shell has the CA decide, and
+    /// answers with `Renewed`; the session goes on.
+    Renew { csr_der: Vec<u8> },
+    /// A renewal request over the session's allowance: answer `Renewed` with this refusal
+    /// without asking the CA; the session goes on.
+    RenewRefused { reason: &'static str },
     /// End the session.
     Close(Closing),
 }
@@ -196,7 +202,13 @@ pub struct Session {
     /// What the hello said of the agent's spool: (next seq, new).
     spool_numbering: (u64, bool),
     started_over: Option<StartedOver>,
+    /// Renewal requests this session made (one is answered; see [`Next::Renew`]).
+    renewals_asked: u32,
 }
+
+/// What a second renewal request in one session is told: the agent asks once per session, so
+/// more is a misbehaving agent, and each costs the CA a signature check and a file lock.
+pub const ONE_RENEWAL_PER_SESSION: &str = "one renewal request per session; reconnect to ask again";
 
 impl Session {
     /// A session of the agent whose certificate names it `agent_id`.
@@ -207,6 +219,7 @@ impl Session {
             state: State::AwaitingHello,
             spool_numbering: (0, false),
             started_over: None,
+            renewals_asked: 0,
         }
     }
 
@@ -295,6 +308,8 @@ impl Session {
             collector_version: env!("CARGO_PKG_VERSION").to_string(),
             agent_id: self.agent_id.clone(),
             acked_seq: high_water,
+            // The certificate's validity is the shell's to fill in (it read the certificate).
+            ..Welcome::default()
         }
     }
 
@@ -314,6 +329,18 @@ impl Session {
                 "a second hello on the same session".into(),
             )),
             Ok(AgentMessage::Unknown(kind)) => Next::Ignore { kind },
+            Ok(AgentMessage::Renew(renew)) => {
+                self.renewals_asked = self.renewals_asked.saturating_add(1);
+                if self.renewals_asked > 1 {
+                    Next::RenewRefused {
+                        reason: ONE_RENEWAL_PER_SESSION,
+                    }
+                } else {
+                    Next::Renew {
+                        csr_der: renew.csr_der,
+                    }
+                }
+            }
             Err(e) => Next::Close(self.on_bad_frame(e)),
         }
     }
@@ -445,6 +472,7 @@ fn kind_name(message: &AgentMessage) -> &'static str {
     match message {
         AgentMessage::Hello(_) => "hello",
         AgentMessage::Batch(_) => "batch",
+        AgentMessage::Renew(_) => "renew",
         AgentMessage::Unknown(_) => "an unknown message",
     }
 }
@@ -1001,5 +1029,26 @@ mod tests {
             Some(close::SHUTDOWN)
         );
         assert_eq!(End::Transport(String::new()).close_code(), None);
+    }
+
+    #[test]
+    fn one_renewal_request_per_session_reaches_the_ca() {
+        let mut session = Session::new("vm-1", 100);
+        let renew = || {
+            Ok(AgentMessage::Renew(egresswatch_wire::Renew {
+                csr_der: vec![1, 2, 3],
+            }))
+        };
+        assert!(
+            matches!(session.on_frame(renew()), Next::Renew { csr_der } if csr_der == [1, 2, 3])
+        );
+        for _ in 0..3 {
+            assert!(matches!(
+                session.on_frame(renew()),
+                Next::RenewRefused {
+                    reason: ONE_RENEWAL_PER_SESSION
+                }
+            ));
+        }
     }
 }
