@@ -206,7 +206,7 @@ install_agent() {
     in_tree "$root" dpkg -i "/tmp/pkg/$(basename "$(deb egresswatch-agent)")" || return 1
     in_tree "$root" dpkg-query -W -f='${Status} ${Version}\n' egresswatch-agent
     in_tree "$root" getent passwd egresswatch-agent | grep -q ':/nonexistent:' || { echo "no system user"; return 1; }
-    [ "$(in_tree "$root" stat -c '%a %U %G' /etc/egresswatch-agent)" = "750 root egresswatch-agent" ] || return 1
+    [ "$(in_tree "$root" stat -c '%a %U %G' /etc/egresswatch-agent)" = "770 root egresswatch-agent" ] || return 1
     [ -f "$root/usr/lib/systemd/system/egresswatch-agent.service" ] || { echo "no unit"; return 1; }
     local enabled
     enabled=$(systemctl --root="$root" is-enabled egresswatch-agent.service 2>&1)
