@@ -64,6 +64,26 @@ fn start(bin: &Path, dir: &Path) -> Result<Collector> {
     })
 }
 
+/// CPU seconds (user + system) the process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which may hold spaces, closed by the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    // utime and stime are fields 14 and 15 of stat; 12 and 13 after the name and state.
+    (ticks(11) + ticks(12)) / hz
+}
+
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
@@ -128,7 +148,7 @@ async fn ingest_rate(
     batches: u64,
     per_batch: u64,
     window: u64,
-) -> Result<(f64, u64, u64)> {
+) -> Result<(f64, u64, u64, f64)> {
     let dir = tempfile::tempdir()?;
     let collector = start(bin, dir.path())?;
     let creds = issue(bin, dir.path(), "bench")?;
@@ -158,6 +178,7 @@ async fn ingest_rate(
     }
     let base = now_ms();
     let started = Instant::now();
+    let cpu_before = cpu_secs(collector.child.id());
     let mut tasks = tokio::task::JoinSet::new();
     for mut a in sessions {
         tasks.spawn(async move {
@@ -191,11 +212,19 @@ async fn ingest_rate(
         total += done??;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    // A second for the hub to finish following what was acked, then its CPU for all of it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu = cpu_secs(collector.child.id()) - cpu_before;
     // Acks promise durability: kill the collector outright and count what the database holds.
     drop(collector);
     let db = rusqlite::Connection::open(dir.path().join("data/egresswatch.db"))?;
     let rows: u64 = db.query_row("SELECT count(*) FROM results", [], |row| row.get(0))?;
-    Ok((total as f64 / elapsed, total, rows))
+    Ok((
+        total as f64 / elapsed,
+        total,
+        rows,
+        cpu * 1000.0 / total.max(1) as f64,
+    ))
 }
 
 async fn connection_memory(bin: &Path, connections: usize) -> Result<(u64, u64, u64, f64, u64)> {
@@ -263,8 +292,9 @@ async fn main() -> Result<()> {
         println!("| bytes per result, compact MessagePack batch of {count} (whole frame) | {compact:.1} |");
         println!("| bytes per result, JSON of the same {count} results | {json:.1} |");
     }
-    let (rate, total, rows) = ingest_rate(&bin, 100, 20, 500, 4).await?;
+    let (rate, total, rows, cpu_per_1000) = ingest_rate(&bin, 100, 20, 500, 4).await?;
     println!("| ingest rate, 100 agents over QUIC (4 batches of 500 in flight each), SQLite (synchronous=FULL, WAL) | {rate:.0} results/s ({total} acked, {rows} rows in SQLite after SIGKILL) |");
+    println!("| collector CPU per 1,000 results while ingesting them (user + system, hub included) | {cpu_per_1000:.4} s |");
     for n in counts {
         match connection_memory(&bin, n).await {
             Ok((idle, rss, hwm, setup, dropped)) => println!(
