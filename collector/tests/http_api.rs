@@ -52,7 +52,7 @@ fn feed(s: &Server, a: &AgentMeta) {
         .insert_results(&a.agent_id, results(1, now), true.into(), now)
         .unwrap();
     s.fleet
-        .observe_feed(&FeedItem::of_batch(a, &stored, true, now));
+        .observe_feed(FeedItem::of_batch(a, &stored, true, now));
 }
 
 fn assert_security_headers(resp: &reqwest::Response) {

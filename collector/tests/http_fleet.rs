@@ -85,7 +85,7 @@ async fn one_account_closing_587_is_one_event_everywhere() {
             let (_, stored) = store
                 .insert_results(&a.agent_id, results, true.into(), now)
                 .unwrap();
-            fleet.observe_feed(&FeedItem::of_batch(a, &stored, true, now));
+            fleet.observe_feed(FeedItem::of_batch(a, &stored, true, now));
         }
         for s in 1..=60 {
             fleet.tick(now + s * 1000);

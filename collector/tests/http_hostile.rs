@@ -324,7 +324,7 @@ fn feed_matrix(s: &support::http::Server) {
             .insert_results(&id, results, true.into(), now)
             .unwrap();
         s.fleet
-            .observe_feed(&FeedItem::of_batch(&meta, &stored, true, now));
+            .observe_feed(FeedItem::of_batch(&meta, &stored, true, now));
     }
 }
 

@@ -40,7 +40,7 @@ fn feed(s: &Server, a: &AgentMeta, probes: &[(&str, u16, Outcome)]) {
         .insert_results(&a.agent_id, results, true.into(), now)
         .unwrap();
     s.fleet
-        .observe_feed(&FeedItem::of_batch(a, &stored, true, now));
+        .observe_feed(FeedItem::of_batch(a, &stored, true, now));
 }
 
 #[tokio::test]

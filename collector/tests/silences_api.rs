@@ -244,7 +244,7 @@ async fn a_silence_reports_how_many_current_cells_it_covers() {
             .insert_results(id, results_on(&[25, 587], now), true.into(), now)
             .unwrap();
         s.fleet
-            .observe_feed(&FeedItem::of_batch(&meta, &stored, true, now));
+            .observe_feed(FeedItem::of_batch(&meta, &stored, true, now));
     }
     let c = reqwest::Client::new();
     let cells = |matcher: Value| {

@@ -213,8 +213,8 @@ impl Round {
             let batch = store.feed_after(&cursor, FEED_BATCH)?;
             let read = batch.items.len();
             self.counters.feed_results.inc_by(read as u64);
-            self.fleet.observe_feed(&batch.items);
             self.cursor = Some(batch.next);
+            self.fleet.observe_feed(batch.items);
             if read < FEED_BATCH {
                 break;
             }

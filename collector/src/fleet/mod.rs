@@ -220,33 +220,30 @@ impl Fleet {
     /// Results any collector stored, in the feed's order (the one way results reach the hub,
     /// whatever the store: see [`crate::cluster`]'s follower). Every collector's matrix
     /// takes them; the leader's detector and fan-out too.
-    pub fn observe_feed(&self, items: &[FeedItem]) {
+    pub fn observe_feed(&self, items: Vec<FeedItem>) {
         if items.is_empty() {
             return;
         }
-        let mut start = 0;
-        while start < items.len() {
-            let agent = &items[start].agent;
-            let (clock_trusted, received) =
-                (items[start].clock_trusted, items[start].received_unix_ms);
-            let mut end = start + 1;
-            while end < items.len()
-                && items[end].agent.agent_id == agent.agent_id
-                && items[end].clock_trusted == clock_trusted
-                && items[end].received_unix_ms == received
-            {
-                end += 1;
+        let mut items = items.into_iter().peekable();
+        // One commit of one agent at a time: consecutive items alike in who and when.
+        while let Some(first) = items.next() {
+            let (agent, clock_trusted, received) =
+                (first.agent, first.clock_trusted, first.received_unix_ms);
+            let mut results = vec![first.result];
+            while let Some(next) = items.next_if(|i| {
+                i.agent.agent_id == agent.agent_id
+                    && i.clock_trusted == clock_trusted
+                    && i.received_unix_ms == received
+            }) {
+                results.push(next.result);
             }
-            let results: Vec<ProbeResult> =
-                items[start..end].iter().map(|i| i.result.clone()).collect();
-            self.record_in_matrix(agent, &results, clock_trusted, received);
+            self.record_in_matrix(&agent, &results, clock_trusted, received);
             if self.leads() {
                 let fresh = self.not_yet_fed(&agent.agent_id, results);
                 if !fresh.is_empty() {
-                    self.detect(agent, &fresh, clock_trusted, received);
+                    self.detect(&agent, &fresh, clock_trusted, received);
                 }
             }
-            start = end;
         }
         self.matrix_may_have_changed();
     }

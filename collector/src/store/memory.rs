@@ -516,6 +516,7 @@ impl OwnTail for MemoryStore {
             let Some((agent, _)) = inner.agents.get(agent_id) else {
                 continue;
             };
+            let agent = Arc::new(agent.clone());
             for r in results.values().filter(|r| r.at_unix_ms >= since_unix_ms) {
                 out.push(FeedItem {
                     agent: agent.clone(),

@@ -22,6 +22,7 @@ use crate::events::Event;
 use crate::identity::AgentMeta;
 use egresswatch_wire::ProbeResult;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A position in the feed of stored results, in commit order. Opaque to callers: a store hands
@@ -37,7 +38,8 @@ pub struct FeedCursor {
 /// One stored result as every collector sees it: whose, and how to time it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedItem {
-    pub agent: AgentMeta,
+    /// Shared by the items of one commit (one agent's labels, not a copy per result).
+    pub agent: Arc<AgentMeta>,
     pub result: ProbeResult,
     pub clock_trusted: bool,
     /// When the collector that stored it received it, Unix ms.
@@ -52,6 +54,7 @@ impl FeedItem {
         clock_trusted: bool,
         received_unix_ms: i64,
     ) -> Vec<FeedItem> {
+        let agent = Arc::new(agent.clone());
         results
             .iter()
             .map(|result| FeedItem {

@@ -48,7 +48,7 @@ struct State {
     /// (number, item), oldest first: what the follower has not read past yet.
     items: VecDeque<(i64, FeedItem)>,
     /// Each agent's labels, from its latest hello.
-    agents: HashMap<String, AgentMeta>,
+    agents: HashMap<String, Arc<AgentMeta>>,
     /// What a listener has not been told yet.
     news: Vec<News>,
     heartbeat: Option<CollectorRow>,
@@ -69,7 +69,7 @@ impl Tail {
     pub fn agent(&self, agent: &AgentMeta) {
         self.state()
             .agents
-            .insert(agent.agent_id.clone(), agent.clone());
+            .insert(agent.agent_id.clone(), Arc::new(agent.clone()));
     }
 
     /// Appends what one commit stored for `agent_id`, placed on the collector's clock
@@ -93,15 +93,13 @@ impl Tail {
         }
         let mut placed = results.to_vec();
         let clock_trusted = clock.place(&mut placed, received_unix_ms);
-        let agent = state
-            .agents
-            .get(agent_id)
-            .cloned()
-            .unwrap_or_else(|| AgentMeta {
+        let agent = state.agents.get(agent_id).cloned().unwrap_or_else(|| {
+            Arc::new(AgentMeta {
                 agent_id: agent_id.to_string(),
                 labels: Labels::default(),
                 agent_version: String::new(),
-            });
+            })
+        });
         for result in placed {
             state.next += 1;
             let n = state.next;
@@ -152,24 +150,19 @@ impl Tail {
         }
     }
 
-    /// What was appended after `cursor`, at most `limit`; what lies at or before it is dropped
-    /// (the one reader has passed it).
+    /// What was appended after `cursor`, at most `limit`, handed over: the tail has one reader,
+    /// and what it read it does not read again (what lies at or before `cursor` is dropped too).
     pub fn after(&self, cursor: &FeedCursor, limit: usize) -> FeedBatch {
         let mut state = self.state();
         while state.items.front().is_some_and(|(n, _)| *n <= cursor.row) {
             state.items.pop_front();
         }
         let taken = state.items.len().min(limit);
-        let items: Vec<FeedItem> = state
-            .items
-            .iter()
-            .take(taken)
-            .map(|(_, item)| item.clone())
-            .collect();
         let last = match taken {
             0 => cursor.row.max(0),
             n => state.items[n - 1].0,
         };
+        let items: Vec<FeedItem> = state.items.drain(..taken).map(|(_, item)| item).collect();
         FeedBatch {
             items,
             next: FeedCursor { xact: 0, row: last },

@@ -47,7 +47,7 @@ fn feed_item(row: &Row) -> Result<(i64, i64, FeedItem), CollectorError> {
         row.try_get(0).map_err(get_err)?,
         row.try_get(1).map_err(get_err)?,
         FeedItem {
-            agent: meta_of(row, 2)?,
+            agent: std::sync::Arc::new(meta_of(row, 2)?),
             result: record_of(row, 8)?,
             clock_trusted: row.try_get(9).map_err(get_err)?,
             received_unix_ms: row.try_get(10).map_err(get_err)?,

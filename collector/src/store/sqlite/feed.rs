@@ -45,7 +45,7 @@ impl OwnTail for SqliteStore {
             let (agent, record, clock_trusted, received_unix_ms) =
                 row.map_err(|e| db_err("reading recent results", e))?;
             out.push(FeedItem {
-                agent,
+                agent: Arc::new(agent),
                 result: decode(&record)?,
                 clock_trusted,
                 received_unix_ms,
