@@ -8,9 +8,8 @@
 //! ([`super::nameserver`]) and their response code names the failure. A failure that came back
 //! before the deadline is never called `timeout`.
 
-use super::nameserver::{Nameservers, Rcode, Reply};
+use super::nameserver::{Nameservers, Rcode, RecordType, Reply};
 use egresswatch_wire::{DnsFailure, Family};
-use hickory_resolver::proto::rr::RecordType;
 use std::ffi::{CStr, CString};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -141,8 +140,9 @@ fn reading(gai: &GaiFailure, asked: Asked, elapsed: Duration) -> ResolveError {
             ),
         ),
         Reply::Negative(other) => failed(DnsFailure::Other, said(other)),
-        // glibc got something back at once (a reply, or ICMP port unreachable on its connected
-        // socket, which the second question's socket cannot see): not silence.
+        // glibc got something back at once (a reply, or ICMP port unreachable) that our own
+        // question did not get (a closed port shows as `Unusable`, below, when the ICMP error
+        // reaches us too): not silence.
         Reply::Silent if gai.took < GLIBC_MIN_TIMEOUT => failed(
             DnsFailure::Other,
             format!(

@@ -46,7 +46,8 @@ pub struct AgentConfig {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// A tracing filter (`info`, `debug`, `info,egresswatch_agent=debug`, …). Unset: `RUST_LOG`,
+    /// `LEVEL` or `TARGET=LEVEL` directives, comma-separated (`info`, `debug`,
+    /// `info,egresswatch_agent=debug`, …; no span or field filters). Unset: `RUST_LOG`,
     /// else `info`. `RUST_LOG`, when set, wins over this.
     pub level: Option<String>,
 }
@@ -488,7 +489,7 @@ impl AgentConfig {
             ));
         }
         if let Some(level) = &self.log.level {
-            tracing_subscriber::EnvFilter::try_new(level)
+            crate::run::logging::parse_filter(level)
                 .map_err(|e| bad(format!("log.level {level:?}: {e}")))?;
         }
         Ok(self)

@@ -115,7 +115,7 @@ struct Slots {
 
 impl Slots {
     fn new(seed: u64, interval: Duration, origin: tokio::time::Instant) -> Slots {
-        let phase = interval.mul_f64(StdRng::seed_from_u64(seed).gen_range(0.0..1.0));
+        let phase = interval.mul_f64(StdRng::seed_from_u64(seed).random_range(0.0..1.0));
         Slots {
             origin: origin + phase,
             interval,
@@ -130,7 +130,7 @@ impl Slots {
             return self.origin;
         }
         let mut rng = StdRng::seed_from_u64(self.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let jitter: f64 = rng.gen_range(-0.1..0.1);
+        let jitter: f64 = rng.random_range(-0.1..0.1);
         self.origin + self.interval.mul_f64(n as f64 + jitter)
     }
 
@@ -189,7 +189,7 @@ pub async fn run(
     let mut running: HashMap<SeriesKey, AbortHandle> = HashMap::new();
     let mut configured = configured_of(&first);
     let mut plan = first;
-    let schedule_seed: u64 = rand::thread_rng().gen();
+    let schedule_seed: u64 = rand::rng().random();
     loop {
         let wanted = series_of(&plan);
         let origin = tokio::time::Instant::now();

@@ -246,7 +246,7 @@ impl Rotation {
 /// come back together.
 pub fn jitter(d: Duration) -> Duration {
     use rand::Rng;
-    let factor = rand::thread_rng().gen_range(0.5..1.0);
+    let factor = rand::rng().random_range(0.5..1.0);
     d.mul_f64(factor)
 }
 
