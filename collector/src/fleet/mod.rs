@@ -562,24 +562,23 @@ impl Fleet {
     fn record_events(&self, events: Vec<Event>) {
         for mut e in events {
             e.silenced_by = self.alerts.silenced_by(&e);
-            for planned in self.alerts.plan(&e) {
-                let deliveries = planned
-                    .notices
-                    .iter()
-                    .filter_map(|r| {
-                        r.notice.to_json().ok().map(|notice_json| NewDelivery {
-                            sink: r.sink.clone(),
-                            notice_json,
-                        })
+            let planned = self.alerts.plan(e);
+            let deliveries = planned
+                .notices
+                .iter()
+                .filter_map(|r| {
+                    r.notice.to_json().ok().map(|notice_json| NewDelivery {
+                        sink: r.sink.clone(),
+                        notice_json,
                     })
-                    .collect();
-                let key = event_key(&planned.event);
-                self.record_one(lead::Unrecorded {
-                    event: planned.event,
-                    key,
-                    deliveries,
-                });
-            }
+                })
+                .collect();
+            let key = event_key(&planned.event);
+            self.record_one(lead::Unrecorded {
+                event: planned.event,
+                key,
+                deliveries,
+            });
         }
     }
 
