@@ -74,12 +74,13 @@ impl Tail {
 
     /// Appends what one commit stored for `agent_id`, placed on the collector's clock
     /// ([`BatchClock::place`]: the store keeps the agent's own timestamps, the hub orders by
-    /// ours), and wakes the listener. An agent that never said hello to this store is taken with
-    /// its id alone (the memory store's tests do that).
+    /// ours), and wakes the listener. The results are taken, not copied: the store has no more
+    /// use for them. An agent that never said hello to this store is taken with its id alone
+    /// (the memory store's tests do that).
     pub fn committed(
         &self,
         agent_id: &str,
-        results: &[ProbeResult],
+        mut results: Vec<ProbeResult>,
         clock: BatchClock,
         received_unix_ms: i64,
     ) {
@@ -91,8 +92,7 @@ impl Tail {
             state.next += results.len() as i64;
             return;
         }
-        let mut placed = results.to_vec();
-        let clock_trusted = clock.place(&mut placed, received_unix_ms);
+        let clock_trusted = clock.place(&mut results, received_unix_ms);
         let agent = state.agents.get(agent_id).cloned().unwrap_or_else(|| {
             Arc::new(AgentMeta {
                 agent_id: agent_id.to_string(),
@@ -100,7 +100,7 @@ impl Tail {
                 agent_version: String::new(),
             })
         });
-        for result in placed {
+        for result in results {
             state.next += 1;
             let n = state.next;
             state.items.push_back((
@@ -333,8 +333,8 @@ mod tests {
             labels: Labels::default(),
             agent_version: "t".into(),
         });
-        tail.committed("a1", &[result(1), result(2)], true.into(), 10);
-        tail.committed("a1", &[result(3)], false.into(), 20);
+        tail.committed("a1", vec![result(1), result(2)], true.into(), 10);
+        tail.committed("a1", vec![result(3)], false.into(), 20);
         let first = tail.after(&start, 2);
         assert_eq!(
             first.items.iter().map(|i| i.result.seq).collect::<Vec<_>>(),
@@ -353,11 +353,11 @@ mod tests {
     #[test]
     fn nothing_is_kept_before_a_reader_asks_for_the_head() {
         let tail = Tail::new();
-        tail.committed("a", &[result(1), result(2)], true.into(), 1);
+        tail.committed("a", vec![result(1), result(2)], true.into(), 1);
         assert!(tail.state().items.is_empty());
         let head = tail.head();
         assert_eq!(head.row, 2);
-        tail.committed("a", &[result(3)], true.into(), 2);
+        tail.committed("a", vec![result(3)], true.into(), 2);
         let read = tail.after(&head, 10);
         assert_eq!(read.items.len(), 1);
         assert_eq!(read.items[0].result.seq, 3);
@@ -375,7 +375,7 @@ mod tests {
             trusted: false,
             sent_unix_ms: sent,
         };
-        tail.committed("a", &[r], clock, 10_000_000);
+        tail.committed("a", vec![r], clock, 10_000_000);
         let read = tail.after(&head, 10);
         assert!(read.items[0].clock_trusted);
         assert_eq!(read.items[0].result.at_unix_ms, 10_000_000 - 5_000);
@@ -387,7 +387,7 @@ mod tests {
         tail.head();
         let mut listener = tail.listen();
         let writer = tail.clone();
-        let t = std::thread::spawn(move || writer.committed("a", &[result(1)], true.into(), 1));
+        let t = std::thread::spawn(move || writer.committed("a", vec![result(1)], true.into(), 1));
         let news = listener.wait(Duration::from_secs(5)).unwrap();
         t.join().unwrap();
         assert_eq!(news, vec![News::Results]);
