@@ -5,7 +5,7 @@
 //! ([`crate::history`]) held in maps.
 
 use super::shared::{notice_with_id, Delivery, DeliveryOutcome, FeedItem, Leadership, NewDelivery};
-use super::tail::{OwnTail, Tail};
+use super::tail::{Commit, OwnTail, Tail};
 use super::{
     BatchClock, EventStore, HistoryStore, InsertReport, Inspect, ResultStore, Store, StoredEvent,
 };
@@ -310,7 +310,12 @@ impl ResultStore for MemoryStore {
             }
         }
         // Under the store's lock: the feed is in the order the results were stored.
-        self.tail.committed(agent_id, fresh, clock, now_unix_ms);
+        self.tail.committed([Commit {
+            agent_id,
+            results: fresh,
+            clock,
+            received_unix_ms: now_unix_ms,
+        }]);
         Ok(report)
     }
 

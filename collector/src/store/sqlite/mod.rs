@@ -25,7 +25,7 @@ use crate::events::Event;
 use crate::history::{Derived, Rollup, Selector, SeriesInterval, Tier};
 use crate::identity::AgentMeta;
 use crate::store::group_commit::{GroupWriter, InsertRequest};
-use crate::store::tail::Tail;
+use crate::store::tail::{Commit, Tail};
 use crate::store::{
     EventStore, HistoryStore, InsertReport, Inspect, ResultStore, Store, StoredEvent,
 };
@@ -114,11 +114,14 @@ impl SqliteStore {
                 })?;
             // In commit order, before any sender hears its results are stored; the new results
             // move on to the feed, only the reports go back to the senders.
-            let mut reports = Vec::with_capacity(outcomes.len());
-            for (request, (report, fresh)) in group.iter().zip(outcomes) {
-                committed.committed(&request.agent_id, fresh, request.clock, request.now_unix_ms);
-                reports.push(report);
-            }
+            let (reports, fresh): (Vec<InsertReport>, Vec<Vec<ProbeResult>>) =
+                outcomes.into_iter().unzip();
+            committed.committed(group.iter().zip(fresh).map(|(request, results)| Commit {
+                agent_id: &request.agent_id,
+                results,
+                clock: request.clock,
+                received_unix_ms: request.now_unix_ms,
+            }));
             Ok(reports)
         })?;
         Ok(SqliteStore {
