@@ -230,8 +230,9 @@ impl Fleet {
             let (agent, clock_trusted, received) =
                 (first.agent, first.clock_trusted, first.received_unix_ms);
             let mut results = vec![first.result];
+            // One commit's items share their agent's `Arc`: comparing pointers settles most.
             while let Some(next) = items.next_if(|i| {
-                i.agent.agent_id == agent.agent_id
+                (Arc::ptr_eq(&i.agent, &agent) || i.agent.agent_id == agent.agent_id)
                     && i.clock_trusted == clock_trusted
                     && i.received_unix_ms == received
             }) {
@@ -251,10 +252,16 @@ impl Fleet {
     /// Drops the results the detector was already fed (by a rebuild's replay).
     fn not_yet_fed(&self, agent_id: &str, results: Vec<ProbeResult>) -> Vec<ProbeResult> {
         let mut fed = lock(&self.lead.fed);
-        let mark = fed.entry(agent_id.to_string()).or_insert(0);
-        let fresh: Vec<ProbeResult> = results.into_iter().filter(|r| r.seq > *mark).collect();
+        let mark = fed.get(agent_id).copied().unwrap_or(0);
+        let fresh: Vec<ProbeResult> = results.into_iter().filter(|r| r.seq > mark).collect();
         if let Some(last) = fresh.iter().map(|r| r.seq).max() {
-            *mark = last;
+            // Looked up first: the agent's id is copied once, not at every commit.
+            match fed.get_mut(agent_id) {
+                Some(mark) => *mark = last,
+                None => {
+                    fed.insert(agent_id.to_string(), last);
+                }
+            }
         }
         fresh
     }
