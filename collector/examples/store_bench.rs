@@ -154,7 +154,7 @@ fn ingest(
                 handles.push(s.spawn(move || -> Result<u64> {
                     let mut n = 0;
                     for (i, batch) in part {
-                        let (report, _) = store.insert_results(
+                        let report = store.insert_results(
                             &metas[*i].agent_id,
                             batch.clone(),
                             true.into(),

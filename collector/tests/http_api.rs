@@ -47,12 +47,15 @@ fn feed(s: &Server, a: &AgentMeta) {
     let now = now_unix_ms();
     s.store.upsert_agent(a, now).unwrap();
     s.fleet.agent_connected(a, now);
-    let (_, stored) = s
+    // All new: the feed would carry each of them, as the hub gets them here.
+    let sent = results(1, now);
+    let items = FeedItem::of_batch(a, &sent, true, now);
+    let report = s
         .store
-        .insert_results(&a.agent_id, results(1, now), true.into(), now)
+        .insert_results(&a.agent_id, sent, true.into(), now)
         .unwrap();
-    s.fleet
-        .observe_feed(FeedItem::of_batch(a, &stored, true, now));
+    assert_eq!(report.accepted as usize, items.len());
+    s.fleet.observe_feed(items);
 }
 
 fn assert_security_headers(resp: &reqwest::Response) {

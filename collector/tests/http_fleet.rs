@@ -82,10 +82,12 @@ async fn one_account_closing_587_is_one_event_everywhere() {
                     }
                 })
                 .collect();
-            let (_, stored) = store
+            let items = FeedItem::of_batch(a, &results, true, now);
+            let report = store
                 .insert_results(&a.agent_id, results, true.into(), now)
                 .unwrap();
-            fleet.observe_feed(FeedItem::of_batch(a, &stored, true, now));
+            assert_eq!(report.accepted as usize, items.len());
+            fleet.observe_feed(items);
         }
         for s in 1..=60 {
             fleet.tick(now + s * 1000);

@@ -306,7 +306,7 @@ fn feed_matrix(s: &support::http::Server) {
         let id = format!("a{i}");
         let meta = support::agent_meta(&id, "gcp", &format!("acct-{}", i % 10));
         s.store.upsert_agent(&meta, now).unwrap();
-        let results = [25u16, 465, 587, 2525, 443]
+        let results: Vec<_> = [25u16, 465, 587, 2525, 443]
             .iter()
             .enumerate()
             .map(|(n, port)| egresswatch_wire::ProbeResult {
@@ -319,12 +319,13 @@ fn feed_matrix(s: &support::http::Server) {
                 ..Default::default()
             })
             .collect();
-        let (_, stored) = s
+        let items = FeedItem::of_batch(&meta, &results, true, now);
+        let report = s
             .store
             .insert_results(&id, results, true.into(), now)
             .unwrap();
-        s.fleet
-            .observe_feed(FeedItem::of_batch(&meta, &stored, true, now));
+        assert_eq!(report.accepted as usize, items.len());
+        s.fleet.observe_feed(items);
     }
 }
 

@@ -35,12 +35,14 @@ fn feed(s: &Server, a: &AgentMeta, probes: &[(&str, u16, Outcome)]) {
     }
     s.store.upsert_agent(a, now).unwrap();
     s.fleet.agent_connected(a, now);
-    let (_, stored) = s
+    // All new: the feed would carry each of them, as the hub gets them here.
+    let items = FeedItem::of_batch(a, &results, true, now);
+    let report = s
         .store
         .insert_results(&a.agent_id, results, true.into(), now)
         .unwrap();
-    s.fleet
-        .observe_feed(FeedItem::of_batch(a, &stored, true, now));
+    assert_eq!(report.accepted as usize, items.len());
+    s.fleet.observe_feed(items);
 }
 
 #[tokio::test]

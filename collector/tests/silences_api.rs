@@ -239,12 +239,11 @@ async fn a_silence_reports_how_many_current_cells_it_covers() {
     for (id, account) in [("g1", "acct-a"), ("g2", "acct-b")] {
         let meta = support::agent_meta(id, "gcp", account);
         s.store.upsert_agent(&meta, now).unwrap();
-        let (_, stored) = s
-            .store
-            .insert_results(id, results_on(&[25, 587], now), true.into(), now)
-            .unwrap();
-        s.fleet
-            .observe_feed(FeedItem::of_batch(&meta, &stored, true, now));
+        let sent = results_on(&[25, 587], now);
+        let items = FeedItem::of_batch(&meta, &sent, true, now);
+        let report = s.store.insert_results(id, sent, true.into(), now).unwrap();
+        assert_eq!(report.accepted as usize, items.len());
+        s.fleet.observe_feed(items);
     }
     let c = reqwest::Client::new();
     let cells = |matcher: Value| {

@@ -216,16 +216,14 @@ impl Alerts {
 
     /// Routes one event to every sink whose rule admits it. Never waits on a sink.
     pub fn enqueue(&self, event: &Event) {
-        for planned in self.plan(event) {
-            for routed in planned.notices {
-                let sink = routed.sink.clone();
-                if let Err(e) = self.dispatch(&routed.sink, routed.notice, None) {
-                    self.counters
-                        .dropped
-                        .get_or_create(&sink_label(&sink))
-                        .inc();
-                    tracing::warn!(sink = %sink, "alert queue full, event dropped: {e:?}");
-                }
+        for routed in self.route(event) {
+            let sink = routed.sink.clone();
+            if let Err(e) = self.dispatch(&routed.sink, routed.notice, None) {
+                self.counters
+                    .dropped
+                    .get_or_create(&sink_label(&sink))
+                    .inc();
+                tracing::warn!(sink = %sink, "alert queue full, event dropped: {e:?}");
             }
         }
     }
@@ -234,11 +232,9 @@ impl Alerts {
     /// owed after rules, silences, dedupe and the flapping gate. Those decisions keep state: plan
     /// each event once. A collector that records deliveries in an outbox sends them later with
     /// [`Alerts::dispatch`]; [`Alerts::enqueue`] sends at once.
-    pub fn plan(&self, event: &Event) -> Vec<Planned> {
-        vec![Planned {
-            event: event.clone(),
-            notices: self.route(event),
-        }]
+    pub fn plan(&self, event: Event) -> Planned {
+        let notices = self.route(&event);
+        Planned { event, notices }
     }
 
     /// Queues `notice` for the sink named `sink`, never waiting; `done` hears whether it was

@@ -35,7 +35,6 @@ const LEAD_EVERY: Duration = Duration::from_secs(1);
 /// The running follower. Dropping it does not stop it: call [`Follower::stop`].
 pub struct Follower {
     stop: Arc<AtomicBool>,
-    stopped: tokio::sync::watch::Receiver<bool>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -50,7 +49,6 @@ impl Follower {
         counters: ClusterCounters,
     ) -> Result<Follower, CollectorError> {
         let stop = Arc::new(AtomicBool::new(false));
-        let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
         // A store of its own granted the lease with the hub: this collector leads from the start.
         counters.leader.set(i64::from(fleet.leads()));
         let mut round = Round {
@@ -78,22 +76,12 @@ impl Follower {
                 }
                 round.fleet.step_down();
                 round.counters.leader.set(0);
-                let _ = stopped_tx.send(true);
             })
             .map_err(|e| CollectorError::io("starting the cluster follower", e))?;
         Ok(Follower {
             stop,
-            stopped,
             thread: Some(thread),
         })
-    }
-
-    /// Resolves once the follower has stopped.
-    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.stopped.clone();
-        async move {
-            let _ = rx.wait_for(|stopped| *stopped).await;
-        }
     }
 
     /// Gives up the lead (the lock is released with its session) and ends the thread.
@@ -157,16 +145,15 @@ impl Round {
     }
 
     fn step(&mut self) -> Result<(), CollectorError> {
-        let store = self.store.clone();
         // Subscribe before reading the head, so nothing committed in between goes unnoticed.
         if self.listener.is_none() {
-            self.listener = Some(store.listen()?);
+            self.listener = Some(self.store.listen()?);
         }
         if self.cursor.is_none() {
-            self.cursor = Some(store.feed_head()?);
+            self.cursor = Some(self.store.feed_head()?);
         }
         if self.last_event.is_none() {
-            self.last_event = Some(store.last_event_id()?);
+            self.last_event = Some(self.store.last_event_id()?);
         }
         let news = match self.listener.as_mut() {
             Some(listener) => listener.wait(WAIT)?,
@@ -204,13 +191,12 @@ impl Round {
     }
 
     fn read_feed(&mut self) -> Result<(), CollectorError> {
-        let store = self.store.clone();
         // Bounded: a collector far behind catches up over a few rounds, not in one.
         for _ in 0..50 {
-            let Some(cursor) = self.cursor.clone() else {
+            let Some(cursor) = self.cursor.as_ref() else {
                 return Ok(());
             };
-            let batch = store.feed_after(&cursor, FEED_BATCH)?;
+            let batch = self.store.feed_after(cursor, FEED_BATCH)?;
             let read = batch.items.len();
             self.counters.feed_results.inc_by(read as u64);
             self.cursor = Some(batch.next);
@@ -225,9 +211,8 @@ impl Round {
     /// The events the leader recorded since the last round, for this collector's stream. The
     /// leader streams its own as it records them.
     fn forward_events(&mut self) -> Result<(), CollectorError> {
-        let store = self.store.clone();
         let after = self.last_event.unwrap_or(0);
-        let events = store.events_after(after, EVENTS_BATCH)?;
+        let events = self.store.events_after(after, EVENTS_BATCH)?;
         let leads = self.fleet.leads();
         for stored in events {
             self.last_event = Some(stored.id.max(self.last_event.unwrap_or(0)));
@@ -258,8 +243,7 @@ impl Round {
             }
             return Ok(());
         }
-        let store = self.store.clone();
-        let Some(lease) = store.try_lead(&self.id)? else {
+        let Some(lease) = self.store.try_lead(&self.id)? else {
             return Ok(());
         };
         let started = Instant::now();
@@ -267,7 +251,7 @@ impl Round {
         let since = now - (self.config.replay_secs as i64).saturating_mul(1000);
         // Everything stored up to now is in the replay; the feed goes on after it, and the hub
         // skips what the replay already fed the detector.
-        let replay = store.results_since(since, MAX_REPLAY)?;
+        let replay = self.store.results_since(since, MAX_REPLAY)?;
         self.fleet.take_lead(lease, &replay, now);
         self.counters.leader.set(1);
         self.counters.leads_taken.inc();
@@ -302,7 +286,7 @@ impl Round {
     fn heartbeat(&mut self) -> Result<(), CollectorError> {
         self.next_heartbeat =
             Instant::now() + Duration::from_secs(self.config.heartbeat_secs.max(1));
-        let store = self.store.clone();
+        let store = self.store.as_ref();
         let now = now_unix_ms();
         store.heartbeat(&CollectorRow {
             id: self.id.clone(),

@@ -230,8 +230,9 @@ impl Fleet {
             let (agent, clock_trusted, received) =
                 (first.agent, first.clock_trusted, first.received_unix_ms);
             let mut results = vec![first.result];
+            // One commit's items share their agent's `Arc`: comparing pointers settles most.
             while let Some(next) = items.next_if(|i| {
-                i.agent.agent_id == agent.agent_id
+                (Arc::ptr_eq(&i.agent, &agent) || i.agent.agent_id == agent.agent_id)
                     && i.clock_trusted == clock_trusted
                     && i.received_unix_ms == received
             }) {
@@ -251,10 +252,16 @@ impl Fleet {
     /// Drops the results the detector was already fed (by a rebuild's replay).
     fn not_yet_fed(&self, agent_id: &str, results: Vec<ProbeResult>) -> Vec<ProbeResult> {
         let mut fed = lock(&self.lead.fed);
-        let mark = fed.entry(agent_id.to_string()).or_insert(0);
-        let fresh: Vec<ProbeResult> = results.into_iter().filter(|r| r.seq > *mark).collect();
+        let mark = fed.get(agent_id).copied().unwrap_or(0);
+        let fresh: Vec<ProbeResult> = results.into_iter().filter(|r| r.seq > mark).collect();
         if let Some(last) = fresh.iter().map(|r| r.seq).max() {
-            *mark = last;
+            // Looked up first: the agent's id is copied once, not at every commit.
+            match fed.get_mut(agent_id) {
+                Some(mark) => *mark = last,
+                None => {
+                    fed.insert(agent_id.to_string(), last);
+                }
+            }
         }
         fresh
     }
@@ -562,24 +569,23 @@ impl Fleet {
     fn record_events(&self, events: Vec<Event>) {
         for mut e in events {
             e.silenced_by = self.alerts.silenced_by(&e);
-            for planned in self.alerts.plan(&e) {
-                let deliveries = planned
-                    .notices
-                    .iter()
-                    .filter_map(|r| {
-                        r.notice.to_json().ok().map(|notice_json| NewDelivery {
-                            sink: r.sink.clone(),
-                            notice_json,
-                        })
+            let planned = self.alerts.plan(e);
+            let deliveries = planned
+                .notices
+                .iter()
+                .filter_map(|r| {
+                    r.notice.to_json().ok().map(|notice_json| NewDelivery {
+                        sink: r.sink.clone(),
+                        notice_json,
                     })
-                    .collect();
-                let key = event_key(&planned.event);
-                self.record_one(lead::Unrecorded {
-                    event: planned.event,
-                    key,
-                    deliveries,
-                });
-            }
+                })
+                .collect();
+            let key = event_key(&planned.event);
+            self.record_one(lead::Unrecorded {
+                event: planned.event,
+                key,
+                deliveries,
+            });
         }
     }
 

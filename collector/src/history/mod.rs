@@ -242,12 +242,12 @@ pub struct Derived {
 impl Derived {
     /// Adds `fresh` (results just stored, never a duplicate) of `agent` labelled
     /// `provider`/`account`.
-    pub fn add(
+    pub fn add<'r>(
         &mut self,
         agent: &str,
         provider: &str,
         account: &str,
-        fresh: &[ProbeResult],
+        fresh: impl IntoIterator<Item = &'r ProbeResult>,
         clock_trusted: bool,
         now_unix_ms: i64,
     ) {

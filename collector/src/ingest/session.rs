@@ -293,7 +293,7 @@ async fn serve(
                     store.insert_results(&agent_id, results, clock, now)
                 })
                 .await;
-                let (report, _fresh) = match inserted {
+                let report = match inserted {
                     Ok(Ok(done)) => done,
                     Ok(Err(e)) => return End::Unavailable(e.to_string()),
                     Err(e) => return End::Unavailable(e.to_string()),

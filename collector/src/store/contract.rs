@@ -7,9 +7,10 @@
 use crate::clock::rfc3339;
 use crate::store::Inspect;
 
-/// A store under test: the contract also inspects it.
-pub trait Tested: Store + Inspect {}
-impl<T: Store + Inspect> Tested for T {}
+/// A store under test: the contract also inspects it and reads its feed.
+pub trait Tested: Store + Inspect + SharedStore {}
+impl<T: Store + Inspect + SharedStore> Tested for T {}
+use super::shared::SharedStore;
 use super::Store;
 use crate::events::{Event, EventKind, Scope, State};
 use crate::history::{Rollup, Selector, SeriesInterval, Tier};
@@ -73,10 +74,11 @@ pub fn recent_seqs(store: &dyn Tested, agent: &str, limit: usize) -> Vec<u64> {
 }
 
 /// Agent `a1`'s results 1..=10 on port 25, then a replay of 8..=12 on 587 that overlaps them:
-/// only 11 and 12 are new.
+/// only 11 and 12 are new, and the feed carries each new result once, duplicates never.
 pub fn store_overlapping_batches(store: &dyn Tested) {
     assert_eq!(store.upsert_agent(&meta("a1"), 1).unwrap(), 0);
-    let (r, fresh) = store
+    let head = store.feed_head().unwrap();
+    let r = store
         .insert_results(
             "a1",
             (1..=10).map(|s| result(s, 25, s as i64)).collect(),
@@ -84,11 +86,8 @@ pub fn store_overlapping_batches(store: &dyn Tested) {
             5,
         )
         .unwrap();
-    assert_eq!(
-        (r.accepted, r.duplicates, r.high_water, fresh.len()),
-        (10, 0, 10, 10)
-    );
-    let (r, fresh) = store
+    assert_eq!((r.accepted, r.duplicates, r.high_water), (10, 0, 10));
+    let r = store
         .insert_results(
             "a1",
             (8..=12).map(|s| result(s, 587, s as i64)).collect(),
@@ -96,14 +95,28 @@ pub fn store_overlapping_batches(store: &dyn Tested) {
             6,
         )
         .unwrap();
-    assert_eq!(
-        (r.accepted, r.duplicates, r.high_water, fresh.len()),
-        (2, 3, 12, 2)
-    );
-    assert_eq!(
-        fresh.iter().map(|r| r.seq).collect::<Vec<_>>(),
-        vec![11, 12]
-    );
+    assert_eq!((r.accepted, r.duplicates, r.high_water), (2, 3, 12));
+    // The two new ones are 11 and 12 on 587, and what was stored before stayed as it was.
+    assert_eq!(recent_seqs(store, "a1", 3), vec![12, 11, 10]);
+    let ports: Vec<u16> = store
+        .recent_results("a1", 3)
+        .unwrap()
+        .iter()
+        .map(|r| r.port)
+        .collect();
+    assert_eq!(ports, vec![587, 587, 25]);
+    let fed: Vec<(u64, u16)> = store
+        .feed_after(&head, 100)
+        .unwrap()
+        .items
+        .iter()
+        .map(|item| (item.result.seq, item.result.port))
+        .collect();
+    let expected: Vec<(u64, u16)> = (1..=10)
+        .map(|s| (s, 25))
+        .chain([(11, 587), (12, 587)])
+        .collect();
+    assert_eq!(fed, expected);
 }
 
 pub fn check(store: &dyn Tested) {
@@ -112,7 +125,7 @@ pub fn check(store: &dyn Tested) {
     // The mark is the agent's: a hello learns it, another agent's replay does not touch it.
     assert_eq!(store.upsert_agent(&meta("a1"), 7).unwrap(), 12);
     store.upsert_agent(&meta("a2"), 7).unwrap();
-    let (r, _) = store
+    let r = store
         .insert_results("a2", vec![result(3, 25, 3)], true.into(), 7)
         .unwrap();
     assert_eq!((r.accepted, r.high_water), (1, 3));
@@ -203,13 +216,16 @@ fn g1_stream() -> Vec<ProbeResult> {
 /// duplicates.
 fn send(store: &dyn Tested, agent: &str, results: &[ProbeResult], size: usize) {
     for batch in results.chunks(size) {
-        let (first, _) = store
+        let first = store
             .insert_results(agent, batch.to_vec(), true.into(), LATER)
             .unwrap();
-        let (again, fresh) = store
+        let again = store
             .insert_results(agent, batch.to_vec(), true.into(), LATER)
             .unwrap();
-        assert_eq!((again.accepted, fresh.len()), (0, 0));
+        assert_eq!(
+            (again.accepted, again.duplicates as usize),
+            (0, batch.len())
+        );
         assert_eq!(first.accepted as usize, batch.len());
     }
 }
@@ -430,7 +446,7 @@ pub fn replay_second_half_and_check(store: &dyn Tested) {
         75
     );
     // The agent replays from before the mark: only what is new is folded in.
-    let (report, _) = store
+    let report = store
         .insert_results("g1", g1_stream()[50..].to_vec(), true.into(), LATER)
         .unwrap();
     assert_eq!((report.accepted, report.duplicates), (105, 25));

@@ -15,16 +15,13 @@ pub(super) const MAX_GROUP: usize = 256;
 /// Requests waiting for the writer; beyond it a sender waits (ingest slows, nothing is lost).
 const QUEUE: usize = 1024;
 
-/// What one request ends in: its report and the results newly stored.
-pub(super) type Outcome = (InsertReport, Vec<ProbeResult>);
-
 /// One `Store::insert_results` call, waiting for its group.
 pub(super) struct InsertRequest {
     pub agent_id: String,
     pub results: Vec<ProbeResult>,
     pub clock: BatchClock,
     pub now_unix_ms: i64,
-    reply: mpsc::SyncSender<Result<Outcome, CollectorError>>,
+    reply: mpsc::SyncSender<Result<InsertReport, CollectorError>>,
 }
 
 /// The writer thread and the queue to it.
@@ -34,11 +31,12 @@ pub(super) struct GroupWriter {
 }
 
 impl GroupWriter {
-    /// Starts the thread. `commit` stores one group in one transaction and returns an outcome
+    /// Starts the thread. `commit` stores one group in one transaction and returns a report
     /// per request, in order; when it fails nothing of the group is stored, and every sender
-    /// hears so (its agent resends).
+    /// hears so (its agent resends). It may take the requests' results (the new ones move on to
+    /// the feed): nothing reads them after it.
     pub(super) fn start(
-        mut commit: impl FnMut(&[InsertRequest]) -> Result<Vec<Outcome>, CollectorError>
+        mut commit: impl FnMut(&mut [InsertRequest]) -> Result<Vec<InsertReport>, CollectorError>
             + Send
             + 'static,
     ) -> Result<GroupWriter, CollectorError> {
@@ -54,10 +52,10 @@ impl GroupWriter {
                             Err(_) => break,
                         }
                     }
-                    match commit(&group) {
-                        Ok(outcomes) => {
-                            for (request, outcome) in group.into_iter().zip(outcomes) {
-                                let _ = request.reply.send(Ok(outcome));
+                    match commit(&mut group) {
+                        Ok(reports) => {
+                            for (request, report) in group.into_iter().zip(reports) {
+                                let _ = request.reply.send(Ok(report));
                             }
                         }
                         Err(e) => {
@@ -86,7 +84,7 @@ impl GroupWriter {
         results: Vec<ProbeResult>,
         clock: BatchClock,
         now_unix_ms: i64,
-    ) -> Result<Outcome, CollectorError> {
+    ) -> Result<InsertReport, CollectorError> {
         let (reply, answer) = mpsc::sync_channel(1);
         let request = InsertRequest {
             agent_id: agent_id.to_string(),

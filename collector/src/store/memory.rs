@@ -5,7 +5,7 @@
 //! ([`crate::history`]) held in maps.
 
 use super::shared::{notice_with_id, Delivery, DeliveryOutcome, FeedItem, Leadership, NewDelivery};
-use super::tail::{OwnTail, Tail};
+use super::tail::{Commit, OwnTail, Tail};
 use super::{
     BatchClock, EventStore, HistoryStore, InsertReport, Inspect, ResultStore, Store, StoredEvent,
 };
@@ -254,7 +254,7 @@ impl ResultStore for MemoryStore {
         results: Vec<ProbeResult>,
         clock: BatchClock,
         now_unix_ms: i64,
-    ) -> Result<(InsertReport, Vec<ProbeResult>), CollectorError> {
+    ) -> Result<InsertReport, CollectorError> {
         let mut inner = self.lock();
         let mark = inner.high_water.get(agent_id).copied().unwrap_or(0);
         let mut report = InsertReport {
@@ -310,8 +310,13 @@ impl ResultStore for MemoryStore {
             }
         }
         // Under the store's lock: the feed is in the order the results were stored.
-        self.tail.committed(agent_id, &fresh, clock, now_unix_ms);
-        Ok((report, fresh))
+        self.tail.committed([Commit {
+            agent_id,
+            results: fresh,
+            clock,
+            received_unix_ms: now_unix_ms,
+        }]);
+        Ok(report)
     }
 
     fn latest_per_series(

@@ -140,14 +140,15 @@ pub trait ResultStore: Send + Sync + 'static {
     /// Records an agent's hello (labels, version, last seen) and returns its high-water mark.
     fn upsert_agent(&self, agent: &AgentMeta, now_unix_ms: i64) -> Result<u64, CollectorError>;
     /// Stores results (ascending seq) durably, dropping duplicates, and publishes the new ones
-    /// in the feed. Returns the new results through `accepted`.
+    /// in the feed, where they go by move: the caller hears only how many were new
+    /// ([`InsertReport`]), and whoever needs the results themselves reads the feed.
     fn insert_results(
         &self,
         agent_id: &str,
         results: Vec<ProbeResult>,
         clock: BatchClock,
         now_unix_ms: i64,
-    ) -> Result<(InsertReport, Vec<ProbeResult>), CollectorError>;
+    ) -> Result<InsertReport, CollectorError>;
     /// The freshest result per (agent, target, port, family) measured since `since_unix_ms`.
     fn latest_per_series(
         &self,

@@ -29,6 +29,16 @@ use std::time::Duration;
 /// without end.
 const MAX_BEHIND: usize = 500_000;
 
+/// What one commit stored for one agent, handed to [`Tail::committed`].
+pub struct Commit<'a> {
+    pub agent_id: &'a str,
+    /// The new results, ascending.
+    pub results: Vec<ProbeResult>,
+    pub clock: BatchClock,
+    /// When this collector received them, Unix ms.
+    pub received_unix_ms: i64,
+}
+
 /// The tail of one store. Shared by the store (the writer) and its listener (the follower).
 #[derive(Debug, Default)]
 pub struct Tail {
@@ -72,46 +82,54 @@ impl Tail {
             .insert(agent.agent_id.clone(), Arc::new(agent.clone()));
     }
 
-    /// Appends what one commit stored for `agent_id`, placed on the collector's clock
-    /// ([`BatchClock::place`]: the store keeps the agent's own timestamps, the hub orders by
-    /// ours), and wakes the listener. An agent that never said hello to this store is taken with
-    /// its id alone (the memory store's tests do that).
-    pub fn committed(
-        &self,
-        agent_id: &str,
-        results: &[ProbeResult],
-        clock: BatchClock,
-        received_unix_ms: i64,
-    ) {
-        if results.is_empty() {
-            return;
-        }
+    /// Appends what one group of commits stored, in commit order, each commit's results placed
+    /// on the collector's clock ([`BatchClock::place`]: the store keeps the agent's own
+    /// timestamps, the hub orders by ours), and then wakes the listener once: a group of a
+    /// hundred agents' batches is one wake-up for the follower, not a hundred. The results are
+    /// taken, not copied: the store has no more use for them. An agent that never said hello to
+    /// this store is taken with its id alone (the memory store's tests do that).
+    pub fn committed<'a>(&self, commits: impl IntoIterator<Item = Commit<'a>>) {
         let mut state = self.state();
-        if !state.reading {
-            state.next += results.len() as i64;
-            return;
+        let mut appended = false;
+        for Commit {
+            agent_id,
+            mut results,
+            clock,
+            received_unix_ms,
+        } in commits
+        {
+            if results.is_empty() {
+                continue;
+            }
+            if !state.reading {
+                state.next += results.len() as i64;
+                continue;
+            }
+            appended = true;
+            let clock_trusted = clock.place(&mut results, received_unix_ms);
+            let agent = state.agents.get(agent_id).cloned().unwrap_or_else(|| {
+                Arc::new(AgentMeta {
+                    agent_id: agent_id.to_string(),
+                    labels: Labels::default(),
+                    agent_version: String::new(),
+                })
+            });
+            for result in results {
+                state.next += 1;
+                let n = state.next;
+                state.items.push_back((
+                    n,
+                    FeedItem {
+                        agent: agent.clone(),
+                        result,
+                        clock_trusted,
+                        received_unix_ms,
+                    },
+                ));
+            }
         }
-        let mut placed = results.to_vec();
-        let clock_trusted = clock.place(&mut placed, received_unix_ms);
-        let agent = state.agents.get(agent_id).cloned().unwrap_or_else(|| {
-            Arc::new(AgentMeta {
-                agent_id: agent_id.to_string(),
-                labels: Labels::default(),
-                agent_version: String::new(),
-            })
-        });
-        for result in placed {
-            state.next += 1;
-            let n = state.next;
-            state.items.push_back((
-                n,
-                FeedItem {
-                    agent: agent.clone(),
-                    result,
-                    clock_trusted,
-                    received_unix_ms,
-                },
-            ));
+        if !appended {
+            return;
         }
         let over = state.items.len().saturating_sub(MAX_BEHIND);
         if over > 0 {
@@ -317,6 +335,20 @@ impl Listener for TailListener {
 mod tests {
     use super::*;
 
+    fn one(
+        agent_id: &str,
+        results: Vec<ProbeResult>,
+        clock: BatchClock,
+        at: i64,
+    ) -> [Commit<'_>; 1] {
+        [Commit {
+            agent_id,
+            results,
+            clock,
+            received_unix_ms: at,
+        }]
+    }
+
     fn result(seq: u64) -> ProbeResult {
         ProbeResult {
             seq,
@@ -333,8 +365,8 @@ mod tests {
             labels: Labels::default(),
             agent_version: "t".into(),
         });
-        tail.committed("a1", &[result(1), result(2)], true.into(), 10);
-        tail.committed("a1", &[result(3)], false.into(), 20);
+        tail.committed(one("a1", vec![result(1), result(2)], true.into(), 10));
+        tail.committed(one("a1", vec![result(3)], false.into(), 20));
         let first = tail.after(&start, 2);
         assert_eq!(
             first.items.iter().map(|i| i.result.seq).collect::<Vec<_>>(),
@@ -353,11 +385,11 @@ mod tests {
     #[test]
     fn nothing_is_kept_before_a_reader_asks_for_the_head() {
         let tail = Tail::new();
-        tail.committed("a", &[result(1), result(2)], true.into(), 1);
+        tail.committed(one("a", vec![result(1), result(2)], true.into(), 1));
         assert!(tail.state().items.is_empty());
         let head = tail.head();
         assert_eq!(head.row, 2);
-        tail.committed("a", &[result(3)], true.into(), 2);
+        tail.committed(one("a", vec![result(3)], true.into(), 2));
         let read = tail.after(&head, 10);
         assert_eq!(read.items.len(), 1);
         assert_eq!(read.items[0].result.seq, 3);
@@ -375,10 +407,42 @@ mod tests {
             trusted: false,
             sent_unix_ms: sent,
         };
-        tail.committed("a", &[r], clock, 10_000_000);
+        tail.committed(one("a", vec![r], clock, 10_000_000));
         let read = tail.after(&head, 10);
         assert!(read.items[0].clock_trusted);
         assert_eq!(read.items[0].result.at_unix_ms, 10_000_000 - 5_000);
+    }
+
+    #[test]
+    fn a_group_of_commits_is_read_in_commit_order_after_one_wake_up() {
+        let tail = Tail::new();
+        let head = tail.head();
+        let mut listener = tail.listen();
+        let commit = |agent_id, seqs: &[u64], at| Commit {
+            agent_id,
+            results: seqs.iter().map(|s| result(*s)).collect(),
+            clock: true.into(),
+            received_unix_ms: at,
+        };
+        // The middle request's batch was all duplicates: nothing of it reaches the feed.
+        tail.committed([
+            commit("a", &[1, 2], 5),
+            commit("b", &[], 5),
+            commit("c", &[7], 6),
+        ]);
+        assert_eq!(
+            listener.wait(Duration::from_millis(10)).unwrap(),
+            vec![News::Results]
+        );
+        assert!(listener.wait(Duration::from_millis(10)).unwrap().is_empty());
+        let read = tail.after(&head, 10);
+        let got: Vec<(&str, u64, i64)> = read
+            .items
+            .iter()
+            .map(|i| (i.agent.agent_id.as_str(), i.result.seq, i.received_unix_ms))
+            .collect();
+        assert_eq!(got, [("a", 1, 5), ("a", 2, 5), ("c", 7, 6)]);
+        assert_eq!(read.next.row, 3);
     }
 
     #[test]
@@ -387,7 +451,8 @@ mod tests {
         tail.head();
         let mut listener = tail.listen();
         let writer = tail.clone();
-        let t = std::thread::spawn(move || writer.committed("a", &[result(1)], true.into(), 1));
+        let t =
+            std::thread::spawn(move || writer.committed(one("a", vec![result(1)], true.into(), 1)));
         let news = listener.wait(Duration::from_secs(5)).unwrap();
         t.join().unwrap();
         assert_eq!(news, vec![News::Results]);

@@ -31,7 +31,7 @@ pub use shared::{PgLeadership, PgListener, CHANNEL};
 
 use self::connect::{Connector, Pool, PooledClient};
 use self::history::HistoryCache;
-use super::group_commit::{GroupWriter, InsertRequest, Outcome};
+use super::group_commit::{GroupWriter, InsertRequest};
 use super::{
     BatchClock, EventStore, HistoryStore, InsertReport, Inspect, ResultStore, Store, StoreConfig,
     StoredEvent,
@@ -134,7 +134,7 @@ fn store_group(
     pool: &Pool,
     state: &mut WriterState,
     group: &[InsertRequest],
-) -> Result<Vec<Outcome>, CollectorError> {
+) -> Result<Vec<InsertReport>, CollectorError> {
     let mut client = pool
         .get()
         .map_err(|e| CollectorError::store("reaching PostgreSQL", e))?;
@@ -151,7 +151,7 @@ fn store_group(
     loop {
         tries += 1;
         match commit_group(&mut client, state, group) {
-            Ok(outcomes) => return Ok(outcomes),
+            Ok(reports) => return Ok(reports),
             Err(e) => {
                 // What is cached may be what the rolled-back transaction wrote.
                 state.written.clear();
@@ -231,7 +231,7 @@ fn commit_group(
     client: &mut postgres::Client,
     state: &mut WriterState,
     group: &[InsertRequest],
-) -> Result<Vec<(InsertReport, Vec<ProbeResult>)>, CollectorError> {
+) -> Result<Vec<InsertReport>, CollectorError> {
     let mut tx = client.transaction().map_err(|e| db_err("begin", e))?;
     let mut agents: Vec<&str> = group.iter().map(|r| r.agent_id.as_str()).collect();
     agents.sort_unstable();
@@ -281,7 +281,8 @@ fn commit_group(
             high_water: mark,
             ..Default::default()
         };
-        let mut fresh = Vec::new();
+        // Borrowed: a conflict tries the group again, and the feed is the table.
+        let mut fresh: Vec<&ProbeResult> = Vec::with_capacity(request.results.len());
         for result in &request.results {
             if result.seq <= report.high_water {
                 report.duplicates += 1;
@@ -304,7 +305,7 @@ fn commit_group(
                     newest.insert(key, (result.at_unix_ms, index));
                 }
             }
-            fresh.push(result.clone());
+            fresh.push(result);
         }
         if report.high_water > mark {
             let entry = moved.entry(agent).or_insert((0, i64::MIN));
@@ -320,12 +321,12 @@ fn commit_group(
                 agent,
                 provider,
                 account,
-                &fresh,
+                fresh,
                 request.clock.trusted,
                 request.now_unix_ms,
             );
         }
-        outcomes.push((report, fresh));
+        outcomes.push(report);
     }
 
     if !columns.seq.is_empty() {
@@ -449,7 +450,7 @@ impl ResultStore for PostgresStore {
         results: Vec<ProbeResult>,
         clock: BatchClock,
         now_unix_ms: i64,
-    ) -> Result<(InsertReport, Vec<ProbeResult>), CollectorError> {
+    ) -> Result<InsertReport, CollectorError> {
         self.writer.insert(agent_id, results, clock, now_unix_ms)
     }
 

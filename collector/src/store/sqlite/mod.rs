@@ -24,8 +24,8 @@ use crate::error::CollectorError;
 use crate::events::Event;
 use crate::history::{Derived, Rollup, Selector, SeriesInterval, Tier};
 use crate::identity::AgentMeta;
-use crate::store::group_commit::{GroupWriter, InsertRequest, Outcome};
-use crate::store::tail::Tail;
+use crate::store::group_commit::{GroupWriter, InsertRequest};
+use crate::store::tail::{Commit, Tail};
 use crate::store::{
     EventStore, HistoryStore, InsertReport, Inspect, ResultStore, Store, StoredEvent,
 };
@@ -112,11 +112,17 @@ impl SqliteStore {
                     high_water.clear();
                     history.clear();
                 })?;
-            // In commit order, before any sender hears its results are stored.
-            for (request, (_, fresh)) in group.iter().zip(&outcomes) {
-                committed.committed(&request.agent_id, fresh, request.clock, request.now_unix_ms);
-            }
-            Ok(outcomes)
+            // In commit order, before any sender hears its results are stored; the new results
+            // move on to the feed, only the reports go back to the senders.
+            let (reports, fresh): (Vec<InsertReport>, Vec<Vec<ProbeResult>>) =
+                outcomes.into_iter().unzip();
+            committed.committed(group.iter().zip(fresh).map(|(request, results)| Commit {
+                agent_id: &request.agent_id,
+                results,
+                clock: request.clock,
+                received_unix_ms: request.now_unix_ms,
+            }));
+            Ok(reports)
         })?;
         Ok(SqliteStore {
             path: path.to_path_buf(),
@@ -170,12 +176,14 @@ impl Drop for SqliteStore {
     }
 }
 
+/// Stores one group in one transaction; returns, per request, its report and its new results
+/// (taken from the request, not copied).
 fn commit_group(
     conn: &mut Connection,
     high_water: &mut HashMap<String, u64>,
     history: &mut HistoryCache,
-    group: &[InsertRequest],
-) -> Result<Vec<Outcome>, CollectorError> {
+    group: &mut [InsertRequest],
+) -> Result<Vec<(InsertReport, Vec<ProbeResult>)>, CollectorError> {
     // IMMEDIATE: take the write lock up front; a deferred transaction that upgrades later can
     // fail at once against the other connection instead of waiting.
     let tx = conn
@@ -199,7 +207,7 @@ fn commit_group(
                  WHERE excluded.at_ms >= latest.at_ms",
             )
             .map_err(|e| db_err("prepare latest", e))?;
-        for request in group {
+        for request in group.iter_mut() {
             let agent = request.agent_id.as_str();
             let mark = match marks.get(agent).or_else(|| high_water.get(agent)) {
                 Some(m) => *m,
@@ -217,18 +225,17 @@ fn commit_group(
                 high_water: mark,
                 ..Default::default()
             };
-            let mut fresh = Vec::new();
+            let results = std::mem::take(&mut request.results);
+            let mut fresh = Vec::with_capacity(results.len());
             // Each fresh result's record, encoded once for both `results` and `latest`.
-            let mut records: Vec<Vec<u8>> = Vec::new();
-            // Freshest result per series of this request, for the `latest` table.
-            let mut newest: HashMap<(&str, u16, u8), usize> = HashMap::new();
-            for result in &request.results {
+            let mut records: Vec<Vec<u8>> = Vec::with_capacity(results.len());
+            for result in results {
                 if result.seq <= report.high_water {
                     report.duplicates += 1;
                     continue;
                 }
                 let record =
-                    rmp_serde::to_vec(result).map_err(|e| db_err("encoding a result", e))?;
+                    rmp_serde::to_vec(&result).map_err(|e| db_err("encoding a result", e))?;
                 let changed = insert
                     .execute(params![
                         agent,
@@ -249,12 +256,16 @@ fn commit_group(
                 }
                 report.accepted += 1;
                 report.high_water = report.high_water.max(result.seq);
+                fresh.push(result);
+                records.push(record);
+            }
+            // The last result of each series in this request, for `latest`.
+            let mut newest: HashMap<(&str, u16, u8), usize> = HashMap::new();
+            for (index, result) in fresh.iter().enumerate() {
                 newest.insert(
                     (result.target.as_str(), result.port, result.family.code()),
-                    fresh.len(),
+                    index,
                 );
-                fresh.push(result.clone());
-                records.push(record);
             }
             for ((target, port, family), index) in newest {
                 let result = &fresh[index];
@@ -359,7 +370,7 @@ impl ResultStore for SqliteStore {
         results: Vec<ProbeResult>,
         clock: BatchClock,
         now_unix_ms: i64,
-    ) -> Result<(InsertReport, Vec<ProbeResult>), CollectorError> {
+    ) -> Result<InsertReport, CollectorError> {
         self.writer.insert(agent_id, results, clock, now_unix_ms)
     }
 
@@ -644,7 +655,7 @@ mod tests {
                         .insert_results(&id, rs.clone(), true.into(), 0)
                         .unwrap();
                     // Every batch is sent twice, as after a lost ack.
-                    let (r, _) = store.insert_results(&id, rs, true.into(), 0).unwrap();
+                    let r = store.insert_results(&id, rs, true.into(), 0).unwrap();
                     assert_eq!(r.accepted, 0);
                 }
             }));
