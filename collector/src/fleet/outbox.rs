@@ -18,6 +18,10 @@
 //! Finished deliveries are deleted from the outbox [`KEEP_FINISHED_MS`] (7 days) after they
 //! ended; pending ones never are.
 //!
+//! The outbox is read when the hub says it recorded deliveries, when a delivery ends, every
+//! second while something is owed (a sink at work or waiting for its retry), and once a minute
+//! regardless (which is also when notices past 24 hours are given up).
+//!
 //! Each attempt is counted in the outbox before the sink is called, so a collector that dies
 //! mid-send leaves a trace, and the delivery is sent again after the restart: the one case where
 //! a sink can hear of an event twice (webhooks and Slack cannot tell; an Alertmanager takes the
@@ -43,6 +47,11 @@ pub const GIVE_UP_AFTER_MS: i64 = 24 * 3600 * 1000;
 pub const KEEP_FINISHED_MS: i64 = 7 * 24 * 3600 * 1000;
 /// The longest wait between two tries of a sink that keeps failing.
 const MAX_RETRY_DELAY_MS: i64 = 5 * 60 * 1000;
+/// How often the outbox is read when the last read found nothing owed and nothing said it
+/// changed, and how often deliveries past [`GIVE_UP_AFTER_MS`] are looked for. Reading it every
+/// second regardless cost an idle collector more than everything else it does at a quiet
+/// fleet's pace (bench/RESULTS.md, "Collector instructions at compare.sh's pace").
+const QUIET_READ_EVERY_MS: i64 = 60 * 1000;
 
 /// How long to wait before trying a sink again after `failures` failed tries in a row: 1 s,
 /// doubling, at most [`MAX_RETRY_DELAY_MS`].
@@ -72,18 +81,22 @@ pub(super) async fn deliver(
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i64, bool)>();
     let mut finishing = false;
     let mut forgot_at_ms = i64::MIN;
+    let mut read_at_ms = i64::MIN;
+    // The last read found nothing owed: a tick of the clock alone need not read again.
+    let mut nothing_owed = false;
     loop {
         if finishing && in_flight.is_empty() {
             let _ = wound_down.send(true);
             return;
         }
+        let mut ticked = false;
         tokio::select! {
             changed = wind_down.changed(), if !finishing => {
                 finishing = changed.is_err() || *wind_down.borrow();
                 continue;
             }
             _ = lead.deliveries.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => ticked = true,
             Some((id, delivered)) = done_rx.recv() => {
                 let now = now_unix_ms();
                 let sink = in_flight.remove(&id).unwrap_or_default();
@@ -104,9 +117,15 @@ pub(super) async fn deliver(
             return;
         };
         if finishing || !lead.leads() {
+            // A collector that takes the lead (again) reads what it is owed at once.
+            nothing_owed = false;
             continue;
         }
         let now = now_unix_ms();
+        let quiet_read_due = now.saturating_sub(read_at_ms) >= QUIET_READ_EVERY_MS;
+        if ticked && nothing_owed && !quiet_read_due {
+            continue;
+        }
         if now.saturating_sub(forgot_at_ms) >= 3_600_000 {
             forgot_at_ms = now;
             let cutoff = now - KEEP_FINISHED_MS;
@@ -117,10 +136,17 @@ pub(super) async fn deliver(
             }
         }
         let heads = with_lease(&lead, move |lease| {
-            let given_up = lease.give_up_deliveries(now - GIVE_UP_AFTER_MS, now)?;
+            let given_up = if quiet_read_due {
+                lease.give_up_deliveries(now - GIVE_UP_AFTER_MS, now)?
+            } else {
+                0
+            };
             Ok((given_up, lease.next_deliveries()?))
         })
         .await;
+        if quiet_read_due {
+            read_at_ms = now;
+        }
         let heads = match heads {
             Some(Ok((given_up, heads))) => {
                 if given_up > 0 {
@@ -135,10 +161,12 @@ pub(super) async fn deliver(
             }
             Some(Err(e)) => {
                 tracing::warn!("reading the alert outbox: {e}");
+                nothing_owed = false;
                 continue;
             }
             None => continue,
         };
+        nothing_owed = heads.is_empty() && in_flight.is_empty();
         for delivery in heads {
             if in_flight.contains_key(&delivery.id)
                 || in_flight.values().any(|s| *s == delivery.sink)

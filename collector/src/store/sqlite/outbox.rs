@@ -155,11 +155,11 @@ impl Leadership for SqliteLease {
     ) -> Result<u64, CollectorError> {
         let n = self
             .conn
-            .execute(
+            .prepare_cached(
                 "UPDATE outbox SET state = 'failed', finished_ms = ?2
                  WHERE state = 'pending' AND created_ms < ?1",
-                params![created_before_ms, now_unix_ms],
             )
+            .and_then(|mut update| update.execute(params![created_before_ms, now_unix_ms]))
             .map_err(|e| db_err("giving up old deliveries", e))?;
         Ok(n as u64)
     }
@@ -182,11 +182,11 @@ impl Leadership for SqliteLease {
     ) -> Result<bool, CollectorError> {
         let n = self
             .conn
-            .execute(
+            .prepare_cached(
                 "UPDATE outbox SET attempts = attempts + 1, attempted_ms = ?2
                  WHERE id = ?1 AND state = 'pending'",
-                params![delivery_id, now_unix_ms],
             )
+            .and_then(|mut update| update.execute(params![delivery_id, now_unix_ms]))
             .map_err(|e| db_err("counting a delivery attempt", e))?;
         Ok(n == 1)
     }
@@ -199,10 +199,10 @@ impl Leadership for SqliteLease {
     ) -> Result<(), CollectorError> {
         let state = outcome.as_state();
         self.conn
-            .execute(
+            .prepare_cached(
                 "UPDATE outbox SET state = ?2, finished_ms = ?3 WHERE id = ?1 AND state = 'pending'",
-                params![delivery_id, state, now_unix_ms],
             )
+            .and_then(|mut update| update.execute(params![delivery_id, state, now_unix_ms]))
             .map_err(|e| db_err("finishing a delivery", e))?;
         Ok(())
     }
