@@ -98,11 +98,19 @@ impl Policies {
 
     /// The provider a free-form label names, if it is a known one.
     pub fn find(&self, label: &str) -> Option<&ProviderDoc> {
-        let wanted = label.trim().to_lowercase();
-        self.providers.iter().find(|p| {
-            p.id.eq_ignore_ascii_case(&wanted)
-                || p.aliases.iter().any(|a| a.to_lowercase() == wanted)
-        })
+        // Every matrix view asks, per cell: ASCII names (all of the embedded ones) are compared
+        // without lowercased copies.
+        let wanted = label.trim();
+        let same = |name: &str| {
+            if name.is_ascii() && wanted.is_ascii() {
+                name.eq_ignore_ascii_case(wanted)
+            } else {
+                name.to_lowercase() == wanted.to_lowercase()
+            }
+        };
+        self.providers
+            .iter()
+            .find(|p| same(&p.id) || p.aliases.iter().any(|a| same(a)))
     }
 
     /// The documented policy of a provider (by canonical id or alias) for one port.
@@ -180,6 +188,8 @@ mod tests {
         assert_eq!(provider_key("DO"), "digitalocean");
         assert_eq!(provider_key("my-colo"), "my-colo");
         assert_eq!(provider_key(""), "unlabelled");
+        // Not ASCII: never an embedded provider, and no panic on the way.
+        assert_eq!(provider_key("Ünited"), "Ünited");
     }
 
     #[test]
